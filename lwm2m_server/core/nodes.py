@@ -62,11 +62,10 @@ class ObjectLink:
 
     @classmethod
     def parse(cls, text: str) -> ObjectLink:
-        try:
-            o, i = text.split(":")
-            return cls(int(o), int(i))
-        except ValueError as e:
-            raise ModelError(f"invalid object link {text!r}, expected 'O:I'") from e
+        o, sep, i = text.partition(":")
+        if not sep or not all(p.isascii() and p.isdigit() and len(p) <= 5 for p in (o, i)):
+            raise ModelError(f"invalid object link {text!r}, expected 'O:I' in decimal digits")
+        return cls(int(o), int(i))
 
 
 Value: TypeAlias = str | int | float | bool | bytes | ObjectLink | None

@@ -36,16 +36,18 @@ class LwM2mPath:
 
     @classmethod
     def parse(cls, text: str) -> LwM2mPath:
-        """Parse ``/3/0/1`` (a leading slash is optional, a trailing one is tolerated; ``/`` is the root)."""
+        """Parse ``/3/0/1`` (a leading slash is optional, a trailing one is tolerated; the root is exactly ``/``)."""
         if not isinstance(text, str):
             raise InvalidPathError(f"path must be a string, not {type(text).__name__}")
-        s = text.strip()
+        if text == "/":
+            return ROOT
+        s = text
         if s.startswith("/"):
             s = s[1:]
         if s.endswith("/"):
             s = s[:-1]
         if not s:
-            return ROOT
+            raise InvalidPathError(f"invalid LwM2M path {text!r} (the root is '/')")
         return cls.from_segments(s.split("/"), text)
 
     @classmethod
