@@ -79,9 +79,13 @@ def _parse_binding(value: str | None) -> str:
     return value
 
 
+class PayloadTooLargeError(RegistrationError):
+    coap_code = CoapCode.REQUEST_ENTITY_TOO_LARGE
+
+
 def _parse_links(payload: bytes) -> tuple[Link, ...]:
     if len(payload) > MAX_LINKS_BYTES:
-        raise RegistrationError(f"object links payload over {MAX_LINKS_BYTES} bytes")
+        raise PayloadTooLargeError(f"object links payload over {MAX_LINKS_BYTES} bytes")
     try:
         return parse_links(payload.decode("utf-8"))
     except UnicodeDecodeError as e:
@@ -108,7 +112,8 @@ def parse_register(query: Iterable[str], payload: bytes) -> RegisterParams:
             lifetime = _parse_lifetime(value)
         elif key == "lwm2m":
             if value not in SUPPORTED_VERSIONS:
-                raise UnsupportedVersionError(f"LwM2M version {value!r} not supported ({', '.join(SUPPORTED_VERSIONS)})")
+                supported = ", ".join(SUPPORTED_VERSIONS)
+                raise UnsupportedVersionError(f"LwM2M version {value!r} not supported ({supported})")
             version = value
         elif key == "b":
             binding = _parse_binding(value)

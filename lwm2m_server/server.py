@@ -1,0 +1,185 @@
+"""The LwM2M server process: CoAP transport, registration service, storage, device management and the API.
+
+``Lwm2mServer`` wires the pieces for one process; it owns every task and socket it starts and releases them all
+in :meth:`Lwm2mServer.stop`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiocoap
+
+from lwm2m_server.core.model import ObjectModel
+from lwm2m_server.events import EventBus
+from lwm2m_server.management import DeviceManagement
+from lwm2m_server.registry.service import RegistrationService
+from lwm2m_server.storage.database import Database
+from lwm2m_server.storage.sql import SqlDeviceStore, SqlRegistrationStore
+from lwm2m_server.transport.downlink import DownlinkSender
+from lwm2m_server.transport.site import ServerSite
+
+log = logging.getLogger(__name__)
+
+TOKEN_FILE = "api-token"
+API_URL_FILE = "api-url"
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("SCRATCH_DATA_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "scratch"
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by the owner only (mode 0600 from creation, no window)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def ensure_token(data_dir: Path) -> str:
+    """The API token of this data directory, created (random, mode 0600) on first use."""
+    path = data_dir / TOKEN_FILE
+    try:
+        token = path.read_text().strip()
+        if token:
+            return token
+    except FileNotFoundError:
+        pass
+    token = secrets.token_urlsafe(32)
+    write_private(path, token + "\n")
+    return token
+
+
+@dataclass
+class ServerSettings:
+    data_dir: Path = field(default_factory=default_data_dir)
+    coap_host: str = "127.0.0.1"
+    coap_port: int = 5683
+    api_host: str = "127.0.0.1"
+    api_port: int | None = 8080  # None: no API
+    models_dir: Path | None = None
+    database_url: str | None = None  # default: SQLite in the data directory
+    request_timeout: float = 30.0
+    lifetime_grace: float = 15.0  # seconds a registration outlives its lifetime before it expires
+    max_body: int = 16384
+    node_id: str = "node-1"
+
+
+class Lwm2mServer:
+    def __init__(self, settings: ServerSettings, *, model: ObjectModel | None = None) -> None:
+        self.settings = settings
+        self.model = model or ObjectModel.default()
+        self.events = EventBus()
+        self.database: Database | None = None
+        self.registrations: RegistrationService | None = None
+        self.context: aiocoap.Context | None = None
+        self.management: DeviceManagement | None = None
+        self.site: ServerSite | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._api_server: object = None
+        self.coap_port: int = 0
+        self.api_port: int = 0
+        self.api_token: str = ""
+
+    async def start(self) -> None:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.database = Database(s.database_url) if s.database_url else Database.for_data_dir(s.data_dir)
+        self.registrations = RegistrationService(
+            SqlRegistrationStore(self.database), SqlDeviceStore(self.database), self.events,
+            clock=time.time, grace=s.lifetime_grace, node_id=s.node_id)
+        self._tasks.append(asyncio.create_task(self.registrations.run(), name="registrations"))
+        self.site = ServerSite(self.registrations, max_body=s.max_body)
+        self.context = await aiocoap.Context.create_server_context(
+            self.site, bind=(s.coap_host, s.coap_port), transports=["udp6"])
+        self.coap_port = bound_port(self.context)
+        sender = DownlinkSender(self.context, self.model, timeout=s.request_timeout)
+        self.management = DeviceManagement(self.registrations, sender, clock=time.time)
+        if s.api_port is not None:
+            await self._start_api()
+        log.info("LwM2M server on coap://%s:%d", s.coap_host, self.coap_port)
+
+    async def _start_api(self) -> None:
+        import uvicorn
+
+        from lwm2m_server.api.app import create_app
+
+        s = self.settings
+        assert self.management is not None
+        self.api_token = ensure_token(s.data_dir)
+        app = create_app(self.management, self.model, self.api_token)
+        config = uvicorn.Config(app, host=s.api_host, port=s.api_port or 0, log_level="warning",
+                                lifespan="off", access_log=False)
+        server = uvicorn.Server(config)
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        task = asyncio.create_task(server.serve(), name="api")
+        self._tasks.append(task)
+        while not server.started:
+            if task.done():
+                task.result()  # raises the bind error
+                raise RuntimeError("the API server stopped during start-up")
+            await asyncio.sleep(0.01)
+        self._api_server = server
+        self.api_port = server.servers[0].sockets[0].getsockname()[1]
+        (s.data_dir / API_URL_FILE).write_text(f"{self.api_url}\n")
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{_host_for_url(self.settings.api_host)}:{self.api_port}"
+
+    @property
+    def coap_uri(self) -> str:
+        return f"coap://{_host_for_url(self.settings.coap_host)}:{self.coap_port}"
+
+    async def stop(self) -> None:
+        if self._api_server is not None:
+            self._api_server.should_exit = True  # type: ignore[attr-defined]
+        if self.context is not None:
+            await self.context.shutdown()
+            self.context = None
+        if self.registrations is not None:
+            try:
+                await self.registrations.close()
+            except Exception:
+                log.exception("could not write the last registration changes")
+        for t in self._tasks:
+            if not t.done():
+                t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        if self.database is not None:
+            self.database.close()
+            self.database = None
+        with contextlib.suppress(FileNotFoundError):
+            (self.settings.data_dir / API_URL_FILE).unlink()
+
+
+def _host_for_url(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def bound_port(context: aiocoap.Context) -> int:
+    """The UDP port the context's first transport is bound to (useful when it was asked for port 0)."""
+    for tman in context.request_interfaces:
+        mman = getattr(tman, "token_interface", None)
+        transport = getattr(getattr(mman, "message_interface", None), "transport", None)
+        if transport is not None:
+            return int(transport.get_extra_info("socket").getsockname()[1])
+    raise RuntimeError("no UDP transport in this context")

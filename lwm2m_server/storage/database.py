@@ -1,0 +1,108 @@
+"""The database handle: one SQLAlchemy engine, the schema created on open.
+
+SQLite (the default) runs with WAL, ``synchronous=NORMAL`` and foreign keys on; its file lives in a data folder
+only the server's user can enter (mode 0700) and is itself created mode 0600. PostgreSQL works by URL
+(``postgresql+psycopg://...``): the stores use portable SQL only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+from sqlmodel import Session, SQLModel
+
+from lwm2m_server.core.errors import StorageError
+from lwm2m_server.storage import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+
+__all__ = ["DB_FILENAME", "Database"]
+
+log = logging.getLogger(__name__)
+
+DB_FILENAME = "scratch.db"
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+class Database:
+    """An open database: ``engine`` for the stores, the schema created (``create_all``) on construction.
+
+    Raises :class:`StorageError` when the database cannot be opened. ``close()`` is idempotent.
+    """
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        kwargs: dict[str, Any] = {"echo": echo}
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S}
+            if url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url:
+                kwargs["poolclass"] = StaticPool  # one shared connection, or every connection is a new database
+        else:
+            kwargs["pool_pre_ping"] = True
+        try:
+            self.engine: Engine = create_engine(url, **kwargs)
+            if self.is_sqlite:
+                event.listen(self.engine, "connect", _sqlite_pragmas)
+            SQLModel.metadata.create_all(self.engine)
+        except SQLAlchemyError as e:
+            raise StorageError(f"cannot open database {self._safe_url()}: {e}") from e
+        self._closed = False
+
+    @classmethod
+    def for_data_dir(cls, path: str | os.PathLike[str], *, echo: bool = False) -> Database:
+        """The SQLite database ``scratch.db`` in ``path``; the folder is created mode 0700 when missing."""
+        folder = Path(path)
+        try:
+            if not folder.exists():
+                folder.mkdir(parents=True, mode=0o700)
+                folder.chmod(0o700)  # mkdir's mode is filtered by the umask
+            elif folder.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                log.warning("data folder %s is accessible to other users; chmod 700 it", folder)
+            db_file = folder / DB_FILENAME
+            if not db_file.exists():
+                os.close(os.open(db_file, os.O_CREAT | os.O_WRONLY, 0o600))
+        except OSError as e:
+            raise StorageError(f"cannot prepare data folder {folder}: {e}") from e
+        return cls(f"sqlite:///{db_file}", echo=echo)
+
+    def session(self) -> Session:
+        """A new ORM session on this database (the caller closes it, e.g. ``with db.session() as s:``)."""
+        return Session(self.engine)
+
+    def close(self) -> None:
+        """Release every pooled connection (a SQLite WAL file is checkpointed when its last connection closes)."""
+        if not self._closed:
+            self._closed = True
+            self.engine.dispose()
+
+    def _safe_url(self) -> str:
+        """The URL with any password masked (for messages and logs)."""
+        try:
+            return make_url(self.url).render_as_string(hide_password=True)
+        except (SQLAlchemyError, ValueError):
+            return "<unparsable database URL>"
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Database({self._safe_url()!r})"

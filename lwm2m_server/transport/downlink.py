@@ -1,0 +1,145 @@
+"""DownlinkSender: server -> device requests, sent to the ``remote`` of the device's registration.
+
+Invariant: a downlink request goes to the live remote the device last spoke from (so a DTLS session is reused);
+it is never rebuilt from a URI or from the stored address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+from aiocoap import Context, Message
+from aiocoap import error as coap_error
+from aiocoap.numbers.codes import Code
+
+from lwm2m_server.core.codec import registry as codecs
+from lwm2m_server.core.errors import ClientSleepingError, CodecError, RequestFailedError, RequestTimeoutError
+from lwm2m_server.core.model import ObjectModel
+from lwm2m_server.core.nodes import Node
+from lwm2m_server.core.operations import (
+    CreateRequest,
+    DownlinkRequest,
+    ObserveRequest,
+    WriteRequest,
+    to_coap,
+)
+from lwm2m_server.core.registration import Registration
+from lwm2m_server.core.responses import DownlinkResponse, decode_node, decode_response, default_write_format
+
+log = logging.getLogger(__name__)
+
+_METHODS = {"GET": Code.GET, "PUT": Code.PUT, "POST": Code.POST, "DELETE": Code.DELETE, "FETCH": Code.FETCH}
+
+
+class DownlinkSender:
+    """Sends LwM2M requests to registered devices and decodes their answers."""
+
+    def __init__(self, context: Context, model: ObjectModel, *, timeout: float = 30.0) -> None:
+        self.context = context
+        self.model = model
+        self.timeout = timeout
+
+    def _prepare(self, reg: Registration, request: DownlinkRequest) -> Message:
+        if reg.remote is None:
+            raise ClientSleepingError(
+                f"{reg.endpoint} has not been heard from since the server started; it is reachable again after "
+                "its next Update")
+        if isinstance(request, WriteRequest | CreateRequest) and request.format is None:
+            node = request.node if isinstance(request, WriteRequest) else request.instance
+            request = replace(request, format=default_write_format(node, reg.supported_formats))
+        model = self.model
+        coap = to_coap(request, root_path=reg.root_path,
+                       encode=lambda n, p, f: codecs.encode(n, p, f, model),
+                       encode_paths=codecs.encode_paths)
+        msg = Message(code=_METHODS[coap.method], uri_path=coap.uri_path, payload=coap.payload)
+        if coap.uri_query:
+            msg.opt.uri_query = coap.uri_query
+        if coap.content_format is not None:
+            msg.opt.content_format = coap.content_format
+        if coap.accept is not None:
+            msg.opt.accept = coap.accept
+        if coap.observe is not None:
+            msg.opt.observe = coap.observe
+        msg.remote = reg.remote
+        return msg
+
+    async def send(self, reg: Registration, request: DownlinkRequest, *, timeout: float | None = None
+                   ) -> DownlinkResponse:
+        """Send ``request`` and wait (at most ``timeout`` seconds) for the answer."""
+        msg = self._prepare(reg, request)
+        pending = self.context.request(msg)
+        try:
+            response = await asyncio.wait_for(pending.response, timeout or self.timeout)
+        except TimeoutError:
+            raise RequestTimeoutError(f"{reg.endpoint} did not answer within {timeout or self.timeout:g} s") from None
+        except coap_error.TimeoutError as e:
+            raise RequestTimeoutError(f"{reg.endpoint} did not answer ({type(e).__name__})") from None
+        except coap_error.Error as e:
+            raise RequestFailedError(f"request to {reg.endpoint} failed: {e}") from None
+        finally:
+            if isinstance(request, ObserveRequest):
+                with contextlib.suppress(Exception):
+                    pending.observation.cancel()
+        cf = response.opt.content_format
+        return decode_response(request, int(response.code), int(cf) if cf is not None else None, response.payload,
+                               self.model, tuple(response.opt.location_path))
+
+    async def observe(self, reg: Registration, request: ObserveRequest, *, timeout: float | None = None
+                      ) -> Observation:
+        """Start an observation; its first answer is ``Observation.initial``."""
+        msg = self._prepare(reg, request)
+        pending = self.context.request(msg)
+        try:
+            response = await asyncio.wait_for(pending.response, timeout or self.timeout)
+        except (TimeoutError, coap_error.TimeoutError):
+            pending.observation.cancel()
+            raise RequestTimeoutError(f"{reg.endpoint} did not answer the Observe") from None
+        except coap_error.Error as e:
+            raise RequestFailedError(f"Observe of {reg.endpoint} failed: {e}") from None
+        cf = response.opt.content_format
+        first = decode_response(request, int(response.code), int(cf) if cf is not None else None,
+                                response.payload, self.model)
+        if response.opt.observe is None:
+            pending.observation.cancel()
+            return Observation(request, first, None, self.model, established=False)
+        return Observation(request, first, pending, self.model, established=True)
+
+
+class Observation:
+    """A running observation: ``initial`` is the first answer; iterate for the notifications that follow."""
+
+    def __init__(self, request: ObserveRequest, initial: DownlinkResponse, pending: object, model: ObjectModel,
+                 *, established: bool) -> None:
+        self.request = request
+        self.initial = initial
+        self.established = established
+        self._pending = pending
+        self._model = model
+
+    async def notifications(self) -> AsyncIterator[Node]:
+        if self._pending is None:
+            return
+        iterator = self._pending.observation.__aiter__()  # type: ignore[attr-defined]
+        while True:
+            try:
+                msg = await iterator.__anext__()
+            except StopAsyncIteration:
+                return
+            except coap_error.Error as e:
+                raise RequestFailedError(f"observation of {self.request.path} ended: {type(e).__name__}") from None
+            cf = msg.opt.content_format
+            if int(msg.code) >> 5 != 2:
+                raise RequestFailedError(f"observation of {self.request.path} ended with {msg.code}")
+            try:
+                yield decode_node(msg.payload, int(cf) if cf is not None else None, self.request.path, self._model)
+            except CodecError as e:
+                log.warning("undecodable notification for %s: %s", self.request.path, e)
+
+    def cancel(self) -> None:
+        if self._pending is not None:
+            self._pending.observation.cancel()  # type: ignore[attr-defined]
+            self._pending = None

@@ -1,0 +1,125 @@
+"""The server's CoAP resource tree: the Registration interface at /rd, plus extra resources mounted by path.
+
+Invariants: a request body (assembled from Block1 blocks) is never held beyond ``max_body`` bytes: larger ones
+get 4.13 with a Size1 hint; every error reaching a client goes through :func:`error_response`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+
+from aiocoap import Message, interfaces
+from aiocoap.blockwise import Block1Spool
+from aiocoap.numbers.codes import Code
+from aiocoap.pipe import Pipe
+from aiocoap.resource import Resource
+
+from lwm2m_server.core.codec.formats import ContentFormat
+from lwm2m_server.core.errors import CoapCode, Lwm2mError
+from lwm2m_server.core.registration import PayloadTooLargeError, parse_register, parse_update
+from lwm2m_server.registry.service import RegistrationService
+from lwm2m_server.transport.responses import error_response
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Message, tuple[str, ...]], Awaitable[Message]]
+
+
+class BadContentFormatError(Lwm2mError):
+    coap_code = CoapCode.UNSUPPORTED_CONTENT_FORMAT
+
+
+class MethodNotAllowedError(Lwm2mError):
+    coap_code = CoapCode.METHOD_NOT_ALLOWED
+
+
+class NotFoundError(Lwm2mError):
+    coap_code = CoapCode.NOT_FOUND
+
+
+class BoundedBlock1Spool(Block1Spool):
+    """aiocoap's Block1 reassembly with a ceiling on the assembled body."""
+
+    def __init__(self, max_body: int) -> None:
+        super().__init__()
+        self.max_body = max_body
+
+    def feed_and_take(self, req: Message) -> Message:
+        size1 = req.opt.size1
+        block1 = req.opt.block1
+        end = (block1.start if block1 is not None else 0) + len(req.payload)
+        if (size1 is not None and size1 > self.max_body) or end > self.max_body:
+            raise PayloadTooLargeError(f"request body over {self.max_body} bytes")
+        return super().feed_and_take(req)
+
+
+def remote_address(remote: object) -> str:
+    """A printable ``host:port`` for a remote (display only; never used to reach the device)."""
+    hostinfo = getattr(remote, "hostinfo", None)
+    return str(hostinfo) if hostinfo else repr(remote)
+
+
+class ServerSite(Resource):
+    """Root resource of the LwM2M server: dispatches on the first Uri-Path segment."""
+
+    def __init__(self, registrations: RegistrationService, *, max_body: int = 16384,
+                 extra: Mapping[str, Handler] | None = None) -> None:
+        super().__init__()
+        self._block1 = BoundedBlock1Spool(max_body)
+        self.registrations = registrations
+        self.extra: dict[str, Handler] = dict(extra or {})
+
+    def mount(self, first_segment: str, handler: Handler) -> None:
+        """Serve every request whose path starts with ``first_segment`` by ``handler(request, rest_of_path)``."""
+        self.extra[first_segment] = handler
+
+    async def render_to_pipe(self, pipe: Pipe) -> None:
+        try:
+            await interfaces.Resource._render_to_pipe(self, pipe)
+        except Lwm2mError as e:  # raised by the Block1 spool, before render()
+            pipe.add_response(_with_size1(error_response(e), self._block1.max_body, e), is_last=True)
+
+    async def render(self, request: Message) -> Message:
+        path = request.opt.uri_path
+        try:
+            if path and path[0] == "rd":
+                return self._registration(request, path[1:])
+            if path:
+                handler = self.extra.get(path[0])
+                if handler is not None:
+                    return await handler(request, path[1:])
+            raise NotFoundError(f"no resource at /{'/'.join(path)}")
+        except Exception as e:
+            return error_response(e)
+
+    def _registration(self, request: Message, rest: tuple[str, ...]) -> Message:
+        """Register (POST /rd), Update (POST /rd/{id}) and De-register (DELETE /rd/{id})."""
+        cf = request.opt.content_format
+        if cf is not None and int(cf) != ContentFormat.LINK and request.payload:
+            raise BadContentFormatError(f"registration payload must be link format (40), not {int(cf)}")
+        query = request.opt.uri_query
+        if not rest:
+            if request.code != Code.POST:
+                raise MethodNotAllowedError("the registration resource takes POST")
+            params = parse_register(query, request.payload)
+            reg = self.registrations.register(
+                params, address=remote_address(request.remote), remote=request.remote)
+            return Message(code=Code.CREATED, location_path=("rd", reg.id))
+        if len(rest) != 1:
+            raise NotFoundError("no such registration")
+        reg_id = rest[0]
+        if request.code == Code.POST:
+            self.registrations.update(reg_id, parse_update(query, request.payload),
+                                      address=remote_address(request.remote), remote=request.remote)
+            return Message(code=Code.CHANGED)
+        if request.code == Code.DELETE:
+            self.registrations.deregister(reg_id)
+            return Message(code=Code.DELETED)
+        raise MethodNotAllowedError("a registration takes POST (Update) or DELETE (De-register)")
+
+
+def _with_size1(msg: Message, max_body: int, exc: Exception) -> Message:
+    if isinstance(exc, PayloadTooLargeError):
+        msg.opt.size1 = max_body
+    return msg
