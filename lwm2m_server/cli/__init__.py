@@ -1,1 +1,1 @@
-
+"""The ``scratch`` command line: the one composition root that wires everything together."""

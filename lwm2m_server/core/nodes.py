@@ -17,6 +17,7 @@ from enum import Enum
 from typing import TypeAlias
 
 from lwm2m_server.core.errors import ModelError
+from lwm2m_server.core.paths import LwM2mPath
 
 
 class ResourceType(Enum):
@@ -190,3 +191,25 @@ class Obj:
 
 
 Node: TypeAlias = Obj | Instance | SingleResource | MultipleResource | ResourceInstance
+
+
+def assemble(path: LwM2mPath, parts: Mapping[LwM2mPath, Node]) -> Node | None:
+    """Build the node at ``path`` from nodes found at or below it (as a composite answer lists them), or None
+    when nothing lies there. Invariant: the result holds exactly the values of ``parts`` below ``path``."""
+    if path in parts:
+        return parts[path]
+    below = {p: n for p, n in parts.items() if p != path and path.covers(p)}
+    if not below:
+        return None
+    depth = path.depth
+    if depth == 3:
+        rtype = next(iter(below.values())).type  # type: ignore[union-attr]
+        return MultipleResource(path.ids[2], rtype, {p.ids[3]: n.value for p, n in below.items()
+                                                     if isinstance(n, ResourceInstance)})
+    children = sorted({p.ids[depth] for p in below})
+    built = [assemble(path.child(c), below) for c in children]
+    if depth == 2:
+        return Instance.of(path.ids[1], [n for n in built if isinstance(n, SingleResource | MultipleResource)])
+    if depth == 1:
+        return Obj.of(path.ids[0], [n for n in built if isinstance(n, Instance)])
+    return None

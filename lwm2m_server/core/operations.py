@@ -48,7 +48,7 @@ class DiscoverRequest:
     path: LwM2mPath
 
     def __post_init__(self) -> None:
-        _require_depth("Discover", self.path, (0, 1, 2, 3))
+        _require_depth("Discover", self.path, (1, 2, 3))
 
 
 def _node_fits(path: LwM2mPath, node: Node) -> bool:

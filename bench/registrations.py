@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""Registration and read benchmarks for the SCRATCh LwM2M server. Prints figures; asserts nothing.
+
+Registration: `scratch server` runs as its own process; ../shared/tools/lwm2m_load.py (the neutral load generator
+that drives Eclipse Leshan the same way) registers N clients against it and samples the server's CPU and RSS.
+Reads: an in-process server reads /3/0/0 from clients of the load generator as fast as it can (concurrency 32),
+so the figure is the server's own round trip cost, not HTTP's.
+
+    .venv/bin/python bench/registrations.py [--counts 1000 10000] [--reads 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LOAD = Path(os.environ.get("LWM2M_LOAD", REPO.parent / "shared" / "tools" / "lwm2m_load.py"))
+SCRATCH = REPO / ".venv" / "bin" / "scratch"
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(data_dir: Path, port: int) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([str(SCRATCH), "server", "--coap", f"127.0.0.1:{port}", "--api", "127.0.0.1:0",
+                             "--data-dir", str(data_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 30
+    for line in proc.stdout:
+        if "LwM2M server on" in line:
+            return proc
+        if time.monotonic() > deadline:
+            break
+    proc.kill()
+    raise SystemExit(f"server did not start: {line!r}")
+
+
+def run_load(args: list[str], timeout: float) -> dict:
+    out = subprocess.run([sys.executable, str(LOAD), *args], capture_output=True, text=True, timeout=timeout)
+    for line in reversed(out.stdout.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise SystemExit(f"lwm2m_load printed no result: {out.stdout[-500:]} {out.stderr[-500:]}")
+
+
+def bench_registrations(n: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="scratch-bench-") as tmp:
+        port = free_udp_port()
+        proc = start_server(Path(tmp), port)
+        try:
+            res = run_load(["register", "--port", str(port), "-n", str(n), "--server-pid", str(proc.pid),
+                            "--prefix", f"bench{n}-", "--concurrency", "100", "--lifetime", "3600",
+                            "--max-seconds", "300"], timeout=330)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    reg = res.get("register", {})
+    srv = reg.get("server", {})
+    return {"devices": n, "ok": reg.get("ok"), "failed": reg.get("failed"),
+            "reg_per_s": reg.get("rate_steady_p10_p90_per_s") or reg.get("rate_overall_per_s"),
+            "cpu_ms_per_reg": srv.get("cpu_ms_per_op"), "bytes_per_reg": srv.get("rss_delta_bytes_per_op"),
+            "p50_ms": reg.get("lat_ms", {}).get("p50"), "p99_ms": reg.get("lat_ms", {}).get("p99")}
+
+
+async def bench_reads(total: int, clients: int = 50, concurrency: int = 32) -> dict:
+    from lwm2m_server.core.operations import ReadRequest
+    from lwm2m_server.core.paths import LwM2mPath
+    from lwm2m_server.server import Lwm2mServer, ServerSettings
+
+    with tempfile.TemporaryDirectory(prefix="scratch-bench-") as tmp:
+        srv = Lwm2mServer(ServerSettings(data_dir=Path(tmp), coap_port=0, api_port=None))
+        await srv.start()
+        load = await asyncio.create_subprocess_exec(
+            sys.executable, str(LOAD), "register", "--port", str(srv.coap_port), "-n", str(clients), "--hold", "120",
+            "--max-seconds", "150", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        try:
+            assert srv.registrations is not None and srv.management is not None
+            deadline = time.monotonic() + 30
+            while srv.registrations.count() < clients and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            eps = [r.endpoint for r in srv.registrations.all()]
+            req = ReadRequest(LwM2mPath.parse("/3/0/0"))
+            done = failed = 0
+            sem = asyncio.Semaphore(concurrency)
+
+            async def one(i: int) -> None:
+                nonlocal done, failed
+                async with sem:
+                    try:
+                        await srv.management.send(eps[i % len(eps)], req, timeout=10)
+                        done += 1
+                    except Exception:
+                        failed += 1
+
+            ru0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+            await asyncio.gather(*(one(i) for i in range(total)))
+            t1, ru1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+            cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+            return {"reads": total, "ok": done, "failed": failed, "reads_per_s": round(done / (t1 - t0), 1),
+                    "cpu_ms_per_read": round(cpu * 1000 / max(done, 1), 3), "clients": len(eps)}
+        finally:
+            load.terminate()
+            await load.wait()
+            await srv.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--counts", type=int, nargs="+", default=[1000, 10000])
+    ap.add_argument("--reads", type=int, default=5000)
+    args = ap.parse_args()
+    if not LOAD.exists():
+        raise SystemExit(f"load generator not found at {LOAD} (set LWM2M_LOAD)")
+    print("registrations (scratch server as its own process, driven by lwm2m_load.py)")
+    heads = ("devices", "ok", "failed", "reg/s", "CPU ms/reg", "B/reg", "p50 ms", "p99 ms")
+    print(" ".join(f"{h:>10}" for h in heads))
+    for n in args.counts:
+        r = bench_registrations(n)
+        cols = ("devices", "ok", "failed", "reg_per_s", "cpu_ms_per_reg", "bytes_per_reg", "p50_ms", "p99_ms")
+        print(" ".join(f"{r[c]!s:>10}" for c in cols), flush=True)
+    if args.reads:
+        r = asyncio.run(bench_reads(args.reads))
+        print(f"\nreads of /3/0/0 (in-process server, {r['clients']} clients, concurrency 32): {r['ok']} ok, "
+              f"{r['failed']} failed, {r['reads_per_s']} reads/s, {r['cpu_ms_per_read']} CPU ms/read")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,310 @@
+"""The management REST API. Every route but /api/health needs ``Authorization: Bearer <token>``.
+
+Errors come back as ``{"error": text, "kind": name, "coap_code": "4.05"|null}`` with an HTTP status chosen in
+:func:`http_status` (the one mapping from our error tree to HTTP).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from lwm2m_server.api.node_json import composite_to_json, links_to_json, node_to_json, value_from_json
+from lwm2m_server.core.codec.formats import ContentFormat
+from lwm2m_server.core.errors import (
+    ClientSleepingError,
+    CodecError,
+    ErrorResponseError,
+    InvalidPathError,
+    InvalidRequestError,
+    Lwm2mError,
+    ModelError,
+    RequestFailedError,
+    RequestTimeoutError,
+    UnknownEndpointError,
+    dotted_code,
+)
+from lwm2m_server.core.model import ObjectModel
+from lwm2m_server.core.nodes import (
+    Instance,
+    MultipleResource,
+    Node,
+    ResourceInstance,
+    ResourceType,
+    SingleResource,
+)
+from lwm2m_server.core.operations import (
+    CreateRequest,
+    DeleteRequest,
+    DiscoverRequest,
+    ExecuteRequest,
+    ObserveRequest,
+    ReadCompositeRequest,
+    ReadRequest,
+    WriteAttributesRequest,
+    WriteMode,
+    WriteRequest,
+)
+from lwm2m_server.core.paths import LwM2mPath
+from lwm2m_server.core.registration import Registration
+from lwm2m_server.core.responses import DownlinkResponse
+from lwm2m_server.management import DeviceManagement
+
+
+def http_status(exc: Exception) -> int:
+    if isinstance(exc, UnknownEndpointError):
+        return 404
+    if isinstance(exc, InvalidPathError | InvalidRequestError | ModelError):
+        return 400
+    if isinstance(exc, ClientSleepingError):
+        return 409
+    if isinstance(exc, RequestTimeoutError):
+        return 504
+    if isinstance(exc, ErrorResponseError | RequestFailedError | CodecError):
+        return 502
+    return 500
+
+
+def registration_to_json(reg: Registration) -> dict[str, Any]:
+    return {
+        "endpoint": reg.endpoint, "registration_id": reg.id, "address": reg.address, "lifetime": reg.lifetime,
+        "lwm2m_version": reg.lwm2m_version, "binding": reg.binding, "queue_mode": reg.queue_mode,
+        "registered_at": reg.registered_at, "updated_at": reg.updated_at, "secure": reg.secure,
+        "tenant_id": reg.tenant_id, "root_path": reg.root_path,
+        "objects": [str(p) for p in reg.summary.instances],
+        "formats": sorted(int(f) for f in reg.supported_formats),
+        "reachable": reg.remote is not None,
+    }
+
+
+def response_to_json(resp: DownlinkResponse) -> dict[str, Any]:
+    out: dict[str, Any] = {"code": dotted_code(resp.code)}
+    if resp.content_format is not None:
+        out["format"] = _format_label(resp.content_format)
+    c = resp.content
+    if isinstance(c, tuple):
+        out["links"] = links_to_json(c)
+    elif isinstance(c, dict):
+        out["content"] = composite_to_json(c)
+    elif c is not None:
+        out["content"] = node_to_json(c)  # type: ignore[arg-type]
+    if resp.location:
+        out["location"] = "/" + "/".join(resp.location)
+    return out
+
+
+def _format_label(number: int) -> str:
+    try:
+        return ContentFormat(number).label
+    except ValueError:
+        return str(number)
+
+
+def _format(name: str | None) -> ContentFormat | None:
+    return ContentFormat.by_name(name) if name else None
+
+
+class WriteBody(BaseModel):
+    path: str
+    value: Any = None  # a single resource or resource instance
+    values: dict[str, Any] | None = None  # a multiple resource: instance id -> value
+    resources: dict[str, Any] | None = None  # an object instance: resource id -> value (or {id: value} map)
+    type: str | None = None  # needed only for resources the object model does not know
+    format: str | None = None
+    mode: str = "replace"
+
+
+class ExecuteBody(BaseModel):
+    path: str
+    args: str = ""
+
+
+class AttributesBody(BaseModel):
+    path: str
+    attributes: dict[str, float | int | None]
+
+
+class CreateBody(BaseModel):
+    path: str
+    instance_id: int = Field(ge=0, le=65534)
+    resources: dict[str, Any]
+    format: str | None = None
+
+
+class DeleteBody(BaseModel):
+    path: str
+
+
+class CompositeBody(BaseModel):
+    paths: list[str]
+    format: str = "senml-cbor"
+
+
+def build_node(model: ObjectModel, path: LwM2mPath, body: WriteBody | CreateBody) -> Node:
+    """Turn a JSON write body into a typed node at ``path`` using the object model."""
+    explicit = ResourceType.from_ddf(body.type) if isinstance(body, WriteBody) and body.type else None
+
+    def rtype(oid: int, rid: int) -> ResourceType:
+        rdef = model.resource(oid, rid)
+        if rdef is not None:
+            return rdef.type
+        if explicit is not None:
+            return explicit
+        raise ModelError(f"resource /{oid}/x/{rid} is not in the object model; give its type")
+
+    def resource(oid: int, rid: int, value: Any) -> SingleResource | MultipleResource:
+        t = rtype(oid, rid)
+        rdef = model.resource(oid, rid)
+        if isinstance(value, dict) or (rdef is not None and rdef.multiple):
+            if not isinstance(value, dict):
+                raise InvalidRequestError(f"resource {rid} is multiple: give {{instance id: value}}")
+            return MultipleResource(rid, t, {int(k): value_from_json(v, t) for k, v in value.items()})
+        return SingleResource(rid, t, value_from_json(value, t))
+
+    oid = path.object_id
+    assert oid is not None
+    if isinstance(body, CreateBody):
+        return Instance.of(body.instance_id, [resource(oid, int(k), v) for k, v in body.resources.items()])
+    if path.depth == 2:
+        if not body.resources:
+            raise InvalidRequestError("writing an object instance needs 'resources'")
+        return Instance.of(path.instance_id or 0, [resource(oid, int(k), v) for k, v in body.resources.items()])
+    if path.depth == 3:
+        rid = path.resource_id or 0
+        if body.values is not None:
+            return resource(oid, rid, body.values)
+        if body.value is None:
+            raise InvalidRequestError("writing a resource needs 'value' (or 'values' for a multiple resource)")
+        return resource(oid, rid, body.value)
+    if path.depth == 4:
+        t = rtype(oid, path.resource_id or 0)
+        return ResourceInstance(path.resource_instance_id or 0, t, value_from_json(body.value, t))
+    raise InvalidRequestError(f"cannot write at {path}")
+
+
+def create_app(management: DeviceManagement, model: ObjectModel, token: str) -> FastAPI:
+    """The API app. ``token`` is compared in constant time; it is never logged or echoed."""
+    app = FastAPI(title="SCRATCh management API", version="0.1.0")
+    expected = token.encode()
+
+    def authorized(request: Request) -> None:
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+            raise HTTPException(status_code=401, detail="missing or wrong API token",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(Lwm2mError)
+    async def lwm2m_error(_: Request, exc: Lwm2mError) -> JSONResponse:
+        code = exc.code if isinstance(exc, ErrorResponseError) else None
+        return JSONResponse(status_code=http_status(exc), content={
+            "error": str(exc), "kind": type(exc).__name__,
+            "coap_code": dotted_code(code) if code is not None else None})
+
+    auth = [Depends(authorized)]
+    registrations = management.registrations
+
+    @app.get("/api/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "devices": registrations.count()}
+
+    @app.get("/api/devices", dependencies=auth)
+    async def list_devices() -> list[dict[str, Any]]:
+        return [registration_to_json(r) for r in sorted(registrations.all(), key=lambda r: r.endpoint)]
+
+    @app.get("/api/devices/{endpoint}", dependencies=auth)
+    async def show_device(endpoint: str) -> dict[str, Any]:
+        return registration_to_json(management.registration(endpoint))
+
+    @app.get("/api/devices/{endpoint}/read", dependencies=auth)
+    async def read(endpoint: str, path: str, format: str | None = None, timeout: float | None = None
+                   ) -> dict[str, Any]:
+        req = ReadRequest(LwM2mPath.parse(path), _format(format))
+        return response_to_json(await management.send(endpoint, req, timeout=timeout))
+
+    @app.get("/api/devices/{endpoint}/discover", dependencies=auth)
+    async def discover(endpoint: str, path: str = "/", timeout: float | None = None) -> dict[str, Any]:
+        return response_to_json(await management.send(endpoint, DiscoverRequest(LwM2mPath.parse(path)),
+                                                      timeout=timeout))
+
+    @app.post("/api/devices/{endpoint}/write", dependencies=auth)
+    async def write(endpoint: str, body: WriteBody, timeout: float | None = None) -> dict[str, Any]:
+        path = LwM2mPath.parse(body.path)
+        if path.depth < 2:
+            raise InvalidRequestError(f"Write needs an object instance, resource or resource instance path, not {path}")
+        try:
+            mode = WriteMode(body.mode)
+        except ValueError:
+            raise InvalidRequestError("mode is 'replace' or 'update'") from None
+        req = WriteRequest(path, build_node(model, path, body), mode, _format(body.format))
+        return response_to_json(await management.send(endpoint, req, timeout=timeout))
+
+    @app.post("/api/devices/{endpoint}/execute", dependencies=auth)
+    async def execute(endpoint: str, body: ExecuteBody, timeout: float | None = None) -> dict[str, Any]:
+        req = ExecuteRequest(LwM2mPath.parse(body.path), body.args)
+        return response_to_json(await management.send(endpoint, req, timeout=timeout))
+
+    @app.post("/api/devices/{endpoint}/attributes", dependencies=auth)
+    async def write_attributes(endpoint: str, body: AttributesBody, timeout: float | None = None) -> dict[str, Any]:
+        req = WriteAttributesRequest(LwM2mPath.parse(body.path), body.attributes)
+        return response_to_json(await management.send(endpoint, req, timeout=timeout))
+
+    @app.post("/api/devices/{endpoint}/create", dependencies=auth)
+    async def create(endpoint: str, body: CreateBody, timeout: float | None = None) -> dict[str, Any]:
+        path = LwM2mPath.parse(body.path)
+        req = CreateRequest(path, build_node(model, path, body), _format(body.format))  # type: ignore[arg-type]
+        return response_to_json(await management.send(endpoint, req, timeout=timeout))
+
+    @app.post("/api/devices/{endpoint}/delete", dependencies=auth)
+    async def delete(endpoint: str, body: DeleteBody, timeout: float | None = None) -> dict[str, Any]:
+        return response_to_json(await management.send(endpoint, DeleteRequest(LwM2mPath.parse(body.path)),
+                                                      timeout=timeout))
+
+    @app.post("/api/devices/{endpoint}/read-composite", dependencies=auth)
+    async def read_composite(endpoint: str, body: CompositeBody, timeout: float | None = None) -> dict[str, Any]:
+        fmt = ContentFormat.by_name(body.format)
+        req = ReadCompositeRequest(tuple(LwM2mPath.parse(p) for p in body.paths), fmt, fmt)
+        return response_to_json(await management.send(endpoint, req, timeout=timeout))
+
+    @app.get("/api/devices/{endpoint}/observe", dependencies=auth)
+    async def observe(endpoint: str, path: str, count: int = 1, format: str | None = None,
+                      timeout: float = 60.0) -> StreamingResponse:
+        """Stream the first answer and then ``count`` notifications as JSON lines; the observation is cancelled
+        when they are sent, when ``timeout`` seconds pass without one, or when the caller goes away."""
+        if count < 0:
+            raise InvalidRequestError("count must not be negative")
+        obs = await management.observe(endpoint, ObserveRequest(LwM2mPath.parse(path), _format(format)))
+
+        async def lines() -> AsyncIterator[bytes]:
+            try:
+                first = response_to_json(obs.initial)
+                first["observing"] = obs.established
+                yield (json.dumps(first) + "\n").encode()
+                if not obs.established:
+                    return
+                seen = 0
+                stream = obs.notifications().__aiter__()
+                while seen < count:
+                    try:
+                        node = await asyncio.wait_for(stream.__anext__(), timeout)
+                    except (StopAsyncIteration, TimeoutError):
+                        yield (json.dumps({"end": "timeout" if seen < count else "done"}) + "\n").encode()
+                        return
+                    except Lwm2mError as e:
+                        yield (json.dumps({"end": "error", "error": str(e)}) + "\n").encode()
+                        return
+                    seen += 1
+                    yield (json.dumps({"notification": seen, "content": node_to_json(node)}) + "\n").encode()
+            finally:
+                obs.cancel()
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    return app

@@ -1,0 +1,308 @@
+"""``scratch``: the operator's command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from lwm2m_server.cli.client import ApiClient, CliError
+from lwm2m_server.cli.render import devices_table, print_response
+from lwm2m_server.core.errors import Lwm2mError
+from lwm2m_server.core.model import ObjectModel
+from lwm2m_server.core.paths import LwM2mPath
+
+app = typer.Typer(name="scratch", no_args_is_help=True, add_completion=False,
+                  help="SCRATCh: secure firmware updates for fleets of LwM2M devices.")
+device_app = typer.Typer(no_args_is_help=True, help="Manage registered devices through the running server.")
+app.add_typer(device_app, name="device")
+
+console = Console()
+err_console = Console(stderr=True)
+
+ApiOpt = Annotated[str | None, typer.Option("--api", help="API base URL (default: $SCRATCH_API, or the server's "
+                                            "api-url file in the data directory)")]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Server data directory (default: "
+                                                 "$SCRATCH_DATA_DIR or ~/.local/share/scratch)",
+                                                 envvar="SCRATCH_DATA_DIR")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+FormatOpt = Annotated[str | None, typer.Option(
+    "--format", help="Content format: text, opaque, tlv, senml-json, senml-cbor, lwm2m-cbor")]
+TimeoutOpt = Annotated[float | None, typer.Option("--timeout", help="Seconds to wait for the device.")]
+
+
+def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
+    """``HOST:PORT``, ``HOST``, ``:PORT`` or ``[v6]:PORT``."""
+    host, port = text, default_port
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise typer.BadParameter(f"unclosed '[' in {text!r}")
+        host, rest = text[1:end], text[end + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise typer.BadParameter(f"expected ':PORT' after ']' in {text!r}")
+            port = _port(rest[1:], text)
+    elif text.count(":") == 1:
+        host, p = text.split(":")
+        port = _port(p, text)
+    return host or "127.0.0.1", port
+
+
+def _port(p: str, text: str) -> int:
+    if not p.isdigit() or not 0 <= int(p) <= 65535:
+        raise typer.BadParameter(f"invalid port in {text!r}")
+    return int(p)
+
+
+def _run_client(fn: Any) -> None:
+    try:
+        fn()
+    except CliError as e:
+        err_console.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(1) from None
+    except Lwm2mError as e:  # bad path or value, caught before anything is sent
+        err_console.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _client(api: str | None, data_dir: Path | None, timeout: float | None = None) -> ApiClient:
+    return ApiClient.locate(api, data_dir, timeout=(timeout or 30.0) + 10.0)
+
+
+def _path(text: str) -> str:
+    return str(LwM2mPath.parse(text))
+
+
+@app.command()
+def server(
+    coap: Annotated[str, typer.Option("--coap", help="CoAP (UDP) address to serve LwM2M on")] = "127.0.0.1:5683",
+    api: Annotated[str, typer.Option("--api", help="Address of the management API (loopback)")] = "127.0.0.1:8080",
+    data_dir: DataDirOpt = None,
+    models: Annotated[Path | None, typer.Option("--models", help="Folder of OMA DDF XML files to add",
+                                                exists=True, file_okay=False)] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at debug level")] = False,
+) -> None:
+    """Run the LwM2M server and its management API until interrupted."""
+    from lwm2m_server.object_files import model_with_dir
+    from lwm2m_server.server import Lwm2mServer, ServerSettings, default_data_dir
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    chost, cport = parse_hostport(coap, 5683)
+    ahost, aport = parse_hostport(api, 8080)
+    try:
+        model = model_with_dir(models)
+    except Lwm2mError as e:
+        err_console.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    settings = ServerSettings(data_dir=data_dir or default_data_dir(), coap_host=chost, coap_port=cport,
+                              api_host=ahost, api_port=aport, models_dir=models)
+
+    async def main() -> None:
+        srv = Lwm2mServer(settings, model=model)
+        try:
+            await srv.start()
+        except OSError as e:
+            await srv.stop()
+            raise CliError(f"cannot start the server: {e}") from None
+        console.print(f"LwM2M server on [bold]{srv.coap_uri}[/bold], API on [bold]{srv.api_url}[/bold], "
+                      f"data in {settings.data_dir} ({len(model)} object definitions)", highlight=False)
+        await _wait_for_signal()
+        console.print("stopping...")
+        await srv.stop()
+
+    _run_client(lambda: asyncio.run(main()))
+
+
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+@device_app.command("list")
+def device_list(api: ApiOpt = None, data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
+    """List registered devices."""
+    def run() -> None:
+        devices = _client(api, data_dir).get("/api/devices")
+        if as_json:
+            print(json.dumps(devices, indent=2))
+        else:
+            console.print(devices_table(devices))
+    _run_client(run)
+
+
+def _answer(answer: dict[str, Any], path: str, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(answer, indent=2))
+    else:
+        print_response(console, answer, path, ObjectModel.default())
+
+
+@device_app.command("read")
+def device_read(endpoint: str, path: str, format: FormatOpt = None, api: ApiOpt = None,
+                data_dir: DataDirOpt = None, as_json: JsonOpt = False, timeout: TimeoutOpt = None) -> None:
+    """Read an object, instance, resource or resource instance."""
+    def run() -> None:
+        p = _path(path)
+        answer = _client(api, data_dir, timeout).get(f"/api/devices/{endpoint}/read", path=p, format=format,
+                                                     timeout=timeout)
+        _answer(answer, p, as_json)
+    _run_client(run)
+
+
+@device_app.command("write")
+def device_write(
+    endpoint: str, path: str,
+    value: Annotated[str, typer.Argument(help="The value (opaque in hex, booleans true/false, links O:I); for an "
+                                         "object instance or multiple resource, a JSON object of id -> value")],
+    format: FormatOpt = None,
+    update: Annotated[bool, typer.Option("--update", help="Partial update (POST) instead of replace (PUT)")] = False,
+    type: Annotated[str | None, typer.Option("--type", help="Resource type, for resources the model lacks")] = None,
+    api: ApiOpt = None, data_dir: DataDirOpt = None, as_json: JsonOpt = False, timeout: TimeoutOpt = None,
+) -> None:
+    """Write a resource, resource instance or object instance."""
+    def run() -> None:
+        p = _path(path)
+        depth = len(LwM2mPath.parse(p).ids)
+        body: dict[str, Any] = {"path": p, "format": format, "type": type, "mode": "update" if update else "replace"}
+        structured = value.lstrip().startswith("{")
+        if depth == 2:
+            body["resources"] = _json_object(value)
+        elif depth == 3 and structured:
+            body["values"] = _json_object(value)
+        else:
+            body["value"] = value
+        _answer(_client(api, data_dir, timeout).post(f"/api/devices/{endpoint}/write", body, timeout=timeout),
+                p, as_json)
+    _run_client(run)
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(text)
+    except ValueError as e:
+        raise CliError(f"expected a JSON object of id -> value: {e}") from None
+    if not isinstance(obj, dict):
+        raise CliError("expected a JSON object of id -> value")
+    return obj
+
+
+@device_app.command("execute")
+def device_execute(endpoint: str, path: str,
+                   args: Annotated[str, typer.Argument(help="Execute arguments, e.g. 0='x',1")] = "",
+                   api: ApiOpt = None, data_dir: DataDirOpt = None, as_json: JsonOpt = False,
+                   timeout: TimeoutOpt = None) -> None:
+    """Execute a resource (with optional arguments)."""
+    def run() -> None:
+        p = _path(path)
+        _answer(_client(api, data_dir, timeout).post(f"/api/devices/{endpoint}/execute", {"path": p, "args": args},
+                                                     timeout=timeout), p, as_json)
+    _run_client(run)
+
+
+@device_app.command("discover")
+def device_discover(endpoint: str, path: Annotated[str, typer.Argument()] = "/", api: ApiOpt = None,
+                    data_dir: DataDirOpt = None, as_json: JsonOpt = False, timeout: TimeoutOpt = None) -> None:
+    """Discover the objects, instances, resources and attributes a device has."""
+    def run() -> None:
+        p = _path(path)
+        _answer(_client(api, data_dir, timeout).get(f"/api/devices/{endpoint}/discover", path=p, timeout=timeout),
+                p, as_json)
+    _run_client(run)
+
+
+@device_app.command("attributes")
+def device_attributes(
+    endpoint: str, path: str,
+    attributes: Annotated[list[str], typer.Argument(help="NAME=VALUE (pmin, pmax, gt, lt, st, ...); NAME alone "
+                                                    "removes it")],
+    api: ApiOpt = None, data_dir: DataDirOpt = None, as_json: JsonOpt = False, timeout: TimeoutOpt = None,
+) -> None:
+    """Write-Attributes (notification attributes such as pmin and pmax)."""
+    def run() -> None:
+        p = _path(path)
+        attrs: dict[str, float | None] = {}
+        for item in attributes:
+            name, sep, val = item.partition("=")
+            try:
+                attrs[name] = (float(val) if "." in val else int(val)) if sep else None
+            except ValueError:
+                raise CliError(f"attribute {name} needs a number, not {val!r}") from None
+        _answer(_client(api, data_dir, timeout).post(f"/api/devices/{endpoint}/attributes",
+                                                     {"path": p, "attributes": attrs}, timeout=timeout), p, as_json)
+    _run_client(run)
+
+
+@device_app.command("delete")
+def device_delete(endpoint: str, path: str, api: ApiOpt = None, data_dir: DataDirOpt = None,
+                  as_json: JsonOpt = False, timeout: TimeoutOpt = None) -> None:
+    """Delete an object instance."""
+    def run() -> None:
+        p = _path(path)
+        _answer(_client(api, data_dir, timeout).post(f"/api/devices/{endpoint}/delete", {"path": p},
+                                                     timeout=timeout), p, as_json)
+    _run_client(run)
+
+
+@device_app.command("observe")
+def device_observe(
+    endpoint: str, path: str,
+    count: Annotated[int, typer.Option("--count", help="Stop after this many notifications", min=0)] = 1,
+    format: FormatOpt = None, api: ApiOpt = None, data_dir: DataDirOpt = None, as_json: JsonOpt = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="Give up after this many seconds without a "
+                                           "notification")] = 60.0,
+) -> None:
+    """Observe a path: print its value, then each notification, then cancel the observation."""
+    def run() -> None:
+        p = _path(path)
+        client = _client(api, data_dir, timeout)
+        for line in client.stream_lines(f"/api/devices/{endpoint}/observe", path=p, count=count, format=format,
+                                        timeout=timeout):
+            if as_json:
+                print(json.dumps(line), flush=True)
+            elif "end" in line:
+                if line["end"] != "done":
+                    raise CliError(f"observation ended: {line.get('error') or line['end']}")
+            elif "notification" in line:
+                _answer({"code": "notification", **line}, p, False)
+            else:
+                if not line.get("observing", True):
+                    raise CliError(f"{endpoint} answered the Observe of {p} without starting an observation")
+                _answer(line, p, False)
+    _run_client(run)
+
+
+def _mount_subcommands() -> None:
+    from client_sim.cli import sim
+
+    app.command("sim", help="Run simulated LwM2M devices against a server until interrupted.")(sim)
+
+    from lwm2m_server.cli.demo import demo
+
+    app.command("demo", help="The main job: a server and simulated devices on loopback, managed end to end.")(demo)
+
+
+_mount_subcommands()
+
+
+def main() -> None:
+    app(prog_name="scratch")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Human-readable output of API answers (rich tables), with resource names from the object model."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from lwm2m_server.core.model import ObjectModel
+
+
+def _rows(node: dict[str, Any], ids: list[int], model: ObjectModel, rows: list[tuple[str, str, str, str]]) -> None:
+    """Flatten a JSON node found at path ``ids`` into (path, name, type, value) rows."""
+    kind = node["kind"]
+    if kind == "object":
+        for inst in node["instances"]:
+            _rows(inst, [*ids, inst["id"]], model, rows)
+        return
+    if kind == "instance":
+        for res in node["resources"]:
+            _rows(res, [*ids, res["id"]], model, rows)
+        return
+    rdef = model.resource(ids[0], ids[2]) if len(ids) >= 3 else None
+    name = rdef.name if rdef else ""
+    path = "/" + "/".join(str(i) for i in ids)
+    if kind == "multiple":
+        if not node["values"]:
+            rows.append((path, name, node["type"], "(no instances)"))
+        for k, v in node["values"].items():
+            rows.append((f"{path}/{k}", name, node["type"], _show(v, node["type"])))
+    else:
+        rows.append((path, name, node["type"], _show(node["value"], node["type"])))
+
+
+def _show(value: Any, rtype: str) -> str:
+    if rtype == "Time" and isinstance(value, int):
+        try:
+            return f"{value} ({dt.datetime.fromtimestamp(value, dt.UTC):%Y-%m-%d %H:%M:%S}Z)"
+        except (OverflowError, OSError, ValueError):
+            return str(value)
+    if rtype == "Opaque":
+        return f"0x{value}" if value else "(empty)"
+    return str(value)
+
+
+def node_table(content: dict[str, Any], path: str, model: ObjectModel, title: str | None = None) -> Table:
+    rows: list[tuple[str, str, str, str]] = []
+    _rows(content, [int(x) for x in path.strip("/").split("/") if x], model, rows)
+    table = Table(title=title, show_lines=False)
+    for col in ("path", "name", "type", "value"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(*r)
+    return table
+
+
+def devices_table(devices: list[dict[str, Any]]) -> Table:
+    table = Table(title=f"{len(devices)} registered device(s)")
+    for col in ("endpoint", "address", "lwm2m", "binding", "lifetime", "objects", "last update"):
+        table.add_column(col, overflow="fold")
+    for d in devices:
+        updated = dt.datetime.fromtimestamp(d["updated_at"], dt.UTC).strftime("%H:%M:%S")
+        table.add_row(d["endpoint"], d["address"], d["lwm2m_version"], d["binding"] + (" Q" if d["queue_mode"] else ""),
+                      str(d["lifetime"]), " ".join(d["objects"]), updated)
+    return table
+
+
+def print_response(console: Console, answer: dict[str, Any], path: str, model: ObjectModel) -> None:
+    if "content" in answer and isinstance(answer["content"], dict) and "kind" in answer["content"]:
+        console.print(node_table(answer["content"], path, model,
+                                 title=f"{path} ({answer.get('format', '?')}, {answer['code']})"))
+    elif "content" in answer and isinstance(answer["content"], dict):
+        for p, node in answer["content"].items():
+            console.print(node_table(node, p, model, title=p))
+    elif "links" in answer:
+        for link in answer["links"]:
+            console.print(link["text"], markup=False, highlight=False)
+    else:
+        console.print(f"{answer['code']}" + (f" location {answer['location']}" if "location" in answer else ""))
