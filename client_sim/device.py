@@ -277,6 +277,7 @@ class SimulatedDevice:
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
+        self._wake.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -431,7 +432,7 @@ class SimulatedDevice:
     async def _lifecycle(self) -> None:
         loop = asyncio.get_running_loop()
         backoff = 1.0
-        while True:
+        while not self._stopping:  # not only cancellation: Python 3.11's wait_for can swallow a cancel
             if self._location is None or self._want_register:
                 self._want_register = False
                 self._want_update = False

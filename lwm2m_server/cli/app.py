@@ -25,7 +25,7 @@ device_app = typer.Typer(no_args_is_help=True, help="Manage registered devices t
 app.add_typer(device_app, name="device")
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 ApiOpt = Annotated[str | None, typer.Option("--api", help="API base URL (default: $SCRATCH_API, or the server's "
                                             "api-url file in the data directory)")]

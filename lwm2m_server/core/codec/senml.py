@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import io
 import json
-from functools import lru_cache
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Final
 
 import cbor2

@@ -1,0 +1,164 @@
+"""The `scratch` command line as a user runs it: a real server process, real simulated devices in another
+process, and the client commands against them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SCRATCH = [sys.executable, "-m", "lwm2m_server.cli.app"]
+
+
+def run(*args: str, data_dir: Path, timeout: float = 30, env: dict[str, str] | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SCRATCH, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "SCRATCH_DATA_DIR": str(data_dir), "COLUMNS": "200", **(env or {})})
+
+
+def wait_for_line(proc: subprocess.Popen[str], pattern: str, timeout: float = 30) -> re.Match[str]:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                break
+            continue
+        seen.append(line)
+        m = re.search(pattern, line)
+        if m:
+            return m
+    raise AssertionError(f"{pattern!r} not printed; got {''.join(seen)!r}")
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory) -> Iterator[tuple[Path, str]]:
+    data_dir = tmp_path_factory.mktemp("scratch-data")
+    env = {**os.environ, "SCRATCH_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
+    server = subprocess.Popen([*SCRATCH, "server", "--coap", "127.0.0.1:0", "--api", "127.0.0.1:0"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sim = None
+    try:
+        uri = wait_for_line(server, r"LwM2M server on (coap://\S+),").group(1)
+        sim = subprocess.Popen([*SCRATCH, "sim", "--server", uri, "--count", "3", "--prefix", "cli-"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(3):
+            wait_for_line(sim, r"cli-\d: registered")
+        yield data_dir, uri
+    finally:
+        if sim is not None:
+            stop(sim)
+        stop(server)
+
+
+def test_token_file_is_private(fleet):
+    data_dir, _ = fleet
+    token = data_dir / "api-token"
+    assert token.stat().st_mode & 0o777 == 0o600
+    assert (data_dir / "api-url").read_text().startswith("http://127.0.0.1:")
+
+
+def test_device_list(fleet):
+    data_dir, _ = fleet
+    r = run("device", "list", "--json", data_dir=data_dir)
+    assert r.returncode == 0, r.stderr
+    devices = json.loads(r.stdout)
+    assert sorted(d["endpoint"] for d in devices) == ["cli-0", "cli-1", "cli-2"]
+    table = run("device", "list", data_dir=data_dir)
+    assert table.returncode == 0 and "cli-1" in table.stdout and "3 registered" in table.stdout
+
+
+@pytest.mark.parametrize("fmt", ["text", "tlv", "senml-json", "senml-cbor", "lwm2m-cbor"])
+def test_device_read_in_every_format(fleet, fmt):
+    data_dir, _ = fleet
+    r = run("device", "read", "cli-0", "/3/0/0", "--format", fmt, "--json", data_dir=data_dir)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["content"]["value"] == "SCRATCh"
+    whole = "/3/0/0" if fmt == "text" else "/3/0"  # text/plain carries single values only
+    table = run("device", "read", "cli-0", whole, "--format", fmt, data_dir=data_dir)
+    assert table.returncode == 0, table.stderr
+    assert "Manufacturer" in table.stdout and "SCRATCh" in table.stdout
+    if fmt != "text":
+        assert "Serial Number" in table.stdout
+
+
+def test_device_write_then_read(fleet):
+    data_dir, _ = fleet
+    r = run("device", "write", "cli-1", "/3/0/14", "+02:00", data_dir=data_dir)
+    assert r.returncode == 0, r.stderr
+    r = run("device", "read", "cli-1", "/3/0/14", "--json", data_dir=data_dir)
+    assert json.loads(r.stdout)["content"]["value"] == "+02:00"
+    r = run("device", "write", "cli-1", "/1/0", '{"1": 900, "2": 1}', "--update", "--format", "tlv",
+            data_dir=data_dir)
+    assert r.returncode == 0, r.stderr
+    r = run("device", "read", "cli-1", "/1/0/1", "--json", data_dir=data_dir)
+    assert json.loads(r.stdout)["content"]["value"] == 900
+
+
+def test_device_execute_discover_attributes_observe(fleet):
+    data_dir, _ = fleet
+    r = run("device", "execute", "cli-2", "/1/0/8", data_dir=data_dir)
+    assert r.returncode == 0 and "2.04" in r.stdout, r.stderr
+    r = run("device", "attributes", "cli-2", "/3/0/13", "pmin=0", "pmax=1", data_dir=data_dir)
+    assert r.returncode == 0, r.stderr
+    r = run("device", "discover", "cli-2", "/3/0", data_dir=data_dir)
+    assert r.returncode == 0 and "</3/0/13>;pmin=0;pmax=1" in r.stdout, r.stdout + r.stderr
+    r = run("device", "observe", "cli-2", "/3/0/13", "--count", "2", "--json", data_dir=data_dir)
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert lines[0]["observing"] is True and [x.get("notification") for x in lines[1:]] == [1, 2]
+
+
+@pytest.mark.parametrize("args,needle,code", [
+    (["device", "read", "nobody", "/3/0/0"], "no device registered as 'nobody'", 1),
+    (["device", "read", "cli-0", "/3/0/99"], "4.04", 1),
+    (["device", "write", "cli-0", "/3/0/0", "x"], "4.05", 1),
+    (["device", "read", "cli-0", "/3/x"], "invalid LwM2M path", 2),
+    (["device", "read", "cli-0", "/3/0", "--format", "yaml"], "unknown content format", 1),
+    (["device", "write", "cli-0", "/3/0/13", "soon"], "not a valid Time value", 1),
+    (["device", "execute", "cli-0", "/3/0/4", "not args"], "invalid Execute arguments", 1),
+    (["device", "read", "cli-0", "/3/0", "--format", "text"], "4.06", 1),
+])
+def test_errors_are_one_clear_line_and_non_zero(fleet, args, needle, code):
+    data_dir, _ = fleet
+    r = run(*args, data_dir=data_dir)
+    assert r.returncode == code, (r.stdout, r.stderr)
+    assert needle in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in r.stderr
+
+
+def test_no_server_running(tmp_path):
+    r = run("device", "list", data_dir=tmp_path)
+    assert r.returncode == 1 and "no running server found" in r.stderr
+    (tmp_path / "api-url").write_text("http://127.0.0.1:9\n")
+    (tmp_path / "api-token").write_text("x\n")
+    r = run("device", "list", data_dir=tmp_path)
+    assert r.returncode == 1 and "cannot reach the server" in r.stderr
+
+
+def test_wrong_token_is_refused(fleet, tmp_path):
+    data_dir, _ = fleet
+    url = (data_dir / "api-url").read_text().strip()
+    r = run("device", "list", data_dir=tmp_path, env={"SCRATCH_API": url, "SCRATCH_API_TOKEN": "wrong"})
+    assert r.returncode == 1 and "missing or wrong API token" in r.stderr
