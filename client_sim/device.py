@@ -45,6 +45,7 @@ from lwm2m_server.core.nodes import (
 )
 from lwm2m_server.core.paths import ROOT, LwM2mPath
 from lwm2m_server.core.registration import SUPPORTED_VERSIONS
+from lwm2m_server.transport.udp import exclusive_context, release
 
 log = logging.getLogger(__name__)
 
@@ -106,17 +107,6 @@ class DeviceCounters:
     reboots: int = 0
     notifications: int = 0
     failed_requests: int = 0
-
-
-def bound_port(context: Context) -> int:
-    """The local UDP port of an aiocoap context made with ``transports=["udp6"]`` and a port-0 bind."""
-    for interface in context.request_interfaces:
-        messages = getattr(getattr(interface, "token_interface", None), "message_interface", None)
-        transport = getattr(messages, "transport", None)
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        if sock is not None:
-            return int(sock.getsockname()[1])
-    raise RuntimeError("cannot find the UDP socket of the aiocoap context")
 
 
 def _overlaps(a: LwM2mPath, b: LwM2mPath) -> bool:
@@ -249,14 +239,11 @@ class SimulatedDevice:
         loop = asyncio.get_running_loop()
         self._first_outcome = loop.create_future()
         try:
-            self._context = await Context.create_server_context(
-                _DeviceResource(self), bind=(self.bind_host, 0), transports=["udp6"]
-            )
+            self._context, self._port = await exclusive_context(_DeviceResource(self), self.bind_host)
         except OSError:
             self._first_outcome.set_result(False)
             self._set_state(DeviceState.FAILED)
             raise
-        self._port = bound_port(self._context)
         self._task = loop.create_task(self._lifecycle(), name=f"lwm2m-sim-{self.endpoint}")
         if self.drift_interval > 0:
             self._drift_timer = loop.call_later(self.drift_interval, self._drift)
@@ -289,6 +276,7 @@ class SimulatedDevice:
                 await self._deregister(timeout)
         if self._context is not None:
             await self._context.shutdown()
+            release(self.bind_host, self._port)
         if self._first_outcome is not None and not self._first_outcome.done():
             self._first_outcome.set_result(False)
         self._location = None
@@ -361,19 +349,19 @@ class SimulatedDevice:
         self.reboot()
 
     def _drift(self) -> None:
-        """Move battery, free memory and signal strength a little; the clock resource always moves."""
-        tree = self.objects
-        battery = tree.get_value(LwM2mPath.of(3, 0, 9))
-        memory = tree.get_value(LwM2mPath.of(3, 0, 10))
-        assert isinstance(battery, int) and isinstance(memory, int)
-        battery = 100 if battery <= 10 else battery - self._rng.choice((0, 1))
-        tree.set_value(LwM2mPath.of(3, 0, 9), battery)
-        tree.set_value(LwM2mPath.of(3, 0, 10), min(200, max(64, memory + self._rng.randint(-4, 4))))
-        if 4 in tree.object_ids and 0 in tree.instance_ids(4):
-            rssi = tree.get_value(LwM2mPath.of(4, 0, 2))
-            assert isinstance(rssi, int)
-            tree.set_value(LwM2mPath.of(4, 0, 2), min(-60, max(-110, rssi + self._rng.randint(-2, 2))))
-        tree.touch(CURRENT_TIME)
+        """Move battery, free memory and signal strength a little; the clock resource always moves.
+        A resource the device does not have (a custom model) is simply left alone."""
+        steps = (
+            (LwM2mPath.of(3, 0, 9), lambda v: 100 if v <= 10 else v - self._rng.choice((0, 1))),
+            (LwM2mPath.of(3, 0, 10), lambda v: min(200, max(64, v + self._rng.randint(-4, 4)))),
+            (LwM2mPath.of(4, 0, 2), lambda v: min(-60, max(-110, v + self._rng.randint(-2, 2)))),
+        )
+        for path, step in steps:
+            with contextlib.suppress(Lwm2mError):
+                value = self.objects.get_value(path)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    self.objects.set_value(path, step(value))
+        self.objects.touch(CURRENT_TIME)
         self._drift_timer = asyncio.get_running_loop().call_later(self.drift_interval, self._drift)
 
     def _later(self, delay: float, callback: Callable[[], None]) -> None:

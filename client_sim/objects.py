@@ -591,7 +591,8 @@ class ObjectTree:
                 updates = {rid: self._writable(odef, path.child(rid), res) for rid, res in node.resources.items()}
                 if replace:
                     for rid, rdef in odef.resources.items():
-                        if rdef.writable and not rdef.mandatory and rid not in updates:
+                        bound = path.child(rid) in self._getters
+                        if rdef.writable and not rdef.mandatory and rid not in updates and not bound:
                             inst.pop(rid, None)
                 for rid, value in updates.items():
                     rdef = odef.resources[rid]

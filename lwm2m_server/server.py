@@ -25,6 +25,7 @@ from lwm2m_server.storage.database import Database
 from lwm2m_server.storage.sql import SqlDeviceStore, SqlRegistrationStore
 from lwm2m_server.transport.downlink import DownlinkSender
 from lwm2m_server.transport.site import ServerSite
+from lwm2m_server.transport.udp import exclusive_context, release
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +106,7 @@ class Lwm2mServer:
             clock=time.time, grace=s.lifetime_grace, node_id=s.node_id)
         self._tasks.append(asyncio.create_task(self.registrations.run(), name="registrations"))
         self.site = ServerSite(self.registrations, max_body=s.max_body)
-        self.context = await aiocoap.Context.create_server_context(
-            self.site, bind=(s.coap_host, s.coap_port), transports=["udp6"])
-        self.coap_port = bound_port(self.context)
+        self.context, self.coap_port = await exclusive_context(self.site, s.coap_host, s.coap_port)
         sender = DownlinkSender(self.context, self.model, timeout=s.request_timeout)
         self.management = DeviceManagement(self.registrations, sender, clock=time.time)
         if s.api_port is not None:
@@ -151,6 +150,7 @@ class Lwm2mServer:
             self._api_server.should_exit = True  # type: ignore[attr-defined]
         if self.context is not None:
             await self.context.shutdown()
+            release(self.settings.coap_host, self.coap_port)
             self.context = None
         if self.registrations is not None:
             try:
@@ -175,11 +175,3 @@ def _host_for_url(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def bound_port(context: aiocoap.Context) -> int:
-    """The UDP port the context's first transport is bound to (useful when it was asked for port 0)."""
-    for tman in context.request_interfaces:
-        mman = getattr(tman, "token_interface", None)
-        transport = getattr(getattr(mman, "message_interface", None), "transport", None)
-        if transport is not None:
-            return int(transport.get_extra_info("socket").getsockname()[1])
-    raise RuntimeError("no UDP transport in this context")

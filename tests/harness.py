@@ -19,9 +19,14 @@ from lwm2m_server.server import Lwm2mServer, ServerSettings
 
 @contextlib.asynccontextmanager
 async def running_server(data_dir: Path, **settings: Any) -> AsyncIterator[Lwm2mServer]:
-    s = ServerSettings(data_dir=data_dir, coap_port=0, api_port=settings.pop("api_port", None), **settings)
+    settings.setdefault("coap_port", 0)
+    s = ServerSettings(data_dir=data_dir, api_port=settings.pop("api_port", None), **settings)
     srv = Lwm2mServer(s)
-    await srv.start()
+    try:
+        await srv.start()
+    except BaseException:
+        await srv.stop()
+        raise
     try:
         yield srv
     finally:

@@ -21,7 +21,7 @@ from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import Type
 from aiocoap.resource import PathCapable, Resource
 
-from client_sim.device import DeviceState, SimulatedDevice, bound_port
+from client_sim.device import DeviceState, SimulatedDevice
 from client_sim.errors import BadValueError, NotAuthorizedError, OperationNotAllowedError, PathNotFoundError
 from client_sim.fleet import Fleet
 from client_sim.objects import ObjectTree, parse_execute_arguments
@@ -41,6 +41,7 @@ from lwm2m_server.core.nodes import (
 )
 from lwm2m_server.core.paths import LwM2mPath
 from lwm2m_server.core.registration import parse_register
+from lwm2m_server.transport.udp import bound_port
 
 T = 10.0  # bound on every wait
 P = LwM2mPath.parse
@@ -578,6 +579,21 @@ async def test_observe_gt_threshold(rd: ResourceDirectory, device: SimulatedDevi
     device.objects.set_value(P("/33000/0/1"), 65)  # crosses gt
     assert (await asyncio.wait_for(notifications.__anext__(), T)).payload == b"65"
     request.observation.cancel()
+
+
+async def test_drifting_values_notify(rd: ResourceDirectory) -> None:
+    """The device's own ticks (battery, memory, signal, clock) reach observers like server writes do."""
+    dev = await started(rd, "drift-1", drift_interval=0.05)
+    try:
+        assert rd.context is not None
+        request = rd.context.request(Message(code=Code.GET, uri=dev.uri + "/3/0/13", observe=0))
+        assert (await asyncio.wait_for(request.response, T)).code == Code.CONTENT
+        notifications = request.observation.__aiter__()
+        for _ in range(2):
+            assert int((await asyncio.wait_for(notifications.__anext__(), T)).payload) > 1_600_000_000
+        request.observation.cancel()
+    finally:
+        await asyncio.wait_for(dev.stop(), T)
 
 
 async def test_observe_ends_when_the_instance_is_deleted(rd: ResourceDirectory, device: SimulatedDevice) -> None:

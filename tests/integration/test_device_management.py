@@ -156,7 +156,7 @@ async def test_create_and_delete_an_instance(tmp_path, fmt):
 
 
 async def test_execute_with_and_without_arguments(tmp_path):
-    async with setup(tmp_path) as (srv, [dev]):
+    async with setup(tmp_path) as (srv, _):
         before = srv.registrations.by_endpoint("dev-0").id
         resp = await srv.management.send("dev-0", ExecuteRequest(P("/1/0/8"), "0='now',1"))
         assert resp.code == 0x44

@@ -597,8 +597,8 @@ def _as_senml_cbor(pack: list[Any]) -> Any:
         if isinstance(rec, dict):
             d = {}
             for k, v in rec.items():
-                if k == "vd" and isinstance(v, str) and v not in ("!!", "A"):
-                    d[8] = base64.urlsafe_b64decode(v + "==")
+                if k == "vd" and isinstance(v, str):
+                    d[8] = v.encode()  # CBOR carries opaque values as byte strings
                 else:
                     d[CBOR_LABEL.get(k, k)] = v
             out.append(d)

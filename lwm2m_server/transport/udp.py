@@ -1,0 +1,73 @@
+"""UDP contexts that own their port.
+
+aiocoap binds with SO_REUSEPORT, so on Linux a second socket of the same user can bind a port already in use (a
+second server on 5683 would silently share its traffic), and a port-0 bind may be handed a port another such
+socket holds. :func:`exclusive_context` refuses a port in use, clears SO_REUSEPORT right after binding (nobody can
+join the port afterwards) and keeps, per process, the set of ports it handed out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+
+from aiocoap import Context, interfaces
+
+_IN_USE: set[tuple[str, int]] = set()
+
+
+def _probe(host: str, port: int) -> int:
+    """Bind (without SO_REUSEPORT) and release; raises OSError when ``port`` is taken, returns the port."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.bind(address)
+        return int(probe.getsockname()[1])
+
+
+def bound_socket(context: Context) -> socket.socket:
+    """The UDP socket of an aiocoap context made with ``transports=["udp6"]``."""
+    for interface in context.request_interfaces:
+        messages = getattr(getattr(interface, "token_interface", None), "message_interface", None)
+        transport = getattr(messages, "transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is not None:
+            return sock  # type: ignore[no-any-return]
+    raise RuntimeError("cannot find the UDP socket of the aiocoap context")
+
+
+def bound_port(context: Context) -> int:
+    return int(bound_socket(context).getsockname()[1])
+
+
+async def exclusive_context(site: interfaces.Resource, host: str, port: int = 0, *, attempts: int = 8
+                            ) -> tuple[Context, int]:
+    """A server context on ``host:port`` (``port`` 0: any free port) that no other socket shares.
+    Raises OSError (EADDRINUSE) when a given port is taken. Call :func:`release` after shutting it down."""
+    last: OSError | None = None
+    for _ in range(attempts if port == 0 else 1):
+        try:
+            chosen = _probe(host, port)
+            context = await Context.create_server_context(site, bind=(host, chosen), transports=["udp6"])
+        except OSError as e:
+            if port:
+                raise
+            last = e
+            continue
+        sock = bound_socket(context)
+        if hasattr(socket, "SO_REUSEPORT"):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 0)
+        key = (host, int(sock.getsockname()[1]))
+        if key not in _IN_USE:
+            _IN_USE.add(key)
+            return context, key[1]
+        await context.shutdown()
+        last = OSError(errno.EADDRINUSE, f"UDP port {key[1]} on {host} is in use in this process")
+        if port:
+            raise last
+    raise OSError(errno.EADDRINUSE, f"no UDP port of its own on {host}") from last
+
+
+def release(host: str, port: int) -> None:
+    _IN_USE.discard((host, port))
