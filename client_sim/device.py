@@ -25,7 +25,7 @@ from aiocoap import Context, Message
 from aiocoap.numbers.codes import Code
 from aiocoap.resource import ObservableResource, PathCapable
 
-from client_sim.errors import BadValueError, NotAcceptableError, OperationNotAllowedError, PathNotFoundError
+from client_sim.errors import BadValueError, FormatNotAcceptableError, OperationNotAllowedError, PathNotFoundError
 from client_sim.objects import NUMERIC_TYPES, Change, ChangeKind, ObjectTree
 from lwm2m_server.core.codec import link as link_format
 from lwm2m_server.core.codec import registry
@@ -628,7 +628,7 @@ class SimulatedDevice:
         try:
             payload = registry.encode(node, path, fmt, self.model)
         except CodecError as e:
-            raise NotAcceptableError(f"{path} cannot be represented in {fmt.label}: {e}") from None
+            raise FormatNotAcceptableError(f"{path} cannot be represented in {fmt.label}: {e}") from None
         return Message(code=Code.CONTENT, payload=payload, content_format=int(fmt))
 
     def _response_format(self, node: Node, path: LwM2mPath, accept: int | None) -> ContentFormat:
@@ -639,9 +639,9 @@ class SimulatedDevice:
         try:
             fmt = ContentFormat(accept)
         except ValueError:
-            raise NotAcceptableError(f"content format {accept} is not supported") from None
+            raise FormatNotAcceptableError(f"content format {accept} is not supported") from None
         if fmt is ContentFormat.LINK or not registry.can_encode(fmt, node, path, self.model):
-            raise NotAcceptableError(f"{path} cannot be represented in {fmt.label}")
+            raise FormatNotAcceptableError(f"{path} cannot be represented in {fmt.label}")
         return fmt
 
     def _composite_paths(self, request: Message) -> list[LwM2mPath]:
@@ -659,13 +659,13 @@ class SimulatedDevice:
             try:
                 fmt = ContentFormat(int(accept))
             except ValueError:
-                raise NotAcceptableError(f"content format {int(accept)} is not supported") from None
+                raise FormatNotAcceptableError(f"content format {int(accept)} is not supported") from None
         if fmt not in COMPOSITE_FORMATS:
-            raise NotAcceptableError(f"Read-Composite cannot answer in {fmt.label}")
+            raise FormatNotAcceptableError(f"Read-Composite cannot answer in {fmt.label}")
         try:
             payload = registry.encode_composite(nodes, fmt, self.model)
         except CodecError as e:
-            raise NotAcceptableError(str(e)) from None
+            raise FormatNotAcceptableError(str(e)) from None
         return Message(code=Code.CONTENT, payload=payload, content_format=int(fmt))
 
     # ------------------------------------------------------------------ observations

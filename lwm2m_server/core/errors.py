@@ -73,6 +73,30 @@ class InvalidRequestError(Lwm2mError, ValueError):
     coap_code = CoapCode.BAD_REQUEST
 
 
+class NotFoundError(Lwm2mError):
+    """No resource (CoAP) or no object, instance or resource (LwM2M) at the requested path."""
+
+    coap_code = CoapCode.NOT_FOUND
+
+
+class MethodNotAllowedError(Lwm2mError):
+    """The target exists but does not take this method or operation."""
+
+    coap_code = CoapCode.METHOD_NOT_ALLOWED
+
+
+class NotAcceptableError(Lwm2mError):
+    """The requested content format (Accept) cannot represent the target."""
+
+    coap_code = CoapCode.NOT_ACCEPTABLE
+
+
+class UnauthorizedError(Lwm2mError):
+    """The requester may not access the target at all."""
+
+    coap_code = CoapCode.UNAUTHORIZED
+
+
 class CodecError(Lwm2mError):
     """A payload that cannot be encoded or decoded."""
 

@@ -16,7 +16,12 @@ from aiocoap.pipe import Pipe
 from aiocoap.resource import Resource
 
 from lwm2m_server.core.codec.formats import ContentFormat
-from lwm2m_server.core.errors import CoapCode, Lwm2mError
+from lwm2m_server.core.errors import (
+    Lwm2mError,
+    MethodNotAllowedError,
+    NotFoundError,
+    UnsupportedContentFormatError,
+)
 from lwm2m_server.core.registration import PayloadTooLargeError, parse_register, parse_update
 from lwm2m_server.registry.service import RegistrationService
 from lwm2m_server.transport.responses import error_response
@@ -24,18 +29,6 @@ from lwm2m_server.transport.responses import error_response
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Message, tuple[str, ...]], Awaitable[Message]]
-
-
-class BadContentFormatError(Lwm2mError):
-    coap_code = CoapCode.UNSUPPORTED_CONTENT_FORMAT
-
-
-class MethodNotAllowedError(Lwm2mError):
-    coap_code = CoapCode.METHOD_NOT_ALLOWED
-
-
-class NotFoundError(Lwm2mError):
-    coap_code = CoapCode.NOT_FOUND
 
 
 class BoundedBlock1Spool(Block1Spool):
@@ -97,7 +90,7 @@ class ServerSite(Resource):
         """Register (POST /rd), Update (POST /rd/{id}) and De-register (DELETE /rd/{id})."""
         cf = request.opt.content_format
         if cf is not None and int(cf) != ContentFormat.LINK and request.payload:
-            raise BadContentFormatError(f"registration payload must be link format (40), not {int(cf)}")
+            raise UnsupportedContentFormatError(f"registration payload must be link format (40), not {int(cf)}")
         query = request.opt.uri_query
         if not rest:
             if request.code != Code.POST:
