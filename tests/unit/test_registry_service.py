@@ -513,11 +513,12 @@ async def test_run_flushes_periodically_retries_and_close_stops_it(sql_stores: S
     await asyncio.sleep(0.1)  # several failed attempts, logged, the change kept
     assert svc.pending_count == 1
     SQLModel.metadata.create_all(db.engine)
-    for _ in range(200):
-        if svc.pending_count == 0:
+    for _ in range(500):  # pending_count drops when a write starts; the row is there when it has committed
+        if sql_stores.registrations.get(other.id) is not None:
             break
         await asyncio.sleep(0.01)
     assert sql_stores.registrations.get(other.id) is not None
+    assert svc.pending_count == 0
     # run() also sweeps expiry with the service clock
     clock.now += 1000
     for _ in range(200):
