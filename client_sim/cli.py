@@ -10,12 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import uuid
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from client_sim.device import DeviceState, SimulatedDevice
+from client_sim.firmware import FirmwareOptions
 from client_sim.fleet import Fleet, FleetStatus
+from firmware_object.suit.keys import PublicKey, load_public_key
 from lwm2m_server.core.registration import SUPPORTED_VERSIONS
 
 PER_DEVICE_LINES = 10
@@ -31,17 +35,52 @@ def sim(
         str, typer.Option("--lwm2m-version", help="LwM2M version the devices speak: 1.0, 1.1 or 1.2")
     ] = "1.1",
     bind: Annotated[str, typer.Option("--bind", help="Local address the devices' UDP sockets bind to")] = "127.0.0.1",
+    trust: Annotated[list[Path] | None, typer.Option(
+        "--trust", help="Public key (PEM) that must have signed every package; repeat for several signers")] = None,
+    vendor: Annotated[str | None, typer.Option("--vendor", help="Vendor UUID packages must be made for")] = None,
+    device_class: Annotated[str | None, typer.Option("--class", help="Class UUID packages must be made for")] = None,
+    firmware_version: Annotated[str, typer.Option("--firmware-version", help="Version of the running image")] = "1.0.0",
+    fail_boot: Annotated[bool, typer.Option(
+        "--fail-boot", help="Every image the devices install fails its health check (and rolls back)")] = False,
 ) -> None:
-    """Simulate COUNT LwM2M devices registering to SERVER until interrupted; de-register them on exit."""
+    """Simulate COUNT LwM2M devices registering to SERVER until interrupted; de-register them on exit.
+
+    The devices have a Firmware Update object (/5) with two image slots; they check SUIT packages against the
+    --trust keys and the --vendor/--class identifiers before installing.
+    """
     if lwm2m_version not in SUPPORTED_VERSIONS:
         raise typer.BadParameter(f"must be one of {', '.join(SUPPORTED_VERSIONS)}", param_hint="--lwm2m-version")
     if not server.startswith("coap://"):
         raise typer.BadParameter("only coap:// servers are supported", param_hint="--server")
-    asyncio.run(run_fleet(server, count, prefix=prefix, lifetime=lifetime, lwm2m_version=lwm2m_version, bind=bind))
+    firmware = FirmwareOptions(
+        trust_anchors=tuple(_public_key(path) for path in trust or ()),
+        vendor_id=_uuid(vendor, "--vendor"), class_id=_uuid(device_class, "--class"),
+        version=firmware_version, fail_boot=fail_boot)
+    asyncio.run(run_fleet(server, count, prefix=prefix, lifetime=lifetime, lwm2m_version=lwm2m_version, bind=bind,
+                          firmware=firmware))
+
+
+def _public_key(path: Path) -> PublicKey:
+    try:
+        return load_public_key(path.read_bytes())
+    except OSError as e:
+        raise typer.BadParameter(f"cannot read {path}: {e.strerror}", param_hint="--trust") from None
+    except ValueError as e:
+        raise typer.BadParameter(f"{path}: {e}", param_hint="--trust") from None
+
+
+def _uuid(text: str | None, option: str) -> uuid.UUID | None:
+    if text is None:
+        return None
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a UUID", param_hint=option) from None
 
 
 async def run_fleet(server: str, count: int, *, prefix: str = "sim-", lifetime: int = 300,
-                    lwm2m_version: str = "1.1", bind: str = "127.0.0.1") -> FleetStatus:
+                    lwm2m_version: str = "1.1", bind: str = "127.0.0.1",
+                    firmware: FirmwareOptions | None = None) -> FleetStatus:
     """Run a fleet until SIGINT/SIGTERM, printing summaries; returns the final status after stopping."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -55,7 +94,7 @@ async def run_fleet(server: str, count: int, *, prefix: str = "sim-", lifetime: 
         changed.set()
 
     fleet = Fleet(server, count, prefix=prefix, lifetime=lifetime, lwm2m_version=lwm2m_version, bind_host=bind,
-                  on_device=on_device)
+                  on_device=on_device, firmware=firmware or FirmwareOptions())
     installed = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -26,12 +26,13 @@ from aiocoap.numbers.codes import Code
 from aiocoap.resource import ObservableResource, PathCapable
 
 from client_sim.errors import BadValueError, FormatNotAcceptableError, OperationNotAllowedError, PathNotFoundError
+from client_sim.firmware import PACKAGE, DeviceFirmware, FirmwareOptions
 from client_sim.objects import NUMERIC_TYPES, Change, ChangeKind, ObjectTree
 from lwm2m_server.core.codec import link as link_format
 from lwm2m_server.core.codec import registry
 from lwm2m_server.core.codec.formats import ContentFormat
 from lwm2m_server.core.codec.link import Link
-from lwm2m_server.core.errors import CodecError, InvalidPathError, Lwm2mError
+from lwm2m_server.core.errors import CodecError, InvalidPathError, Lwm2mError, UnsupportedContentFormatError
 from lwm2m_server.core.model.definitions import ObjectModel
 from lwm2m_server.core.nodes import (
     Instance,
@@ -63,6 +64,7 @@ COMPOSITE_FORMATS = frozenset({ContentFormat.SENML_JSON, ContentFormat.SENML_CBO
 SERVER = LwM2mPath.of(1, 0)
 LIFETIME, BINDING, DEFAULT_PMIN, DEFAULT_PMAX = SERVER.child(1), SERVER.child(7), SERVER.child(2), SERVER.child(3)
 CURRENT_TIME = LwM2mPath.of(3, 0, 13)
+PACKAGE_SEGMENTS = ("5", "0", "0")
 MAX_DIAGNOSTIC = 120
 MAX_BACKOFF = 60.0
 
@@ -128,7 +130,9 @@ class _DeviceResource(ObservableResource, PathCapable):
         self._device = device
 
     async def needs_blockwise_assembly(self, request: Message) -> bool:
-        return True
+        # a pushed package is written block by block into the firmware slot, never assembled in memory first
+        return not (self._device.firmware is not None and request.opt.uri_path == PACKAGE_SEGMENTS
+                    and request.code in (Code.PUT, Code.POST))
 
     async def render(self, request: Message) -> Message:
         return self._device._handle(request)
@@ -158,6 +162,7 @@ class SimulatedDevice:
         drift_interval: float = 10.0,
         request_timeout: float = 10.0,
         on_state: StateListener | None = None,
+        firmware: FirmwareOptions | None = None,
     ) -> None:
         if lwm2m_version not in SUPPORTED_VERSIONS:
             raise ValueError(f"lwm2m_version must be one of {', '.join(SUPPORTED_VERSIONS)}")
@@ -197,6 +202,7 @@ class SimulatedDevice:
         self._expires_at = 0.0
         self._stopping = False
         self._observations: set[_Observation] = set()
+        self.firmware = DeviceFirmware(self, firmware, clock=self._now) if firmware is not None else None
         self.objects = self._build_objects(lifetime, extra_objects)
         self.objects.subscribe(self._on_change)
 
@@ -261,6 +267,8 @@ class SimulatedDevice:
         self._stopping = True
         if self._drift_timer is not None:
             self._drift_timer.cancel()
+        if self.firmware is not None:
+            self.firmware.stop()
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
@@ -291,6 +299,8 @@ class SimulatedDevice:
         """Simulate a reboot now: observations are lost and the device registers again."""
         self.counters.reboots += 1
         self._end_observations()
+        if self.firmware is not None:
+            self.firmware.on_boot()
         self._want_register = True
         self._wake.set()
 
@@ -325,6 +335,8 @@ class SimulatedDevice:
                 0: 7, 1: {0: 7, 1: 6}, 2: -85, 3: 80, 4: {0: self.bind_host}, 5: {0: self.bind_host}, 6: 5,
                 8: 1234, 9: 1, 10: 262,
             })
+        if self.firmware is not None:
+            self.firmware.install_object(tree)
         for obj in extra_objects:
             tree.add_object(obj.id)
             for inst in obj.instances.values():
@@ -556,6 +568,8 @@ class SimulatedDevice:
             return self._content(node, path, None if accept is None else int(accept))
         if code == Code.FETCH:
             return self._read_composite(request, path)
+        if self.firmware is not None and path == PACKAGE and code in (Code.PUT, Code.POST):
+            return self.firmware.write_package(self._package_payload(request))
         if code == Code.PUT:
             if not request.payload:
                 if not request.opt.uri_query:
@@ -587,6 +601,18 @@ class SimulatedDevice:
             tree.write_composite(registry.decode_composite(request.payload, fmt, self.model))
             return Message(code=Code.CHANGED)
         raise OperationNotAllowedError(f"method {code} is not supported")
+
+    def _package_payload(self, request: Message) -> Message:
+        """A Package write is opaque bytes; a whole (not block-wise) write in another format is decoded first."""
+        cf = request.opt.content_format
+        if cf is None or int(cf) == ContentFormat.OPAQUE or not request.payload:
+            return request
+        if request.opt.block1 is not None:
+            raise UnsupportedContentFormatError("a block-wise Package write must be opaque (42)")
+        node = self._decode(request, PACKAGE)
+        if not isinstance(node, SingleResource) or not isinstance(node.value, bytes):
+            raise BadValueError("the Package is an opaque value")
+        return request.copy(payload=node.value)
 
     @staticmethod
     def _attributes(query: Iterable[str]) -> dict[str, str | None]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,8 +55,10 @@ class Fleet:
         model: ObjectModel | None = None,
         on_progress: ProgressListener | None = None,
         on_device: DeviceListener | None = None,
+        options_for: Callable[[int], Mapping[str, Any]] | None = None,
         **device_options: Any,
     ) -> None:
+        """``device_options`` go to every device; ``options_for(i)`` overrides them for device ``i``."""
         if count < 0:
             raise ValueError("count must be >= 0")
         if concurrency < 1:
@@ -69,7 +71,8 @@ class Fleet:
         self.devices: list[SimulatedDevice] = [
             SimulatedDevice(
                 f"{prefix}{i}", server_uri, lifetime=lifetime, lwm2m_version=lwm2m_version, bind_host=bind_host,
-                model=shared_model, on_state=self._device_state, **device_options,
+                model=shared_model, on_state=self._device_state,
+                **{**device_options, **(options_for(i) if options_for is not None else {})},
             )
             for i in range(count)
         ]

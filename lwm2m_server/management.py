@@ -33,7 +33,7 @@ class DeviceManagement:
             raise UnknownEndpointError(f"no device registered as {endpoint!r}")
         return reg
 
-    def _reachable(self, endpoint: str, tenant_id: str) -> Registration:
+    def reachable(self, endpoint: str, tenant_id: str) -> Registration:
         reg = self.registration(endpoint, tenant_id)
         if reg.queue_mode and self.clock() - reg.updated_at > self.awake_seconds:
             raise ClientSleepingError(f"{endpoint} is in queue mode and asleep; it is reachable after its next Update")
@@ -41,8 +41,8 @@ class DeviceManagement:
 
     async def send(self, endpoint: str, request: DownlinkRequest, *, timeout: float | None = None,
                    tenant_id: str = "default") -> DownlinkResponse:
-        return await self.sender.send(self._reachable(endpoint, tenant_id), request, timeout=timeout)
+        return await self.sender.send(self.reachable(endpoint, tenant_id), request, timeout=timeout)
 
     async def observe(self, endpoint: str, request: ObserveRequest, *, timeout: float | None = None,
                       tenant_id: str = "default") -> Observation:
-        return await self.sender.observe(self._reachable(endpoint, tenant_id), request, timeout=timeout)
+        return await self.sender.observe(self.reachable(endpoint, tenant_id), request, timeout=timeout)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import secrets
@@ -19,6 +20,9 @@ import aiocoap
 
 from lwm2m_server.core.model import ObjectModel
 from lwm2m_server.events import EventBus
+from lwm2m_server.fota.file_server import MOUNT as FILES_MOUNT
+from lwm2m_server.fota.file_server import FileServer
+from lwm2m_server.fota.service import FirmwareService
 from lwm2m_server.management import DeviceManagement
 from lwm2m_server.registry.service import RegistrationService
 from lwm2m_server.storage.database import Database
@@ -79,6 +83,7 @@ class ServerSettings:
     lifetime_grace: float = 15.0  # seconds a registration outlives its lifetime before it expires
     max_body: int = 16384
     node_id: str = "node-1"
+    bench_api: bool = False  # the Leshan-shaped write route for bench/, unauthenticated, loopback only
 
 
 class Lwm2mServer:
@@ -91,6 +96,8 @@ class Lwm2mServer:
         self.context: aiocoap.Context | None = None
         self.management: DeviceManagement | None = None
         self.site: ServerSite | None = None
+        self.files = FileServer()
+        self.firmware: FirmwareService | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._api_server: object = None
         self.coap_port: int = 0
@@ -106,9 +113,11 @@ class Lwm2mServer:
             clock=time.time, grace=s.lifetime_grace, node_id=s.node_id)
         self._tasks.append(asyncio.create_task(self.registrations.run(), name="registrations"))
         self.site = ServerSite(self.registrations, max_body=s.max_body)
+        self.site.mount(FILES_MOUNT, self.files.handle, assemble_blocks=False)
         self.context, self.coap_port = await exclusive_context(self.site, s.coap_host, s.coap_port)
         sender = DownlinkSender(self.context, self.model, timeout=s.request_timeout)
         self.management = DeviceManagement(self.registrations, sender, clock=time.time)
+        self.firmware = FirmwareService(self.management, self.files, self.events, file_base_uri=self.coap_uri)
         if s.api_port is not None:
             await self._start_api()
         log.info("LwM2M server on coap://%s:%d", s.coap_host, self.coap_port)
@@ -121,7 +130,11 @@ class Lwm2mServer:
         s = self.settings
         assert self.management is not None
         self.api_token = ensure_token(s.data_dir)
-        app = create_app(self.management, self.model, self.api_token)
+        if s.bench_api and not _is_loopback(s.api_host):
+            raise ValueError("the unauthenticated bench API is only served on a loopback address")
+        if s.bench_api:
+            log.warning("serving the unauthenticated bench route PUT /api/clients/... on %s", s.api_host)
+        app = create_app(self.management, self.model, self.api_token, firmware=self.firmware, bench_api=s.bench_api)
         config = uvicorn.Config(app, host=s.api_host, port=s.api_port or 0, log_level="warning",
                                 lifespan="off", access_log=False)
         server = uvicorn.Server(config)
@@ -148,6 +161,8 @@ class Lwm2mServer:
     async def stop(self) -> None:
         if self._api_server is not None:
             self._api_server.should_exit = True  # type: ignore[attr-defined]
+        if self.firmware is not None:
+            await self.firmware.close()
         if self.context is not None:
             await self.context.shutdown()
             release(self.settings.coap_host, self.coap_port)
@@ -169,6 +184,13 @@ class Lwm2mServer:
             self.database = None
         with contextlib.suppress(FileNotFoundError):
             (self.settings.data_dir / API_URL_FILE).unlink()
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _host_for_url(host: str) -> str:

@@ -10,6 +10,7 @@ import asyncio
 import hmac
 import json
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -26,6 +27,7 @@ from lwm2m_server.core.errors import (
     InvalidRequestError,
     Lwm2mError,
     ModelError,
+    NotFoundError,
     RequestFailedError,
     RequestTimeoutError,
     UnknownEndpointError,
@@ -55,12 +57,18 @@ from lwm2m_server.core.operations import (
 from lwm2m_server.core.paths import LwM2mPath
 from lwm2m_server.core.registration import Registration
 from lwm2m_server.core.responses import DownlinkResponse
+from lwm2m_server.fota.push import DEFAULT_BLOCK_SIZE, push_package
+from lwm2m_server.fota.service import FirmwareService, Method, UpdateInProgressError, UpdateJob
 from lwm2m_server.management import DeviceManagement
+
+MAX_PACKAGE = 64 << 20  # bytes of one firmware package sent through the API
 
 
 def http_status(exc: Exception) -> int:
-    if isinstance(exc, UnknownEndpointError):
+    if isinstance(exc, UnknownEndpointError | NotFoundError):
         return 404
+    if isinstance(exc, UpdateInProgressError):
+        return 409
     if isinstance(exc, InvalidPathError | InvalidRequestError | ModelError):
         return 400
     if isinstance(exc, ClientSleepingError):
@@ -189,8 +197,13 @@ def build_node(model: ObjectModel, path: LwM2mPath, body: WriteBody | CreateBody
     raise InvalidRequestError(f"cannot write at {path}")
 
 
-def create_app(management: DeviceManagement, model: ObjectModel, token: str) -> FastAPI:
-    """The API app. ``token`` is compared in constant time; it is never logged or echoed."""
+def create_app(management: DeviceManagement, model: ObjectModel, token: str, *,
+               firmware: FirmwareService | None = None, bench_api: bool = False) -> FastAPI:
+    """The API app. ``token`` is compared in constant time; it is never logged or echoed.
+
+    ``bench_api`` adds, without authentication, the one Leshan-shaped route the neutral load tool drives
+    (``PUT /api/clients/{endpoint}/{path}``); the server allows it on a loopback API address only.
+    """
     app = FastAPI(title="SCRATCh management API", version="0.1.0")
     expected = token.encode()
 
@@ -307,4 +320,93 @@ def create_app(management: DeviceManagement, model: ObjectModel, token: str) -> 
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
+    if firmware is not None:
+        _firmware_routes(app, firmware, auth)
+    if bench_api:
+        _bench_routes(app, management)
     return app
+
+
+async def _read_package(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_PACKAGE:
+        raise InvalidRequestError(f"the package is larger than {MAX_PACKAGE} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_PACKAGE:
+            raise InvalidRequestError(f"the package is larger than {MAX_PACKAGE} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _firmware_routes(app: FastAPI, firmware: FirmwareService, auth: list[Any]) -> None:
+    def job_of(endpoint: str) -> UpdateJob:
+        job = firmware.job(endpoint)
+        if job is None:
+            raise NotFoundError(f"no firmware update of {endpoint} since the server started")
+        return job
+
+    @app.post("/api/devices/{endpoint}/firmware", dependencies=auth, status_code=202)
+    async def start_update(endpoint: str, request: Request, method: str | None = None, timeout: float = 300.0,
+                           block_size: int = DEFAULT_BLOCK_SIZE) -> dict[str, Any]:
+        """Start an update with the request body as the package (application/octet-stream)."""
+        try:
+            chosen = Method(method) if method else None
+        except ValueError:
+            raise InvalidRequestError("method is 'push' or 'pull'") from None
+        if not 1 <= timeout <= 86400:
+            raise InvalidRequestError("timeout must lie between 1 and 86400 seconds")
+        package = await _read_package(request)
+        job = firmware.start(endpoint, package, method=chosen, timeout=timeout, block_size=block_size)
+        return job.as_dict()
+
+    @app.get("/api/devices/{endpoint}/firmware", dependencies=auth)
+    async def update_status(endpoint: str) -> dict[str, Any]:
+        return job_of(endpoint).as_dict()
+
+    @app.get("/api/devices/{endpoint}/firmware/progress", dependencies=auth)
+    async def update_progress(endpoint: str) -> StreamingResponse:
+        """Stream the update's steps as JSON lines until it ends (the last line has ``"done": true``)."""
+        job = job_of(endpoint)
+
+        async def lines() -> AsyncIterator[bytes]:
+            sent = 0
+            while True:
+                changed = job.changed()
+                history = job.history
+                for step in history[sent:]:
+                    yield (json.dumps({**asdict(step), "done": False}) + "\n").encode()
+                sent = len(history)
+                if job.done.is_set():
+                    yield (json.dumps({**job.as_dict(), "done": True}) + "\n").encode()
+                    return
+                await changed
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+class LeshanWriteBody(BaseModel):
+    id: int
+    kind: str = "singleResource"
+    type: str
+    value: Any
+
+
+def _bench_routes(app: FastAPI, management: DeviceManagement) -> None:
+    @app.put("/api/clients/{endpoint}/{path:path}")
+    async def leshan_write(endpoint: str, path: str, body: LeshanWriteBody, timeout: float = 300.0,
+                           format: str | None = None) -> JSONResponse:
+        """Leshan's write route, for opaque resources only: a block-wise push of the hex value."""
+        if body.kind != "singleResource" or body.type.lower() != "opaque":
+            raise InvalidRequestError("only single opaque resources are written here")
+        try:
+            data = bytes.fromhex(body.value)
+        except (TypeError, ValueError):
+            raise InvalidRequestError("value must be hex") from None
+        reg = management.reachable(endpoint, "default")
+        sender = management.sender
+        await push_package(sender.context, reg, data, path=LwM2mPath.parse("/" + path), total_timeout=timeout,
+                           request_timeout=sender.timeout)
+        return JSONResponse({"status": "CHANGED", "valid": True, "success": True, "failure": False})

@@ -89,6 +89,9 @@ def server(
     models: Annotated[Path | None, typer.Option("--models", help="Folder of OMA DDF XML files to add",
                                                 exists=True, file_okay=False)] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at debug level")] = False,
+    bench_api: Annotated[bool, typer.Option(
+        "--bench-api", help="Also serve Leshan's write route PUT /api/clients/EP/PATH WITHOUT authentication, for "
+        "the neutral load tool (loopback API only)")] = False,
 ) -> None:
     """Run the LwM2M server and its management API until interrupted."""
     from lwm2m_server.object_files import model_with_dir
@@ -104,13 +107,14 @@ def server(
         err_console.print(f"[red]error:[/red] {e}", highlight=False)
         raise typer.Exit(2) from None
     settings = ServerSettings(data_dir=data_dir or default_data_dir(), coap_host=chost, coap_port=cport,
-                              api_host=ahost, api_port=aport, models_dir=models)
+                              api_host=ahost, api_port=aport, models_dir=models,
+                              bench_api=bench_api)
 
     async def main() -> None:
         srv = Lwm2mServer(settings, model=model)
         try:
             await srv.start()
-        except OSError as e:
+        except (OSError, ValueError) as e:
             await srv.stop()
             raise CliError(f"cannot start the server: {e}") from None
         console.print(f"LwM2M server on [bold]{srv.coap_uri}[/bold], API on [bold]{srv.api_url}[/bold], "
@@ -291,6 +295,10 @@ def _mount_subcommands() -> None:
     from client_sim.cli import sim
 
     app.command("sim", help="Run simulated LwM2M devices against a server until interrupted.")(sim)
+
+    from lwm2m_server.cli.firmware import firmware_app
+
+    app.add_typer(firmware_app, name="firmware")
 
     from lwm2m_server.cli.demo import demo
 

@@ -78,6 +78,10 @@ class ApiClient:
     def post(self, url: str, body: dict[str, Any], **params: Any) -> Any:
         return self._call("POST", url, json=body, params={k: v for k, v in params.items() if v is not None})
 
+    def post_bytes(self, url: str, data: bytes, **params: Any) -> Any:
+        return self._call("POST", url, content=data, headers={"Content-Type": "application/octet-stream"},
+                          params={k: v for k, v in params.items() if v is not None})
+
     def stream_lines(self, url: str, **params: Any) -> Iterator[dict[str, Any]]:
         try:
             with self._http.stream("GET", url, params={k: v for k, v in params.items() if v is not None},

@@ -140,6 +140,9 @@ class Observation:
                 log.warning("undecodable notification for %s: %s", self.request.path, e)
 
     def cancel(self) -> None:
+        """End the observation; idempotent, also after the device or the transport ended it."""
         if self._pending is not None:
-            self._pending.observation.cancel()  # type: ignore[attr-defined]
+            observation = self._pending.observation  # type: ignore[attr-defined]
             self._pending = None
+            if not observation.cancelled:
+                observation.cancel()

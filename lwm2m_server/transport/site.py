@@ -62,10 +62,25 @@ class ServerSite(Resource):
         self._block1 = BoundedBlock1Spool(max_body)
         self.registrations = registrations
         self.extra: dict[str, Handler] = dict(extra or {})
+        self._links: dict[str, str] = {"rd": '</rd>;rt="core.rd";ct=40'}
+        self._unassembled: set[str] = set()
 
-    def mount(self, first_segment: str, handler: Handler) -> None:
-        """Serve every request whose path starts with ``first_segment`` by ``handler(request, rest_of_path)``."""
+    def mount(self, first_segment: str, handler: Handler, *, link: str | None = None,
+              assemble_blocks: bool = True) -> None:
+        """Serve every request whose path starts with ``first_segment`` by ``handler(request, rest_of_path)``.
+
+        ``link`` is its entry in /.well-known/core (none: not listed). With ``assemble_blocks=False`` the handler
+        sees each Block1/Block2 request as it comes and answers block options itself.
+        """
         self.extra[first_segment] = handler
+        if link is not None:
+            self._links[first_segment] = link
+        if not assemble_blocks:
+            self._unassembled.add(first_segment)
+
+    async def needs_blockwise_assembly(self, request: Message) -> bool:
+        path = request.opt.uri_path
+        return not (path and path[0] in self._unassembled)
 
     async def render_to_pipe(self, pipe: Pipe) -> None:
         try:
@@ -78,6 +93,8 @@ class ServerSite(Resource):
         try:
             if path and path[0] == "rd":
                 return self._registration(request, path[1:])
+            if path == (".well-known", "core"):
+                return self._resource_directory(request)
             if path:
                 handler = self.extra.get(path[0])
                 if handler is not None:
@@ -85,6 +102,13 @@ class ServerSite(Resource):
             raise NotFoundError(f"no resource at /{'/'.join(path)}")
         except Exception as e:
             return error_response(e)
+
+    def _resource_directory(self, request: Message) -> Message:
+        """RFC 6690 discovery: the registration interface and every mounted resource that asked to be listed."""
+        if request.code != Code.GET:
+            raise MethodNotAllowedError("/.well-known/core takes GET")
+        payload = ",".join(self._links.values()).encode()
+        return Message(code=Code.CONTENT, payload=payload, content_format=int(ContentFormat.LINK))
 
     def _registration(self, request: Message, rest: tuple[str, ...]) -> Message:
         """Register (POST /rd), Update (POST /rd/{id}) and De-register (DELETE /rd/{id})."""

@@ -1,0 +1,456 @@
+"""A simulated device's firmware: Object 5 driven by the pure state machine, two image slots, SUIT checks.
+
+The device receives a package by push (block-wise Write of /5/0/0, written block by block into the inactive slot)
+or by pull (block-wise GET of the Package URI from its own socket), verifies the SUIT envelope against its trust
+anchors before it reports Downloaded, installs on Update by booting the inactive slot, runs a health check and
+either confirms the new image or rolls back to the previous slot by itself (Update Result 8, old version running).
+
+Invariants: the active slot always holds an image that passed its health check; State and Update Result change only
+through :class:`~firmware_object.update_state.FirmwareUpdate`; every change of /5/0/3, /5/0/5 and /5/0/7 is
+announced to observers; a fault option fires once, so a retried update can succeed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aiocoap import Message
+from aiocoap import error as coap_error
+from aiocoap.numbers.codes import Code
+from aiocoap.optiontypes import BlockOption
+
+from client_sim.errors import BadValueError
+from firmware_object.errors import FirmwareError, PackageTooLargeError, State, SuitError, UpdateResult
+from firmware_object.suit.keys import PublicKey, key_id
+from firmware_object.suit.verify import VerifiedEnvelope, check_image, verify_envelope
+from firmware_object.update_state import (
+    AbortDownload,
+    CancelDeferredUpdate,
+    CancelExecuted,
+    DeferralExpired,
+    DiscardPackage,
+    DownloadCompleted,
+    DownloadFailed,
+    Effect,
+    Event,
+    FirmwareUpdate,
+    PackageCleared,
+    PackageWriteStarted,
+    PackageWritten,
+    ScheduleDeferredUpdate,
+    StartDownload,
+    StartUpdate,
+    UpdateExecuted,
+    UpdateFailed,
+    UpdateSucceeded,
+    UriCleared,
+    UriWritten,
+)
+from lwm2m_server.core.errors import CoapCode, Lwm2mError
+from lwm2m_server.core.nodes import Value
+from lwm2m_server.core.paths import LwM2mPath
+
+if TYPE_CHECKING:
+    from client_sim.device import SimulatedDevice
+    from client_sim.objects import ObjectTree
+
+log = logging.getLogger(__name__)
+
+FIRMWARE = LwM2mPath.of(5, 0)
+PACKAGE = FIRMWARE.child(0)
+PACKAGE_URI = FIRMWARE.child(1)
+UPDATE = FIRMWARE.child(2)
+STATE = FIRMWARE.child(3)
+RESULT = FIRMWARE.child(5)
+PKG_NAME = FIRMWARE.child(6)
+PKG_VERSION = FIRMWARE.child(7)
+CANCEL = FIRMWARE.child(10)
+SEVERITY = FIRMWARE.child(11)
+LAST_STATE_CHANGE = FIRMWARE.child(12)
+MAX_DEFER = FIRMWARE.child(13)
+FIRMWARE_VERSION = LwM2mPath.of(3, 0, 3)
+
+MAX_BLOCK_RETRIES = 4
+
+
+class DeviceFirmwareError(Lwm2mError):
+    """A firmware request the device answers with an error code (4.05 for a refused transition, 4.13...)."""
+
+    def __init__(self, message: str, code: CoapCode) -> None:
+        super().__init__(message)
+        self.coap_code = code
+
+
+@dataclass(frozen=True)
+class FirmwareOptions:
+    """What a simulated device knows and how it misbehaves.
+
+    ``trust_anchors``: every one must have signed a package (none: signatures are not required, test use only).
+    ``flash_size``: the largest package the device stores. ``max_block_size``: the largest Block1 it takes.
+    Faults (each fires once): ``fail_boot`` (every installed image fails its health check), ``lose_connection_at``
+    (the transfer breaks when this many bytes have arrived).
+    """
+
+    trust_anchors: tuple[PublicKey, ...] = ()
+    vendor_id: uuid.UUID | None = None
+    class_id: uuid.UUID | None = None
+    version: str = "1.0.0"
+    sequence_number: int = 0
+    flash_size: int = 2 << 20
+    max_block_size: int = 1024
+    pull_block_size: int = 1024
+    download_timeout: float = 10.0
+    fail_boot: bool = False
+    lose_connection_at: int | None = None
+    supported_schemes: tuple[str, ...] = ("coap",)
+
+
+@dataclass
+class Slot:
+    """One image slot: what it holds and where that came from."""
+
+    version: str
+    sequence_number: int
+    image: bytes = b""
+    package: bytes = b""
+
+
+@dataclass
+class _Receiving:
+    """A block-wise push being written into the inactive slot."""
+
+    buffer: bytearray = field(default_factory=bytearray)
+    szx: int = 6
+
+
+class DeviceFirmware:
+    """Object 5 of one simulated device, its two slots, and the download and install work."""
+
+    def __init__(self, device: SimulatedDevice, options: FirmwareOptions,
+                 clock: Callable[[], int] = lambda: int(time.time())) -> None:
+        self.device = device
+        self.options = options
+        self.clock = clock
+        self.machine = FirmwareUpdate(supported_schemes=options.supported_schemes)
+        self.slots = [Slot(options.version, options.sequence_number), Slot("", -1)]
+        self.active = 0
+        self.pending: VerifiedEnvelope | None = None  # verified, waiting for Update
+        self.installing = False
+        self.last_package: bytes = b""
+        self._push: _Receiving | None = None
+        self._download: asyncio.Task[None] | None = None
+        self._deferral: asyncio.TimerHandle | None = None
+        self._lose_connection_at = options.lose_connection_at
+        self._fail_boot = options.fail_boot
+        self._pkg_name = ""
+        self._pkg_version = ""
+        self.boots = 0
+        self.rollbacks = 0
+
+    # ------------------------------------------------------------------ the object
+
+    @property
+    def version(self) -> str:
+        """The version of the running image (/3/0/3)."""
+        return self.slots[self.active].version
+
+    @property
+    def sequence_number(self) -> int:
+        return self.slots[self.active].sequence_number
+
+    def install_object(self, tree: ObjectTree) -> None:
+        tree.add_instance(5, 0, {0: b"", 1: "", 3: 0, 5: 0, 6: "", 7: "", 8: {0: 0}, 9: 2, 11: 1, 13: 0})
+        tree.bind(PACKAGE_URI, lambda: self.machine.package_uri, self._write_uri)
+        tree.bind(STATE, lambda: int(self.machine.state))
+        tree.bind(RESULT, lambda: int(self.machine.result))
+        tree.bind(PKG_NAME, lambda: self._pkg_name)
+        tree.bind(PKG_VERSION, lambda: self._pkg_version)
+        tree.bind(SEVERITY, lambda: int(self.machine.severity), self._write_severity)
+        tree.bind(MAX_DEFER, lambda: self.machine.max_defer_period, self._write_max_defer)
+        tree.bind(LAST_STATE_CHANGE, lambda: self.machine.last_state_change_time or 0)
+        tree.bind(FIRMWARE_VERSION, lambda: self.version)
+        tree.on_execute(UPDATE, lambda _args: self._execute_update())
+        tree.on_execute(CANCEL, lambda _args: self._handle(CancelExecuted()))
+        self._tree = tree
+
+    def _changed(self, *paths: LwM2mPath) -> None:
+        for path in paths or (STATE, RESULT):
+            self._tree.touch(path)
+
+    def _handle(self, event: Event) -> None:
+        """Feed the state machine and carry out its effects; a refused event becomes a 4.05."""
+        before = (self.machine.state, self.machine.result)
+        try:
+            effects = self.machine.handle(event, self.clock())
+        except FirmwareError as e:
+            raise DeviceFirmwareError(str(e), e.coap_code) from None
+        if (self.machine.state, self.machine.result) != before:
+            self._changed(STATE, RESULT, LAST_STATE_CHANGE)
+        for effect in effects:
+            self._apply(effect)
+
+    def _apply(self, effect: Effect) -> None:
+        if isinstance(effect, StartDownload):
+            self._download = asyncio.get_running_loop().create_task(self._pull(effect.uri),
+                                                                    name=f"fw-pull-{self.device.endpoint}")
+        elif isinstance(effect, AbortDownload):
+            if self._download is not None:
+                self._download.cancel()
+                self._download = None
+            self._push = None
+        elif isinstance(effect, DiscardPackage):
+            self.pending = None
+            self.slots[1 - self.active] = Slot("", -1)
+        elif isinstance(effect, StartUpdate):
+            self._start_update()
+        elif isinstance(effect, ScheduleDeferredUpdate):
+            delay = max(0, effect.at - self.clock())
+            self._deferral = asyncio.get_running_loop().call_later(delay, self._deferral_expired)
+        elif isinstance(effect, CancelDeferredUpdate) and self._deferral is not None:
+            self._deferral.cancel()
+            self._deferral = None
+
+    def _deferral_expired(self) -> None:
+        self._deferral = None
+        with contextlib.suppress(Lwm2mError):
+            self._handle(DeferralExpired())
+
+    # ------------------------------------------------------------------ writes and executes
+
+    def _write_uri(self, value: Value) -> None:
+        uri = str(value)
+        self._handle(UriWritten(uri) if uri else UriCleared())
+
+    def _write_severity(self, value: Value) -> None:
+        try:
+            self.machine.set_severity(int(value))  # type: ignore[arg-type]
+        except ValueError as e:
+            raise BadValueError(str(e)) from None
+
+    def _write_max_defer(self, value: Value) -> None:
+        try:
+            self.machine.set_max_defer_period(int(value))  # type: ignore[arg-type]
+        except ValueError as e:
+            raise BadValueError(str(e)) from None
+
+    def _execute_update(self) -> None:
+        self._handle(UpdateExecuted())
+
+    def write_package(self, request: Message) -> Message:
+        """A Write of /5/0/0: one block of a push (Block1), a whole small package, or the empty reset."""
+        block1 = request.opt.block1
+        payload = request.payload
+        if block1 is None and payload in (b"", b"\0"):
+            self._handle(PackageCleared())
+            return Message(code=Code.CHANGED)
+        number, more, szx = (block1.block_number, block1.more, block1.size_exponent) if block1 else (0, False, 6)
+        size = 1 << (szx + 4)
+        max_szx = self.options.max_block_size.bit_length() - 5
+        if block1 is not None and szx > max_szx:
+            response = Message(code=Code.REQUEST_ENTITY_TOO_LARGE)
+            response.opt.block1 = BlockOption.BlockwiseTuple(number, more, max_szx)
+            return response
+        declared = request.opt.size1
+        if number == 0:
+            if self.machine.state == State.DOWNLOADING and self._push is not None:
+                self._handle(PackageCleared())  # the server starts the push over: drop what we have
+            self._handle(PackageWriteStarted())
+            self._push = _Receiving(szx=szx)
+        receiving = self._push
+        if receiving is None or len(receiving.buffer) != number * size:
+            return Message(code=Code.REQUEST_ENTITY_INCOMPLETE, payload=b"blocks out of order")
+        end = number * size + len(payload)
+        if (declared is not None and declared > self.options.flash_size) or end > self.options.flash_size:
+            self._fail_download(PackageTooLargeError(f"more than {self.options.flash_size} bytes"))
+            response = Message(code=Code.REQUEST_ENTITY_TOO_LARGE)
+            response.opt.size1 = self.options.flash_size
+            return response
+        if self._lose_connection_at is not None and end >= self._lose_connection_at:
+            self._lose_connection_at = None
+            self._fail_download(None)
+            return Message(code=Code.REQUEST_ENTITY_INCOMPLETE, payload=b"connection lost, start over")
+        receiving.buffer += payload
+        if more:
+            response = Message(code=Code.CONTINUE)
+            response.opt.block1 = BlockOption.BlockwiseTuple(number, True, szx)
+            return response
+        package = bytes(receiving.buffer)
+        self._push = None
+        self._received(package, push=True)
+        response = Message(code=Code.CHANGED)
+        if block1 is not None:
+            response.opt.block1 = BlockOption.BlockwiseTuple(number, False, szx)
+        return response
+
+    # ------------------------------------------------------------------ download and verification
+
+    def _fail_download(self, error: FirmwareError | None) -> None:
+        """End the transfer: ``None`` means the connection was lost."""
+        self._push = None
+        event = DownloadFailed(UpdateResult.CONNECTION_LOST) if error is None else DownloadFailed.from_error(error)
+        with contextlib.suppress(Lwm2mError):
+            self._handle(event)
+
+    def _received(self, package: bytes, *, push: bool) -> None:
+        """The whole package arrived: verify it, then report Downloaded (or why not)."""
+        self.last_package = package
+        try:
+            verified = self._verify(package)
+        except FirmwareError as e:
+            log.info("%s: package refused: %s", self.device.endpoint, e)
+            self._fail_download(e)
+            return
+        if verified.payload is None:  # the image lives at a URI of its own
+            asyncio.get_running_loop().create_task(self._fetch_image(verified, push))
+            return
+        self._downloaded(verified, verified.payload, push)
+
+    def _verify(self, package: bytes) -> VerifiedEnvelope:
+        o = self.options
+        return verify_envelope(package, trust_anchors=o.trust_anchors, max_size=o.flash_size,
+                               installed_sequence=self.sequence_number, vendor_id=o.vendor_id, class_id=o.class_id)
+
+    def _downloaded(self, verified: VerifiedEnvelope, image: bytes, push: bool) -> None:
+        self.pending = verified
+        self.slots[1 - self.active] = Slot(verified.version or f"seq-{verified.sequence_number}",
+                                           verified.sequence_number, image, self.last_package)
+        self._pkg_name = f"{self.device.endpoint}-firmware"
+        self._pkg_version = verified.version or ""
+        self._changed(PKG_NAME, PKG_VERSION)
+        self._handle(PackageWritten() if push else DownloadCompleted())
+
+    async def _fetch_image(self, verified: VerifiedEnvelope, push: bool) -> None:
+        assert verified.image_uri is not None
+        try:
+            image = await self._get(verified.image_uri)
+            check_image(verified, image)
+        except FirmwareError as e:
+            self._fail_download(e)
+            return
+        except _TransferLost:
+            self._fail_download(None)
+            return
+        self._downloaded(verified, image, push)
+
+    async def _pull(self, uri: str) -> None:
+        try:
+            package = await self._get(uri)
+        except FirmwareError as e:
+            self._fail_download(e)
+            return
+        except _TransferLost:
+            self._fail_download(None)
+            return
+        except _NotThere:
+            with contextlib.suppress(Lwm2mError):
+                self._handle(DownloadFailed(UpdateResult.INVALID_URI))
+            return
+        finally:
+            self._download = None
+        self._received(package, push=False)
+
+    async def _get(self, uri: str) -> bytes:
+        """Block-wise GET (Block2) of ``uri`` from the device's own socket, resuming a lost block in place."""
+        context = self.device._context
+        assert context is not None
+        szx = self.options.pull_block_size.bit_length() - 5
+        received = bytearray()
+        etag: bytes | None = None
+        number = retries = 0
+        while True:
+            request = Message(code=Code.GET, uri=uri)
+            request.opt.block2 = BlockOption.BlockwiseTuple(number, False, szx)
+            try:
+                response = await asyncio.wait_for(context.request(request, handle_blockwise=False).response,
+                                                  self.options.download_timeout)
+            except (TimeoutError, coap_error.Error):
+                retries += 1
+                if retries > MAX_BLOCK_RETRIES:
+                    raise _TransferLost from None
+                continue
+            retries = 0
+            if response.code == Code.NOT_FOUND:
+                raise _NotThere
+            if response.code != Code.CONTENT:
+                raise _TransferLost
+            size2 = response.opt.size2
+            if size2 is not None and size2 > self.options.flash_size:
+                raise PackageTooLargeError(f"the package has {size2} bytes; the flash holds {self.options.flash_size}")
+            tag = response.opt.etag
+            if etag is None:
+                etag = tag
+            elif tag != etag:  # the package changed under us: start over
+                received.clear()
+                number, etag = 0, None
+                continue
+            block2 = response.opt.block2
+            if block2 is not None and block2.size_exponent < szx:  # the server wants smaller blocks
+                szx = block2.size_exponent
+            received += response.payload
+            if len(received) > self.options.flash_size:
+                raise PackageTooLargeError(f"the package outgrew the flash ({self.options.flash_size} bytes)")
+            if self._lose_connection_at is not None and len(received) >= self._lose_connection_at:
+                self._lose_connection_at = None
+                raise _TransferLost
+            if block2 is None or not block2.more:
+                return bytes(received)
+            number = len(received) >> (szx + 4)
+
+    # ------------------------------------------------------------------ install, boot, rollback
+
+    def _start_update(self) -> None:
+        """Updating: the image is in the inactive slot; reboot into it."""
+        self.installing = True
+        self.device._later(self.device.reboot_delay, self.device.reboot)
+
+    def on_boot(self) -> None:
+        """Called at every (simulated) boot, before the device registers again."""
+        self.boots += 1
+        if not self.installing:
+            return
+        self.installing = False
+        previous = self.active
+        self.active = 1 - previous  # trial boot of the new image
+        if self._fail_boot:
+            self.active = previous  # the health check failed: the bootloader falls back
+            self.rollbacks += 1
+            log.info("%s: image failed its health check; rolled back to %s", self.device.endpoint, self.version)
+            self._handle(UpdateFailed(UpdateResult.UPDATE_FAILED))
+        else:
+            self.slots[previous].package = b""
+            self._handle(UpdateSucceeded())
+        self.pending = None
+        self._changed(FIRMWARE_VERSION, PKG_VERSION)
+
+    def stop(self) -> None:
+        if self._download is not None:
+            self._download.cancel()
+        if self._deferral is not None:
+            self._deferral.cancel()
+
+    def describe(self) -> dict[str, object]:
+        return {"version": self.version, "sequence_number": self.sequence_number, "active_slot": "AB"[self.active],
+                "state": self.machine.state.name, "result": int(self.machine.result), "boots": self.boots,
+                "rollbacks": self.rollbacks}
+
+
+class _TransferLost(Exception):
+    """The download broke beyond the device's retries (Update Result 4)."""
+
+
+class _NotThere(Exception):
+    """The Package URI leads nowhere (4.04: Update Result 7)."""
+
+
+def trust_key_ids(anchors: Sequence[PublicKey]) -> list[str]:
+    return [key_id(k).hex() for k in anchors]
+
+
+__all__ = ["DeviceFirmware", "DeviceFirmwareError", "FirmwareOptions", "Slot", "SuitError", "trust_key_ids"]

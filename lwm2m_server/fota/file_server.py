@@ -1,0 +1,132 @@
+"""The CoAP file server devices pull packages from (Object 5 Package URI).
+
+Each delivery publishes a package under an unguessable name (``/fw/<token>``), so a URI written to one device
+lets nobody list or fetch other packages. The server slices Block2 blocks itself, statelessly: any block at any
+size the device asks for (16 to 1024 bytes), in any order, so an interrupted download resumes where it stopped.
+Every block carries the package's ETag (so a device sees a package change under it) and Size2 (its total size).
+
+Invariant: a package's bytes are held once, however many deliveries publish it (packages are keyed by digest).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from aiocoap import Message
+from aiocoap.numbers.codes import Code
+from aiocoap.optiontypes import BlockOption
+
+from lwm2m_server.core.codec.formats import ContentFormat
+from lwm2m_server.core.errors import CoapCode, InvalidRequestError, MethodNotAllowedError, NotFoundError
+
+MOUNT = "fw"
+MAX_SZX = 6  # 1024-byte blocks; BERT (szx 7) is for CoAP over TCP only
+
+
+class BlockOutOfRangeError(InvalidRequestError):
+    """A Block2 request for a block that starts past the end of the package."""
+
+    coap_code = CoapCode.BAD_OPTION
+
+
+@dataclass(frozen=True)
+class Package:
+    """Bytes published for download; ``etag`` is the first 8 bytes of their SHA-256."""
+
+    data: bytes
+    digest: bytes
+
+    @classmethod
+    def of(cls, data: bytes) -> Package:
+        return cls(data, hashlib.sha256(data).digest())
+
+    @property
+    def etag(self) -> bytes:
+        return self.digest[:8]
+
+
+@dataclass
+class _Publication:
+    package: Package
+    blocks_served: int = 0
+    bytes_served: int = 0
+
+
+class FileServer:
+    """Packages published under random names; :meth:`handle` serves ``GET /fw/<name>`` block-wise."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, _Publication] = {}
+        self._by_digest: dict[bytes, tuple[Package, int]] = {}
+
+    def publish(self, data: bytes) -> str:
+        """Publish ``data`` and return the path segment it is served under (withdraw it when done)."""
+        package = Package.of(data)
+        held, count = self._by_digest.get(package.digest, (package, 0))
+        self._by_digest[package.digest] = (held, count + 1)
+        name = secrets.token_urlsafe(16)
+        self._by_name[name] = _Publication(held)
+        return name
+
+    def withdraw(self, name: str) -> None:
+        """Stop serving ``name``; the bytes are dropped with their last publication."""
+        publication = self._by_name.pop(name, None)
+        if publication is None:
+            return
+        digest = publication.package.digest
+        held, count = self._by_digest[digest]
+        if count <= 1:
+            del self._by_digest[digest]
+        else:
+            self._by_digest[digest] = (held, count - 1)
+
+    def served(self, name: str) -> tuple[int, int]:
+        """(blocks, bytes) served so far under ``name``."""
+        publication = self._by_name.get(name)
+        return (0, 0) if publication is None else (publication.blocks_served, publication.bytes_served)
+
+    @property
+    def published(self) -> int:
+        return len(self._by_name)
+
+    async def handle(self, request: Message, rest: tuple[str, ...]) -> Message:
+        """Answer one GET: the whole package if it fits one block, else the requested (or first) block."""
+        if request.code != Code.GET:
+            raise MethodNotAllowedError("packages are read-only: use GET")
+        publication = self._by_name.get(rest[0]) if len(rest) == 1 else None
+        if publication is None:
+            raise NotFoundError("no such package")
+        package = publication.package
+        if package.etag in request.opt.etags:
+            return Message(code=Code.VALID, etag=package.etag)
+        data = package.data
+        block2 = request.opt.block2
+        if block2 is None:
+            szx = min(MAX_SZX, getattr(request.remote, "maximum_block_size_exp", MAX_SZX))
+            number = 0
+            if len(data) <= 1 << (szx + 4):
+                publication.blocks_served += 1
+                publication.bytes_served += len(data)
+                return self._content(package, data)
+        else:
+            szx, number = min(MAX_SZX, block2.size_exponent), block2.block_number
+        size = 1 << (szx + 4)
+        start = number * size
+        if start >= len(data) and not (start == 0 and not data):
+            raise BlockOutOfRangeError(f"block {number} of {size} bytes starts past the end ({len(data)} bytes)")
+        chunk = data[start:start + size]
+        more = start + size < len(data)
+        publication.blocks_served += 1
+        publication.bytes_served += len(chunk)
+        response = self._content(package, chunk)
+        response.opt.block2 = BlockOption.BlockwiseTuple(number, more, szx)
+        return response
+
+    @staticmethod
+    def _content(package: Package, payload: bytes) -> Message:
+        response = Message(code=Code.CONTENT, payload=payload, content_format=int(ContentFormat.OPAQUE),
+                           etag=package.etag)
+        response.opt.size2 = len(package.data)
+        return response

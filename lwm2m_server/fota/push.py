@@ -1,0 +1,136 @@
+"""Push delivery: a block-wise (RFC 7959 Block1) Write of a package to a device resource, normally /5/0/0.
+
+The driver sends one block at a time to the live remote of the device's registration and follows the device's
+lead on block size: a 2.31 Continue whose Block1 names a smaller size switches to it from the next block on, and a
+4.13 with a smaller Block1 size sends the refused block again at that size. Lost messages are retransmitted by
+CoAP itself (CON); a device that lost the transfer (4.08 Request Entity Incomplete) makes it start over, a bounded
+number of times. The whole push is bounded in time.
+
+Invariant: ``PushProgress.sent`` only counts bytes the device acknowledged, and never goes past the package size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiocoap import Context, Message
+from aiocoap import error as coap_error
+from aiocoap.numbers.codes import Code
+from aiocoap.optiontypes import BlockOption
+
+from lwm2m_server.core.codec.formats import ContentFormat
+from lwm2m_server.core.errors import (
+    ClientSleepingError,
+    ErrorResponseError,
+    InvalidRequestError,
+    RequestFailedError,
+    RequestTimeoutError,
+)
+from lwm2m_server.core.operations import uri_path as coap_uri_path
+from lwm2m_server.core.paths import LwM2mPath
+from lwm2m_server.core.registration import Registration
+
+DEFAULT_BLOCK_SIZE = 1024
+PACKAGE = LwM2mPath.of(5, 0, 0)
+MIN_SZX, MAX_SZX = 0, 6
+
+
+@dataclass(frozen=True)
+class PushProgress:
+    """How far a push got: bytes and blocks the device acknowledged, at which block size."""
+
+    sent: int
+    total: int
+    blocks: int
+    block_size: int
+    restarts: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.sent == self.total
+
+
+ProgressListener = Callable[[PushProgress], None]
+
+
+def size_exponent(block_size: int) -> int:
+    """SZX for a block size of 16..1024 bytes (a power of two)."""
+    if block_size < 16 or block_size > 1024 or block_size & (block_size - 1):
+        raise InvalidRequestError(f"block size must be a power of two from 16 to 1024, not {block_size}")
+    return block_size.bit_length() - 5
+
+
+async def push_package(context: Context, reg: Registration, data: bytes, *,
+                       path: LwM2mPath = PACKAGE,
+                       block_size: int = DEFAULT_BLOCK_SIZE,
+                       content_format: int = int(ContentFormat.OPAQUE),
+                       request_timeout: float = 100.0,
+                       total_timeout: float = 600.0,
+                       max_restarts: int = 3,
+                       on_progress: ProgressListener | None = None) -> PushProgress:
+    """Write ``data`` to ``path`` of the device block-wise; returns the final progress or raises.
+
+    Raises ErrorResponseError (the device's code) when the device refuses the package,
+    RequestTimeoutError when a block is not answered or the push outlasts ``total_timeout``.
+    """
+    if reg.remote is None:
+        raise ClientSleepingError(f"{reg.endpoint} has not been heard from since the server started")
+    szx = size_exponent(block_size)
+    segments = coap_uri_path(reg.root_path, path)
+    total = len(data)
+    offset = blocks = restarts = 0
+
+    def progress() -> PushProgress:
+        return PushProgress(offset, total, blocks, 1 << (szx + 4), restarts)
+
+    try:
+        async with asyncio.timeout(total_timeout):
+            while True:
+                size = 1 << (szx + 4)
+                number = offset >> (szx + 4)
+                chunk = data[offset:offset + size]
+                more = offset + size < total
+                request = Message(code=Code.PUT, uri_path=segments, payload=chunk, content_format=content_format)
+                if total > size or offset:
+                    request.opt.block1 = BlockOption.BlockwiseTuple(number, more, szx)
+                request.remote = reg.remote
+                response = await _exchange(context, request, reg.endpoint, request_timeout)
+                code = response.code
+                answer = response.opt.block1
+                if code == Code.CONTINUE or (code.is_successful() and not more):
+                    offset += len(chunk)
+                    blocks += 1
+                    if answer is not None and answer.size_exponent < szx:
+                        szx = max(MIN_SZX, answer.size_exponent)  # the device prefers smaller blocks from now on
+                    if on_progress is not None:
+                        on_progress(progress())
+                    if not more:
+                        return progress()
+                    if code != Code.CONTINUE:
+                        raise ErrorResponseError(int(code), "the device ended the transfer before the last block")
+                    continue
+                if code == Code.REQUEST_ENTITY_TOO_LARGE and answer is not None and answer.size_exponent < szx:
+                    szx = answer.size_exponent  # send this block again, smaller
+                    continue
+                if code == Code.REQUEST_ENTITY_INCOMPLETE and restarts < max_restarts:
+                    restarts += 1
+                    offset = blocks = 0
+                    continue
+                detail = response.payload.decode("utf-8", "replace")[:120]
+                if code == Code.REQUEST_ENTITY_TOO_LARGE and response.opt.size1 is not None:
+                    detail = f"the device takes at most {response.opt.size1} bytes"
+                raise ErrorResponseError(int(code), detail)
+    except TimeoutError:
+        raise RequestTimeoutError(
+            f"push to {reg.endpoint} took longer than {total_timeout:g} s ({offset} of {total} bytes)") from None
+
+
+async def _exchange(context: Context, request: Message, endpoint: str, timeout: float) -> Message:
+    try:
+        return await asyncio.wait_for(context.request(request, handle_blockwise=False).response, timeout)
+    except (TimeoutError, coap_error.TimeoutError):
+        raise RequestTimeoutError(f"{endpoint} did not answer a block within {timeout:g} s") from None
+    except coap_error.Error as e:
+        raise RequestFailedError(f"block to {endpoint} failed: {e}") from None
