@@ -9,10 +9,12 @@ join the port afterwards) and keeps, per process, the set of ports it handed out
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import socket
+from typing import Any
 
-from aiocoap import Context, interfaces
+from aiocoap import Context, Message, interfaces
 
 _IN_USE: set[tuple[str, int]] = set()
 
@@ -34,6 +36,39 @@ def bound_socket(context: Context) -> socket.socket:
         if sock is not None:
             return sock  # type: ignore[no-any-return]
     raise RuntimeError("cannot find the UDP socket of the aiocoap context")
+
+
+def _message_manager(context: Context) -> Any:
+    for interface in context.request_interfaces:
+        messages = getattr(interface, "token_interface", None)
+        if messages is not None and hasattr(messages, "_recent_messages"):
+            return messages
+    return None
+
+
+def slim_duplicate_cache(context: Context) -> bool:
+    """Keep aiocoap's duplicate-detection cache small: store each response without the request it answers.
+
+    aiocoap keeps every response for EXCHANGE_LIFETIME (247 s) so that a retransmitted request gets the same
+    answer (RFC 7252 4.5). The stored response references its request, with the request's payload and options
+    (a Register's whole link payload), which a re-send never reads; at thousands of registrations a minute that
+    was most of the server's memory per registration. The cache keeps a shallow copy without it. Returns False
+    (and changes nothing) if this aiocoap has no such cache.
+    """
+    manager = _message_manager(context)
+    if manager is None or not hasattr(manager, "_store_response_for_duplicates"):
+        return False
+    recent = manager._recent_messages
+
+    def store_response_for_duplicates(message: Message) -> None:
+        key = (message.remote, message.mid)
+        if key in recent:
+            slim = copy.copy(message)
+            slim.request = None
+            recent[key] = slim
+
+    manager._store_response_for_duplicates = store_response_for_duplicates
+    return True
 
 
 def bound_port(context: Context) -> int:
@@ -61,6 +96,7 @@ async def exclusive_context(site: interfaces.Resource, host: str, port: int = 0,
         key = (host, int(sock.getsockname()[1]))
         if key not in _IN_USE:
             _IN_USE.add(key)
+            slim_duplicate_cache(context)
             return context, key[1]
         await context.shutdown()
         last = OSError(errno.EADDRINUSE, f"UDP port {key[1]} on {host} is in use in this process")

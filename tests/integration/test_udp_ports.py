@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
 
 from tests.harness import running_server
@@ -12,3 +15,35 @@ async def test_second_server_on_the_same_port_is_refused(tmp_path):
         with pytest.raises(OSError):
             async with running_server(tmp_path / "b", coap_port=first.coap_port):
                 pass
+
+
+async def test_a_retransmitted_register_gets_the_same_answer_from_a_slim_cache(tmp_path: Path) -> None:
+    """RFC 7252 4.5: a duplicate CON is answered from the cache, not processed twice; the cache holds the response
+    without its request (which a re-send never reads)."""
+    import socket as socket_module
+
+    from aiocoap import CON, Message
+    from aiocoap.numbers.codes import Code
+
+    from lwm2m_server.transport.udp import _message_manager
+
+    async with running_server(tmp_path) as srv:
+        request = Message(mtype=CON, mid=4242, token=b"\x01\x02", code=Code.POST, uri_path=("rd",),
+                          payload=b"</1/0>,</3/0>", content_format=40)
+        request.opt.uri_query = ("ep=dup-1", "lt=300", "lwm2m=1.1")
+        wire = request.encode()
+        loop = asyncio.get_running_loop()
+        with socket_module.socket(socket_module.AF_INET, socket_module.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            sock.connect(("127.0.0.1", srv.coap_port))
+            answers = []
+            for _ in range(2):
+                await loop.sock_sendall(sock, wire)
+                answers.append(Message.decode(await asyncio.wait_for(loop.sock_recv(sock, 2048), 5)))
+        assert answers[0].code == Code.CREATED
+        assert [a.opt.location_path for a in answers] == [answers[0].opt.location_path] * 2
+        assert [a.mid for a in answers] == [4242, 4242]
+        assert srv.registrations is not None and srv.registrations.count() == 1
+        assert srv.context is not None
+        cached = [m for m in _message_manager(srv.context)._recent_messages.values() if m is not None]
+        assert cached and all(m.request is None for m in cached)
