@@ -28,8 +28,8 @@ async def test_a_retransmitted_register_gets_the_same_answer_from_a_slim_cache(t
     from lwm2m_server.transport.udp import _message_manager
 
     async with running_server(tmp_path) as srv:
-        request = Message(mtype=CON, mid=4242, token=b"\x01\x02", code=Code.POST, uri_path=("rd",),
-                          payload=b"</1/0>,</3/0>", content_format=40)
+        request = Message(code=Code.POST, uri_path=("rd",), payload=b"</1/0>,</3/0>", content_format=40)
+        request.mtype, request.mid, request.token = CON, 4242, b"\x01\x02"
         request.opt.uri_query = ("ep=dup-1", "lt=300", "lwm2m=1.1")
         wire = request.encode()
         loop = asyncio.get_running_loop()
