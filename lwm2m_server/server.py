@@ -10,8 +10,6 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import os
-import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 import aiocoap
 
 from lwm2m_server.core.model import ObjectModel
+from lwm2m_server.data_dir import API_URL_FILE, default_data_dir, ensure_token
 from lwm2m_server.events import EventBus
 from lwm2m_server.fota.file_server import MOUNT as FILES_MOUNT
 from lwm2m_server.fota.file_server import FileServer
@@ -32,43 +31,6 @@ from lwm2m_server.transport.site import ServerSite
 from lwm2m_server.transport.udp import exclusive_context, release
 
 log = logging.getLogger(__name__)
-
-TOKEN_FILE = "api-token"
-API_URL_FILE = "api-url"
-
-
-def default_data_dir() -> Path:
-    env = os.environ.get("SCRATCH_DATA_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "scratch"
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` readable by the owner only (mode 0600 from creation, no window)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def ensure_token(data_dir: Path) -> str:
-    """The API token of this data directory, created (random, mode 0600) on first use."""
-    path = data_dir / TOKEN_FILE
-    try:
-        token = path.read_text().strip()
-        if token:
-            return token
-    except FileNotFoundError:
-        pass
-    token = secrets.token_urlsafe(32)
-    write_private(path, token + "\n")
-    return token
-
 
 @dataclass
 class ServerSettings:

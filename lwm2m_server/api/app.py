@@ -372,17 +372,19 @@ def _firmware_routes(app: FastAPI, firmware: FirmwareService, auth: list[Any]) -
         job = job_of(endpoint)
 
         async def lines() -> AsyncIterator[bytes]:
-            sent = 0
+            sent = 0  # steps sent, counted like job.recorded
             while True:
                 changed = job.changed()
-                history = job.history
-                for step in history[sent:]:
+                done = job.done.is_set()
+                missing = job.recorded - sent
+                steps = list(job.history[-missing:]) if missing > 0 else []
+                sent = job.recorded
+                for step in steps:
                     yield (json.dumps({**asdict(step), "done": False}) + "\n").encode()
-                sent = len(history)
-                if job.done.is_set():
+                if done:
                     yield (json.dumps({**job.as_dict(), "done": True}) + "\n").encode()
                     return
-                await changed
+                await changed.wait()
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from lwm2m_server.server import API_URL_FILE, TOKEN_FILE, default_data_dir
+from lwm2m_server.data_dir import API_URL_FILE, TOKEN_FILE, default_data_dir
 
 
 class CliError(Exception):

@@ -30,7 +30,7 @@ from firmware_object.suit.verify import verify_envelope
 from lwm2m_server.cli.client import ApiClient, CliError
 
 firmware_app = typer.Typer(no_args_is_help=True, help="Sign firmware into SUIT packages and update devices.")
-console = Console()
+console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 MAX_PACKAGE = 64 << 20
@@ -70,7 +70,7 @@ def _uuid(text: str, option: str) -> uuid.UUID:
     try:
         return uuid.UUID(text)
     except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a UUID", param_hint=option) from None
+        raise _fail(f"{option}: {text!r} is not a UUID", 2) from None
 
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:
@@ -93,7 +93,7 @@ def keygen(
 ) -> None:
     """Create a signing key pair. The private key is never printed."""
     if alg not in ("es256", "ed25519"):
-        raise typer.BadParameter("must be es256 or ed25519", param_hint="--alg")
+        raise _fail(f"--alg: {alg!r} is not es256 or ed25519", 2)
     key = generate_private_key(alg)
     pub = out.with_name(out.name + ".pub")
     if pub.exists():
@@ -140,7 +140,7 @@ def authorise(
     try:
         signed = add_signature(_read(package, "package"), _private_key(key))
     except FirmwareError as e:
-        raise _fail(f"{package}: {e}") from None
+        raise _fail(f"{package}: {e}", 2) from None
     try:
         out.write_bytes(signed)
     except OSError as e:
@@ -161,7 +161,7 @@ def inspect(
     try:
         view = describe(data)
     except FirmwareError as e:
-        raise _fail(f"{package} is not a SUIT envelope we can read: {e}") from None
+        raise _fail(f"{package} is not a SUIT envelope we can read: {e}", 2) from None
     verdict: dict[str, Any] | None = None
     if trust:
         anchors = [_public_key(p) for p in trust]
@@ -175,14 +175,10 @@ def inspect(
         print(json.dumps({"manifest": view, "verification": verdict}, indent=2, default=str))
     else:
         console.print_json(json.dumps(view, default=str))
-        if verdict is not None:
-            if verdict["verified"]:
-                console.print(f"[green]signatures verified[/green] by {', '.join(verdict['trusted_keys'])}")
-            else:
-                console.print(f"[red]verification failed:[/red] {verdict['error']}: {verdict['message']}",
-                              highlight=False)
+        if verdict is not None and verdict["verified"]:
+            console.print(f"[green]signatures verified[/green] by {', '.join(verdict['trusted_keys'])}")
     if verdict is not None and not verdict["verified"]:
-        raise typer.Exit(1)
+        raise _fail(f"{package}: verification failed: {verdict['error']}: {verdict['message']}")
 
 
 @firmware_app.command("update")
@@ -200,7 +196,7 @@ def update(
 ) -> None:
     """Deliver a package to a device and have it install it; with --wait, exit non-zero unless it succeeded."""
     if method not in (None, "push", "pull"):
-        raise typer.BadParameter("must be push or pull", param_hint="--method")
+        raise _fail(f"--method: {method!r} is not push or pull", 2)
     data = _read(package, "package")
     try:
         client = ApiClient.locate(api, data_dir, timeout=60.0)
@@ -216,8 +212,9 @@ def update(
     del job
     last = final.get("last") or {}
     if last.get("phase") != "succeeded":
-        raise _fail(f"{endpoint}: {last.get('message') or 'the update failed'}{_result_text(last)}")
-    console.print(f"[green]{endpoint} updated[/green]: {last.get('message')}{_result_text(last)}", highlight=False)
+        raise _fail(f"{last.get('message') or endpoint + ': the update failed'}{_result_text(last)}")
+    console.print(f"[green]{endpoint} updated[/green]: now runs {last.get('version') or '?'}{_result_text(last)}",
+                  highlight=False)
 
 
 @firmware_app.command("status")
@@ -236,13 +233,14 @@ def status(
 
 
 def _result_text(step: dict[str, Any]) -> str:
+    """`` (Update Result N)``; the label is in the message already when the message names it."""
     result = step.get("result")
     if result is None:
         return ""
-    try:
-        return f" (Update Result {result}: {UpdateResult(result).label})"
-    except ValueError:
-        return f" (Update Result {result})"
+    label = UpdateResult(result).label if result in UpdateResult._value2member_map_ else ""
+    if label and label not in (step.get("message") or ""):
+        return f" (Update Result {result}: {label})"
+    return f" (Update Result {result})"
 
 
 def _follow(client: ApiClient, endpoint: str, total: int) -> dict[str, Any]:

@@ -106,6 +106,7 @@ class UpdateJob:
     finished_at: float | None = None
     previous_version: str | None = None
     history: list[UpdateProgress] = field(default_factory=list)
+    recorded: int = 0  # steps recorded since the start (history keeps the first and the recent ones)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -120,13 +121,15 @@ class UpdateJob:
 
     def record(self, progress: UpdateProgress) -> None:
         self.history.append(progress)
+        self.recorded += 1
         if len(self.history) > 512:  # keep the first steps and the recent ones
             del self.history[16:-256]
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def changed(self) -> None:
-        await self._changed.wait()
+    def changed(self) -> asyncio.Event:
+        """An event set at the next recorded step (take it before reading ``history``)."""
+        return self._changed
 
     def as_dict(self) -> dict[str, object]:
         return {"endpoint": self.endpoint, "method": self.method, "total": self.total,

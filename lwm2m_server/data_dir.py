@@ -1,0 +1,47 @@
+"""The server's data directory: where it is, and the files in it that clients read (API URL, API token).
+
+Stdlib only, so that CLI commands find the server without importing it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+
+TOKEN_FILE = "api-token"
+API_URL_FILE = "api-url"
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("SCRATCH_DATA_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "scratch"
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by the owner only (mode 0600 from creation, no window)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def ensure_token(data_dir: Path) -> str:
+    """The API token of this data directory, created (random, mode 0600) on first use."""
+    path = data_dir / TOKEN_FILE
+    try:
+        token = path.read_text().strip()
+        if token:
+            return token
+    except FileNotFoundError:
+        pass
+    token = secrets.token_urlsafe(32)
+    write_private(path, token + "\n")
+    return token
