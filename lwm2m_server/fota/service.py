@@ -391,8 +391,14 @@ class FirmwareService:
     async def _push(self, job: UpdateJob, reg: Registration, package: bytes, block_size: int, watch: _Watch) -> None:
         sender = self.management.sender
 
-        def on_progress(p: PushProgress) -> None:
-            self._progress(job, "delivering", sent=p.sent, total=p.total, blocks=p.blocks)
+        last = 0.0
+
+        def on_progress(p: PushProgress) -> None:  # at most 10 steps a second, and the last block
+            nonlocal last
+            now = time.monotonic()
+            if p.done or now - last >= 0.1:
+                last = now
+                self._progress(job, "delivering", sent=p.sent, total=p.total, blocks=p.blocks)
 
         self._progress(job, "delivering", sent=0, total=len(package), message="pushing to /5/0/0")
         try:
