@@ -266,7 +266,9 @@ class ObjectTree:
 
     def registration_links(self) -> tuple[Link, ...]:
         """The object links of a Register/Update payload: ``</O/I>`` per instance (``</O>`` for an object
-        without instances), ``ver`` when the object version is not 1.0; protected objects left out."""
+        without instances); when the object version is not 1.0, ``</O>;ver=X`` before them (``ver`` is an
+        Object-level attribute: never on an instance link, Leshan refuses that Register); protected objects left
+        out."""
         links: list[Link] = []
         for oid in self.object_ids:
             if oid in PROTECTED_OBJECTS:
@@ -276,9 +278,9 @@ class ObjectTree:
             if odef.version != "1.0" and oid not in CORE_OBJECTS_WITHOUT_VERSION:
                 attrs = (("ver", odef.version),)
             iids = self.instance_ids(oid)
-            if not iids:
+            if attrs or not iids:
                 links.append(Link(f"/{oid}", attrs))
-            links.extend(Link(f"/{oid}/{iid}", attrs) for iid in iids)
+            links.extend(Link(f"/{oid}/{iid}") for iid in iids)
         return tuple(links)
 
     # ------------------------------------------------------------------ server operations

@@ -51,7 +51,11 @@ class ServerSettings:
 class Lwm2mServer:
     def __init__(self, settings: ServerSettings, *, model: ObjectModel | None = None) -> None:
         self.settings = settings
-        self.model = model or ObjectModel.default()
+        if model is None:  # the settings' DDF folder, as the CLI does; an explicit model wins
+            from lwm2m_server.object_files import model_with_dir
+
+            model = model_with_dir(settings.models_dir)
+        self.model = model
         self.events = EventBus()
         self.database: Database | None = None
         self.registrations: RegistrationService | None = None

@@ -203,7 +203,7 @@ async def test_register_query_payload_and_source_address(rd: ResourceDirectory, 
     [reg] = rd.of("register")
     assert reg.query == ("ep=dev-1", "lt=300", "lwm2m=1.1", "b=U")
     assert reg.payload.decode() == ('</>;rt="oma.lwm2m";ct="0 42 11542 110 112 11544",'
-                                    "</1/0>,</3/0>;ver=1.2,</4/0>;ver=1.3,</33000/0>")
+                                    "</1/0>,</3>;ver=1.2,</3/0>,</4>;ver=1.3,</4/0>,</33000/0>")
     assert reg.remote == f"127.0.0.1:{device.address[1]}"  # Register comes from the serving socket
     assert device.location == ("rd", reg.reg_id)
     assert device.state is DeviceState.REGISTERED
@@ -221,7 +221,7 @@ async def test_object_5_is_announced_and_security_never(rd: ResourceDirectory) -
         [reg] = rd.of("register", "fw-1")
         assert "lwm2m=1.0" in reg.query
         text = reg.payload.decode()
-        assert text.endswith(",</1/0>,</3/0>;ver=1.2,</4/0>;ver=1.3,</5/0>;ver=1.2")
+        assert text.endswith(",</1/0>,</3>;ver=1.2,</3/0>,</4>;ver=1.3,</4/0>,</5>;ver=1.2,</5/0>")
         assert "</0" not in text
     finally:
         await asyncio.wait_for(dev.stop(), T)
