@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -27,8 +27,8 @@ from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import BlockOption
 
 from client_sim.errors import BadValueError
-from firmware_object.errors import FirmwareError, PackageTooLargeError, State, SuitError, UpdateResult
-from firmware_object.suit.keys import PublicKey, key_id
+from firmware_object.errors import FirmwareError, PackageTooLargeError, State, UpdateResult
+from firmware_object.suit.keys import PublicKey
 from firmware_object.suit.verify import VerifiedEnvelope, check_image, verify_envelope
 from firmware_object.update_state import (
     AbortDownload,
@@ -78,6 +78,18 @@ MAX_DEFER = FIRMWARE.child(13)
 FIRMWARE_VERSION = LwM2mPath.of(3, 0, 3)
 
 MAX_BLOCK_RETRIES = 4
+
+
+class TransferLostError(FirmwareError):
+    """The download broke beyond the device's retries."""
+
+    update_result = UpdateResult.CONNECTION_LOST
+
+
+class PackageNotFoundError(FirmwareError):
+    """The Package URI leads nowhere (4.04)."""
+
+    update_result = UpdateResult.INVALID_URI
 
 
 class DeviceFirmwareError(Lwm2mError):
@@ -141,7 +153,6 @@ class DeviceFirmware:
         self.machine = FirmwareUpdate(supported_schemes=options.supported_schemes)
         self.slots = [Slot(options.version, options.sequence_number), Slot("", -1)]
         self.active = 0
-        self.pending: VerifiedEnvelope | None = None  # verified, waiting for Update
         self.installing = False
         self.last_package: bytes = b""
         self._push: _Receiving | None = None
@@ -206,7 +217,6 @@ class DeviceFirmware:
                 self._download = None
             self._push = None
         elif isinstance(effect, DiscardPackage):
-            self.pending = None
             self.slots[1 - self.active] = Slot("", -1)
         elif isinstance(effect, StartUpdate):
             self._start_update()
@@ -274,7 +284,7 @@ class DeviceFirmware:
             return response
         if self._lose_connection_at is not None and end >= self._lose_connection_at:
             self._lose_connection_at = None
-            self._fail_download(None)
+            self._fail_download(TransferLostError("connection lost during the push"))
             return Message(code=Code.REQUEST_ENTITY_INCOMPLETE, payload=b"connection lost, start over")
         receiving.buffer += payload
         if more:
@@ -291,12 +301,11 @@ class DeviceFirmware:
 
     # ------------------------------------------------------------------ download and verification
 
-    def _fail_download(self, error: FirmwareError | None) -> None:
-        """End the transfer: ``None`` means the connection was lost."""
+    def _fail_download(self, error: FirmwareError) -> None:
+        """End the transfer with the Update Result ``error`` carries."""
         self._push = None
-        event = DownloadFailed(UpdateResult.CONNECTION_LOST) if error is None else DownloadFailed.from_error(error)
         with contextlib.suppress(Lwm2mError):
-            self._handle(event)
+            self._handle(DownloadFailed.from_error(error))
 
     def _received(self, package: bytes, *, push: bool) -> None:
         """The whole package arrived: verify it, then report Downloaded (or why not)."""
@@ -318,7 +327,6 @@ class DeviceFirmware:
                                installed_sequence=self.sequence_number, vendor_id=o.vendor_id, class_id=o.class_id)
 
     def _downloaded(self, verified: VerifiedEnvelope, image: bytes, push: bool) -> None:
-        self.pending = verified
         self.slots[1 - self.active] = Slot(verified.version or f"seq-{verified.sequence_number}",
                                            verified.sequence_number, image, self.last_package)
         self._pkg_name = f"{self.device.endpoint}-firmware"
@@ -334,9 +342,6 @@ class DeviceFirmware:
         except FirmwareError as e:
             self._fail_download(e)
             return
-        except _TransferLost:
-            self._fail_download(None)
-            return
         self._downloaded(verified, image, push)
 
     async def _pull(self, uri: str) -> None:
@@ -344,13 +349,6 @@ class DeviceFirmware:
             package = await self._get(uri)
         except FirmwareError as e:
             self._fail_download(e)
-            return
-        except _TransferLost:
-            self._fail_download(None)
-            return
-        except _NotThere:
-            with contextlib.suppress(Lwm2mError):
-                self._handle(DownloadFailed(UpdateResult.INVALID_URI))
             return
         finally:
             self._download = None
@@ -373,13 +371,13 @@ class DeviceFirmware:
             except (TimeoutError, coap_error.Error):
                 retries += 1
                 if retries > MAX_BLOCK_RETRIES:
-                    raise _TransferLost from None
+                    raise TransferLostError(f"no answer for block {number} of {uri}") from None
                 continue
             retries = 0
             if response.code == Code.NOT_FOUND:
-                raise _NotThere
+                raise PackageNotFoundError(f"nothing at {uri}")
             if response.code != Code.CONTENT:
-                raise _TransferLost
+                raise TransferLostError(f"{uri} answered {response.code}")
             size2 = response.opt.size2
             if size2 is not None and size2 > self.options.flash_size:
                 raise PackageTooLargeError(f"the package has {size2} bytes; the flash holds {self.options.flash_size}")
@@ -398,7 +396,7 @@ class DeviceFirmware:
                 raise PackageTooLargeError(f"the package outgrew the flash ({self.options.flash_size} bytes)")
             if self._lose_connection_at is not None and len(received) >= self._lose_connection_at:
                 self._lose_connection_at = None
-                raise _TransferLost
+                raise TransferLostError("connection lost during the download (fault injected)")
             if block2 is None or not block2.more:
                 return bytes(received)
             number = len(received) >> (szx + 4)
@@ -426,7 +424,6 @@ class DeviceFirmware:
         else:
             self.slots[previous].package = b""
             self._handle(UpdateSucceeded())
-        self.pending = None
         self._changed(FIRMWARE_VERSION, PKG_VERSION)
 
     def stop(self) -> None:
@@ -435,22 +432,7 @@ class DeviceFirmware:
         if self._deferral is not None:
             self._deferral.cancel()
 
-    def describe(self) -> dict[str, object]:
-        return {"version": self.version, "sequence_number": self.sequence_number, "active_slot": "AB"[self.active],
-                "state": self.machine.state.name, "result": int(self.machine.result), "boots": self.boots,
-                "rollbacks": self.rollbacks}
 
-
-class _TransferLost(Exception):
-    """The download broke beyond the device's retries (Update Result 4)."""
-
-
-class _NotThere(Exception):
-    """The Package URI leads nowhere (4.04: Update Result 7)."""
-
-
-def trust_key_ids(anchors: Sequence[PublicKey]) -> list[str]:
-    return [key_id(k).hex() for k in anchors]
-
-
-__all__ = ["DeviceFirmware", "DeviceFirmwareError", "FirmwareOptions", "Slot", "SuitError", "trust_key_ids"]
+__all__ = [
+    "DeviceFirmware", "DeviceFirmwareError", "FirmwareOptions", "PackageNotFoundError", "Slot", "TransferLostError",
+]

@@ -27,7 +27,6 @@ from lwm2m_server.core.errors import (
     Lwm2mError,
     NotFoundError,
     RequestFailedError,
-    RequestTimeoutError,
 )
 from lwm2m_server.core.nodes import Instance, MultipleResource, Node, ResourceType, SingleResource
 from lwm2m_server.core.operations import ExecuteRequest, ObserveRequest, ReadRequest, WriteRequest
@@ -521,7 +520,6 @@ __all__ = [
     "FirmwareService",
     "FirmwareUpdateError",
     "Method",
-    "RequestTimeoutError",
     "UpdateInProgressError",
     "UpdateJob",
     "UpdateProgress",
