@@ -13,6 +13,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import aiocoap
 
@@ -27,6 +28,7 @@ from lwm2m_server.registry.service import RegistrationService
 from lwm2m_server.storage.database import Database
 from lwm2m_server.storage.sql import SqlDeviceStore, SqlRegistrationStore
 from lwm2m_server.transport.downlink import DownlinkSender
+from lwm2m_server.transport.dtls import add_dtls_server
 from lwm2m_server.transport.site import ServerSite
 from lwm2m_server.transport.udp import exclusive_context, release
 
@@ -46,11 +48,25 @@ class ServerSettings:
     max_body: int = 16384
     node_id: str = "node-1"
     bench_api: bool = False  # the Leshan-shaped write route for bench/, unauthenticated, loopback only
+    coaps_host: str = "127.0.0.1"
+    coaps_port: int | None = None  # None: no DTLS listener; 0: any free port
+
+
+class DeviceCredentials(Protocol):
+    """What the LwM2M server needs of the credential store: the PSK of an identity for the DTLS handshake, and
+    the endpoint an identity is bound to. Both run synchronously inside request handling."""
+
+    def psk_for(self, identity: bytes | str) -> bytes | None: ...
+
+    def endpoint_for(self, identity: bytes | str) -> str | None: ...
 
 
 class Lwm2mServer:
-    def __init__(self, settings: ServerSettings, *, model: ObjectModel | None = None) -> None:
+    def __init__(self, settings: ServerSettings, *, model: ObjectModel | None = None,
+                 credentials: DeviceCredentials | None = None) -> None:
         self.settings = settings
+        self.credentials = credentials
+        self.coaps_port: int = 0
         if model is None:  # the settings' DDF folder, as the CLI does; an explicit model wins
             from lwm2m_server.object_files import model_with_dir
 
@@ -78,9 +94,21 @@ class Lwm2mServer:
             SqlRegistrationStore(self.database), SqlDeviceStore(self.database), self.events,
             clock=time.time, grace=s.lifetime_grace, node_id=s.node_id)
         self._tasks.append(asyncio.create_task(self.registrations.run(), name="registrations"))
-        self.site = ServerSite(self.registrations, max_body=s.max_body)
+        events = self.events
+
+        def security_event(kind: str, data: dict[str, object]) -> None:
+            events.emit(kind, time.time(), data=data)
+
+        credentials = self.credentials
+        self.site = ServerSite(self.registrations, max_body=s.max_body, on_security_event=security_event,
+                               endpoint_for_identity=credentials.endpoint_for if credentials else None)
         self.site.mount(FILES_MOUNT, self.files.handle, assemble_blocks=False)
         self.context, self.coap_port = await exclusive_context(self.site, s.coap_host, s.coap_port)
+        if s.coaps_port is not None:
+            if credentials is None:
+                raise ValueError("a DTLS listener needs the device credentials")
+            _, self.coaps_port = await add_dtls_server(self.context, s.coaps_host, s.coaps_port,
+                                                       psk_for=credentials.psk_for)
         sender = DownlinkSender(self.context, self.model, timeout=s.request_timeout)
         self.management = DeviceManagement(self.registrations, sender, clock=time.time)
         self.firmware = FirmwareService(self.management, self.files, self.events, file_base_uri=self.coap_uri)
@@ -119,6 +147,10 @@ class Lwm2mServer:
     @property
     def api_url(self) -> str:
         return f"http://{_host_for_url(self.settings.api_host)}:{self.api_port}"
+
+    @property
+    def coaps_uri(self) -> str:
+        return f"coaps://{_host_for_url(self.settings.coaps_host)}:{self.coaps_port}"
 
     @property
     def coap_uri(self) -> str:

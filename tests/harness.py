@@ -20,8 +20,9 @@ from lwm2m_server.server import Lwm2mServer, ServerSettings
 @contextlib.asynccontextmanager
 async def running_server(data_dir: Path, **settings: Any) -> AsyncIterator[Lwm2mServer]:
     settings.setdefault("coap_port", 0)
+    credentials = settings.pop("credentials", None)
     s = ServerSettings(data_dir=data_dir, api_port=settings.pop("api_port", None), **settings)
-    srv = Lwm2mServer(s)
+    srv = Lwm2mServer(s, credentials=credentials)
     try:
         await srv.start()
     except BaseException:

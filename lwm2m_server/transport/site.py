@@ -20,10 +20,12 @@ from lwm2m_server.core.errors import (
     Lwm2mError,
     MethodNotAllowedError,
     NotFoundError,
+    SecurityError,
     UnsupportedContentFormatError,
 )
 from lwm2m_server.core.registration import PayloadTooLargeError, parse_register, parse_update
 from lwm2m_server.registry.service import RegistrationService
+from lwm2m_server.transport.dtls import psk_identity
 from lwm2m_server.transport.responses import error_response
 
 log = logging.getLogger(__name__)
@@ -57,8 +59,15 @@ class ServerSite(Resource):
     """Root resource of the LwM2M server: dispatches on the first Uri-Path segment."""
 
     def __init__(self, registrations: RegistrationService, *, max_body: int = 16384,
-                 extra: Mapping[str, Handler] | None = None) -> None:
+                 extra: Mapping[str, Handler] | None = None,
+                 endpoint_for_identity: Callable[[str], str | None] | None = None,
+                 on_security_event: Callable[[str, dict[str, object]], None] | None = None) -> None:
+        """``endpoint_for_identity`` binds DTLS-PSK identities to endpoints: over DTLS, a device may register,
+        update and de-register only as the endpoint its identity is bound to (anything else: 4.03 and a
+        ``security.*`` event through ``on_security_event``)."""
         super().__init__()
+        self._endpoint_for_identity = endpoint_for_identity
+        self._on_security_event = on_security_event
         self._block1 = BoundedBlock1Spool(max_body)
         self.registrations = registrations
         self.extra: dict[str, Handler] = dict(extra or {})
@@ -103,6 +112,14 @@ class ServerSite(Resource):
         except Exception as e:
             return error_response(e)
 
+    def _refuse(self, kind: str, request: Message, **data: object) -> None:
+        """Log a security event (no secrets: identities and endpoint names only) and answer 4.03."""
+        data["address"] = remote_address(request.remote)
+        log.warning("%s: %s", kind, data)
+        if self._on_security_event is not None:
+            self._on_security_event(kind, data)
+        raise IdentityMismatchError("this identity may not act for that endpoint")
+
     def _resource_directory(self, request: Message) -> Message:
         """RFC 6690 discovery: the registration interface and every mounted resource that asked to be listed."""
         if request.code != Code.GET:
@@ -116,16 +133,27 @@ class ServerSite(Resource):
         if cf is not None and int(cf) != ContentFormat.LINK and request.payload:
             raise UnsupportedContentFormatError(f"registration payload must be link format (40), not {int(cf)}")
         query = request.opt.uri_query
+        raw_identity = psk_identity(request.remote)
+        identity = raw_identity.decode("utf-8", "replace") if raw_identity is not None else None
         if not rest:
             if request.code != Code.POST:
                 raise MethodNotAllowedError("the registration resource takes POST")
             params = parse_register(query, request.payload)
+            if identity is not None:
+                bound = self._endpoint_for_identity(identity) if self._endpoint_for_identity else None
+                if bound != params.endpoint:
+                    self._refuse("security.identity_mismatch", request, identity=identity,
+                                 claimed=params.endpoint)
             reg = self.registrations.register(
-                params, address=remote_address(request.remote), remote=request.remote)
+                params, address=remote_address(request.remote), remote=request.remote,
+                secure=identity is not None, identity=identity)
             return Message(code=Code.CREATED, location_path=("rd", reg.id))
         if len(rest) != 1:
             raise NotFoundError("no such registration")
         reg_id = rest[0]
+        current = self.registrations.get(reg_id)
+        if current is not None and (current.secure or identity is not None) and current.identity != identity:
+            self._refuse("security.session_mismatch", request, identity=identity, endpoint=current.endpoint)
         if request.code == Code.POST:
             self.registrations.update(reg_id, parse_update(query, request.payload),
                                       address=remote_address(request.remote), remote=request.remote)
@@ -134,6 +162,10 @@ class ServerSite(Resource):
             self.registrations.deregister(reg_id)
             return Message(code=Code.DELETED)
         raise MethodNotAllowedError("a registration takes POST (Update) or DELETE (De-register)")
+
+
+class IdentityMismatchError(SecurityError):
+    """A request whose DTLS identity is not the one its endpoint or registration is bound to (4.03)."""
 
 
 def _with_size1(msg: Message, max_body: int, exc: Exception) -> Message:
