@@ -300,6 +300,10 @@ def _mount_subcommands() -> None:
 
     app.add_typer(firmware_app, name="firmware")
 
+    from lwm2m_server.cli.factory import factory_app
+
+    app.add_typer(factory_app, name="factory")
+
     from lwm2m_server.cli.demo import demo
 
     app.command("demo", help="The main job: a server and simulated devices on loopback, managed end to end.")(demo)
