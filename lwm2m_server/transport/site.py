@@ -7,6 +7,7 @@ get 4.13 with a Size1 hint; every error reaching a client goes through :func:`er
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiocoap import Message, interfaces
@@ -23,6 +24,7 @@ from lwm2m_server.core.errors import (
     SecurityError,
     UnsupportedContentFormatError,
 )
+from lwm2m_server.core.rate_limit import RateLimitedError, RateLimiter
 from lwm2m_server.core.registration import PayloadTooLargeError, parse_register, parse_update
 from lwm2m_server.registry.service import RegistrationService
 from lwm2m_server.transport.dtls import psk_identity
@@ -55,17 +57,34 @@ def remote_address(remote: object) -> str:
     return str(hostinfo) if hostinfo else repr(remote)
 
 
+def remote_host(remote: object) -> str:
+    """The host part of :func:`remote_address` (no port, no brackets): the per-address rate-limit key."""
+    address = remote_address(remote)
+    if address.startswith("["):
+        return address[1:].partition("]")[0]
+    host, sep, port = address.rpartition(":")
+    return host if sep and ":" not in host and port.isdigit() else address
+
+
 class ServerSite(Resource):
     """Root resource of the LwM2M server: dispatches on the first Uri-Path segment."""
 
     def __init__(self, registrations: RegistrationService, *, max_body: int = 16384,
                  extra: Mapping[str, Handler] | None = None,
                  endpoint_for_identity: Callable[[str], str | None] | None = None,
-                 on_security_event: Callable[[str, dict[str, object]], None] | None = None) -> None:
+                 on_security_event: Callable[[str, dict[str, object]], None] | None = None,
+                 rate_limiter: RateLimiter | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         """``endpoint_for_identity`` binds DTLS-PSK identities to endpoints: over DTLS, a device may register,
         update and de-register only as the endpoint its identity is bound to (anything else: 4.03 and a
-        ``security.*`` event through ``on_security_event``)."""
+        ``security.*`` event through ``on_security_event``).
+
+        ``rate_limiter`` (None: unlimited) limits /rd requests per source host (``addr:<host>``) and, over DTLS,
+        per PSK identity (``id:<identity>``), timed by ``clock``; excess gets 5.03 with Max-Age and a
+        ``security.rate_limited`` event."""
         super().__init__()
+        self._rate_limiter = rate_limiter
+        self._clock = clock
         self._endpoint_for_identity = endpoint_for_identity
         self._on_security_event = on_security_event
         self._block1 = BoundedBlock1Spool(max_body)
@@ -109,6 +128,10 @@ class ServerSite(Resource):
                 if handler is not None:
                     return await handler(request, path[1:])
             raise NotFoundError(f"no resource at /{'/'.join(path)}")
+        except RateLimitedError as e:
+            response = error_response(e)
+            response.opt.max_age = e.max_age
+            return response
         except Exception as e:
             return error_response(e)
 
@@ -120,6 +143,28 @@ class ServerSite(Resource):
             self._on_security_event(kind, data)
         raise IdentityMismatchError("this identity may not act for that endpoint")
 
+    def _check_rate(self, request: Message, identity: str | None) -> None:
+        """Raise :class:`RateLimitedError` (after a ``security.rate_limited`` event) when the source host or the
+        PSK identity is over its rate. The host is checked first; a refused request takes no identity token."""
+        limiter = self._rate_limiter
+        if limiter is None:
+            return
+        now = self._clock()
+        keys = [("address", "addr:" + remote_host(request.remote))]
+        if identity is not None:
+            keys.append(("identity", "id:" + identity))
+        for kind, key in keys:
+            wait = limiter.allow(key, now)
+            if wait is not None:
+                data: dict[str, object] = {"address": remote_address(request.remote), "limited_by": kind,
+                                           "retry_after": round(wait, 3)}
+                if identity is not None:
+                    data["identity"] = identity
+                log.warning("security.rate_limited: %s", data)
+                if self._on_security_event is not None:
+                    self._on_security_event("security.rate_limited", data)
+                raise RateLimitedError("too many registration requests; retry later", wait)
+
     def _resource_directory(self, request: Message) -> Message:
         """RFC 6690 discovery: the registration interface and every mounted resource that asked to be listed."""
         if request.code != Code.GET:
@@ -129,12 +174,13 @@ class ServerSite(Resource):
 
     def _registration(self, request: Message, rest: tuple[str, ...]) -> Message:
         """Register (POST /rd), Update (POST /rd/{id}) and De-register (DELETE /rd/{id})."""
+        raw_identity = psk_identity(request.remote)
+        identity = raw_identity.decode("utf-8", "replace") if raw_identity is not None else None
+        self._check_rate(request, identity)
         cf = request.opt.content_format
         if cf is not None and int(cf) != ContentFormat.LINK and request.payload:
             raise UnsupportedContentFormatError(f"registration payload must be link format (40), not {int(cf)}")
         query = request.opt.uri_query
-        raw_identity = psk_identity(request.remote)
-        identity = raw_identity.decode("utf-8", "replace") if raw_identity is not None else None
         if not rest:
             if request.code != Code.POST:
                 raise MethodNotAllowedError("the registration resource takes POST")

@@ -1,0 +1,171 @@
+"""Per-key token buckets and failure lockouts, with bounded memory. Pure: the caller passes the time in.
+
+Invariants (for a key that stays tracked, with ``now`` non-decreasing per key):
+
+* :class:`RateLimiter`: over any interval of length ``T``, at most ``burst + rate * T`` requests are allowed.
+* :class:`Lockout`: after ``threshold`` failures within ``window`` seconds, the key is locked for ``period``.
+* Neither tracks more than ``max_keys`` keys. Evicting a key forgets it: a full (idle) bucket is dropped first,
+  otherwise the least recently used key; an evicted key starts afresh, so the per-key bound holds only while a
+  key is tracked (size ``max_keys`` above the number of keys a client can use at once).
+* A clock that goes backwards never grants tokens or shortens a lock: elapsed time is clamped at 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from lwm2m_server.core.errors import CoapCode, Lwm2mError
+
+DEFAULT_MAX_KEYS = 10_000
+_PRUNE_PER_CALL = 2  # idle full buckets dropped from the LRU end per call: O(1) amortised
+
+
+class RateLimitedError(Lwm2mError):
+    """Too many requests from one source (5.03); ``retry_after`` seconds until one is allowed (Max-Age)."""
+
+    coap_code = CoapCode.SERVICE_UNAVAILABLE
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    @property
+    def max_age(self) -> int:
+        """Whole seconds, at least 1: the Max-Age of the 5.03."""
+        return max(1, math.ceil(self.retry_after))
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """``tokens`` in ``[0, burst]`` as of time ``stamp``; refills at ``rate`` tokens per second."""
+
+    rate: float
+    burst: float
+    tokens: float
+    stamp: float
+
+    def refill(self, now: float) -> None:
+        if now > self.stamp:
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+
+    def take(self, now: float) -> float | None:
+        """Take one token: None when taken, else seconds until one is available (nothing taken)."""
+        self.refill(now)
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return None
+        return (1.0 - self.tokens) / self.rate
+
+    def full(self, now: float) -> bool:
+        """Whether the bucket is (or by ``now`` would be) full: forgetting it then changes nothing."""
+        return self.tokens + max(0.0, now - self.stamp) * self.rate >= self.burst
+
+
+class RateLimiter:
+    """One :class:`TokenBucket` per key (``"addr:1.2.3.4"``, ``"id:<identity>"``...), at most ``max_keys`` of them.
+
+    A new key starts with a full bucket (``burst`` tokens)."""
+
+    __slots__ = ("_buckets", "burst", "max_keys", "rate")
+
+    def __init__(self, rate: float, burst: float, *, max_keys: int = DEFAULT_MAX_KEYS) -> None:
+        if not (rate > 0 and math.isfinite(rate)):
+            raise ValueError("rate must be a positive number of tokens per second")
+        if not (burst >= 1 and math.isfinite(burst)):
+            raise ValueError("burst must be at least 1")
+        if max_keys < 1:
+            raise ValueError("max_keys must be at least 1")
+        self.rate, self.burst, self.max_keys = float(rate), float(burst), max_keys
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()  # least recently used first
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def allow(self, key: str, now: float) -> float | None:
+        """Count one request for ``key``: None when allowed, else seconds until it would be (for Max-Age)."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            self._make_room(now)
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, self.burst, now)
+        else:
+            self._buckets.move_to_end(key)
+        wait = bucket.take(now)
+        self._prune(now, keep=key)
+        return wait
+
+    def _prune(self, now: float, keep: str) -> None:
+        for _ in range(_PRUNE_PER_CALL):
+            if not self._buckets:
+                return
+            oldest, bucket = next(iter(self._buckets.items()))
+            if oldest == keep or not bucket.full(now):
+                return
+            del self._buckets[oldest]
+
+    def _make_room(self, now: float) -> None:
+        while len(self._buckets) >= self.max_keys:
+            self._buckets.popitem(last=False)  # least recently used (the full ones went first, in _prune)
+
+
+@dataclass(slots=True)
+class _Failures:
+    times: deque[float] = field(default_factory=deque)  # within the window, at most ``threshold``, oldest first
+    locked_until: float = -math.inf
+
+
+class Lockout:
+    """``threshold`` failures of one key within ``window`` seconds lock it for ``period`` seconds.
+
+    At most ``max_keys`` keys are tracked (least recently failed evicted first; expired entries are dropped when
+    looked at). Failures while locked extend nothing: the lock runs from the failure that tripped it."""
+
+    __slots__ = ("_keys", "max_keys", "period", "threshold", "window")
+
+    def __init__(self, threshold: int, window: float, period: float, *, max_keys: int = DEFAULT_MAX_KEYS) -> None:
+        if threshold < 1 or not window > 0 or not period > 0 or max_keys < 1:
+            raise ValueError("threshold and max_keys must be at least 1, window and period positive")
+        self.threshold, self.window, self.period, self.max_keys = threshold, float(window), float(period), max_keys
+        self._keys: OrderedDict[str, _Failures] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def record_failure(self, key: str, now: float) -> float | None:
+        """Count one failure; returns the lock period when this failure locks the key, else None."""
+        entry = self._keys.get(key)
+        if entry is None:
+            while len(self._keys) >= self.max_keys:
+                self._keys.popitem(last=False)
+            entry = self._keys[key] = _Failures()
+        else:
+            self._keys.move_to_end(key)
+        if now < entry.locked_until:
+            return None
+        times = entry.times
+        times.append(max(now, times[-1]) if times else now)
+        while times and times[0] <= times[-1] - self.window:
+            times.popleft()
+        if len(times) >= self.threshold:
+            times.clear()
+            entry.locked_until = now + self.period
+            return self.period
+        return None
+
+    def locked(self, key: str, now: float) -> float | None:
+        """Seconds of lock left for ``key``, or None when it is not locked."""
+        entry = self._keys.get(key)
+        if entry is None:
+            return None
+        remaining = entry.locked_until - now
+        if remaining > 0:
+            return remaining
+        if not entry.times or entry.times[-1] <= now - self.window:
+            del self._keys[key]  # nothing left to remember
+        return None
+
+    def reset(self, key: str) -> None:
+        """Forget ``key`` (e.g. after a success)."""
+        self._keys.pop(key, None)
