@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from lwm2m_server.core.errors import SecurityError
+from lwm2m_server.data_dir import create_private_file
 
 __all__ = [
     "KEK_BYTES",
@@ -120,30 +121,10 @@ def _create_key_file(path: Path) -> bytes | None:
     else:
         path.parent.chmod(0o700)  # mkdir's mode is filtered by the umask
     kek = secrets.token_bytes(KEK_BYTES)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
-        try:
-            os.fchmod(fd, 0o600)  # the umask may have taken the owner's bits too; never widens
-            view = memoryview(kek)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)  # atomic and exclusive: the key file appears whole, or not at all
-        except FileExistsError:
-            return None
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-    with contextlib.suppress(OSError):  # make the new directory entry durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        create_private_file(path, kek)
+    except FileExistsError:
+        return None
     return kek
 
 

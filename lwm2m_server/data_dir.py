@@ -45,3 +45,32 @@ def ensure_token(data_dir: Path) -> str:
     token = secrets.token_urlsafe(32)
     write_private(path, token + "\n")
     return token
+
+
+def create_private_file(path: Path, data: bytes) -> None:
+    """Create ``path`` holding ``data``, readable by the owner only, or raise FileExistsError if it exists.
+
+    Written to a private (0600) temporary file in the same folder, synced, then linked into place (exclusive and
+    atomic): the file appears whole or not at all, never wider than 0600, and an existing file is never replaced.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        try:
+            os.fchmod(fd, 0o600)  # the umask may have taken the owner's bits too; never widens
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    with contextlib.suppress(OSError):  # make the new directory entry durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

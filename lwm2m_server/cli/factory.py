@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lwm2m_server.core.errors import Lwm2mError
+from lwm2m_server.data_dir import create_private_file
 
 factory_app = typer.Typer(no_args_is_help=True, help="Provision devices on the production line: bootstrap "
                           "credentials and the manufacturing file.")
@@ -95,23 +95,8 @@ def _render(records: list[dict[str, str]], fmt: str) -> bytes:
 
 
 def _write_new_private(path: Path, data: bytes) -> None:
-    """``data`` into ``path``, which must not exist: written to a private (0600) temporary file in the same folder,
-    then linked into place (exclusive, atomic), so the file appears whole or not at all and never wider than 0600."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    try:
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.link(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    """``data`` into ``path``, which must not exist (0600 from creation, atomic, never overwriting)."""
+    create_private_file(path, data)
 
 
 def _when(ts: float | None) -> str | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import uuid
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,6 +27,7 @@ from firmware_object.suit.keys import (
 from firmware_object.suit.manifest import ReleaseManifest, describe
 from firmware_object.suit.verify import verify_envelope
 from lwm2m_server.cli.client import ApiClient, CliError
+from lwm2m_server.data_dir import create_private_file
 
 firmware_app = typer.Typer(no_args_is_help=True, help="Sign firmware into SUIT packages and update devices.")
 console = Console(soft_wrap=True)
@@ -74,15 +74,15 @@ def _uuid(text: str, option: str) -> uuid.UUID:
 
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:
-    """Write a file that must not exist yet, with ``mode`` from creation (no window with wider rights)."""
+    """Write a key file that must not exist yet, 0600 from creation (no window with wider rights), then ``mode``."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        create_private_file(path, data)
+        if mode != 0o600:
+            path.chmod(mode)
     except FileExistsError:
         raise _fail(f"{path} exists; not overwriting a key", 2) from None
     except OSError as e:
         raise _fail(f"cannot write {path}: {e.strerror}", 2) from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
 
 
 @firmware_app.command("keygen")
