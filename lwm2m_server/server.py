@@ -18,6 +18,7 @@ from typing import Protocol
 import aiocoap
 
 from lwm2m_server.core.model import ObjectModel
+from lwm2m_server.core.rate_limit import RateLimiter
 from lwm2m_server.data_dir import API_URL_FILE, default_data_dir, ensure_token
 from lwm2m_server.events import EventBus
 from lwm2m_server.fota.file_server import MOUNT as FILES_MOUNT
@@ -50,6 +51,8 @@ class ServerSettings:
     bench_api: bool = False  # the Leshan-shaped write route for bench/, unauthenticated, loopback only
     coaps_host: str = "127.0.0.1"
     coaps_port: int | None = None  # None: no DTLS listener; 0: any free port
+    rd_rate: float | None = None  # /rd requests per second per source host and per identity (None: unlimited)
+    rd_burst: int = 20
 
 
 class DeviceCredentials(Protocol):
@@ -100,8 +103,10 @@ class Lwm2mServer:
             events.emit(kind, time.time(), data=data)
 
         credentials = self.credentials
+        limiter = RateLimiter(s.rd_rate, s.rd_burst) if s.rd_rate is not None else None
         self.site = ServerSite(self.registrations, max_body=s.max_body, on_security_event=security_event,
-                               endpoint_for_identity=credentials.endpoint_for if credentials else None)
+                               endpoint_for_identity=credentials.endpoint_for if credentials else None,
+                               rate_limiter=limiter)
         self.site.mount(FILES_MOUNT, self.files.handle, assemble_blocks=False)
         self.context, self.coap_port = await exclusive_context(self.site, s.coap_host, s.coap_port)
         if s.coaps_port is not None:

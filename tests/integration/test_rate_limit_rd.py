@@ -158,3 +158,21 @@ async def test_psk_identity_is_limited_across_source_addresses() -> None:
     assert not any(isinstance(v, bytes) for v in data.values())
     clock.now += 2
     assert (await site.render(reg("10.0.0.3"))).code == Code.CREATED
+
+
+async def test_the_server_settings_turn_the_limiter_on(tmp_path) -> None:
+    """``ServerSettings.rd_rate``/``rd_burst``: a real server refuses the Register past its burst with 5.03."""
+    from aiocoap import Message
+    from aiocoap.numbers.codes import Code
+
+    from tests.harness import coap_client, request, running_server
+
+    async with running_server(tmp_path, rd_rate=0.01, rd_burst=2) as srv, coap_client() as ctx:
+        codes = []
+        for i in range(3):
+            msg = Message(code=Code.POST, uri=f"{srv.coap_uri}/rd", payload=b"</3/0>", content_format=40)
+            msg.opt.uri_query = (f"ep=limited-{i}", "lt=300")
+            answer = await request(ctx, msg)
+            codes.append(answer.code)
+        assert codes == [Code.CREATED, Code.CREATED, Code.SERVICE_UNAVAILABLE]
+        assert answer.opt.max_age is not None and answer.opt.max_age >= 1
