@@ -40,6 +40,13 @@ class UpdateResult(IntEnum):
     def label(self) -> str:
         return _RESULT_LABELS[self]
 
+    @classmethod
+    def known(cls, value: object) -> UpdateResult | None:
+        """The Update Result ``value`` names, or None for anything else (a newer code, None, a string...)."""
+        if isinstance(value, int) and not isinstance(value, bool) and value in cls._value2member_map_:
+            return cls(value)
+        return None
+
 
 _RESULT_LABELS = {
     UpdateResult.INITIAL: "initial value",

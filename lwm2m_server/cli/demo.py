@@ -90,7 +90,8 @@ async def run_demo(count: int, data_dir: Path) -> None:
             job = outcomes[ep]
             last = job["last"]
             result = last.get("result")
-            label = UpdateResult(result).name.lower() if result in UpdateResult._value2member_map_ else "?"
+            known = UpdateResult.known(result)
+            label = known.name.lower() if known is not None else "?"
             expected = UpdateResult.UPDATE_FAILED if ep == failing else UpdateResult.SUCCESS
             style = "green" if result == expected else "red"
             if result != expected:

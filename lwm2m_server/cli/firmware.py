@@ -237,7 +237,8 @@ def _result_text(step: dict[str, Any]) -> str:
     result = step.get("result")
     if result is None:
         return ""
-    label = UpdateResult(result).label if result in UpdateResult._value2member_map_ else ""
+    known = UpdateResult.known(result)
+    label = known.label if known is not None else ""
     if label and label not in (step.get("message") or ""):
         return f" (Update Result {result}: {label})"
     return f" (Update Result {result})"

@@ -492,9 +492,8 @@ async def _next_registration(queue: object, endpoint: str, tenant_id: str) -> Ev
 
 
 def result_label(result: int | None) -> str:
-    if result is not None and result in UpdateResult._value2member_map_:
-        return UpdateResult(result).label
-    return f"result {result}"
+    known = UpdateResult.known(result)
+    return known.label if known is not None else f"result {result}"
 
 
 def _failed(watch: _Watch) -> bool:
