@@ -54,9 +54,10 @@ from lwm2m_server.core.errors import (
 )
 from lwm2m_server.core.model import ObjectModel
 from lwm2m_server.core.rate_limit import RateLimitedError, RateLimiter
-from lwm2m_server.transport.dtls import dtls_server_context, dtls_transport, psk_identity
+from lwm2m_server.transport.dtls import add_dtls_server, dtls_server_context, dtls_transport, psk_identity
 from lwm2m_server.transport.responses import error_response
 from lwm2m_server.transport.site import remote_address, remote_host
+from lwm2m_server.transport.udp import exclusive_context, release
 
 __all__ = ["BootstrapServer", "BootstrapSettings", "BootstrapStats"]
 
@@ -91,6 +92,8 @@ class BootstrapSettings:
     burst: int = 10
     idle_timeout: float = 120.0  # DTLS sessions: devices leave once bootstrapped
     max_peers: int = 10000
+    coap_host: str = "127.0.0.1"
+    coap_port: int | None = None  # plain CoAP (INSECURE: keys in clear text, endpoint names unauthenticated)
 
 
 @dataclass
@@ -116,6 +119,7 @@ class BootstrapServer:
         self.stats = BootstrapStats()
         self.context: Context | None = None
         self.coaps_port = 0
+        self.coap_port = 0
         self._on_event = on_event
         self._clock = clock
         self._limiter = RateLimiter(settings.rate, settings.burst) if settings.rate is not None else None
@@ -126,9 +130,24 @@ class BootstrapServer:
 
     async def start(self) -> None:
         s = self.settings
-        self.context, self.coaps_port = await dtls_server_context(
-            _BootstrapResource(self), s.coaps_host, s.coaps_port, psk_for=self._psk_for,
-            idle_timeout=s.idle_timeout, max_peers=s.max_peers)
+        site = _BootstrapResource(self)
+        if s.coap_port is None:
+            self.context, self.coaps_port = await dtls_server_context(
+                site, s.coaps_host, s.coaps_port, psk_for=self._psk_for, idle_timeout=s.idle_timeout,
+                max_peers=s.max_peers)
+        else:
+            log.warning("the bootstrap server also serves plain CoAP on %s:%d: keys go out in clear text to "
+                        "anyone who names an endpoint", s.coap_host, s.coap_port)
+            self.context, self.coap_port = await exclusive_context(site, s.coap_host, s.coap_port)
+            try:
+                _, self.coaps_port = await add_dtls_server(self.context, s.coaps_host, s.coaps_port,
+                                                           psk_for=self._psk_for, idle_timeout=s.idle_timeout,
+                                                           max_peers=s.max_peers)
+            except OSError:
+                await self.context.shutdown()
+                release(s.coap_host, self.coap_port)
+                self.context = None
+                raise
         log.info("bootstrap server on %s, sending devices to %s", self.coaps_uri, s.server_uri)
 
     async def stop(self) -> None:
@@ -141,6 +160,8 @@ class BootstrapServer:
         if self.context is not None:
             await self.context.shutdown()
             self.context = None
+            if self.coap_port:
+                release(self.settings.coap_host, self.coap_port)
 
     @property
     def coaps_uri(self) -> str:
@@ -182,7 +203,12 @@ class BootstrapServer:
         if len(endpoints) != 1 or not endpoints[0]:
             raise InvalidRequestError("a bootstrap request names its endpoint once: ?ep=NAME")
         endpoint = endpoints[0]
-        credential = self.credentials.credential_for(identity) if identity is not None else None
+        if identity is not None:
+            credential = self.credentials.credential_for(identity)
+        elif self.settings.coap_port is not None:  # --insecure: the endpoint name is all there is
+            credential = self.credentials.by_endpoint(endpoint, CredentialKind.BOOTSTRAP)
+        else:
+            credential = None
         if (credential is None or credential.revoked or credential.kind is not CredentialKind.BOOTSTRAP
                 or credential.endpoint != endpoint):
             self.stats.refused += 1

@@ -57,8 +57,10 @@ from lwm2m_server.core.operations import (
 from lwm2m_server.core.paths import LwM2mPath
 from lwm2m_server.core.registration import Registration
 from lwm2m_server.core.responses import DownlinkResponse
+from lwm2m_server.events import EventBus
 from lwm2m_server.fota.push import DEFAULT_BLOCK_SIZE, push_package
 from lwm2m_server.fota.service import FirmwareService, Method, UpdateInProgressError, UpdateJob
+from lwm2m_server.key_rotation import rotate_device_key
 from lwm2m_server.management import DeviceManagement
 
 MAX_PACKAGE = 64 << 20  # bytes of one firmware package sent through the API
@@ -198,7 +200,8 @@ def build_node(model: ObjectModel, path: LwM2mPath, body: WriteBody | CreateBody
 
 
 def create_app(management: DeviceManagement, model: ObjectModel, token: str, *,
-               firmware: FirmwareService | None = None, bench_api: bool = False) -> FastAPI:
+               firmware: FirmwareService | None = None, bench_api: bool = False,
+               events: EventBus | None = None) -> FastAPI:
     """The API app. ``token`` is compared in constant time; it is never logged or echoed.
 
     ``bench_api`` adds, without authentication, the one Leshan-shaped route the neutral load tool drives
@@ -319,6 +322,14 @@ def create_app(management: DeviceManagement, model: ObjectModel, token: str, *,
                 obs.cancel()
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    if events is not None:
+        @app.post("/api/devices/{endpoint}/rekey", dependencies=auth)
+        async def rekey(endpoint: str, timeout: float = 60.0) -> dict[str, Any]:
+            """Bootstrap-Request Trigger, then wait for the device to register with its new server key."""
+            if not 0 < timeout <= 600:
+                raise InvalidRequestError("timeout is between 0 and 600 seconds")
+            return asdict(await rotate_device_key(management, events, endpoint, timeout=timeout))
 
     if firmware is not None:
         _firmware_routes(app, firmware, auth)
