@@ -190,7 +190,8 @@ class Scratch:
         self.profile = profile / f"{name}.prof" if profile else None
         base = [str(SCRATCH)] if self.profile is None else [
             PY, "-m", "cProfile", "-o", str(self.profile), "-m", "lwm2m_server.cli.app"]
-        cmd = [*base, "server", "--coap", f"127.0.0.1:{self.port}", "--api", "127.0.0.1:0",
+        cmd = [*base, "server", "--insecure", "--coap", f"127.0.0.1:{self.port}", "--coaps", "127.0.0.1:0",
+               "--api", "127.0.0.1:0",
                "--data-dir", str(self.data)] + (["--bench-api"] if bench_api else [])
         with self.log.open("w") as out:
             self.proc = CHILDREN.start(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

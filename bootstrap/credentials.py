@@ -17,7 +17,12 @@ Rules every :class:`CredentialStore` keeps (tests/unit/test_credential_store.py 
   credential is kept (for the audit trail, and so its identity is never reissued) but its sealed key is erased;
 * lookups by identity (:meth:`~CredentialStore.psk_for`, :meth:`~CredentialStore.verify`) are served from an
   in-memory index (identity -> sealed key, opened on demand), built by :meth:`~CredentialStore.load` and kept up
-  to date by this store's own writes; a PSK is compared in constant time (:func:`hmac.compare_digest`);
+  to date by this store's own writes; an identity it does not hold is looked up in the backing store (so one issued
+  by another process works at once), and :meth:`~CredentialStore.revoked_since` applies revocations made by other
+  processes (a server polls it); a PSK is compared in constant time (:func:`hmac.compare_digest`);
+* a server that accepts one kind of credential only asks :meth:`~CredentialStore.for_kind` (a
+  :class:`CredentialKindView`): a bootstrap credential never opens a session with the LwM2M server, nor the
+  reverse;
 * no PSK is ever logged or put into an exception message.
 """
 
@@ -43,6 +48,7 @@ __all__ = [
     "Credential",
     "CredentialConflictError",
     "CredentialKind",
+    "CredentialKindView",
     "CredentialStore",
     "CredentialStoreBase",
     "InvalidCredentialError",
@@ -180,6 +186,16 @@ class CredentialStore(Protocol):
         :class:`~bootstrap.vault.SealedDataError` when stored keys are sealed under another key-encryption key."""
         ...
 
+    def revoked_since(self, since: float) -> builtins.list[Credential]:
+        """The credentials revoked (or replaced) at or after ``since`` (their ``revoked_at``), by this store or by
+        another process on the same backing store, oldest first; they are applied to the identity index on the
+        way, so none of them opens a session here any more. Cheap enough to poll every second."""
+        ...
+
+    def for_kind(self, kind: CredentialKind | str) -> CredentialKindView:
+        """This store seen by a server that accepts one kind of credential only."""
+        ...
+
 
 def _identity_text(identity: bytes | str) -> str | None:
     if isinstance(identity, str):
@@ -239,6 +255,10 @@ class CredentialStoreBase:
         raise NotImplementedError
 
     def _rows(self) -> builtins.list[StoredCredential]:
+        raise NotImplementedError
+
+    def _revoked_rows(self, since: float) -> builtins.list[Credential]:
+        """The credentials whose ``revoked_at`` is ``since`` or later."""
         raise NotImplementedError
 
     # ------------------------------------------------------------ writes
@@ -358,8 +378,62 @@ class CredentialStoreBase:
         log.info("credential index loaded: %d active, %d revoked", active, len(rows) - active)
         return active
 
+    def revoked_since(self, since: float) -> builtins.list[Credential]:
+        with self._lock:
+            revoked = self._revoked_rows(float(since))
+            for credential in revoked:
+                held = self._index.get(credential.identity)
+                if held is None or not held.credential.revoked:
+                    self._index[credential.identity] = StoredCredential(credential, None)
+        return sorted(revoked, key=lambda c: (c.revoked_at or 0.0, c.identity))
+
+    def for_kind(self, kind: CredentialKind | str) -> CredentialKindView:
+        return CredentialKindView(self, _kind(kind))
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vault={self._vault!r})"
+
+
+class CredentialKindView:
+    """The credentials of one kind in a store, for a server that accepts that kind only: the LwM2M server takes
+    ``store.for_kind(CredentialKind.SERVER)``, the bootstrap server ``for_kind(CredentialKind.BOOTSTRAP)``.
+
+    An identity of another kind is unknown here (no PSK, no endpoint), so it cannot complete a DTLS handshake.
+    The kind of an identity never changes (an identity names one credential, ever), so checking it and then
+    opening the key is race-free. Writes go to the store itself.
+    """
+
+    __slots__ = ("_store", "kind")
+
+    def __init__(self, store: CredentialStore, kind: CredentialKind) -> None:
+        self._store = store
+        self.kind = kind
+
+    def credential_for(self, identity: bytes | str) -> Credential | None:
+        found = self._store.credential_for(identity)
+        return found if found is not None and found.kind is self.kind else None
+
+    def psk_for(self, identity: bytes | str) -> SecretBytes | None:
+        return self._store.psk_for(identity) if self.credential_for(identity) is not None else None
+
+    def endpoint_for(self, identity: bytes | str) -> str | None:
+        return self._store.endpoint_for(identity) if self.credential_for(identity) is not None else None
+
+    def verify(self, identity: bytes | str, psk: bytes) -> bool:
+        same = self._store.verify(identity, psk)
+        return same and self.credential_for(identity) is not None
+
+    def revoked_since(self, since: float) -> builtins.list[Credential]:
+        """The store's :meth:`~CredentialStore.revoked_since` (applied to its index), of this kind only."""
+        return [c for c in self._store.revoked_since(since) if c.kind is self.kind]
+
+    def load(self) -> int:
+        """(Re)build the store's identity index; the number of active credentials of this kind."""
+        self._store.load()
+        return sum(1 for c in self._store.list(None) if c.kind is self.kind)
+
+    def __repr__(self) -> str:
+        return f"CredentialKindView({self._store!r}, {self.kind.value})"
 
 
 class MemoryCredentialStore(CredentialStoreBase):
@@ -419,3 +493,7 @@ class MemoryCredentialStore(CredentialStoreBase):
 
     def _rows(self) -> builtins.list[StoredCredential]:
         return builtins.list(self._stored.values())
+
+    def _revoked_rows(self, since: float) -> builtins.list[Credential]:
+        return [s.credential for s in self._stored.values()
+                if s.credential.revoked_at is not None and s.credential.revoked_at >= since]

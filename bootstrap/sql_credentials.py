@@ -43,6 +43,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.schema import CreateIndex
 
 from bootstrap.credentials import (
     PSK_MIN_BYTES,
@@ -75,6 +76,7 @@ CREDENTIAL_TABLE = Table(
 )
 _C = CREDENTIAL_TABLE.c
 Index("ix_credential_tenant_endpoint", _C.tenant_id, _C.endpoint)
+_REVOKED_AT_INDEX = Index("ix_credential_revoked_at", _C.revoked_at)  # revoked_since(), polled by servers
 Index("uq_credential_active", _C.tenant_id, _C.endpoint, _C.kind, unique=True,
       sqlite_where=_C.revoked == false(), postgresql_where=_C.revoked == false())
 
@@ -118,7 +120,8 @@ class SqlCredentialStore(CredentialStoreBase):
 
     The identity index is built by :meth:`load` and kept by this store's writes; an identity it does not know is
     looked up in the database (so a credential issued by another process, e.g. the CLI, is found at once). A
-    revocation made by another process is seen by this one after its next :meth:`load`.
+    revocation (or a replacement) made by another process is applied by :meth:`revoked_since` (one indexed query
+    on ``revoked_at``; the LwM2M server polls it every second) or by the next :meth:`load`.
     """
 
     def __init__(self, database: Engine | _HasEngine, vault: Vault, *, psk_bytes: int = PSK_MIN_BYTES) -> None:
@@ -126,6 +129,8 @@ class SqlCredentialStore(CredentialStoreBase):
         self._engine: Engine = database if isinstance(database, Engine) else database.engine
         try:
             credential_metadata.create_all(self._engine)
+            with self._engine.begin() as conn:  # tables made before this index existed
+                conn.execute(CreateIndex(_REVOKED_AT_INDEX, if_not_exists=True))
         except SQLAlchemyError as e:
             raise StorageError(f"cannot create the credential tables: {_why(e)}") from e
 
@@ -211,3 +216,6 @@ class SqlCredentialStore(CredentialStoreBase):
 
     def _rows(self) -> builtins.list[StoredCredential]:
         return self._query()
+
+    def _revoked_rows(self, since: float) -> builtins.list[Credential]:
+        return [s.credential for s in self._query(_C.revoked_at >= since)]

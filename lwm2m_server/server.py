@@ -2,6 +2,14 @@
 
 ``Lwm2mServer`` wires the pieces for one process; it owns every task and socket it starts and releases them all
 in :meth:`Lwm2mServer.stop`.
+
+Listeners: coaps:// (DTLS-PSK, ``coaps_port``) and/or plain coap:// (``coap_port``; no authentication, no
+confidentiality), both on one aiocoap context. With DTLS, the device credentials (``credentials``, or
+``open_credentials(database)`` on the server's own database) give the PSK of an identity and the endpoint it is
+bound to; when they can also say what was revoked (``revoked_since``), the server polls them every
+``credential_poll_interval`` seconds and, for each credential revoked or replaced elsewhere (``scratch factory
+revoke``, the bootstrap server), ends the DTLS sessions of its identity and emits ``security.credential_revoked``.
+Failed handshakes lock a source address out (``dtls_lockout_*``; ``security.dtls_lockout``).
 """
 
 from __future__ import annotations
@@ -11,14 +19,15 @@ import contextlib
 import ipaddress
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import aiocoap
 
 from lwm2m_server.core.model import ObjectModel
-from lwm2m_server.core.rate_limit import RateLimiter
+from lwm2m_server.core.rate_limit import Lockout, RateLimiter
 from lwm2m_server.data_dir import API_URL_FILE, default_data_dir, ensure_token
 from lwm2m_server.events import EventBus
 from lwm2m_server.fota.file_server import MOUNT as FILES_MOUNT
@@ -29,17 +38,20 @@ from lwm2m_server.registry.service import RegistrationService
 from lwm2m_server.storage.database import Database
 from lwm2m_server.storage.sql import SqlDeviceStore, SqlRegistrationStore
 from lwm2m_server.transport.downlink import DownlinkSender
-from lwm2m_server.transport.dtls import add_dtls_server
+from lwm2m_server.transport.dtls import DtlsServerTransport, add_dtls_server, dtls_server_context, dtls_transport
 from lwm2m_server.transport.site import ServerSite
 from lwm2m_server.transport.udp import exclusive_context, release
 
 log = logging.getLogger(__name__)
 
+SECURITY_CREDENTIAL_REVOKED = "security.credential_revoked"
+
+
 @dataclass
 class ServerSettings:
     data_dir: Path = field(default_factory=default_data_dir)
     coap_host: str = "127.0.0.1"
-    coap_port: int = 5683
+    coap_port: int | None = 5683  # plain CoAP (no security); None: no plain listener; 0: any free port
     api_host: str = "127.0.0.1"
     api_port: int | None = 8080  # None: no API
     models_dir: Path | None = None
@@ -53,23 +65,72 @@ class ServerSettings:
     coaps_port: int | None = None  # None: no DTLS listener; 0: any free port
     rd_rate: float | None = None  # /rd requests per second per source host and per identity (None: unlimited)
     rd_burst: int = 20
+    dtls_lockout_failures: int = 10  # failed DTLS handshakes from one address that lock it out (0: never)
+    dtls_lockout_window: float = 60.0  # ... within this many seconds
+    dtls_lockout_seconds: float = 300.0  # how long a locked-out address is ignored
+    credential_poll_interval: float = 1.0  # seconds between looks for credentials revoked by other processes
+    credential_poll_margin: float = 60.0  # how far back each look reaches (writes racing a look, clock skew)
+
+    def __post_init__(self) -> None:
+        if self.coap_port is None and self.coaps_port is None:
+            raise ValueError("no listener: give a plain CoAP port, a DTLS port, or both")
+        if self.dtls_lockout_failures < 0 or self.dtls_lockout_window <= 0 or self.dtls_lockout_seconds <= 0:
+            raise ValueError("DTLS lockout: failures must be 0 (off) or more, window and seconds positive")
+        if not 0 < self.credential_poll_interval <= self.credential_poll_margin:
+            raise ValueError("the credential poll interval must be positive and at most the poll margin")
 
 
 class DeviceCredentials(Protocol):
     """What the LwM2M server needs of the credential store: the PSK of an identity for the DTLS handshake, and
-    the endpoint an identity is bound to. Both run synchronously inside request handling."""
+    the endpoint an identity is bound to. Both run synchronously inside request handling. Give it server
+    credentials only (``store.for_kind(CredentialKind.SERVER)``); a whole store (anything with ``for_kind``) is
+    restricted that way by the server itself."""
 
     def psk_for(self, identity: bytes | str) -> bytes | None: ...
 
     def endpoint_for(self, identity: bytes | str) -> str | None: ...
 
 
+class RevokedCredential(Protocol):
+    """What the server reads of a revoked credential (``bootstrap.credentials.Credential`` fits)."""
+
+    @property
+    def identity(self) -> str: ...
+
+    @property
+    def endpoint(self) -> str: ...
+
+    @property
+    def tenant_id(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def revoked_at(self) -> float | None: ...
+
+
+@runtime_checkable
+class RevocationFeed(Protocol):
+    """Credentials that can say which of them were revoked since a time, applying that to their own index (the
+    credential store's ``revoked_since``): how a revocation made by another process reaches this one."""
+
+    def revoked_since(self, since: float) -> list[RevokedCredential]: ...
+
+
 class Lwm2mServer:
     def __init__(self, settings: ServerSettings, *, model: ObjectModel | None = None,
-                 credentials: DeviceCredentials | None = None) -> None:
+                 credentials: DeviceCredentials | None = None,
+                 open_credentials: Callable[[Database], DeviceCredentials] | None = None) -> None:
+        """``credentials`` serve the DTLS listener; or ``open_credentials`` makes them in :meth:`start` from the
+        server's own database (the CLI passes the vault-backed SQL store, restricted to server credentials)."""
+        if credentials is not None and open_credentials is not None:
+            raise ValueError("give credentials or open_credentials, not both")
         self.settings = settings
         self.credentials = credentials
+        self._open_credentials = open_credentials
         self.coaps_port: int = 0
+        self.dtls: DtlsServerTransport | None = None
         if model is None:  # the settings' DDF folder, as the CLI does; an explicit model wins
             from lwm2m_server.object_files import model_with_dir
 
@@ -84,6 +145,8 @@ class Lwm2mServer:
         self.files = FileServer()
         self.firmware: FirmwareService | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._revocation_watch: asyncio.Task[None] | None = None
+        self.credential_polls = 0  # looks for revoked credentials done (that reached the store)
         self._api_server: object = None
         self.coap_port: int = 0
         self.api_port: int = 0
@@ -102,24 +165,99 @@ class Lwm2mServer:
         def security_event(kind: str, data: dict[str, object]) -> None:
             events.emit(kind, time.time(), data=data)
 
+        if self.credentials is None and self._open_credentials is not None:
+            self.credentials = await asyncio.to_thread(self._open_credentials, self.database)
         credentials = self.credentials
+        for_kind = getattr(credentials, "for_kind", None)
+        if callable(for_kind):  # a whole credential store: the LwM2M server takes its server credentials only
+            credentials = self.credentials = for_kind("server")
+        if s.coaps_port is not None and credentials is None:
+            raise ValueError("a DTLS listener needs the device credentials")
         limiter = RateLimiter(s.rd_rate, s.rd_burst) if s.rd_rate is not None else None
         self.site = ServerSite(self.registrations, max_body=s.max_body, on_security_event=security_event,
                                endpoint_for_identity=credentials.endpoint_for if credentials else None,
                                rate_limiter=limiter)
         self.site.mount(FILES_MOUNT, self.files.handle, assemble_blocks=False)
-        self.context, self.coap_port = await exclusive_context(self.site, s.coap_host, s.coap_port)
+        feed = credentials if isinstance(credentials, RevocationFeed) and s.coaps_port is not None else None
+        started = time.time()
+        handled: dict[str, float] = {}
+        if feed is not None:  # what was revoked before the start is no news (and has no session here)
+            handled = {c.identity: c.revoked_at or 0.0
+                       for c in await self._read_revoked(feed, started - s.credential_poll_margin) or ()}
+        if s.coap_port is not None:
+            self.context, self.coap_port = await exclusive_context(self.site, s.coap_host, s.coap_port)
         if s.coaps_port is not None:
-            if credentials is None:
-                raise ValueError("a DTLS listener needs the device credentials")
-            _, self.coaps_port = await add_dtls_server(self.context, s.coaps_host, s.coaps_port,
-                                                       psk_for=credentials.psk_for)
+            assert credentials is not None
+            lockout = (Lockout(s.dtls_lockout_failures, s.dtls_lockout_window, s.dtls_lockout_seconds)
+                       if s.dtls_lockout_failures > 0 else None)
+            if self.context is None:
+                self.context, self.coaps_port = await dtls_server_context(
+                    self.site, s.coaps_host, s.coaps_port, psk_for=credentials.psk_for, lockout=lockout,
+                    on_security_event=security_event)
+                self.dtls = dtls_transport(self.context)
+            else:
+                self.dtls, self.coaps_port = await add_dtls_server(
+                    self.context, s.coaps_host, s.coaps_port, psk_for=credentials.psk_for, lockout=lockout,
+                    on_security_event=security_event)
+        assert self.context is not None
+        if feed is not None:
+            self._revocation_watch = asyncio.create_task(self._watch_revocations(feed, started, handled),
+                                                         name="credential-revocations")
         sender = DownlinkSender(self.context, self.model, timeout=s.request_timeout)
         self.management = DeviceManagement(self.registrations, sender, clock=time.time)
-        self.firmware = FirmwareService(self.management, self.files, self.events, file_base_uri=self.coap_uri)
+        plain = self.coap_uri if s.coap_port is not None else None
+        secure = self.coaps_uri if s.coaps_port is not None else None
+        self.firmware = FirmwareService(self.management, self.files, self.events, file_base_uri=plain or secure or "",
+                                        secure_file_base_uri=secure)
         if s.api_port is not None:
             await self._start_api()
-        log.info("LwM2M server on coap://%s:%d", s.coap_host, self.coap_port)
+        if secure is not None:
+            log.info("LwM2M server on %s (DTLS-PSK)", secure)
+        if plain is not None:
+            log.warning("LwM2M server on %s: plain CoAP, no authentication and no confidentiality", plain)
+
+    # -- credentials revoked by other processes
+
+    async def _read_revoked(self, feed: RevocationFeed, since: float) -> list[RevokedCredential] | None:
+        """The credentials revoked since ``since`` (applied to the store's index on the way); None when the store
+        failed (a database hiccup: the next poll tries again)."""
+        try:
+            return await asyncio.to_thread(feed.revoked_since, since)
+        except Exception as e:
+            log.warning("cannot read revoked credentials (%s: %s)", type(e).__name__, e)
+            return None
+
+    async def _watch_revocations(self, feed: RevocationFeed, started: float, handled: dict[str, float]) -> None:
+        """Every ``credential_poll_interval`` s, act on the credentials revoked since the last look. Each look
+        reaches ``credential_poll_margin`` s further back, so a revocation committed late (a writer waiting on a
+        database lock) or stamped by a skewed clock is still seen; ``handled`` (identity -> revoked_at, pruned
+        past the margin) makes each one acted on once."""
+        s = self.settings
+        cursor = started - s.credential_poll_margin
+        while True:
+            await asyncio.sleep(s.credential_poll_interval)
+            now = time.time()
+            revoked = await self._read_revoked(feed, cursor)
+            if revoked is None:
+                continue
+            for credential in revoked:
+                if credential.identity not in handled:
+                    handled[credential.identity] = credential.revoked_at or now
+                    self._revoked(credential)
+            cursor = now - s.credential_poll_margin
+            for identity in [i for i, at in handled.items() if at < cursor]:
+                del handled[identity]  # no later look reaches that far back
+            self.credential_polls += 1
+
+    def _revoked(self, credential: RevokedCredential) -> None:
+        closed = self.dtls.evict_identity(credential.identity.encode("utf-8")) if self.dtls is not None else 0
+        kind = str(getattr(credential.kind, "value", credential.kind))
+        log.warning("credential %r (%s) of endpoint %r was revoked: %d DTLS session(s) closed", credential.identity,
+                    kind, credential.endpoint, closed)
+        self.events.emit(SECURITY_CREDENTIAL_REVOKED, time.time(), tenant_id=credential.tenant_id,
+                         endpoint=credential.endpoint,
+                         data={"identity": credential.identity, "kind": kind, "revoked_at": credential.revoked_at,
+                               "sessions_closed": closed, "node": self.settings.node_id})
 
     async def _start_api(self) -> None:
         import uvicorn
@@ -166,10 +304,17 @@ class Lwm2mServer:
             self._api_server.should_exit = True  # type: ignore[attr-defined]
         if self.firmware is not None:
             await self.firmware.close()
+        if self._revocation_watch is not None:  # before the transport it evicts from goes
+            self._revocation_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._revocation_watch
+            self._revocation_watch = None
         if self.context is not None:
             await self.context.shutdown()
-            release(self.settings.coap_host, self.coap_port)
+            if self.coap_port:
+                release(self.settings.coap_host, self.coap_port)
             self.context = None
+            self.dtls = None
         if self.registrations is not None:
             try:
                 await self.registrations.close()

@@ -81,49 +81,112 @@ def _path(text: str) -> str:
     return str(LwM2mPath.parse(text))
 
 
+PLAIN_COAP_DEFAULT = "127.0.0.1:5683"
+COAPS_DEFAULT = "127.0.0.1:5684"
+PLAIN_COAP_WARNING = ("plain CoAP on {uri} has no authentication and no confidentiality: any host that reaches it "
+                      "can register as any endpoint and read what devices send. Use it on a trusted network only.")
+
+
 @app.command()
 def server(
-    coap: Annotated[str, typer.Option("--coap", help="CoAP (UDP) address to serve LwM2M on")] = "127.0.0.1:5683",
+    coaps: Annotated[str, typer.Option("--coaps", help="CoAP over DTLS-PSK (UDP) address to serve LwM2M on; "
+                                       "devices authenticate with their server credential")] = COAPS_DEFAULT,
+    coap: Annotated[str | None, typer.Option("--coap", help="Also serve plain CoAP (no security) on this address; "
+                                             f"needs --insecure [default with --insecure: {PLAIN_COAP_DEFAULT}]",
+                                             show_default=False)] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Serve plain CoAP (no authentication, no "
+                                           "confidentiality) beside DTLS, on --coap")] = False,
     api: Annotated[str, typer.Option("--api", help="Address of the management API (loopback)")] = "127.0.0.1:8080",
     data_dir: DataDirOpt = None,
     models: Annotated[Path | None, typer.Option("--models", help="Folder of OMA DDF XML files to add",
                                                 exists=True, file_okay=False)] = None,
+    rd_rate: Annotated[float | None, typer.Option(
+        "--rd-rate", help="Registration requests (/rd) per second allowed per source address and per identity "
+        "[default: unlimited]", show_default=False)] = None,
+    rd_burst: Annotated[int, typer.Option("--rd-burst", min=1, help="Burst of /rd requests allowed above "
+                                          "--rd-rate")] = 20,
+    lockout_failures: Annotated[int, typer.Option(
+        "--dtls-lockout-failures", min=0, help="Failed DTLS handshakes from one address that get it ignored "
+        "(0: never)")] = 10,
+    lockout_window: Annotated[float, typer.Option("--dtls-lockout-window", help="... within this many "
+                                                  "seconds")] = 60.0,
+    lockout_seconds: Annotated[float, typer.Option("--dtls-lockout-seconds", help="How long a locked-out address "
+                                                   "is ignored")] = 300.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at debug level")] = False,
     bench_api: Annotated[bool, typer.Option(
         "--bench-api", help="Also serve Leshan's write route PUT /api/clients/EP/PATH WITHOUT authentication, for "
         "the neutral load tool (loopback API only)")] = False,
 ) -> None:
-    """Run the LwM2M server and its management API until interrupted."""
+    """Run the LwM2M server and its management API until interrupted.
+
+    Devices connect over CoAP with DTLS-PSK (--coaps); each one's PSK identity is its server credential in the
+    data directory's vault-backed store and binds it to its endpoint name. Plain CoAP only with --insecure.
+    """
     from lwm2m_server.object_files import model_with_dir
     from lwm2m_server.server import Lwm2mServer, ServerSettings, default_data_dir
 
+    if coap is not None and not insecure:
+        raise typer.BadParameter("plain CoAP has no authentication and no confidentiality: add --insecure to serve "
+                                 "it (beside DTLS on --coaps)", param_hint="'--coap'")
+    if rd_rate is not None and not rd_rate > 0:
+        raise typer.BadParameter("must be a positive number of requests per second", param_hint="'--rd-rate'")
+    if not (lockout_window > 0 and lockout_seconds > 0):
+        raise typer.BadParameter("must be positive", param_hint="'--dtls-lockout-window' / '--dtls-lockout-seconds'")
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    chost, cport = parse_hostport(coap, 5683)
+    shost, sport = parse_hostport(coaps, 5684)
+    chost, cport = parse_hostport(coap or PLAIN_COAP_DEFAULT, 5683)
     ahost, aport = parse_hostport(api, 8080)
     try:
         model = model_with_dir(models)
     except Lwm2mError as e:
         err_console.print(f"[red]error:[/red] {e}", highlight=False)
         raise typer.Exit(2) from None
-    settings = ServerSettings(data_dir=data_dir or default_data_dir(), coap_host=chost, coap_port=cport,
-                              api_host=ahost, api_port=aport, models_dir=models,
-                              bench_api=bench_api)
+    folder = data_dir or default_data_dir()
+    settings = ServerSettings(data_dir=folder, coap_host=chost, coap_port=cport if insecure else None,
+                              coaps_host=shost, coaps_port=sport, api_host=ahost, api_port=aport, models_dir=models,
+                              bench_api=bench_api, rd_rate=rd_rate, rd_burst=rd_burst,
+                              dtls_lockout_failures=lockout_failures, dtls_lockout_window=lockout_window,
+                              dtls_lockout_seconds=lockout_seconds)
 
     async def main() -> None:
-        srv = Lwm2mServer(settings, model=model)
+        srv = Lwm2mServer(settings, model=model, open_credentials=_server_credentials(folder))
         try:
             await srv.start()
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, Lwm2mError) as e:
             await srv.stop()
             raise CliError(f"cannot start the server: {e}") from None
-        console.print(f"LwM2M server on [bold]{srv.coap_uri}[/bold], API on [bold]{srv.api_url}[/bold], "
-                      f"data in {settings.data_dir} ({len(model)} object definitions)", highlight=False)
+        where = f"{srv.coaps_uri} (DTLS-PSK)" + (f" and {srv.coap_uri} (plain CoAP)" if insecure else "")
+        console.print(f"LwM2M server on [bold]{where}[/bold], API on [bold]{srv.api_url}[/bold], "
+                      f"data in {settings.data_dir} ({len(model)} object definitions)", highlight=False,
+                      soft_wrap=True)
+        if insecure:
+            err_console.print(f"[yellow]warning:[/yellow] {PLAIN_COAP_WARNING.format(uri=srv.coap_uri)}",
+                              highlight=False)
         await _wait_for_signal()
         console.print("stopping...")
         await srv.stop()
 
     _run_client(lambda: asyncio.run(main()))
+
+
+def _server_credentials(data_dir: Path) -> Any:
+    """What the server calls with its database to get the device credentials: the vault-backed SQL store
+    (DATA_DIR/vault.key, or $SCRATCH_VAULT_KEY), loaded, restricted to server credentials (a bootstrap
+    credential never opens a session with the LwM2M server)."""
+
+    def open_credentials(database: Any) -> Any:
+        from bootstrap.credentials import CredentialKind
+        from bootstrap.sql_credentials import SqlCredentialStore
+        from bootstrap.vault import Vault
+        from lwm2m_server.cli.factory import VAULT_KEY_FILE
+
+        store = SqlCredentialStore(database, Vault.open(data_dir / VAULT_KEY_FILE))
+        credentials = store.for_kind(CredentialKind.SERVER)
+        logging.getLogger(__name__).info("%d active server credential(s)", credentials.load())
+        return credentials
+
+    return open_credentials
 
 
 async def _wait_for_signal() -> None:

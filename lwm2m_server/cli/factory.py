@@ -193,8 +193,8 @@ def revoke(
 ) -> None:
     """Revoke all of a device's credentials (bootstrap and server) in the store; their keys are erased.
 
-    A running server is not told: DTLS sessions it already holds with the device stay up until they end or the
-    server reloads its credentials (dropping live sessions is not done by this command).
+    A server running on this data directory's database sees the revocation at its next poll (about a second):
+    it closes the DTLS sessions of the revoked identities and refuses their handshakes from then on.
     """
     _quiet_logs()
     folder = _data_dir(data_dir)

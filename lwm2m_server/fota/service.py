@@ -3,7 +3,8 @@
 One update runs per device at a time. The service reads /5/0 to learn the device's state and what delivery it
 takes (/5/0/9, /5/0/8), resets a half-finished earlier attempt, follows /5/0/3 and /5/0/5 by Observe (falling
 back to polling for devices that do not notify), delivers the package by push (block-wise Write of /5/0/0) or pull
-(Package URI of our own CoAP file server), executes /5/0/2 once the device reports Downloaded, and waits for the
+(Package URI of our own CoAP file server: coaps:// for a device registered over DTLS, so it downloads over a
+DTLS session too), executes /5/0/2 once the device reports Downloaded, and waits for the
 device to come back (re-registration) and report its Update Result and new version.
 
 The service treats the package as opaque bytes: a third-party device takes its vendor's own format.
@@ -160,17 +161,26 @@ class FirmwareService:
     """Runs firmware updates of registered devices; one at a time per device."""
 
     def __init__(self, management: DeviceManagement, files: FileServer, events: EventBus, *,
-                 file_base_uri: str, clock: Callable[[], float] = time.time, poll_interval: float = 1.0,
-                 delivery_attempts: int = 3) -> None:
+                 file_base_uri: str, secure_file_base_uri: str | None = None, clock: Callable[[], float] = time.time,
+                 poll_interval: float = 1.0, delivery_attempts: int = 3) -> None:
+        """``file_base_uri`` is where devices pull packages from; ``secure_file_base_uri`` (coaps://), when given,
+        is where devices that registered over DTLS pull from."""
         self.management = management
         self.files = files
         self.events = events
         self.file_base_uri = file_base_uri.rstrip("/")
+        self.secure_file_base_uri = secure_file_base_uri.rstrip("/") if secure_file_base_uri else None
         self.clock = clock
         self.poll_interval = poll_interval
         self.delivery_attempts = delivery_attempts  # a download that lost its connection is tried again
         self.jobs: dict[tuple[str, str], UpdateJob] = {}
         self._followers: set[asyncio.Task[None]] = set()
+
+    def file_base_uri_for(self, registration: Registration) -> str:
+        """The base of the Package URI for a device: coaps:// when it registered over DTLS (and we serve it)."""
+        if registration.secure and self.secure_file_base_uri is not None:
+            return self.secure_file_base_uri
+        return self.file_base_uri
 
     def job(self, endpoint: str, tenant_id: str = "default") -> UpdateJob | None:
         return self.jobs.get((tenant_id, endpoint))
@@ -260,7 +270,8 @@ class FirmwareService:
         self._progress(job, "preparing", message="reading /5/0")
         fw = await self._read_instance(ep, tenant_id)
         job.previous_version = await self._firmware_version(ep, tenant_id)
-        chosen = self._choose(ep, fw, method)
+        base_uri = self.file_base_uri_for(reg)
+        chosen = self._choose(ep, fw, method, base_uri)
         job.method = chosen.value
         watch = _Watch(state=_int(fw.get(3)), result=_int(fw.get(5)))
         if watch.state == State.UPDATING:
@@ -279,7 +290,7 @@ class FirmwareService:
                         await self._push(job, reg, package, block_size, watch)
                     else:
                         name = name or self.files.publish(package)
-                        await self._pull(job, ep, name, watch, tenant_id)
+                        await self._pull(job, ep, f"{base_uri}/fw/{name}", name, watch, tenant_id)
                     await self._wait_downloaded(job, ep, watch, tenant_id)
                     break
                 except FirmwareUpdateError as e:
@@ -318,17 +329,17 @@ class FirmwareService:
                 return str(node.value)
         return None
 
-    def _choose(self, ep: str, fw: dict[int, object], method: Method | None) -> Method:
+    def _choose(self, ep: str, fw: dict[int, object], method: Method | None, base_uri: str) -> Method:
         delivery = _int(fw.get(9))
         protocols = fw.get(8)
-        scheme = PROTOCOL_COAPS if self.file_base_uri.startswith("coaps:") else PROTOCOL_COAP
+        scheme = PROTOCOL_COAPS if base_uri.startswith("coaps:") else PROTOCOL_COAP
         pull_ok = delivery in (None, DELIVERY_PULL, DELIVERY_BOTH) and (
             protocols is None or scheme in tuple(_int(p) for p in protocols))  # type: ignore[attr-defined]
         push_ok = delivery in (None, DELIVERY_PUSH, DELIVERY_BOTH)
         if method is Method.PUSH and not push_ok:
             raise FirmwareUpdateError(f"{ep} does not take pushed packages (/5/0/9 = {delivery})")
         if method is Method.PULL and not pull_ok:
-            raise FirmwareUpdateError(f"{ep} cannot pull from {self.file_base_uri} (/5/0/9 = {delivery}, "
+            raise FirmwareUpdateError(f"{ep} cannot pull from {base_uri} (/5/0/9 = {delivery}, "
                                       f"/5/0/8 = {protocols})")
         if method is not None:
             return method
@@ -410,8 +421,7 @@ class FirmwareService:
             label = f" ({result_label(result)})" if result else ""
             raise FirmwareUpdateError(f"{job.endpoint} refused the package: {e}{label}", result or None) from None
 
-    async def _pull(self, job: UpdateJob, ep: str, name: str, watch: _Watch, tenant_id: str) -> None:
-        uri = f"{self.file_base_uri}/fw/{name}"
+    async def _pull(self, job: UpdateJob, ep: str, uri: str, name: str, watch: _Watch, tenant_id: str) -> None:
         self._progress(job, "delivering", sent=0, total=job.total, message="Package URI written")
         await self.management.send(ep, WriteRequest(PACKAGE_URI, SingleResource(1, ResourceType.STRING, uri)),
                                    tenant_id=tenant_id)

@@ -18,6 +18,15 @@ transport replaces it. Invariants:
 - PSKs come from ``psk_for(identity)`` (called synchronously in the handshake, once per attempt) and are never
   logged nor put into exception texts; tinydtls' own logging is kept at EMERG (its debug output dumps keys).
 - ``request.remote.authenticated_claims`` is ``[PskClaim(identity)]`` once the handshake completed.
+- Failed handshakes are counted per source address (IPv4, or the full IPv6 address): an unknown (or revoked, or
+  wrong-kind) PSK identity, a Finished that does not verify (a wrong key: tinydtls drops it silently, so a
+  handshake record of epoch 1 that leaves the handshake unfinished after the key was looked up is the sign), or a
+  fatal alert after the key exchange; at most one failure per key exchange. With a :class:`Lockout`, an address
+  with too many failures is ignored for a while: its ClientHellos and handshake records are dropped without an
+  answer; its established sessions (which proved their keys) are kept. Failures are only counted after the cookie
+  exchange, so a spoofed source address cannot get another host locked out. A lockout is logged as a warning and
+  reported through ``on_security_event("security.dtls_lockout", data)``. A failing credential store (an
+  exception in ``psk_for``) refuses the handshake but is not the peer's failure.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from typing import Any, Protocol, runtime_checkable
 from aiocoap import Context, Message, error, interfaces
 from aiocoap.numbers import constants
 
+from lwm2m_server.core.rate_limit import Lockout
 from lwm2m_server.transport import udp
 
 _log = logging.getLogger(__name__)
@@ -55,6 +65,9 @@ MAX_IDENTITY_LENGTH = 32  # DTLS_PSK_MAX_CLIENT_IDENTITY_LEN
 _CT_HANDSHAKE = 22
 _HT_CLIENT_HELLO = 1
 _RETRANSMIT_POLL_MAX = 1.0
+
+SECURITY_DTLS_LOCKOUT = "security.dtls_lockout"
+SecurityEventSink = Callable[[str, dict[str, object]], None]
 
 
 class DtlsSessionClosedError(error.NetworkError):
@@ -101,6 +114,25 @@ def _client_hello_cookie(data: bytes) -> bytes | None:
     return data[sid_end + 1:sid_end + 1 + data[sid_end]]
 
 
+def _is_client_hello(data: bytes) -> bool:
+    return _client_hello_cookie(data) is not None
+
+
+def _has_encrypted_handshake(data: bytes) -> bool:
+    """Whether ``data`` holds a handshake record of an epoch above 0 (a Finished, encrypted under the new keys)."""
+    offset = 0
+    while offset + 13 <= len(data):
+        if data[offset] == _CT_HANDSHAKE and data[offset + 3:offset + 5] != b"\0\0":
+            return True
+        offset += 13 + int.from_bytes(data[offset + 11:offset + 13], "big")
+    return False
+
+
+def _host_text(key: tuple[str, int]) -> str:
+    """The source address of a peer key as people write it (IPv4 without the ``::ffff:`` prefix)."""
+    return key[0].removeprefix("::ffff:") if "." in key[0] else key[0]
+
+
 _HANDSHAKE, _CONNECTED, _CLOSED = "handshake", "connected", "closed"
 
 
@@ -108,8 +140,10 @@ class DtlsRemote(interfaces.EndpointAddress):
     """One DTLS session with one peer (equal only to itself). Stays valid as a value after the session ended."""
 
     __slots__ = (
+        "_attempt",
         "_failure",
         "_key",
+        "_rejected",
         "_session",
         "_transport",
         "identity",
@@ -133,6 +167,8 @@ class DtlsRemote(interfaces.EndpointAddress):
         self.identity: bytes | None = None
         self.last_seen = now
         self._failure: str | None = None  # set inside tinydtls callbacks, acted on after them
+        self._rejected: str | None = None  # the PSK lookup refused the identity (a failed handshake)
+        self._attempt = False  # a key exchange whose outcome is not judged yet (one failure counted per attempt)
         self.maximum_block_size_exp = constants.MAX_REGULAR_BLOCK_SIZE_EXP
 
     def __repr__(self) -> str:
@@ -207,7 +243,8 @@ class DtlsServerTransport(interfaces.MessageInterface):
 
     def __init__(self, mman: interfaces.MessageManager, *, psk_for: PskStore | PskLookup, idle_timeout: float,
                  max_peers: int, handshake_timeout: float, max_handshakes: int, log: logging.Logger,
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 loop: asyncio.AbstractEventLoop, lockout: Lockout | None = None,
+                 on_security_event: SecurityEventSink | None = None) -> None:
         from DTLSSocket import dtls
 
         if max_peers < 1 or max_handshakes < 1:
@@ -237,6 +274,10 @@ class DtlsServerTransport(interfaces.MessageInterface):
         self._sweep_timer: asyncio.TimerHandle | None = None
         self._clock_offset = time.monotonic()
         self.handshakes_completed = 0
+        self.handshakes_failed = 0  # counted failures (see the module docstring), whether or not a lockout is set
+        self.dropped_locked_out = 0  # datagrams ignored because their source address is locked out
+        self.lockout = lockout
+        self._on_security_event = on_security_event
 
     # -- setup and shutdown
 
@@ -314,6 +355,13 @@ class DtlsServerTransport(interfaces.MessageInterface):
     def sessions(self) -> list[DtlsRemote]:
         return list(self._sessions.values())
 
+    def locked_out(self, host: str, now: float | None = None) -> float | None:
+        """Seconds the address ``host`` (e.g. ``"127.0.0.1"``) stays ignored, or None when it is not locked out."""
+        if self.lockout is None:
+            return None
+        key = self._key((host, 0))[0]
+        return self.lockout.locked(key, time.monotonic() if now is None else now)
+
     def evict(self, address: DtlsRemote | tuple[Any, ...]) -> bool:
         """End the session of ``address`` (a remote, or a socket address ``(host, port)``); False if none."""
         if isinstance(address, DtlsRemote):
@@ -369,12 +417,13 @@ class DtlsServerTransport(interfaces.MessageInterface):
         if self._looked_up is not None and self._looked_up[0] == identity:
             return self._looked_up[1]
         psk: bytes | None = None
+        store_failed = False
         if len(identity) <= MAX_IDENTITY_LENGTH:
             try:
                 found = self._lookup(identity)
             except Exception as e:  # a failing store must not take the handshake loop down
                 self.log.warning("PSK lookup for identity %r failed (%s)", identity, type(e).__name__)
-                found = None
+                found, store_failed = None, True
             if found is not None:
                 found = bytes(found)
                 if 0 < len(found) <= MAX_PSK_LENGTH:
@@ -386,8 +435,13 @@ class DtlsServerTransport(interfaces.MessageInterface):
         peer = self._current
         if peer is not None:
             peer.identity = identity
-            if psk is None:
+            if store_failed:  # our failure, not the peer's: refuse the handshake without counting it
+                peer._attempt, peer._failure = False, "PSK lookup failed"
+            elif psk is None:
                 self.log.info("DTLS handshake from %s with unknown PSK identity %r", peer.hostinfo, identity)
+                peer._attempt, peer._rejected = True, "unknown PSK identity"
+            else:
+                peer._attempt = True
         return psk
 
     def _datagram_received(self, data: bytes, sockaddr: tuple[Any, ...]) -> None:
@@ -396,6 +450,10 @@ class DtlsServerTransport(interfaces.MessageInterface):
         key = self._key(sockaddr)
         now = time.monotonic()
         peer = self._sessions.get(key)
+        if self.lockout is not None and (peer is None or _is_client_hello(data)) \
+                and self.lockout.locked(key[0], now) is not None:
+            self.dropped_locked_out += 1
+            return  # silently: a locked-out address learns nothing, not even that it is locked out
         if peer is not None:
             cookie = _client_hello_cookie(data)
             if cookie:  # the peer starts over (after a reboot, or another identity on this address and port)
@@ -422,11 +480,57 @@ class DtlsServerTransport(interfaces.MessageInterface):
             self._dtls.handleMessage(peer._session, data)
         finally:
             self._current, self._looked_up = None, None
+        failed = self._judge_attempt(peer, data)
         if peer._failure is not None:
             self._evict(peer, DtlsSessionClosedError(peer._failure), reset=True)
         elif peer.state == _CONNECTED and key in self._handshakes:
             self._established(peer)
+        if failed is not None:
+            self._handshake_failed(peer, failed, now)
         self._arm_retransmit()
+
+    def _judge_attempt(self, peer: DtlsRemote, data: bytes) -> str | None:
+        """Why the key exchange of ``peer`` failed with this datagram, or None (no failure, or not known yet)."""
+        if not peer._attempt:
+            return None
+        if peer.state == _CONNECTED:
+            peer._attempt = False
+            return None
+        reason = None
+        if peer._rejected is not None:
+            reason = peer._rejected
+            peer._failure = peer._failure or reason  # tinydtls has answered with a fatal alert: forget the peer
+        elif peer._failure is not None:
+            reason = f"handshake ended: {peer._failure}"
+        elif _has_encrypted_handshake(data):
+            reason = "Finished did not verify (wrong PSK?)"
+        if reason is not None:
+            peer._attempt, peer._rejected = False, None
+        return reason
+
+    def _handshake_failed(self, peer: DtlsRemote, reason: str, now: float) -> None:
+        self.handshakes_failed += 1
+        identity = peer.identity or b""
+        self.log.info("DTLS handshake from %s (identity %r) failed: %s", peer.hostinfo, identity, reason)
+        if self.lockout is None:
+            return
+        host = peer._key[0]
+        period = self.lockout.record_failure(host, now)
+        if period is None:
+            return
+        address = _host_text(peer._key)
+        self.log.warning("DTLS: %d failed handshakes from %s within %g s: ignoring that address for %g s",
+                         self.lockout.threshold, address, self.lockout.window, period)
+        for other in [p for p in self._handshakes.values() if p._key[0] == host]:
+            self._evict(other, DtlsSessionClosedError("source address locked out"))
+        if self._on_security_event is not None:
+            data: dict[str, object] = {
+                "address": address, "failures": self.lockout.threshold, "window": self.lockout.window,
+                "seconds": period, "identity": identity.decode("utf-8", "backslashreplace"), "reason": reason}
+            try:
+                self._on_security_event(SECURITY_DTLS_LOCKOUT, data)
+            except Exception:
+                self.log.exception("the security event sink failed")
 
     def _established(self, peer: DtlsRemote) -> None:
         del self._handshakes[peer._key]
@@ -535,16 +639,20 @@ def dtls_transport(context: Context) -> DtlsServerTransport:
 
 async def add_dtls_server(context: Context, host: str, port: int = 0, *, psk_for: PskStore | PskLookup,
                           idle_timeout: float = 600.0, max_peers: int = 10000, handshake_timeout: float = 30.0,
-                          max_handshakes: int = 1024) -> tuple[DtlsServerTransport, int]:
+                          max_handshakes: int = 1024, lockout: Lockout | None = None,
+                          on_security_event: SecurityEventSink | None = None) -> tuple[DtlsServerTransport, int]:
     """Add a coaps:// listener on ``host:port`` (0: any free port) to an existing context (e.g. beside its plain
-    UDP transport). Returns the transport and the port it is bound to; ``context.shutdown()`` closes it."""
+    UDP transport). Returns the transport and the port it is bound to; ``context.shutdown()`` closes it.
+    ``lockout`` (per source address) ignores addresses with too many failed handshakes for a while, and
+    ``on_security_event`` hears of each lockout (see the module docstring)."""
     udp.tune_aiocoap()
     holder: list[DtlsServerTransport] = []
 
     async def construct(mman: interfaces.MessageManager) -> DtlsServerTransport:
         transport = DtlsServerTransport(mman, psk_for=psk_for, idle_timeout=idle_timeout, max_peers=max_peers,
                                         handshake_timeout=handshake_timeout, max_handshakes=max_handshakes,
-                                        log=context.log, loop=asyncio.get_running_loop())
+                                        log=context.log, loop=asyncio.get_running_loop(), lockout=lockout,
+                                        on_security_event=on_security_event)
         holder.append(transport)
         return transport
 
@@ -561,7 +669,8 @@ async def add_dtls_server(context: Context, host: str, port: int = 0, *, psk_for
 async def dtls_server_context(site: interfaces.Resource | None, host: str, port: int = 0, *,
                               psk_for: PskStore | PskLookup, idle_timeout: float = 600.0, max_peers: int = 10000,
                               handshake_timeout: float = 30.0, max_handshakes: int = 1024,
-                              log: logging.Logger | None = None) -> tuple[Context, int]:
+                              log: logging.Logger | None = None, lockout: Lockout | None = None,
+                              on_security_event: SecurityEventSink | None = None) -> tuple[Context, int]:
     """A server context serving ``site`` over coaps:// on ``host:port`` (port 0: any free port), mirroring
     :func:`lwm2m_server.transport.udp.exclusive_context`. Raises OSError (EADDRINUSE) when the port is taken.
     ``await context.shutdown()`` ends every session (close_notify) and frees the port. The transport (for
@@ -571,7 +680,8 @@ async def dtls_server_context(site: interfaces.Resource | None, host: str, port:
     try:
         _, bound = await add_dtls_server(context, host, port, psk_for=psk_for, idle_timeout=idle_timeout,
                                          max_peers=max_peers, handshake_timeout=handshake_timeout,
-                                         max_handshakes=max_handshakes)
+                                         max_handshakes=max_handshakes, lockout=lockout,
+                                         on_security_event=on_security_event)
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             raise OSError(errno.EADDRINUSE, f"UDP port {port} on {host} is in use") from None

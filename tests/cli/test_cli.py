@@ -55,11 +55,12 @@ def stop(proc: subprocess.Popen[str]) -> None:
 def fleet(tmp_path_factory) -> Iterator[tuple[Path, str]]:
     data_dir = tmp_path_factory.mktemp("scratch-data")
     env = {**os.environ, "SCRATCH_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
-    server = subprocess.Popen([*SCRATCH, "server", "--coap", "127.0.0.1:0", "--api", "127.0.0.1:0"], env=env,
+    server = subprocess.Popen([*SCRATCH, "server", "--insecure", "--coap", "127.0.0.1:0", "--coaps", "127.0.0.1:0",
+                               "--api", "127.0.0.1:0"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     sim = None
     try:
-        uri = wait_for_line(server, r"LwM2M server on (coap://\S+),").group(1)
+        uri = wait_for_line(server, r"LwM2M server on coaps://\S+ \(DTLS-PSK\) and (coap://\S+) \(plain").group(1)
         sim = subprocess.Popen([*SCRATCH, "sim", "--server", uri, "--count", "3", "--prefix", "cli-"], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for _ in range(3):

@@ -224,10 +224,11 @@ def fleet(tmp_path_factory, keys: Keys) -> Iterator[Fleet]:
     """A server; devices sim-0..sim-2 that trust the OEM key and take VENDOR/CLASS packages; fb-0 like them but
     every image it installs fails its health check."""
     data_dir = tmp_path_factory.mktemp("scratch-fw-data")
-    server = Proc(["server", "--coap", "127.0.0.1:0", "--api", "127.0.0.1:0"], data_dir)
+    server = Proc(["server", "--insecure", "--coap", "127.0.0.1:0", "--coaps", "127.0.0.1:0", "--api", "127.0.0.1:0"],
+                  data_dir)
     sims: list[Proc] = []
     try:
-        uri = server.wait_for(r"LwM2M server on (coap://\S+),")[0].group(1)
+        uri = server.wait_for(r"LwM2M server on coaps://\S+ \(DTLS-PSK\) and (coap://\S+) \(plain")[0].group(1)
         common = ["--server", uri, "--trust", str(Keys.pub(keys.oem)), "--vendor", VENDOR, "--class", CLASS]
         sims.append(Proc(["sim", *common, "--count", "3", "--prefix", "sim-"], data_dir))
         sims.append(Proc(["sim", *common, "--count", "1", "--prefix", "fb-", "--fail-boot"], data_dir))
