@@ -1,8 +1,14 @@
-"""``scratch sim``: run a fleet of simulated devices against a server until Ctrl-C or SIGTERM.
+"""``scratch sim``: run a fleet of simulated devices until Ctrl-C or SIGTERM.
+
+Two ways to make a fleet: ``--server coap://HOST:PORT --count N`` (N devices with a NoSec account on that server,
+named PREFIX0..PREFIX(N-1)), or ``--credentials FILE`` (one device per record of a manufacturing file from
+``scratch factory provision``, named as the record says; ``--count N`` takes the first N): each bootstraps with its
+factory PSK, then registers over DTLS where the bootstrap server sends it. The two are exclusive: a device from
+the factory learns its server from the bootstrap server only.
 
 The lead mounts :func:`sim` as a typer command; it stays a plain function callable from Python too.
 Output is one summary line per change of the fleet's counts (coalesced), plus one line per device for fleets
-of at most ``PER_DEVICE_LINES`` devices. Every started device is de-registered on exit.
+of at most ``PER_DEVICE_LINES`` devices. Every started device is de-registered on exit. No key is ever printed.
 """
 
 from __future__ import annotations
@@ -11,11 +17,13 @@ import asyncio
 import contextlib
 import signal
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from client_sim.credentials import CredentialsFileError, FactoryCredentials, load_factory_file
 from client_sim.device import DeviceState, SimulatedDevice
 from client_sim.firmware import FirmwareOptions
 from client_sim.fleet import Fleet, FleetStatus
@@ -27,8 +35,15 @@ SUMMARY_INTERVAL = 0.5
 
 
 def sim(
-    server: Annotated[str, typer.Option("--server", help="LwM2M server URI, e.g. coap://127.0.0.1:5683")],
-    count: Annotated[int, typer.Option("--count", min=1, help="How many devices to simulate")],
+    server: Annotated[str | None, typer.Option(
+        "--server", help="LwM2M server URI, e.g. coap://127.0.0.1:5683 (not with --credentials)")] = None,
+    count: Annotated[int | None, typer.Option(
+        "--count", min=1, help="How many devices to simulate (with --credentials: the first N records)")] = None,
+    credentials: Annotated[Path | None, typer.Option(
+        "--credentials", help="Manufacturing file (CSV or JSON from `scratch factory provision`): one device per "
+        "record, bootstrapping with its factory PSK before it registers")] = None,
+    bootstrap_timeout: Annotated[float, typer.Option(
+        "--bootstrap-timeout", min=1, help="Seconds a bootstrap may take before the device tries again")] = 30.0,
     prefix: Annotated[str, typer.Option("--prefix", help="Endpoint name prefix: PREFIX0 .. PREFIX(N-1)")] = "sim-",
     lifetime: Annotated[int, typer.Option("--lifetime", min=1, help="Registration lifetime in seconds")] = 300,
     lwm2m_version: Annotated[
@@ -43,21 +58,38 @@ def sim(
     fail_boot: Annotated[bool, typer.Option(
         "--fail-boot", help="Every image the devices install fails its health check (and rolls back)")] = False,
 ) -> None:
-    """Simulate COUNT LwM2M devices registering to SERVER until interrupted; de-register them on exit.
+    """Simulate LwM2M devices until interrupted; de-register them on exit.
 
+    Either COUNT devices registering to SERVER (--server, --count), or one device per record of a manufacturing
+    file (--credentials): those bootstrap first, then register over DTLS with the key the bootstrap server gave.
     The devices have a Firmware Update object (/5) with two image slots; they check SUIT packages against the
     --trust keys and the --vendor/--class identifiers before installing.
     """
     if lwm2m_version not in SUPPORTED_VERSIONS:
         raise typer.BadParameter(f"must be one of {', '.join(SUPPORTED_VERSIONS)}", param_hint="--lwm2m-version")
-    if not server.startswith("coap://"):
-        raise typer.BadParameter("only coap:// servers are supported", param_hint="--server")
+    records: list[FactoryCredentials] = []
+    if credentials is not None:
+        if server is not None:
+            raise typer.BadParameter("devices from a manufacturing file learn their server from the bootstrap "
+                                     "server; leave --server out", param_hint="--server")
+        try:
+            records = load_factory_file(credentials)
+        except CredentialsFileError as e:
+            raise typer.BadParameter(str(e), param_hint="--credentials") from None
+        if not records:
+            raise typer.BadParameter(f"{credentials} holds no device", param_hint="--credentials")
+    elif server is None or count is None:
+        raise typer.BadParameter("give --server and --count, or --credentials", param_hint="--server")
+    elif not server.startswith("coap://"):
+        raise typer.BadParameter("only coap:// servers are supported (DTLS devices come from --credentials)",
+                                 param_hint="--server")
     firmware = FirmwareOptions(
         trust_anchors=tuple(_public_key(path) for path in trust or ()),
         vendor_id=_uuid(vendor, "--vendor"), class_id=_uuid(device_class, "--class"),
         version=firmware_version, fail_boot=fail_boot)
-    asyncio.run(run_fleet(server, count, prefix=prefix, lifetime=lifetime, lwm2m_version=lwm2m_version, bind=bind,
-                          firmware=firmware))
+    asyncio.run(run_fleet(server, count, credentials=records, prefix=prefix, lifetime=lifetime,
+                          lwm2m_version=lwm2m_version, bind=bind, firmware=firmware,
+                          bootstrap_timeout=bootstrap_timeout))
 
 
 def _public_key(path: Path) -> PublicKey:
@@ -78,14 +110,18 @@ def _uuid(text: str | None, option: str) -> uuid.UUID | None:
         raise typer.BadParameter(f"{text!r} is not a UUID", param_hint=option) from None
 
 
-async def run_fleet(server: str, count: int, *, prefix: str = "sim-", lifetime: int = 300,
-                    lwm2m_version: str = "1.1", bind: str = "127.0.0.1",
-                    firmware: FirmwareOptions | None = None) -> FleetStatus:
-    """Run a fleet until SIGINT/SIGTERM, printing summaries; returns the final status after stopping."""
+async def run_fleet(server: str | None, count: int | None, *, credentials: Sequence[FactoryCredentials] = (),
+                    prefix: str = "sim-", lifetime: int = 300, lwm2m_version: str = "1.1", bind: str = "127.0.0.1",
+                    firmware: FirmwareOptions | None = None, bootstrap_timeout: float = 30.0,
+                    stop: asyncio.Event | None = None) -> FleetStatus:
+    """Run a fleet until SIGINT/SIGTERM (or until ``stop`` is set), printing summaries; returns the final status
+    after stopping. With ``credentials``, one device per record (the first ``count``) bootstraps first."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    stop = stop if stop is not None else asyncio.Event()
     changed = asyncio.Event()
-    per_device = count <= PER_DEVICE_LINES
+    records = list(credentials)[:count] if credentials else []
+    total = len(records) if records else (count or 0)
+    per_device = total <= PER_DEVICE_LINES
 
     def on_device(device: SimulatedDevice, old: DeviceState, new: DeviceState) -> None:
         if per_device:
@@ -93,8 +129,9 @@ async def run_fleet(server: str, count: int, *, prefix: str = "sim-", lifetime: 
             typer.echo(f"{device.endpoint}: {new.value}{where}")
         changed.set()
 
-    fleet = Fleet(server, count, prefix=prefix, lifetime=lifetime, lwm2m_version=lwm2m_version, bind_host=bind,
-                  on_device=on_device, firmware=firmware or FirmwareOptions())
+    fleet = Fleet(server, total, credentials=records, prefix=prefix, lifetime=lifetime,
+                  lwm2m_version=lwm2m_version, bind_host=bind, on_device=on_device,
+                  firmware=firmware or FirmwareOptions(), bootstrap_timeout=bootstrap_timeout)
     installed = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -112,7 +149,13 @@ async def run_fleet(server: str, count: int, *, prefix: str = "sim-", lifetime: 
                 last = line
             await asyncio.sleep(SUMMARY_INTERVAL)
 
-    typer.echo(f"starting {count} device(s) {prefix}0..{prefix}{count - 1} against {server}")
+    if records:
+        names = f"{records[0].endpoint}..{records[-1].endpoint}" if total > 1 else records[0].endpoint
+        bootstrap_uris = sorted({r.bootstrap_uri for r in records})
+        typer.echo(f"starting {total} device(s) {names} from the factory, bootstrapping at "
+                   f"{', '.join(bootstrap_uris[:3])}{' ...' if len(bootstrap_uris) > 3 else ''}")
+    else:
+        typer.echo(f"starting {total} device(s) {prefix}0..{prefix}{total - 1} against {server}")
     reporter = loop.create_task(report())
     starter = loop.create_task(fleet.start())
     try:

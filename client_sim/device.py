@@ -1,12 +1,22 @@
-"""A simulated constrained LwM2M device on aiocoap: one UDP socket, one object tree, one lifecycle task.
+"""A simulated constrained LwM2M device on aiocoap: one object tree, one lifecycle task, one live connection.
+
+The device connects with the server account of its Security object (/0): NoSec (mode 3) to a ``coap://`` URI over
+a UDP socket of its own, or PSK (mode 0) to a ``coaps://`` URI over DTLS (identity /0/x/3, key /0/x/5). A device
+made from factory credentials holds only a bootstrap account at first: it bootstraps (client-initiated, see
+:mod:`client_sim.bootstrap`), then registers with the account the bootstrap server wrote. Execute /1/x/9
+(Bootstrap-Request Trigger) and ``bootstrap_on_failure`` Register failures in a row send it back to bootstrap.
 
 Invariants:
-- a device owns exactly one aiocoap context with one UDP socket; it serves the server's requests on it and
-  sends its own Register/Update/De-register from it (so the server sees one address);
-- per device there is one asyncio task (the registration lifecycle) and a few loop timers, no threads;
-- ``stop()`` ends observations, de-registers (when registered), cancels every timer and the task and closes
-  the socket; after it the device holds no loop resources;
-- a request's failure is answered with the CoAP code its core error carries; nothing else escapes ``render``.
+- a device holds at most one server connection: one aiocoap context (a UDP socket it also serves on, or a DTLS
+  client context whose one session carries Register/Update/De-register, the server's requests and firmware
+  pulls); while bootstrapping it holds only the bootstrap context, which is shut down when the bootstrap ends;
+- the DTLS session is kept alive by holding the ``remote`` of the last Register/Update answer;
+- per device there is one asyncio task (the lifecycle: bootstrap, register, update) and a few loop timers, no
+  threads;
+- ``stop()`` ends observations, de-registers (when registered), cancels every timer and the task and shuts every
+  context down; after it the device holds no loop resources and no socket;
+- a request's failure is answered with the CoAP code its core error carries; nothing else escapes ``render``;
+- keys live only in the Security object; no log line, ``repr`` or answer carries one (the server gets 4.01 on /0).
 """
 
 from __future__ import annotations
@@ -25,6 +35,9 @@ from aiocoap import Context, Message
 from aiocoap.numbers.codes import Code
 from aiocoap.resource import ObservableResource, PathCapable
 
+from client_sim.accounts import MODE_NOSEC, MODE_PSK, Account, bootstrap_account, server_account
+from client_sim.bootstrap import BootstrapAttempt, BootstrapInterface, BootstrapResult
+from client_sim.credentials import FactoryCredentials
 from client_sim.errors import BadValueError, FormatNotAcceptableError, OperationNotAllowedError, PathNotFoundError
 from client_sim.firmware import PACKAGE, DeviceFirmware, FirmwareOptions
 from client_sim.objects import NUMERIC_TYPES, Change, ChangeKind, ObjectTree
@@ -46,6 +59,7 @@ from lwm2m_server.core.nodes import (
 )
 from lwm2m_server.core.paths import ROOT, LwM2mPath
 from lwm2m_server.core.registration import SUPPORTED_VERSIONS
+from lwm2m_server.transport.dtls import MAX_IDENTITY_LENGTH, MAX_PSK_LENGTH, dtls_client_context
 from lwm2m_server.transport.udp import exclusive_context, release
 
 log = logging.getLogger(__name__)
@@ -61,8 +75,9 @@ ANNOUNCED_FORMATS: tuple[ContentFormat, ...] = (
 """What the device announces in ``</>;rt="oma.lwm2m";ct=...`` and accepts in Accept."""
 
 COMPOSITE_FORMATS = frozenset({ContentFormat.SENML_JSON, ContentFormat.SENML_CBOR, ContentFormat.LWM2M_CBOR})
-SERVER = LwM2mPath.of(1, 0)
-LIFETIME, BINDING, DEFAULT_PMIN, DEFAULT_PMAX = SERVER.child(1), SERVER.child(7), SERVER.child(2), SERVER.child(3)
+SERVER_OBJECT = 1
+LIFETIME, DEFAULT_PMIN, DEFAULT_PMAX, BINDING = 1, 2, 3, 7
+REGISTRATION_UPDATE_TRIGGER, BOOTSTRAP_REQUEST_TRIGGER = 8, 9
 CURRENT_TIME = LwM2mPath.of(3, 0, 13)
 PACKAGE_SEGMENTS = ("5", "0", "0")
 MAX_DIAGNOSTIC = 120
@@ -71,9 +86,10 @@ MAX_BACKOFF = 60.0
 
 class DeviceState(Enum):
     IDLE = "idle"  # created, not started
+    BOOTSTRAPPING = "bootstrapping"  # a client-initiated bootstrap is under way (or waiting out a busy server)
     REGISTERING = "registering"  # first Register (or a re-registration) under way
     REGISTERED = "registered"
-    FAILED = "failed"  # the last Register failed; retrying with back-off
+    FAILED = "failed"  # the last Register or bootstrap failed; retrying with back-off
     STOPPED = "stopped"
 
 
@@ -109,10 +125,30 @@ class DeviceCounters:
     reboots: int = 0
     notifications: int = 0
     failed_requests: int = 0
+    bootstraps: int = 0  # bootstraps that completed (Finish accepted, or a Bootstrap-Pack applied)
+    bootstrap_attempts: int = 0
+    bootstrap_failures: int = 0  # attempts that failed (a busy server's 5.03 is not a failure)
+    bootstrap_fallbacks: int = 0  # bootstraps started because Register kept failing
 
 
 def _overlaps(a: LwM2mPath, b: LwM2mPath) -> bool:
     return a.covers(b) or b.covers(a)
+
+
+def _check_server_credentials(uri: str, identity: bytes | None, psk: bytes | None) -> None:
+    scheme = uri.partition(":")[0].lower()
+    if scheme == "coaps":
+        if identity is None or psk is None:
+            raise ValueError("a coaps:// server needs psk_identity and psk")
+        if not 1 <= len(identity) <= MAX_IDENTITY_LENGTH:
+            raise ValueError(f"psk_identity must be 1..{MAX_IDENTITY_LENGTH} bytes")
+        if not 1 <= len(psk) <= MAX_PSK_LENGTH:
+            raise ValueError(f"psk must be 1..{MAX_PSK_LENGTH} bytes (tinydtls' limit)")
+    elif scheme == "coap":
+        if identity is not None or psk is not None:
+            raise ValueError("a PSK needs a coaps:// server URI")
+    else:
+        raise ValueError("the server URI must be coap:// or coaps://")
 
 
 def _instance_values(instance: Instance) -> dict[int, Value | Mapping[int, Value]]:
@@ -145,12 +181,17 @@ class _DeviceResource(ObservableResource, PathCapable):
 
 
 class SimulatedDevice:
-    """One simulated LwM2M client (objects 0, 1, 3, 4 and any extra objects) talking to one server."""
+    """One simulated LwM2M client (objects 0, 1, 3, 4 and any extra objects) talking to one server.
+
+    Give ``server_uri`` (``coap://`` for NoSec; ``coaps://`` with ``psk_identity`` and ``psk`` for DTLS-PSK), or
+    ``factory`` credentials (the device bootstraps first), or both (the server account is used first; the device
+    falls back to bootstrap when Register keeps failing).
+    """
 
     def __init__(
         self,
         endpoint: str,
-        server_uri: str,
+        server_uri: str | None = None,
         *,
         lifetime: int = 300,
         lwm2m_version: str = "1.1",
@@ -163,6 +204,12 @@ class SimulatedDevice:
         request_timeout: float = 10.0,
         on_state: StateListener | None = None,
         firmware: FirmwareOptions | None = None,
+        psk_identity: bytes | str | None = None,
+        psk: bytes | None = None,
+        short_server_id: int = 1,
+        factory: FactoryCredentials | None = None,
+        bootstrap_timeout: float = 30.0,
+        bootstrap_on_failure: int = 3,
     ) -> None:
         if lwm2m_version not in SUPPORTED_VERSIONS:
             raise ValueError(f"lwm2m_version must be one of {', '.join(SUPPORTED_VERSIONS)}")
@@ -170,22 +217,42 @@ class SimulatedDevice:
             raise ValueError("lifetime must be at least 1 s")
         if not 0 < update_ratio < 1:
             raise ValueError("update_ratio must lie between 0 and 1")
+        if server_uri is None and factory is None:
+            raise ValueError("a device needs a server URI or factory credentials to bootstrap with")
+        if factory is not None and factory.endpoint != endpoint:
+            raise ValueError(f"the factory credentials are for {factory.endpoint!r}, not {endpoint!r}")
+        if bootstrap_timeout <= 0 or bootstrap_on_failure < 1:
+            raise ValueError("bootstrap_timeout must be positive and bootstrap_on_failure at least 1")
+        identity = psk_identity.encode() if isinstance(psk_identity, str) else psk_identity
+        if server_uri is not None:
+            server_uri = server_uri.rstrip("/")
+            _check_server_credentials(server_uri, identity, psk)
         self.endpoint = endpoint
-        self.server_uri = server_uri.rstrip("/")
         self.lwm2m_version = lwm2m_version
         self.bind_host = bind_host
         self.update_ratio = update_ratio
         self.reboot_delay = reboot_delay
         self.drift_interval = drift_interval
         self.request_timeout = request_timeout
+        self.bootstrap_timeout = bootstrap_timeout
+        self.bootstrap_on_failure = bootstrap_on_failure
         self.model = model if model is not None else ObjectModel.default()
+        if (factory is not None or identity is not None) and 0 not in self.model:
+            raise ValueError("the model has no object 0: a device with credentials needs the Security object")
         self.counters = DeviceCounters()
+        self._default_lifetime = lifetime
+        self._fallback_uri = server_uri if 0 not in self.model else None
         self._on_state = on_state
         self._state = DeviceState.IDLE
         self._rng = random.Random(endpoint)
         self._clock_offset = 0
         self._context: Context | None = None
+        self._context_key: tuple[str, int, bytes, bytes] | None = None
         self._port = 0
+        self._remote: Any = None  # the DTLS session lives while its remote is referenced
+        self._account_in_use: Account | None = None
+        self._registered_uri = ""
+        self._attempt: BootstrapAttempt | None = None
         self._task: asyncio.Task[None] | None = None
         self._timers: set[asyncio.TimerHandle] = set()
         self._drift_timer: asyncio.TimerHandle | None = None
@@ -195,6 +262,10 @@ class SimulatedDevice:
         self._location: tuple[str, ...] | None = None
         self._want_register = False
         self._want_update = False
+        self._want_bootstrap = False
+        self._register_failures = 0
+        self._fresh_session = False  # set by a reboot: the next Register opens a new DTLS session
+        self._retry_after: float | None = None  # Max-Age of a 5.03 answer to Register
         self._links_dirty = False
         self._sent_lifetime = lifetime
         self._sent_binding = "U"
@@ -203,8 +274,15 @@ class SimulatedDevice:
         self._stopping = False
         self._observations: set[_Observation] = set()
         self.firmware = DeviceFirmware(self, firmware, clock=self._now) if firmware is not None else None
-        self.objects = self._build_objects(lifetime, extra_objects)
+        self.objects = self._build_objects(lifetime, extra_objects, server_uri, identity, psk, short_server_id,
+                                           factory)
         self.objects.subscribe(self._on_change)
+        self.bootstrap_interface = BootstrapInterface(self.objects, lwm2m_version=lwm2m_version)
+
+    @classmethod
+    def from_factory(cls, credentials: FactoryCredentials, **options: Any) -> SimulatedDevice:
+        """A device fresh from the factory: it bootstraps with ``credentials`` before it registers anywhere."""
+        return cls(credentials.endpoint, options.pop("server_uri", None), factory=credentials, **options)
 
     # ------------------------------------------------------------------ public face
 
@@ -218,38 +296,68 @@ class SimulatedDevice:
         return self._location
 
     @property
+    def server_uri(self) -> str:
+        """The URI of the server account the device registers with ('' while it has none)."""
+        account = self._account()
+        return account.uri.rstrip("/") if account is not None else ""
+
+    @property
+    def secure(self) -> bool:
+        """True while the device's server connection is DTLS."""
+        return self._context_key is not None and self._context_key[0].lower().startswith("coaps:")
+
+    @property
+    def psk_identity(self) -> bytes | None:
+        """The PSK identity of the server account in use (None for NoSec or without an account)."""
+        account = self._account()
+        return account.identity if account is not None and account.mode == MODE_PSK else None
+
+    @property
     def address(self) -> tuple[str, int]:
-        """The (host, port) the device's socket is bound to; port 0 before start()."""
+        """The (host, port) of the device's socket: the UDP socket it serves on, or the local end of its DTLS
+        session; port 0 while it has none."""
+        if self.secure:
+            try:
+                hostinfo = str(self._remote.hostinfo_local) if self._remote is not None else ""
+            except Exception:  # the session's socket is gone
+                hostinfo = ""
+            if hostinfo:
+                host, _, port = str(hostinfo).rpartition(":")
+                return host.strip("[]") or self.bind_host, int(port) if port.isdigit() else 0
+            return self.bind_host, 0
         return self.bind_host, self._port
 
     @property
     def uri(self) -> str:
-        host = f"[{self.bind_host}]" if ":" in self.bind_host else self.bind_host
-        return f"coap://{host}:{self._port}"
+        host, port = self.address
+        host = f"[{host}]" if ":" in host else host
+        return f"{'coaps' if self.secure else 'coap'}://{host}:{port}"
 
     @property
     def lifetime(self) -> int:
-        value = self.objects.get_value(LIFETIME)
-        assert isinstance(value, int)
-        return value
+        value = self._server_value(LIFETIME)
+        return value if isinstance(value, int) and not isinstance(value, bool) else self._default_lifetime
 
     @property
     def observation_count(self) -> int:
         return len(self._observations)
 
     async def start(self, *, wait: bool = True, timeout: float | None = None) -> bool:
-        """Bind the socket and start the registration lifecycle. With ``wait``, return whether the first
-        Register succeeded (False on failure or after ``timeout``); the device keeps retrying either way."""
-        if self._context is not None or self._stopping:
+        """Open the server connection (when the device has a server account) and start the lifecycle. With
+        ``wait``, return whether the first Register succeeded (False on failure, including a failed bootstrap, or
+        after ``timeout``); the device keeps retrying either way."""
+        if self._task is not None or self._stopping:
             raise RuntimeError(f"device {self.endpoint} was already started")
         loop = asyncio.get_running_loop()
         self._first_outcome = loop.create_future()
-        try:
-            self._context, self._port = await exclusive_context(_DeviceResource(self), self.bind_host)
-        except OSError:
-            self._first_outcome.set_result(False)
-            self._set_state(DeviceState.FAILED)
-            raise
+        account = self._account()
+        if account is not None and not self._want_bootstrap:
+            try:
+                await self._connect(account)
+            except OSError:
+                self._first_outcome.set_result(False)
+                self._set_state(DeviceState.FAILED)
+                raise
         self._task = loop.create_task(self._lifecycle(), name=f"lwm2m-sim-{self.endpoint}")
         if self.drift_interval > 0:
             self._drift_timer = loop.call_later(self.drift_interval, self._drift)
@@ -261,7 +369,7 @@ class SimulatedDevice:
             return False
 
     async def stop(self, *, deregister: bool = True, timeout: float = 5.0) -> None:
-        """End observations, de-register (if registered and asked), stop every timer and close the socket."""
+        """End observations, de-register (if registered and asked), stop every timer and shut the contexts down."""
         if self._stopping:
             return
         self._stopping = True
@@ -277,14 +385,15 @@ class SimulatedDevice:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._attempt is not None:
+            await self._attempt.close()
+            self._attempt = None
         self._end_observations()
         await asyncio.sleep(0)  # let the observation tasks send their last notification
         if deregister and self._location is not None and self._context is not None:
             with contextlib.suppress(Exception):
                 await self._deregister(timeout)
-        if self._context is not None:
-            await self._context.shutdown()
-            release(self.bind_host, self._port)
+        await self._disconnect()
         if self._first_outcome is not None and not self._first_outcome.done():
             self._first_outcome.set_result(False)
         self._location = None
@@ -295,9 +404,16 @@ class SimulatedDevice:
         self._want_update = True
         self._wake.set()
 
+    def request_bootstrap(self) -> None:
+        """Bootstrap again as soon as possible (as the Bootstrap-Request Trigger does): de-register, bootstrap with
+        the factory credentials, register with what the bootstrap server wrote."""
+        self._want_bootstrap = True
+        self._wake.set()
+
     def reboot(self) -> None:
-        """Simulate a reboot now: observations are lost and the device registers again."""
+        """Simulate a reboot now: observations (and a DTLS session) are lost and the device registers again."""
         self.counters.reboots += 1
+        self._fresh_session = True
         self._end_observations()
         if self.firmware is not None:
             self.firmware.on_boot()
@@ -315,14 +431,29 @@ class SimulatedDevice:
 
     # ------------------------------------------------------------------ objects
 
-    def _build_objects(self, lifetime: int, extra_objects: Iterable[Obj]) -> ObjectTree:
+    def _build_objects(self, lifetime: int, extra_objects: Iterable[Obj], server_uri: str | None,
+                       identity: bytes | None, psk: bytes | None, ssid: int,
+                       factory: FactoryCredentials | None) -> ObjectTree:
         for needed in (1, 3):
             if needed not in self.model:
                 raise ValueError(f"the model has no object {needed}; a device needs objects 1 and 3")
         tree = ObjectTree(self.model)
+        tree.add_object(SERVER_OBJECT)
+        tree.on_execute_any(SERVER_OBJECT, REGISTRATION_UPDATE_TRIGGER, lambda _args: self.request_update())
+        if factory is not None:
+            tree.on_execute_any(SERVER_OBJECT, BOOTSTRAP_REQUEST_TRIGGER,
+                                lambda _args: self._later(0, self.request_bootstrap))
         if 0 in self.model:
-            tree.add_instance(0, 0, {0: self.server_uri, 1: False, 2: 3, 3: b"", 4: b"", 5: b"", 10: 1})
-        tree.add_instance(1, 0, {0: 1, 1: lifetime, 2: 0, 3: 0, 6: True, 7: "U", 8: None})
+            tree.add_object(0)
+            if factory is not None:
+                tree.add_instance(0, 0, {0: factory.bootstrap_uri, 1: True, 2: MODE_PSK, 3: factory.identity,
+                                         4: b"", 5: factory.psk_key})
+            if server_uri is not None:
+                mode = MODE_PSK if identity is not None else MODE_NOSEC
+                tree.add_instance(0, 1 if factory is not None else 0, {
+                    0: server_uri, 1: False, 2: mode, 3: identity or b"", 4: b"", 5: psk or b"", 10: ssid})
+        if server_uri is not None:
+            tree.add_instance(1, 0, {0: ssid, 1: lifetime, 2: 0, 3: 0, 6: True, 7: "U", 8: None})
         serial = f"SN-{self.endpoint}"
         tree.add_instance(3, 0, {
             0: "SCRATCh", 1: "SCRATCh-SIM-1", 2: serial, 3: "1.0.0", 4: None, 5: None,
@@ -341,12 +472,33 @@ class SimulatedDevice:
             tree.add_object(obj.id)
             for inst in obj.instances.values():
                 tree.add_instance(obj.id, inst.id, _instance_values(inst))
-        tree.on_execute(SERVER.child(8), lambda _args: self.request_update())
         tree.on_execute(LwM2mPath.of(3, 0, 4), lambda _args: self._later(self.reboot_delay, self.reboot))
         tree.on_execute(LwM2mPath.of(3, 0, 5), lambda _args: self._later(self.reboot_delay, self._factory_reset))
         tree.on_execute(LwM2mPath.of(3, 0, 12), lambda _args: tree.set_value(LwM2mPath.of(3, 0, 11), {0: 0}))
         tree.mark_initial()
         return tree
+
+    def _account(self) -> Account | None:
+        """The server account to register with: the first usable one of /0 (or, for a model without the Security
+        object, the server URI given)."""
+        if self._fallback_uri is not None:
+            iids = self.objects.instance_ids(SERVER_OBJECT)
+            return Account(-1, self._fallback_uri, MODE_NOSEC, b"", b"", None, False, iids[0] if iids else None)
+        return server_account(self.objects)
+
+    def _bootstrap_account(self) -> Account | None:
+        return None if self._fallback_uri is not None else bootstrap_account(self.objects)
+
+    def _server_value(self, rid: int) -> object:
+        """A resource of the /1 instance of the account in use (or about to be used); None without one."""
+        account = self._account_in_use if self._account_in_use is not None else self._account()
+        iid = account.server_iid if account is not None else None
+        if iid is None:
+            return None
+        try:
+            return self.objects.get_value(LwM2mPath.of(SERVER_OBJECT, iid, rid))
+        except Lwm2mError:
+            return None
 
     def _now(self) -> int:
         return int(time.time()) + self._clock_offset
@@ -405,8 +557,8 @@ class SimulatedDevice:
         return self.lifetime != self._sent_lifetime or self._binding() != self._sent_binding
 
     def _binding(self) -> str:
-        value = self.objects.get_value(BINDING)
-        return value if isinstance(value, str) else "U"
+        value = self._server_value(BINDING)
+        return value if isinstance(value, str) and value else "U"
 
     # ------------------------------------------------------------------ registration lifecycle
 
@@ -432,7 +584,17 @@ class SimulatedDevice:
     async def _lifecycle(self) -> None:
         loop = asyncio.get_running_loop()
         backoff = 1.0
+        bootstrap_backoff = 1.0
         while not self._stopping:  # not only cancellation: Python 3.11's wait_for can swallow a cancel
+            if self._want_bootstrap or ((self._location is None or self._want_register) and self._account() is None):
+                wait = await self._bootstrap_step(bootstrap_backoff)
+                if wait is None:
+                    bootstrap_backoff = 1.0
+                elif wait > 0:
+                    if self._state is DeviceState.FAILED:
+                        bootstrap_backoff = min(bootstrap_backoff * 2, MAX_BACKOFF)
+                    await self._sleep_or_wake(wait)
+                continue
             if self._location is None or self._want_register:
                 self._want_register = False
                 self._want_update = False
@@ -442,15 +604,26 @@ class SimulatedDevice:
                     self._first_outcome.set_result(ok)
                 if ok:
                     backoff = 1.0
+                    self._register_failures = 0
                     self._set_state(DeviceState.REGISTERED)
                 else:
                     self._set_state(DeviceState.FAILED)
-                    await self._sleep_or_wake(backoff * (0.5 + self._rng.random()))
+                    if (self._register_failures >= self.bootstrap_on_failure
+                            and self._bootstrap_account() is not None):
+                        log.info("%s: Register failed %d times in a row; bootstrapping", self.endpoint,
+                                 self._register_failures)
+                        self._register_failures = 0
+                        self.counters.bootstrap_fallbacks += 1
+                        self._want_bootstrap = True
+                    delay = backoff * (0.5 + self._rng.random())
+                    if self._retry_after is not None:  # a busy server (5.03) said how long to wait
+                        delay, self._retry_after = max(delay, self._retry_after), None
+                    await self._sleep_or_wake(delay)
                     backoff = min(backoff * 2, MAX_BACKOFF)
                 continue
             if not self._want_update:
                 await self._sleep_or_wake(self._update_due - loop.time())
-                if self._want_register:
+                if self._want_register or self._want_bootstrap:
                     continue
                 if not self._want_update and loop.time() < self._update_due:
                     continue
@@ -466,35 +639,154 @@ class SimulatedDevice:
                 backoff = min(backoff * 2, MAX_BACKOFF)
             self._signal()
 
+    # ------------------------------------------------------------------ bootstrap
+
+    async def _bootstrap_step(self, backoff: float) -> float | None:
+        """One bootstrap attempt; None when it succeeded, else how long to wait before the next one."""
+        account = self._bootstrap_account()
+        if account is None or not account.usable:
+            # nothing to bootstrap with (a factory reset may bring the factory account back): wait to be woken
+            self._want_bootstrap = False
+            self._outcome(False)
+            self._set_state(DeviceState.FAILED)
+            return MAX_BACKOFF
+        self._want_bootstrap = True  # until a bootstrap completes
+        await self._leave_server()
+        self._set_state(DeviceState.BOOTSTRAPPING)
+        self.counters.bootstrap_attempts += 1
+        self._attempt = BootstrapAttempt(self.bootstrap_interface, account, self.endpoint,
+                                         timeout=self.bootstrap_timeout, request_timeout=self.request_timeout,
+                                         bind_host=self.bind_host)
+        try:
+            result: BootstrapResult = await self._attempt.run()
+        finally:
+            self._attempt = None
+        self._wake.clear()  # the bootstrap's writes asked for Updates; a Register comes next anyway
+        if result.success:
+            self._want_bootstrap = False
+            self._register_failures = 0
+            self._want_register = True
+            self.counters.bootstraps += 1
+            log.info("%s: bootstrapped%s", self.endpoint, " (Bootstrap-Pack)" if result.pack else "")
+            return None
+        if result.retry_after is not None:
+            log.info("%s: bootstrap server busy; retrying in %g s", self.endpoint, result.retry_after)
+            return result.retry_after * (1 + 0.1 * self._rng.random())
+        self.counters.bootstrap_failures += 1
+        log.info("%s: bootstrap failed: %s", self.endpoint, result.reason)
+        self._outcome(False)
+        self._set_state(DeviceState.FAILED)
+        return backoff * (0.5 + self._rng.random())
+
+    def _outcome(self, ok: bool) -> None:
+        if self._first_outcome is not None and not self._first_outcome.done():
+            self._first_outcome.set_result(ok)
+
+    async def _leave_server(self) -> None:
+        """Before a bootstrap: de-register (best effort), forget observations and close the server connection."""
+        if self._location is not None and self._context is not None:
+            with contextlib.suppress(Exception):
+                await self._deregister(min(self.request_timeout, 5.0))
+        self._location = None
+        self._end_observations()
+        await self._disconnect()
+
+    # ------------------------------------------------------------------ the server connection
+
+    async def _connect(self, account: Account) -> None:
+        """Make the server connection fit ``account`` (reusing the current one when it does). Raises OSError when
+        no UDP port is left."""
+        if self._context is not None and self._context_key == account.connection:
+            return
+        await self._disconnect()
+        if account.secure:
+            self._context = await dtls_client_context(_DeviceResource(self), account.uri.rstrip("/"),
+                                                      account.identity, account.key, loggername="coap-sim")
+        else:
+            self._context, self._port = await exclusive_context(_DeviceResource(self), self.bind_host)
+        self._context_key = account.connection
+        if self.firmware is not None:
+            self.firmware.use_scheme("coaps" if account.secure else "coap")
+
+    async def _disconnect(self) -> None:
+        context, self._context, self._context_key, self._remote = self._context, None, None, None
+        self._account_in_use = None
+        if context is not None:
+            with contextlib.suppress(Exception):
+                await context.shutdown()
+        if self._port:
+            release(self.bind_host, self._port)
+            self._port = 0
+
+    async def _renew_session(self) -> None:
+        """Drop the DTLS session (its context) and open a fresh context for the same account."""
+        account = self._account_in_use
+        self._end_observations()
+        await self._disconnect()
+        if account is not None:
+            with contextlib.suppress(OSError):
+                await self._connect(account)
+            self._account_in_use = account
+
     def _register_payload(self) -> bytes:
         ct = " ".join(str(int(f)) for f in ANNOUNCED_FORMATS)
         root = Link("/", (("rt", "oma.lwm2m"), ("ct", ct)))
         return link_format.encode((root, *self.objects.registration_links()))
 
-    async def _send(self, request: Message) -> Message | None:
-        """Send one request from the device's socket; None on timeout or transport failure."""
-        assert self._context is not None
+    async def _send(self, request: Message, timeout: float | None = None) -> Message | None:
+        """Send one request over the server connection; None on timeout or transport failure (a refused DTLS
+        handshake too)."""
+        if self._context is None:
+            return None
         try:
-            return await asyncio.wait_for(self._context.request(request).response, self.request_timeout)
+            response = await asyncio.wait_for(self._context.request(request).response,
+                                              timeout if timeout is not None else self.request_timeout)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # timeouts and aiocoap network errors alike
             self.counters.failed_requests += 1
-            log.debug("%s: %s to %s failed: %r", self.endpoint, request.code, self.server_uri, e)
+            log.debug("%s: %s to %s failed: %s", self.endpoint, request.code, self._registered_uri or "server",
+                      type(e).__name__)
             return None
+        if self.secure:
+            self._remote = response.remote  # keeps the DTLS session alive
+        return response
 
     async def _register(self) -> bool:
+        account = self._account()
+        if account is None:
+            return False
+        if self._fresh_session:
+            self._fresh_session = False
+            if self.secure:
+                await self._disconnect()
+        try:
+            await self._connect(account)
+        except OSError as e:
+            log.warning("%s: cannot open a socket: %s", self.endpoint, e)
+            return False
+        self._account_in_use = account
+        self._location = None  # a Register replaces whatever registration there was (a reboot forgets it)
+        uri = account.uri.rstrip("/")
         lifetime, binding = self.lifetime, self._binding()
-        request = Message(code=Code.POST, uri=f"{self.server_uri}/rd", payload=self._register_payload(),
+        request = Message(code=Code.POST, uri=f"{uri}/rd", payload=self._register_payload(),
                           content_format=int(ContentFormat.LINK))
         request.opt.uri_query = (f"ep={self.endpoint}", f"lt={lifetime}", f"lwm2m={self.lwm2m_version}",
                                  f"b={binding}")
         started = asyncio.get_running_loop().time()
+        self._registered_uri = uri
         response = await self._send(request)
         if response is None or response.code != Code.CREATED or not response.opt.location_path:
+            if response is None or response.code.is_client_error():
+                self._register_failures += 1
+            elif response.code == Code.SERVICE_UNAVAILABLE:
+                max_age = response.opt.max_age
+                self._retry_after = float(max_age if max_age is not None else 60)
             if response is not None:
                 self.counters.failed_requests += 1
                 log.info("%s: Register answered %s", self.endpoint, response.code)
+            if response is None and account.secure:
+                await self._disconnect()  # a refused handshake: start the next attempt with a fresh session
             return False
         self._location = tuple(response.opt.location_path)
         self._sent_lifetime, self._sent_binding, self._links_dirty = lifetime, binding, False
@@ -514,7 +806,7 @@ class SimulatedDevice:
             query.append(f"lt={lifetime}")
         if binding != self._sent_binding:
             query.append(f"b={binding}")
-        request = Message(code=Code.POST, uri=f"{self.server_uri}/{'/'.join(self._location)}")
+        request = Message(code=Code.POST, uri=f"{self._registered_uri}/{'/'.join(self._location)}")
         request.opt.uri_query = tuple(query)
         if links_dirty:
             request.payload = link_format.encode(self.objects.registration_links())
@@ -524,6 +816,8 @@ class SimulatedDevice:
         response = await self._send(request)
         if response is None or not response.code.is_successful():
             self._links_dirty = self._links_dirty or links_dirty
+            if response is None and self.secure:
+                await self._renew_session()  # the session may be gone (evicted, close_notify): handshake again
             return None if response is None else response.code
         self._sent_lifetime, self._sent_binding = lifetime, binding
         self._registered_at(started, lifetime)
@@ -532,7 +826,7 @@ class SimulatedDevice:
 
     async def _deregister(self, timeout: float) -> None:
         assert self._location is not None and self._context is not None
-        request = Message(code=Code.DELETE, uri=f"{self.server_uri}/{'/'.join(self._location)}")
+        request = Message(code=Code.DELETE, uri=f"{self._registered_uri}/{'/'.join(self._location)}")
         self._location = None
         response = await asyncio.wait_for(self._context.request(request).response, timeout)
         if response.code.is_successful():
@@ -727,12 +1021,11 @@ class SimulatedDevice:
 
     def _attributes_of(self, obs: _Observation) -> dict[str, str]:
         attrs = self.objects.effective_attributes(obs.paths[0]) if len(obs.paths) == 1 else {}
-        for name, path in (("pmin", DEFAULT_PMIN), ("pmax", DEFAULT_PMAX)):
+        for name, rid in (("pmin", DEFAULT_PMIN), ("pmax", DEFAULT_PMAX)):
             if name not in attrs:
-                with contextlib.suppress(Lwm2mError):
-                    default = self.objects.get_value(path)
-                    if isinstance(default, int) and default > 0:
-                        attrs[name] = str(default)
+                default = self._server_value(rid)
+                if isinstance(default, int) and not isinstance(default, bool) and default > 0:
+                    attrs[name] = str(default)
         return attrs
 
     def _numeric_value(self, paths: tuple[LwM2mPath, ...]) -> float | None:

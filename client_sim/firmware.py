@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from aiocoap import Message
 from aiocoap import error as coap_error
+from aiocoap.credentials import CredentialsMissingError
 from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import BlockOption
 
@@ -66,6 +68,8 @@ log = logging.getLogger(__name__)
 FIRMWARE = LwM2mPath.of(5, 0)
 PACKAGE = FIRMWARE.child(0)
 PACKAGE_URI = FIRMWARE.child(1)
+PROTOCOLS = FIRMWARE.child(8)
+PROTOCOL_NUMBERS = {"coap": 0, "coaps": 1, "http": 2, "https": 3, "coap+tcp": 4, "coaps+tcp": 5}
 UPDATE = FIRMWARE.child(2)
 STATE = FIRMWARE.child(3)
 RESULT = FIRMWARE.child(5)
@@ -105,7 +109,9 @@ class FirmwareOptions:
     """What a simulated device knows and how it misbehaves.
 
     ``trust_anchors``: every one must have signed a package (none: signatures are not required, test use only).
-    ``flash_size``: the largest package the device stores. ``max_block_size``: the largest Block1 it takes.
+    ``supported_schemes``: the Package URI schemes the device pulls from; None (the default): the one its server
+    connection speaks (``coap`` over UDP, ``coaps`` over DTLS, where the pull shares the session), also announced
+    in /5/0/8. ``flash_size``: the largest package the device stores. ``max_block_size``: the largest Block1 it takes.
     Faults (each fires once): ``fail_boot`` (every installed image fails its health check), ``lose_connection_at``
     (the transfer breaks when this many bytes have arrived).
     """
@@ -121,7 +127,7 @@ class FirmwareOptions:
     download_timeout: float = 10.0
     fail_boot: bool = False
     lose_connection_at: int | None = None
-    supported_schemes: tuple[str, ...] = ("coap",)
+    supported_schemes: tuple[str, ...] | None = None  # None: the scheme of the device's server connection
 
 
 @dataclass
@@ -150,11 +156,12 @@ class DeviceFirmware:
         self.device = device
         self.options = options
         self.clock = clock
-        self.machine = FirmwareUpdate(supported_schemes=options.supported_schemes)
+        self.machine = FirmwareUpdate(supported_schemes=options.supported_schemes or ("coap",))
         self.slots = [Slot(options.version, options.sequence_number), Slot("", -1)]
         self.active = 0
         self.installing = False
         self.last_package: bytes = b""
+        self._tree: ObjectTree | None = None
         self._push: _Receiving | None = None
         self._download: asyncio.Task[None] | None = None
         self._deferral: asyncio.TimerHandle | None = None
@@ -177,7 +184,7 @@ class DeviceFirmware:
         return self.slots[self.active].sequence_number
 
     def install_object(self, tree: ObjectTree) -> None:
-        tree.add_instance(5, 0, {0: b"", 1: "", 3: 0, 5: 0, 6: "", 7: "", 8: {0: 0}, 9: 2, 11: 1, 13: 0})
+        tree.add_instance(5, 0, {0: b"", 1: "", 3: 0, 5: 0, 6: "", 7: "", 8: self._protocols(), 9: 2, 11: 1, 13: 0})
         tree.bind(PACKAGE_URI, lambda: self.machine.package_uri, self._write_uri)
         tree.bind(STATE, lambda: int(self.machine.state))
         tree.bind(RESULT, lambda: int(self.machine.result))
@@ -191,7 +198,25 @@ class DeviceFirmware:
         tree.on_execute(CANCEL, lambda _args: self._handle(CancelExecuted()))
         self._tree = tree
 
+    def _protocols(self) -> dict[int, int]:
+        numbers = sorted({PROTOCOL_NUMBERS[s] for s in self.machine.snapshot().supported_schemes
+                          if s in PROTOCOL_NUMBERS})
+        return dict(enumerate(numbers))
+
+    def use_scheme(self, scheme: str) -> None:
+        """The device's server connection now speaks ``scheme``: pull over it (unless the options fix the schemes)
+        and say so in /5/0/8."""
+        if self.options.supported_schemes is not None:
+            return
+        snapshot = self.machine.snapshot()
+        if snapshot.supported_schemes == (scheme,):
+            return
+        self.machine = FirmwareUpdate.restore(dataclasses.replace(snapshot, supported_schemes=(scheme,)))
+        if self._tree is not None:
+            self._tree.set_value(PROTOCOLS, self._protocols())
+
     def _changed(self, *paths: LwM2mPath) -> None:
+        assert self._tree is not None
         for path in paths or (STATE, RESULT):
             self._tree.touch(path)
 
@@ -357,7 +382,8 @@ class DeviceFirmware:
     async def _get(self, uri: str) -> bytes:
         """Block-wise GET (Block2) of ``uri`` from the device's own socket, resuming a lost block in place."""
         context = self.device._context
-        assert context is not None
+        if context is None:
+            raise TransferLostError("the device has no server connection")
         szx = self.options.pull_block_size.bit_length() - 5
         received = bytearray()
         etag: bytes | None = None
@@ -368,6 +394,8 @@ class DeviceFirmware:
             try:
                 response = await asyncio.wait_for(context.request(request, handle_blockwise=False).response,
                                                   self.options.download_timeout)
+            except CredentialsMissingError:
+                raise PackageNotFoundError(f"no credentials to reach {uri}") from None
             except (TimeoutError, coap_error.Error):
                 retries += 1
                 if retries > MAX_BLOCK_RETRIES:

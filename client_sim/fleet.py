@@ -1,8 +1,12 @@
 """A fleet of simulated devices in one process, started and stopped with bounded concurrency.
 
-Invariants: endpoints are ``prefix + str(i)`` for i in 0..count-1; at most ``concurrency`` devices are starting
-(or stopping) at a time; the status counts always add up to ``count``; ``stop()`` stops every device that was
-started, even when ``start()`` was cancelled half-way.
+Devices either register to one server (``Fleet(server_uri, count)``: endpoints ``prefix + str(i)``) or leave the
+factory with their own bootstrap credentials (``Fleet.from_credentials(records)``: one device per record, named
+as the record says, bootstrapping first).
+
+Invariants: at most ``concurrency`` devices are starting (or stopping) at a time; the status counts always add
+up to the number of devices; ``stop()`` stops every device that was started, even when ``start()`` was cancelled
+half-way. A device costs no thread and, once registered, one socket (its server connection).
 """
 
 from __future__ import annotations
@@ -10,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from client_sim.credentials import FactoryCredentials
 from client_sim.device import DeviceState, SimulatedDevice
 from lwm2m_server.core.model.definitions import ObjectModel
 
@@ -22,16 +27,19 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class FleetStatus:
-    """How many devices are in each state; ``pending`` = not started yet or (re-)registering."""
+    """How many devices are in each state; ``pending`` = not started yet, bootstrapping or (re-)registering
+    (``bootstrapping`` says how many of them are bootstrapping)."""
 
     total: int
     pending: int
     registered: int
     failed: int
     stopped: int
+    bootstrapping: int = 0
 
     def __str__(self) -> str:
-        return (f"{self.registered}/{self.total} registered, {self.pending} pending, {self.failed} failed, "
+        boot = f" ({self.bootstrapping} bootstrapping)" if self.bootstrapping else ""
+        return (f"{self.registered}/{self.total} registered, {self.pending} pending{boot}, {self.failed} failed, "
                 f"{self.stopped} stopped")
 
 
@@ -40,13 +48,14 @@ DeviceListener = Callable[[SimulatedDevice, DeviceState, DeviceState], None]
 
 
 class Fleet:
-    """``count`` simulated devices registering to one server."""
+    """``count`` simulated devices registering to one server, or one device per factory record."""
 
     def __init__(
         self,
-        server_uri: str,
-        count: int,
+        server_uri: str | None,
+        count: int | None = None,
         *,
+        credentials: Sequence[FactoryCredentials] = (),
         prefix: str = "sim-",
         lifetime: int = 300,
         lwm2m_version: str = "1.1",
@@ -58,7 +67,15 @@ class Fleet:
         options_for: Callable[[int], Mapping[str, Any]] | None = None,
         **device_options: Any,
     ) -> None:
-        """``device_options`` go to every device; ``options_for(i)`` overrides them for device ``i``."""
+        """``device_options`` go to every device; ``options_for(i)`` overrides them for device ``i``. With
+        ``credentials``, device ``i`` is ``credentials[i]`` fresh from the factory (the first ``count`` records
+        when ``count`` is given); ``server_uri`` may then be None (the devices learn it from the bootstrap)."""
+        records = list(credentials)
+        if records:
+            count = len(records) if count is None else min(count, len(records))
+            records = records[:count]
+        elif server_uri is None or count is None:
+            raise ValueError("a fleet needs a server URI and a count, or factory credentials")
         if count < 0:
             raise ValueError("count must be >= 0")
         if concurrency < 1:
@@ -70,8 +87,9 @@ class Fleet:
         shared_model = model if model is not None else ObjectModel.default()
         self.devices: list[SimulatedDevice] = [
             SimulatedDevice(
-                f"{prefix}{i}", server_uri, lifetime=lifetime, lwm2m_version=lwm2m_version, bind_host=bind_host,
-                model=shared_model, on_state=self._device_state,
+                records[i].endpoint if records else f"{prefix}{i}", server_uri, lifetime=lifetime,
+                lwm2m_version=lwm2m_version, bind_host=bind_host, model=shared_model, on_state=self._device_state,
+                factory=records[i] if records else None,
                 **{**device_options, **(options_for(i) if options_for is not None else {})},
             )
             for i in range(count)
@@ -79,15 +97,24 @@ class Fleet:
         self._started: list[SimulatedDevice] = []
         self._stopping = False
 
+    @classmethod
+    def from_credentials(cls, credentials: Sequence[FactoryCredentials], count: int | None = None,
+                         **options: Any) -> Fleet:
+        """One device per factory record (the first ``count``), each bootstrapping before it registers."""
+        if not credentials:
+            raise ValueError("no factory credentials")
+        return cls(options.pop("server_uri", None), count, credentials=credentials, **options)
+
     @property
     def status(self) -> FleetStatus:
         c = self._counts
         return FleetStatus(
             total=len(self.devices),
-            pending=c[DeviceState.IDLE] + c[DeviceState.REGISTERING],
+            pending=c[DeviceState.IDLE] + c[DeviceState.REGISTERING] + c[DeviceState.BOOTSTRAPPING],
             registered=c[DeviceState.REGISTERED],
             failed=c[DeviceState.FAILED],
             stopped=c[DeviceState.STOPPED],
+            bootstrapping=c[DeviceState.BOOTSTRAPPING],
         )
 
     def _device_state(self, device: SimulatedDevice, old: DeviceState, new: DeviceState) -> None:

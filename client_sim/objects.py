@@ -6,7 +6,9 @@ Invariants:
   ``{resource instance id: value}``, single ones as the value (``None`` for executable resources);
 - a server operation either applies completely or raises a :class:`~client_sim.errors.DeviceOperationError`
   (or another core error) carrying its CoAP code and changes nothing;
-- the Security object (and the OSCORE object) are never readable, writable or discoverable by a server (4.01);
+- the Security object (and the OSCORE object) are never readable, writable or discoverable by a management server
+  (4.01); only the device side (``raw_instance``, ``add_instance``, ``remove_instance``) and a bootstrap server
+  (``bootstrap_write``, which :mod:`client_sim.bootstrap` serves only over the bootstrap session) reach them;
 - listeners learn of every change after it is applied, never of a failed operation.
 
 This module reads no clock and opens nothing; values that follow the clock are bound to getters by the device.
@@ -135,13 +137,15 @@ def _check_range(rdef: ResourceDefinition, value: Value) -> None:
 class ObjectTree:
     """The objects, instances and resource values of one device, and the operations on them."""
 
-    __slots__ = ("_attrs", "_data", "_getters", "_handlers", "_initial", "_listeners", "_setters", "model")
+    __slots__ = ("_any_handlers", "_attrs", "_data", "_getters", "_handlers", "_initial", "_listeners", "_setters",
+                 "model")
 
     def __init__(self, model: ObjectModel) -> None:
         self.model = model
         self._data: dict[int, dict[int, dict[int, Stored]]] = {}
         self._attrs: dict[LwM2mPath, dict[str, str]] = {}
         self._handlers: dict[LwM2mPath, ExecuteHandler] = {}
+        self._any_handlers: dict[tuple[int, int], ExecuteHandler] = {}
         self._getters: dict[LwM2mPath, Callable[[], Value]] = {}
         self._setters: dict[LwM2mPath, Callable[[Value], None]] = {}
         self._listeners: list[ChangeListener] = []
@@ -168,10 +172,103 @@ class ObjectTree:
                 raise ModelError(f"object {object_id} has no resource {rid}")
             stored[rid] = self._stored(rdef, v)
         for rid, rdef in odef.resources.items():
-            if rdef.executable and rdef.mandatory:
+            if rdef.executable and (rdef.mandatory or (object_id, rid) in self._any_handlers):
                 stored.setdefault(rid, None)
         self._data[object_id][instance_id] = stored
         return LwM2mPath.of(object_id, instance_id)
+
+    def raw_instance(self, object_id: int, instance_id: int) -> dict[int, Stored]:
+        """A copy of one instance's stored values as the device sees them (no access control: /0 too)."""
+        inst = self._instance(object_id, instance_id)
+        bound = {p.ids[2]: g for p, g in self._getters.items() if p.ids[:2] == (object_id, instance_id)}
+        return {rid: copy.copy(bound[rid]() if rid in bound else v) for rid, v in inst.items()}
+
+    def remove_instance(self, object_id: int, instance_id: int) -> bool:
+        """Remove an instance as the device itself (or a bootstrap server) does; False when there was none."""
+        if instance_id not in self._data.get(object_id, {}):
+            return False
+        path = LwM2mPath.of(object_id, instance_id)
+        del self._data[object_id][instance_id]
+        for table in (self._attrs, self._handlers, self._getters, self._setters):
+            for p in [p for p in table if path.covers(p)]:
+                del table[p]
+        self._emit([Change(path, ChangeKind.STRUCTURE)])
+        return True
+
+    def bootstrap_write(self, path: LwM2mPath, node: Node) -> None:
+        """Bootstrap-Write (LwM2M 1.1 Core 5.2.7.4): no access control, instances are created when missing, any
+        resource of the model may be written (read-only ones such as /1/x/0 too) and the values given replace the
+        ones there (others stay). All or nothing; 4.00 for a payload that does not fit the path or the model."""
+        if path.is_root:
+            raise OperationNotAllowedError("Bootstrap-Write targets an object, an instance or a resource")
+        oid = path.ids[0]
+        odef = self._definition(oid)
+        staged: dict[int, dict[int, Stored]] = {}
+        created: list[int] = []
+
+        def instance(iid: int) -> dict[int, Stored]:
+            if iid not in staged:
+                current = self._data.get(oid, {}).get(iid)
+                if current is None:
+                    others = [i for i in self._data.get(oid, {}) if i != iid]
+                    if not odef.multiple and (others or created):
+                        raise BadValueError(f"object {oid} is single-instance and already has an instance")
+                    created.append(iid)
+                staged[iid] = dict(current) if current is not None else {}
+            return staged[iid]
+
+        def value(iid: int, rid: int, res: Node) -> Stored:
+            rdef = odef.resource(rid)
+            if rdef is None:
+                raise PathNotFoundError(f"object {oid} has no resource {rid}")
+            if rdef.executable:
+                raise BadValueError(f"resource {rid} of object {oid} is executable and takes no value")
+            if LwM2mPath.of(oid, iid, rid) in self._getters:
+                raise OperationNotAllowedError(f"resource {rid} of object {oid} cannot be bootstrap-written")
+            return self._stored_from_node(rdef, res)
+
+        if path.depth == 1:
+            if not isinstance(node, Obj) or node.id != oid:
+                raise BadValueError(f"object {oid} was expected for {path}")
+            for inst in node.instances.values():
+                target = instance(inst.id)
+                target.update({rid: value(inst.id, rid, res) for rid, res in inst.resources.items()})
+        elif path.depth == 2:
+            if not isinstance(node, Instance) or node.id != path.ids[1]:
+                raise BadValueError(f"an instance {path.ids[1]} was expected for {path}")
+            target = instance(node.id)
+            target.update({rid: value(node.id, rid, res) for rid, res in node.resources.items()})
+        elif path.depth == 3:
+            instance(path.ids[1])[path.ids[2]] = value(path.ids[1], path.ids[2], node)
+        else:
+            rdef = self._resource_definition(oid, path.ids[2])
+            if not rdef.multiple:
+                raise PathNotFoundError(f"{path.parent} is not a multiple resource")
+            if not isinstance(node, ResourceInstance) or node.id != path.ids[3] or node.type is not rdef.type:
+                raise BadValueError(f"a resource instance {path.ids[3]} of type {rdef.type.value} was expected")
+            target = instance(path.ids[1])
+            current = target.get(rdef.id)
+            target[rdef.id] = {**(current if isinstance(current, dict) else {}), path.ids[3]: node.value}
+        for iid in created:
+            for rid, rdef in odef.resources.items():
+                if rid in staged[iid]:
+                    continue
+                if rdef.executable and (rdef.mandatory or (oid, rid) in self._any_handlers):
+                    staged[iid][rid] = None
+                elif rdef.mandatory and not rdef.executable:
+                    staged[iid][rid] = {} if rdef.multiple else DEFAULT_VALUES[rdef.type]
+        changes: list[Change] = []
+        objects = self._data.setdefault(oid, {})
+        for iid, new in staged.items():
+            if iid in created:
+                changes.append(Change(LwM2mPath.of(oid, iid), ChangeKind.STRUCTURE))
+            else:
+                old = objects[iid]
+                changed = [r for r in sorted(set(old) | set(new)) if old.get(r, _MISSING) != new.get(r, _MISSING)]
+                changes.extend(Change(LwM2mPath.of(oid, iid, rid), ChangeKind.VALUE) for rid in changed)
+            objects[iid] = new
+        if changes:
+            self._emit(changes)
 
     def set_value(self, path: LwM2mPath, value: Value | Mapping[int, Value]) -> None:
         """Set a resource (or resource instance) as the device itself would; listeners hear of a change."""
@@ -234,6 +331,16 @@ class ObjectTree:
         if not rdef.executable:
             raise ModelError(f"{path} is not executable in the model")
         self._handlers[path] = handler
+
+    def on_execute_any(self, object_id: int, resource_id: int, handler: ExecuteHandler) -> None:
+        """Run ``handler(arguments)`` when the server executes ``/object_id/*/resource_id`` on any instance, also
+        on instances created later (they get the resource even when the model marks it optional)."""
+        rdef = self._resource_definition(object_id, resource_id)
+        if not rdef.executable:
+            raise ModelError(f"/{object_id}/x/{resource_id} is not executable in the model")
+        self._any_handlers[(object_id, resource_id)] = handler
+        for inst in self._data.get(object_id, {}).values():
+            inst.setdefault(resource_id, None)
 
     def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
         """Call ``listener`` after every applied change; returns the function that unsubscribes it."""
@@ -339,7 +446,7 @@ class ObjectTree:
         if not rdef.executable:
             raise OperationNotAllowedError(f"resource {path} is not executable")
         parse_execute_arguments(arguments)
-        handler = self._handlers.get(path)
+        handler = self._handlers.get(path) or self._any_handlers.get((path.ids[0], path.ids[2]))
         if handler is not None:
             handler(arguments)
 
@@ -371,6 +478,8 @@ class ObjectTree:
         for rid, rdef in odef.resources.items():
             if rdef.mandatory and rid not in stored:
                 stored[rid] = {} if rdef.multiple else DEFAULT_VALUES[rdef.type]
+            elif rdef.executable and (oid, rid) in self._any_handlers:
+                stored.setdefault(rid, None)
         existing[iid] = stored
         self._emit([Change(new_path, ChangeKind.STRUCTURE)])
         return new_path
