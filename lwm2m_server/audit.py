@@ -3,7 +3,7 @@
 Invariants: the file is created mode 0600 and only ever appended to (one line per event, flushed at once, so a
 crash loses at most the line being written); several processes (the LwM2M server, the bootstrap server) may append
 to the same file (O_APPEND writes of one line each); an event's data holds identities, endpoint names and
-addresses, never a key (the emitters guarantee it and tests/integration/test_secrets_never_leak.py checks it).
+addresses, never a key (the emitters guarantee it and tests/conftest.py scans every log the test suite writes).
 Stdlib only, so that every package may write to it.
 """
 

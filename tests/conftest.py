@@ -4,12 +4,16 @@ repository, never copied into it."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.secret_scan import SuiteSecretScan, describe
+
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = Path(os.environ.get("SCRATCH_REFERENCE", REPO.parent / "shared" / "reference"))
+_SECRET_SCAN_SUMMARY = pytest.StashKey[str]()
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +22,34 @@ def reference() -> Path:
     if not REFERENCE.is_dir():
         pytest.skip(f"reference data not found at {REFERENCE} (set SCRATCH_REFERENCE)")
     return REFERENCE
+
+
+# ---------------------------------------------------------------- rule 6: no secret in any log of the run
+
+
+@pytest.fixture(scope="session", autouse=True)
+def secrets_never_leak(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                       ) -> Iterator[SuiteSecretScan]:
+    """For the whole run: every log record goes into a file (project loggers from DEBUG, others from INFO; child
+    ``scratch`` processes copy theirs), every PSK drawn or issued is recorded; at the end the logs and every
+    .log/.txt/.jsonl/.out/.err file under pytest's base temporary folder are scanned for every recorded key, in
+    every encoding (tests/secret_scan.py). A key found fails the run, naming file, line and encoding, never the key.
+
+    This teardown runs as the last test's teardown, before pytest's own session end (where temporary folders
+    may be cleaned up), so every test's folder is still there."""
+    scan = SuiteSecretScan(tmp_path_factory.getbasetemp(), tmp_path_factory.mktemp("secret-scan", numbered=False))
+    scan.start()
+    try:
+        yield scan
+    finally:
+        report = scan.finish()
+    request.config.stash[_SECRET_SCAN_SUMMARY] = report.summary()
+    if report.findings:
+        pytest.fail(f"rule 6 (secrets never leak): {len(report.findings)} recorded secret(s) found where they must "
+                    f"never be:\n{describe(report.findings)}\n(full run log: {scan.log_file})", pytrace=False)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    summary = terminalreporter.config.stash.get(_SECRET_SCAN_SUMMARY, None)
+    if summary is not None:
+        terminalreporter.write_line(summary)
