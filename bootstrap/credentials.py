@@ -423,6 +423,10 @@ class CredentialKindView:
         same = self._store.verify(identity, psk)
         return same and self.credential_for(identity) is not None
 
+    def is_bound(self, endpoint: str, tenant_id: str = DEFAULT_TENANT) -> bool:
+        """Whether ``endpoint`` holds an active credential of this kind (it must then prove it: no plain CoAP)."""
+        return self._store.by_endpoint(endpoint, self.kind, tenant_id) is not None
+
     def revoked_since(self, since: float) -> builtins.list[Credential]:
         """The store's :meth:`~CredentialStore.revoked_since` (applied to its index), of this kind only."""
         return [c for c in self._store.revoked_since(since) if c.kind is self.kind]

@@ -53,7 +53,7 @@ from lwm2m_server.core.errors import (
     SecurityError,
 )
 from lwm2m_server.core.model import ObjectModel
-from lwm2m_server.core.rate_limit import RateLimitedError, RateLimiter
+from lwm2m_server.core.rate_limit import Lockout, RateLimitedError, RateLimiter
 from lwm2m_server.transport.dtls import add_dtls_server, dtls_server_context, dtls_transport, psk_identity
 from lwm2m_server.transport.responses import error_response
 from lwm2m_server.transport.site import remote_address, remote_host
@@ -94,6 +94,11 @@ class BootstrapSettings:
     max_peers: int = 10000
     coap_host: str = "127.0.0.1"
     coap_port: int | None = None  # plain CoAP (INSECURE: keys in clear text, endpoint names unauthenticated)
+    lockout_failures: int = 10  # failed handshakes from one address within lockout_window ... (0: no lockout)
+    lockout_window: float = 60.0
+    lockout_seconds: float = 300.0  # ... get it ignored this long
+    credential_poll_interval: float = 1.0  # how often revocations made elsewhere are looked for
+    credential_poll_margin: float = 60.0  # each look reaches this far back (late commits, clock skew)
 
 
 @dataclass
@@ -124,6 +129,7 @@ class BootstrapServer:
         self._clock = clock
         self._limiter = RateLimiter(settings.rate, settings.burst) if settings.rate is not None else None
         self._sessions: dict[tuple[str, str], asyncio.Task[BootstrapOutcome]] = {}
+        self._watcher: asyncio.Task[None] | None = None
         self.outcomes: asyncio.Queue[tuple[str, BootstrapOutcome]] | None = None  # for tests and the CLI
 
     # ------------------------------------------------------------------ lifecycle
@@ -131,26 +137,62 @@ class BootstrapServer:
     async def start(self) -> None:
         s = self.settings
         site = _BootstrapResource(self)
+        dtls: dict[str, Any] = {
+            "psk_for": self._psk_for, "idle_timeout": s.idle_timeout, "max_peers": s.max_peers,
+            "on_security_event": self._event,
+            "lockout": (Lockout(s.lockout_failures, s.lockout_window, s.lockout_seconds)
+                        if s.lockout_failures > 0 else None)}
         if s.coap_port is None:
-            self.context, self.coaps_port = await dtls_server_context(
-                site, s.coaps_host, s.coaps_port, psk_for=self._psk_for, idle_timeout=s.idle_timeout,
-                max_peers=s.max_peers)
+            self.context, self.coaps_port = await dtls_server_context(site, s.coaps_host, s.coaps_port, **dtls)
         else:
             log.warning("the bootstrap server also serves plain CoAP on %s:%d: keys go out in clear text to "
                         "anyone who names an endpoint", s.coap_host, s.coap_port)
             self.context, self.coap_port = await exclusive_context(site, s.coap_host, s.coap_port)
             try:
-                _, self.coaps_port = await add_dtls_server(self.context, s.coaps_host, s.coaps_port,
-                                                           psk_for=self._psk_for, idle_timeout=s.idle_timeout,
-                                                           max_peers=s.max_peers)
+                _, self.coaps_port = await add_dtls_server(self.context, s.coaps_host, s.coaps_port, **dtls)
             except OSError:
                 await self.context.shutdown()
                 release(s.coap_host, self.coap_port)
                 self.context = None
                 raise
+        if hasattr(self.credentials, "revoked_since"):
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_revocations(self._clock()),
+                                                                   name="bootstrap-revocations")
         log.info("bootstrap server on %s, sending devices to %s", self.coaps_uri, s.server_uri)
 
+    async def _watch_revocations(self, started: float) -> None:
+        """Act on bootstrap credentials revoked by another process (``scratch factory revoke``): their sessions
+        end and their running bootstraps stop. Each look reaches ``credential_poll_margin`` s back; ``handled``
+        makes each revocation acted on once."""
+        s = self.settings
+        cursor, handled = started - s.credential_poll_margin, set[str]()
+        while True:
+            await asyncio.sleep(s.credential_poll_interval)
+            now = self._clock()
+            try:
+                revoked = await asyncio.to_thread(self.credentials.revoked_since, cursor)
+            except Exception as e:
+                log.warning("cannot read revoked credentials (%s: %s)", type(e).__name__, e)
+                continue
+            for credential in revoked:
+                if credential.kind is not CredentialKind.BOOTSTRAP or credential.identity in handled:
+                    continue
+                handled.add(credential.identity)
+                running = self._sessions.get((credential.tenant_id, credential.endpoint))
+                if running is not None:
+                    running.cancel()
+                closed = self.evict_identity(credential.identity)
+                self._event("security.credential_revoked", {
+                    "endpoint": credential.endpoint, "tenant": credential.tenant_id,
+                    "identity": credential.identity, "kind": "bootstrap", "sessions_closed": closed})
+            cursor = now - s.credential_poll_margin
+
     async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
         for task in list(self._sessions.values()):
             task.cancel()
         for task in list(self._sessions.values()):

@@ -16,8 +16,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 AUDIT_FILE = "audit.jsonl"
-AUDITED_KINDS = ("security.*", "bootstrap.*", "credential.*")
-"""What goes into the audit log: refusals, rate limiting and lockouts, bootstraps, credential changes."""
+AUDITED_KINDS = ("security", "bootstrap", "credential")
+"""What goes into the audit log (event-kind prefixes): refusals, rate limiting and lockouts, bootstraps,
+credential changes."""
 
 
 class AuditLog:
@@ -34,9 +35,10 @@ class AuditLog:
         return cls(data_dir / AUDIT_FILE)
 
     def record(self, kind: str, at: float, data: Mapping[str, object], *, source: str) -> None:
-        """Append one event (``source`` names the process: ``lwm2m-server``, ``bootstrap-server``...)."""
-        line = json.dumps({"at": round(at, 6), "kind": kind, "source": source, **data}, default=str,
-                          separators=(",", ":"), sort_keys=True) + "\n"
+        """Append one event as ``{"event": kind, "at": ..., "source": ..., **data}`` (``source`` names the process:
+        ``lwm2m-server/node-1``, ``bootstrap-server``...)."""
+        record = {**data, "at": round(at, 6), "event": kind, "source": source}  # the event's fields win
+        line = json.dumps(record, default=str, separators=(",", ":"), sort_keys=True) + "\n"
         with self._lock:
             if self._fd is not None:
                 os.write(self._fd, line.encode("utf-8"))

@@ -26,6 +26,7 @@ from typing import Protocol, runtime_checkable
 
 import aiocoap
 
+from lwm2m_server.audit import AUDITED_KINDS, AuditLog
 from lwm2m_server.core.model import ObjectModel
 from lwm2m_server.core.rate_limit import Lockout, RateLimiter
 from lwm2m_server.data_dir import API_URL_FILE, default_data_dir, ensure_token
@@ -137,6 +138,8 @@ class Lwm2mServer:
             model = model_with_dir(settings.models_dir)
         self.model = model
         self.events = EventBus()
+        self.audit: AuditLog | None = None
+        self._unsubscribe_audit: Callable[[], None] | None = None
         self.database: Database | None = None
         self.registrations: RegistrationService | None = None
         self.context: aiocoap.Context | None = None
@@ -155,6 +158,10 @@ class Lwm2mServer:
     async def start(self) -> None:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        audit = self.audit = AuditLog.in_data_dir(s.data_dir)
+        self._unsubscribe_audit = self.events.subscribe(
+            lambda e: audit.record(e.kind, e.at, {"tenant": e.tenant_id, "endpoint": e.endpoint, **e.data},
+                                   source=f"lwm2m-server/{s.node_id}"), AUDITED_KINDS)
         self.database = Database(s.database_url) if s.database_url else Database.for_data_dir(s.data_dir)
         self.registrations = RegistrationService(
             SqlRegistrationStore(self.database), SqlDeviceStore(self.database), self.events,
@@ -176,6 +183,7 @@ class Lwm2mServer:
         limiter = RateLimiter(s.rd_rate, s.rd_burst) if s.rd_rate is not None else None
         self.site = ServerSite(self.registrations, max_body=s.max_body, on_security_event=security_event,
                                endpoint_for_identity=credentials.endpoint_for if credentials else None,
+                               endpoint_is_bound=getattr(credentials, "is_bound", None),
                                rate_limiter=limiter)
         self.site.mount(FILES_MOUNT, self.files.handle, assemble_blocks=False)
         feed = credentials if isinstance(credentials, RevocationFeed) and s.coaps_port is not None else None
@@ -271,7 +279,8 @@ class Lwm2mServer:
             raise ValueError("the unauthenticated bench API is only served on a loopback address")
         if s.bench_api:
             log.warning("serving the unauthenticated bench route PUT /api/clients/... on %s", s.api_host)
-        app = create_app(self.management, self.model, self.api_token, firmware=self.firmware, bench_api=s.bench_api)
+        app = create_app(self.management, self.model, self.api_token, firmware=self.firmware, bench_api=s.bench_api,
+                         events=self.events)
         config = uvicorn.Config(app, host=s.api_host, port=s.api_port or 0, log_level="warning",
                                 lifespan="off", access_log=False)
         server = uvicorn.Server(config)
@@ -332,6 +341,12 @@ class Lwm2mServer:
             self.database = None
         with contextlib.suppress(FileNotFoundError):
             (self.settings.data_dir / API_URL_FILE).unlink()
+        if self._unsubscribe_audit is not None:
+            self._unsubscribe_audit()
+            self._unsubscribe_audit = None
+        if self.audit is not None:
+            self.audit.close()
+            self.audit = None
 
 
 def _is_loopback(host: str) -> bool:

@@ -282,6 +282,22 @@ def device_execute(endpoint: str, path: str,
     _run_client(run)
 
 
+@device_app.command("rekey")
+def device_rekey(endpoint: str, api: ApiOpt = None, data_dir: DataDirOpt = None, as_json: JsonOpt = False,
+                 timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the device to "
+                                                        "register with its new key")] = 60.0) -> None:
+    """Rotate a device's server key: it bootstraps again (/1/x/9) and registers with a fresh PSK; the old one
+    stops working. Prints the old and new PSK identities (never a key)."""
+    def run() -> None:
+        answer = _client(api, data_dir, timeout).post(f"/api/devices/{endpoint}/rekey", {}, timeout=timeout)
+        if as_json:
+            print(json.dumps(answer, indent=2))
+            return
+        console.print(f"{endpoint}: rekeyed in {answer['seconds']:.1f} s; identity {answer['old_identity']} -> "
+                      f"{answer['new_identity']}", highlight=False)
+    _run_client(run)
+
+
 @device_app.command("discover")
 def device_discover(endpoint: str, path: Annotated[str, typer.Argument()] = "/", api: ApiOpt = None,
                     data_dir: DataDirOpt = None, as_json: JsonOpt = False, timeout: TimeoutOpt = None) -> None:
@@ -366,6 +382,10 @@ def _mount_subcommands() -> None:
     from lwm2m_server.cli.factory import factory_app
 
     app.add_typer(factory_app, name="factory")
+
+    from lwm2m_server.cli.bootstrap import bootstrap_server
+
+    app.command("bootstrap-server", help="Run the LwM2M bootstrap server until interrupted.")(bootstrap_server)
 
     from lwm2m_server.cli.demo import demo
 

@@ -37,6 +37,13 @@ def bootstrap_server(
     = 10,
     max_sessions: Annotated[int, typer.Option("--max-sessions", min=1, help="Bootstraps run at once (5.03 beyond)")]
     = 1000,
+    lockout_failures: Annotated[int, typer.Option(
+        "--dtls-lockout-failures", min=0, help="Failed DTLS handshakes from one address that get it ignored "
+        "(0: never)")] = 10,
+    lockout_window: Annotated[float, typer.Option("--dtls-lockout-window", min=0.001,
+                                                  help="... within this many seconds")] = 60.0,
+    lockout_seconds: Annotated[float, typer.Option("--dtls-lockout-seconds", min=0.001,
+                                                   help="How long a locked-out address is ignored")] = 300.0,
     coap: Annotated[str | None, typer.Option("--coap", help="Also serve plain CoAP here (needs --insecure)")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow --coap: keys then travel in clear text to "
                                            "whoever names an endpoint. For lab use only.")] = False,
@@ -61,7 +68,8 @@ def bootstrap_server(
     folder = data_dir or default_data_dir()
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     settings = BootstrapSettings(server_uri=server_uri, coaps_host=host, coaps_port=port, lifetime=lifetime,
-                                 rate=rate, burst=burst, max_sessions=max_sessions)
+                                 rate=rate, burst=burst, max_sessions=max_sessions, lockout_failures=lockout_failures,
+                                 lockout_window=lockout_window, lockout_seconds=lockout_seconds)
     if coap is not None:
         settings.coap_host, settings.coap_port = parse_hostport(coap, 5783)
         err_console.print("[yellow]warning:[/yellow] --insecure: plain CoAP on "

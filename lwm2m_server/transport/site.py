@@ -72,12 +72,14 @@ class ServerSite(Resource):
     def __init__(self, registrations: RegistrationService, *, max_body: int = 16384,
                  extra: Mapping[str, Handler] | None = None,
                  endpoint_for_identity: Callable[[str], str | None] | None = None,
+                 endpoint_is_bound: Callable[[str], bool] | None = None,
                  on_security_event: Callable[[str, dict[str, object]], None] | None = None,
                  rate_limiter: RateLimiter | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         """``endpoint_for_identity`` binds DTLS-PSK identities to endpoints: over DTLS, a device may register,
         update and de-register only as the endpoint its identity is bound to (anything else: 4.03 and a
-        ``security.*`` event through ``on_security_event``).
+        ``security.*`` event through ``on_security_event``). ``endpoint_is_bound`` says which endpoints hold a DTLS
+        credential: those may not register over plain CoAP (4.03, ``security.unauthenticated_claim``).
 
         ``rate_limiter`` (None: unlimited) limits /rd requests per source host (``addr:<host>``) and, over DTLS,
         per PSK identity (``id:<identity>``), timed by ``clock``; excess gets 5.03 with Max-Age and a
@@ -86,6 +88,7 @@ class ServerSite(Resource):
         self._rate_limiter = rate_limiter
         self._clock = clock
         self._endpoint_for_identity = endpoint_for_identity
+        self._endpoint_is_bound = endpoint_is_bound
         self._on_security_event = on_security_event
         self._block1 = BoundedBlock1Spool(max_body)
         self.registrations = registrations
@@ -190,6 +193,9 @@ class ServerSite(Resource):
                 if bound != params.endpoint:
                     self._refuse("security.identity_mismatch", request, identity=identity,
                                  claimed=params.endpoint)
+            elif self._endpoint_is_bound is not None and self._endpoint_is_bound(params.endpoint):
+                # plain CoAP (--insecure) may not register an endpoint that has a DTLS credential
+                self._refuse("security.unauthenticated_claim", request, claimed=params.endpoint)
             reg = self.registrations.register(
                 params, address=remote_address(request.remote), remote=request.remote,
                 secure=identity is not None, identity=identity)

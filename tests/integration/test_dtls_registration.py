@@ -105,3 +105,21 @@ async def test_a_revoked_credential_no_longer_completes_a_handshake(
             client, _ = await register(srv, cred.identity, bytes(psk), "dev-1")
             await client.shutdown()
         assert srv.registrations is not None and srv.registrations.count() == 0
+
+
+async def test_plain_coap_cannot_register_an_endpoint_that_has_a_dtls_credential(
+        tmp_path: Path, store: MemoryCredentialStore) -> None:
+    store.issue("bound-1", "server", now=0)
+    async with running_server(tmp_path, coaps_port=0, credentials=store) as srv:
+        client = await aiocoap.Context.create_client_context()
+        try:
+            codes = {}
+            for endpoint in ("bound-1", "unbound-1"):
+                request = aiocoap.Message(code=aiocoap.POST, uri=f"{srv.coap_uri}/rd", payload=b"</3/0>",
+                                          content_format=int(ContentFormat.LINK))
+                request.opt.uri_query = (f"ep={endpoint}", "lt=300")
+                codes[endpoint] = (await asyncio.wait_for(client.request(request).response, 10)).code
+        finally:
+            await client.shutdown()
+        assert codes == {"bound-1": aiocoap.FORBIDDEN, "unbound-1": aiocoap.CREATED}
+        assert srv.registrations is not None and srv.registrations.by_endpoint("bound-1") is None
