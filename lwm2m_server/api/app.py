@@ -87,6 +87,7 @@ def registration_to_json(reg: Registration) -> dict[str, Any]:
         "endpoint": reg.endpoint, "registration_id": reg.id, "address": reg.address, "lifetime": reg.lifetime,
         "lwm2m_version": reg.lwm2m_version, "binding": reg.binding, "queue_mode": reg.queue_mode,
         "registered_at": reg.registered_at, "updated_at": reg.updated_at, "secure": reg.secure,
+        "identity": reg.identity,
         "tenant_id": reg.tenant_id, "root_path": reg.root_path,
         "objects": [str(p) for p in reg.summary.instances],
         "formats": sorted(int(f) for f in reg.supported_formats),

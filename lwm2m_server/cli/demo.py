@@ -1,6 +1,8 @@
-"""``scratch demo``: the README's main job. A server and a fleet of simulated devices on loopback, managed end
-to end through the REST API the CLI uses: register, read in every format, write, observe; then a signed firmware
-image delivered to every device (half by push, half by pull), installed, and one failing image rolled back."""
+"""``scratch demo``: the README's main job, on loopback with the embedded SQLite: devices provisioned at the
+factory with unique bootstrap keys bootstrap over DTLS-PSK, get a fresh server key each, register over DTLS and are
+managed end to end through the REST API the CLI uses (reads in every format, a write, an observation); then a
+signed firmware image is delivered to every device (half by push, half by pull over their DTLS sessions) and
+installed, one failing image rolls back, and one device has its key rotated."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from firmware_object.errors import UpdateResult
 from firmware_object.suit.envelope import build_envelope
 from firmware_object.suit.keys import PrivateKey, generate_private_key
 from firmware_object.suit.manifest import ReleaseManifest
-from lwm2m_server.cli.render import devices_table, node_table
+from lwm2m_server.cli.render import node_table
 from lwm2m_server.core.model import ObjectModel
 
 console = Console()
@@ -48,40 +50,68 @@ async def _call(http: httpx.AsyncClient, method: str, url: str, **kw: Any) -> An
 
 
 async def run_demo(count: int, data_dir: Path) -> None:
+    from bootstrap.server import BootstrapServer, BootstrapSettings
+    from bootstrap.sql_credentials import SqlCredentialStore
+    from bootstrap.vault import Vault
+    from client_sim.credentials import FactoryCredentials
     from client_sim.firmware import FirmwareOptions
     from client_sim.fleet import Fleet
+    from lwm2m_server.audit import AUDIT_FILE, AuditLog, read_audit
     from lwm2m_server.server import Lwm2mServer, ServerSettings
+    from lwm2m_server.storage.database import Database
 
     model = ObjectModel.default()
     t0 = time.perf_counter()
-    server = Lwm2mServer(ServerSettings(data_dir=data_dir, coap_port=0, api_port=0, lifetime_grace=5.0))
+    database = Database.for_data_dir(data_dir)
+    store = SqlCredentialStore(database, Vault.open(data_dir / "vault.key"))
+    server = Lwm2mServer(ServerSettings(data_dir=data_dir, coap_port=None, coaps_port=0, api_port=0,
+                                        lifetime_grace=5.0), credentials=store)
     await server.start()
-    console.print(f"[bold]1.[/bold] LwM2M server on {server.coap_uri}, REST API on {server.api_url}, "
-                  f"SQLite in {data_dir}", highlight=False)
+    audit = AuditLog.in_data_dir(data_dir)
+    bootstrap = BootstrapServer(BootstrapSettings(server_uri=server.coaps_uri, coaps_port=0, lifetime=60), store,
+                                on_event=lambda k, d: audit.record(k, time.time(), d, source="bootstrap-server"))
+    await bootstrap.start()
+    console.print(f"[bold]1.[/bold] LwM2M server on {server.coaps_uri} (DTLS-PSK only), bootstrap server on "
+                  f"{bootstrap.coaps_uri}, REST API on {server.api_url}, SQLite and vault key in {data_dir}",
+                  highlight=False)
+    records = []
+    for i in range(count):
+        credential, psk = store.issue(f"sim-{i}", "bootstrap", now=time.time())
+        records.append(FactoryCredentials(credential.endpoint, credential.identity, bytes(psk), bootstrap.coaps_uri))
+    console.print(f"[bold]2.[/bold] Factory: {count} devices provisioned, each with its own bootstrap PSK (sealed "
+                  "in the vault; no key is shown)", highlight=False)
     oem_key = generate_private_key("es256")
     failing = f"sim-{count - 1}"
     firmware = FirmwareOptions(trust_anchors=(oem_key.public_key(),), vendor_id=VENDOR, class_id=CLASS,
                                version="1.0.0", sequence_number=1)
-    fleet = Fleet(server.coap_uri, count, prefix="sim-", lifetime=60, firmware=firmware,
-                  options_for=lambda i: {"firmware": replace(firmware, fail_boot=True)} if i == count - 1 else {})
+    fleet = Fleet.from_credentials(
+        records, lifetime=60, firmware=firmware,
+        options_for=lambda i: {"firmware": replace(firmware, fail_boot=True)} if i == count - 1 else {})
     try:
-        with Progress(TextColumn("[bold]2.[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
+        with Progress(TextColumn("[bold]3.[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console) as progress:
-            task = progress.add_task(f"starting {count} simulated devices", total=count)
+            task = progress.add_task(f"{count} devices bootstrap, then register over DTLS", total=count)
             start = asyncio.create_task(fleet.start())
-            while not start.done():
-                progress.update(task, completed=server.registrations.count() if server.registrations else 0)
+            deadline = time.monotonic() + 60
+            while not (start.done() and fleet.status.registered == count) and time.monotonic() < deadline:
+                progress.update(task, completed=fleet.status.registered)
                 await asyncio.sleep(0.05)
             await start
-            progress.update(task, completed=server.registrations.count() if server.registrations else 0)
+            progress.update(task, completed=fleet.status.registered)
+        console.print(f"   {bootstrap.stats.succeeded} bootstraps, each issuing a fresh 16-byte server PSK; "
+                      f"{bootstrap.stats.failed} failed and were retried", highlight=False)
         headers = {"Authorization": f"Bearer {server.api_token}"}
         async with httpx.AsyncClient(base_url=server.api_url, headers=headers, timeout=30) as http:
             devices = await _call(http, "GET", "/api/devices")
-            console.print(devices_table(devices))
-            if len(devices) != count:
+            secure = sum(1 for d in devices if d["secure"])
+            identities = {d["identity"] for d in devices}
+            console.print(f"   {len(devices)} registered, {secure} over DTLS-PSK, under {len(identities)} distinct "
+                          "server identities", highlight=False)
+            if len(devices) != count or secure != count or len(identities) != count:
                 raise DemoError(f"{len(devices)} of {count} devices registered")
             await _manage(http, model, devices)
             outcomes = await _update_fleet(http, data_dir, oem_key, [d["endpoint"] for d in devices], failing)
+            rotation = await _call(http, "POST", "/api/devices/sim-0/rekey", params={"timeout": 30})
         table = Table(title=f"firmware of every device after the update ({time.perf_counter() - t0:.1f} s in all)")
         for column in ("device", "method", "version", "state", "update result", "seconds"):
             table.add_column(column, no_wrap=True)
@@ -102,11 +132,22 @@ async def run_demo(count: int, data_dir: Path) -> None:
         console.print(table)
         console.print(f"   {failing}'s image failed its health check: it rolled back by itself and still runs "
                       "1.0.0 (Update Result 8), as it should", highlight=False)
+        console.print(f"[bold]9.[/bold] Rotated sim-0's key: it bootstrapped again and registered as "
+                      f"{rotation['new_identity']} ({rotation['seconds']:.2f} s); {rotation['old_identity']} is "
+                      "revoked and refused", highlight=False)
         if unexpected:
             raise DemoError(f"unexpected results on {', '.join(unexpected)}")
     finally:
         await fleet.stop()
+        await bootstrap.stop()
         await server.stop()
+        audit.close()
+        database.close()
+    kinds: dict[str, int] = {}
+    for event in read_audit(data_dir / AUDIT_FILE):
+        kinds[str(event["event"])] = kinds.get(str(event["event"]), 0) + 1
+    console.print("[bold]10.[/bold] Audit log " + str(data_dir / AUDIT_FILE) + ": " +
+                  ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())), highlight=False)
 
 
 async def _manage(http: httpx.AsyncClient, model: ObjectModel, devices: list[dict[str, Any]]) -> None:
@@ -116,14 +157,14 @@ async def _manage(http: httpx.AsyncClient, model: ObjectModel, devices: list[dic
              for f in FORMATS}
     stable = {f: [r for r in a["content"]["resources"] if r["id"] not in (9, 10, 13)] for f, a in reads.items()}
     same = all(v == stable[FORMATS[0]] for v in stable.values())
-    console.print(f"[bold]3.[/bold] Read /3/0 of {ep} in {', '.join(FORMATS)}: the formats agree: "
+    console.print(f"[bold]4.[/bold] Read /3/0 of {ep} in {', '.join(FORMATS)}: the formats agree: "
                   f"[{'green' if same else 'red'}]{same}[/]")
     if not same:
         console.print(node_table(reads["senml-cbor"]["content"], "/3/0", model, title=f"/3/0 of {ep}"))
         raise DemoError("the content formats disagree")
     for d in devices:
         await _call(http, "POST", f"/api/devices/{d['endpoint']}/write", json={"path": "/3/0/14", "value": "+01:00"})
-    console.print(f"[bold]4.[/bold] Wrote the UTC offset /3/0/14 on all {len(devices)} devices")
+    console.print(f"[bold]5.[/bold] Wrote the UTC offset /3/0/14 on all {len(devices)} devices")
     await _call(http, "POST", f"/api/devices/{ep}/attributes", json={"path": "/3/0/9", "attributes": {"pmax": 1}})
     lines = []
     async with http.stream("GET", f"/api/devices/{ep}/observe",
@@ -131,7 +172,7 @@ async def _manage(http: httpx.AsyncClient, model: ObjectModel, devices: list[dic
         async for line in r.aiter_lines():
             if line.strip():
                 lines.append(line)
-    console.print(f"[bold]5.[/bold] Observed the battery level /3/0/9 of {ep}: {len(lines) - 1} notification(s)")
+    console.print(f"[bold]6.[/bold] Observed the battery level /3/0/9 of {ep}: {len(lines) - 1} notification(s)")
 
 
 async def _update_fleet(http: httpx.AsyncClient, data_dir: Path, oem_key: PrivateKey, endpoints: list[str],
@@ -142,10 +183,10 @@ async def _update_fleet(http: httpx.AsyncClient, data_dir: Path, oem_key: Privat
                                image_digest=hashlib.sha256(image).digest(), image_size=len(image), version="2.0.0")
     envelope = build_envelope(manifest, [oem_key], image=image)
     (data_dir / "firmware-2.0.0.suit").write_bytes(envelope)
-    console.print(f"[bold]6.[/bold] Signed a {len(image) // 1024} KiB image into a SUIT envelope of {len(envelope)} "
+    console.print(f"[bold]7.[/bold] Signed a {len(image) // 1024} KiB image into a SUIT envelope of {len(envelope)} "
                   f"bytes (ES256, sequence 2, version 2.0.0); {failing} will fail its health check", highlight=False)
     total = len(envelope) * len(endpoints)
-    with Progress(TextColumn("[bold]7.[/bold] {task.description}"), BarColumn(), DownloadColumn(),
+    with Progress(TextColumn("[bold]8.[/bold] {task.description}"), BarColumn(), DownloadColumn(),
                   TextColumn("{task.fields[done]} finished"), TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task(f"updating {len(endpoints)} devices (push and pull)", total=total, done=0)
         for i, ep in enumerate(endpoints):

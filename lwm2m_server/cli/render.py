@@ -56,14 +56,22 @@ def node_table(content: dict[str, Any], path: str, model: ObjectModel, title: st
     return table
 
 
+def _objects(instances: list[str]) -> str:
+    """``['/1/0', '/3/0', '/5/0']`` as ``1 3 5`` (object ids, each once, in order)."""
+    ids = dict.fromkeys(p.strip("/").split("/")[0] for p in instances if p.strip("/"))
+    return " ".join(ids)
+
+
 def devices_table(devices: list[dict[str, Any]]) -> Table:
     table = Table(title=f"{len(devices)} registered device(s)")
-    for col in ("endpoint", "address", "lwm2m", "binding", "lifetime", "objects", "last update"):
+    for col in ("endpoint", "address", "security", "lwm2m", "binding", "lifetime", "objects", "last update"):
         table.add_column(col, overflow="fold")
     for d in devices:
         updated = dt.datetime.fromtimestamp(d["updated_at"], dt.UTC).strftime("%H:%M:%S")
-        table.add_row(d["endpoint"], d["address"], d["lwm2m_version"], d["binding"] + (" Q" if d["queue_mode"] else ""),
-                      str(d["lifetime"]), " ".join(d["objects"]), updated)
+        security = "DTLS-PSK" if d.get("secure") else "none"
+        table.add_row(d["endpoint"], d["address"], security, d["lwm2m_version"],
+                      d["binding"] + (" Q" if d["queue_mode"] else ""), str(d["lifetime"]), _objects(d["objects"]),
+                      updated)
     return table
 
 
