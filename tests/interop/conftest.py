@@ -186,9 +186,12 @@ class LeshanServerDemo:
 
 @dataclass
 class LeshanBsServerDemo:
+    """A running Leshan bootstrap server demo: its CoAP and CoAPs (DTLS) URIs and its REST base URL."""
+
     process: DemoProcess
     api: str
     coap_uri: str
+    coaps_uri: str = ""
 
 
 def _start_with_rest(name: str, role: str, cwd: Path, argv_for: Callable[[int, int, int], list[str | Path]]
@@ -234,7 +237,7 @@ def start_leshan_bsserver(exe: Path, cwd: Path) -> LeshanBsServerDemo:
 
     process, api, endpoints = _start_with_rest("bootstrap server demo", "bsserver", cwd, argv)
     try:
-        return LeshanBsServerDemo(process, api, _endpoint_uri(endpoints, "coap"))
+        return LeshanBsServerDemo(process, api, _endpoint_uri(endpoints, "coap"), _endpoint_uri(endpoints, "coaps"))
     except DemoError:
         process.stop()
         raise

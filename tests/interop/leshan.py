@@ -299,6 +299,14 @@ class LeshanRest:
         body: dict[str, Any] = r.json()
         return body
 
+    async def clients(self) -> list[dict[str, Any]]:
+        """Every registration the server demo holds (``GET /api/clients``)."""
+        r = await self.http.get(f"{self.api}/clients")
+        if r.status_code != 200:
+            raise AssertionError(f"GET {self.api}/clients: HTTP {r.status_code} {r.text[:300]}")
+        body: list[dict[str, Any]] = r.json()
+        return body
+
     async def wait_registered(self, ep: str, *, other_than: str | None = None, timeout: float = 15.0
                               ) -> dict[str, Any]:
         """The registration of ``ep`` once it exists (and, with ``other_than``, has another registration id)."""
@@ -436,3 +444,78 @@ class LeshanEvents:
             raise AssertionError(f"no {name} event for {self.endpoint} within {timeout:g} s; "
                                  f"last events: {names}") from None
 
+
+# --------------------------------------------------------------------------------------------- DTLS-PSK
+
+# The server demo and the bootstrap server demo share the security servlet (``/api/security/clients``): keys are hex
+# there, identities plain text. Bootstrap configs carry both as byte arrays. Nothing here logs, prints or puts a key
+# in an exception message: a REST answer is quoted with the key cut out.
+
+
+def _redacted(text: str, *keys: bytes) -> str:
+    for key in keys:
+        for form in (key.hex(), key.hex().upper()):
+            text = text.replace(form, "<key>")
+    return text
+
+
+async def put_psk(api: str, endpoint: str, identity: str, key: bytes) -> None:
+    """Tell a Leshan server or bootstrap server demo the PSK identity and key ``endpoint`` connects with (DTLS)."""
+    body = {"endpoint": endpoint, "tls": {"mode": "psk", "details": {"identity": identity, "key": bytes(key).hex()}}}
+    async with httpx.AsyncClient(timeout=10.0) as http:
+        r = await http.put(f"{api}/security/clients", content=json.dumps(body),
+                           headers={"Content-Type": "application/json"})
+    if r.status_code != 200:
+        raise AssertionError(f"PUT {api}/security/clients ({endpoint}): HTTP {r.status_code} "
+                             f"{_redacted(r.text[:300], bytes(key))}")
+
+
+async def psk_identities(api: str) -> dict[str, str]:
+    """The PSK identity a Leshan demo holds for each endpoint (the keys it also returns are dropped at once)."""
+    async with httpx.AsyncClient(timeout=10.0) as http:
+        r = await http.get(f"{api}/security/clients")
+    if r.status_code != 200:
+        raise AssertionError(f"GET {api}/security/clients: HTTP {r.status_code}")
+    return {str(c["endpoint"]): str(c["tls"]["details"]["identity"]) for c in r.json()
+            if isinstance(c.get("tls"), dict) and c["tls"].get("mode") == "psk"}
+
+
+def psk_bootstrap_config(*, bootstrap_uri: str, bootstrap_identity: str, bootstrap_key: bytes, server_uri: str,
+                         server_identity: str, server_key: bytes, short_id: int = 123,
+                         lifetime: int = 300) -> dict[str, Any]:
+    """A Leshan ``BootstrapConfig`` (JSON) that deletes /0 and /1, then writes the bootstrap account (/0/0, kept
+    with the device's factory PSK), one LwM2M server account with a PSK (/0/1) and its /1/0 (``short_id``)."""
+    def account(uri: str, bootstrap: bool, identity: str, key: bytes) -> dict[str, Any]:
+        return {"uri": uri, "bootstrapServer": bootstrap, "securityMode": "PSK",
+                "publicKeyOrId": list(identity.encode()), "serverPublicKey": [], "secretKey": list(bytes(key))}
+
+    return {
+        "toDelete": ["/0", "/1"],
+        "servers": {"0": {"shortId": short_id, "lifetime": lifetime, "defaultMinPeriod": 1, "binding": "U",
+                          "notifIfDisabled": True}},
+        "security": {"0": account(bootstrap_uri, True, bootstrap_identity, bootstrap_key),
+                     "1": {**account(server_uri, False, server_identity, server_key), "serverId": short_id}},
+    }
+
+
+async def post_bootstrap_config(api: str, endpoint: str, config: Mapping[str, Any]) -> None:
+    """Store ``config`` as ``endpoint``'s bootstrap config in a Leshan bootstrap server demo (POST; PUT is 405)."""
+    keys = [bytes(a.get("secretKey", [])) for a in config.get("security", {}).values()]
+    async with httpx.AsyncClient(timeout=10.0) as http:
+        r = await http.post(f"{api}/bootstrap/{endpoint}", content=json.dumps(config),
+                            headers={"Content-Type": "application/json"})
+    if r.status_code != 200:
+        raise AssertionError(f"POST {api}/bootstrap/{endpoint}: HTTP {r.status_code} "
+                             f"{_redacted(r.text[:300], *[k for k in keys if k])}")
+
+
+def bootstrap_session_log(events: LeshanEvents) -> list[str]:
+    """What a Leshan bootstrap server demo's ``BSSESSION`` events say, one line each: the event name and the first
+    line of its message (``send write: Send WRITE request on /0/1 using TLV``). A write's message goes on with the
+    written node (Leshan leaves opaque values, keys among them, out of it); that part is not kept here."""
+    lines = []
+    for event in events.seen:
+        if event.name == "BSSESSION":
+            message = str(event.data.get("message", "")).splitlines()
+            lines.append(f"{event.data.get('name', '?')}: {message[0] if message else ''}")
+    return lines
