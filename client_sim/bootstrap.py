@@ -44,9 +44,9 @@ from aiocoap.numbers.codes import Code
 from aiocoap.resource import PathCapable, Resource
 
 from client_sim.accounts import SECURITY, SERVER, Account, accounts, configuration_problem
+from client_sim.content import content_response
 from client_sim.errors import (
     BadValueError,
-    FormatNotAcceptableError,
     NotAuthorizedError,
     OperationNotAllowedError,
     PathNotFoundError,
@@ -56,9 +56,8 @@ from lwm2m_server.core.codec import link as link_format
 from lwm2m_server.core.codec import registry
 from lwm2m_server.core.codec.formats import ContentFormat
 from lwm2m_server.core.codec.link import Link
-from lwm2m_server.core.errors import CodecError, InvalidPathError, Lwm2mError, NotAcceptableError
+from lwm2m_server.core.errors import InvalidPathError, Lwm2mError, NotAcceptableError
 from lwm2m_server.core.model.definitions import ObjectModel
-from lwm2m_server.core.nodes import Node
 from lwm2m_server.core.paths import ROOT, LwM2mPath
 from lwm2m_server.transport.dtls import dtls_client_context
 from lwm2m_server.transport.udp import exclusive_context, release
@@ -193,27 +192,7 @@ class BootstrapInterface:
             raise NotAuthorizedError("Bootstrap-Read targets the Server or Access Control object")
         if path.ids[0] not in READABLE_IN_BOOTSTRAP:
             raise NotAuthorizedError(f"object {path.ids[0]} is not readable in bootstrap")
-        node = self.tree.read(path)
-        fmt = self._response_format(node, path, accept)
-        try:
-            payload = registry.encode(node, path, fmt, self.model)
-        except CodecError as e:
-            raise FormatNotAcceptableError(f"{path} cannot be represented in {fmt.label}: {e}") from None
-        return Message(code=Code.CONTENT, payload=payload, content_format=int(fmt))
-
-    def _response_format(self, node: Node, path: LwM2mPath, accept: int | None) -> ContentFormat:
-        if accept is None:
-            if path.depth >= 3:
-                return ContentFormat.TEXT if registry.can_encode(ContentFormat.TEXT, node, path, self.model) \
-                    else ContentFormat.OPAQUE
-            return ContentFormat.TLV if self.lwm2m_version == "1.0" else ContentFormat.SENML_CBOR
-        try:
-            fmt = ContentFormat(accept)
-        except ValueError:
-            raise FormatNotAcceptableError(f"content format {accept} is not supported") from None
-        if fmt is ContentFormat.LINK or not registry.can_encode(fmt, node, path, self.model):
-            raise FormatNotAcceptableError(f"{path} cannot be represented in {fmt.label}")
-        return fmt
+        return content_response(self.tree.read(path), path, accept, self.model, self.lwm2m_version)
 
     def delete(self, path: LwM2mPath) -> None:
         """Bootstrap-Delete (see the module docstring for what each target removes)."""

@@ -37,6 +37,7 @@ from aiocoap.resource import ObservableResource, PathCapable
 
 from client_sim.accounts import MODE_NOSEC, MODE_PSK, Account, bootstrap_account, server_account
 from client_sim.bootstrap import BootstrapAttempt, BootstrapInterface, BootstrapResult
+from client_sim.content import content_response
 from client_sim.credentials import FactoryCredentials
 from client_sim.errors import BadValueError, FormatNotAcceptableError, OperationNotAllowedError, PathNotFoundError
 from client_sim.firmware import PACKAGE, DeviceFirmware, FirmwareOptions
@@ -52,8 +53,6 @@ from lwm2m_server.core.nodes import (
     MultipleResource,
     Node,
     Obj,
-    ResourceInstance,
-    ResourceType,
     SingleResource,
     Value,
 )
@@ -859,7 +858,8 @@ class SimulatedDevice:
                 return Message(code=Code.CONTENT, payload=link_format.encode(links),
                                content_format=int(ContentFormat.LINK))
             node = tree.read(path)
-            return self._content(node, path, None if accept is None else int(accept))
+            return content_response(node, path, None if accept is None else int(accept), self.model,
+                                    self.lwm2m_version)
         if code == Code.FETCH:
             return self._read_composite(request, path)
         if self.firmware is not None and path == PACKAGE and code in (Code.PUT, Code.POST):
@@ -942,27 +942,6 @@ class SimulatedDevice:
         if isinstance(node, Instance):
             return self.objects.create(path, node)
         raise BadValueError("Create needs exactly one object instance")
-
-    def _content(self, node: Node, path: LwM2mPath, accept: int | None) -> Message:
-        fmt = self._response_format(node, path, accept)
-        try:
-            payload = registry.encode(node, path, fmt, self.model)
-        except CodecError as e:
-            raise FormatNotAcceptableError(f"{path} cannot be represented in {fmt.label}: {e}") from None
-        return Message(code=Code.CONTENT, payload=payload, content_format=int(fmt))
-
-    def _response_format(self, node: Node, path: LwM2mPath, accept: int | None) -> ContentFormat:
-        if accept is None:
-            if isinstance(node, SingleResource | ResourceInstance):
-                return ContentFormat.OPAQUE if node.type is ResourceType.OPAQUE else ContentFormat.TEXT
-            return ContentFormat.TLV if self.lwm2m_version == "1.0" else ContentFormat.SENML_CBOR
-        try:
-            fmt = ContentFormat(accept)
-        except ValueError:
-            raise FormatNotAcceptableError(f"content format {accept} is not supported") from None
-        if fmt is ContentFormat.LINK or not registry.can_encode(fmt, node, path, self.model):
-            raise FormatNotAcceptableError(f"{path} cannot be represented in {fmt.label}")
-        return fmt
 
     def _composite_paths(self, request: Message) -> list[LwM2mPath]:
         fmt = self._content_format(request)
