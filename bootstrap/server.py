@@ -13,7 +13,10 @@ Invariants:
   names; anything else gets 4.03 and a ``security.*`` event (no key material in it);
 - every bootstrap issues a fresh server PSK (``secrets``, 16 bytes, never reused: the store refuses a PSK it has
   issued before) and retires the device's previous one in the same transaction; a bootstrap that fails after that
-  revokes the new one too, so no half-delivered key stays usable;
+  revokes the new one too, so no half-delivered key stays usable. The one exception is a Bootstrap-Finish left
+  unanswered: the device may have applied its configuration and be using the key, so the key stays and the
+  bootstrap is counted ``unconfirmed`` (``bootstrap.unconfirmed``); a device that did not get Finish bootstraps
+  again, which retires it;
 - at most one bootstrap runs per endpoint (a new request from the device replaces its running one) and at most
   ``max_sessions`` at all (5.03 beyond); each is bounded by ``session_timeout``;
 - /bs and /bspack are rate limited per source address and per identity (5.03 with Max-Age beyond);
@@ -41,6 +44,7 @@ from bootstrap.sequence import (
     BootstrapRequest,
     BootstrapSequence,
     DeviceConfig,
+    Step,
     bootstrap_pack,
     pack_format,
 )
@@ -77,6 +81,10 @@ class TooManyBootstrapsError(Lwm2mError):
     coap_code = CoapCode.SERVICE_UNAVAILABLE
 
 
+class _NoAnswerError(Exception):
+    """One request to the device went unanswered for ``request_timeout``."""
+
+
 @dataclass
 class BootstrapSettings:
     server_uri: str  # the LwM2M server devices are sent to (coaps://HOST:PORT)
@@ -106,6 +114,7 @@ class BootstrapStats:
     started: int = 0
     succeeded: int = 0
     failed: int = 0
+    unconfirmed: int = 0  # Bootstrap-Finish sent, no answer: the issued key was kept
     packs: int = 0
     refused: int = 0
 
@@ -351,6 +360,8 @@ class BootstrapServer:
             outcome = self._end(sequence, "replaced by a new bootstrap request or the server stopped")
             self._finished(endpoint, tenant, issued, outcome)
             raise
+        except _NoAnswerError as e:
+            outcome = self._end(sequence, f"the device did not answer: {e}")
         except (coap_error.Error, Lwm2mError) as e:
             outcome = self._end(sequence, f"the device did not answer: {type(e).__name__}")
         self._finished(endpoint, tenant, issued, outcome)
@@ -370,9 +381,16 @@ class BootstrapServer:
             if outcome.notes:
                 data["refused_steps"] = list(outcome.notes)
             self._event("bootstrap.finished", data)
+        elif outcome.step is Step.FINISH and outcome.code is None and issued is not None:
+            # Finish went out and no answer came back (lost, or the device closed its bootstrap session at once):
+            # the device may be using the key, so revoking it would lock a configured device out until it
+            # bootstraps again; a device that did not get Finish bootstraps again anyway, which retires the key
+            self.stats.unconfirmed += 1
+            data.update(server_identity=issued.credential.identity, reason=outcome.reason)
+            self._event("bootstrap.unconfirmed", data)
         else:
             self.stats.failed += 1
-            if issued is not None:  # the device may or may not hold it: it bootstraps again either way
+            if issued is not None:  # the device did not get Finish: it bootstraps again and never uses this key
                 with contextlib.suppress(Lwm2mError):
                     self.credentials.revoke(endpoint, now=self._clock(), tenant_id=tenant,
                                             kind=CredentialKind.SERVER)
@@ -389,7 +407,10 @@ class BootstrapServer:
         if step.accept is not None:
             message.opt.accept = step.accept
         message.remote = remote
-        response = await asyncio.wait_for(self.context.request(message).response, self.settings.request_timeout)
+        try:
+            response = await asyncio.wait_for(self.context.request(message).response, self.settings.request_timeout)
+        except TimeoutError:  # not the session's own timeout: say which it was
+            raise _NoAnswerError(f"no answer within {self.settings.request_timeout:g} s") from None
         cf = response.opt.content_format
         return int(response.code), response.payload, None if cf is None else int(cf)
 

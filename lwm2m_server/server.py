@@ -8,7 +8,8 @@ confidentiality), both on one aiocoap context. With DTLS, the device credentials
 ``open_credentials(database)`` on the server's own database) give the PSK of an identity and the endpoint it is
 bound to; when they can also say what was revoked (``revoked_since``), the server polls them every
 ``credential_poll_interval`` seconds and, for each credential revoked or replaced elsewhere (``scratch factory
-revoke``, the bootstrap server), ends the DTLS sessions of its identity and emits ``security.credential_revoked``.
+revoke``, the bootstrap server), ends the DTLS sessions of its identity, removes the registration made with it
+(``registration.deregistered``, reason ``credential_revoked``) and emits ``security.credential_revoked``.
 Failed handshakes lock a source address out (``dtls_lockout_*``; ``security.dtls_lockout``).
 """
 
@@ -27,6 +28,7 @@ from typing import Protocol, runtime_checkable
 import aiocoap
 
 from lwm2m_server.audit import AUDITED_KINDS, AuditLog
+from lwm2m_server.core.errors import UnknownRegistrationError
 from lwm2m_server.core.model import ObjectModel
 from lwm2m_server.core.rate_limit import Lockout, RateLimiter
 from lwm2m_server.data_dir import API_URL_FILE, default_data_dir, ensure_token
@@ -259,13 +261,21 @@ class Lwm2mServer:
 
     def _revoked(self, credential: RevokedCredential) -> None:
         closed = self.dtls.evict_identity(credential.identity.encode("utf-8")) if self.dtls is not None else 0
+        removed = False
+        if self.registrations is not None:  # a registration authenticated by a revoked key is trusted no more
+            reg = self.registrations.by_endpoint(credential.endpoint, credential.tenant_id)
+            if reg is not None and reg.identity == credential.identity:
+                with contextlib.suppress(UnknownRegistrationError):  # expired meanwhile
+                    self.registrations.deregister(reg.id, reason="credential_revoked")
+                    removed = True
         kind = str(getattr(credential.kind, "value", credential.kind))
-        log.warning("credential %r (%s) of endpoint %r was revoked: %d DTLS session(s) closed", credential.identity,
-                    kind, credential.endpoint, closed)
+        log.warning("credential %r (%s) of endpoint %r was revoked: %d DTLS session(s) closed%s", credential.identity,
+                    kind, credential.endpoint, closed, ", registration removed" if removed else "")
         self.events.emit(SECURITY_CREDENTIAL_REVOKED, time.time(), tenant_id=credential.tenant_id,
                          endpoint=credential.endpoint,
                          data={"identity": credential.identity, "kind": kind, "revoked_at": credential.revoked_at,
-                               "sessions_closed": closed, "node": self.settings.node_id})
+                               "sessions_closed": closed, "registration_removed": removed,
+                               "node": self.settings.node_id})
 
     async def _start_api(self) -> None:
         import uvicorn

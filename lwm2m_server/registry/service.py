@@ -250,16 +250,16 @@ class RegistrationService:
             }))
         return reg
 
-    def deregister(self, reg_id: str) -> Registration:
-        """Remove a registration (De-register, 2.02 Deleted) and return it. Raises
-        :class:`UnknownRegistrationError` (4.04) for an unknown or expired id."""
+    def deregister(self, reg_id: str, *, reason: str = "requested") -> Registration:
+        """Remove a registration (De-register, 2.02 Deleted; or the server's own decision, ``reason`` says which)
+        and return it. Raises :class:`UnknownRegistrationError` (4.04) for an unknown or expired id."""
         now = self._clock()
         reg = self._live(reg_id, now)
         self._remove(reg)
         events = self._events
         if events.wants(REGISTRATION_DEREGISTERED):
             events.publish(Event(REGISTRATION_DEREGISTERED, now, reg.tenant_id, reg.endpoint,
-                                 {"id": reg_id, "reason": "requested"}))
+                                 {"id": reg_id, "reason": reason}))
         return reg
 
     def expire_due(self, now: float) -> list[Registration]:

@@ -35,6 +35,7 @@ class ScriptedDevice(resource.Resource):
                  discover: bytes = b'</>;lwm2m=1.1,</0/0>;uri="coaps://bs",</1>,</3/0>') -> None:
         super().__init__()
         self.refuse = refuse or {}
+        self.silent: set[tuple[str, str]] = set()  # requests never answered (the answer lost on the way back)
         self.discover = discover
         self.log: list[tuple[str, str]] = []
         self.objects: dict[str, Instance] = {}
@@ -46,6 +47,10 @@ class ScriptedDevice(resource.Resource):
         self.log.append((method, path))
         if (method, path) in self.refuse:
             return aiocoap.Message(code=self.refuse[(method, path)])
+        if (method, path) in self.silent:
+            if path == "/bs":
+                self.finished.set()  # applied: the device goes on with its new configuration
+            await asyncio.Event().wait()
         if method == "GET" and path == "/":
             return aiocoap.Message(code=aiocoap.CONTENT, payload=self.discover,
                                    content_format=int(ContentFormat.LINK))
@@ -178,6 +183,34 @@ async def test_refused_steps_are_handled_and_a_refused_server_account_revokes_th
         await request(ctx, srv, "bs", ("ep=dev-2",))
         _, outcome = await asyncio.wait_for(srv.outcomes.get(), 20)  # type: ignore[union-attr]
         assert not outcome.success and outcome.code == "4.06"
+
+
+async def test_an_unanswered_finish_keeps_the_key_the_device_may_be_using(store: MemoryCredentialStore) -> None:
+    """Finish applied on the device, its 2.04 lost: revoking the key would lock a configured device out, so the key
+    stays (``unconfirmed``); a failure at an earlier step, where the device cannot have applied it, revokes it."""
+    bs, bs_psk = store.issue("dev-5", "bootstrap", now=0)
+    device = ScriptedDevice()
+    device.silent.add(("POST", "/bs"))
+    async with (bootstrap_server(store, request_timeout=1.0) as srv,
+                device_session(srv, bs.identity, bytes(bs_psk), device) as ctx):
+        await request(ctx, srv, "bs", ("ep=dev-5",))
+        _, outcome = await asyncio.wait_for(srv.outcomes.get(), 20)  # type: ignore[union-attr]
+        assert not outcome.success and outcome.step is not None and outcome.step.value == "finish"
+        assert outcome.code is None
+        kept = store.by_endpoint("dev-5", "server")
+        assert kept is not None and kept.identity.encode() == device.value("/0/1", 3)
+        assert store.verify(device.value("/0/1", 3), device.value("/0/1", 5))  # type: ignore[arg-type]
+        assert srv.stats.unconfirmed == 1 and srv.stats.failed == 0
+        kind, data = srv.events[-1]  # type: ignore[attr-defined]
+        assert kind == "bootstrap.unconfirmed" and data["server_identity"] == kept.identity
+
+        device.silent = {("GET", "/1")}  # no answer to Bootstrap-Read: Finish was never sent
+        await request(ctx, srv, "bs", ("ep=dev-5",))
+        _, outcome = await asyncio.wait_for(srv.outcomes.get(), 20)  # type: ignore[union-attr]
+        assert not outcome.success and outcome.step is not None and outcome.step.value == "read /1"
+        assert outcome.reason == "the device did not answer: no answer within 1 s"
+        assert store.by_endpoint("dev-5", "server") is None and srv.stats.failed == 1
+        assert srv.events[-1][0] == "bootstrap.failed"  # type: ignore[attr-defined]
 
 
 async def test_an_identity_claiming_another_endpoint_is_refused(store: MemoryCredentialStore) -> None:

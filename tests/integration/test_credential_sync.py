@@ -22,7 +22,7 @@ from bootstrap.credentials import CredentialKind, MemoryCredentialStore
 from bootstrap.sql_credentials import SqlCredentialStore
 from bootstrap.vault import Vault
 from lwm2m_server.core.codec.formats import ContentFormat
-from lwm2m_server.core.errors import RequestFailedError
+from lwm2m_server.core.errors import UnknownEndpointError
 from lwm2m_server.core.operations import ReadRequest
 from lwm2m_server.core.paths import LwM2mPath
 from lwm2m_server.events import Event
@@ -136,14 +136,15 @@ async def test_a_revocation_by_another_process_closes_the_session_and_the_next_h
                 cli.revoke("dev-1", now=time.time())
                 await eventually(lambda: sessions_of(srv, cred.identity) == 0
                                  and any(e.kind == SECURITY_CREDENTIAL_REVOKED for e in seen), timeout=10)
-                with pytest.raises(RequestFailedError):
+                with pytest.raises(UnknownEndpointError):  # its registration went with the key
                     await read_manufacturer(srv, "dev-1")
             finally:
                 await client.shutdown()
         (event,) = [e for e in seen if e.kind == SECURITY_CREDENTIAL_REVOKED]
         assert event.endpoint == "dev-1" and event.tenant_id == "default"
         assert event.data["identity"] == cred.identity and event.data["kind"] == "server"
-        assert event.data["sessions_closed"] == 1
+        assert event.data["sessions_closed"] == 1 and event.data["registration_removed"] is True
+        assert srv.registrations is not None and srv.registrations.by_endpoint("dev-1") is None
         assert bytes(psk).hex() not in repr(event) and repr(bytes(psk)) not in repr(event)
         assert await refused(srv, cred.identity, bytes(psk), "dev-1")
 
@@ -156,8 +157,12 @@ async def test_a_replacement_by_another_process_ends_the_old_identity_and_admits
             client, code = await register(srv, old.identity, bytes(old_psk), "dev-1")
             try:
                 assert code == aiocoap.CREATED
+                removals: list[Event] = []
+                srv.events.subscribe(removals.append, "registration.deregistered")
                 new, new_psk = cli.replace("dev-1", SV, now=time.time())
                 await eventually(lambda: sessions_of(srv, old.identity) == 0, timeout=10)
+                # the registration made with the old key went with it
+                assert [e.data["reason"] for e in removals] == ["credential_revoked"]
             finally:
                 await client.shutdown()
             client, code = await register(srv, new.identity, bytes(new_psk), "dev-1")
