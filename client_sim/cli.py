@@ -9,6 +9,10 @@ the factory learns its server from the bootstrap server only.
 The lead mounts :func:`sim` as a typer command; it stays a plain function callable from Python too.
 Output is one summary line per change of the fleet's counts (coalesced), plus one line per device for fleets
 of at most ``PER_DEVICE_LINES`` devices. Every started device is de-registered on exit. No key is ever printed.
+
+Faults (see :class:`client_sim.firmware.Faults`): ``--loss P --delay S --jitter S`` (the link, both ways),
+``--fail-boot``, ``--corrupt-download``, ``--power-loss``, ``--offline-at BYTES [--offline-for S]``; they apply to
+every device, or with ``--faulty N`` to the first N devices only (e.g. ``--fail-boot --faulty 3``).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import typer
 
 from client_sim.credentials import CredentialsFileError, FactoryCredentials, load_factory_file
 from client_sim.device import DeviceState, SimulatedDevice
-from client_sim.firmware import FirmwareOptions
+from client_sim.firmware import Faults, FirmwareOptions
 from client_sim.fleet import Fleet, FleetStatus
 from firmware_object.suit.keys import PublicKey, load_public_key
 from lwm2m_server.core.registration import SUPPORTED_VERSIONS
@@ -56,14 +60,30 @@ def sim(
     device_class: Annotated[str | None, typer.Option("--class", help="Class UUID packages must be made for")] = None,
     firmware_version: Annotated[str, typer.Option("--firmware-version", help="Version of the running image")] = "1.0.0",
     fail_boot: Annotated[bool, typer.Option(
-        "--fail-boot", help="Every image the devices install fails its health check (and rolls back)")] = False,
+        "--fail-boot", help="The next image a device installs fails its health check (and rolls back)")] = False,
+    loss: Annotated[float, typer.Option(
+        "--loss", min=0.0, max=1.0, help="Probability that a datagram is lost, each way (e.g. 0.1)")] = 0.0,
+    delay: Annotated[float, typer.Option("--delay", min=0.0, help="Seconds every datagram is delayed")] = 0.0,
+    jitter: Annotated[float, typer.Option("--jitter", min=0.0, help="+/- seconds added to the delay")] = 0.0,
+    corrupt_download: Annotated[bool, typer.Option(
+        "--corrupt-download", help="One byte of the next package a device receives is flipped (result 5)")] = False,
+    power_loss: Annotated[bool, typer.Option(
+        "--power-loss", help="A device loses power while installing the next update (result 8, old version)")
+    ] = False,
+    offline_at: Annotated[int | None, typer.Option(
+        "--offline-at", min=1, help="A device goes offline once this many bytes of a package arrived")] = None,
+    offline_for: Annotated[float, typer.Option(
+        "--offline-for", min=0.0, help="Seconds a device stays offline (with --offline-at)")] = 2.0,
+    faulty: Annotated[int | None, typer.Option(
+        "--faulty", min=0, help="Only the first N devices get the faults above (default: every device)")] = None,
 ) -> None:
     """Simulate LwM2M devices until interrupted; de-register them on exit.
 
     Either COUNT devices registering to SERVER (--server, --count), or one device per record of a manufacturing
     file (--credentials): those bootstrap first, then register over DTLS with the key the bootstrap server gave.
     The devices have a Firmware Update object (/5) with two image slots; they check SUIT packages against the
-    --trust keys and the --vendor/--class identifiers before installing.
+    --trust keys and the --vendor/--class identifiers before installing. Fault options make them misbehave (each
+    firmware fault fires once); --faulty N limits the faults to the first N devices.
     """
     if lwm2m_version not in SUPPORTED_VERSIONS:
         raise typer.BadParameter(f"must be one of {', '.join(SUPPORTED_VERSIONS)}", param_hint="--lwm2m-version")
@@ -86,10 +106,12 @@ def sim(
     firmware = FirmwareOptions(
         trust_anchors=tuple(_public_key(path) for path in trust or ()),
         vendor_id=_uuid(vendor, "--vendor"), class_id=_uuid(device_class, "--class"),
-        version=firmware_version, fail_boot=fail_boot)
+        version=firmware_version)
+    faults = Faults(loss=loss, delay=delay, jitter=jitter, offline_at=offline_at, offline_for=offline_for,
+                    corrupt_download=corrupt_download, fail_boot=fail_boot, power_loss_during_install=power_loss)
     asyncio.run(run_fleet(server, count, credentials=records, prefix=prefix, lifetime=lifetime,
                           lwm2m_version=lwm2m_version, bind=bind, firmware=firmware,
-                          bootstrap_timeout=bootstrap_timeout))
+                          bootstrap_timeout=bootstrap_timeout, faults=faults, faulty=faulty))
 
 
 def _public_key(path: Path) -> PublicKey:
@@ -113,9 +135,11 @@ def _uuid(text: str | None, option: str) -> uuid.UUID | None:
 async def run_fleet(server: str | None, count: int | None, *, credentials: Sequence[FactoryCredentials] = (),
                     prefix: str = "sim-", lifetime: int = 300, lwm2m_version: str = "1.1", bind: str = "127.0.0.1",
                     firmware: FirmwareOptions | None = None, bootstrap_timeout: float = 30.0,
-                    stop: asyncio.Event | None = None) -> FleetStatus:
+                    stop: asyncio.Event | None = None, faults: Faults | None = None,
+                    faulty: int | None = None) -> FleetStatus:
     """Run a fleet until SIGINT/SIGTERM (or until ``stop`` is set), printing summaries; returns the final status
-    after stopping. With ``credentials``, one device per record (the first ``count``) bootstraps first."""
+    after stopping. With ``credentials``, one device per record (the first ``count``) bootstraps first.
+    ``faults`` go to the first ``faulty`` devices (None: to every device)."""
     loop = asyncio.get_running_loop()
     stop = stop if stop is not None else asyncio.Event()
     changed = asyncio.Event()
@@ -129,9 +153,12 @@ async def run_fleet(server: str | None, count: int | None, *, credentials: Seque
             typer.echo(f"{device.endpoint}: {new.value}{where}")
         changed.set()
 
+    def faults_for(index: int, endpoint: str) -> Faults | None:
+        return faults if faults is not None and (faulty is None or index < faulty) else None
+
     fleet = Fleet(server, total, credentials=records, prefix=prefix, lifetime=lifetime,
                   lwm2m_version=lwm2m_version, bind_host=bind, on_device=on_device,
-                  firmware=firmware or FirmwareOptions(), bootstrap_timeout=bootstrap_timeout)
+                  firmware=firmware or FirmwareOptions(), bootstrap_timeout=bootstrap_timeout, faults=faults_for)
     installed = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):

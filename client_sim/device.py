@@ -5,6 +5,9 @@ a UDP socket of its own, or PSK (mode 0) to a ``coaps://`` URI over DTLS (identi
 made from factory credentials holds only a bootstrap account at first: it bootstraps (client-initiated, see
 :mod:`client_sim.bootstrap`), then registers with the account the bootstrap server wrote. Execute /1/x/9
 (Bootstrap-Request Trigger) and ``bootstrap_on_failure`` Register failures in a row send it back to bootstrap.
+With :class:`~client_sim.firmware.Faults` it misbehaves on purpose: a lossy or slow link (every connection it opens
+goes through its :class:`~client_sim.network.Link`), outages (:meth:`SimulatedDevice.go_offline`) and the firmware
+faults.
 
 Invariants:
 - a device holds at most one server connection: one aiocoap context (a UDP socket it also serves on, or a DTLS
@@ -16,13 +19,16 @@ Invariants:
 - ``stop()`` ends observations, de-registers (when registered), cancels every timer and the task and shuts every
   context down; after it the device holds no loop resources and no socket;
 - a request's failure is answered with the CoAP code its core error carries; nothing else escapes ``render``;
-- keys live only in the Security object; no log line, ``repr`` or answer carries one (the server gets 4.01 on /0).
+- keys live only in the Security object; no log line, ``repr`` or answer carries one (the server gets 4.01 on /0);
+- while offline (an outage) the device holds no connection, sends nothing and answers nothing; it comes back with
+  a fresh Register.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import random
 import time
@@ -40,7 +46,8 @@ from client_sim.bootstrap import BootstrapAttempt, BootstrapInterface, Bootstrap
 from client_sim.content import content_response
 from client_sim.credentials import FactoryCredentials
 from client_sim.errors import BadValueError, FormatNotAcceptableError, OperationNotAllowedError, PathNotFoundError
-from client_sim.firmware import PACKAGE, DeviceFirmware, FirmwareOptions
+from client_sim.firmware import PACKAGE, DeviceFirmware, Faults, FirmwareOptions
+from client_sim.network import Link as NetworkLink
 from client_sim.objects import NUMERIC_TYPES, Change, ChangeKind, ObjectTree
 from lwm2m_server.core.codec import link as link_format
 from lwm2m_server.core.codec import registry
@@ -89,6 +96,7 @@ class DeviceState(Enum):
     REGISTERING = "registering"  # first Register (or a re-registration) under way
     REGISTERED = "registered"
     FAILED = "failed"  # the last Register or bootstrap failed; retrying with back-off
+    OFFLINE = "offline"  # an outage (a fault): no connection, nothing sent or answered
     STOPPED = "stopped"
 
 
@@ -128,6 +136,7 @@ class DeviceCounters:
     bootstrap_attempts: int = 0
     bootstrap_failures: int = 0  # attempts that failed (a busy server's 5.03 is not a failure)
     bootstrap_fallbacks: int = 0  # bootstraps started because Register kept failing
+    outages: int = 0  # times the device went offline (fault injection)
 
 
 def _overlaps(a: LwM2mPath, b: LwM2mPath) -> bool:
@@ -179,12 +188,26 @@ class _DeviceResource(ObservableResource, PathCapable):
         return None
 
 
+class _LinkedBootstrapAttempt(BootstrapAttempt):
+    """A bootstrap attempt whose connection goes through the device's link."""
+
+    def __init__(self, *args: Any, link: NetworkLink, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._link = link
+
+    async def _open(self) -> None:
+        await super()._open()
+        if self._context is not None:
+            self._link.attach(self._context)
+
+
 class SimulatedDevice:
     """One simulated LwM2M client (objects 0, 1, 3, 4 and any extra objects) talking to one server.
 
     Give ``server_uri`` (``coap://`` for NoSec; ``coaps://`` with ``psk_identity`` and ``psk`` for DTLS-PSK), or
     ``factory`` credentials (the device bootstraps first), or both (the server account is used first; the device
-    falls back to bootstrap when Register keeps failing).
+    falls back to bootstrap when Register keeps failing). ``faults`` (when given) replace the fault fields of
+    ``firmware``; a device without ``firmware`` only honours the link faults.
     """
 
     def __init__(
@@ -209,6 +232,7 @@ class SimulatedDevice:
         factory: FactoryCredentials | None = None,
         bootstrap_timeout: float = 30.0,
         bootstrap_on_failure: int = 3,
+        faults: Faults | None = None,
     ) -> None:
         if lwm2m_version not in SUPPORTED_VERSIONS:
             raise ValueError(f"lwm2m_version must be one of {', '.join(SUPPORTED_VERSIONS)}")
@@ -272,6 +296,15 @@ class SimulatedDevice:
         self._expires_at = 0.0
         self._stopping = False
         self._observations: set[_Observation] = set()
+        self._offline = False
+        self._outage: asyncio.Task[None] | None = None
+        self._online = asyncio.Event()
+        self._online.set()
+        if faults is not None and firmware is not None:
+            firmware = firmware.with_faults(faults)
+        self.faults = faults if faults is not None else firmware.faults if firmware is not None else Faults()
+        self.link = NetworkLink(self.faults.link, self.faults.seed if self.faults.seed is not None else endpoint) \
+            if self.faults.needs_link else None
         self.firmware = DeviceFirmware(self, firmware, clock=self._now) if firmware is not None else None
         self.objects = self._build_objects(lifetime, extra_objects, server_uri, identity, psk, short_server_id,
                                            factory)
@@ -376,6 +409,10 @@ class SimulatedDevice:
             self._drift_timer.cancel()
         if self.firmware is not None:
             self.firmware.stop()
+        if self._outage is not None:
+            self._outage.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._outage
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
@@ -393,6 +430,8 @@ class SimulatedDevice:
             with contextlib.suppress(Exception):
                 await self._deregister(timeout)
         await self._disconnect()
+        if self.link is not None:
+            self.link.close()
         if self._first_outcome is not None and not self._first_outcome.done():
             self._first_outcome.set_result(False)
         self._location = None
@@ -417,6 +456,47 @@ class SimulatedDevice:
         if self.firmware is not None:
             self.firmware.on_boot()
         self._want_register = True
+        self._wake.set()
+
+    @property
+    def offline(self) -> bool:
+        """True during an outage (:meth:`go_offline`)."""
+        return self._offline
+
+    def go_offline(self, duration: float, *, reboot: bool = False) -> None:
+        """Vanish now for ``duration`` seconds (a fault; ignored while offline or stopping): the link goes down at
+        once (nothing leaves, nothing arrives, no close_notify), observations are forgotten, the connection is
+        dropped without a De-register; afterwards the device registers afresh. ``reboot``: it lost power, so it
+        boots on its way back (the firmware decides what runs)."""
+        if self._offline or self._stopping:
+            return
+        self._offline = True
+        self._online.clear()
+        self.counters.outages += 1
+        if self.link is not None:
+            self.link.up = False
+        log.info("%s: offline for %g s%s", self.endpoint, duration, " (power lost)" if reboot else "")
+        self._outage = asyncio.get_running_loop().create_task(self._run_outage(duration, reboot),
+                                                               name=f"lwm2m-sim-outage-{self.endpoint}")
+
+    async def _run_outage(self, duration: float, reboot: bool) -> None:
+        self._location = None
+        self._forget_observations()
+        self._set_state(DeviceState.OFFLINE)
+        self._wake.set()  # the lifecycle parks until the outage ends
+        await self._disconnect()
+        await asyncio.sleep(duration)
+        if self.link is not None:
+            self.link.up = True
+        self._offline = False
+        self._outage = None
+        if reboot:
+            self.counters.reboots += 1
+            if self.firmware is not None:
+                self.firmware.on_boot()
+        self._fresh_session = True
+        self._want_register = True
+        self._online.set()
         self._wake.set()
 
     async def wait_for(self, predicate: Callable[[SimulatedDevice], bool], timeout: float) -> None:
@@ -585,6 +665,9 @@ class SimulatedDevice:
         backoff = 1.0
         bootstrap_backoff = 1.0
         while not self._stopping:  # not only cancellation: Python 3.11's wait_for can swallow a cancel
+            if self._offline:
+                await self._online.wait()
+                continue
             if self._want_bootstrap or ((self._location is None or self._want_register) and self._account() is None):
                 wait = await self._bootstrap_step(bootstrap_backoff)
                 if wait is None:
@@ -599,6 +682,8 @@ class SimulatedDevice:
                 self._want_update = False
                 self._set_state(DeviceState.REGISTERING)
                 ok = await self._register()
+                if self._offline:
+                    continue
                 if self._first_outcome is not None and not self._first_outcome.done():
                     self._first_outcome.set_result(ok)
                 if ok:
@@ -628,6 +713,8 @@ class SimulatedDevice:
                     continue
             self._want_update = False
             code = await self._update()
+            if self._offline:
+                continue
             if code is not None and code.is_successful():
                 backoff = 1.0
             elif code is not None or loop.time() > self._expires_at:
@@ -653,9 +740,13 @@ class SimulatedDevice:
         await self._leave_server()
         self._set_state(DeviceState.BOOTSTRAPPING)
         self.counters.bootstrap_attempts += 1
-        self._attempt = BootstrapAttempt(self.bootstrap_interface, account, self.endpoint,
-                                         timeout=self.bootstrap_timeout, request_timeout=self.request_timeout,
-                                         bind_host=self.bind_host)
+        options: dict[str, Any] = {"timeout": self.bootstrap_timeout, "request_timeout": self.request_timeout,
+                                   "bind_host": self.bind_host}
+        if self.link is not None:
+            self._attempt = _LinkedBootstrapAttempt(self.bootstrap_interface, account, self.endpoint, link=self.link,
+                                                    **options)
+        else:
+            self._attempt = BootstrapAttempt(self.bootstrap_interface, account, self.endpoint, **options)
         try:
             result: BootstrapResult = await self._attempt.run()
         finally:
@@ -698,11 +789,15 @@ class SimulatedDevice:
         if self._context is not None and self._context_key == account.connection:
             return
         await self._disconnect()
+        if self._offline:
+            raise OSError(errno.ENETDOWN, "the device is offline")
         if account.secure:
             self._context = await dtls_client_context(_DeviceResource(self), account.uri.rstrip("/"),
                                                       account.identity, account.key, loggername="coap-sim")
         else:
             self._context, self._port = await exclusive_context(_DeviceResource(self), self.bind_host)
+        if self.link is not None:
+            self.link.attach(self._context)
         self._context_key = account.connection
         if self.firmware is not None:
             self.firmware.use_scheme("coaps" if account.secure else "coap")
@@ -722,7 +817,7 @@ class SimulatedDevice:
         account = self._account_in_use
         self._end_observations()
         await self._disconnect()
-        if account is not None:
+        if account is not None and not self._offline:
             with contextlib.suppress(OSError):
                 await self._connect(account)
             self._account_in_use = account
@@ -775,6 +870,8 @@ class SimulatedDevice:
         started = asyncio.get_running_loop().time()
         self._registered_uri = uri
         response = await self._send(request)
+        if self._offline:
+            return False
         if response is None or response.code != Code.CREATED or not response.opt.location_path:
             if response is None or response.code.is_client_error():
                 self._register_failures += 1
@@ -1060,6 +1157,13 @@ class SimulatedDevice:
         obs.notifications += 1
         self.counters.notifications += 1
         self._schedule_pmax(obs)
+
+    def _forget_observations(self) -> None:
+        """Drop every observation without a word (a device that lost power or its network)."""
+        for obs in self._observations:
+            obs.cancel_timers()
+        self._observations.clear()
+        self._signal()
 
     def _end_observations(self) -> None:
         """End every observation with 5.03 (a rebooting or stopping device forgets them)."""

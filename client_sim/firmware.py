@@ -4,10 +4,13 @@ The device receives a package by push (block-wise Write of /5/0/0, written block
 or by pull (block-wise GET of the Package URI from its own socket), verifies the SUIT envelope against its trust
 anchors before it reports Downloaded, installs on Update by booting the inactive slot, runs a health check and
 either confirms the new image or rolls back to the previous slot by itself (Update Result 8, old version running).
+A pull that breaks keeps the blocks it has and the package's ETag, and resumes from there on the next Package URI
+whose first answered block carries the same ETag. Faults (:class:`Faults`) make it misbehave on purpose.
 
 Invariants: the active slot always holds an image that passed its health check; State and Update Result change only
 through :class:`~firmware_object.update_state.FirmwareUpdate`; every change of /5/0/3, /5/0/5 and /5/0/7 is
-announced to observers; a fault option fires once, so a retried update can succeed.
+announced to observers; a fault option fires once, so a retried update can succeed; the Object 5 state survives
+an outage or a power loss (the device is taken to persist it), a partial pull survives a failed download.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
 from aiocoap import Message
@@ -29,6 +32,7 @@ from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import BlockOption
 
 from client_sim.errors import BadValueError
+from client_sim.network import LinkConditions
 from firmware_object.errors import FirmwareError, PackageTooLargeError, State, UpdateResult
 from firmware_object.suit.keys import PublicKey
 from firmware_object.suit.verify import VerifiedEnvelope, check_image, verify_envelope
@@ -82,6 +86,7 @@ MAX_DEFER = FIRMWARE.child(13)
 FIRMWARE_VERSION = LwM2mPath.of(3, 0, 3)
 
 MAX_BLOCK_RETRIES = 4
+POWER_FAILS_AFTER = 0.02  # seconds after the Execute of /5/0/2 (its answer has left) until the power fails
 
 
 class TransferLostError(FirmwareError):
@@ -105,6 +110,76 @@ class DeviceFirmwareError(Lwm2mError):
 
 
 @dataclass(frozen=True)
+class Faults:
+    """How a simulated device misbehaves on purpose; the default misbehaves in no way. Every fault that fires
+    fires once (the next attempt goes through), so a retried update can succeed.
+
+    Link (per datagram, both directions, on the server session over UDP or DTLS, the pulls it carries and the
+    bootstrap session; see :mod:`client_sim.network`): ``loss`` (probability 0..1 that a datagram is lost),
+    ``delay`` seconds (+/- ``jitter``, uniform, never below 0), drawn from an RNG seeded with ``seed`` (None: the
+    endpoint name), so a run is reproducible device by device. CoAP and DTLS handshake retransmission recover.
+
+    Firmware (each fires once):
+    - ``offline_at``: once this many bytes of a package arrived (push or pull), the device vanishes: its link goes
+      down at once (no answer, no close_notify, no de-register, no notification), it drops its session and stays
+      unreachable for ``offline_for`` seconds, then registers afresh (a new Register). It persisted Object 5: it
+      reports State Idle (0), Update Result 4 (connection lost); a pull keeps its blocks and the package's ETag
+      (resumed by the next pull of the same package); the blocks of a push are lost (a push starts over anyway).
+    - ``lose_connection_at``: once this many bytes arrived the transfer breaks (Update Result 4) but the device
+      stays online (a pull keeps its blocks and ETag, as above).
+    - ``corrupt_download``: one byte (the last) of the next whole package received is flipped before the SUIT
+      checks, which then refuse it: Update Result 5 (integrity check failure).
+    - ``fail_boot``: the next installed image fails its health check; the bootloader falls back to the old slot:
+      after the reboot /5/0/3 Idle, /5/0/5 8 (firmware update failed), /3/0/3 the old version; it re-registers.
+    - ``power_loss_during_install``: on the next Execute of /5/0/2 the device answers, starts installing and
+      loses power (0.02 s later): it drops its session silently (as ``offline_at``), comes back after the
+      device's ``reboot_delay``, boots the old slot (the new one is incomplete and is discarded), registers afresh
+      and reports /5/0/3 Idle, /5/0/5 8, /3/0/3 the old version.
+    """
+
+    loss: float = 0.0
+    delay: float = 0.0
+    jitter: float = 0.0
+    seed: int | str | None = None
+    offline_at: int | None = None
+    offline_for: float = 2.0
+    lose_connection_at: int | None = None
+    corrupt_download: bool = False
+    fail_boot: bool = False
+    power_loss_during_install: bool = False
+
+    def __post_init__(self) -> None:
+        self.link  # validates loss, delay and jitter  # noqa: B018
+        for name in ("offline_at", "lose_connection_at"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} counts bytes: at least 1")
+        if self.offline_for < 0:
+            raise ValueError("offline_for cannot be negative")
+
+    @property
+    def link(self) -> LinkConditions:
+        """The link part of the faults."""
+        return LinkConditions(self.loss, self.delay, self.jitter)
+
+    @property
+    def needs_link(self) -> bool:
+        """Whether the device's datagrams must go through a :class:`~client_sim.network.Link` (lossy, slow, or a
+        device that may vanish)."""
+        return self.link.impaired or self.offline_at is not None or self.power_loss_during_install
+
+    def __or__(self, other: Faults) -> Faults:
+        """``self`` with every field ``other`` sets to something else than the default."""
+        default = Faults()
+        changed = {f.name: getattr(other, f.name) for f in fields(other)
+                   if getattr(other, f.name) != getattr(default, f.name)}
+        return dataclasses.replace(self, **changed)
+
+
+_FAULT_FIELDS = {f.name: ("link_seed" if f.name == "seed" else f.name) for f in fields(Faults)}
+
+
+@dataclass(frozen=True)
 class FirmwareOptions:
     """What a simulated device knows and how it misbehaves.
 
@@ -112,8 +187,10 @@ class FirmwareOptions:
     ``supported_schemes``: the Package URI schemes the device pulls from; None (the default): the one its server
     connection speaks (``coap`` over UDP, ``coaps`` over DTLS, where the pull shares the session), also announced
     in /5/0/8. ``flash_size``: the largest package the device stores. ``max_block_size``: the largest Block1 it takes.
-    Faults (each fires once): ``fail_boot`` (every installed image fails its health check), ``lose_connection_at``
-    (the transfer breaks when this many bytes have arrived).
+    Faults: the fields of :class:`Faults` (``link_seed`` is its ``seed``): ``loss``, ``delay``, ``jitter``,
+    ``offline_at``/``offline_for``, ``lose_connection_at``, ``corrupt_download``, ``fail_boot`` and
+    ``power_loss_during_install``; :attr:`faults` gives them as one :class:`Faults`, :meth:`with_faults` replaces
+    them.
     """
 
     trust_anchors: tuple[PublicKey, ...] = ()
@@ -128,6 +205,35 @@ class FirmwareOptions:
     fail_boot: bool = False
     lose_connection_at: int | None = None
     supported_schemes: tuple[str, ...] | None = None  # None: the scheme of the device's server connection
+    loss: float = 0.0
+    delay: float = 0.0
+    jitter: float = 0.0
+    link_seed: int | str | None = None
+    offline_at: int | None = None
+    offline_for: float = 2.0
+    corrupt_download: bool = False
+    power_loss_during_install: bool = False
+
+    def __post_init__(self) -> None:
+        self.faults  # validates the fault fields  # noqa: B018
+
+    @property
+    def faults(self) -> Faults:
+        return Faults(**{name: getattr(self, option) for name, option in _FAULT_FIELDS.items()})
+
+    def with_faults(self, faults: Faults) -> FirmwareOptions:
+        """These options with every fault field taken from ``faults``."""
+        return dataclasses.replace(self, **{option: getattr(faults, name) for name, option in _FAULT_FIELDS.items()})
+
+
+@dataclass(frozen=True)
+class PartialDownload:
+    """The blocks of a pull that broke, kept in the inactive slot: ``data`` is a whole number of blocks of
+    ``2 ** (szx + 4)`` bytes of the package whose ETag is ``etag``."""
+
+    etag: bytes
+    data: bytes
+    szx: int
 
 
 @dataclass
@@ -149,7 +255,13 @@ class _Receiving:
 
 
 class DeviceFirmware:
-    """Object 5 of one simulated device, its two slots, and the download and install work."""
+    """Object 5 of one simulated device, its two slots, and the download and install work.
+
+    Counters: ``boots``, ``rollbacks`` (health checks failed), ``interrupted_installs`` (power lost while
+    installing), ``fetched_bytes`` (package bytes pulled over the network), ``resumed_bytes`` and ``resumes``
+    (bytes a pull did not fetch again because it resumed a broken one), ``corrupted`` (packages flipped by the
+    ``corrupt_download`` fault).
+    """
 
     def __init__(self, device: SimulatedDevice, options: FirmwareOptions,
                  clock: Callable[[], int] = lambda: int(time.time())) -> None:
@@ -167,10 +279,20 @@ class DeviceFirmware:
         self._deferral: asyncio.TimerHandle | None = None
         self._lose_connection_at = options.lose_connection_at
         self._fail_boot = options.fail_boot
+        self._offline_at = options.offline_at
+        self._corrupt_download = options.corrupt_download
+        self._power_loss = options.power_loss_during_install
+        self._install_interrupted = False
+        self.partial: PartialDownload | None = None
         self._pkg_name = ""
         self._pkg_version = ""
         self.boots = 0
         self.rollbacks = 0
+        self.interrupted_installs = 0
+        self.fetched_bytes = 0
+        self.resumed_bytes = 0
+        self.resumes = 0
+        self.corrupted = 0
 
     # ------------------------------------------------------------------ the object
 
@@ -298,6 +420,7 @@ class DeviceFirmware:
                 self._handle(PackageCleared())  # the server starts the push over: drop what we have
             self._handle(PackageWriteStarted())
             self._push = _Receiving(szx=szx)
+            self.partial = None  # a push overwrites the inactive slot
         receiving = self._push
         if receiving is None or len(receiving.buffer) != number * size:
             return Message(code=Code.REQUEST_ENTITY_INCOMPLETE, payload=b"blocks out of order")
@@ -311,6 +434,11 @@ class DeviceFirmware:
             self._lose_connection_at = None
             self._fail_download(TransferLostError("connection lost during the push"))
             return Message(code=Code.REQUEST_ENTITY_INCOMPLETE, payload=b"connection lost, start over")
+        if self._offline_at is not None and end >= self._offline_at:
+            self._offline_at = None
+            self.device.go_offline(self.options.offline_for)  # the link is down: this answer never leaves
+            self._fail_download(TransferLostError("the device went offline during the push (fault injected)"))
+            return Message(code=Code.SERVICE_UNAVAILABLE)
         receiving.buffer += payload
         if more:
             response = Message(code=Code.CONTINUE)
@@ -334,6 +462,11 @@ class DeviceFirmware:
 
     def _received(self, package: bytes, *, push: bool) -> None:
         """The whole package arrived: verify it, then report Downloaded (or why not)."""
+        if self._corrupt_download and package:
+            self._corrupt_download = False
+            self.corrupted += 1
+            package = package[:-1] + bytes([package[-1] ^ 0xFF])  # inside the last item: no CBOR shape changes
+            log.info("%s: one byte of the package flipped (fault injected)", self.device.endpoint)
         self.last_package = package
         try:
             verified = self._verify(package)
@@ -380,60 +513,98 @@ class DeviceFirmware:
         self._received(package, push=False)
 
     async def _get(self, uri: str) -> bytes:
-        """Block-wise GET (Block2) of ``uri`` from the device's own socket, resuming a lost block in place."""
+        """Block-wise GET (Block2) of ``uri`` from the device's own socket, retrying a lost block in place.
+
+        A :attr:`partial` download is resumed: the first request asks for the block after the kept ones, and they
+        are used if that answer carries their ETag (else the download starts over from block 0). When the
+        transfer breaks (:class:`TransferLostError`), what arrived is kept as the new :attr:`partial`."""
         context = self.device._context
         if context is None:
             raise TransferLostError("the device has no server connection")
         szx = self.options.pull_block_size.bit_length() - 5
         received = bytearray()
         etag: bytes | None = None
-        number = retries = 0
-        while True:
-            request = Message(code=Code.GET, uri=uri)
-            request.opt.block2 = BlockOption.BlockwiseTuple(number, False, szx)
-            try:
-                response = await asyncio.wait_for(context.request(request, handle_blockwise=False).response,
-                                                  self.options.download_timeout)
-            except CredentialsMissingError:
-                raise PackageNotFoundError(f"no credentials to reach {uri}") from None
-            except (TimeoutError, coap_error.Error):
-                retries += 1
-                if retries > MAX_BLOCK_RETRIES:
-                    raise TransferLostError(f"no answer for block {number} of {uri}") from None
-                continue
-            retries = 0
-            if response.code == Code.NOT_FOUND:
-                raise PackageNotFoundError(f"nothing at {uri}")
-            if response.code != Code.CONTENT:
-                raise TransferLostError(f"{uri} answered {response.code}")
-            size2 = response.opt.size2
-            if size2 is not None and size2 > self.options.flash_size:
-                raise PackageTooLargeError(f"the package has {size2} bytes; the flash holds {self.options.flash_size}")
-            tag = response.opt.etag
-            if etag is None:
-                etag = tag
-            elif tag != etag:  # the package changed under us: start over
-                received.clear()
-                number, etag = 0, None
-                continue
-            block2 = response.opt.block2
-            if block2 is not None and block2.size_exponent < szx:  # the server wants smaller blocks
-                szx = block2.size_exponent
-            received += response.payload
-            if len(received) > self.options.flash_size:
-                raise PackageTooLargeError(f"the package outgrew the flash ({self.options.flash_size} bytes)")
-            if self._lose_connection_at is not None and len(received) >= self._lose_connection_at:
-                self._lose_connection_at = None
-                raise TransferLostError("connection lost during the download (fault injected)")
-            if block2 is None or not block2.more:
-                return bytes(received)
-            number = len(received) >> (szx + 4)
+        partial, self.partial = self.partial, None
+        resuming = partial is not None
+        if partial is not None:
+            received, etag, szx = bytearray(partial.data), partial.etag, partial.szx
+        number = len(received) >> (szx + 4)
+        retries = 0
+        try:
+            while True:
+                request = Message(code=Code.GET, uri=uri)
+                request.opt.block2 = BlockOption.BlockwiseTuple(number, False, szx)
+                try:
+                    response = await asyncio.wait_for(context.request(request, handle_blockwise=False).response,
+                                                      self.options.download_timeout)
+                except CredentialsMissingError:
+                    raise PackageNotFoundError(f"no credentials to reach {uri}") from None
+                except (TimeoutError, coap_error.Error):
+                    retries += 1
+                    if retries > MAX_BLOCK_RETRIES:
+                        raise TransferLostError(f"no answer for block {number} of {uri}") from None
+                    continue
+                retries = 0
+                block2 = response.opt.block2
+                if resuming:
+                    resuming = False
+                    if (response.code != Code.CONTENT or response.opt.etag != etag or block2 is None
+                            or block2.start != len(received)):
+                        log.info("%s: %s is not the package a broken pull stopped in; starting over",
+                                 self.device.endpoint, uri)
+                        received.clear()
+                        number, etag, szx = 0, None, self.options.pull_block_size.bit_length() - 5
+                        continue
+                    self.resumes += 1
+                    self.resumed_bytes += len(received)
+                    log.info("%s: resuming the pull of %s at byte %d", self.device.endpoint, uri, len(received))
+                if response.code == Code.NOT_FOUND:
+                    raise PackageNotFoundError(f"nothing at {uri}")
+                if response.code != Code.CONTENT:
+                    raise TransferLostError(f"{uri} answered {response.code}")
+                size2 = response.opt.size2
+                if size2 is not None and size2 > self.options.flash_size:
+                    raise PackageTooLargeError(f"the package has {size2} bytes; the flash holds "
+                                               f"{self.options.flash_size}")
+                tag = response.opt.etag
+                if etag is None:
+                    etag = tag
+                elif tag != etag:  # the package changed under us: start over
+                    received.clear()
+                    number, etag = 0, None
+                    continue
+                if block2 is not None and block2.size_exponent < szx:  # the server wants smaller blocks
+                    szx = block2.size_exponent
+                received += response.payload
+                self.fetched_bytes += len(response.payload)
+                if len(received) > self.options.flash_size:
+                    raise PackageTooLargeError(f"the package outgrew the flash ({self.options.flash_size} bytes)")
+                if self._lose_connection_at is not None and len(received) >= self._lose_connection_at:
+                    self._lose_connection_at = None
+                    raise TransferLostError("connection lost during the download (fault injected)")
+                if self._offline_at is not None and len(received) >= self._offline_at:
+                    self._offline_at = None
+                    self.device.go_offline(self.options.offline_for)
+                    raise TransferLostError("the device went offline during the download (fault injected)")
+                if block2 is None or not block2.more:
+                    return bytes(received)
+                number = len(received) >> (szx + 4)
+        except TransferLostError:
+            if etag is not None and received and len(received) % (1 << (szx + 4)) == 0:
+                self.partial = PartialDownload(etag, bytes(received), szx)
+            raise
 
     # ------------------------------------------------------------------ install, boot, rollback
 
     def _start_update(self) -> None:
-        """Updating: the image is in the inactive slot; reboot into it."""
+        """Updating: the image is in the inactive slot; reboot into it (or lose power while installing it)."""
         self.installing = True
+        if self._power_loss:
+            self._power_loss = False
+            self._install_interrupted = True
+            device = self.device
+            device._later(POWER_FAILS_AFTER, lambda: device.go_offline(device.reboot_delay, reboot=True))
+            return
         self.device._later(self.device.reboot_delay, self.device.reboot)
 
     def on_boot(self) -> None:
@@ -442,9 +613,17 @@ class DeviceFirmware:
         if not self.installing:
             return
         self.installing = False
+        if self._install_interrupted:  # the power failed half-way: the new slot is incomplete, boot the old one
+            self._install_interrupted = False
+            self.interrupted_installs += 1
+            log.info("%s: the install was interrupted; still running %s", self.device.endpoint, self.version)
+            self._handle(UpdateFailed(UpdateResult.UPDATE_FAILED))  # Idle, result 8, the slot is discarded
+            self._changed(FIRMWARE_VERSION, PKG_VERSION)
+            return
         previous = self.active
         self.active = 1 - previous  # trial boot of the new image
         if self._fail_boot:
+            self._fail_boot = False
             self.active = previous  # the health check failed: the bootloader falls back
             self.rollbacks += 1
             log.info("%s: image failed its health check; rolled back to %s", self.device.endpoint, self.version)
@@ -462,5 +641,6 @@ class DeviceFirmware:
 
 
 __all__ = [
-    "DeviceFirmware", "DeviceFirmwareError", "FirmwareOptions", "PackageNotFoundError", "Slot", "TransferLostError",
+    "DeviceFirmware", "DeviceFirmwareError", "Faults", "FirmwareOptions", "PackageNotFoundError", "PartialDownload",
+    "Slot", "TransferLostError",
 ]

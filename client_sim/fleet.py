@@ -4,6 +4,9 @@ Devices either register to one server (``Fleet(server_uri, count)``: endpoints `
 factory with their own bootstrap credentials (``Fleet.from_credentials(records)``: one device per record, named
 as the record says, bootstrapping first).
 
+Chosen devices get chosen faults: ``faults`` maps an endpoint to its :class:`~client_sim.firmware.Faults`, or is a
+function of (index, endpoint) giving them (None: the device keeps the faults of its firmware options).
+
 Invariants: at most ``concurrency`` devices are starting (or stopping) at a time; the status counts always add
 up to the number of devices; ``stop()`` stops every device that was started, even when ``start()`` was cancelled
 half-way. A device costs no thread and, once registered, one socket (its server connection).
@@ -20,6 +23,7 @@ from typing import Any
 
 from client_sim.credentials import FactoryCredentials
 from client_sim.device import DeviceState, SimulatedDevice
+from client_sim.firmware import Faults
 from lwm2m_server.core.model.definitions import ObjectModel
 
 log = logging.getLogger(__name__)
@@ -36,14 +40,17 @@ class FleetStatus:
     failed: int
     stopped: int
     bootstrapping: int = 0
+    offline: int = 0  # in an outage (fault injection)
 
     def __str__(self) -> str:
         boot = f" ({self.bootstrapping} bootstrapping)" if self.bootstrapping else ""
-        return (f"{self.registered}/{self.total} registered, {self.pending} pending{boot}, {self.failed} failed, "
-                f"{self.stopped} stopped")
+        offline = f", {self.offline} offline" if self.offline else ""
+        return (f"{self.registered}/{self.total} registered, {self.pending} pending{boot}, {self.failed} failed"
+                f"{offline}, {self.stopped} stopped")
 
 
 ProgressListener = Callable[[FleetStatus], None]
+FaultPlan = Callable[[int, str], Faults | None] | Mapping[str, Faults]
 DeviceListener = Callable[[SimulatedDevice, DeviceState, DeviceState], None]
 
 
@@ -65,11 +72,14 @@ class Fleet:
         on_progress: ProgressListener | None = None,
         on_device: DeviceListener | None = None,
         options_for: Callable[[int], Mapping[str, Any]] | None = None,
+        faults: FaultPlan | None = None,
         **device_options: Any,
     ) -> None:
         """``device_options`` go to every device; ``options_for(i)`` overrides them for device ``i``. With
         ``credentials``, device ``i`` is ``credentials[i]`` fresh from the factory (the first ``count`` records
-        when ``count`` is given); ``server_uri`` may then be None (the devices learn it from the bootstrap)."""
+        when ``count`` is given); ``server_uri`` may then be None (the devices learn it from the bootstrap).
+        ``faults`` (a mapping endpoint -> Faults, or a function of (index, endpoint)) gives chosen devices chosen
+        faults; they win over a ``faults`` option."""
         records = list(credentials)
         if records:
             count = len(records) if count is None else min(count, len(records))
@@ -85,15 +95,17 @@ class Fleet:
         self._on_device = on_device
         self._counts: Counter[DeviceState] = Counter({DeviceState.IDLE: count})
         shared_model = model if model is not None else ObjectModel.default()
-        self.devices: list[SimulatedDevice] = [
-            SimulatedDevice(
-                records[i].endpoint if records else f"{prefix}{i}", server_uri, lifetime=lifetime,
-                lwm2m_version=lwm2m_version, bind_host=bind_host, model=shared_model, on_state=self._device_state,
-                factory=records[i] if records else None,
-                **{**device_options, **(options_for(i) if options_for is not None else {})},
-            )
-            for i in range(count)
-        ]
+        self.devices: list[SimulatedDevice] = []
+        for i in range(count):
+            endpoint = records[i].endpoint if records else f"{prefix}{i}"
+            options = {**device_options, **(options_for(i) if options_for is not None else {})}
+            chosen = _faults_for(faults, i, endpoint)
+            if chosen is not None:
+                options["faults"] = chosen
+            self.devices.append(SimulatedDevice(
+                endpoint, server_uri, lifetime=lifetime, lwm2m_version=lwm2m_version, bind_host=bind_host,
+                model=shared_model, on_state=self._device_state, factory=records[i] if records else None,
+                **options))
         self._started: list[SimulatedDevice] = []
         self._stopping = False
 
@@ -115,6 +127,7 @@ class Fleet:
             failed=c[DeviceState.FAILED],
             stopped=c[DeviceState.STOPPED],
             bootstrapping=c[DeviceState.BOOTSTRAPPING],
+            offline=c[DeviceState.OFFLINE],
         )
 
     def _device_state(self, device: SimulatedDevice, old: DeviceState, new: DeviceState) -> None:
@@ -164,3 +177,11 @@ class Fleet:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def _faults_for(plan: FaultPlan | None, index: int, endpoint: str) -> Faults | None:
+    if plan is None:
+        return None
+    if isinstance(plan, Mapping):
+        return plan.get(endpoint)
+    return plan(index, endpoint)

@@ -19,7 +19,12 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel
 
 from lwm2m_server.core.errors import StorageError
-from lwm2m_server.storage import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+from lwm2m_server.storage import (  # noqa: F401  (registers the tables on SQLModel.metadata)
+    campaign_tables,
+    release_tables,
+    tables,
+    webhook_tables,
+)
 
 __all__ = ["DB_FILENAME", "Database"]
 

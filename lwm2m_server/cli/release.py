@@ -1,0 +1,339 @@
+"""``scratch release``: signing keys, releases (images signed into SUIT packages), approvals and class policies.
+
+Works locally on the data directory, like ``scratch factory``: the database ``scratch.db``, the blobs folder and
+the vault (``$SCRATCH_VAULT_KEY``, else ``vault.key``, created on first use by the commands that sign). A running
+server on the same data directory sees the releases at once. Private keys are never printed; ``key export`` gives
+the public key (the trust anchor devices are provisioned with). Bad input exits 2 with a one-line error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+from lwm2m_server.core.errors import InvalidRequestError, Lwm2mError, NotFoundError
+from lwm2m_server.data_dir import create_private_file
+
+if TYPE_CHECKING:
+    from lwm2m_server.fota.releases import ReleaseStore, SigningKeyStore
+
+release_app = typer.Typer(no_args_is_help=True, help="Releases: images signed into packages with named keys, "
+                          "approvals by deployment keys, device-class policies.")
+key_app = typer.Typer(no_args_is_help=True, help="Named signing keys (private keys sealed in the vault).")
+class_app = typer.Typer(no_args_is_help=True, help="Device-class policies (e.g. require a deployment approval).")
+release_app.add_typer(key_app, name="key")
+release_app.add_typer(class_app, name="class")
+
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+MAX_IMAGE = 64 << 20
+PROGRESS_FROM = 8 << 20  # a progress bar (stderr) when the images total this many bytes
+CHUNK = 1 << 20
+
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", envvar="SCRATCH_DATA_DIR",
+                                                 help="Server data directory (holds the database and vault.key)")]
+TenantOpt = Annotated[str, typer.Option("--tenant", help="Tenant the keys and releases belong to")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON")]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {escape(' '.join(message.split()))}", highlight=False)
+    return typer.Exit(code)
+
+
+def _quiet_logs() -> None:
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+class _Stores:
+    def __init__(self, keys: SigningKeyStore, releases: ReleaseStore) -> None:
+        self.keys = keys
+        self.releases = releases
+
+
+@contextmanager
+def _open(data_dir: Path | None, *, need_keys: bool) -> Iterator[_Stores]:
+    """The key and release stores of the data directory. Without ``need_keys`` (nothing is sealed or opened) the
+    vault is a throwaway one, so such commands never create a key file. Errors become one-line exits: 2 for bad
+    input (unknown names, wrong roles...), 1 otherwise."""
+    from bootstrap.vault import Vault
+    from lwm2m_server.cli.factory import VAULT_KEY_FILE
+    from lwm2m_server.data_dir import default_data_dir
+    from lwm2m_server.fota.releases import BLOBS_DIR, BlobStore, ReleaseStore, SigningKeyStore
+    from lwm2m_server.storage.database import Database
+
+    _quiet_logs()
+    folder = data_dir or default_data_dir()
+    try:
+        database = Database.for_data_dir(folder)
+    except Lwm2mError as e:
+        raise _fail(str(e)) from None
+    try:
+        vault = Vault.open(folder / VAULT_KEY_FILE) if need_keys else Vault.generate()
+        keys = SigningKeyStore(database, vault)
+        yield _Stores(keys, ReleaseStore(database, BlobStore(folder / BLOBS_DIR), keys))
+    except (InvalidRequestError, NotFoundError) as e:
+        raise _fail(str(e), 2) from None
+    except Lwm2mError as e:
+        raise _fail(str(e)) from None
+    finally:
+        database.close()
+
+
+# ------------------------------------------------------------------------------------------------------ keys
+
+
+@key_app.command("create")
+def key_create(
+    name: Annotated[str, typer.Argument(help="Key name (letters, digits, ._-)")],
+    role: Annotated[str, typer.Option("--role", help="release (signs releases), deployment (approves them) or "
+                                      "attestation (signs reports)")] = "release",
+    alg: Annotated[str, typer.Option("--alg", help="ES256 (ECDSA P-256) or EdDSA (Ed25519)")] = "ES256",
+    data_dir: DataDirOpt = None,
+    tenant: TenantOpt = "default",
+) -> None:
+    """Create a named signing key; its private key is sealed in the vault and never printed."""
+    from lwm2m_server.fota.releases import ALGORITHMS, ROLES
+
+    if role not in ROLES:
+        raise _fail(f"--role: {role!r} is not one of {', '.join(ROLES)}", 2)
+    if alg.lower() not in {a.lower() for a in ALGORITHMS}:
+        raise _fail(f"--alg: {alg!r} is not one of {', '.join(ALGORITHMS)}", 2)
+    with _open(data_dir, need_keys=True) as stores:
+        key = stores.keys.create(name, role, alg=alg, tenant_id=tenant, now=time.time())
+    console.print(f"created {key.role} key {key.name} ({key.alg}), kid {key.kid}", highlight=False)
+
+
+@key_app.command("list")
+def key_list(data_dir: DataDirOpt = None, tenant: TenantOpt = "default", as_json: JsonOpt = False) -> None:
+    """List the tenant's signing keys (name, role, algorithm, kid, created). Never private keys."""
+    with _open(data_dir, need_keys=False) as stores:
+        keys = stores.keys.list(tenant)
+    rows = [{k: v for k, v in key.as_dict().items() if k != "public_pem"} for key in keys]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        console.print("no signing keys", highlight=False)
+        return
+    from rich.table import Table
+
+    table = Table()
+    for column in ("name", "role", "alg", "kid", "created"):
+        table.add_column(column, overflow="fold")
+    for key in keys:
+        table.add_row(key.name, key.role, key.alg, key.kid, _when(key.created_at))
+    console.print(table)
+
+
+@key_app.command("export")
+def key_export(
+    name: Annotated[str, typer.Argument(help="Key name")],
+    out: Annotated[Path | None, typer.Option("--out", help="File to create (never overwritten); default stdout")]
+    = None,
+    data_dir: DataDirOpt = None,
+    tenant: TenantOpt = "default",
+) -> None:
+    """Print (or write) a key's PUBLIC key as PEM: the trust anchor devices are provisioned with."""
+    with _open(data_dir, need_keys=False) as stores:
+        key = stores.keys.get(name, tenant_id=tenant)
+    if out is None:
+        print(key.public_pem, end="")
+        return
+    try:
+        create_private_file(out, key.public_pem.encode())
+        out.chmod(0o644)
+    except FileExistsError:
+        raise _fail(f"{out} exists; not overwriting it", 2) from None
+    except OSError as e:
+        raise _fail(f"cannot write {out}: {e.strerror}", 2) from None
+    console.print(f"public key of {key.role} key {key.name} (kid {key.kid}) written to {out}", highlight=False)
+
+
+# -------------------------------------------------------------------------------------------------- releases
+
+
+def _read_images(paths: list[Path]) -> list[tuple[str, bytes]]:
+    """Each file whole, refusing missing, empty and oversized ones (exit 2); a progress bar for big inputs."""
+    sizes: list[int] = []
+    for path in paths:
+        try:
+            if not path.is_file():
+                raise _fail(f"{path}: no such file", 2)
+            size = path.stat().st_size
+        except OSError as e:
+            raise _fail(f"cannot read image {path}: {e.strerror}", 2) from None
+        if size == 0:
+            raise _fail(f"{path} is empty", 2)
+        if size > MAX_IMAGE:
+            raise _fail(f"{path} has {size} bytes; an image may have at most {MAX_IMAGE}", 2)
+        sizes.append(size)
+    names = [p.name for p in paths]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate is not None:
+        raise _fail(f"two images are named {duplicate!r}; images of a release need distinct file names", 2)
+    images: list[tuple[str, bytes]] = []
+    with Progress(TextColumn("reading {task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=True, disable=sum(sizes) < PROGRESS_FROM) as progress:
+        for path, size in zip(paths, sizes, strict=True):
+            task = progress.add_task(path.name, total=size)
+            chunks: list[bytes] = []
+            try:
+                with path.open("rb") as f:
+                    while chunk := f.read(CHUNK):
+                        chunks.append(chunk)
+                        progress.advance(task, len(chunk))
+                        if sum(map(len, chunks)) > MAX_IMAGE:
+                            raise _fail(f"{path} grew beyond {MAX_IMAGE} bytes while being read", 2)
+            except OSError as e:
+                raise _fail(f"cannot read image {path}: {e.strerror}", 2) from None
+            data = b"".join(chunks)
+            if not data:
+                raise _fail(f"{path} is empty", 2)
+            images.append((path.name, data))
+    return images
+
+
+@release_app.command("create")
+def create(
+    images: Annotated[list[Path], typer.Argument(help="Image files (one package each)")],
+    vendor: Annotated[str, typer.Option("--vendor", help="Vendor: a UUID, or a domain name (UUIDv5 of it)")],
+    device_class: Annotated[str, typer.Option("--class", help="Device class: a UUID, or a name (UUIDv5 under the "
+                                              "vendor)")],
+    version: Annotated[str, typer.Option("--version", help="Version the devices report once they run it")],
+    key: Annotated[str | None, typer.Option("--key", help="Release key (default: the key named 'release', "
+                                            "created on first use)")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="suit (signed SUIT envelopes) or opaque (the image is the "
+                                     "package, for third-party clients)")] = "suit",
+    data_dir: DataDirOpt = None,
+    tenant: TenantOpt = "default",
+) -> None:
+    """Make a release of IMAGE(s) with the next sequence number of the class. The last stdout line is its id."""
+    if fmt not in ("suit", "opaque"):
+        raise _fail(f"--format: {fmt!r} is not suit or opaque", 2)
+    if fmt == "opaque" and key is not None:
+        raise _fail("--key: an opaque release is not signed", 2)
+    data = _read_images(images)
+    total = sum(len(d) for _, d in data)
+    with _open(data_dir, need_keys=fmt == "suit") as stores:
+        busy = "signing and storing" if fmt == "suit" else "storing"
+        with err_console.status(busy, spinner="dots") if total >= PROGRESS_FROM else _nothing():
+            release = stores.releases.create(data, vendor=vendor, class_name=device_class, version=version,
+                                             key=key, package_format=fmt, tenant_id=tenant, now=time.time())
+    data.clear()
+    signed = f", signed by {release.key_name} ({release.signed_by})" if release.signed_by else ""
+    console.print(f"release {release.id}: {release.class_name} {release.version}, sequence "
+                  f"{release.sequence_number}, {len(release.images)} image(s), {release.package_format}{signed}",
+                  highlight=False)
+    print(release.id)
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+@release_app.command("list")
+def list_releases(data_dir: DataDirOpt = None, tenant: TenantOpt = "default", as_json: JsonOpt = False) -> None:
+    """List the tenant's releases, newest first."""
+    with _open(data_dir, need_keys=False) as stores:
+        releases = stores.releases.list(tenant)
+    if as_json:
+        print(json.dumps([r.as_dict() for r in releases], indent=2))
+        return
+    if not releases:
+        console.print("no releases", highlight=False)
+        return
+    from rich.table import Table
+
+    table = Table()
+    for column in ("id", "vendor", "class", "version", "seq", "format", "images", "approved by", "created"):
+        table.add_column(column, overflow="fold")
+    for r in releases:
+        table.add_row(r.id, r.vendor, r.class_name, r.version, str(r.sequence_number), r.package_format,
+                      str(len(r.images)), ", ".join(a[0] for a in r.approvals), _when(r.created_at))
+    console.print(table)
+
+
+@release_app.command("show")
+def show(
+    release_id: Annotated[str, typer.Argument(help="Release id (rel-...)")],
+    data_dir: DataDirOpt = None,
+    tenant: TenantOpt = "default",
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one release: identifiers, sequence number, signers, images and their packages."""
+    with _open(data_dir, need_keys=False) as stores:
+        release = stores.releases.get(release_id, tenant_id=tenant)
+    if as_json:
+        print(json.dumps(release.as_dict(), indent=2))
+        return
+    console.print_json(json.dumps(release.as_dict()))
+
+
+@release_app.command("approve")
+def approve(
+    release_id: Annotated[str, typer.Argument(help="Release id (rel-...)")],
+    key: Annotated[str, typer.Option("--key", help="Deployment key that countersigns the release")],
+    data_dir: DataDirOpt = None,
+    tenant: TenantOpt = "default",
+) -> None:
+    """Countersign every package of a release with a deployment key (idempotent)."""
+    with _open(data_dir, need_keys=True) as stores:
+        release = stores.releases.approve(release_id, key, tenant_id=tenant, now=time.time())
+    shas = ", ".join(f"{i.name} {(i.approved_package_sha256 or {}).get(key, '?')[:16]}..." for i in release.images)
+    console.print(f"release {release.id} approved by {key}: {shas}", highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------------- classes
+
+
+@class_app.command("set")
+def class_set(
+    device_class: Annotated[str, typer.Argument(help="Device class: a UUID or a name")],
+    vendor: Annotated[str, typer.Option("--vendor", help="Vendor: a UUID or a domain name")],
+    require_approval: Annotated[bool, typer.Option("--require-approval/--no-require-approval",
+                                                   help="Campaigns for this class need a deployment approval")],
+    data_dir: DataDirOpt = None,
+    tenant: TenantOpt = "default",
+) -> None:
+    """Set a device class's policy."""
+    with _open(data_dir, need_keys=False) as stores:
+        policy = stores.releases.set_class_policy(device_class, vendor, require_approval=require_approval,
+                                                  tenant_id=tenant, now=time.time())
+    needs = "requires" if policy.require_approval else "does not require"
+    console.print(f"class {policy.class_name} of {policy.vendor} ({policy.class_id}) {needs} a deployment "
+                  "approval", highlight=False)
+
+
+@class_app.command("list")
+def class_list(data_dir: DataDirOpt = None, tenant: TenantOpt = "default", as_json: JsonOpt = False) -> None:
+    """List the configured device classes."""
+    with _open(data_dir, need_keys=False) as stores:
+        policies = stores.releases.class_policies(tenant)
+    rows: list[dict[str, Any]] = [p.as_dict() for p in policies]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        console.print("no configured classes", highlight=False)
+        return
+    for p in policies:
+        console.print(f"{p.vendor} / {p.class_name} ({p.class_id}): "
+                      f"{'requires' if p.require_approval else 'no'} approval", highlight=False)

@@ -1,0 +1,789 @@
+"""Releases and the keys that sign them: the I/O shell around :mod:`firmware_object.suit`.
+
+* :class:`SigningKeyStore`: named signing keys per tenant, each with a role (``release``: the OEM signs releases;
+  ``deployment``: the operator authorises a campaign; ``attestation``: the server signs reports). Private keys are
+  sealed by the vault (AAD binds tenant, name and role) and never stored, logged or shown in the clear.
+* :class:`BlobStore`: content-addressed files ``folder/sha256/<hex>`` (temp file + fsync + rename, mode 0600); a
+  read checks the digest.
+* :class:`ReleaseStore`: releases of images for a (vendor, class), each with the next sequence number of that class
+  (unique constraint + retry), packaged as one SUIT envelope per image signed with a release key, or opaque (the
+  image is the package, for third-party clients); approvals add a deployment key's COSE_Sign1 to each envelope;
+  device-class policies say whether campaigns need such an approval.
+
+Vendor and class may be UUIDs or names; names map to UUIDv5 as RFC 9124 suggests: ``vendor_id =
+uuid5(NAMESPACE_DNS, vendor)``, ``class_id = uuid5(vendor_id, class_name)`` (exactly as given: no case folding).
+
+Invariants: every query is scoped by tenant; a release row exists only once all its blobs are stored; a stored
+package verifies against its release key (and against each approving deployment key for its approved copy);
+errors are :class:`~lwm2m_server.core.errors.Lwm2mError` subclasses and carry no key material.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import contextlib
+import hashlib
+import json
+import os
+import re
+import secrets
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Protocol, TypeVar
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlmodel import Session, col, select
+
+from firmware_object.errors import FirmwareError
+from firmware_object.suit.envelope import add_signature, build_envelope
+from firmware_object.suit.keys import (
+    PrivateKey,
+    PublicKey,
+    generate_private_key,
+    key_algorithm,
+    key_id,
+    load_private_key,
+    load_public_key,
+    public_key_to_pem,
+)
+from firmware_object.suit.manifest import ReleaseManifest
+from firmware_object.suit.verify import verify_envelope
+from lwm2m_server.core.errors import CoapCode, InvalidRequestError, NotFoundError, StorageError
+from lwm2m_server.storage.database import Database
+from lwm2m_server.storage.release_tables import (
+    DeviceClassRow,
+    ReleaseApprovalRow,
+    ReleaseImageRow,
+    ReleaseRow,
+    SigningKeyRow,
+)
+
+__all__ = [
+    "ALGORITHMS",
+    "BLOBS_DIR",
+    "MAX_IMAGE_SIZE",
+    "PACKAGE_FORMATS",
+    "ROLES",
+    "BlobCorruptedError",
+    "BlobStore",
+    "ClassPolicy",
+    "DuplicateSigningKeyError",
+    "InvalidReleaseError",
+    "InvalidSigningKeyError",
+    "KeyRoleError",
+    "Release",
+    "ReleaseImage",
+    "ReleaseStore",
+    "SigningKey",
+    "SigningKeyStore",
+    "UnknownBlobError",
+    "UnknownReleaseError",
+    "UnknownSigningKeyError",
+    "class_uuid",
+    "vendor_uuid",
+]
+
+BLOBS_DIR: Final = "blobs"  # the BlobStore folder inside a data directory
+ROLES: Final = ("release", "deployment", "attestation")
+ALGORITHMS: Final = {"ES256": "es256", "EdDSA": "ed25519"}  # our name -> firmware_object.suit.keys name
+PACKAGE_FORMATS: Final = ("suit", "opaque")
+MAX_IMAGE_SIZE: Final = 64 << 20
+MAX_IMAGES: Final = 16
+MAX_ENVELOPE_OVERHEAD: Final = 1 << 16  # envelope bytes beyond the integrated image (manifest + signatures)
+DEFAULT_RELEASE_KEY: Final = "release"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_RELEASE_ID = re.compile(r"rel-[a-z2-7]{10}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ID_ATTEMPTS: Final = 8
+_T = TypeVar("_T")
+
+
+# ----------------------------------------------------------------------------------------------------- errors
+
+
+class UnknownSigningKeyError(NotFoundError):
+    """No signing key of that name in the tenant."""
+
+
+class DuplicateSigningKeyError(InvalidRequestError):
+    """A signing key of that name already exists in the tenant (names are never reused)."""
+
+    coap_code = CoapCode.CONFLICT
+
+
+class InvalidSigningKeyError(InvalidRequestError):
+    """A key name, role, algorithm or PEM that cannot be accepted."""
+
+
+class KeyRoleError(InvalidRequestError):
+    """A key used for something its role does not allow (e.g. approving with a release key)."""
+
+    coap_code = CoapCode.FORBIDDEN
+
+
+class UnknownReleaseError(NotFoundError):
+    """No release (or no such image, or no such approval of it) in the tenant."""
+
+
+class InvalidReleaseError(InvalidRequestError):
+    """A release that cannot be made or changed as asked (bad image, version, vendor, format...)."""
+
+
+class UnknownBlobError(NotFoundError):
+    """No blob with that digest."""
+
+
+class BlobCorruptedError(StorageError):
+    """A stored blob whose content no longer matches its digest."""
+
+
+# ---------------------------------------------------------------------------------------------- signing keys
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """The public face of a signing key; the private key is only ever reached through
+    :meth:`SigningKeyStore.private_key`."""
+
+    tenant_id: str
+    name: str
+    role: str
+    alg: str
+    kid: str
+    """:func:`~firmware_object.suit.keys.key_id` in hex (the COSE ``kid`` of its signatures)."""
+    public_pem: str
+    created_at: float
+
+    def public_key(self) -> PublicKey:
+        return load_public_key(self.public_pem.encode())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"tenant": self.tenant_id, "name": self.name, "role": self.role, "alg": self.alg, "kid": self.kid,
+                "public_pem": self.public_pem, "created_at": self.created_at}
+
+
+def _check_name(name: str, what: str = "key name") -> str:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise InvalidSigningKeyError(f"{what} {name!r} must start with a letter or digit and hold at most 64 "
+                                     "letters, digits and ._-")
+    return name
+
+
+def _check_tenant(tenant_id: str) -> str:
+    if not isinstance(tenant_id, str) or not tenant_id or len(tenant_id) > 64 or _CONTROL.search(tenant_id):
+        raise InvalidRequestError("tenant id must be 1..64 printable characters")
+    return tenant_id
+
+
+def _check_role(role: str) -> str:
+    if role not in ROLES:
+        raise InvalidSigningKeyError(f"role {role!r} is not one of {', '.join(ROLES)}")
+    return role
+
+
+def _normalise_alg(alg: str) -> str:
+    for name, internal in ALGORITHMS.items():
+        if alg.lower() in (name.lower(), internal):
+            return name
+    raise InvalidSigningKeyError(f"algorithm {alg!r} is not one of {', '.join(ALGORITHMS)}")
+
+
+def _aad(tenant_id: str, name: str, role: str) -> bytes:
+    return b"scratch/signing-key/v1\x00" + json.dumps([tenant_id, name, role]).encode()
+
+
+@contextlib.contextmanager
+def _storage(what: str) -> Iterator[None]:
+    """Database failures as :class:`StorageError` (no parameters in the message: they may hold sealed keys)."""
+    try:
+        yield
+    except IntegrityError:
+        raise
+    except SQLAlchemyError as e:
+        raise StorageError(f"cannot {what}: {type(e).__name__}") from None
+
+
+class Vault(Protocol):
+    """What the key store needs of :class:`bootstrap.vault.Vault` (only the CLI imports bootstrap, rule 7)."""
+
+    def seal(self, plaintext: bytes, aad: bytes) -> bytes: ...
+
+    def open_sealed(self, blob: bytes, aad: bytes) -> bytes: ...
+
+
+class SigningKeyStore:
+    """Named signing keys per tenant on the server's database; private keys sealed by ``vault`` (a
+    :class:`bootstrap.vault.Vault`)."""
+
+    def __init__(self, database: Database, vault: Vault) -> None:
+        self.database = database
+        self._vault = vault
+
+    def create(self, name: str, role: str, *, alg: str = "ES256", tenant_id: str = "default",
+               now: float) -> SigningKey:
+        """A fresh key pair. Raises :class:`DuplicateSigningKeyError` when ``name`` is taken in the tenant."""
+        alg = _normalise_alg(alg)
+        return self._insert(name, role, generate_private_key(ALGORITHMS[alg]), tenant_id, now)
+
+    def import_pem(self, name: str, role: str, pem: bytes, *, tenant_id: str = "default",
+                   now: float) -> SigningKey:
+        """Store an existing unencrypted PEM private key (P-256 or Ed25519) under ``name``."""
+        try:
+            private = load_private_key(pem)
+        except ValueError:
+            raise InvalidSigningKeyError("not an unencrypted PEM private key of type P-256 or Ed25519") from None
+        return self._insert(name, role, private, tenant_id, now)
+
+    def get_or_create(self, name: str, role: str, *, alg: str = "ES256", tenant_id: str = "default",
+                      now: float) -> SigningKey:
+        """The key ``name``, made on first use; :class:`KeyRoleError` when it exists with another role."""
+        with contextlib.suppress(UnknownSigningKeyError):
+            return self._with_role(self.get(name, tenant_id=tenant_id), role)
+        try:
+            return self.create(name, role, alg=alg, tenant_id=tenant_id, now=now)
+        except DuplicateSigningKeyError:  # made meanwhile by another process
+            return self._with_role(self.get(name, tenant_id=tenant_id), role)
+
+    def get(self, name: str, tenant_id: str = "default") -> SigningKey:
+        """The public part of key ``name``; :class:`UnknownSigningKeyError` when there is none."""
+        return _signing_key(self._row(name, tenant_id))
+
+    def list(self, tenant_id: str = "default") -> builtins.list[SigningKey]:
+        """The tenant's keys, by name."""
+        _check_tenant(tenant_id)
+        with _storage("list signing keys"), self.database.session() as session:
+            rows = session.exec(select(SigningKeyRow).where(SigningKeyRow.tenant_id == tenant_id)
+                                .order_by(col(SigningKeyRow.name))).all()
+            return [_signing_key(r) for r in rows]
+
+    def private_key(self, name: str, tenant_id: str = "default", *, role: str | None = None) -> PrivateKey:
+        """The private key ``name`` opened from the vault; with ``role``, :class:`KeyRoleError` unless it has that
+        role. Never log or print what this returns."""
+        row = self._row(name, tenant_id)
+        if role is not None:
+            self._with_role(_signing_key(row), role)
+        der = self._vault.open_sealed(row.sealed_private, _aad(row.tenant_id, row.name, row.role))
+        key = serialization.load_der_private_key(bytes(der), password=None)
+        del der
+        if not isinstance(key, ec.EllipticCurvePrivateKey | Ed25519PrivateKey) or key_id(key).hex() != row.kid:
+            raise StorageError(f"signing key {name!r} does not match its stored public key")
+        return key
+
+    @staticmethod
+    def _with_role(key: SigningKey, role: str) -> SigningKey:
+        if key.role != _check_role(role):
+            raise KeyRoleError(f"key {key.name!r} has role {key.role!r}, not {role!r}")
+        return key
+
+    def _row(self, name: str, tenant_id: str) -> SigningKeyRow:
+        _check_tenant(tenant_id)
+        with _storage("read a signing key"), self.database.session() as session:
+            row = session.get(SigningKeyRow, (tenant_id, name))
+        if row is None:
+            raise UnknownSigningKeyError(f"no signing key {name!r} in tenant {tenant_id!r}")
+        return row
+
+    def _insert(self, name: str, role: str, private: PrivateKey, tenant_id: str, now: float) -> SigningKey:
+        _check_name(name)
+        _check_role(role)
+        _check_tenant(tenant_id)
+        der = private.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        row = SigningKeyRow(tenant_id=tenant_id, name=name, role=role,
+                            alg="EdDSA" if key_algorithm(private) == "ed25519" else "ES256",
+                            kid=key_id(private).hex(), public_pem=public_key_to_pem(private.public_key()).decode(),
+                            sealed_private=self._vault.seal(der, _aad(tenant_id, name, role)), created_at=now)
+        del der
+        key = _signing_key(row)
+        try:
+            with _storage("store a signing key"), self.database.session() as session:
+                session.add(row)
+                session.commit()
+        except IntegrityError:
+            raise DuplicateSigningKeyError(f"a signing key named {name!r} exists in tenant {tenant_id!r}") from None
+        return key
+
+
+def _signing_key(row: SigningKeyRow) -> SigningKey:
+    return SigningKey(row.tenant_id, row.name, row.role, row.alg, row.kid, row.public_pem, row.created_at)
+
+
+# ------------------------------------------------------------------------------------------------------ blobs
+
+
+class BlobStore:
+    """Content-addressed files ``folder/sha256/<hex>``: written whole or not at all (temp file, fsync, rename),
+    mode 0600 in a 0700 folder; :meth:`get` returns only bytes whose SHA-256 is the name they were asked by."""
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+        self._dir = self.folder / "sha256"
+
+    def put(self, data: bytes) -> str:
+        """Store ``data``; returns its SHA-256 hex. Storing the same bytes again is a no-op, and repairs a stored copy
+        that no longer matches its digest."""
+        digest = hashlib.sha256(data).hexdigest()
+        path = self._dir / digest
+        with contextlib.suppress(OSError):
+            if path.stat().st_size == len(data) and _file_sha256(path) == digest:
+                return digest
+        try:
+            self._ensure_dir()
+            tmp = self._dir / f".{digest}.{secrets.token_hex(6)}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            try:
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, path)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            _fsync_dir(self._dir)
+        except OSError as e:
+            raise StorageError(f"cannot store blob {digest} in {self._dir}: {e.strerror}") from None
+        return digest
+
+    def get(self, digest: str) -> bytes:
+        """The blob ``digest``; :class:`UnknownBlobError` when absent, :class:`BlobCorruptedError` when its content
+        no longer matches."""
+        path = self._path(digest)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise UnknownBlobError(f"no blob {digest}") from None
+        except OSError as e:
+            raise StorageError(f"cannot read blob {digest}: {e.strerror}") from None
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise BlobCorruptedError(f"blob {digest} is corrupted (its content does not match its digest)")
+        return data
+
+    def has(self, digest: str) -> bool:
+        return self._path(digest).is_file()
+
+    def _path(self, digest: str) -> Path:
+        if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
+            raise InvalidRequestError("a blob is named by 64 lowercase hex digits (SHA-256)")
+        return self._dir / digest
+
+    def _ensure_dir(self) -> None:
+        for folder in (self.folder, self._dir):
+            if not folder.is_dir():
+                with contextlib.suppress(FileExistsError):
+                    folder.mkdir(parents=True, mode=0o700)
+                    folder.chmod(0o700)  # mkdir's mode is filtered by the umask
+
+    def __repr__(self) -> str:
+        return f"BlobStore({str(self.folder)!r})"
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------------- releases
+
+
+@dataclass(frozen=True)
+class ReleaseImage:
+    """One image of a release and its package; ``approved_package_sha256`` maps each approving deployment key's
+    name to the countersigned package's SHA-256 hex (None: not approved, or opaque)."""
+
+    name: str
+    size: int
+    image_sha256: str
+    package_sha256: str
+    package_size: int
+    approved_package_sha256: dict[str, str] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "size": self.size, "image_sha256": self.image_sha256,
+                "package_sha256": self.package_sha256, "package_size": self.package_size,
+                "approved_package_sha256": None if self.approved_package_sha256 is None
+                else dict(self.approved_package_sha256)}
+
+
+@dataclass(frozen=True)
+class Release:
+    """A stored release. ``signed_by`` is the release key's kid (hex; None when opaque); ``approvals`` holds
+    ``(key name, kid hex, approved at)`` in approval order."""
+
+    id: str
+    tenant_id: str
+    vendor: str
+    vendor_id: uuid.UUID
+    class_name: str
+    class_id: uuid.UUID
+    version: str
+    sequence_number: int
+    package_format: str
+    created_at: float
+    signed_by: str | None
+    approvals: tuple[tuple[str, str, float], ...]
+    images: tuple[ReleaseImage, ...]
+    key_name: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-native (UUIDs as strings)."""
+        return {"id": self.id, "tenant": self.tenant_id, "vendor": self.vendor, "vendor_id": str(self.vendor_id),
+                "class_name": self.class_name, "class_id": str(self.class_id), "version": self.version,
+                "sequence_number": self.sequence_number, "package_format": self.package_format,
+                "created_at": self.created_at, "key": self.key_name, "signed_by": self.signed_by,
+                "approvals": [{"key": k, "kid": kid, "at": at} for k, kid, at in self.approvals],
+                "images": [i.as_dict() for i in self.images]}
+
+
+@dataclass(frozen=True)
+class ClassPolicy:
+    """A device class's policy; ``configured`` is False for a class nobody set (then nothing is required)."""
+
+    vendor: str
+    vendor_id: uuid.UUID
+    class_name: str
+    class_id: uuid.UUID
+    require_approval: bool = False
+    configured: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"vendor": self.vendor, "vendor_id": str(self.vendor_id), "class_name": self.class_name,
+                "class_id": str(self.class_id), "require_approval": self.require_approval,
+                "configured": self.configured}
+
+
+def _text(value: str, what: str, limit: int = 255) -> str:
+    if not isinstance(value, str) or not value or len(value) > limit or _CONTROL.search(value):
+        raise InvalidReleaseError(f"{what} must be 1..{limit} printable characters")
+    return value
+
+
+def vendor_uuid(vendor: str) -> uuid.UUID:
+    """``vendor`` as a UUID if it is one, else ``uuid5(NAMESPACE_DNS, vendor)`` (RFC 9124)."""
+    _text(vendor, "vendor")
+    try:
+        return uuid.UUID(vendor)
+    except ValueError:
+        return uuid.uuid5(uuid.NAMESPACE_DNS, vendor)
+
+
+def class_uuid(vendor_id: uuid.UUID, class_name: str) -> uuid.UUID:
+    """``class_name`` as a UUID if it is one, else ``uuid5(vendor_id, class_name)`` (RFC 9124)."""
+    _text(class_name, "class")
+    try:
+        return uuid.UUID(class_name)
+    except ValueError:
+        return uuid.uuid5(vendor_id, class_name)
+
+
+def _new_release_id() -> str:
+    return "rel-" + base64.b32encode(secrets.token_bytes(7)).decode().lower()[:10]
+
+
+class ReleaseStore:
+    """Releases on the server's database, their images and packages in ``blobs``, signed with ``keys``."""
+
+    def __init__(self, database: Database, blobs: BlobStore, keys: SigningKeyStore) -> None:
+        self.database = database
+        self.blobs = blobs
+        self.keys = keys
+
+    # ------------------------------------------------------------------------------------------- create
+
+    def create(self, images: Sequence[tuple[str, bytes]], *, vendor: str, class_name: str, version: str,
+               key: str | None = None, package_format: str = "suit", tenant_id: str = "default",
+               now: float) -> Release:
+        """A new release of ``images`` (name, bytes) with the next sequence number of its class.
+
+        ``suit``: one envelope per image (integrated payload) signed with release key ``key`` (default: the
+        tenant's key ``"release"``, created on first use). ``opaque``: each image is its own package (no key)."""
+        _check_tenant(tenant_id)
+        _text(version, "version", 64)
+        if package_format not in PACKAGE_FORMATS:
+            raise InvalidReleaseError(f"package format {package_format!r} is not one of {', '.join(PACKAGE_FORMATS)}")
+        _check_images(images)
+        images = [(name, bytes(data)) for name, data in images]
+        vendor_id = vendor_uuid(vendor)
+        class_id = class_uuid(vendor_id, class_name)
+        signer: PrivateKey | None = None
+        signing_key: SigningKey | None = None
+        if package_format == "suit":
+            if key is None:
+                signing_key = self.keys.get_or_create(DEFAULT_RELEASE_KEY, "release", tenant_id=tenant_id, now=now)
+            else:
+                signing_key = self.keys.get(_check_name(key), tenant_id=tenant_id)
+            signer = self.keys.private_key(signing_key.name, tenant_id=tenant_id, role="release")
+        elif key is not None:
+            raise InvalidReleaseError("an opaque release is not signed: give no key")
+        image_shas = [self.blobs.put(data) for _, data in images]
+        for _attempt in range(_ID_ATTEMPTS):
+            sequence = self._next_sequence(tenant_id, vendor_id, class_id)
+            image_rows: builtins.list[ReleaseImageRow] = []
+            for position, ((name, data), image_sha) in enumerate(zip(images, image_shas, strict=True)):
+                if signer is None:
+                    package_sha, package_size = image_sha, len(data)
+                else:
+                    manifest = ReleaseManifest.for_image(data, sequence_number=sequence, vendor_id=vendor_id,
+                                                         class_id=class_id, version=version)
+                    envelope = build_envelope(manifest, [signer], image=data)
+                    package_sha, package_size = self.blobs.put(envelope), len(envelope)
+                    del envelope
+                image_rows.append(ReleaseImageRow(release_id="", position=position, tenant_id=tenant_id, name=name,
+                                                  size=len(data), image_sha256=image_sha,
+                                                  package_sha256=package_sha, package_size=package_size))
+            rid = _new_release_id()
+            for r in image_rows:
+                r.release_id = rid
+            row = ReleaseRow(id=rid, tenant_id=tenant_id, vendor=vendor, vendor_id=str(vendor_id),
+                             class_name=class_name, class_id=str(class_id), version=version,
+                             sequence_number=sequence, package_format=package_format,
+                             key_name=signing_key.name if signing_key else None,
+                             signed_by=signing_key.kid if signing_key else None, created_at=now)
+            try:
+                with _storage("store a release"), self.database.session() as session:
+                    session.add(row)
+                    session.flush()  # the release row first: its foreign-key-like children follow
+                    for r in image_rows:
+                        session.add(r)
+                    session.commit()
+            except IntegrityError:
+                continue  # another release took this sequence number (or id) meanwhile: next one
+            return self.get(rid, tenant_id=tenant_id)
+        raise StorageError("cannot assign a sequence number: too many concurrent releases for this class")
+
+    def _next_sequence(self, tenant_id: str, vendor_id: uuid.UUID, class_id: uuid.UUID) -> int:
+        from sqlalchemy import func
+
+        with _storage("read sequence numbers"), self.database.session() as session:
+            top = session.exec(select(func.max(ReleaseRow.sequence_number)).where(
+                ReleaseRow.tenant_id == tenant_id, ReleaseRow.vendor_id == str(vendor_id),
+                ReleaseRow.class_id == str(class_id))).one()
+        return 1 if top is None else int(top) + 1
+
+    # --------------------------------------------------------------------------------------------- read
+
+    def get(self, release_id: str, tenant_id: str = "default") -> Release:
+        """The release; :class:`UnknownReleaseError` when the tenant has none of that id."""
+        _check_tenant(tenant_id)
+        if not isinstance(release_id, str) or not _RELEASE_ID.fullmatch(release_id):
+            raise UnknownReleaseError(f"no release {release_id!r} (release ids look like rel-abcdefghij)")
+        with _storage("read a release"), self.database.session() as session:
+            row = session.get(ReleaseRow, release_id)
+            if row is None or row.tenant_id != tenant_id:
+                raise UnknownReleaseError(f"no release {release_id!r} in tenant {tenant_id!r}")
+            return self._assemble(session, [row])[0]
+
+    def list(self, tenant_id: str = "default") -> builtins.list[Release]:
+        """The tenant's releases, newest first."""
+        _check_tenant(tenant_id)
+        with _storage("list releases"), self.database.session() as session:
+            rows = session.exec(select(ReleaseRow).where(ReleaseRow.tenant_id == tenant_id).order_by(
+                col(ReleaseRow.created_at).desc(), col(ReleaseRow.sequence_number).desc(),
+                col(ReleaseRow.id))).all()
+            return self._assemble(session, builtins.list(rows))
+
+    def package(self, release_id: str, image_name: str | None = None, *, tenant_id: str = "default",
+                approved_by: str | None = None) -> bytes:
+        """The package of one image (``image_name``; may be omitted for a one-image release): the envelope as
+        released, or as countersigned by deployment key ``approved_by``."""
+        release = self.get(release_id, tenant_id=tenant_id)
+        image = _pick_image(release, image_name)
+        if approved_by is None:
+            return self.blobs.get(image.package_sha256)
+        sha = (image.approved_package_sha256 or {}).get(approved_by)
+        if sha is None:
+            raise UnknownReleaseError(f"release {release.id} has no approval by key {approved_by!r}")
+        return self.blobs.get(sha)
+
+    def image(self, release_id: str, image_name: str | None = None, *, tenant_id: str = "default") -> bytes:
+        """The raw image (same choice of image as :meth:`package`)."""
+        release = self.get(release_id, tenant_id=tenant_id)
+        return self.blobs.get(_pick_image(release, image_name).image_sha256)
+
+    # ------------------------------------------------------------------------------------------ approve
+
+    def approve(self, release_id: str, deployment_key: str, *, tenant_id: str = "default",
+                now: float) -> Release:
+        """Countersign every envelope of the release with ``deployment_key`` (role ``deployment``) and record it.
+
+        Idempotent for a key that already approved. Each envelope is verified against the release key first, so
+        an approval never vouches for a package the release key did not sign."""
+        release = self.get(release_id, tenant_id=tenant_id)
+        if release.package_format != "suit":
+            raise InvalidReleaseError(f"release {release.id} is opaque: there is no signature to add to")
+        key = self.keys.get(_check_name(deployment_key), tenant_id=tenant_id)
+        self.keys._with_role(key, "deployment")
+        if any(name == key.name for name, _, _ in release.approvals):
+            return release
+        if release.key_name is None:
+            raise InvalidReleaseError(f"release {release.id} has no release key on record")
+        anchor = self.keys.get(release.key_name, tenant_id=tenant_id).public_key()
+        signer = self.keys.private_key(key.name, tenant_id=tenant_id, role="deployment")
+        packages: builtins.list[str] = []
+        for image in release.images:
+            envelope = self.blobs.get(image.package_sha256)
+            try:
+                verify_envelope(envelope, trust_anchors=[anchor],
+                                max_size=image.package_size + MAX_ENVELOPE_OVERHEAD)
+                countersigned = add_signature(envelope, signer)
+            except FirmwareError as e:
+                raise InvalidReleaseError(f"release {release.id} image {image.name!r}: stored package does not "
+                                          f"verify against its release key: {e}") from None
+            packages.append(self.blobs.put(countersigned))
+        row = ReleaseApprovalRow(release_id=release.id, key_name=key.name, tenant_id=tenant_id, kid=key.kid,
+                                 packages=json.dumps(packages), approved_at=now)
+        # approved meanwhile by the same key: the same packages (signatures are deterministic), already recorded
+        with contextlib.suppress(IntegrityError), _storage("record an approval"), self.database.session() as session:
+            session.add(row)
+            session.commit()
+        return self.get(release.id, tenant_id=tenant_id)
+
+    # ------------------------------------------------------------------------------------ class policy
+
+    def set_class_policy(self, class_name: str, vendor: str, *, require_approval: bool,
+                         tenant_id: str = "default", now: float | None = None) -> ClassPolicy:
+        """Configure a device class (vendor and class as for :meth:`create`)."""
+        _check_tenant(tenant_id)
+        vendor_id = vendor_uuid(vendor)
+        class_id = class_uuid(vendor_id, class_name)
+        for _attempt in range(2):
+            try:
+                with _storage("store a class policy"), self.database.session() as session:
+                    row = session.get(DeviceClassRow, (tenant_id, str(vendor_id), str(class_id)))
+                    if row is None:
+                        row = DeviceClassRow(tenant_id=tenant_id, vendor_id=str(vendor_id), class_id=str(class_id),
+                                             vendor=vendor, class_name=class_name)
+                    row.require_approval = bool(require_approval)
+                    row.updated_at = now
+                    session.add(row)
+                    session.commit()
+                break
+            except IntegrityError:
+                continue  # created meanwhile: update it
+        return self.class_policy(class_name, vendor, tenant_id=tenant_id)
+
+    def class_policy(self, class_name: str, vendor: str, *, tenant_id: str = "default") -> ClassPolicy:
+        """The class's policy; an unconfigured class gets the default (nothing required, ``configured`` False)."""
+        _check_tenant(tenant_id)
+        vendor_id = vendor_uuid(vendor)
+        class_id = class_uuid(vendor_id, class_name)
+        with _storage("read a class policy"), self.database.session() as session:
+            row = session.get(DeviceClassRow, (tenant_id, str(vendor_id), str(class_id)))
+        if row is None:
+            return ClassPolicy(vendor, vendor_id, class_name, class_id)
+        return _class_policy(row)
+
+    def class_policies(self, tenant_id: str = "default") -> builtins.list[ClassPolicy]:
+        """Every configured class of the tenant."""
+        _check_tenant(tenant_id)
+        with _storage("list class policies"), self.database.session() as session:
+            rows = session.exec(select(DeviceClassRow).where(DeviceClassRow.tenant_id == tenant_id).order_by(
+                col(DeviceClassRow.vendor), col(DeviceClassRow.class_name))).all()
+        return [_class_policy(r) for r in rows]
+
+    # ---------------------------------------------------------------------------------------- internals
+
+    @staticmethod
+    def _assemble(session: Session, rows: builtins.list[ReleaseRow]) -> builtins.list[Release]:
+        if not rows:
+            return []
+        ids = [r.id for r in rows]
+        images: dict[str, builtins.list[ReleaseImageRow]] = {i: [] for i in ids}
+        approvals: dict[str, builtins.list[ReleaseApprovalRow]] = {i: [] for i in ids}
+        for chunk in _chunks(ids, 500):
+            for image in session.exec(select(ReleaseImageRow).where(col(ReleaseImageRow.release_id).in_(chunk))
+                                      .order_by(col(ReleaseImageRow.position))).all():
+                images[image.release_id].append(image)
+            for approval in session.exec(select(ReleaseApprovalRow)
+                                         .where(col(ReleaseApprovalRow.release_id).in_(chunk))
+                                         .order_by(col(ReleaseApprovalRow.approved_at),
+                                                   col(ReleaseApprovalRow.key_name))).all():
+                approvals[approval.release_id].append(approval)
+        return [_release(r, images[r.id], approvals[r.id]) for r in rows]
+
+
+def _check_images(images: Sequence[tuple[str, bytes]]) -> None:
+    if not images:
+        raise InvalidReleaseError("a release needs at least one image")
+    if len(images) > MAX_IMAGES:
+        raise InvalidReleaseError(f"a release has at most {MAX_IMAGES} images")
+    seen: set[str] = set()
+    for item in images:
+        if not isinstance(item, tuple) or len(item) != 2:
+            raise InvalidReleaseError("images are (name, bytes) pairs")
+        name, data = item
+        _text(name, "image name")
+        if "/" in name or "\\" in name:
+            raise InvalidReleaseError(f"image name {name!r} must not hold a path separator")
+        if name in seen:
+            raise InvalidReleaseError(f"image name {name!r} appears twice")
+        seen.add(name)
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise InvalidReleaseError(f"image {name!r} is not bytes")
+        if len(data) == 0:
+            raise InvalidReleaseError(f"image {name!r} is empty")
+        if len(data) > MAX_IMAGE_SIZE:
+            raise InvalidReleaseError(f"image {name!r} has {len(data)} bytes; at most {MAX_IMAGE_SIZE}")
+
+
+def _pick_image(release: Release, image_name: str | None) -> ReleaseImage:
+    if image_name is None:
+        if len(release.images) != 1:
+            names = ", ".join(i.name for i in release.images)
+            raise InvalidReleaseError(f"release {release.id} has {len(release.images)} images ({names}): name one")
+        return release.images[0]
+    for image in release.images:
+        if image.name == image_name:
+            return image
+    raise UnknownReleaseError(f"release {release.id} has no image {image_name!r}")
+
+
+def _release(row: ReleaseRow, images: Sequence[ReleaseImageRow], approvals: Sequence[ReleaseApprovalRow]
+             ) -> Release:
+    approved: builtins.list[dict[str, str]] = [{} for _ in images]
+    for approval in approvals:
+        for position, sha in enumerate(json.loads(approval.packages)):
+            if position < len(approved):
+                approved[position][approval.key_name] = sha
+    return Release(
+        id=row.id, tenant_id=row.tenant_id, vendor=row.vendor, vendor_id=uuid.UUID(row.vendor_id),
+        class_name=row.class_name, class_id=uuid.UUID(row.class_id), version=row.version,
+        sequence_number=row.sequence_number, package_format=row.package_format, created_at=row.created_at,
+        signed_by=row.signed_by, key_name=row.key_name,
+        approvals=tuple((a.key_name, a.kid, a.approved_at) for a in approvals),
+        images=tuple(ReleaseImage(name=i.name, size=i.size, image_sha256=i.image_sha256,
+                                  package_sha256=i.package_sha256, package_size=i.package_size,
+                                  approved_package_sha256=approved[n] or None) for n, i in enumerate(images)))
+
+
+def _class_policy(row: DeviceClassRow) -> ClassPolicy:
+    return ClassPolicy(row.vendor, uuid.UUID(row.vendor_id), row.class_name, uuid.UUID(row.class_id),
+                       row.require_approval, True)
+
+
+def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+

@@ -1,0 +1,692 @@
+"""Webhook notifications: operators subscribe URLs to event kinds (``campaign.`` by default); every matching event
+of the subscription's tenant is POSTed to it as signed JSON, retried with backoff, and every attempt is logged.
+
+Invariants:
+
+* A subscription's secret (32 random bytes) is handed back once, by :meth:`WebhookStore.add`; otherwise it exists
+  only sealed by the vault (bound to the subscription's id and tenant) and is erased when the subscription is
+  removed. It never reaches a log line, a delivery row, an exception or a ``repr``.
+* The :class:`~lwm2m_server.events.EventBus` publisher is never blocked: the notifier's subscriber only puts the
+  event into a bounded queue; when that is full the event is dropped, logged as such (a warning, and one delivery
+  row per matching subscription).
+* One *delivery* is one event to one subscription. Its id (the payload's ``id`` and ``X-Scratch-Delivery``) stays
+  the same across its attempts, so a receiver can deduplicate. Each attempt is one delivery row; a delivery ends
+  delivered (2xx), refused (4xx other than 408/429: not retried), given up after ``max_attempts``, or not
+  delivered because the notifier stopped (a row with the attempts made so far).
+* Signature (Stripe's scheme): ``X-Scratch-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret,
+  b"<t>." + body)>``; :func:`verify_signature` checks it in constant time, within a tolerance on ``t``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import collections
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import random
+import re
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session, col, select
+
+from lwm2m_server.core.errors import CoapCode, Lwm2mError, StorageError
+from lwm2m_server.events import Event, EventBus, Unsubscribe, kind_matches
+from lwm2m_server.storage.webhook_tables import WebhookDeliveryRow, WebhookRow
+
+__all__ = [
+    "DEFAULT_KINDS",
+    "SECRET_BYTES",
+    "Delivery",
+    "InvalidWebhookError",
+    "SecretSealer",
+    "UnknownWebhookError",
+    "Webhook",
+    "WebhookError",
+    "WebhookNotifier",
+    "WebhookStore",
+    "sign",
+    "validate_kinds",
+    "validate_url",
+    "verify_signature",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KINDS = ("campaign.",)
+SECRET_BYTES = 32
+MAX_URL_LENGTH = 2048
+MAX_KINDS = 32
+MAX_ERROR_TEXT = 300
+MAX_DROPS_KEPT = 1024  # dropped events waiting to be logged per webhook (beyond: a warning only)
+SIGNATURE_HEADER = "X-Scratch-Signature"
+_KIND = re.compile(r"[A-Za-z0-9_.*-]{1,255}")
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+_HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+# ---------------------------------------------------------------- errors
+
+
+class WebhookError(Lwm2mError):
+    """Root of the webhook errors. Messages never hold a secret."""
+
+
+class InvalidWebhookError(WebhookError, ValueError):
+    """A subscription that cannot be made as asked: URL not http(s) with a host, or malformed event kinds."""
+
+    coap_code = CoapCode.BAD_REQUEST
+
+
+class UnknownWebhookError(WebhookError):
+    """No active subscription with this id in this tenant."""
+
+    coap_code = CoapCode.NOT_FOUND
+
+
+# ---------------------------------------------------------------- signatures
+
+
+def sign(secret: bytes, body: bytes, t: int) -> str:
+    """The ``X-Scratch-Signature`` value of ``body`` sent at unix time ``t``."""
+    mac = hmac.new(bytes(secret), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
+def verify_signature(secret: bytes, header: str, body: bytes, *, now: float, tolerance: float = 300) -> bool:
+    """Whether ``header`` (``t=...,v1=...``; several ``v1`` allowed, other schemes ignored) signs ``body`` under
+    ``secret`` and its ``t`` is within ``tolerance`` seconds of ``now``. Never raises on a malformed header;
+    the MAC is compared in constant time."""
+    if not isinstance(header, str) or len(header) > 4096:
+        return False
+    t: int | None = None
+    candidates: list[str] = []
+    for part in header.split(","):
+        key, sep, value = part.strip().partition("=")
+        if not sep:
+            return False
+        if key == "t":
+            if t is not None or not _TIMESTAMP.fullmatch(value):
+                return False
+            t = int(value)
+        elif key == "v1" and _HEX_SHA256.fullmatch(value):
+            candidates.append(value)
+    if t is None or not candidates or abs(now - t) > tolerance:
+        return False
+    expected = sign(secret, body, t).rpartition("v1=")[2].encode()
+    ok = False
+    for candidate in candidates:  # every candidate is compared: the time taken says nothing about which matched
+        ok |= hmac.compare_digest(expected, candidate.encode())
+    return ok
+
+
+# ---------------------------------------------------------------- validation
+
+
+def validate_url(url: str) -> str:
+    """``url`` when it is an absolute http or https URL with a host (and a valid port, no credentials, no
+    fragment); else :class:`InvalidWebhookError` saying why."""
+    if not isinstance(url, str) or not url:
+        raise InvalidWebhookError("webhook URL is empty")
+    if len(url) > MAX_URL_LENGTH:
+        raise InvalidWebhookError(f"webhook URL is longer than {MAX_URL_LENGTH} characters")
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise InvalidWebhookError(f"webhook URL {url!r} holds whitespace or control characters")
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError, TypeError) as e:
+        raise InvalidWebhookError(f"webhook URL {url!r} is not a valid URL ({e})") from None
+    if parsed.scheme not in ("http", "https"):
+        raise InvalidWebhookError(f"webhook URL {url!r}: the scheme must be http or https, not {parsed.scheme!r}")
+    if not parsed.host:
+        raise InvalidWebhookError(f"webhook URL {url!r} has no host (write it as http(s)://HOST[:PORT]/PATH)")
+    if parsed.userinfo:  # the URL is shown by `webhook list`: a password in it would be printed
+        raise InvalidWebhookError(f"webhook URL for host {parsed.host!r} carries credentials (user:password@); put "
+                                  "none in the URL: receivers authenticate deliveries by X-Scratch-Signature")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise InvalidWebhookError(f"webhook URL {url!r}: port {parsed.port} is not in 1..65535")
+    if parsed.fragment:
+        raise InvalidWebhookError(f"webhook URL {url!r} has a fragment (#...), which is never sent to the server")
+    return url
+
+
+def validate_kinds(kinds: str | Iterable[str]) -> tuple[str, ...]:
+    """Event-kind prefixes as a tuple (duplicates removed, order kept): each non-empty, letters, digits and
+    ``._-*`` only (no comma: they are stored as a comma list); at least one, at most 32."""
+    items = [kinds] if isinstance(kinds, str) else list(kinds)
+    out: list[str] = []
+    for kind in items:
+        if not isinstance(kind, str) or not _KIND.fullmatch(kind):
+            raise InvalidWebhookError(f"event kind {kind!r} is not a kind prefix such as 'campaign.' or "
+                                      "'campaign.device.failed' (letters, digits and ._-)")
+        if kind not in out:
+            out.append(kind)
+    if not out:
+        raise InvalidWebhookError("a webhook needs at least one event kind (e.g. 'campaign.')")
+    if len(out) > MAX_KINDS:
+        raise InvalidWebhookError(f"a webhook takes at most {MAX_KINDS} event kinds")
+    return tuple(out)
+
+
+# ---------------------------------------------------------------- the store
+
+
+class SecretSealer(Protocol):
+    """What the store needs of the vault (:class:`bootstrap.vault.Vault` is one)."""
+
+    def seal(self, plaintext: bytes, aad: bytes) -> bytes: ...
+
+    def open_sealed(self, blob: bytes, aad: bytes) -> bytes: ...
+
+
+class _HasEngine(Protocol):
+    @property
+    def engine(self) -> Engine: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """A subscription (never with its secret)."""
+
+    id: str
+    tenant_id: str
+    url: str
+    kinds: tuple[str, ...]
+    created_at: float
+    active: bool = True
+
+    def wants(self, kind: str) -> bool:
+        return self.active and kind_matches(kind, self.kinds)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One logged delivery attempt (``attempt`` 0: the event was never attempted, see ``error``)."""
+
+    id: int
+    webhook_id: str
+    tenant_id: str
+    event_kind: str
+    event_id: str
+    attempt: int
+    at: float
+    status_code: int | None
+    error: str | None
+    delivered: bool
+    duration: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "webhook": self.webhook_id, "tenant": self.tenant_id, "event": self.event_kind,
+                "delivery": self.event_id, "attempt": self.attempt, "at": self.at, "status": self.status_code,
+                "error": self.error, "delivered": self.delivered, "duration": round(self.duration, 6)}
+
+
+def _webhook(row: WebhookRow) -> Webhook:
+    return Webhook(row.id, row.tenant_id, row.url, tuple(k for k in row.kinds.split(",") if k), row.created_at,
+                   row.active)
+
+
+def _delivery(row: WebhookDeliveryRow) -> Delivery:
+    return Delivery(row.id or 0, row.webhook_id, row.tenant_id, row.event_kind, row.event_id, row.attempt, row.at,
+                    row.status_code, row.error, row.delivered, row.duration)
+
+
+def _why(e: SQLAlchemyError) -> str:
+    """The driver's own words, never the statement or its parameters (a sealed secret could be one)."""
+    return str(getattr(e, "orig", None) or type(e).__name__)
+
+
+def _aad(webhook_id: str, tenant_id: str) -> bytes:
+    return b"scratch/webhook/v1\x00" + tenant_id.encode() + b"\x00" + webhook_id.encode()
+
+
+class WebhookStore:
+    """Webhook subscriptions and their delivery log in the server's database; secrets sealed by ``vault``.
+
+    Every query is scoped by tenant. Database failures raise :class:`StorageError` (no parameters in messages).
+    """
+
+    def __init__(self, database: _HasEngine | Engine, vault: SecretSealer) -> None:
+        self._engine: Engine = database if isinstance(database, Engine) else database.engine
+        self._vault = vault
+
+    def __repr__(self) -> str:
+        return f"WebhookStore({self._engine.url.render_as_string(hide_password=True)!r})"
+
+    def add(self, url: str, *, kinds: str | Iterable[str] = DEFAULT_KINDS, tenant_id: str,
+            now: float) -> tuple[Webhook, bytes]:
+        """Subscribe ``url`` to ``kinds`` (prefixes) in ``tenant_id``: the new subscription and its secret (32
+        random bytes, a :class:`~bootstrap.vault.SecretBytes` with the real vault), returned this once only."""
+        url = validate_url(url)
+        prefixes = validate_kinds(kinds)
+        if not tenant_id:
+            raise InvalidWebhookError("empty tenant id")
+        webhook = Webhook(uuid.uuid4().hex, tenant_id, url, prefixes, now, True)
+        aad = _aad(webhook.id, tenant_id)
+        sealed = self._vault.seal(secrets.token_bytes(SECRET_BYTES), aad)
+        secret = self._vault.open_sealed(sealed, aad)  # what is handed back is what the notifier will open
+        row = WebhookRow(id=webhook.id, tenant_id=tenant_id, url=url, sealed_secret=sealed,
+                         kinds=",".join(prefixes), created_at=now, active=True)
+        try:
+            with Session(self._engine) as s:
+                s.add(row)
+                s.commit()
+        except SQLAlchemyError as e:
+            raise StorageError(f"cannot store webhook {webhook.id}: {_why(e)}") from None
+        return webhook, secret
+
+    def _rows(self, tenant_id: str | None, *where: Any) -> builtins.list[WebhookRow]:
+        query = select(WebhookRow).where(*where)
+        if tenant_id is not None:
+            query = query.where(WebhookRow.tenant_id == tenant_id)
+        try:
+            with Session(self._engine) as s:
+                return builtins.list(s.exec(query.order_by(col(WebhookRow.created_at), col(WebhookRow.id))).all())
+        except SQLAlchemyError as e:
+            raise StorageError(f"cannot read webhooks: {_why(e)}") from None
+
+    def list(self, tenant_id: str, *, include_removed: bool = False) -> builtins.list[Webhook]:
+        """The tenant's subscriptions, oldest first (removed ones too with ``include_removed``)."""
+        where = () if include_removed else (col(WebhookRow.active).is_(True),)
+        return [_webhook(r) for r in self._rows(tenant_id, *where)]
+
+    def get(self, webhook_id: str, tenant_id: str) -> Webhook:
+        """An active subscription; :class:`UnknownWebhookError` when there is none with this id in the tenant."""
+        rows = self._rows(tenant_id, WebhookRow.id == webhook_id, col(WebhookRow.active).is_(True))
+        if not rows:
+            raise UnknownWebhookError(f"no webhook {webhook_id!r} in tenant {tenant_id!r}")
+        return _webhook(rows[0])
+
+    def matching(self, tenant_id: str, kind: str) -> builtins.list[Webhook]:
+        """The tenant's active subscriptions that want events of ``kind``."""
+        return [w for w in self.list(tenant_id) if w.wants(kind)]
+
+    def active_kinds(self) -> tuple[str, ...]:
+        """Every prefix some active subscription (of any tenant) listens to: a cheap first filter of events."""
+        out: dict[str, None] = {}
+        for row in self._rows(None, col(WebhookRow.active).is_(True)):
+            out.update(dict.fromkeys(k for k in row.kinds.split(",") if k))
+        return tuple(out)
+
+    def remove(self, webhook_id: str, tenant_id: str) -> Webhook:
+        """Deactivate a subscription and erase its sealed secret (its delivery log stays); the removed
+        subscription. :class:`UnknownWebhookError` when there is no active one with this id in the tenant."""
+        try:
+            with Session(self._engine) as s:
+                row = s.exec(select(WebhookRow).where(WebhookRow.id == webhook_id, WebhookRow.tenant_id == tenant_id,
+                                                      col(WebhookRow.active).is_(True))).first()
+                if row is None:
+                    raise UnknownWebhookError(f"no webhook {webhook_id!r} in tenant {tenant_id!r}")
+                row.active = False
+                row.sealed_secret = None
+                s.add(row)
+                s.commit()
+                s.refresh(row)
+                return _webhook(row)
+        except SQLAlchemyError as e:
+            raise StorageError(f"cannot remove webhook {webhook_id!r}: {_why(e)}") from None
+
+    def secret_for(self, webhook_id: str, tenant_id: str) -> bytes:
+        """The secret of an active subscription (opened from the vault). :class:`UnknownWebhookError` when there is
+        no active one; the vault's error when the sealed blob does not open."""
+        rows = self._rows(tenant_id, WebhookRow.id == webhook_id, col(WebhookRow.active).is_(True))
+        if not rows or rows[0].sealed_secret is None:
+            raise UnknownWebhookError(f"no webhook {webhook_id!r} in tenant {tenant_id!r}")
+        return self._vault.open_sealed(bytes(rows[0].sealed_secret), _aad(webhook_id, tenant_id))
+
+    def record(self, *, webhook_id: str, tenant_id: str, event_kind: str, event_id: str, attempt: int, at: float,
+               status_code: int | None = None, error: str | None = None, delivered: bool = False,
+               duration: float = 0.0) -> Delivery:
+        """Log one delivery attempt (or one event never attempted: ``attempt`` 0). ``error`` is cut to 300
+        characters; callers put no secret, signature or body in it."""
+        row = WebhookDeliveryRow(webhook_id=webhook_id, tenant_id=tenant_id, event_kind=event_kind[:255],
+                                 event_id=event_id, attempt=attempt, at=at, status_code=status_code,
+                                 error=None if error is None else error[:MAX_ERROR_TEXT], delivered=delivered,
+                                 duration=duration)
+        try:
+            with Session(self._engine) as s:
+                s.add(row)
+                s.commit()
+                s.refresh(row)
+                return _delivery(row)
+        except SQLAlchemyError as e:
+            raise StorageError(f"cannot log a delivery of webhook {webhook_id!r}: {_why(e)}") from None
+
+    def deliveries(self, tenant_id: str, webhook_id: str | None = None, limit: int = 100) -> builtins.list[Delivery]:
+        """The tenant's logged attempts, newest first (of one subscription with ``webhook_id``), at most ``limit``."""
+        if not 1 <= limit <= 100_000:
+            raise InvalidWebhookError(f"limit {limit} is not in 1..100000")
+        query = select(WebhookDeliveryRow).where(WebhookDeliveryRow.tenant_id == tenant_id)
+        if webhook_id is not None:
+            query = query.where(WebhookDeliveryRow.webhook_id == webhook_id)
+        try:
+            with Session(self._engine) as s:
+                rows = s.exec(query.order_by(col(WebhookDeliveryRow.id).desc()).limit(limit)).all()
+        except SQLAlchemyError as e:
+            raise StorageError(f"cannot read webhook deliveries: {_why(e)}") from None
+        return [_delivery(r) for r in rows]
+
+
+# ---------------------------------------------------------------- the notifier
+
+
+@dataclass(slots=True, eq=False)
+class _Job:
+    """One delivery in flight (no secret here: it is opened by the task that sends)."""
+
+    webhook: Webhook
+    event: Event
+    delivery_id: str
+    body: bytes
+    attempts: int = 0  # attempts made and logged
+
+
+def _body(delivery_id: str, event: Event) -> bytes:
+    payload = {"id": delivery_id, "kind": event.kind, "at": event.at, "tenant": event.tenant_id,
+               "endpoint": event.endpoint, "data": dict(event.data)}
+    return json.dumps(payload, default=str, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _short(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    return f"{type(e).__name__}: {text}" if text != type(e).__name__ else text
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None or not value.strip().isdigit():
+        return None  # the HTTP-date form is ignored: exponential backoff applies
+    return float(value.strip())
+
+
+class WebhookNotifier:
+    """Delivers bus events to the webhooks subscribed to them (see the module invariants).
+
+    ``start()`` (in a running loop) subscribes to ``events``; ``await stop()`` drains for up to ``drain_timeout``
+    seconds, then cancels what is left and logs it as not delivered. Events pass a cheap first filter (the prefixes
+    of all active subscriptions, reloaded every ``refresh_interval`` seconds, so a subscription added by another
+    process takes effect within that); the subscriptions of an event's tenant are then read from the store.
+    At most ``queue_size`` events wait and at most ``queue_size`` deliveries are in flight (a delivery waiting for
+    its next attempt counts); at most ``concurrency`` requests run at once, each bounded by ``timeout`` seconds.
+    """
+
+    def __init__(self, store: WebhookStore, events: EventBus, *, max_attempts: int = 6, backoff_base: float = 1.0,
+                 backoff_max: float = 60.0, timeout: float = 10.0, concurrency: int = 8, queue_size: int = 1000,
+                 drain_timeout: float = 5.0, refresh_interval: float = 5.0,
+                 clock: Callable[[], float] = time.time, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        if max_attempts < 1 or concurrency < 1 or queue_size < 1:
+            raise ValueError("max_attempts, concurrency and queue_size must be at least 1")
+        if min(backoff_base, backoff_max, drain_timeout) < 0 or timeout <= 0 or refresh_interval <= 0:
+            raise ValueError("backoff and drain times must be >= 0, timeout and refresh_interval > 0")
+        self._store = store
+        self._events = events
+        self.max_attempts = max_attempts
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.timeout = timeout
+        self.concurrency = concurrency
+        self.queue_size = queue_size
+        self.drain_timeout = drain_timeout
+        self.refresh_interval = refresh_interval
+        self._clock = clock
+        self._transport = transport
+        self.dropped = 0
+        """Events dropped because the queue was full (since start)."""
+        self._prefixes: tuple[str, ...] = ()
+        self._state = "new"
+        self._unsubscribe: Unsubscribe | None = None
+        self._jobs: dict[str, _Job] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._dropped_events: collections.deque[Event] = collections.deque()
+        self._current: tuple[Event, builtins.list[Webhook] | None] | None = None  # being dispatched; hooks left
+        self._outstanding = 0
+
+    def __repr__(self) -> str:
+        return (f"WebhookNotifier({self._state}, queued={self._queue.qsize() if self._state != 'new' else 0}, "
+                f"in_flight={len(self._jobs)}, dropped={self.dropped})")
+
+    # -------------------------------------------------------------- life cycle
+
+    def start(self) -> None:
+        """Subscribe to the bus and start the workers; must be called in the running loop, once."""
+        if self._state != "new":
+            raise WebhookError(f"the webhook notifier is {self._state}; it starts once")
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        self._queue: asyncio.Queue[Event] = asyncio.Queue(self.queue_size)
+        self._capacity = asyncio.Semaphore(self.queue_size)
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._prefixes = self._store.active_kinds()
+        self._client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False, transport=self._transport,
+                                         limits=httpx.Limits(max_connections=self.concurrency),
+                                         headers={"User-Agent": "scratch-webhooks/1"})
+        self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="webhook-dispatcher")
+        self._refresher = asyncio.create_task(self._refresh_loop(), name="webhook-refresh")
+        self._state = "running"
+        self._unsubscribe = self._events.subscribe(self._on_event)
+
+    async def refresh(self) -> None:
+        """Reload the first filter (the prefixes of all active subscriptions) now."""
+        self._prefixes = await asyncio.to_thread(self._store.active_kinds)
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait until no event is queued and no delivery is in flight (retries included); False on timeout."""
+        if self._state == "new":
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        """Unsubscribe, drain for up to ``drain_timeout`` seconds, then cancel what is left and log every delivery
+        and queued event not delivered as such. Idempotent."""
+        if self._state != "running":
+            return
+        self._state = "stopping"
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        drained = await self.flush(self.drain_timeout)
+        # what is left, taken before cancelling: a cancelled task makes no more progress, but its cleanup forgets
+        left_jobs = builtins.list(self._jobs.values())
+        left_events: builtins.list[tuple[Event, builtins.list[Webhook] | None, str]] = []
+        if self._current is not None:
+            left_events.append((*self._current, "not delivered: the notifier stopped"))
+        tasks = [self._dispatcher, self._refresher, *self._tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._jobs.clear()
+        while not self._queue.empty():
+            left_events.append((self._queue.get_nowait(), None, "not delivered: the notifier stopped"))
+        left_events.extend((e, None, "dropped: the webhook queue was full") for e in self._dropped_events)
+        self._dropped_events.clear()
+        try:
+            for job in left_jobs:
+                await self._record(job.webhook, job.event, job.delivery_id, attempt=job.attempts,
+                                   error=f"not delivered: the notifier stopped after {job.attempts} attempt(s)")
+            for event, hooks, why in left_events:
+                await self._record_unsent(event, why, hooks)
+        finally:
+            await self._client.aclose()
+            self._state = "stopped"
+            self._outstanding = 0
+            self._idle.set()  # nothing runs any more: flush() returns at once
+        if not drained:
+            log.warning("webhook notifier stopped before draining: %d delivery(ies) and %d event(s) not delivered",
+                        len(left_jobs), len(left_events))
+
+    # -------------------------------------------------------------- intake (never blocks the publisher)
+
+    def _on_event(self, event: Event) -> None:
+        if self._state != "running" or not kind_matches(event.kind, self._prefixes):
+            return
+        if threading.get_ident() == self._thread:
+            self._enqueue(event)
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                self._loop.call_soon_threadsafe(self._enqueue, event)
+
+    def _enqueue(self, event: Event) -> None:
+        if self._state != "running":
+            return
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            if len(self._dropped_events) >= max(self.queue_size, MAX_DROPS_KEPT):  # a warning is all we keep
+                log.warning("webhook queue full: dropped a %s event of tenant %s (not logged per webhook)",
+                            event.kind, event.tenant_id)
+                return
+            log.warning("webhook queue full (%d events): dropped a %s event of tenant %s", self.queue_size,
+                        event.kind, event.tenant_id)
+            self._dropped_events.append(event)
+        self._busy()
+
+    def _busy(self) -> None:
+        self._outstanding += 1
+        self._idle.clear()
+
+    def _done(self) -> None:
+        self._outstanding -= 1
+        if self._outstanding <= 0:
+            self._outstanding = 0
+            self._idle.set()
+
+    # -------------------------------------------------------------- dispatch
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_interval)
+            try:
+                await self.refresh()
+            except Lwm2mError as e:
+                log.warning("cannot reload the webhook subscriptions: %s", e)
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            event = await self._queue.get()
+            self._current = (event, None)
+            try:
+                await self._dispatch(event)
+            except Lwm2mError as e:
+                log.warning("cannot dispatch a %s event to webhooks: %s", event.kind, e)
+            finally:
+                self._current = None
+                self._done()
+            while self._dropped_events:
+                dropped = self._dropped_events[0]  # taken off once logged: stop() logs it when cancelled meanwhile
+                try:
+                    await self._record_unsent(dropped, "dropped: the webhook queue was full")
+                except Lwm2mError as e:
+                    log.warning("cannot log a dropped %s event: %s", dropped.kind, e)
+                self._dropped_events.popleft()
+                self._done()
+
+    async def _dispatch(self, event: Event) -> None:
+        hooks = await asyncio.to_thread(self._store.matching, event.tenant_id, event.kind)
+        self._current = (event, hooks)
+        while hooks:
+            await self._capacity.acquire()
+            hook = hooks.pop(0)
+            job = _Job(hook, event, uuid.uuid4().hex, b"")
+            job.body = _body(job.delivery_id, event)
+            self._jobs[job.delivery_id] = job
+            self._busy()
+            task = asyncio.create_task(self._deliver(job), name=f"webhook-{hook.id}-{job.delivery_id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _record_unsent(self, event: Event, why: str, hooks: builtins.list[Webhook] | None = None) -> None:
+        if hooks is None:
+            hooks = await asyncio.to_thread(self._store.matching, event.tenant_id, event.kind)
+        for hook in hooks:
+            await self._record(hook, event, uuid.uuid4().hex, attempt=0, error=why)
+
+    async def _record(self, hook: Webhook, event: Event, delivery_id: str, *, attempt: int,
+                      status_code: int | None = None, error: str | None = None, delivered: bool = False,
+                      duration: float = 0.0) -> None:
+        try:
+            await asyncio.to_thread(self._store.record, webhook_id=hook.id, tenant_id=hook.tenant_id,
+                                    event_kind=event.kind, event_id=delivery_id, attempt=attempt, at=self._clock(),
+                                    status_code=status_code, error=error, delivered=delivered, duration=duration)
+        except Lwm2mError as e:
+            log.warning("cannot log delivery %s of webhook %s: %s", delivery_id, hook.id, e)
+
+    # -------------------------------------------------------------- delivery
+
+    async def _deliver(self, job: _Job) -> None:
+        hook = job.webhook
+        try:
+            try:
+                secret = await asyncio.to_thread(self._store.secret_for, hook.id, hook.tenant_id)
+            except Lwm2mError as e:
+                await self._record(hook, job.event, job.delivery_id, attempt=0, error=f"not delivered: {e}")
+                return
+            while True:
+                attempt = job.attempts + 1
+                status, error, retry_after, duration = await self._attempt(job, secret)
+                delivered = status is not None and 200 <= status < 300
+                retryable = not delivered and (status is None or not 400 <= status < 500 or status in (408, 429))
+                final = delivered or not retryable or attempt >= self.max_attempts
+                if not delivered and not retryable:
+                    error = f"{error}; not retried"
+                elif final and not delivered:
+                    error = f"{error}; gave up after {attempt} attempt(s)"
+                job.attempts = attempt
+                await self._record(hook, job.event, job.delivery_id, attempt=attempt, status_code=status,
+                                   error=None if delivered else error, delivered=delivered, duration=duration)
+                log.info("webhook %s: delivery %s of %s, attempt %d: %s", hook.id, job.delivery_id, job.event.kind,
+                         attempt, "delivered" if delivered else error)
+                if final:
+                    return
+                await asyncio.sleep(self._backoff(attempt, retry_after))
+        finally:
+            self._jobs.pop(job.delivery_id, None)
+            self._capacity.release()
+            self._done()
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Exponential backoff with jitter (half to all of ``base * 2**(attempt-1)``, capped); a server's
+        ``Retry-After`` (seconds) is honoured up to ``backoff_max``."""
+        ceiling = min(self.backoff_max, self.backoff_base * 2 ** min(attempt - 1, 32))
+        delay = random.uniform(ceiling / 2, ceiling)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.backoff_max))
+        return delay
+
+    async def _attempt(self, job: _Job, secret: bytes) -> tuple[int | None, str, float | None, float]:
+        """One POST: (status or None, error text, Retry-After seconds, duration). The error text holds the status
+        or the exception's class and message, never a header or the body."""
+        headers = {"Content-Type": "application/json", "X-Scratch-Event": job.event.kind,
+                   "X-Scratch-Delivery": job.delivery_id,
+                   SIGNATURE_HEADER: sign(secret, job.body, int(self._clock()))}
+        async with self._slots:
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(self.timeout), \
+                        self._client.stream("POST", job.webhook.url, content=job.body, headers=headers) as response:
+                    status = response.status_code
+                    retry_after = _retry_after(response.headers.get("retry-after"))
+                return status, f"HTTP {status}", retry_after, time.monotonic() - started
+            except (TimeoutError, httpx.TimeoutException) as e:
+                return None, f"timed out after {self.timeout:g} s ({type(e).__name__})", None, \
+                    time.monotonic() - started
+            except httpx.HTTPError as e:
+                return None, f"connection error: {_short(e)}", None, time.monotonic() - started

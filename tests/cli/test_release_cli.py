@@ -1,0 +1,181 @@
+"""``scratch release`` through typer's CliRunner on a fresh data directory (real SQLite, a real vault key file):
+keys made and exported, releases signed and approved, checked as devices would with the exported public keys;
+bad input exits 2 with one line on stderr and no traceback."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from bootstrap.vault import Vault
+from firmware_object.errors import SignatureError
+from firmware_object.suit import key_id, load_public_key, verify_envelope
+from lwm2m_server.cli.release import release_app
+from lwm2m_server.fota.releases import BlobStore, ReleaseStore, SigningKeyStore, class_uuid, vendor_uuid
+from lwm2m_server.storage.database import Database
+
+IMAGE = bytes(range(256)) * 64
+MAX = 64 << 20
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+def scratch(data: Path, *args: str) -> Result:
+    runner = CliRunner()
+    return runner.invoke(release_app, [*args, "--data-dir", str(data)], env={"SCRATCH_VAULT_KEY": "",
+                                                                           "COLUMNS": "200"})
+
+
+def ok(r: Result) -> Result:
+    assert r.exit_code == 0, f"exit {r.exit_code}\n--- stdout\n{r.stdout}--- stderr\n{r.stderr}\n{r.exception!r}"
+    return r
+
+
+def bad(r: Result, needle: str, code: int = 2) -> None:
+    shown = f"exit {r.exit_code}\n--- stdout\n{r.stdout}--- stderr\n{r.stderr}"
+    assert r.exit_code == code, shown
+    assert needle in r.stderr, shown
+    assert len(r.stderr.strip().splitlines()) == 1, shown
+    assert "Traceback" not in r.stdout + r.stderr, shown
+
+
+def image_file(tmp_path: Path, name: str, content: bytes = IMAGE) -> Path:
+    path = tmp_path / name
+    path.write_bytes(content)
+    return path
+
+
+def stored_package(data: Path, release_id: str, approved_by: str | None = None) -> bytes:
+    with Database.for_data_dir(data) as database:
+        keys = SigningKeyStore(database, Vault.generate())  # reading packages opens no private key
+        return ReleaseStore(database, BlobStore(data / "blobs"), keys).package(release_id, approved_by=approved_by)
+
+
+def test_keys_are_created_listed_and_exported_never_the_private_key(tmp_path: Path, data: Path) -> None:
+    created = ok(scratch(data, "key", "create", "oem"))
+    kid = re.search(r"kid ([0-9a-f]{16})", created.stdout)
+    assert kid is not None and "PRIVATE" not in created.stdout + created.stderr
+    assert (data / "vault.key").is_file()
+    ok(scratch(data, "key", "create", "ops", "--role", "deployment", "--alg", "EdDSA"))
+    listed = json.loads(ok(scratch(data, "key", "list", "--json")).stdout)
+    assert [(k["name"], k["role"], k["alg"]) for k in listed] == [("oem", "release", "ES256"),
+                                                                  ("ops", "deployment", "EdDSA")]
+    assert all("public_pem" not in k and "PRIVATE" not in json.dumps(k) for k in listed)
+    assert "oem" in ok(scratch(data, "key", "list")).stdout
+
+    pem = ok(scratch(data, "key", "export", "oem")).stdout
+    assert pem.startswith("-----BEGIN PUBLIC KEY-----") and "PRIVATE" not in pem
+    assert key_id(load_public_key(pem.encode())).hex() == kid.group(1)
+    out = tmp_path / "oem.pub"
+    ok(scratch(data, "key", "export", "oem", "--out", str(out)))
+    assert out.read_text() == pem
+    bad(scratch(data, "key", "export", "oem", "--out", str(out)), "exists")
+    bad(scratch(data, "key", "export", "nope"), "no signing key 'nope'")
+    bad(scratch(data, "key", "create", "oem"), "exists")
+    bad(scratch(data, "key", "create", "x", "--role", "admin"), "--role")
+    bad(scratch(data, "key", "create", "x", "--alg", "RS256"), "--alg")
+    bad(scratch(data, "key", "create", "bad name"), "key name")
+
+
+def test_release_create_sign_show_and_approve(tmp_path: Path, data: Path) -> None:
+    fw = image_file(tmp_path, "fw.bin")
+    created = ok(scratch(data, "create", str(fw), "--vendor", "acme.example", "--class", "sensor",
+                         "--version", "2.0.0"))
+    release_id = created.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"rel-[a-z2-7]{10}", release_id)
+    second = ok(scratch(data, "create", str(fw), "--vendor", "acme.example", "--class", "sensor",
+                        "--version", "2.0.1")).stdout.strip().splitlines()[-1]
+    other = ok(scratch(data, "create", str(fw), "--vendor", "acme.example", "--class", "gateway",
+                       "--version", "1")).stdout.strip().splitlines()[-1]
+
+    shown = json.loads(ok(scratch(data, "show", release_id, "--json")).stdout)
+    vid = vendor_uuid("acme.example")
+    assert shown["vendor_id"] == str(vid) and shown["class_id"] == str(class_uuid(vid, "sensor"))
+    assert shown["sequence_number"] == 1 and shown["key"] == "release" and shown["approvals"] == []
+    listed = json.loads(ok(scratch(data, "list", "--json")).stdout)
+    assert {r["id"]: r["sequence_number"] for r in listed} == {release_id: 1, second: 2, other: 1}
+    assert release_id in ok(scratch(data, "list")).stdout
+    assert "2.0.0" in ok(scratch(data, "show", release_id)).stdout
+
+    anchor = load_public_key(ok(scratch(data, "key", "export", "release")).stdout.encode())
+    package = stored_package(data, release_id)
+    verified = verify_envelope(package, trust_anchors=[anchor], max_size=MAX, vendor_id=vid,
+                               class_id=class_uuid(vid, "sensor"))
+    assert (verified.sequence_number, verified.version, verified.payload) == (1, "2.0.0", IMAGE)
+
+    ok(scratch(data, "key", "create", "ops", "--role", "deployment"))
+    bad(scratch(data, "approve", release_id, "--key", "release"), "role")
+    bad(scratch(data, "approve", release_id, "--key", "nope"), "no signing key")
+    bad(scratch(data, "approve", "rel-aaaaaaaaaa", "--key", "ops"), "no release")
+    assert "approved by ops" in ok(scratch(data, "approve", release_id, "--key", "ops")).stdout
+    ok(scratch(data, "approve", release_id, "--key", "ops"))  # idempotent
+    shown = json.loads(ok(scratch(data, "show", release_id, "--json")).stdout)
+    assert [a["key"] for a in shown["approvals"]] == ["ops"]
+    ops = load_public_key(ok(scratch(data, "key", "export", "ops")).stdout.encode())
+    verify_envelope(stored_package(data, release_id, "ops"), trust_anchors=[anchor, ops], max_size=MAX)
+    with pytest.raises(SignatureError):
+        verify_envelope(package, trust_anchors=[anchor, ops], max_size=MAX)
+
+
+def test_named_key_and_opaque_format(tmp_path: Path, data: Path) -> None:
+    fw = image_file(tmp_path, "fw.bin")
+    ok(scratch(data, "key", "create", "oem2", "--alg", "EdDSA"))
+    rid = ok(scratch(data, "create", str(fw), "--vendor", "v.example", "--class", "c", "--version", "1",
+                     "--key", "oem2")).stdout.strip().splitlines()[-1]
+    anchor = load_public_key(ok(scratch(data, "key", "export", "oem2")).stdout.encode())
+    verify_envelope(stored_package(data, rid), trust_anchors=[anchor], max_size=MAX)
+
+    opaque = ok(scratch(data, "create", str(fw), "--vendor", "v.example", "--class", "meter", "--version", "7",
+                        "--format", "opaque")).stdout.strip().splitlines()[-1]
+    assert stored_package(data, opaque) == IMAGE
+    ok(scratch(data, "key", "create", "ops", "--role", "deployment"))
+    bad(scratch(data, "approve", opaque, "--key", "ops"), "opaque")
+
+
+def test_big_image_shows_progress_and_still_ends_with_the_id(tmp_path: Path, data: Path) -> None:
+    big = image_file(tmp_path, "big.bin", bytes(9 << 20))
+    r = ok(scratch(data, "create", str(big), "--vendor", "v.example", "--class", "c", "--version", "1"))
+    rid = r.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"rel-[a-z2-7]{10}", rid)
+    assert json.loads(ok(scratch(data, "show", rid, "--json")).stdout)["images"][0]["size"] == 9 << 20
+
+
+def test_bad_release_input_exits_2(tmp_path: Path, data: Path) -> None:
+    fw = image_file(tmp_path, "fw.bin")
+    empty = image_file(tmp_path, "empty.bin", b"")
+    huge = tmp_path / "huge.bin"
+    with huge.open("wb") as f:
+        f.truncate(MAX + 1)  # sparse: costs no disk
+    common = ["--vendor", "v.example", "--class", "c", "--version", "1"]
+    bad(scratch(data, "create", str(tmp_path / "missing.bin"), *common), "no such file")
+    bad(scratch(data, "create", str(empty), *common), "is empty")
+    bad(scratch(data, "create", str(huge), *common), "at most")
+    bad(scratch(data, "create", str(fw), *common, "--format", "zip"), "--format")
+    bad(scratch(data, "create", str(fw), *common, "--key", "nope"), "no signing key")
+    bad(scratch(data, "create", str(fw), *common, "--format", "opaque", "--key", "release"), "not signed")
+    bad(scratch(data, "create", str(fw), "--vendor", "v", "--class", "c", "--version", ""), "version")
+    ok(scratch(data, "key", "create", "ops", "--role", "deployment"))
+    bad(scratch(data, "create", str(fw), *common, "--key", "ops"), "role")
+    bad(scratch(data, "show", "rel-aaaaaaaaaa"), "no release")
+    bad(scratch(data, "show", "not-an-id"), "no release")
+    assert json.loads(ok(scratch(data, "list", "--json")).stdout) == []
+
+
+def test_class_policy(data: Path) -> None:
+    r = ok(scratch(data, "class", "set", "sensor", "--vendor", "acme.example", "--require-approval"))
+    assert "requires" in r.stdout
+    listed = json.loads(ok(scratch(data, "class", "list", "--json")).stdout)
+    assert [(p["class_name"], p["require_approval"]) for p in listed] == [("sensor", True)]
+    ok(scratch(data, "class", "set", "sensor", "--vendor", "acme.example", "--no-require-approval"))
+    listed = json.loads(ok(scratch(data, "class", "list", "--json")).stdout)
+    assert [(p["class_name"], p["require_approval"]) for p in listed] == [("sensor", False)]
+    assert not (data / "vault.key").exists()  # nothing was sealed: no key file made
+    r = scratch(data, "class", "set", "sensor", "--vendor", "acme.example")
+    assert r.exit_code == 2  # the flag is required (typer's usage error)

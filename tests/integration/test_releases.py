@@ -1,0 +1,468 @@
+"""Releases and signing keys on real SQLite (tmp_path) with a real vault and real blob files.
+
+Envelopes are checked with :func:`firmware_object.suit.verify_envelope` against the keys' public parts, as a device
+would; the database files are searched for the private keys in every plain form.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import stat
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bootstrap.vault import SealedDataError, Vault
+from firmware_object.errors import SignatureError
+from firmware_object.suit import (
+    ReleaseManifest,
+    build_envelope,
+    generate_private_key,
+    key_id,
+    private_key_to_pem,
+    verify_envelope,
+)
+from firmware_object.suit.keys import PrivateKey
+from lwm2m_server.core.errors import InvalidRequestError, NotFoundError, StorageError
+from lwm2m_server.fota.releases import (
+    BlobCorruptedError,
+    BlobStore,
+    DuplicateSigningKeyError,
+    InvalidReleaseError,
+    InvalidSigningKeyError,
+    KeyRoleError,
+    Release,
+    ReleaseStore,
+    SigningKeyStore,
+    UnknownBlobError,
+    UnknownReleaseError,
+    UnknownSigningKeyError,
+    class_uuid,
+    vendor_uuid,
+)
+from lwm2m_server.storage.database import DB_FILENAME, Database
+
+MAX = 1 << 20
+IMAGE = bytes(range(256)) * 8
+NOW = 1_700_000_000.0
+
+
+@dataclass
+class Env:
+    folder: Path
+    database: Database
+    vault: Vault
+    keys: SigningKeyStore
+    blobs: BlobStore
+    releases: ReleaseStore
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    folder = tmp_path / "data"
+    database = Database.for_data_dir(folder)
+    vault = Vault.generate()
+    keys = SigningKeyStore(database, vault)
+    blobs = BlobStore(folder / "blobs")
+    try:
+        yield Env(folder, database, vault, keys, blobs, ReleaseStore(database, blobs, keys))
+    finally:
+        database.close()
+
+
+def verify(env: Env, package: bytes, *key_names: str, release: Release | None = None) -> int:
+    anchors = [env.keys.get(name).public_key() for name in key_names]
+    verified = verify_envelope(package, trust_anchors=anchors, max_size=MAX,
+                               vendor_id=release.vendor_id if release else None,
+                               class_id=release.class_id if release else None)
+    return verified.sequence_number
+
+
+def private_forms(key: PrivateKey) -> list[bytes]:
+    """The private key as DER, PEM and its raw secret value."""
+    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        raw = key.private_numbers().private_value.to_bytes(32, "big")
+    else:
+        raw = key.private_bytes_raw()
+    return [der, private_key_to_pem(key), raw, raw.hex().encode()]
+
+
+# -------------------------------------------------------------------------------------------------- keys
+
+
+def test_keys_are_created_listed_and_opened_per_tenant(env: Env) -> None:
+    rel = env.keys.create("oem", "release", now=NOW)
+    dep = env.keys.create("ops", "deployment", alg="EdDSA", now=NOW + 1)
+    other = env.keys.create("oem", "release", tenant_id="acme", now=NOW)
+    assert (rel.role, rel.alg, dep.alg) == ("release", "ES256", "EdDSA")
+    assert re.fullmatch(r"[0-9a-f]{16}", rel.kid) and rel.kid != other.kid
+    assert [k.name for k in env.keys.list()] == ["oem", "ops"]
+    assert [k.name for k in env.keys.list("acme")] == ["oem"]
+    assert env.keys.get("ops") == dep
+    for key in (rel, dep):
+        private = env.keys.private_key(key.name)
+        assert key_id(private).hex() == key.kid == key_id(key.public_key()).hex()
+    assert key_id(env.keys.private_key("oem", "acme")).hex() == other.kid
+    assert "PRIVATE" not in repr(rel) + json.dumps(rel.as_dict())
+
+
+def test_key_errors_carry_their_meaning(env: Env) -> None:
+    env.keys.create("oem", "release", now=NOW)
+    with pytest.raises(DuplicateSigningKeyError) as dup:
+        env.keys.create("oem", "deployment", now=NOW)
+    assert isinstance(dup.value, InvalidRequestError)
+    with pytest.raises(UnknownSigningKeyError) as unknown:
+        env.keys.get("nope")
+    assert isinstance(unknown.value, NotFoundError)
+    with pytest.raises(UnknownSigningKeyError):
+        env.keys.get("oem", tenant_id="acme")  # scoped by tenant
+    with pytest.raises(KeyRoleError):
+        env.keys.get_or_create("oem", "deployment", now=NOW)
+    with pytest.raises(KeyRoleError):
+        env.keys.private_key("oem", role="attestation")
+    for bad in ("", "-x", "a b", "x" * 65, "é"):
+        with pytest.raises(InvalidSigningKeyError):
+            env.keys.create(bad, "release", now=NOW)
+    with pytest.raises(InvalidSigningKeyError):
+        env.keys.create("k", "admin", now=NOW)
+    with pytest.raises(InvalidSigningKeyError):
+        env.keys.create("k", "release", alg="RS256", now=NOW)
+    with pytest.raises(InvalidSigningKeyError):
+        env.keys.import_pem("k", "release", b"-----BEGIN NOTHING-----", now=NOW)
+
+
+def test_get_or_create_makes_the_key_once(env: Env) -> None:
+    first = env.keys.get_or_create("attest", "attestation", now=NOW)
+    again = env.keys.get_or_create("attest", "attestation", now=NOW + 5)
+    assert first == again and len(env.keys.list()) == 1
+
+
+def test_imported_pem_key_signs_as_itself(env: Env) -> None:
+    private = generate_private_key("ed25519")
+    key = env.keys.import_pem("legacy", "release", private_key_to_pem(private), now=NOW)
+    assert key.kid == key_id(private).hex() and key.alg == "EdDSA"
+    release = env.releases.create([("fw.bin", IMAGE)], vendor="acme.example", class_name="sensor", version="1",
+                                  key="legacy", now=NOW)
+    verify_envelope(env.releases.package(release.id), trust_anchors=[private.public_key()], max_size=MAX)
+
+
+def test_private_keys_never_reach_the_database_in_the_clear(env: Env) -> None:
+    names = [("oem", "release", "ES256"), ("ops", "deployment", "EdDSA"), ("att", "attestation", "ES256")]
+    for name, role, alg in names:
+        env.keys.create(name, role, alg=alg, now=NOW)
+    imported = generate_private_key("es256")
+    env.keys.import_pem("imp", "release", private_key_to_pem(imported), now=NOW)
+    env.releases.create([("fw.bin", IMAGE)], vendor="v", class_name="c", version="1", key="oem", now=NOW)
+    forms = [f for name, _, _ in names for f in private_forms(env.keys.private_key(name))]
+    forms += private_forms(imported)
+    env.database.close()  # checkpoint the WAL; the files are read with it and without it
+    files = [p for p in env.folder.iterdir() if p.is_file() and p.name.startswith(DB_FILENAME)]
+    files += [p for p in (env.folder / "blobs").rglob("*") if p.is_file()]
+    assert any(p.name == DB_FILENAME for p in files)
+    for path in files:
+        blob = path.read_bytes()
+        for form in forms:
+            assert form not in blob, f"a private key in {path.name}"
+
+
+def test_a_sealed_key_is_bound_to_its_tenant_name_and_role(env: Env) -> None:
+    env.keys.create("a", "release", now=NOW)
+    env.keys.create("b", "release", now=NOW)
+    db_file = env.folder / DB_FILENAME
+    with sqlite3.connect(db_file) as conn:  # an attacker with the database swaps two sealed keys
+        sealed = dict(conn.execute("SELECT name, sealed_private FROM signing_key").fetchall())
+        conn.execute("UPDATE signing_key SET sealed_private = ? WHERE name = 'a'", (sealed["b"],))
+        conn.execute("UPDATE signing_key SET role = 'deployment' WHERE name = 'b'")
+    for name in ("a", "b"):
+        with pytest.raises(SealedDataError):
+            env.keys.private_key(name)
+    with pytest.raises(SealedDataError):  # and another vault opens nothing
+        SigningKeyStore(env.database, Vault.generate()).private_key("a")
+
+
+# ------------------------------------------------------------------------------------------------- blobs
+
+
+def test_blobs_are_content_addressed_private_and_checked(env: Env) -> None:
+    sha = env.blobs.put(b"hello")
+    path = env.folder / "blobs" / "sha256" / sha
+    assert env.blobs.get(sha) == b"hello" and env.blobs.has(sha)
+    assert env.blobs.put(b"hello") == sha
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temporary file left
+    path.write_bytes(b"jello")
+    with pytest.raises(BlobCorruptedError):
+        env.blobs.get(sha)
+    assert env.blobs.put(b"hello") == sha and env.blobs.get(sha) == b"hello"  # repaired
+    with pytest.raises(UnknownBlobError):
+        env.blobs.get("0" * 64)
+    assert not env.blobs.has("0" * 64)
+    for bad in ("../../etc/passwd", "A" * 64, "0" * 63):
+        with pytest.raises(InvalidRequestError):
+            env.blobs.get(bad)
+
+
+@pytest.fixture(scope="module")
+def blob_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("blob-property")
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.binary(max_size=4096))
+def test_blob_round_trip_property(blob_dir: Path, data: bytes) -> None:
+    blobs = BlobStore(blob_dir)
+    sha = blobs.put(data)
+    assert blobs.get(sha) == data and blobs.has(sha)
+
+
+# ---------------------------------------------------------------------------------------------- releases
+
+
+def test_release_is_signed_into_a_verifiable_envelope(env: Env) -> None:
+    release = env.releases.create([("fw.bin", IMAGE)], vendor="acme.example", class_name="sensor",
+                                  version="2.0.0", now=NOW)
+    assert re.fullmatch(r"rel-[a-z2-7]{10}", release.id)
+    assert release.vendor_id == uuid.uuid5(uuid.NAMESPACE_DNS, "acme.example")
+    assert release.class_id == uuid.uuid5(release.vendor_id, "sensor")
+    key = env.keys.get("release")  # made on first use
+    assert key.role == "release" and release.signed_by == key.kid and release.key_name == "release"
+    (image,) = release.images
+    package = env.releases.package(release.id)
+    assert image.package_sha256 == env.blobs.put(package) and image.package_size == len(package)
+    assert image.image_sha256 == env.blobs.put(IMAGE) and image.size == len(IMAGE)
+    assert env.releases.image(release.id) == IMAGE
+    verified = verify_envelope(package, trust_anchors=[key.public_key()], max_size=MAX,
+                               vendor_id=release.vendor_id, class_id=release.class_id)
+    assert (verified.sequence_number, verified.version, verified.payload) == (1, "2.0.0", IMAGE)
+    assert image.approved_package_sha256 is None and release.approvals == ()
+    assert env.releases.get(release.id) == release
+    assert json.loads(json.dumps(release.as_dict()))["vendor_id"] == str(release.vendor_id)
+
+
+def test_uuid_vendor_and_class_are_taken_as_given(env: Env) -> None:
+    vendor, klass = uuid.uuid4(), uuid.uuid4()
+    release = env.releases.create([("fw.bin", IMAGE)], vendor=str(vendor), class_name=str(klass), version="1",
+                                  now=NOW)
+    assert (release.vendor_id, release.class_id) == (vendor, klass)
+    verify(env, env.releases.package(release.id), "release", release=release)
+
+
+def test_sequence_numbers_increase_per_class_and_are_independent(env: Env) -> None:
+    def make(vendor: str, klass: str, tenant: str = "default") -> int:
+        return env.releases.create([("fw.bin", IMAGE)], vendor=vendor, class_name=klass, version="v",
+                                   tenant_id=tenant, now=NOW).sequence_number
+
+    assert [make("acme.example", "sensor") for _ in range(3)] == [1, 2, 3]
+    assert make("acme.example", "gateway") == 1
+    assert make("other.example", "sensor") == 1
+    assert make("acme.example", "sensor", tenant="t2") == 1
+    assert make("acme.example", "sensor") == 4
+    vid = vendor_uuid("acme.example")  # the same class named by its UUIDs
+    assert make(str(vid), str(class_uuid(vid, "sensor"))) == 5
+    for release in env.releases.list():
+        assert verify(env, env.releases.package(release.id), "release", release=release) == release.sequence_number
+
+
+def test_concurrent_releases_of_one_class_get_distinct_sequence_numbers(env: Env) -> None:
+    env.keys.create("release", "release", now=NOW)  # before the race (its creation is tested elsewhere)
+    barrier = threading.Barrier(6, timeout=20)
+
+    def make(i: int) -> int:
+        barrier.wait()
+        return env.releases.create([("fw.bin", IMAGE + bytes([i]))], vendor="acme.example", class_name="sensor",
+                                   version=f"1.{i}", now=NOW + i).sequence_number
+
+    with ThreadPoolExecutor(6) as pool:
+        numbers = list(pool.map(make, range(6), timeout=60))
+    assert sorted(numbers) == [1, 2, 3, 4, 5, 6]
+    assert len({r.id for r in env.releases.list()}) == 6
+
+
+def test_several_images_one_package_each(env: Env) -> None:
+    release = env.releases.create([("app.bin", IMAGE), ("radio.bin", IMAGE[::-1])], vendor="acme.example",
+                                  class_name="sensor", version="3", now=NOW)
+    assert [i.name for i in release.images] == ["app.bin", "radio.bin"]
+    for image, data in zip(release.images, (IMAGE, IMAGE[::-1]), strict=True):
+        package = env.releases.package(release.id, image.name)
+        assert verify_envelope(package, trust_anchors=[env.keys.get("release").public_key()],
+                               max_size=MAX).payload == data
+    with pytest.raises(InvalidReleaseError):
+        env.releases.package(release.id)  # which one?
+    with pytest.raises(UnknownReleaseError):
+        env.releases.package(release.id, "nope.bin")
+
+
+def test_opaque_release_is_the_image_itself(env: Env) -> None:
+    release = env.releases.create([("vendor.img", IMAGE)], vendor="third.example", class_name="meter",
+                                  version="9", package_format="opaque", now=NOW)
+    assert release.signed_by is None and release.package_format == "opaque"
+    assert env.releases.package(release.id) == IMAGE
+    assert release.images[0].package_sha256 == release.images[0].image_sha256
+    assert env.keys.list() == []  # nothing was signed, no key was made
+    env.keys.create("ops", "deployment", now=NOW)
+    with pytest.raises(InvalidReleaseError):
+        env.releases.approve(release.id, "ops", now=NOW)
+    with pytest.raises(InvalidReleaseError):
+        env.releases.create([("x", IMAGE)], vendor="v", class_name="c", version="1", package_format="opaque",
+                            key="ops", now=NOW)
+
+
+def test_bad_releases_are_refused(env: Env) -> None:
+    ok = {"vendor": "acme.example", "class_name": "sensor", "version": "1", "now": NOW}
+    env.keys.create("ops", "deployment", now=NOW)
+    cases: list[tuple[list[tuple[str, bytes]], dict[str, object], type[Exception]]] = [
+        ([], {}, InvalidReleaseError),
+        ([("fw.bin", b"")], {}, InvalidReleaseError),
+        ([("a", IMAGE), ("a", IMAGE)], {}, InvalidReleaseError),
+        ([("../x", IMAGE)], {}, InvalidReleaseError),
+        ([("fw.bin", IMAGE)], {"version": ""}, InvalidReleaseError),
+        ([("fw.bin", IMAGE)], {"vendor": ""}, InvalidReleaseError),
+        ([("fw.bin", IMAGE)], {"package_format": "zip"}, InvalidReleaseError),
+        ([("fw.bin", IMAGE)], {"key": "nope"}, UnknownSigningKeyError),
+        ([("fw.bin", IMAGE)], {"key": "ops"}, KeyRoleError),
+    ]
+    for images, changes, error in cases:
+        with pytest.raises(error):
+            env.releases.create(images, **{**ok, **changes})  # type: ignore[arg-type]
+    assert env.releases.list() == []
+
+
+def test_oversized_image_is_refused(env: Env) -> None:
+    from lwm2m_server.fota.releases import MAX_IMAGE_SIZE
+
+    with pytest.raises(InvalidReleaseError):
+        env.releases.create([("big", bytes(MAX_IMAGE_SIZE + 1))], vendor="v", class_name="c", version="1", now=NOW)
+
+
+def test_get_and_list_are_scoped_and_newest_first(env: Env) -> None:
+    a = env.releases.create([("fw", IMAGE)], vendor="v.example", class_name="c", version="1", now=NOW)
+    b = env.releases.create([("fw", IMAGE)], vendor="v.example", class_name="d", version="1", now=NOW + 10)
+    c = env.releases.create([("fw", IMAGE)], vendor="v.example", class_name="c", version="2", tenant_id="t2",
+                            now=NOW + 5)
+    assert [r.id for r in env.releases.list()] == [b.id, a.id]
+    assert [r.id for r in env.releases.list("t2")] == [c.id]
+    with pytest.raises(UnknownReleaseError) as e:
+        env.releases.get(c.id)
+    assert isinstance(e.value, NotFoundError)
+    for bad in ("rel-zzzzzzzzzz", "nope", ""):
+        with pytest.raises(UnknownReleaseError):
+            env.releases.get(bad)
+
+
+def test_approval_countersigns_each_envelope_once_per_key(env: Env) -> None:
+    release = env.releases.create([("app.bin", IMAGE), ("radio.bin", IMAGE[::-1])], vendor="acme.example",
+                                  class_name="sensor", version="2", now=NOW)
+    ops = env.keys.create("ops", "deployment", now=NOW)
+    env.keys.create("ops2", "deployment", alg="EdDSA", now=NOW)
+    with pytest.raises(KeyRoleError):
+        env.releases.approve(release.id, "release", now=NOW)
+    with pytest.raises(UnknownSigningKeyError):
+        env.releases.approve(release.id, "nope", now=NOW)
+    with pytest.raises(UnknownReleaseError):
+        env.releases.package(release.id, "app.bin", approved_by="ops")
+
+    approved = env.releases.approve(release.id, "ops", now=NOW + 1)
+    assert approved.approvals == (("ops", ops.kid, NOW + 1),)
+    again = env.releases.approve(release.id, "ops", now=NOW + 2)
+    assert again == approved  # idempotent
+    both = env.releases.approve(release.id, "ops2", now=NOW + 3)
+    assert [a[0] for a in both.approvals] == ["ops", "ops2"]
+    for image in both.images:
+        assert image.approved_package_sha256 is not None and set(image.approved_package_sha256) == {"ops", "ops2"}
+        original = env.releases.package(release.id, image.name)
+        for key in ("ops", "ops2"):
+            package = env.releases.package(release.id, image.name, approved_by=key)
+            assert env.blobs.put(package) == image.approved_package_sha256[key]
+            assert verify(env, package, "release", key, release=release) == release.sequence_number
+            assert verify(env, package, "release") == release.sequence_number  # devices without the key
+        with pytest.raises(SignatureError):
+            verify(env, original, "release", "ops")
+        with pytest.raises(SignatureError):
+            verify(env, env.releases.package(release.id, image.name, approved_by="ops"), "release", "ops2")
+    assert env.releases.get(release.id) == both
+
+
+def test_approval_refuses_a_package_the_release_key_did_not_sign(env: Env) -> None:
+    release = env.releases.create([("fw", IMAGE)], vendor="v", class_name="c", version="1", now=NOW)
+    env.keys.create("ops", "deployment", now=NOW)
+    path = env.folder / "blobs" / "sha256" / release.images[0].package_sha256
+    original = path.read_bytes()
+    path.write_bytes(b"\x00" + original[1:])  # a flipped byte: caught by the digest
+    with pytest.raises(BlobCorruptedError) as e:
+        env.releases.approve(release.id, "ops", now=NOW)
+    assert isinstance(e.value, StorageError)
+    path.write_bytes(original)
+    # a well-stored envelope by another key, swapped in by whoever can write the database: caught by the signature
+    rogue = generate_private_key("es256")
+    manifest = ReleaseManifest.for_image(IMAGE, sequence_number=1, vendor_id=release.vendor_id,
+                                         class_id=release.class_id, version="1")
+    swapped = env.blobs.put(build_envelope(manifest, [rogue], image=IMAGE))
+    with sqlite3.connect(env.folder / DB_FILENAME) as conn:
+        conn.execute("UPDATE release_image SET package_sha256 = ? WHERE release_id = ?", (swapped, release.id))
+    with pytest.raises(InvalidReleaseError, match="does not verify"):
+        env.releases.approve(release.id, "ops", now=NOW)
+    assert env.releases.get(release.id).approvals == ()
+
+
+def test_class_policy_is_stored_per_class(env: Env) -> None:
+    default = env.releases.class_policy("sensor", "acme.example")
+    assert (default.require_approval, default.configured) == (False, False)
+    policy = env.releases.set_class_policy("sensor", "acme.example", require_approval=True, now=NOW)
+    assert (policy.require_approval, policy.configured) == (True, True)
+    vid = vendor_uuid("acme.example")
+    by_uuid = env.releases.class_policy(str(class_uuid(vid, "sensor")), str(vid))
+    assert by_uuid.require_approval and by_uuid.class_id == policy.class_id
+    assert not env.releases.class_policy("gateway", "acme.example").require_approval
+    assert not env.releases.class_policy("sensor", "acme.example", tenant_id="t2").require_approval
+    env.releases.set_class_policy("sensor", "acme.example", require_approval=False)
+    assert not env.releases.class_policy("sensor", "acme.example").require_approval
+    assert [p.class_name for p in env.releases.class_policies()] == ["sensor"]
+
+
+def test_stores_survive_a_reopen(env: Env, tmp_path: Path) -> None:
+    release = env.releases.create([("fw", IMAGE)], vendor="v", class_name="c", version="1", now=NOW)
+    env.database.close()
+    with Database.for_data_dir(env.folder) as database:
+        keys = SigningKeyStore(database, env.vault)
+        releases = ReleaseStore(database, BlobStore(env.folder / "blobs"), keys)
+        assert releases.get(release.id) == release
+        keys.create("ops", "deployment", now=NOW)
+        approved = releases.approve(release.id, "ops", now=NOW)
+        assert approved.approvals[0][0] == "ops"
+        assert releases.create([("fw", IMAGE)], vendor="v", class_name="c", version="2",
+                               now=time.time()).sequence_number == 2
+
+
+# ---------------------------------------------------------------------------------------- name -> UUID
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(min_size=1, max_size=60).filter(lambda s: not any(ord(c) < 32 or ord(c) == 127 for c in s)),
+       st.text(min_size=1, max_size=60).filter(lambda s: not any(ord(c) < 32 or ord(c) == 127 for c in s)))
+def test_names_map_to_uuid5_and_uuids_to_themselves(vendor: str, klass: str) -> None:
+    vid = vendor_uuid(vendor)
+    try:
+        assert vid == uuid.UUID(vendor)
+    except ValueError:
+        assert vid == uuid.uuid5(uuid.NAMESPACE_DNS, vendor)
+    cid = class_uuid(vid, klass)
+    try:
+        assert cid == uuid.UUID(klass)
+    except ValueError:
+        assert cid == uuid.uuid5(vid, klass)
+    assert vendor_uuid(str(vid)) == vid and class_uuid(vid, str(cid)) == cid
