@@ -962,8 +962,8 @@ class SimulatedDevice:
         if self.firmware is not None and path == PACKAGE and code in (Code.PUT, Code.POST):
             return self.firmware.write_package(self._package_payload(request))
         if code == Code.PUT:
-            if not request.payload:
-                if not request.opt.uri_query:
+            if not request.payload and request.opt.content_format is None:  # Write-Attributes (an empty value
+                if not request.opt.uri_query:                                 # written in text/plain has a format)
                     raise BadValueError("PUT without payload or attributes")
                 tree.write_attributes(path, self._attributes(request.opt.uri_query))
                 return Message(code=Code.CHANGED)

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import aiocoap
 
@@ -44,6 +44,10 @@ from lwm2m_server.transport.downlink import DownlinkSender
 from lwm2m_server.transport.dtls import DtlsServerTransport, add_dtls_server, dtls_server_context, dtls_transport
 from lwm2m_server.transport.site import ServerSite
 from lwm2m_server.transport.udp import exclusive_context, release
+
+if TYPE_CHECKING:
+    from lwm2m_server.fota.campaigns import CampaignService
+    from lwm2m_server.fota.webhooks import WebhookNotifier
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +77,8 @@ class ServerSettings:
     dtls_lockout_seconds: float = 300.0  # how long a locked-out address is ignored
     credential_poll_interval: float = 1.0  # seconds between looks for credentials revoked by other processes
     credential_poll_margin: float = 60.0  # how far back each look reaches (writes racing a look, clock skew)
+    campaign_tick: float = 1.0  # a running campaign looks again at least this often (events wake it sooner)
+    campaign_job_timeout: float = 600.0  # one device's update, delivery to reported result
 
     def __post_init__(self) -> None:
         if self.coap_port is None and self.coaps_port is None:
@@ -124,9 +130,12 @@ class RevocationFeed(Protocol):
 class Lwm2mServer:
     def __init__(self, settings: ServerSettings, *, model: ObjectModel | None = None,
                  credentials: DeviceCredentials | None = None,
-                 open_credentials: Callable[[Database], DeviceCredentials] | None = None) -> None:
+                 open_credentials: Callable[[Database], DeviceCredentials] | None = None,
+                 vault: object | None = None) -> None:
         """``credentials`` serve the DTLS listener; or ``open_credentials`` makes them in :meth:`start` from the
-        server's own database (the CLI passes the vault-backed SQL store, restricted to server credentials)."""
+        server's own database (the CLI passes the vault-backed SQL store, restricted to server credentials).
+        ``vault`` (a :class:`bootstrap.vault.Vault`) opens the signing keys: with it the server runs campaigns
+        (releases made by ``scratch release`` in the same data directory and database)."""
         if credentials is not None and open_credentials is not None:
             raise ValueError("give credentials or open_credentials, not both")
         self.settings = settings
@@ -149,6 +158,9 @@ class Lwm2mServer:
         self.site: ServerSite | None = None
         self.files = FileServer()
         self.firmware: FirmwareService | None = None
+        self.vault = vault
+        self.campaigns: CampaignService | None = None
+        self.webhooks: WebhookNotifier | None = None  # campaign events to the operators' URLs (HMAC-signed)
         self._tasks: list[asyncio.Task[None]] = []
         self._revocation_watch: asyncio.Task[None] | None = None
         self.credential_polls = 0  # looks for revoked credentials done (that reached the store)
@@ -219,6 +231,14 @@ class Lwm2mServer:
         secure = self.coaps_uri if s.coaps_port is not None else None
         self.firmware = FirmwareService(self.management, self.files, self.events, file_base_uri=plain or secure or "",
                                         secure_file_base_uri=secure)
+        if self.vault is not None:
+            from lwm2m_server.fota.campaigns import open_campaigns
+            from lwm2m_server.fota.webhooks import WebhookNotifier, WebhookStore
+
+            self.webhooks = WebhookNotifier(WebhookStore(self.database, self.vault), self.events)
+            self.webhooks.start()
+            self.campaigns = open_campaigns(self, self.vault)
+            await self.campaigns.start()
         if s.api_port is not None:
             await self._start_api()
         if secure is not None:
@@ -290,7 +310,7 @@ class Lwm2mServer:
         if s.bench_api:
             log.warning("serving the unauthenticated bench route PUT /api/clients/... on %s", s.api_host)
         app = create_app(self.management, self.model, self.api_token, firmware=self.firmware, bench_api=s.bench_api,
-                         events=self.events)
+                         events=self.events, campaigns=self.campaigns)
         config = uvicorn.Config(app, host=s.api_host, port=s.api_port or 0, log_level="warning",
                                 lifespan="off", access_log=False)
         server = uvicorn.Server(config)
@@ -321,6 +341,10 @@ class Lwm2mServer:
     async def stop(self) -> None:
         if self._api_server is not None:
             self._api_server.should_exit = True  # type: ignore[attr-defined]
+        if self.campaigns is not None:
+            await self.campaigns.close()
+        if self.webhooks is not None:  # after the campaigns: their last events are delivered (bounded wait)
+            await self.webhooks.stop()
         if self.firmware is not None:
             await self.firmware.close()
         if self._revocation_watch is not None:  # before the transport it evicts from goes

@@ -21,8 +21,9 @@ from lwm2m_server.server import Lwm2mServer, ServerSettings
 async def running_server(data_dir: Path, **settings: Any) -> AsyncIterator[Lwm2mServer]:
     settings.setdefault("coap_port", 0)
     credentials = settings.pop("credentials", None)
+    vault = settings.pop("vault", None)
     s = ServerSettings(data_dir=data_dir, api_port=settings.pop("api_port", None), **settings)
-    srv = Lwm2mServer(s, credentials=credentials)
+    srv = Lwm2mServer(s, credentials=credentials, vault=vault)
     try:
         await srv.start()
     except BaseException:

@@ -21,6 +21,7 @@ from lwm2m_server.api.node_json import composite_to_json, links_to_json, node_to
 from lwm2m_server.core.codec.formats import ContentFormat
 from lwm2m_server.core.errors import (
     ClientSleepingError,
+    CoapCode,
     CodecError,
     ErrorResponseError,
     InvalidPathError,
@@ -69,7 +70,7 @@ MAX_PACKAGE = 64 << 20  # bytes of one firmware package sent through the API
 def http_status(exc: Exception) -> int:
     if isinstance(exc, UnknownEndpointError | NotFoundError):
         return 404
-    if isinstance(exc, UpdateInProgressError):
+    if isinstance(exc, UpdateInProgressError) or getattr(exc, "coap_code", None) == CoapCode.CONFLICT:
         return 409
     if isinstance(exc, InvalidPathError | InvalidRequestError | ModelError):
         return 400
@@ -202,7 +203,7 @@ def build_node(model: ObjectModel, path: LwM2mPath, body: WriteBody | CreateBody
 
 def create_app(management: DeviceManagement, model: ObjectModel, token: str, *,
                firmware: FirmwareService | None = None, bench_api: bool = False,
-               events: EventBus | None = None) -> FastAPI:
+               events: EventBus | None = None, campaigns: Any = None) -> FastAPI:
     """The API app. ``token`` is compared in constant time; it is never logged or echoed.
 
     ``bench_api`` adds, without authentication, the one Leshan-shaped route the neutral load tool drives
@@ -334,6 +335,10 @@ def create_app(management: DeviceManagement, model: ObjectModel, token: str, *,
 
     if firmware is not None:
         _firmware_routes(app, firmware, auth)
+    if campaigns is not None:
+        from lwm2m_server.api.campaigns import campaign_routes
+
+        campaign_routes(app, campaigns, auth)
     if bench_api:
         _bench_routes(app, management)
     return app

@@ -150,7 +150,14 @@ def server(
                               dtls_lockout_seconds=lockout_seconds)
 
     async def main() -> None:
-        srv = Lwm2mServer(settings, model=model, open_credentials=_server_credentials(folder))
+        from bootstrap.vault import Vault, VaultError
+        from lwm2m_server.cli.factory import VAULT_KEY_FILE
+
+        try:
+            vault = Vault.open(folder / VAULT_KEY_FILE)
+        except VaultError as e:
+            raise CliError(f"cannot open the vault: {e}") from None
+        srv = Lwm2mServer(settings, model=model, open_credentials=_server_credentials(folder), vault=vault)
         try:
             await srv.start()
         except (OSError, ValueError, Lwm2mError) as e:
@@ -386,6 +393,18 @@ def _mount_subcommands() -> None:
     from lwm2m_server.cli.bootstrap import bootstrap_server
 
     app.command("bootstrap-server", help="Run the LwM2M bootstrap server until interrupted.")(bootstrap_server)
+
+    from lwm2m_server.cli.release import release_app
+
+    app.add_typer(release_app, name="release")
+
+    from lwm2m_server.cli.campaign import campaign_app
+
+    app.add_typer(campaign_app, name="campaign")
+
+    from lwm2m_server.cli.webhook import webhook_app
+
+    app.add_typer(webhook_app, name="webhook")
 
     from lwm2m_server.cli.demo import demo
 

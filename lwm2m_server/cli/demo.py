@@ -1,13 +1,14 @@
 """``scratch demo``: the README's main job, on loopback with the embedded SQLite: devices provisioned at the
 factory with unique bootstrap keys bootstrap over DTLS-PSK, get a fresh server key each, register over DTLS and are
 managed end to end through the REST API the CLI uses (reads in every format, a write, an observation); then a
-signed firmware image is delivered to every device (half by push, half by pull over their DTLS sessions) and
-installed, one failing image rolls back, and one device has its key rotated."""
+release is rolled out as a staged campaign (a canary wave, then growing waves) over the devices' DTLS sessions,
+one failing image rolls back by itself, the server hands back its signed attestation report, which is verified,
+and one device has its key rotated."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import base64
 import os
 import tempfile
 import time
@@ -19,13 +20,11 @@ from typing import Annotated, Any
 import httpx
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from firmware_object.errors import UpdateResult
-from firmware_object.suit.envelope import build_envelope
-from firmware_object.suit.keys import PrivateKey, generate_private_key
-from firmware_object.suit.manifest import ReleaseManifest
+from firmware_object.suit.keys import load_public_key
 from lwm2m_server.cli.render import node_table
 from lwm2m_server.core.model import ObjectModel
 
@@ -63,9 +62,10 @@ async def run_demo(count: int, data_dir: Path) -> None:
     model = ObjectModel.default()
     t0 = time.perf_counter()
     database = Database.for_data_dir(data_dir)
-    store = SqlCredentialStore(database, Vault.open(data_dir / "vault.key"))
+    vault = Vault.open(data_dir / "vault.key")
+    store = SqlCredentialStore(database, vault)
     server = Lwm2mServer(ServerSettings(data_dir=data_dir, coap_port=None, coaps_port=0, api_port=0,
-                                        lifetime_grace=5.0), credentials=store)
+                                        lifetime_grace=5.0, campaign_tick=0.2), credentials=store, vault=vault)
     await server.start()
     audit = AuditLog.in_data_dir(data_dir)
     bootstrap = BootstrapServer(BootstrapSettings(server_uri=server.coaps_uri, coaps_port=0, lifetime=60), store,
@@ -80,10 +80,11 @@ async def run_demo(count: int, data_dir: Path) -> None:
         records.append(FactoryCredentials(credential.endpoint, credential.identity, bytes(psk), bootstrap.coaps_uri))
     console.print(f"[bold]2.[/bold] Factory: {count} devices provisioned, each with its own bootstrap PSK (sealed "
                   "in the vault; no key is shown)", highlight=False)
-    oem_key = generate_private_key("es256")
+    assert server.campaigns is not None
+    release_key = server.campaigns.keys.get_or_create("release", "release", tenant_id="default", now=time.time())
     failing = f"sim-{count - 1}"
-    firmware = FirmwareOptions(trust_anchors=(oem_key.public_key(),), vendor_id=VENDOR, class_id=CLASS,
-                               version="1.0.0", sequence_number=1)
+    firmware = FirmwareOptions(trust_anchors=(load_public_key(release_key.public_pem.encode()),), vendor_id=VENDOR,
+                               class_id=CLASS, version="1.0.0", sequence_number=0)
     fleet = Fleet.from_credentials(
         records, lifetime=60, firmware=firmware,
         options_for=lambda i: {"firmware": replace(firmware, fail_boot=True)} if i == count - 1 else {})
@@ -110,29 +111,10 @@ async def run_demo(count: int, data_dir: Path) -> None:
             if len(devices) != count or secure != count or len(identities) != count:
                 raise DemoError(f"{len(devices)} of {count} devices registered")
             await _manage(http, model, devices)
-            outcomes = await _update_fleet(http, data_dir, oem_key, [d["endpoint"] for d in devices], failing)
+            report = await _campaign(http, server, data_dir, [d["endpoint"] for d in devices], failing)
             rotation = await _call(http, "POST", "/api/devices/sim-0/rekey", params={"timeout": 30})
-        table = Table(title=f"firmware of every device after the update ({time.perf_counter() - t0:.1f} s in all)")
-        for column in ("device", "method", "version", "state", "update result", "seconds"):
-            table.add_column(column, no_wrap=True)
-        unexpected = []
-        for ep in sorted(outcomes, key=lambda e: int(e.rsplit("-", 1)[1])):
-            job = outcomes[ep]
-            last = job["last"]
-            result = last.get("result")
-            known = UpdateResult.known(result)
-            label = known.name.lower() if known is not None else "?"
-            expected = UpdateResult.UPDATE_FAILED if ep == failing else UpdateResult.SUCCESS
-            style = "green" if result == expected else "red"
-            if result != expected:
-                unexpected.append(ep)
-            table.add_row(ep, job["method"] or "-", last.get("version") or "?",
-                          STATES.get(last.get("state"), str(last.get("state"))),
-                          f"[{style}]{result} {label}[/]", f"{job['finished_at'] - job['started_at']:.2f}")
-        console.print(table)
-        console.print(f"   {failing}'s image failed its health check: it rolled back by itself and still runs "
-                      "1.0.0 (Update Result 8), as it should", highlight=False)
-        console.print(f"[bold]9.[/bold] Rotated sim-0's key: it bootstrapped again and registered as "
+        unexpected = _report_table(report, failing, time.perf_counter() - t0)
+        console.print(f"[bold]10.[/bold] Rotated sim-0's key: it bootstrapped again and registered as "
                       f"{rotation['new_identity']} ({rotation['seconds']:.2f} s); {rotation['old_identity']} is "
                       "revoked and refused", highlight=False)
         if unexpected:
@@ -146,7 +128,7 @@ async def run_demo(count: int, data_dir: Path) -> None:
     kinds: dict[str, int] = {}
     for event in read_audit(data_dir / AUDIT_FILE):
         kinds[str(event["event"])] = kinds.get(str(event["event"]), 0) + 1
-    console.print("[bold]10.[/bold] Audit log " + str(data_dir / AUDIT_FILE) + ": " +
+    console.print("[bold]11.[/bold] Audit log " + str(data_dir / AUDIT_FILE) + ": " +
                   ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())), highlight=False)
 
 
@@ -175,40 +157,78 @@ async def _manage(http: httpx.AsyncClient, model: ObjectModel, devices: list[dic
     console.print(f"[bold]6.[/bold] Observed the battery level /3/0/9 of {ep}: {len(lines) - 1} notification(s)")
 
 
-async def _update_fleet(http: httpx.AsyncClient, data_dir: Path, oem_key: PrivateKey, endpoints: list[str],
-                        failing: str) -> dict[str, dict[str, Any]]:
-    """Sign an image and update every device, half by push and half by pull, all at once."""
+async def _campaign(http: httpx.AsyncClient, server: Any, data_dir: Path, endpoints: list[str],
+                    failing: str) -> dict[str, Any]:
+    """Release an image and roll it out as a staged campaign (canary, then waves), then fetch and verify its
+    signed report."""
+    from lwm2m_server.fota.attestation import verify_report_file, write_report_files
+
     image = os.urandom(IMAGE_SIZE)
-    manifest = ReleaseManifest(sequence_number=2, vendor_id=VENDOR, class_id=CLASS,
-                               image_digest=hashlib.sha256(image).digest(), image_size=len(image), version="2.0.0")
-    envelope = build_envelope(manifest, [oem_key], image=image)
-    (data_dir / "firmware-2.0.0.suit").write_bytes(envelope)
-    console.print(f"[bold]7.[/bold] Signed a {len(image) // 1024} KiB image into a SUIT envelope of {len(envelope)} "
-                  f"bytes (ES256, sequence 2, version 2.0.0); {failing} will fail its health check", highlight=False)
-    total = len(envelope) * len(endpoints)
-    with Progress(TextColumn("[bold]8.[/bold] {task.description}"), BarColumn(), DownloadColumn(),
-                  TextColumn("{task.fields[done]} finished"), TimeElapsedColumn(), console=console) as progress:
-        task = progress.add_task(f"updating {len(endpoints)} devices (push and pull)", total=total, done=0)
-        for i, ep in enumerate(endpoints):
-            await _call(http, "POST", f"/api/devices/{ep}/firmware", content=envelope,
-                        params={"method": "push" if i % 2 == 0 else "pull", "timeout": 60},
-                        headers={"Content-Type": "application/octet-stream"})
-        pending = set(endpoints)
-        outcomes: dict[str, dict[str, Any]] = {}
-        deadline = time.monotonic() + 90
-        while pending:
+    release = server.campaigns.releases.create([("sensor-2.0.0.bin", image)], vendor="scratch.example",
+                                               class_name="sim-sensor-1", version="2.0.0", now=time.time())
+    console.print(f"[bold]7.[/bold] Release {release.id}: a {len(image) // 1024} KiB image signed into a SUIT "
+                  f"envelope (ES256, sequence {release.sequence_number}, version 2.0.0) with the OEM key in the "
+                  f"vault; {failing} will fail its health check", highlight=False)
+    created = await _call(http, "POST", "/api/campaigns", json={
+        "releases": [release.id], "targets": endpoints, "name": "demo rollout",
+        "policy": {"canary_percent": 10, "waves": 2, "max_parallel": 10}})
+    cid = created["id"]
+    await _call(http, "POST", f"/api/campaigns/{cid}/start", json={})
+    sizes = " + ".join(str(w["size"]) for w in created["waves"])
+    with Progress(TextColumn("[bold]8.[/bold] {task.description:<22}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), console=console) as progress:
+        bars = {w["wave"]: progress.add_task(f"campaign {cid} " + ("canary" if w["wave"] == 0 else
+                                                                      f"wave {w['wave']}"),
+                                             total=w["size"], counts="") for w in created["waves"]}
+        deadline = time.monotonic() + 120
+        while True:
+            status = await _call(http, "GET", f"/api/campaigns/{cid}")
+            for w in status["waves"]:
+                done = w["succeeded"] + w["failed"] + w["rolled_back"] + w["skipped"]
+                progress.update(bars[w["wave"]], completed=done,
+                                counts=f"[green]{w['succeeded']} ok[/] [yellow]{w['rolled_back']} rolled back[/] "
+                                       f"[red]{w['failed']} failed[/]" + ("" if w["opened_at"] else " (waiting)"))
+            if status["report_ready"]:
+                break
             if time.monotonic() > deadline:
-                raise DemoError(f"updates did not finish: {', '.join(sorted(pending))}")
-            sent = 0
-            for ep in endpoints:
-                job = outcomes.get(ep) or await _call(http, "GET", f"/api/devices/{ep}/firmware")
-                sent += (job["last"] or {}).get("sent", 0) if not job["done"] else len(envelope)
-                if job["done"] and ep in pending:
-                    pending.discard(ep)
-                    outcomes[ep] = job
-            progress.update(task, completed=sent, done=len(outcomes))
+                raise DemoError(f"campaign {cid} did not end in time: {status['counts']}")
             await asyncio.sleep(0.1)
-    return outcomes
+    console.print(f"   campaign {cid} {status['state']} ({sizes} devices in {len(status['waves'])} waves)",
+                  highlight=False)
+    answer = await _call(http, "GET", f"/api/campaigns/{cid}/report")
+    key = await _call(http, "GET", "/api/attestation-key")
+    (data_dir / "attestation.pem").write_text(key["public_key_pem"])
+    out = data_dir / f"report-{cid}.json"
+    write_report_files(answer["report"], base64.b64decode(answer["cose_sign1"]), out, "json")
+    verified = verify_report_file(out, load_public_key(key["public_key_pem"].encode()))
+    console.print(f"[bold]9.[/bold] Signed attestation report {out.name}: COSE_Sign1 by the server key "
+                  f"{verified.kid} verified (scratch campaign verify-report {out.name} --key attestation.pem)",
+                  highlight=False)
+    return dict(verified.report)
+
+
+def _report_table(report: dict[str, Any], failing: str, seconds: float) -> list[str]:
+    """Print the attestation summary; return the devices whose outcome is not the expected one."""
+    table = Table(title=f"attestation: state of every target ({seconds:.1f} s in all)")
+    for column in ("device", "wave", "state", "before", "after", "result", "attempts", "reason"):
+        table.add_column(column, no_wrap=column != "reason")
+    unexpected = []
+    for t in sorted(report["targets"], key=lambda t: int(t["endpoint"].rsplit("-", 1)[1])):
+        expected = "rolled-back" if t["endpoint"] == failing else "succeeded"
+        style = "green" if t["state"] == expected else "red"
+        if t["state"] != expected:
+            unexpected.append(t["endpoint"])
+        known = UpdateResult.known(t["update_result"])
+        table.add_row(t["endpoint"], "canary" if t["wave"] == 0 else str(t["wave"]), f"[{style}]{t['state']}[/]",
+                      t["version_before"] or "-", t["version_after"] or "-",
+                      f"{t['update_result']} {known.name.lower()}" if known is not None else "-",
+                      str(t["attempts"]), t["reason"] or "")
+    console.print(table)
+    counts = ", ".join(f"{n} {state}" for state, n in report["summary"].items() if n and state != "targets")
+    console.print(f"   {report['summary']['targets']} targets: {counts}; {failing}'s image failed its health "
+                  "check: it rolled back by "
+                  "itself and still runs 1.0.0 (Update Result 8), as it should", highlight=False)
+    return unexpected
 
 
 def demo(

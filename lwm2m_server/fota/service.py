@@ -22,12 +22,15 @@ from enum import StrEnum
 
 from firmware_object.errors import State, UpdateResult
 from lwm2m_server.core.errors import (
+    ClientSleepingError,
     CoapCode,
     ErrorResponseError,
     InvalidRequestError,
     Lwm2mError,
     NotFoundError,
     RequestFailedError,
+    RequestTimeoutError,
+    UnknownEndpointError,
 )
 from lwm2m_server.core.nodes import Instance, MultipleResource, Node, ResourceType, SingleResource
 from lwm2m_server.core.operations import ExecuteRequest, ObserveRequest, ReadRequest, WriteRequest
@@ -107,6 +110,7 @@ class UpdateJob:
     previous_version: str | None = None
     history: list[UpdateProgress] = field(default_factory=list)
     recorded: int = 0  # steps recorded since the start (history keeps the first and the recent ones)
+    error: str | None = None  # why a failed update failed: "timeout", "unreachable", "cancelled" or the error's type
     done: asyncio.Event = field(default_factory=asyncio.Event)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -224,12 +228,19 @@ class FirmwareService:
             async with asyncio.timeout(timeout):
                 await self._update(job, package, method, block_size, tenant_id)
         except TimeoutError:
+            job.error = "timeout"
             self._finish(job, "failed", message=f"the update did not finish within {timeout:g} s")
         except FirmwareUpdateError as e:
+            job.error = type(e).__name__
             self._finish(job, "failed", result=e.result, message=str(e))
+        except (RequestTimeoutError, ClientSleepingError, UnknownEndpointError) as e:
+            job.error = "timeout" if isinstance(e, RequestTimeoutError) else "unreachable"
+            self._finish(job, "failed", message=f"{type(e).__name__}: {e}")
         except Lwm2mError as e:
+            job.error = type(e).__name__
             self._finish(job, "failed", message=f"{type(e).__name__}: {e}")
         except asyncio.CancelledError:
+            job.error = "cancelled"
             self._finish(job, "failed", message="cancelled (server stopping)")
             raise
         except Exception as e:

@@ -135,7 +135,8 @@ async def our_server(data_dir: Path, **settings: Any) -> AsyncIterator[Lwm2mServ
     """Our server in-process on 127.0.0.1 (ephemeral CoAP port, no HTTP API), knowing object 3442."""
     settings.setdefault("coap_port", 0)
     settings.setdefault("api_port", None)
-    srv = Lwm2mServer(ServerSettings(data_dir=data_dir, **settings), model=MODEL)
+    vault = settings.pop("vault", None)
+    srv = Lwm2mServer(ServerSettings(data_dir=data_dir, **settings), model=MODEL, vault=vault)
     try:
         await srv.start()
         yield srv

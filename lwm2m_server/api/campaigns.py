@@ -1,0 +1,120 @@
+"""REST routes of releases and campaigns (mounted by :func:`lwm2m_server.api.app.create_app`).
+
+``/api/campaigns/{id}/events`` streams the campaign's events as JSON lines (what ``scratch campaign watch``
+follows); it ends with the ``campaign.finished`` event, or when the caller goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from firmware_object.campaign import FINAL_CAMPAIGN_STATES, CampaignState, InvalidPolicyError, Policy
+from lwm2m_server.core.errors import InvalidRequestError
+from lwm2m_server.events import Event
+from lwm2m_server.fota.campaigns import CAMPAIGN_FINISHED, CampaignService
+
+
+class CampaignBody(BaseModel):
+    releases: list[str] = Field(min_length=1)
+    targets: list[str] | None = None
+    filter: str | None = None
+    name: str = ""
+    method: str | None = None
+    targets_from: str = ""
+    policy: dict[str, Any] = Field(default_factory=dict)
+
+
+class StartBody(BaseModel):
+    approve_with: str | None = None
+
+
+def campaign_routes(app: FastAPI, campaigns: CampaignService, auth: list[Any]) -> None:
+    releases = campaigns.releases
+
+    @app.get("/api/releases", dependencies=auth)
+    async def list_releases() -> list[dict[str, Any]]:
+        return [r.as_dict() for r in releases.list(tenant_id="default")]
+
+    @app.get("/api/releases/{release_id}", dependencies=auth)
+    async def show_release(release_id: str) -> dict[str, Any]:
+        return dict(releases.get(release_id, tenant_id="default").as_dict())
+
+    @app.post("/api/campaigns", dependencies=auth, status_code=201)
+    async def create_campaign(body: CampaignBody) -> dict[str, Any]:
+        try:
+            policy = Policy.from_dict(body.policy) if body.policy else Policy()
+        except (InvalidPolicyError, TypeError, ValueError) as e:
+            raise InvalidRequestError(f"bad policy: {e}") from None
+        return await campaigns.create(body.releases, targets=body.targets, target_filter=body.filter,
+                                      policy=policy, name=body.name, method=body.method,
+                                      targets_from=body.targets_from)
+
+    @app.get("/api/campaigns", dependencies=auth)
+    async def list_campaigns() -> list[dict[str, Any]]:
+        return campaigns.list()
+
+    @app.get("/api/campaigns/{cid}", dependencies=auth)
+    async def campaign_status(cid: str, jobs: bool = False) -> dict[str, Any]:
+        return campaigns.status(cid, jobs=jobs)
+
+    @app.post("/api/campaigns/{cid}/start", dependencies=auth)
+    async def start_campaign(cid: str, body: StartBody | None = None) -> dict[str, Any]:
+        return await campaigns.start_campaign(cid, approve_with=body.approve_with if body else None)
+
+    @app.post("/api/campaigns/{cid}/pause", dependencies=auth)
+    async def pause_campaign(cid: str) -> dict[str, Any]:
+        return campaigns.pause(cid)
+
+    @app.post("/api/campaigns/{cid}/resume", dependencies=auth)
+    async def resume_campaign(cid: str) -> dict[str, Any]:
+        return campaigns.resume(cid)
+
+    @app.post("/api/campaigns/{cid}/cancel", dependencies=auth)
+    async def cancel_campaign(cid: str) -> dict[str, Any]:
+        return await campaigns.cancel(cid)
+
+    @app.get("/api/campaigns/{cid}/report", dependencies=auth)
+    async def campaign_report(cid: str) -> dict[str, Any]:
+        """The signed report: ``report`` and its COSE_Sign1 (base64) over the report's canonical CBOR."""
+        report, cose = campaigns.report(cid)
+        return {"report": report, "cose_sign1": base64.b64encode(cose).decode()}
+
+    @app.get("/api/attestation-key", dependencies=auth)
+    async def attestation_key() -> dict[str, str]:
+        """The public key the server signs its reports with (PEM)."""
+        return {"public_key_pem": campaigns.attestation_public_pem()}
+
+    @app.get("/api/campaigns/{cid}/events", dependencies=auth)
+    async def campaign_events(cid: str, timeout: float = 3600.0) -> StreamingResponse:
+        """The campaign's status now, then its events as JSON lines until it ends (or ``timeout`` s pass)."""
+        first = campaigns.status(cid)
+
+        async def lines() -> AsyncIterator[bytes]:
+            with campaigns.events.queue("campaign.", maxsize=10_000) as queue:
+                yield (json.dumps({"kind": "status", "status": first}) + "\n").encode()
+                if CampaignState(first["state"]) in FINAL_CAMPAIGN_STATES and first["report_ready"]:
+                    return
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + timeout
+                while (left := deadline - loop.time()) > 0:
+                    try:
+                        event: Event = await asyncio.wait_for(queue.get(), min(left, 15.0))
+                    except TimeoutError:
+                        yield b'{"kind": "keepalive"}\n'
+                        continue
+                    if event.data.get("campaign") != cid:
+                        continue
+                    yield (json.dumps({"kind": event.kind, "at": event.at, "endpoint": event.endpoint,
+                                       "data": event.data}, default=str) + "\n").encode()
+                    if event.kind == CAMPAIGN_FINISHED:
+                        return
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")

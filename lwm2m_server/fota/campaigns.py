@@ -1,0 +1,862 @@
+"""Campaigns: releases + a target list -> a staged rollout run inside the server, persisted, with a signed report.
+
+The decisions (which wave opens, which device starts, when to halt) are the pure functions of
+:mod:`firmware_object.campaign`; this module is their I/O shell. It keeps the campaign and its jobs in SQL, runs one
+driver task per running campaign and one task per device being updated (through :class:`FirmwareService`), and
+turns what each update ends with into the job's state: succeeded, rolled-back (the device reported a failed update
+and runs its previous version), failed, or pending again with a back-off for a transient failure (a timeout, a lost
+connection, a device gone offline) while attempts remain. Integrity and signature failures are never retried.
+
+Crash safety (the server may be killed at any moment):
+
+- a job row is committed *before* the action it announces: ``delivering`` before the first byte, and the other
+  states as the device reports them; a terminal state is never left;
+- at start, a campaign's jobs found in an active state (delivering, downloaded, updating) are *orphans*: nothing is
+  sent to such a device until it is reachable again (it registers or updates), then its /5/0/3, /5/0/5 and /3/0/3
+  are read: running the target version credits it (succeeded), a failed update with the old version is a
+  rollback, an integrity failure fails it, a device still installing is asked again later, and anything else puts
+  the job back to pending so that delivery starts over. A device is therefore never sent Update twice for one
+  successful delivery, and no reported result is lost.
+
+Events (``campaign.*``) feed the webhooks, the CLI's ``watch`` stream and the audit log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlmodel import select
+
+from firmware_object.campaign import (
+    ACTIVE,
+    FINAL_CAMPAIGN_STATES,
+    TERMINAL,
+    CampaignState,
+    CampaignView,
+    FailureKind,
+    InvalidPolicyError,
+    JobState,
+    JobView,
+    Policy,
+    classify_failure,
+    decide,
+    plan_waves,
+    retry_at,
+    wave_stats,
+)
+from firmware_object.errors import State, UpdateResult
+from lwm2m_server.core.errors import (
+    CoapCode,
+    InvalidRequestError,
+    Lwm2mError,
+    NotFoundError,
+)
+from lwm2m_server.core.nodes import Instance, SingleResource
+from lwm2m_server.core.operations import ExecuteRequest, ReadRequest
+from lwm2m_server.core.paths import LwM2mPath
+from lwm2m_server.events import REGISTRATION_REGISTERED, REGISTRATION_UPDATED, Event, EventBus
+from lwm2m_server.fota.service import FirmwareService, Method, UpdateInProgressError, UpdateJob, result_label
+from lwm2m_server.management import DeviceManagement
+from lwm2m_server.storage.campaign_tables import CampaignJobRow, CampaignRow
+from lwm2m_server.storage.database import Database
+
+log = logging.getLogger(__name__)
+
+FIRMWARE = LwM2mPath.of(5, 0)
+CANCEL = LwM2mPath.of(5, 0, 10)
+FIRMWARE_VERSION = LwM2mPath.of(3, 0, 3)
+MODEL_NUMBER = LwM2mPath.of(3, 0, 1)
+
+CAMPAIGN_CREATED = "campaign.created"
+CAMPAIGN_STARTED = "campaign.started"
+CAMPAIGN_PAUSED = "campaign.paused"
+CAMPAIGN_RESUMED = "campaign.resumed"
+CAMPAIGN_CANCELLED = "campaign.cancelled"
+CAMPAIGN_WAVE_OPENED = "campaign.wave_opened"
+CAMPAIGN_HALTED = "campaign.halted"
+CAMPAIGN_FINISHED = "campaign.finished"
+CAMPAIGN_DEVICE = "campaign.device."  # + progress, succeeded, failed, skipped
+MAX_TARGETS = 100_000
+
+_PHASE_STATES = {"delivering": JobState.DELIVERING, "downloaded": JobState.DOWNLOADED,
+                 "updating": JobState.UPDATING, "rebooted": JobState.UPDATING}
+_TRANSIENT_ERRORS = {"timeout", "unreachable", "RequestFailedError", "UpdateInProgressError", "NetworkError"}
+
+
+class CampaignStateError(InvalidRequestError):
+    """The operation does not fit the campaign's state (start a finished campaign, pause a paused one...)."""
+
+    coap_code = CoapCode.CONFLICT
+
+
+class UnknownCampaignError(NotFoundError):
+    """No campaign with that id in this tenant."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A release chosen for one device: what it gets and how it will be recognised once installed."""
+
+    release_id: str
+    version: str
+    sequence_number: int | None
+    package_sha256: str
+    package: bytes
+
+
+class CampaignService:
+    """Creates, runs and reports campaigns; one driver task per running campaign (see the module docstring)."""
+
+    def __init__(self, database: Database, firmware: FirmwareService, management: DeviceManagement,
+                 events: EventBus, releases: Any, keys: Any, *, clock: Callable[[], float] = time.time,
+                 node: str = "node-1", tick: float = 1.0, job_timeout: float = 600.0,
+                 attestation_key: str = "attestation") -> None:
+        """``releases`` is a :class:`~lwm2m_server.fota.releases.ReleaseStore`, ``keys`` its signing-key store
+        (the attestation key is made on first use)."""
+        self.database = database
+        self.firmware = firmware
+        self.management = management
+        self.events = events
+        self.releases = releases
+        self.keys = keys
+        self.clock = clock
+        self.node = node
+        self.tick = tick
+        self.job_timeout = job_timeout
+        self.attestation_key = attestation_key
+        self._drivers: dict[str, asyncio.Task[None]] = {}
+        self._wakes: dict[str, asyncio.Event] = {}
+        self._jobs: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._orphans: set[tuple[str, str]] = set()
+        self._targets: dict[str, dict[str, Target]] = {}  # campaign -> release id -> what is delivered
+        self._unsubscribe: Callable[[], None] | None = None
+        self._closing = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Pick up the campaigns that were running when the server stopped (their active jobs become orphans)."""
+        self._unsubscribe = self.events.subscribe(self._on_registration, (REGISTRATION_REGISTERED,
+                                                                          REGISTRATION_UPDATED))
+        with self.database.session() as s:
+            rows = s.exec(select(CampaignRow).where(CampaignRow.state.in_(  # type: ignore[attr-defined]
+                [CampaignState.RUNNING.value, CampaignState.PAUSED.value, CampaignState.HALTED.value,
+                 CampaignState.CANCELLED.value]))).all()
+            resumed = [(r.id, r.tenant_id, r.state, r.report is None) for r in rows]
+            for cid, _, _, _ in resumed:
+                for job in s.exec(select(CampaignJobRow).where(CampaignJobRow.campaign_id == cid)).all():
+                    if JobState(job.state) in ACTIVE:
+                        self._orphans.add((cid, job.endpoint))
+        for cid, _, state, unreported in resumed:
+            if CampaignState(state) not in FINAL_CAMPAIGN_STATES or unreported:
+                log.info("campaign %s: picked up in state %s", cid, state)
+                self._spawn_driver(cid)
+
+    async def close(self) -> None:
+        """Stop the drivers and the device tasks; what they have committed stays (a restart resumes)."""
+        self._closing = True
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        tasks = [*self._drivers.values(), *self._jobs.values()]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+    # ------------------------------------------------------------------ operations
+
+    async def create(self, release_ids: Sequence[str], *, targets: Sequence[str] | None = None,
+                     target_filter: str | None = None, policy: Policy | None = None, name: str = "",
+                     method: str | None = None, tenant_id: str = "default", targets_from: str = "") -> dict[str, Any]:
+        """A new campaign in state ``created``; its targets are the given endpoints or those the filter picks among
+        the registered devices (``endpoint=GLOB``, ``version=X``, ``version!=X``, joined by ``and``)."""
+        if not release_ids:
+            raise InvalidRequestError("a campaign needs at least one release")
+        if (targets is None) == (target_filter is None):
+            raise InvalidRequestError("give a target list or a filter (one of them)")
+        if method not in (None, "push", "pull"):
+            raise InvalidRequestError("method is push or pull (or none: each device's choice)")
+        policy = policy or Policy()
+        releases = [self._release(rid, tenant_id) for rid in release_ids]
+        for rel in releases:
+            if len(rel.images) != 1:
+                raise InvalidRequestError(f"release {rel.id} has {len(rel.images)} images; a campaign delivers "
+                                          "releases of one image each")
+        if targets is None:
+            assert target_filter is not None
+            targets = await self.select_targets(target_filter, tenant_id)
+            targets_from = targets_from or f"filter: {target_filter}"
+        targets = [t.strip() for t in targets if t.strip()]
+        if len(targets) > MAX_TARGETS:
+            raise InvalidRequestError(f"{len(targets)} targets; a campaign may have at most {MAX_TARGETS}")
+        if not targets:
+            raise InvalidRequestError("the campaign has no target")
+        try:
+            waves = plan_waves(targets, policy)
+        except InvalidPolicyError as e:
+            raise InvalidRequestError(str(e)) from None
+        now = self.clock()
+        cid = "cmp-" + secrets.token_hex(5)
+        with self.database.session() as s:
+            s.add(CampaignRow(id=cid, tenant_id=tenant_id, name=name, state=CampaignState.CREATED.value,
+                              releases=json.dumps([r.id for r in releases]), policy=json.dumps(policy.as_dict()),
+                              method=method, waves=len(waves), created_at=now, targets_from=targets_from))
+            position = 0
+            for w, endpoints in enumerate(waves):
+                for ep in endpoints:
+                    s.add(CampaignJobRow(campaign_id=cid, endpoint=ep, tenant_id=tenant_id, position=position,
+                                         wave=w, state=JobState.PENDING.value, updated_at=now))
+                    position += 1
+            s.commit()
+        self._emit(CAMPAIGN_CREATED, tenant_id, None, {"campaign": cid, "targets": len(targets), "waves": len(waves)})
+        return self.status(cid, tenant_id)
+
+    async def select_targets(self, expression: str, tenant_id: str = "default") -> list[str]:
+        """The registered devices the filter picks (sorted by endpoint); ``version`` terms read /3/0/3 of each
+        candidate, so they need the devices reachable."""
+        terms = _parse_filter(expression)
+        candidates = sorted(r.endpoint for r in self.management.registrations.all(tenant_id))
+        for key, op, value in terms:
+            if key == "endpoint":
+                candidates = [ep for ep in candidates if fnmatch.fnmatchcase(ep, value) == (op == "=")]
+        version_terms = [(op, value) for key, op, value in terms if key == "version"]
+        if version_terms:
+            versions = await asyncio.gather(*(self._version(ep, tenant_id) for ep in candidates))
+            candidates = [ep for ep, v in zip(candidates, versions, strict=True)
+                          if all((v == value) == (op == "=") for op, value in version_terms)]
+        return candidates
+
+    async def start_campaign(self, cid: str, tenant_id: str = "default", *, approve_with: str | None = None
+                             ) -> dict[str, Any]:
+        """Start a created campaign. ``approve_with`` names a deployment key: each release is countersigned with it
+        and devices get the countersigned packages; a device class that requires approval needs it."""
+        row = self._row(cid, tenant_id)
+        if CampaignState(row.state) is not CampaignState.CREATED:
+            raise CampaignStateError(f"campaign {cid} is {row.state}; only a created campaign starts")
+        release_ids = json.loads(row.releases)
+        now = self.clock()
+        if approve_with is not None:
+            for rid in release_ids:
+                self.releases.approve(rid, approve_with, tenant_id=tenant_id, now=now)
+        for rid in release_ids:
+            rel = self._release(rid, tenant_id)
+            policy = self._class_policy(rel, tenant_id)
+            if policy is not None and getattr(policy, "require_approval", False) and approve_with is None:
+                raise CampaignStateError(f"release {rid} is for class {rel.class_name!r}, which requires a deployment "
+                                         "key's approval: start the campaign with one")
+        with self.database.session() as s:
+            row = s.get(CampaignRow, cid)
+            assert row is not None
+            row.state, row.started_at, row.approved_by = CampaignState.RUNNING.value, now, approve_with
+            s.add(row)
+            s.commit()
+        self._targets.pop(cid, None)
+        self._emit(CAMPAIGN_STARTED, tenant_id, None, {"campaign": cid, "approved_by": approve_with})
+        self._spawn_driver(cid)
+        return self.status(cid, tenant_id)
+
+    def pause(self, cid: str, tenant_id: str = "default") -> dict[str, Any]:
+        """No device starts while paused; updates under way finish."""
+        self._transition(cid, tenant_id, {CampaignState.RUNNING}, CampaignState.PAUSED, CAMPAIGN_PAUSED)
+        return self.status(cid, tenant_id)
+
+    def resume(self, cid: str, tenant_id: str = "default") -> dict[str, Any]:
+        self._transition(cid, tenant_id, {CampaignState.PAUSED}, CampaignState.RUNNING, CAMPAIGN_RESUMED)
+        self._spawn_driver(cid)
+        return self.status(cid, tenant_id)
+
+    async def cancel(self, cid: str, tenant_id: str = "default") -> dict[str, Any]:
+        """Cancel: pending devices are skipped; a device still downloading gets Cancel (/5/0/10) where it has it
+        and is skipped; a device already installing is left to finish and its result is recorded."""
+        self._transition(cid, tenant_id, {CampaignState.CREATED, CampaignState.RUNNING, CampaignState.PAUSED},
+                         CampaignState.CANCELLED, CAMPAIGN_CANCELLED, reason="cancelled by the operator")
+        for (c, ep), task in list(self._jobs.items()):
+            if c != cid:
+                continue
+            job = self._job(cid, ep)
+            if job is not None and JobState(job.state) in (JobState.DELIVERING, JobState.DOWNLOADED):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                cancelled = await self._cancel_on_device(ep, tenant_id)
+                self._set_job(cid, ep, JobState.SKIPPED, reason="campaign cancelled during delivery"
+                              + (" (Cancel /5/0/10 executed)" if cancelled else ""), finished=True)
+        with self.database.session() as s:
+            for job in s.exec(select(CampaignJobRow).where(CampaignJobRow.campaign_id == cid,
+                                                           CampaignJobRow.state == JobState.PENDING.value)).all():
+                job.state, job.reason = JobState.SKIPPED.value, "campaign cancelled before this device started"
+                job.finished_at = job.updated_at = self.clock()
+                s.add(job)
+            s.commit()
+        self._spawn_driver(cid)  # it reports once the installs under way have ended
+        return self.status(cid, tenant_id)
+
+    # ------------------------------------------------------------------ views
+
+    def list(self, tenant_id: str = "default") -> list[dict[str, Any]]:
+        with self.database.session() as s:
+            rows = s.exec(select(CampaignRow).where(CampaignRow.tenant_id == tenant_id)
+                          .order_by(CampaignRow.created_at.desc())).all()  # type: ignore[attr-defined]
+            ids = [r.id for r in rows]
+        return [self.status(cid, tenant_id) for cid in ids]
+
+    def status(self, cid: str, tenant_id: str = "default", *, jobs: bool = False) -> dict[str, Any]:
+        row = self._row(cid, tenant_id)
+        job_rows = self._job_rows(cid)
+        view = self._view(row, job_rows)
+        counts = {state.value: 0 for state in JobState}
+        for j in job_rows:
+            counts[j.state] += 1
+        opened = json.loads(row.opened_at)
+        out: dict[str, Any] = {
+            "id": row.id, "name": row.name, "tenant": row.tenant_id, "state": row.state, "reason": row.reason,
+            "releases": json.loads(row.releases), "policy": json.loads(row.policy), "method": row.method,
+            "approved_by": row.approved_by, "targets_from": row.targets_from, "targets": len(job_rows),
+            "created_at": row.created_at, "started_at": row.started_at, "finished_at": row.finished_at,
+            "counts": counts, "report_ready": row.report is not None,
+            "waves": [{"wave": w.wave, "size": w.size, "opened_at": opened[w.wave] if w.wave < len(opened) else None,
+                       "pending": w.pending, "active": w.active, "succeeded": w.succeeded, "failed": w.failed,
+                       "rolled_back": w.rolled_back, "skipped": w.skipped} for w in wave_stats(view)],
+        }
+        if jobs:
+            out["jobs"] = [_job_dict(j) for j in job_rows]
+        return out
+
+    def report(self, cid: str, tenant_id: str = "default") -> tuple[dict[str, Any], bytes]:
+        """The signed report: the final one once the campaign has ended, else one made now (``state`` says)."""
+        from lwm2m_server.fota import attestation
+
+        row = self._row(cid, tenant_id)
+        if row.report is not None:
+            key = self._attestation_public(tenant_id)
+            return attestation.verify_report(row.report, key), row.report
+        return self._make_report(row)
+
+    def attestation_public_pem(self, tenant_id: str = "default") -> str:
+        key = self.keys.get_or_create(self.attestation_key, "attestation", tenant_id=tenant_id, now=self.clock())
+        return str(key.public_pem)
+
+    # ------------------------------------------------------------------ the driver
+
+    def _spawn_driver(self, cid: str) -> None:
+        wake = self._wakes.setdefault(cid, asyncio.Event())
+        wake.set()
+        running = self._drivers.get(cid)
+        if running is None or running.done():
+            self._drivers[cid] = asyncio.get_running_loop().create_task(self._drive(cid), name=f"campaign-{cid}")
+
+    def _wake_all(self) -> None:
+        for wake in self._wakes.values():
+            wake.set()
+
+    def _on_registration(self, event: Event) -> None:
+        if self._drivers:
+            self._wake_all()
+
+    async def _drive(self, cid: str) -> None:
+        wake = self._wakes[cid]
+        try:
+            while not self._closing:
+                wake.clear()
+                row = self._row(cid, None)
+                tenant = row.tenant_id
+                state = CampaignState(row.state)
+                self._reconcile_orphans(cid, tenant)
+                if state in FINAL_CAMPAIGN_STATES:
+                    if not self._busy(cid):
+                        if row.report is None:
+                            self._finalise(cid)
+                        return
+                elif state is CampaignState.CREATED:
+                    return
+                else:
+                    decision = self._decide(cid, row)
+                    if decision is not None and decision.state in FINAL_CAMPAIGN_STATES:
+                        continue
+                    if decision is not None and decision.next_wakeup is not None:
+                        delay = max(0.0, min(self.tick, decision.next_wakeup - self.clock()))
+                    else:
+                        delay = self.tick
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), delay)
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), self.tick)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("campaign %s: the driver failed; it restarts with the next event", cid)
+            self._drivers.pop(cid, None)
+
+    def _decide(self, cid: str, row: CampaignRow) -> Any:
+        job_rows = self._job_rows(cid)
+        view = self._view(row, job_rows)
+        tenant = row.tenant_id
+        now = self.clock()
+        orphans = {ep for c, ep in self._orphans if c == cid}
+        decision = decide(view, lambda ep: ep not in orphans and self._reachable(ep, tenant), now)
+        for ep in decision.expire:
+            self._set_job(cid, ep, JobState.FAILED, finished=True,
+                          reason="the device did not come online within the device timeout")
+            self._emit_device(cid, tenant, ep, JobState.FAILED)
+        if decision.open_waves != view.opened_at or CampaignState(row.state) is not decision.state:
+            with self.database.session() as s:
+                fresh = s.get(CampaignRow, cid)
+                assert fresh is not None
+                if CampaignState(fresh.state) is not CampaignState(row.state):
+                    return None  # paused or cancelled meanwhile: decide again
+                fresh.opened_at = json.dumps(list(decision.open_waves))
+                if decision.state is not CampaignState(fresh.state):
+                    fresh.state, fresh.reason = decision.state.value, decision.reason
+                    if decision.state in FINAL_CAMPAIGN_STATES:
+                        fresh.finished_at = now
+                s.add(fresh)
+                s.commit()
+            for w in range(len(view.opened_at), len(decision.open_waves)):
+                self._emit(CAMPAIGN_WAVE_OPENED, tenant, None, {"campaign": cid, "wave": w})
+            if decision.state is CampaignState.HALTED:
+                log.warning("campaign %s halted: %s", cid, decision.reason)
+                self._emit(CAMPAIGN_HALTED, tenant, None, {"campaign": cid, "reason": decision.reason})
+        for ep in decision.start:
+            self._launch(cid, ep, tenant)
+        return decision
+
+    def _busy(self, cid: str) -> bool:
+        """Whether an update of this campaign is still under way here or waits to be reconciled."""
+        return any(c == cid and not t.done() for (c, _), t in self._jobs.items()) or any(
+            c == cid for c, _ in self._orphans)
+
+    def _reachable(self, endpoint: str, tenant_id: str) -> bool:
+        try:
+            reg = self.management.reachable(endpoint, tenant_id)
+        except Lwm2mError:
+            return False
+        return reg.remote is not None
+
+    # ------------------------------------------------------------------ one device
+
+    def _launch(self, cid: str, endpoint: str, tenant_id: str) -> None:
+        key = (cid, endpoint)
+        running = self._jobs.get(key)
+        if running is not None and not running.done():
+            return
+        self._set_job(cid, endpoint, JobState.DELIVERING)  # committed before anything is sent: see the docstring
+        self._jobs[key] = asyncio.get_running_loop().create_task(self._run_job(cid, endpoint, tenant_id),
+                                                                 name=f"campaign-{cid}-{endpoint}")
+
+    async def _run_job(self, cid: str, ep: str, tenant_id: str) -> None:
+        try:
+            await self._update_device(cid, ep, tenant_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # never leave a job in an active state behind a dead task
+            log.exception("campaign %s: the update of %s failed", cid, ep)
+            self._after_failure(cid, ep, tenant_id, None, f"internal error: {type(e).__name__}", "internal")
+        finally:
+            self._jobs.pop((cid, ep), None)
+            wake = self._wakes.get(cid)
+            if wake is not None:
+                wake.set()
+
+    async def _update_device(self, cid: str, ep: str, tenant_id: str) -> None:
+        row = self._row(cid, tenant_id)
+        job = self._job(cid, ep)
+        assert job is not None
+        try:
+            reg = self.management.reachable(ep, tenant_id)
+        except Lwm2mError as e:  # gone since the decision: not a try, wait for it
+            self._set_job(cid, ep, JobState.PENDING, not_before=self.clock() + self.tick,
+                          reason=f"waiting for the device: {e}")
+            return
+        if not reg.supports_object(5):
+            self._finish_job(cid, ep, tenant_id, JobState.SKIPPED,
+                             reason="the device has no Firmware Update object (/5)")
+            return
+        target = await self._target_for(row, ep, tenant_id)
+        if target is None:
+            self._finish_job(cid, ep, tenant_id, JobState.SKIPPED,
+                             reason="no release of this campaign is for the device's class (/3/0/1 model number)")
+            return
+        version = await self._version(ep, tenant_id)
+        if version is not None and version == target.version and job.attempts > 0:
+            # an earlier try of ours installed it and its end was not seen (a timeout, a lost answer): credit it
+            self._finish_job(cid, ep, tenant_id, JobState.SUCCEEDED, version_after=version,
+                             reason="the device runs the target version (installed by an earlier try)")
+            return
+        if version is not None and version == target.version:
+            self._finish_job(cid, ep, tenant_id, JobState.SKIPPED, version_after=version,
+                             reason=f"already at version {version}",
+                             **({"version_before": version} if job.version_before is None else {}))
+            return
+        attempt = job.attempts + 1
+        self._set_job(cid, ep, JobState.DELIVERING, attempts=attempt, release_id=target.release_id,
+                      package_sha256=target.package_sha256, sequence_number=target.sequence_number,
+                      **({"version_before": version} if job.version_before is None else {}),
+                      **({"started_at": self.clock()} if job.started_at is None else {}))
+        method = Method(row.method) if row.method else None
+        try:
+            update = self.firmware.start(ep, target.package, method=method, timeout=self.job_timeout,
+                                         tenant_id=tenant_id)
+        except UpdateInProgressError as e:
+            self._after_failure(cid, ep, tenant_id, None, str(e), "UpdateInProgressError")
+            return
+        except Lwm2mError as e:
+            self._after_failure(cid, ep, tenant_id, None, f"{type(e).__name__}: {e}", "unreachable")
+            return
+        self._emit(CAMPAIGN_DEVICE + "progress", tenant_id, ep, {"campaign": cid, "state": "delivering",
+                                                                 "attempt": attempt})
+        await self._follow(cid, ep, tenant_id, update)
+        last = update.last
+        if update.succeeded:
+            after = last.version
+            for _ in range(3):  # the read after the install may have been lost: the report needs the version
+                if after is not None:
+                    break
+                after = await self._version(ep, tenant_id)
+            self._finish_job(cid, ep, tenant_id, JobState.SUCCEEDED, version_after=after,
+                             update_result=last.result, method=update.method, reason=None)
+            return
+        if (last.result == UpdateResult.UPDATE_FAILED and last.version is not None
+                and last.version == (job.version_before or version)):
+            self._finish_job(cid, ep, tenant_id, JobState.ROLLED_BACK, version_after=last.version,
+                             update_result=last.result, method=update.method,
+                             reason=f"the new image failed; the device rolled back to {last.version}")
+            return
+        self._after_failure(cid, ep, tenant_id, last.result, last.message, update.error, method=update.method,
+                            version_after=last.version)
+
+    async def _follow(self, cid: str, ep: str, tenant_id: str, update: UpdateJob) -> None:
+        """Mirror the update's phases into the job row until it ends."""
+        state = JobState.DELIVERING
+        while not update.done.is_set():
+            changed = update.changed()
+            phase = update.last.phase if update.history else "preparing"
+            new = _PHASE_STATES.get(phase)
+            if new is not None and new is not state and not update.done.is_set():
+                state = new
+                self._set_job(cid, ep, state, method=update.method)
+                self._emit(CAMPAIGN_DEVICE + "progress", tenant_id, ep, {"campaign": cid, "state": state.value})
+            waiter = asyncio.ensure_future(changed.wait())
+            done = asyncio.ensure_future(update.done.wait())
+            try:
+                await asyncio.wait([waiter, done], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+                done.cancel()
+
+    def _after_failure(self, cid: str, ep: str, tenant_id: str, result: int | None, message: str,
+                       error: str | None, **fields: Any) -> None:
+        """A failed try: pending again after a back-off when it is transient and tries remain, else failed."""
+        kind = classify_failure(result, timed_out=error == "timeout",
+                                connection_lost=error in _TRANSIENT_ERRORS and error != "timeout")
+        job = self._job(cid, ep)
+        assert job is not None
+        policy = Policy.from_dict(json.loads(self._row(cid, tenant_id).policy))
+        attempts = job.attempts
+        when = retry_at(max(1, attempts), policy, self.clock(), ep) if kind is FailureKind.TRANSIENT else None
+        label = f" ({result_label(result)})" if result not in (None, 0) else ""
+        if when is not None:
+            self._set_job(cid, ep, JobState.PENDING, not_before=when, update_result=result, attempts=attempts,
+                          reason=f"try {attempts} failed: {message}{label}; retrying", **fields)
+            self._emit(CAMPAIGN_DEVICE + "progress", tenant_id, ep, {"campaign": cid, "state": "pending",
+                                                                     "retry_at": when, "reason": message})
+            return
+        why = message if kind is FailureKind.PERMANENT else f"{message} (after {attempts} tries)"
+        self._finish_job(cid, ep, tenant_id, JobState.FAILED, update_result=result, reason=f"{why}{label}", **fields)
+
+    def _finish_job(self, cid: str, ep: str, tenant_id: str, state: JobState, **fields: Any) -> None:
+        self._set_job(cid, ep, state, finished=True, **fields)
+        self._emit_device(cid, tenant_id, ep, state)
+
+    def _emit_device(self, cid: str, tenant_id: str, ep: str, state: JobState) -> None:
+        job = self._job(cid, ep)
+        kind = {JobState.SUCCEEDED: "succeeded", JobState.SKIPPED: "skipped"}.get(state, "failed")
+        self._emit(CAMPAIGN_DEVICE + kind, tenant_id, ep, {"campaign": cid, **(_job_dict(job) if job else {})})
+
+    async def _cancel_on_device(self, ep: str, tenant_id: str) -> bool:
+        """Execute Cancel (/5/0/10, Object 5 version 1.1) where the device has it; False when it has not."""
+        try:
+            await self.management.send(ep, ExecuteRequest(CANCEL), tenant_id=tenant_id, timeout=5.0)
+        except Lwm2mError:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ orphans (after a restart)
+
+    def _reconcile_orphans(self, cid: str, tenant_id: str) -> None:
+        for c, ep in list(self._orphans):
+            if c != cid or (c, ep) in self._jobs or not self._reachable(ep, tenant_id):
+                continue
+            self._jobs[(c, ep)] = asyncio.get_running_loop().create_task(
+                self._reconcile(cid, ep, tenant_id), name=f"campaign-{cid}-{ep}-reconcile")
+
+    async def _reconcile(self, cid: str, ep: str, tenant_id: str) -> None:
+        """Find out what became of an update under way when the server stopped (see the module docstring)."""
+        try:
+            job = self._job(cid, ep)
+            row = self._row(cid, tenant_id)
+            if job is None or JobState(job.state) not in ACTIVE:
+                self._orphans.discard((cid, ep))
+                return
+            try:
+                fw = await self.management.send(ep, ReadRequest(FIRMWARE), tenant_id=tenant_id, timeout=10.0)
+                version = await self._version(ep, tenant_id)
+            except Lwm2mError as e:
+                log.info("campaign %s: %s not readable yet (%s); asking again later", cid, ep, e)
+                return
+            values = _instance_values(fw.content)
+            state, result = values.get(3), values.get(5)
+            target = await self._target_for(row, ep, tenant_id)
+            if target is not None and version is not None and version == target.version:
+                self._finish_job(cid, ep, tenant_id, JobState.SUCCEEDED, version_after=version, update_result=result,
+                                 reason="credited after a server restart: the device runs the target version")
+            elif state == State.UPDATING:
+                return  # still installing: its next registration brings us back
+            elif result == UpdateResult.UPDATE_FAILED and version is not None and version == job.version_before:
+                self._finish_job(cid, ep, tenant_id, JobState.ROLLED_BACK, version_after=version,
+                                 update_result=result, reason="the new image failed (found after a server restart); "
+                                                              f"the device rolled back to {version}")
+            elif (isinstance(result, int) and result not in (UpdateResult.INITIAL, UpdateResult.SUCCESS)
+                  and classify_failure(result) is FailureKind.PERMANENT):
+                self._finish_job(cid, ep, tenant_id, JobState.FAILED, update_result=result, version_after=version,
+                                 reason=f"{result_label(result)} (found after a server restart)")
+            else:  # nothing was installed: deliver again (not counted as a new try)
+                self._set_job(cid, ep, JobState.PENDING, attempts=max(0, job.attempts - 1),
+                              reason="delivery interrupted by a server restart; starting over")
+            self._orphans.discard((cid, ep))
+        finally:
+            self._jobs.pop((cid, ep), None)
+            wake = self._wakes.get(cid)
+            if wake is not None:
+                wake.set()
+
+    # ------------------------------------------------------------------ report
+
+    def _finalise(self, cid: str) -> None:
+        row = self._row(cid, None)
+        if CampaignState(row.state) is not CampaignState.COMPLETED:  # what never started says why
+            with self.database.session() as s:
+                for job in s.exec(select(CampaignJobRow).where(CampaignJobRow.campaign_id == cid,
+                                                               CampaignJobRow.state == JobState.PENDING.value)):
+                    job.state = JobState.SKIPPED.value
+                    job.reason = f"not updated: the campaign {row.state}" + (f" ({row.reason})" if row.reason else "")
+                    job.finished_at = job.updated_at = self.clock()
+                    s.add(job)
+                s.commit()
+        report, cose = self._make_report(row)
+        with self.database.session() as s:
+            fresh = s.get(CampaignRow, cid)
+            assert fresh is not None
+            fresh.report = cose
+            if fresh.finished_at is None:
+                fresh.finished_at = self.clock()
+            s.add(fresh)
+            s.commit()
+        summary = report["summary"]
+        log.info("campaign %s %s: %s", cid, row.state, summary)
+        self._emit(CAMPAIGN_FINISHED, row.tenant_id, None, {"campaign": cid, "state": row.state,
+                                                            "reason": row.reason, "summary": summary})
+
+    def _make_report(self, row: CampaignRow) -> tuple[dict[str, Any], bytes]:
+        from lwm2m_server.fota import attestation
+
+        tenant = row.tenant_id
+        key = self.keys.get_or_create(self.attestation_key, "attestation", tenant_id=tenant, now=self.clock())
+        private = self.keys.private_key(self.attestation_key, tenant_id=tenant)
+        releases = []
+        for rid in json.loads(row.releases):
+            rel = self._release(rid, tenant)
+            packages = [img.package_sha256 for img in rel.images]
+            if row.approved_by:
+                packages = [_approved_sha(img, row.approved_by) or img.package_sha256 for img in rel.images]
+            releases.append({"id": rel.id, "version": rel.version, "sequence_number": rel.sequence_number,
+                             "vendor_id": str(rel.vendor_id), "class_id": str(rel.class_id), "packages": packages})
+        campaign = {"id": row.id, "name": row.name, "tenant": tenant, "state": row.state, "reason": row.reason,
+                    "created_at": row.created_at, "started_at": row.started_at, "finished_at": row.finished_at,
+                    "policy": json.loads(row.policy), "releases": releases}
+        targets = []
+        for j in self._job_rows(row.id):
+            targets.append({"endpoint": j.endpoint, "wave": j.wave, "state": j.state,
+                            "version_before": j.version_before, "version_after": j.version_after,
+                            "release": j.release_id, "manifest_digest": j.package_sha256,
+                            "sequence_number": j.sequence_number, "update_result": j.update_result,
+                            "attempts": j.attempts, "started_at": j.started_at, "finished_at": j.finished_at,
+                            "reason": j.reason})
+        report = attestation.build_report(campaign, targets, generated_at=self.clock(), node=self.node, kid=key.kid)
+        return report, attestation.sign_report(report, private)
+
+    def _attestation_public(self, tenant_id: str) -> Any:
+        from firmware_object.suit.keys import load_public_key
+
+        key = self.keys.get_or_create(self.attestation_key, "attestation", tenant_id=tenant_id, now=self.clock())
+        return load_public_key(key.public_pem.encode() if isinstance(key.public_pem, str) else key.public_pem)
+
+    # ------------------------------------------------------------------ storage
+
+    def _row(self, cid: str, tenant_id: str | None) -> CampaignRow:
+        with self.database.session() as s:
+            row = s.get(CampaignRow, cid)
+        if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
+            raise UnknownCampaignError(f"no campaign {cid!r}")
+        return row
+
+    def _job(self, cid: str, ep: str) -> CampaignJobRow | None:
+        with self.database.session() as s:
+            return s.get(CampaignJobRow, (cid, ep))
+
+    def _job_rows(self, cid: str) -> list[CampaignJobRow]:
+        with self.database.session() as s:
+            return list(s.exec(select(CampaignJobRow).where(CampaignJobRow.campaign_id == cid)
+                               .order_by(CampaignJobRow.position)).all())  # type: ignore[arg-type]
+
+    def _set_job(self, cid: str, ep: str, state: JobState, *, finished: bool = False, **fields: Any) -> None:
+        now = self.clock()
+        with self.database.session() as s:
+            job = s.get(CampaignJobRow, (cid, ep))
+            if job is None:
+                return
+            if JobState(job.state) in TERMINAL:  # a terminal state is never left
+                log.info("campaign %s: %s is %s already; %s not recorded", cid, ep, job.state, state.value)
+                return
+            job.state = state.value
+            job.updated_at = now
+            if finished:
+                job.finished_at = now
+                job.not_before = None
+            for name, value in fields.items():
+                setattr(job, name, value)
+            s.add(job)
+            s.commit()
+
+    def _view(self, row: CampaignRow, jobs: Iterable[CampaignJobRow]) -> CampaignView:
+        return CampaignView(state=CampaignState(row.state), policy=Policy.from_dict(json.loads(row.policy)),
+                            waves=row.waves, opened_at=tuple(json.loads(row.opened_at)),
+                            jobs=tuple(JobView(j.endpoint, j.wave, JobState(j.state), j.attempts, j.not_before)
+                                       for j in jobs))
+
+    def _transition(self, cid: str, tenant_id: str, allowed: set[CampaignState], to: CampaignState, kind: str,
+                    reason: str | None = None) -> None:
+        with self.database.session() as s:
+            row = s.get(CampaignRow, cid)
+            if row is None or row.tenant_id != tenant_id:
+                raise UnknownCampaignError(f"no campaign {cid!r}")
+            if CampaignState(row.state) not in allowed:
+                raise CampaignStateError(f"campaign {cid} is {row.state}: cannot go {to.value}")
+            row.state = to.value
+            if reason is not None:
+                row.reason = reason
+            if to in FINAL_CAMPAIGN_STATES:
+                row.finished_at = self.clock()
+            s.add(row)
+            s.commit()
+        self._emit(kind, tenant_id, None, {"campaign": cid})
+        wake = self._wakes.get(cid)
+        if wake is not None:
+            wake.set()
+
+    # ------------------------------------------------------------------ releases
+
+    def _release(self, rid: str, tenant_id: str) -> Any:
+        return self.releases.get(rid, tenant_id=tenant_id)
+
+    def _class_policy(self, rel: Any, tenant_id: str) -> Any:
+        getter = getattr(self.releases, "class_policy", None)
+        if getter is None:
+            return None
+        with contextlib.suppress(Lwm2mError, LookupError):
+            return getter(rel.class_name, rel.vendor, tenant_id=tenant_id)
+        return None
+
+    async def _target_for(self, row: CampaignRow, ep: str, tenant_id: str) -> Target | None:
+        """The release a device gets: the only one, or (several) the one whose class the device's model number
+        (/3/0/1) names; None when no release fits."""
+        targets = self._targets.get(row.id)
+        if targets is None:
+            targets = {}
+            for rid in json.loads(row.releases):
+                rel = self._release(rid, row.tenant_id)
+                image = rel.images[0]
+                sha = _approved_sha(image, row.approved_by) if row.approved_by else None
+                package = (self.releases.package(rid, tenant_id=row.tenant_id, approved_by=row.approved_by)
+                           if sha else self.releases.package(rid, tenant_id=row.tenant_id))
+                targets[rel.class_name] = Target(rid, rel.version, rel.sequence_number,
+                                                 sha or image.package_sha256, package)
+            self._targets[row.id] = targets
+        if len(targets) == 1:
+            return next(iter(targets.values()))
+        model: str | None = None
+        with contextlib.suppress(Lwm2mError):
+            node = (await self.management.send(ep, ReadRequest(MODEL_NUMBER), tenant_id=tenant_id)).content
+            if isinstance(node, SingleResource):
+                model = str(node.value)
+        return targets.get(model) if model is not None else None
+
+    async def _version(self, ep: str, tenant_id: str) -> str | None:
+        with contextlib.suppress(Lwm2mError):
+            node = (await self.management.send(ep, ReadRequest(FIRMWARE_VERSION), tenant_id=tenant_id)).content
+            if isinstance(node, SingleResource):
+                return str(node.value)
+        return None
+
+    def _emit(self, kind: str, tenant_id: str, endpoint: str | None, data: dict[str, Any]) -> None:
+        self.events.emit(kind, self.clock(), tenant_id=tenant_id, endpoint=endpoint, data=data)
+
+
+def _approved_sha(image: Any, key_name: str) -> str | None:
+    approved = getattr(image, "approved_package_sha256", None) or {}
+    return approved.get(key_name) if isinstance(approved, dict) else None
+
+
+def _instance_values(node: object) -> dict[int, object]:
+    if not isinstance(node, Instance):
+        return {}
+    return {rid: res.value for rid, res in node.resources.items() if isinstance(res, SingleResource)}
+
+
+def _job_dict(j: CampaignJobRow) -> dict[str, Any]:
+    return {"endpoint": j.endpoint, "wave": j.wave, "state": j.state, "attempts": j.attempts,
+            "not_before": j.not_before, "release": j.release_id, "package_sha256": j.package_sha256,
+            "sequence_number": j.sequence_number, "method": j.method, "version_before": j.version_before,
+            "version_after": j.version_after, "update_result": j.update_result, "started_at": j.started_at,
+            "finished_at": j.finished_at, "reason": j.reason}
+
+
+def _parse_filter(expression: str) -> list[tuple[str, str, str]]:
+    """``key=value`` / ``key!=value`` terms joined by ``and`` (or commas); keys: endpoint (a glob), version."""
+    terms: list[tuple[str, str, str]] = []
+    for part in expression.replace(",", " and ").split(" and "):
+        part = part.strip()
+        if not part:
+            continue
+        op = "!=" if "!=" in part else "="
+        key, sep, value = part.partition(op)
+        key, value = key.strip(), value.strip()
+        if not sep or key not in ("endpoint", "version") or not value:
+            raise InvalidRequestError(f"cannot read the filter term {part!r}: use endpoint=GLOB, version=X or "
+                                      "version!=X, joined by 'and'")
+        terms.append((key, op, value))
+    if not terms:
+        raise InvalidRequestError("the filter is empty")
+    return terms
+
+
+def open_campaigns(server: Any, vault: Any) -> CampaignService:
+    """The campaign service of a started :class:`~lwm2m_server.server.Lwm2mServer`: its database, firmware
+    service and events, the releases and blobs of its data directory, signing keys opened with ``vault``."""
+    from lwm2m_server.fota.releases import BLOBS_DIR, BlobStore, ReleaseStore, SigningKeyStore
+
+    keys = SigningKeyStore(server.database, vault)
+    releases = ReleaseStore(server.database, BlobStore(server.settings.data_dir / BLOBS_DIR), keys)
+    return CampaignService(server.database, server.firmware, server.management, server.events, releases, keys,
+                           node=server.settings.node_id, tick=server.settings.campaign_tick,
+                           job_timeout=server.settings.campaign_job_timeout)
