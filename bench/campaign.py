@@ -29,7 +29,6 @@ import os
 import queue
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,10 +38,19 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from processes import (  # bench/processes.py: the script's folder is on sys.path
+    CHILDREN,
+    free_port,
+    machine_busy,
+    machine_cpu_s,
+    proc_sample,
+    r,
+    wait_for_line,
+)
+
 REPO = Path(__file__).resolve().parents[1]
 SCRATCH = REPO / ".venv" / "bin" / "scratch"
 PY = sys.executable
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PREFIX = "cb-"
 IP_UDP_HEADERS = 28  # IPv4 (20) + UDP (8) per datagram
 
@@ -146,94 +154,6 @@ async def main(cfg):
 asyncio.run(main(json.loads(sys.argv[1])))
 """
 
-# --------------------------------------------------------------------------- processes
-
-
-class Children:
-    """Every process this script starts, each in a process group of its own; stopped (TERM to the group, then
-    KILL) on exit, on error and on SIGTERM/SIGINT."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[Any]] = []
-
-    def start(self, cmd: list[str], **kw: Any) -> subprocess.Popen[Any]:
-        proc = subprocess.Popen(cmd, start_new_session=True, cwd=REPO, **kw)
-        self.procs.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[Any], timeout: float = 20.0) -> None:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)  # anything the process left behind in its group
-        with contextlib.suppress(ValueError):
-            self.procs.remove(proc)
-
-    def stop_all(self) -> None:
-        for proc in reversed(list(self.procs)):
-            with contextlib.suppress(Exception):
-                self.stop(proc, timeout=10)
-
-
-CHILDREN = Children()
-
-
-def proc_sample(pid: int) -> dict[str, float]:
-    """User and system CPU seconds (all threads), RSS and peak RSS (VmHWM, KiB) of a process, from /proc."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2:].split()
-        out = {"user_s": int(fields[11]) / CLK_TCK, "sys_s": int(fields[12]) / CLK_TCK, "rss_kib": 0.0,
-               "hwm_kib": 0.0}
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                out["rss_kib"] = float(line.split()[1])
-            elif line.startswith("VmHWM:"):
-                out["hwm_kib"] = float(line.split()[1])
-        return out
-    except (OSError, ValueError, IndexError):
-        return {"user_s": float("nan"), "sys_s": float("nan"), "rss_kib": 0.0, "hwm_kib": 0.0}
-
-
-def machine_cpu_s() -> float:
-    """Busy CPU seconds of the whole machine so far (all CPUs, from /proc/stat)."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return (sum(values[:8]) - values[3] - values[4]) / CLK_TCK
-
-
-def machine_busy(seconds: float = 1.0) -> float:
-    """Percent of all CPUs busy over ``seconds``."""
-    m0, t0 = machine_cpu_s(), time.perf_counter()
-    time.sleep(seconds)
-    return 100.0 * (machine_cpu_s() - m0) / ((time.perf_counter() - t0) * (os.cpu_count() or 1))
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_line(log: Path, proc: subprocess.Popen[Any], needle: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(FileNotFoundError):
-            if needle in log.read_text(errors="replace"):
-                return
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    text = log.read_text(errors="replace")[-800:] if log.exists() else ""
-    raise RuntimeError(f"{log.stem} did not start (no {needle!r} within {timeout:g} s): {text}")
-
-
 def scratch(*args: str, timeout: float = 120) -> str:
     """Run a `scratch` command to completion; its stdout (RuntimeError with its stderr when it fails)."""
     out = subprocess.run([str(SCRATCH), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO,
@@ -241,10 +161,6 @@ def scratch(*args: str, timeout: float = 120) -> str:
     if out.returncode != 0:
         raise RuntimeError(f"scratch {args[0]} {args[1]} failed: {(out.stderr or out.stdout)[-500:]}")
     return out.stdout
-
-
-def r(x: float | None, n: int = 3) -> float | None:
-    return None if x is None or x != x else round(x, n)
 
 
 class Driver:

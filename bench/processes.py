@@ -1,0 +1,121 @@
+"""What the bench scripts share: the processes they start (each in its own process group, always stopped), CPU and
+memory read from /proc, free loopback ports, and rounding for printed figures. Linux only (/proc)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class Children:
+    """Every process a script starts, each in a process group of its own; stopped (TERM to the group, then
+    KILL) on exit, on error and on SIGTERM/SIGINT."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[Any]] = []
+
+    def start(self, cmd: list[str], **kw: Any) -> subprocess.Popen[Any]:
+        proc = subprocess.Popen(cmd, start_new_session=True, cwd=REPO, **kw)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[Any], timeout: float = 20.0) -> None:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # anything the process left behind in its group
+        with contextlib.suppress(ValueError):
+            self.procs.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self.procs)):
+            with contextlib.suppress(Exception):
+                self.stop(proc, timeout=10)
+
+
+CHILDREN = Children()
+
+
+def proc_sample(pid: int) -> dict[str, float]:
+    """CPU seconds of a process (all threads: ``user_s``, ``sys_s`` and their sum ``cpu_s``), its RSS and peak RSS
+    (``rss_kib``, ``hwm_kib``), from /proc; NaN CPU and 0 memory once the process is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()
+        user, system = int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+        out = {"user_s": user, "sys_s": system, "cpu_s": user + system, "rss_kib": 0.0, "hwm_kib": 0.0}
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                out["rss_kib"] = float(line.split()[1])
+            elif line.startswith("VmHWM:"):
+                out["hwm_kib"] = float(line.split()[1])
+        return out
+    except (OSError, ValueError, IndexError):
+        nan = float("nan")
+        return {"user_s": nan, "sys_s": nan, "cpu_s": nan, "rss_kib": 0.0, "hwm_kib": 0.0}
+
+
+def machine_cpu_s() -> float:
+    """Busy CPU seconds of the whole machine so far (all CPUs, from /proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(values[:8]) - values[3] - values[4]) / CLK_TCK
+
+
+def machine_busy(seconds: float = 1.0) -> float:
+    """Percent of all CPUs busy over ``seconds``."""
+    m0, t0 = machine_cpu_s(), time.perf_counter()
+    time.sleep(seconds)
+    return 100.0 * (machine_cpu_s() - m0) / ((time.perf_counter() - t0) * (os.cpu_count() or 1))
+
+
+def wait_idle(limit: float, busy_pct: float = 10.0) -> float:
+    """Wait (up to ``limit`` s) until the machine is less than ``busy_pct`` busy over 2 s; returns the last figure."""
+    deadline = time.monotonic() + limit
+    while True:
+        busy = machine_busy(2.0)
+        if busy < busy_pct or time.monotonic() >= deadline:
+            return busy
+        print(f"   (machine {busy:.0f}% busy: waiting for it to calm down)", flush=True)
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_line(log: Path, proc: subprocess.Popen[Any], needle: str, timeout: float) -> None:
+    """Wait until ``needle`` appears in ``log``; stop ``proc`` and raise RuntimeError (with the log's tail) when it
+    does not within ``timeout`` s or the process exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError):
+            if needle in log.read_text(errors="replace"):
+                return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    text = log.read_text(errors="replace")[-800:] if log.exists() else ""
+    CHILDREN.stop(proc)
+    raise RuntimeError(f"{log.stem} did not start (no {needle!r} within {timeout:g} s): {text}")
+
+
+def r(x: float | None, n: int = 3) -> float | None:
+    """``x`` rounded to ``n`` places; None for None and NaN."""
+    return None if x is None or x != x else round(x, n)
