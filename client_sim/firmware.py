@@ -85,7 +85,7 @@ LAST_STATE_CHANGE = FIRMWARE.child(12)
 MAX_DEFER = FIRMWARE.child(13)
 FIRMWARE_VERSION = LwM2mPath.of(3, 0, 3)
 
-MAX_BLOCK_RETRIES = 4
+MAX_BLOCK_RETRIES = 2  # a block asked again after CoAP gave up on it (every retransmission lost)
 POWER_FAILS_AFTER = 0.02  # seconds after the Execute of /5/0/2 (its answer has left) until the power fails
 
 
@@ -187,6 +187,9 @@ class FirmwareOptions:
     ``supported_schemes``: the Package URI schemes the device pulls from; None (the default): the one its server
     connection speaks (``coap`` over UDP, ``coaps`` over DTLS, where the pull shares the session), also announced
     in /5/0/8. ``flash_size``: the largest package the device stores. ``max_block_size``: the largest Block1 it takes.
+    ``download_timeout``: how long one block of a pull may take, CoAP retransmissions included; past
+    MAX_TRANSMIT_WAIT (93 s, RFC 7252) CoAP has given up anyway. Shorter bounds are worse than useless: a request
+    given up while CoAP still retransmits it keeps NSTART's one exchange per server, so the next one waits behind it.
     Faults: the fields of :class:`Faults` (``link_seed`` is its ``seed``): ``loss``, ``delay``, ``jitter``,
     ``offline_at``/``offline_for``, ``lose_connection_at``, ``corrupt_download``, ``fail_boot`` and
     ``power_loss_during_install``; :attr:`faults` gives them as one :class:`Faults`, :meth:`with_faults` replaces
@@ -201,7 +204,7 @@ class FirmwareOptions:
     flash_size: int = 2 << 20
     max_block_size: int = 1024
     pull_block_size: int = 1024
-    download_timeout: float = 10.0
+    download_timeout: float = 100.0
     fail_boot: bool = False
     lose_connection_at: int | None = None
     supported_schemes: tuple[str, ...] | None = None  # None: the scheme of the device's server connection

@@ -116,7 +116,9 @@ class FileServer:
         start = number * size
         if start >= len(data) and not (start == 0 and not data):
             raise BlockOutOfRangeError(f"block {number} of {size} bytes starts past the end ({len(data)} bytes)")
-        chunk = data[start:start + size]
+        # a view, not a copy: aiocoap keeps every answer for EXCHANGE_LIFETIME (247 s) to answer a duplicate
+        # request, and with copies a campaign held about one package per device in those answers
+        chunk = memoryview(data)[start:start + size]
         more = start + size < len(data)
         publication.blocks_served += 1
         publication.bytes_served += len(chunk)
@@ -125,7 +127,7 @@ class FileServer:
         return response
 
     @staticmethod
-    def _content(package: Package, payload: bytes) -> Message:
+    def _content(package: Package, payload: bytes | memoryview) -> Message:
         response = Message(code=Code.CONTENT, payload=payload, content_format=int(ContentFormat.OPAQUE),
                            etag=package.etag)
         response.opt.size2 = len(package.data)

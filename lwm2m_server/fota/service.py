@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -143,10 +144,11 @@ class UpdateJob:
 
 @dataclass
 class _Watch:
-    """What the device last told us about /5/0/3 and /5/0/5."""
+    """What the device last told us about /5/0/3 and /5/0/5; ``generation`` counts what we were told."""
 
     state: int | None = None
     result: int | None = None
+    generation: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def forget(self) -> None:
@@ -157,6 +159,7 @@ class _Watch:
             self.state = state
         if result is not None:
             self.result = result
+        self.generation += 1
         self.changed.set()
         self.changed = asyncio.Event()
 
@@ -166,9 +169,11 @@ class FirmwareService:
 
     def __init__(self, management: DeviceManagement, files: FileServer, events: EventBus, *,
                  file_base_uri: str, secure_file_base_uri: str | None = None, clock: Callable[[], float] = time.time,
-                 poll_interval: float = 1.0, delivery_attempts: int = 3) -> None:
+                 poll_interval: float = 1.0, quiet_check: float = 10.0, delivery_attempts: int = 3) -> None:
         """``file_base_uri`` is where devices pull packages from; ``secure_file_base_uri`` (coaps://), when given,
-        is where devices that registered over DTLS pull from."""
+        is where devices that registered over DTLS pull from. ``poll_interval``: how often /5/0 is read from a
+        device that does not notify; ``quiet_check``: how long a device that notifies may stay quiet before /5/0
+        is read anyway (a notification sent NON may be lost)."""
         self.management = management
         self.files = files
         self.events = events
@@ -176,9 +181,17 @@ class FirmwareService:
         self.secure_file_base_uri = secure_file_base_uri.rstrip("/") if secure_file_base_uri else None
         self.clock = clock
         self.poll_interval = poll_interval
+        self.quiet_check = quiet_check
         self.delivery_attempts = delivery_attempts  # a download that lost its connection is tried again
         self.jobs: dict[tuple[str, str], UpdateJob] = {}
         self._followers: set[asyncio.Task[None]] = set()
+        self._delivering: dict[tuple[str, str], Callable[[], None]] = {}  # called when that device registers
+        self._unsubscribe = events.subscribe(self._on_registered, REGISTRATION_REGISTERED)
+
+    def _on_registered(self, event: Event) -> None:
+        callback = self._delivering.get((event.tenant_id, event.endpoint or ""))
+        if callback is not None:
+            callback()
 
     def file_base_uri_for(self, registration: Registration) -> str:
         """The base of the Package URI for a device: coaps:// when it registered over DTLS (and we serve it)."""
@@ -190,15 +203,17 @@ class FirmwareService:
         return self.jobs.get((tenant_id, endpoint))
 
     def start(self, endpoint: str, package: bytes, *, method: Method | None = None, timeout: float = 300.0,
-              block_size: int = DEFAULT_BLOCK_SIZE, tenant_id: str = "default") -> UpdateJob:
-        """Start an update in the background and return its job (refused while one runs for this device)."""
+              block_size: int = DEFAULT_BLOCK_SIZE, tenant_id: str = "default",
+              previous_version: str | None = None) -> UpdateJob:
+        """Start an update in the background and return its job (refused while one runs for this device).
+        ``previous_version``: the device's /3/0/3 when the caller has just read it (else it is read here)."""
         self.management.registration(endpoint, tenant_id)  # unknown endpoint: fail now, not in the task
         if not package:
             raise InvalidRequestError("the package is empty")
         running = self.jobs.get((tenant_id, endpoint))
         if running is not None and not running.done.is_set():
             raise UpdateInProgressError(f"an update of {endpoint} is already running")
-        job = UpdateJob(endpoint, len(package), tenant_id)
+        job = UpdateJob(endpoint, len(package), tenant_id, previous_version=previous_version)
         self.jobs[(tenant_id, endpoint)] = job
         job.task = asyncio.get_running_loop().create_task(
             self._run(job, package, method, timeout, block_size, tenant_id), name=f"firmware-{endpoint}")
@@ -211,6 +226,7 @@ class FirmwareService:
         return job
 
     async def close(self) -> None:
+        self._unsubscribe()
         tasks = [j.task for j in self.jobs.values() if j.task is not None and not j.task.done()]
         tasks += list(self._followers)
         for t in tasks:
@@ -280,7 +296,8 @@ class FirmwareService:
             raise FirmwareUpdateError(f"{ep} has no Firmware Update object (/5)")
         self._progress(job, "preparing", message="reading /5/0")
         fw = await self._read_instance(ep, tenant_id)
-        job.previous_version = await self._firmware_version(ep, tenant_id)
+        if job.previous_version is None:
+            job.previous_version = await self._firmware_version(ep, tenant_id)
         base_uri = self.file_base_uri_for(reg)
         chosen = self._choose(ep, fw, method, base_uri)
         job.method = chosen.value
@@ -292,6 +309,14 @@ class FirmwareService:
             await self._reset(ep, chosen, tenant_id)
         observers = await self._observe(ep, watch, tenant_id)
         poller = None if observers else asyncio.create_task(self._poll(ep, watch, tenant_id))
+
+        def on_registered() -> None:  # a device that registers anew has dropped its observations: poll instead
+            nonlocal poller
+            if poller is None:
+                poller = asyncio.get_running_loop().create_task(self._poll(ep, watch, tenant_id))
+
+        self._delivering[(tenant_id, ep)] = on_registered
+        unsubscribe = functools.partial(self._delivering.pop, (tenant_id, ep), None)
         name: str | None = None
         try:
             for attempt in range(1, self.delivery_attempts + 1):
@@ -309,10 +334,12 @@ class FirmwareService:
                         raise
                     self._progress(job, "delivering", sent=0, blocks=0, result=e.result,
                                    message=f"connection lost; delivering again (attempt {attempt + 1})")
+            unsubscribe()  # the registration after the Execute is the reboot: _execute_and_wait expects it
             self.events.emit(FIRMWARE_DELIVERED, self.clock(), endpoint=ep,
                              data={"method": chosen.value, "bytes": len(package)})
             await self._execute_and_wait(job, ep, watch, tenant_id)
         finally:
+            unsubscribe()
             if name is not None:
                 self.files.withdraw(name)
             if poller is not None:
@@ -405,8 +432,16 @@ class FirmwareService:
     async def _poll(self, ep: str, watch: _Watch, tenant_id: str) -> None:
         while True:
             await asyncio.sleep(self.poll_interval)
-            with contextlib.suppress(Lwm2mError):
-                fw = await self._read_instance(ep, tenant_id)
+            await self._check(ep, watch, tenant_id)
+
+    async def _check(self, ep: str, watch: _Watch, tenant_id: str) -> None:
+        """Read /5/0/3 and /5/0/5 into ``watch``, unless a notification came while the read was under way: under
+        loss the read's answer can be older than the notification (a retransmitted request gets the answer the
+        device cached when it first saw it)."""
+        generation = watch.generation
+        with contextlib.suppress(Lwm2mError):
+            fw = await self._read_instance(ep, tenant_id)
+            if watch.generation == generation:
                 watch.set(state=_int(fw.get(3)), result=_int(fw.get(5)))
 
     async def _push(self, job: UpdateJob, reg: Registration, package: bytes, block_size: int, watch: _Watch) -> None:
@@ -436,34 +471,32 @@ class FirmwareService:
         self._progress(job, "delivering", sent=0, total=job.total, message="Package URI written")
         await self.management.send(ep, WriteRequest(PACKAGE_URI, SingleResource(1, ResourceType.STRING, uri)),
                                    tenant_id=tenant_id)
-        quiet_since = self.clock()
-        while watch.state not in (State.DOWNLOADED, State.UPDATING) and not _failed(watch):
-            changed = watch.changed
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), 0.25)
-            blocks, sent = self.files.served(name)
-            last = job.last
-            if (blocks, min(sent, job.total)) != (last.blocks, last.sent) or changed.is_set():
-                quiet_since = self.clock()
-                self._progress(job, "delivering", sent=min(sent, job.total), blocks=blocks, state=watch.state)
-            elif self.clock() - quiet_since > 2 * self.poll_interval:
-                quiet_since = self.clock()
-                with contextlib.suppress(Lwm2mError):  # a lost notification must not stall the update
-                    fw = await self._read_instance(ep, tenant_id)
-                    watch.set(state=_int(fw.get(3)), result=_int(fw.get(5)))
+        with _QuietCheck(self, ep, watch, tenant_id) as quiet:
+            while watch.state not in (State.DOWNLOADED, State.UPDATING) and not _failed(watch):
+                changed = watch.changed
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), 0.25)
+                blocks, sent = self.files.served(name)
+                last = job.last
+                if (blocks, min(sent, job.total)) != (last.blocks, last.sent) or changed.is_set():
+                    quiet.news()
+                    self._progress(job, "delivering", sent=min(sent, job.total), blocks=blocks, state=watch.state)
+                else:
+                    quiet.tick()
 
     async def _wait_downloaded(self, job: UpdateJob, ep: str, watch: _Watch, tenant_id: str) -> None:
-        while watch.state not in (State.DOWNLOADED, State.UPDATING):
-            if _failed(watch):
-                label = result_label(watch.result)
-                raise FirmwareUpdateError(f"{ep} did not take the package: {label}", watch.result)
-            changed = watch.changed
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), self.poll_interval)
-            if watch.state not in (State.DOWNLOADED, State.UPDATING) and not _failed(watch):
-                with contextlib.suppress(Lwm2mError):  # a lost notification must not stall the update
-                    fw = await self._read_instance(ep, tenant_id)
-                    watch.set(state=_int(fw.get(3)), result=_int(fw.get(5)))
+        with _QuietCheck(self, ep, watch, tenant_id) as quiet:
+            while watch.state not in (State.DOWNLOADED, State.UPDATING):
+                if _failed(watch):
+                    label = result_label(watch.result)
+                    raise FirmwareUpdateError(f"{ep} did not take the package: {label}", watch.result)
+                changed = watch.changed
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), 0.25)
+                if changed.is_set():
+                    quiet.news()
+                else:
+                    quiet.tick()
         self._progress(job, "downloaded", sent=job.total, state=watch.state, result=watch.result)
 
     async def _execute_and_wait(self, job: UpdateJob, ep: str, watch: _Watch, tenant_id: str) -> None:
@@ -503,6 +536,34 @@ class FirmwareService:
         label = result_label(result)
         self._finish(job, "failed", state=state, result=result, version=version,
                      message=f"{ep} reported {label}; it runs {version or 'its previous firmware'}")
+
+
+class _QuietCheck:
+    """Reads /5/0 in the background (:meth:`FirmwareService._check`) once a device has told nothing for
+    ``quiet_check`` seconds, one read at a time, while the caller goes on listening to notifications."""
+
+    def __init__(self, service: FirmwareService, ep: str, watch: _Watch, tenant_id: str) -> None:
+        self.service, self.ep, self.watch, self.tenant_id = service, ep, watch, tenant_id
+        self.quiet_since = service.clock()
+        self.task: asyncio.Task[None] | None = None
+
+    def __enter__(self) -> _QuietCheck:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    def news(self) -> None:
+        self.quiet_since = self.service.clock()
+
+    def tick(self) -> None:
+        if self.service.clock() - self.quiet_since < self.service.quiet_check:
+            return
+        if self.task is None or self.task.done():
+            self.quiet_since = self.service.clock()
+            self.task = asyncio.get_running_loop().create_task(
+                self.service._check(self.ep, self.watch, self.tenant_id))
 
 
 async def _next_registration(queue: object, endpoint: str, tenant_id: str) -> Event:
