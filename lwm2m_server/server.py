@@ -38,6 +38,7 @@ from lwm2m_server.fota.file_server import FileServer
 from lwm2m_server.fota.service import FirmwareService
 from lwm2m_server.management import DeviceManagement
 from lwm2m_server.registry.service import RegistrationService
+from lwm2m_server.registry.tags import DeviceTags
 from lwm2m_server.storage.database import Database
 from lwm2m_server.storage.sql import SqlDeviceStore, SqlRegistrationStore
 from lwm2m_server.transport.downlink import DownlinkSender
@@ -152,6 +153,7 @@ class Lwm2mServer:
         self.audit: AuditLog | None = None
         self._unsubscribe_audit: Callable[[], None] | None = None
         self.database: Database | None = None
+        self.tags: DeviceTags | None = None  # device tags of the server's database (campaign filters, API)
         self.registrations: RegistrationService | None = None
         self.context: aiocoap.Context | None = None
         self.management: DeviceManagement | None = None
@@ -177,6 +179,7 @@ class Lwm2mServer:
             lambda e: audit.record(e.kind, e.at, {"tenant": e.tenant_id, "endpoint": e.endpoint, **e.data},
                                    source=f"lwm2m-server/{s.node_id}"), AUDITED_KINDS)
         self.database = Database(s.database_url) if s.database_url else Database.for_data_dir(s.data_dir)
+        self.tags = DeviceTags(self.database)
         self.registrations = RegistrationService(
             SqlRegistrationStore(self.database), SqlDeviceStore(self.database), self.events,
             clock=time.time, grace=s.lifetime_grace, node_id=s.node_id)
@@ -310,7 +313,7 @@ class Lwm2mServer:
         if s.bench_api:
             log.warning("serving the unauthenticated bench route PUT /api/clients/... on %s", s.api_host)
         app = create_app(self.management, self.model, self.api_token, firmware=self.firmware, bench_api=s.bench_api,
-                         events=self.events, campaigns=self.campaigns)
+                         events=self.events, campaigns=self.campaigns, tags=self.tags)
         config = uvicorn.Config(app, host=s.api_host, port=s.api_port or 0, log_level="warning",
                                 lifespan="off", access_log=False)
         server = uvicorn.Server(config)

@@ -63,6 +63,7 @@ from lwm2m_server.fota.push import DEFAULT_BLOCK_SIZE, push_package
 from lwm2m_server.fota.service import FirmwareService, Method, UpdateInProgressError, UpdateJob
 from lwm2m_server.key_rotation import rotate_device_key
 from lwm2m_server.management import DeviceManagement
+from lwm2m_server.registry.tags import DeviceTags
 
 MAX_PACKAGE = 64 << 20  # bytes of one firmware package sent through the API
 
@@ -154,6 +155,11 @@ class DeleteBody(BaseModel):
     path: str
 
 
+class TagsBody(BaseModel):
+    add: list[str] = Field(default_factory=list)
+    remove: list[str] = Field(default_factory=list)
+
+
 class CompositeBody(BaseModel):
     paths: list[str]
     format: str = "senml-cbor"
@@ -203,7 +209,7 @@ def build_node(model: ObjectModel, path: LwM2mPath, body: WriteBody | CreateBody
 
 def create_app(management: DeviceManagement, model: ObjectModel, token: str, *,
                firmware: FirmwareService | None = None, bench_api: bool = False,
-               events: EventBus | None = None, campaigns: Any = None) -> FastAPI:
+               events: EventBus | None = None, campaigns: Any = None, tags: DeviceTags | None = None) -> FastAPI:
     """The API app. ``token`` is compared in constant time; it is never logged or echoed.
 
     ``bench_api`` adds, without authentication, the one Leshan-shaped route the neutral load tool drives
@@ -335,6 +341,8 @@ def create_app(management: DeviceManagement, model: ObjectModel, token: str, *,
 
     if firmware is not None:
         _firmware_routes(app, firmware, auth)
+    if tags is not None:
+        _tag_routes(app, tags, auth)
     if campaigns is not None:
         from lwm2m_server.api.campaigns import campaign_routes
 
@@ -411,6 +419,29 @@ class LeshanWriteBody(BaseModel):
     kind: str = "singleResource"
     type: str
     value: Any
+
+
+MAX_TAGS_PER_CHANGE = 256
+
+
+def _tag_routes(app: FastAPI, tags: DeviceTags, auth: list[Any]) -> None:
+    """Device tags of the default tenant; a device need not be registered to be tagged. 400 on an invalid tag."""
+
+    @app.get("/api/tags", dependencies=auth)
+    async def all_tags() -> dict[str, list[str]]:
+        return tags.all(tenant_id="default")
+
+    @app.get("/api/devices/{endpoint}/tags", dependencies=auth)
+    async def device_tags(endpoint: str) -> dict[str, Any]:
+        return {"endpoint": endpoint, "tags": tags.of(endpoint, tenant_id="default")}
+
+    @app.post("/api/devices/{endpoint}/tags", dependencies=auth)
+    async def change_tags(endpoint: str, body: TagsBody) -> dict[str, Any]:
+        """Add and remove in one change; answers the device's tags afterwards."""
+        if len(body.add) + len(body.remove) > MAX_TAGS_PER_CHANGE:
+            raise InvalidRequestError(f"at most {MAX_TAGS_PER_CHANGE} tags in one change")
+        return {"endpoint": endpoint,
+                "tags": tags.change(endpoint, add=body.add, remove=body.remove, tenant_id="default")}
 
 
 def _bench_routes(app: FastAPI, management: DeviceManagement) -> None:

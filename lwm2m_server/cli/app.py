@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from lwm2m_server.cli.client import ApiClient, CliError
 from lwm2m_server.cli.render import devices_table, print_response
@@ -376,6 +377,57 @@ def device_observe(
                 _answer(line, p, False)
     _run_client(run)
 
+
+
+TagsArg = Annotated[list[str], typer.Argument(help="Tags: 1 to 64 characters among letters, digits and . _ : -")]
+
+
+def _print_tags(answer: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(answer, indent=2))
+    else:
+        console.print(f"{answer['endpoint']}: {', '.join(answer['tags']) or '(no tags)'}", highlight=False)
+
+
+@device_app.command("tag")
+def device_tag(endpoint: str, tags: TagsArg, api: ApiOpt = None, data_dir: DataDirOpt = None,
+               as_json: JsonOpt = False) -> None:
+    """Put tags on a device (it need not be registered); prints its tags. Tags pick campaign targets (tag=T)."""
+    _run_client(lambda: _print_tags(_client(api, data_dir).post(f"/api/devices/{endpoint}/tags", {"add": tags}),
+                                    as_json))
+
+
+@device_app.command("untag")
+def device_untag(endpoint: str, tags: TagsArg, api: ApiOpt = None, data_dir: DataDirOpt = None,
+                 as_json: JsonOpt = False) -> None:
+    """Take tags off a device (a tag it does not carry is no error); prints its tags."""
+    _run_client(lambda: _print_tags(_client(api, data_dir).post(f"/api/devices/{endpoint}/tags",
+                                                                {"remove": tags}), as_json))
+
+
+@device_app.command("tags")
+def device_tags(endpoint: Annotated[str | None, typer.Argument(help="One device (default: every tagged one)")] = None,
+                api: ApiOpt = None, data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
+    """Show the tags of one device, or of every tagged device."""
+    def run() -> None:
+        client = _client(api, data_dir)
+        if endpoint is not None:
+            _print_tags(client.get(f"/api/devices/{endpoint}/tags"), as_json)
+            return
+        every: dict[str, list[str]] = client.get("/api/tags")
+        if as_json:
+            print(json.dumps(every, indent=2))
+            return
+        if not every:
+            console.print("no tagged devices")
+            return
+        table = Table(title=f"{len(every)} tagged device{'s' if len(every) != 1 else ''}")
+        table.add_column("endpoint", overflow="fold")
+        table.add_column("tags", overflow="fold")
+        for ep, ep_tags in every.items():
+            table.add_row(ep, ", ".join(ep_tags))
+        console.print(table)
+    _run_client(run)
 
 def _mount_subcommands() -> None:
     from client_sim.cli import sim

@@ -90,7 +90,8 @@ def create(
     release: Annotated[list[str], typer.Option("--release", help="Release id (repeat for several classes)")],
     targets: Annotated[Path | None, typer.Option("--targets", help="File of endpoints, one per line")] = None,
     filter_: Annotated[str | None, typer.Option("--filter", help="Registered devices to target: endpoint=GLOB, "
-                                                "version=X, version!=X, joined by 'and'")] = None,
+                                                "tag=T, class=C (/3/0/1), version=X (/3/0/3), each also with !=, "
+                                                "joined by 'and'")] = None,
     canary: Annotated[str | None, typer.Option("--canary", help="Canary wave: N devices or P% [default: 5%]",
                                                show_default=False)] = None,
     waves: Annotated[int | None, typer.Option("--waves", min=1, help="Waves after the canary [default: 3]",

@@ -23,6 +23,7 @@ from lwm2m_server.storage import (  # noqa: F401  (registers the tables on SQLMo
     campaign_tables,
     release_tables,
     tables,
+    tag_tables,
     webhook_tables,
 )
 
