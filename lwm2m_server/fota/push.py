@@ -31,6 +31,7 @@ from lwm2m_server.core.errors import (
 from lwm2m_server.core.operations import uri_path as coap_uri_path
 from lwm2m_server.core.paths import LwM2mPath
 from lwm2m_server.core.registration import Registration
+from lwm2m_server.transport.downlink import send_request
 
 DEFAULT_BLOCK_SIZE = 1024
 PACKAGE = LwM2mPath.of(5, 0, 0)
@@ -129,7 +130,7 @@ async def push_package(context: Context, reg: Registration, data: bytes, *,
 
 async def _exchange(context: Context, request: Message, endpoint: str, timeout: float) -> Message:
     try:
-        return await asyncio.wait_for(context.request(request, handle_blockwise=False).response, timeout)
+        return (await asyncio.wait_for(send_request(context, request, handle_blockwise=False), timeout))[1]
     except (TimeoutError, coap_error.TimeoutError):
         raise RequestTimeoutError(f"{endpoint} did not answer a block within {timeout:g} s") from None
     except coap_error.Error as e:

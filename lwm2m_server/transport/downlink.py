@@ -11,6 +11,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
 from aiocoap import Context, Message
 from aiocoap import error as coap_error
@@ -71,9 +72,9 @@ class DownlinkSender:
                    ) -> DownlinkResponse:
         """Send ``request`` and wait (at most ``timeout`` seconds) for the answer."""
         msg = self._prepare(reg, request)
-        pending = self.context.request(msg)
+        pending: Any = None
         try:
-            response = await asyncio.wait_for(pending.response, timeout or self.timeout)
+            pending, response = await asyncio.wait_for(send_request(self.context, msg), timeout or self.timeout)
         except TimeoutError:
             raise RequestTimeoutError(f"{reg.endpoint} did not answer within {timeout or self.timeout:g} s") from None
         except coap_error.TimeoutError as e:
@@ -81,7 +82,7 @@ class DownlinkSender:
         except coap_error.Error as e:
             raise RequestFailedError(f"request to {reg.endpoint} failed: {e}") from None
         finally:
-            if isinstance(request, ObserveRequest):
+            if isinstance(request, ObserveRequest) and pending is not None:
                 with contextlib.suppress(Exception):
                     pending.observation.cancel()
         cf = response.opt.content_format
@@ -92,11 +93,13 @@ class DownlinkSender:
                       ) -> Observation:
         """Start an observation; its first answer is ``Observation.initial``."""
         msg = self._prepare(reg, request)
-        pending = self.context.request(msg)
+        started: list[Any] = []
         try:
-            response = await asyncio.wait_for(pending.response, timeout or self.timeout)
+            pending, response = await asyncio.wait_for(send_request(self.context, msg, started),
+                                                       timeout or self.timeout)
         except (TimeoutError, coap_error.TimeoutError):
-            pending.observation.cancel()
+            if started:
+                started[-1].observation.cancel()
             raise RequestTimeoutError(f"{reg.endpoint} did not answer the Observe") from None
         except coap_error.Error as e:
             raise RequestFailedError(f"Observe of {reg.endpoint} failed: {e}") from None
@@ -107,6 +110,33 @@ class DownlinkSender:
             pending.observation.cancel()
             return Observation(request, first, None, self.model, established=False)
         return Observation(request, first, pending, self.model, established=True)
+
+
+REFUSED_SEND_RETRIES = 2
+
+
+async def send_request(context: Context, msg: Message, started: list[Any] | None = None, *,
+                       handle_blockwise: bool = True) -> tuple[Any, Message]:
+    """Send ``msg`` and wait for its answer: (the aiocoap request, the response). ``started`` gets each request
+    made (the last one is live).
+
+    A send the socket refuses (ECONNREFUSED raised by the send itself, not read from the error queue) is made again,
+    at most REFUSED_SEND_RETRIES times: on Linux, an ICMP port unreachable from one peer of the server's shared UDP
+    socket fails the next send to any peer, so a device that vanished would fail the requests of healthy devices
+    sent at the same moment. A refusal read from the error queue is that device's own, and is raised."""
+    for attempt in range(REFUSED_SEND_RETRIES + 1):
+        pending = context.request(msg if attempt == 0 else msg.copy(mid=None), handle_blockwise=handle_blockwise)
+        if started is not None:
+            started.append(pending)
+        try:
+            return pending, await pending.response
+        except coap_error.NetworkError as e:
+            cause = e.__cause__
+            if (attempt == REFUSED_SEND_RETRIES or not isinstance(cause, ConnectionRefusedError)
+                    or "errqueue" in str(cause)):
+                raise
+            log.debug("send to %s refused by the socket (another peer's ICMP error); sending again", msg.remote)
+    raise AssertionError("unreachable")
 
 
 class Observation:

@@ -245,6 +245,21 @@ async def test_device_errors_carry_the_device_code(tmp_path, case):
         assert e.value.code == code
 
 
+async def test_a_vanished_device_does_not_fail_requests_to_the_others(tmp_path):
+    """On Linux, the ICMP port unreachable that a vanished device's closed port sends back fails the next send of
+    the server's shared UDP socket, whoever it goes to; that send is made again, so only the vanished device's
+    requests fail."""
+    async with setup(tmp_path, count=2) as (srv, [gone, healthy]):
+        await gone.stop(deregister=False)
+        for _ in range(10):
+            answers = await asyncio.gather(srv.management.send("dev-0", ReadRequest(P("/3/0/0")), timeout=5),
+                                           srv.management.send("dev-1", ReadRequest(P("/3/0/0")), timeout=5),
+                                           return_exceptions=True)
+            assert isinstance(answers[0], RequestFailedError), answers[0]
+            assert not isinstance(answers[1], BaseException), answers[1]
+            assert answers[1].content == healthy.objects.read(P("/3/0/0"))
+
+
 async def test_unknown_endpoint_silent_device_and_sleeping_device(tmp_path):
     async with setup(tmp_path) as (srv, [dev]):
         with pytest.raises(UnknownEndpointError):
