@@ -28,13 +28,11 @@ import argparse
 import contextlib
 import json
 import os
-import queue
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -42,6 +40,7 @@ from typing import Any
 
 from processes import (  # bench/processes.py: the script's folder is on sys.path
     CHILDREN,
+    JsonLinesChild,
     free_port,
     machine_busy,
     machine_cpu_s,
@@ -154,51 +153,11 @@ def write_profile_text(prof: Path, top: int = 40) -> None:
     prof.with_suffix(".txt").write_text(buf.getvalue())
 
 
-class Driver:
-    """The driver process and a thread reading its JSON lines."""
-
-    def __init__(self, factory: Path, concurrency: int, timeout: float, log: Path, profile: Path | None) -> None:
-        base = [PY] if profile is None else [PY, "-m", "cProfile", "-o", str(profile / "devices.prof")]
-        script = log.with_suffix(".py")
-        script.write_text(DRIVER)
-        self.err = log.open("w")
-        self.proc = CHILDREN.start([*base, str(script), str(factory), str(concurrency), str(timeout)],
-                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, text=True)
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-        self.log = log
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def send(self, text: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(text + "\n")
-        self.proc.stdin.flush()
-
-    def expect(self, event: str, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                line = self.lines.get(timeout=left)
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            if line.startswith("{"):
-                msg: dict[str, Any] = json.loads(line)
-                if msg.get("event") == event:
-                    return msg
-        self.err.flush()
-        tail = self.log.read_text(errors="replace")[-800:]
-        raise RuntimeError(f"the device driver did not report {event!r} within {timeout:g} s: {tail}")
-
-    def close(self) -> None:
-        CHILDREN.stop(self.proc, timeout=30)
-        self.err.close()
+def start_driver(factory: Path, concurrency: int, timeout: float, log: Path,
+                 profile: Path | None) -> JsonLinesChild:
+    """The device driver process (under cProfile when ``profile``)."""
+    python_args = () if profile is None else ("-m", "cProfile", "-o", str(profile / "devices.prof"))
+    return JsonLinesChild(DRIVER, [str(factory), str(concurrency), str(timeout)], log, python_args)
 
 
 def registered_on_server(api_url: str) -> int | None:
@@ -230,7 +189,7 @@ def run_once(n: int, concurrency: int, timeout: float, settle: float, profile: P
             srv = CHILDREN.start([*command(profile, "server"), "server", "--coaps", f"127.0.0.1:{port}",
                                   "--api", "127.0.0.1:0", "--data-dir", str(data)],
                                  stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        driver: Driver | None = None
+        driver: JsonLinesChild | None = None
         bs: subprocess.Popen[Any] | None = None
         try:
             wait_for_line(srv_log, srv, "LwM2M server on", 60)
@@ -245,7 +204,7 @@ def run_once(n: int, concurrency: int, timeout: float, settle: float, profile: P
                 time.sleep(0.02)
             api_url = (data / "api-url").read_text().strip()
 
-            driver = Driver(factory, concurrency, timeout, tmp / "devices.log", profile)
+            driver = start_driver(factory, concurrency, timeout, tmp / "devices.log", profile)
             driver.expect("loaded", 120)
             time.sleep(settle)
             pids = {"server": srv.pid, "bootstrap": bs.pid, "devices": driver.proc.pid}

@@ -26,13 +26,10 @@ import argparse
 import contextlib
 import json
 import os
-import queue
 import random
 import signal
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -40,6 +37,7 @@ from typing import Any
 
 from processes import (  # bench/processes.py: the script's folder is on sys.path
     CHILDREN,
+    JsonLinesChild,
     free_port,
     machine_busy,
     machine_cpu_s,
@@ -50,7 +48,6 @@ from processes import (  # bench/processes.py: the script's folder is on sys.pat
 
 REPO = Path(__file__).resolve().parents[1]
 SCRATCH = REPO / ".venv" / "bin" / "scratch"
-PY = sys.executable
 PREFIX = "cb-"
 IP_UDP_HEADERS = 28  # IPv4 (20) + UDP (8) per datagram
 
@@ -163,50 +160,9 @@ def scratch(*args: str, timeout: float = 120) -> str:
     return out.stdout
 
 
-class Driver:
-    """The device driver process and a thread reading its JSON lines."""
-
-    def __init__(self, cfg: dict[str, Any], log: Path) -> None:
-        script = log.with_suffix(".py")
-        script.write_text(DRIVER)
-        self.err = log.open("w")
-        self.log = log
-        self.proc = CHILDREN.start([PY, str(script), json.dumps(cfg)], stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, stderr=self.err, text=True)
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def send(self, text: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(text + "\n")
-        self.proc.stdin.flush()
-
-    def expect(self, event: str, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                line = self.lines.get(timeout=left)
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            if line.startswith("{"):
-                msg: dict[str, Any] = json.loads(line)
-                if msg.get("event") == event:
-                    return msg
-        self.err.flush()
-        tail = self.log.read_text(errors="replace")[-800:]
-        raise RuntimeError(f"the device driver did not report {event!r} within {timeout:g} s: {tail}")
-
-    def close(self) -> None:
-        CHILDREN.stop(self.proc, timeout=30)
-        self.err.close()
+def start_driver(cfg: dict[str, Any], log: Path) -> JsonLinesChild:
+    """The device driver process."""
+    return JsonLinesChild(DRIVER, [json.dumps(cfg)], log)
 
 
 class Api:
@@ -254,14 +210,14 @@ def run_once(n: int, image_kib: int, max_parallel: int, timeout: float, poll: fl
                                   "--coaps", f"127.0.0.1:{free_port()}", "--api", "127.0.0.1:0",
                                   "--data-dir", str(data)],
                                  stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        driver: Driver | None = None
+        driver: JsonLinesChild | None = None
         try:
             wait_for_line(srv_log, srv, "LwM2M server on", 60)
             api = Api(data)
             cfg = {"server_uri": f"coap://127.0.0.1:{port}", "devices": n, "prefix": PREFIX,
                    "concurrency": concurrency, "anchor": str(anchor), "vendor_id": rel["vendor_id"],
                    "class_id": rel["class_id"], "register_timeout": 60 + 0.2 * n}
-            driver = Driver(cfg, tmp / "devices.log")
+            driver = start_driver(cfg, tmp / "devices.log")
             reg = driver.expect("registered", cfg["register_timeout"] + 30)
             time.sleep(settle)
             pids = {"server": srv.pid, "devices": driver.proc.pid}

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import http.client
 import json
 import os
@@ -45,7 +44,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from processes import (  # bench/processes.py: the script's folder is on sys.path
+    CHILDREN,
+    REPO,
+    free_port,
+    machine_busy,
+    machine_cpu_s,
+    proc_sample,
+    r,
+    wait_for_line,
+)
+
 LOAD = Path(os.environ.get("LWM2M_LOAD", REPO.parent / "shared" / "tools" / "lwm2m_load.py"))
 SCRATCH = REPO / ".venv" / "bin" / "scratch"
 PY = sys.executable
@@ -53,69 +62,9 @@ COAP_CLIENT = "coap-client-openssl"
 VENDOR = "fa6b4a53-d5ad-5fdf-be9d-e663e4d41ffe"
 CLASS = "1492af14-2569-5e48-bf42-9b2d51f2ab45"
 MIB = 1 << 20
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 GOAL = {"leshan_1mib_s": 0.33, "leshan_1mib_block": 512, "leshan_20x256k_mb_s": 7.4}
 
 # --------------------------------------------------------------------------- processes
-
-
-class Children:
-    """Every process this script starts; stopped (TERM, then KILL) on exit, on error and on SIGTERM/SIGINT."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[Any]] = []
-
-    def start(self, cmd: list[str], **kw: Any) -> subprocess.Popen[Any]:
-        proc = subprocess.Popen(cmd, **kw)
-        self.procs.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[Any], timeout: float = 20.0) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        with contextlib.suppress(ValueError):
-            self.procs.remove(proc)
-
-    def stop_all(self) -> None:
-        for proc in reversed(list(self.procs)):
-            with contextlib.suppress(Exception):
-                self.stop(proc, timeout=10)
-
-
-CHILDREN = Children()
-
-
-def proc_sample(pid: int) -> dict[str, float]:
-    """CPU seconds (user+system, all threads) and RSS of a process, from /proc."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2:].split()
-        cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
-        rss = 0
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1])
-        return {"cpu_s": cpu, "rss_kib": rss}
-    except (OSError, ValueError, IndexError):
-        return {"cpu_s": float("nan"), "rss_kib": 0}
-
-
-def machine_busy(seconds: float = 1.0) -> float:
-    """Percent of all CPUs busy over ``seconds`` (from /proc/stat): other work on the machine skews every figure."""
-    def sample() -> tuple[int, int]:
-        values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        idle = values[3] + (values[4] if len(values) > 4 else 0)
-        return sum(values[:8]), idle
-
-    t0, i0 = sample()
-    time.sleep(seconds)
-    t1, i1 = sample()
-    return 100.0 * (1 - (i1 - i0) / max(1, t1 - t0))
 
 
 class Others:
@@ -124,12 +73,7 @@ class Others:
     softirq work for our own loopback traffic lands here too, so a quiet machine still shows a few percent."""
 
     def __init__(self) -> None:
-        self.t0, self.m0, self.o0 = time.perf_counter(), self.machine(), self.ours()
-
-    @staticmethod
-    def machine() -> float:
-        values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        return (sum(values[:8]) - values[3] - values[4]) / CLK_TCK
+        self.t0, self.m0, self.o0 = time.perf_counter(), machine_cpu_s(), self.ours()
 
     @staticmethod
     def ours() -> float:
@@ -138,7 +82,7 @@ class Others:
 
     def end(self) -> dict[str, float | None]:
         wall = time.perf_counter() - self.t0
-        other = max(0.0, (self.machine() - self.m0) - (self.ours() - self.o0))
+        other = max(0.0, (machine_cpu_s() - self.m0) - (self.ours() - self.o0))
         return {"other_cpu_s": r(other, 2), "other_pct_of_machine": r(100 * other / (wall * (os.cpu_count() or 1)), 1)}
 
 
@@ -146,30 +90,6 @@ def note_others(stats: dict[str, float | None]) -> str:
     pct = stats["other_pct_of_machine"] or 0
     warn = " -- WARNING: the machine was shared, figures are low/noisy" if pct > 10 else ""
     return f"  (rest of the machine used {pct}% of all CPUs meanwhile{warn})"
-
-
-def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_line(log: Path, proc: subprocess.Popen[Any], needle: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(FileNotFoundError):
-            if needle in log.read_text(errors="replace"):
-                return
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    text = log.read_text(errors="replace")[-800:] if log.exists() else ""
-    CHILDREN.stop(proc)
-    raise RuntimeError(f"{log.stem} did not start (no {needle!r} within {timeout:g} s): {text}")
-
-
-def r(x: float | None, n: int = 3) -> float | None:
-    return None if x is None or x != x else round(x, n)
 
 
 def median(xs: list[float]) -> float | None:

@@ -4,11 +4,16 @@ memory read from /proc, free loopback ports, and rounding for printed figures. L
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import queue
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +29,8 @@ class Children:
         self.procs: list[subprocess.Popen[Any]] = []
 
     def start(self, cmd: list[str], **kw: Any) -> subprocess.Popen[Any]:
-        proc = subprocess.Popen(cmd, start_new_session=True, cwd=REPO, **kw)
+        kw.setdefault("cwd", REPO)
+        proc = subprocess.Popen(cmd, start_new_session=True, **kw)
         self.procs.append(proc)
         return proc
 
@@ -119,3 +125,51 @@ def wait_for_line(log: Path, proc: subprocess.Popen[Any], needle: str, timeout: 
 def r(x: float | None, n: int = 3) -> float | None:
     """``x`` rounded to ``n`` places; None for None and NaN."""
     return None if x is None or x != x else round(x, n)
+
+
+class JsonLinesChild:
+    """A Python script run as a child process (written next to ``log``, its stderr) that reports JSON lines on
+    stdout; a thread reads them. ``python_args`` go before the script (``-m cProfile -o FILE``, say)."""
+
+    def __init__(self, script_text: str, args: Sequence[str], log: Path, python_args: Sequence[str] = ()) -> None:
+        script = log.with_suffix(".py")
+        script.write_text(script_text)
+        self.err = log.open("w")
+        self.log = log
+        self.proc = CHILDREN.start([sys.executable, *python_args, str(script), *args], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=self.err, text=True)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def send(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+
+    def expect(self, event: str, timeout: float) -> dict[str, Any]:
+        """The next JSON line whose ``event`` is ``event`` (RuntimeError with the log's tail after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            if line.startswith("{"):
+                msg: dict[str, Any] = json.loads(line)
+                if msg.get("event") == event:
+                    return msg
+        self.err.flush()
+        tail = self.log.read_text(errors="replace")[-800:]
+        raise RuntimeError(f"the device driver did not report {event!r} within {timeout:g} s: {tail}")
+
+    def close(self) -> None:
+        CHILDREN.stop(self.proc, timeout=30)
+        self.err.close()
