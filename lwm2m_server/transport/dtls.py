@@ -38,7 +38,7 @@ import logging
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -62,7 +62,7 @@ _EVENT_CONNECTED = 0x01DE
 MAX_PSK_LENGTH = 16
 MAX_IDENTITY_LENGTH = 32  # DTLS_PSK_MAX_CLIENT_IDENTITY_LEN
 
-_CT_HANDSHAKE = 22
+_CT_CHANGE_CIPHER_SPEC, _CT_HANDSHAKE = 20, 22
 _HT_CLIENT_HELLO = 1
 _RETRANSMIT_POLL_MAX = 1.0
 
@@ -118,6 +118,67 @@ def _is_client_hello(data: bytes) -> bool:
     return _client_hello_cookie(data) is not None
 
 
+_HOLD = 0.1  # seconds an out-of-order handshake datagram waits for the ones before it
+_DATAGRAM_MAX = 1280  # bytes of DTLS records sent together in one datagram (the IPv6 minimum MTU)
+
+
+class _HandshakeOrder:
+    """A client's handshake datagrams, given to tinydtls in record order.
+
+    tinydtls drops a ChangeCipherSpec that comes before the ClientKeyExchange, and a Finished (epoch 1) that comes
+    before the ChangeCipherSpec, and a tinydtls client then retransmits only its Finished: a reordered flight
+    fails the handshake. So a datagram whose first record is ahead of the next expected epoch-0 sequence number,
+    or an epoch-1 record before a ChangeCipherSpec, waits (at most :data:`_HOLD` s, see :meth:`flush`) for those
+    before it. A ClientHello starts over. Invariant: every datagram offered is given back exactly once."""
+
+    __slots__ = ("ccs", "held", "next_seq", "timer")
+
+    def __init__(self) -> None:
+        self.next_seq: int | None = None
+        self.ccs = False
+        self.held: list[tuple[int, int, int, bytes]] = []  # (epoch, sequence number, content type, datagram)
+        self.timer: asyncio.TimerHandle | None = None
+
+    def offer(self, data: bytes) -> list[bytes]:
+        """The datagrams to give tinydtls now, in order (``data`` among them, or held)."""
+        if len(data) < 13:
+            return [data]
+        ctype, epoch, seq = data[0], int.from_bytes(data[3:5], "big"), int.from_bytes(data[5:11], "big")
+        if _is_client_hello(data):
+            self.next_seq, self.ccs = None, False
+        if not self._ready(epoch, seq):
+            self.held.append((epoch, seq, ctype, data))
+            return []
+        self._advance(ctype, epoch, seq)
+        out = [data]
+        while ready := sorted(h for h in self.held if self._ready(h[0], h[1])):
+            epoch, seq, ctype, held = ready[0]
+            self.held.remove(ready[0])
+            self._advance(ctype, epoch, seq)
+            out.append(held)
+        return out
+
+    def flush(self) -> list[bytes]:
+        """Every held datagram, in record order (what was missing before them is lost, not late)."""
+        out = []
+        for epoch, seq, ctype, data in sorted(self.held):
+            self._advance(ctype, epoch, seq)
+            out.append(data)
+        self.held.clear()
+        return out
+
+    def _ready(self, epoch: int, seq: int) -> bool:
+        if epoch == 0:
+            return self.next_seq is None or seq <= self.next_seq
+        return self.ccs
+
+    def _advance(self, ctype: int, epoch: int, seq: int) -> None:
+        if epoch == 0:
+            self.next_seq = max(self.next_seq or 0, seq + 1)
+            if ctype == _CT_CHANGE_CIPHER_SPEC:
+                self.ccs = True
+
+
 def _has_encrypted_handshake(data: bytes) -> bool:
     """Whether ``data`` holds a handshake record of an epoch above 0 (a Finished, encrypted under the new keys)."""
     offset = 0
@@ -143,6 +204,7 @@ class DtlsRemote(interfaces.EndpointAddress):
         "_attempt",
         "_failure",
         "_key",
+        "_order",
         "_rejected",
         "_session",
         "_transport",
@@ -169,6 +231,7 @@ class DtlsRemote(interfaces.EndpointAddress):
         self._failure: str | None = None  # set inside tinydtls callbacks, acted on after them
         self._rejected: str | None = None  # the PSK lookup refused the identity (a failed handshake)
         self._attempt = False  # a key exchange whose outcome is not judged yet (one failure counted per attempt)
+        self._order = _HandshakeOrder()  # used while the handshake runs
         self.maximum_block_size_exp = constants.MAX_REGULAR_BLOCK_SIZE_EXP
 
     def __repr__(self) -> str:
@@ -271,6 +334,7 @@ class DtlsServerTransport(interfaces.MessageInterface):
         self.hostinfo_local = ""
         self._bound: tuple[str, int] | None = None
         self._retransmit_timer: asyncio.TimerHandle | None = None
+        self._outbox: dict[tuple[str, int], list[bytes]] | None = None  # records written while coalescing
         self._sweep_timer: asyncio.TimerHandle | None = None
         self._clock_offset = time.monotonic()
         self.handshakes_completed = 0
@@ -475,15 +539,35 @@ class DtlsServerTransport(interfaces.MessageInterface):
                     self._evict(next(iter(self._handshakes.values())),
                                 DtlsSessionClosedError("too many DTLS handshakes in progress"))
         peer.last_seen = now
+        if peer.state != _HANDSHAKE:
+            self._feed(peer, data, now)
+            return
+        for datagram in peer._order.offer(data):
+            self._feed(peer, datagram, now)
+        order = peer._order
+        if order.held and order.timer is None:
+            order.timer = self._loop.call_later(_HOLD, self._flush_order, peer)
+
+    def _flush_order(self, peer: DtlsRemote) -> None:
+        peer._order.timer = None
+        if peer.state == _HANDSHAKE and self._handshakes.get(peer._key) is peer:
+            for datagram in peer._order.flush():
+                self._feed(peer, datagram, time.monotonic())
+
+    def _feed(self, peer: DtlsRemote, data: bytes, now: float) -> None:
+        """Give one datagram of ``peer`` to tinydtls and act on what it made of it."""
+        if self._dtls is None or peer.state == _CLOSED:
+            return
         self._current, self._looked_up = peer, None
         try:
-            self._dtls.handleMessage(peer._session, data)
+            with self._coalescing():
+                self._dtls.handleMessage(peer._session, data)
         finally:
             self._current, self._looked_up = None, None
         failed = self._judge_attempt(peer, data)
         if peer._failure is not None:
             self._evict(peer, DtlsSessionClosedError(peer._failure), reset=True)
-        elif peer.state == _CONNECTED and key in self._handshakes:
+        elif peer.state == _CONNECTED and peer._key in self._handshakes:
             self._established(peer)
         if failed is not None:
             self._handshake_failed(peer, failed, now)
@@ -581,15 +665,47 @@ class DtlsServerTransport(interfaces.MessageInterface):
             self.log.exception("dispatching a message from %s failed", peer.hostinfo)
         return len(data)
 
+    @contextlib.contextmanager
+    def _coalescing(self) -> Iterator[None]:
+        """The records tinydtls writes meanwhile leave together, one datagram per peer (RFC 6347 4.1.1 allows
+        several records in a datagram), up to _DATAGRAM_MAX bytes each: a flight's ChangeCipherSpec and Finished
+        cannot be reordered on the way then, which a tinydtls client would not survive."""
+        if self._outbox is not None:  # nested: the outer one sends
+            yield
+            return
+        outbox: dict[tuple[str, int], list[bytes]] = {}
+        self._outbox = outbox
+        try:
+            yield
+        finally:
+            self._outbox = None
+            for session, records in outbox.items():
+                datagram = b""
+                for record in records:
+                    if datagram and len(datagram) + len(record) > _DATAGRAM_MAX:
+                        self._send(session, datagram)
+                        datagram = b""
+                    datagram += record
+                if datagram:
+                    self._send(session, datagram)
+
     def _on_write(self, session: tuple[str, int], data: bytes) -> int:
         if self._transport is None:
             return -1
+        if self._outbox is not None:
+            self._outbox.setdefault(session, []).append(bytes(data))
+            return len(data)
+        return len(data) if self._send(session, data) else -1
+
+    def _send(self, session: tuple[str, int], data: bytes) -> bool:
+        if self._transport is None:
+            return False
         try:
             self._transport.sendto(data, self._sockaddr(session))
         except Exception as e:
             self.log.debug("DTLS send failed: %s", type(e).__name__)
-            return -1
-        return len(data)
+            return False
+        return True
 
     def _on_event(self, level: int, code: int) -> int:
         peer = self._current
@@ -608,7 +724,9 @@ class DtlsServerTransport(interfaces.MessageInterface):
     def _arm_retransmit(self) -> None:
         if self._dtls is None or self._retransmit_timer is not None:
             return
-        if self._dtls.checkRetransmit() == 0:
+        with self._coalescing():
+            pending = self._dtls.checkRetransmit()
+        if pending == 0:
             return
         self._retransmit_timer = self._loop.call_later(_RETRANSMIT_POLL_MAX / 4, self._retransmit)
 

@@ -166,6 +166,24 @@ async def test_ten_percent_loss_over_dtls_handshakes_registers_and_updates(tmp_p
             assert all(c.delayed > 0 for c in counters)
 
 
+async def test_jitter_reorders_handshake_flights_and_no_dtls_handshake_fails(tmp_path: Path) -> None:
+    """2 +- 2 ms on every datagram reorders a client's third flight (ClientKeyExchange, ChangeCipherSpec and Finished
+    leave in three datagrams at once); tinydtls would drop the out-of-order ones and fail the handshake (then the
+    address risks a lockout), so the server's transport gives them to it in record order."""
+    store = MemoryCredentialStore(Vault.generate())
+    async with running_server(tmp_path, coaps_port=0, credentials=store) as srv:
+        made = []
+        for i in range(6):
+            credential, psk = store.issue(f"jitter-{i}", "server", now=0)
+            made.append(device(srv, f"jitter-{i}", Faults(delay=0.002, jitter=0.002, seed=300 + i),
+                               uri=srv.coaps_uri, psk_identity=credential.identity, psk=bytes(psk)))
+        async with devices(*made, timeout=30):
+            assert srv.dtls is not None
+            assert (srv.dtls.handshakes_completed, srv.dtls.handshakes_failed) == (6, 0)
+            assert all(d.counters.registers == 1 and d.counters.failed_requests == 0 for d in made)
+            assert all(d.link is not None and d.link.counters.delayed > 0 for d in made)
+
+
 async def test_delay_and_jitter_on_every_datagram_and_an_update_still_goes_through(tmp_path: Path) -> None:
     async with running_server(tmp_path) as srv:
         dev = device(srv, "jittery", Faults(delay=0.01, jitter=0.01, seed=7))
