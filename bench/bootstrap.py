@@ -48,6 +48,7 @@ from processes import (  # bench/processes.py: the script's folder is on sys.pat
     r,
     wait_for_line,
     wait_idle,
+    write_profile_text,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,19 +139,6 @@ def command(profile: Path | None, name: str) -> list[str]:
     if profile is None:
         return [str(SCRATCH)]
     return [PY, "-m", "cProfile", "-o", str(profile / f"{name}.prof"), "-m", "lwm2m_server.cli.app"]
-
-
-def write_profile_text(prof: Path, top: int = 40) -> None:
-    import io
-    import pstats
-
-    if not prof.exists():
-        return
-    buf = io.StringIO()
-    stats = pstats.Stats(str(prof), stream=buf)
-    stats.sort_stats("tottime").print_stats(top)
-    stats.sort_stats("cumulative").print_stats(top)
-    prof.with_suffix(".txt").write_text(buf.getvalue())
 
 
 def start_driver(factory: Path, concurrency: int, timeout: float, log: Path,

@@ -53,6 +53,7 @@ from processes import (  # bench/processes.py: the script's folder is on sys.pat
     proc_sample,
     r,
     wait_for_line,
+    write_profile_text,
 )
 
 LOAD = Path(os.environ.get("LWM2M_LOAD", REPO.parent / "shared" / "tools" / "lwm2m_load.py"))
@@ -155,19 +156,6 @@ class Leshan:
 
     def stop(self) -> None:
         CHILDREN.stop(self.proc, timeout=20)
-
-
-def write_profile_text(prof: Path, top: int = 40) -> None:
-    import io
-    import pstats
-
-    if not prof.exists():
-        return
-    buf = io.StringIO()
-    stats = pstats.Stats(str(prof), stream=buf)
-    stats.sort_stats("tottime").print_stats(top)
-    stats.sort_stats("cumulative").print_stats(top)
-    prof.with_suffix(".txt").write_text(buf.getvalue())
 
 
 # --------------------------------------------------------------------------- 1 and 4: lwm2m_load push-bench

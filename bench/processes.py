@@ -173,3 +173,17 @@ class JsonLinesChild:
     def close(self) -> None:
         CHILDREN.stop(self.proc, timeout=30)
         self.err.close()
+
+
+def write_profile_text(prof: Path, top: int = 40) -> None:
+    """A text summary (``top`` functions by own and by cumulative time) beside a cProfile file, if it exists."""
+    import io
+    import pstats
+
+    if not prof.exists():
+        return
+    buf = io.StringIO()
+    stats = pstats.Stats(str(prof), stream=buf)
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+    prof.with_suffix(".txt").write_text(buf.getvalue())

@@ -74,6 +74,12 @@ def device(srv: Lwm2mServer, endpoint: str, faults: Faults | None = None, **kw: 
     return SimulatedDevice(endpoint, kw.pop("uri", srv.coap_uri), firmware=options(), faults=faults, **kw)
 
 
+def dtls_device(srv: Lwm2mServer, store: MemoryCredentialStore, endpoint: str, faults: Faults) -> SimulatedDevice:
+    """A device with a server key of its own in ``store``, registering over coaps:// through ``faults``."""
+    credential, psk = store.issue(endpoint, "server", now=0)
+    return device(srv, endpoint, faults, uri=srv.coaps_uri, psk_identity=credential.identity, psk=bytes(psk))
+
+
 async def update(srv: Lwm2mServer, endpoint: str, data: bytes, method: Method, timeout: float = 25) -> UpdateJob:
     assert srv.firmware is not None
     return await srv.firmware.update(endpoint, data, method=method, timeout=timeout)
@@ -145,11 +151,8 @@ async def test_ten_percent_loss_over_dtls_handshakes_registers_and_updates(tmp_p
     under loss is exercised at scale by tests/integration/test_campaigns.py."""
     store = MemoryCredentialStore(Vault.generate())
     async with running_server(tmp_path, coaps_port=0, credentials=store) as srv:
-        made = []
-        for i in range(2):
-            credential, psk = store.issue(f"dtls-lossy-{i}", "server", now=0)
-            made.append(device(srv, f"dtls-lossy-{i}", Faults(loss=0.1, delay=0.002, seed=100 + i),
-                               uri=srv.coaps_uri, psk_identity=credential.identity, psk=bytes(psk)))
+        made = [dtls_device(srv, store, f"dtls-lossy-{i}", Faults(loss=0.1, delay=0.002, seed=100 + i))
+                for i in range(2)]
         async with devices(*made, timeout=60):
             assert all(d.secure for d in made)
             v2 = package(IMAGE[:1500])
@@ -172,11 +175,8 @@ async def test_jitter_reorders_handshake_flights_and_no_dtls_handshake_fails(tmp
     address risks a lockout), so the server's transport gives them to it in record order."""
     store = MemoryCredentialStore(Vault.generate())
     async with running_server(tmp_path, coaps_port=0, credentials=store) as srv:
-        made = []
-        for i in range(6):
-            credential, psk = store.issue(f"jitter-{i}", "server", now=0)
-            made.append(device(srv, f"jitter-{i}", Faults(delay=0.002, jitter=0.002, seed=300 + i),
-                               uri=srv.coaps_uri, psk_identity=credential.identity, psk=bytes(psk)))
+        made = [dtls_device(srv, store, f"jitter-{i}", Faults(delay=0.002, jitter=0.002, seed=300 + i))
+                for i in range(6)]
         async with devices(*made, timeout=30):
             assert srv.dtls is not None
             assert (srv.dtls.handshakes_completed, srv.dtls.handshakes_failed) == (6, 0)
