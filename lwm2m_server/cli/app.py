@@ -378,7 +378,6 @@ def device_observe(
     _run_client(run)
 
 
-
 TagsArg = Annotated[list[str], typer.Argument(help="Tags: 1 to 64 characters among letters, digits and . _ : -")]
 
 
@@ -428,6 +427,7 @@ def device_tags(endpoint: Annotated[str | None, typer.Argument(help="One device 
             table.add_row(ep, ", ".join(ep_tags))
         console.print(table)
     _run_client(run)
+
 
 def _mount_subcommands() -> None:
     from client_sim.cli import sim
