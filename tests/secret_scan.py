@@ -314,14 +314,15 @@ def _current_test() -> str:
 
 @contextlib.contextmanager
 def recording_keys(found: SecretSet) -> Iterator[None]:
-    """While open: every PSK drawn by or handed to a credential store, and every KEK drawn by the vault, is added to
-    ``found``."""
+    """While open: every PSK drawn by or handed to a credential store, every KEK drawn by the vault and every webhook
+    secret drawn is added to ``found``."""
     import bootstrap.credentials as credentials
     import bootstrap.vault as vault
+    import lwm2m_server.fota.webhooks as webhooks
 
     base = credentials.CredentialStoreBase
     originals = {name: base.__dict__[name] for name in ("issue", "replace")}
-    modules = {credentials: credentials.secrets, vault: vault.secrets}
+    modules = {credentials: credentials.secrets, vault: vault.secrets, webhooks: webhooks.secrets}
 
     def recorder(method: Callable[..., Any], name: str) -> Callable[..., Any]:
         @functools.wraps(method)
@@ -334,6 +335,7 @@ def recording_keys(found: SecretSet) -> Iterator[None]:
 
     credentials.secrets = RecordingSecrets(real_secrets, found.add, "PSK (bootstrap.credentials)")
     vault.secrets = RecordingSecrets(real_secrets, found.add, "vault KEK (bootstrap.vault)")
+    webhooks.secrets = RecordingSecrets(real_secrets, found.add, "webhook secret (lwm2m_server.fota.webhooks)")
     for name, method in originals.items():
         setattr(base, name, recorder(method, name))
     try:
