@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lwm2m_server.cli.client import ApiClient, CliError
+from lwm2m_server.cli.common import err_console
 from lwm2m_server.cli.render import devices_table, print_response
 from lwm2m_server.core.errors import Lwm2mError
 from lwm2m_server.core.model import ObjectModel
@@ -26,7 +27,6 @@ device_app = typer.Typer(no_args_is_help=True, help="Manage registered devices t
 app.add_typer(device_app, name="device")
 
 console = Console()
-err_console = Console(stderr=True, soft_wrap=True)
 
 ApiOpt = Annotated[str | None, typer.Option("--api", help="API base URL (default: $SCRATCH_API, or the server's "
                                             "api-url file in the data directory)")]

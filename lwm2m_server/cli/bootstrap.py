@@ -16,8 +16,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from lwm2m_server.cli.common import err_console
+
 console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
 
 DEFAULT_COAPS = "127.0.0.1:5784"
 DEFAULT_SERVER_URI = "coaps://127.0.0.1:5684"

@@ -14,10 +14,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from lwm2m_server.cli.client import ApiClient, CliError
+from lwm2m_server.cli.common import err_console, fail
 
 campaign_app = typer.Typer(no_args_is_help=True, help="Roll releases out to devices in waves; signed reports.")
 console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
 
 ApiOpt = Annotated[str | None, typer.Option("--api", help="API base URL [default: from the data directory]")]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", envvar="SCRATCH_DATA_DIR",
@@ -29,23 +29,20 @@ STATE_STYLE = {"succeeded": "green", "failed": "red", "rolled-back": "yellow", "
                "delivering": "cyan", "downloaded": "cyan", "updating": "magenta"}
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False)
-    return typer.Exit(code)
 
 
 def _client(api: str | None, data_dir: Path | None, timeout: float = 60.0) -> ApiClient:
     try:
         return ApiClient.locate(api, data_dir, timeout=timeout)
     except CliError as e:
-        raise _fail(str(e)) from None
+        raise fail(str(e)) from None
 
 
 def _call(fn: Any, *args: Any, **kw: Any) -> Any:
     try:
         return fn(*args, **kw)
     except CliError as e:
-        raise _fail(str(e)) from None
+        raise fail(str(e)) from None
 
 
 def read_targets(path: Path) -> list[str]:
@@ -53,12 +50,12 @@ def read_targets(path: Path) -> list[str]:
     are ignored; duplicates are an error."""
     try:
         if path.stat().st_size > MAX_TARGET_FILE:
-            raise _fail(f"{path} is larger than {MAX_TARGET_FILE >> 20} MiB", 2)
+            raise fail(f"{path} is larger than {MAX_TARGET_FILE >> 20} MiB", 2)
         text = path.read_text(encoding="utf-8")
     except OSError as e:
-        raise _fail(f"cannot read the target list {path}: {e.strerror}", 2) from None
+        raise fail(f"cannot read the target list {path}: {e.strerror}", 2) from None
     except UnicodeDecodeError:
-        raise _fail(f"{path} is not UTF-8 text", 2) from None
+        raise fail(f"{path} is not UTF-8 text", 2) from None
     targets: list[str] = []
     seen: set[str] = set()
     for n, line in enumerate(text.splitlines(), 1):
@@ -66,11 +63,11 @@ def read_targets(path: Path) -> list[str]:
         if not endpoint or (n == 1 and endpoint.lower() == "endpoint"):
             continue
         if endpoint in seen:
-            raise _fail(f"{path}:{n}: {endpoint!r} is listed twice", 2)
+            raise fail(f"{path}:{n}: {endpoint!r} is listed twice", 2)
         seen.add(endpoint)
         targets.append(endpoint)
     if not targets:
-        raise _fail(f"{path} lists no endpoint", 2)
+        raise fail(f"{path} lists no endpoint", 2)
     return targets
 
 
@@ -82,7 +79,7 @@ def parse_canary(text: str | None) -> dict[str, Any]:
             return {"canary_percent": float(text[:-1])}
         return {"canary": int(text)}
     except ValueError:
-        raise _fail(f"--canary: {text!r} is neither a device count (10) nor a percentage (5%)", 2) from None
+        raise fail(f"--canary: {text!r} is neither a device count (10) nor a percentage (5%)", 2) from None
 
 
 @campaign_app.command("create")
@@ -118,9 +115,9 @@ def create(
 ) -> None:
     """Create a campaign (state created); prints its id on the last line. Start it with `scratch campaign start`."""
     if (targets is None) == (filter_ is None):
-        raise _fail("give --targets FILE or --filter EXPR (one of them)", 2)
+        raise fail("give --targets FILE or --filter EXPR (one of them)", 2)
     if method not in (None, "push", "pull"):
-        raise _fail("--method is push or pull", 2)
+        raise fail("--method is push or pull", 2)
     policy: dict[str, Any] = parse_canary(canary)
     for key, value in (("waves", waves), ("success_threshold", success_threshold),
                        ("error_threshold", error_threshold), ("max_parallel", max_parallel),
@@ -251,7 +248,7 @@ def watch(campaign_id: Annotated[str, typer.Argument(help="Campaign id")],
     try:
         follow(client, campaign_id, console)
     except CliError as e:
-        raise _fail(str(e)) from None
+        raise fail(str(e)) from None
     finally:
         client.close()
 
@@ -306,7 +303,7 @@ def report(campaign_id: Annotated[str, typer.Argument(help="Campaign id")],
     from lwm2m_server.fota.attestation import write_report_files
 
     if fmt not in ("json", "csv"):
-        raise _fail("--format is json or csv", 2)
+        raise fail("--format is json or csv", 2)
     client = _client(api, data_dir)
     try:
         answer = _call(client.get, f"/api/campaigns/{campaign_id}/report")
@@ -316,7 +313,7 @@ def report(campaign_id: Annotated[str, typer.Argument(help="Campaign id")],
     try:
         written = write_report_files(answer["report"], cose, out, fmt)  # type: ignore[arg-type]
     except OSError as e:
-        raise _fail(f"cannot write {out}: {e.strerror}") from None
+        raise fail(f"cannot write {out}: {e.strerror}") from None
     s = answer["report"]["summary"]
     err_console.print(f"report of {answer['report']['campaign']['id']} "
                       f"({answer['report']['campaign']['state']}): {s}", highlight=False)
@@ -344,15 +341,15 @@ def verify_report(file: Annotated[Path, typer.Argument(help="A report from `scra
                 client.close()
         public = load_public_key(pem)
     except OSError as e:
-        raise _fail(f"cannot read the key {key}: {e.strerror}", 2) from None
+        raise fail(f"cannot read the key {key}: {e.strerror}", 2) from None
     except ValueError as e:
-        raise _fail(f"not a public key: {e}", 2) from None
+        raise fail(f"not a public key: {e}", 2) from None
     try:
         verified = verify_report_file(file, public)
     except ReportError as e:
-        raise _fail(f"{file} does not verify: {e}") from None
+        raise fail(f"{file} does not verify: {e}") from None
     except OSError as e:
-        raise _fail(f"cannot read {file}: {e.strerror}", 2) from None
+        raise fail(f"cannot read {file}: {e.strerror}", 2) from None
     report_ = verified.report
     console.print(f"[green]verified[/green]: {file} is the signed report of campaign "
                   f"{report_['campaign']['id']} ({report_['campaign']['state']}), key {verified.kid}; "

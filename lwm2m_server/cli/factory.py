@@ -13,7 +13,6 @@ import contextlib
 import csv
 import io
 import json
-import logging
 import os
 import re
 import time
@@ -25,13 +24,13 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from lwm2m_server.cli.common import err_console, fail, quiet_logs
 from lwm2m_server.core.errors import Lwm2mError
 from lwm2m_server.data_dir import create_private_file
 
 factory_app = typer.Typer(no_args_is_help=True, help="Provision devices on the production line: bootstrap "
                           "credentials and the manufacturing file.")
 console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
 
 MAX_COUNT = 100_000
 PROGRESS_FROM = 200  # a progress bar (stderr) from this many devices on
@@ -46,14 +45,8 @@ DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", envvar="SCRATCH_D
 TenantOpt = Annotated[str, typer.Option("--tenant", help="Tenant the credentials belong to")]
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False)
-    return typer.Exit(code)
 
 
-def _quiet_logs() -> None:
-    """Library warnings (e.g. "created a new vault key file") as one plain stderr line each; no info chatter."""
-    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
 
 
 def _data_dir(data_dir: Path | None) -> Path:
@@ -75,7 +68,7 @@ def _store(data_dir: Path, *, need_keys: bool) -> Any:
         vault = Vault.open(data_dir / VAULT_KEY_FILE) if need_keys else Vault.generate()
         return SqlCredentialStore(database, vault)
     except Lwm2mError as e:
-        raise _fail(str(e)) from None
+        raise fail(str(e)) from None
 
 
 def _has_database(data_dir: Path) -> bool:
@@ -120,23 +113,23 @@ def provision(
     Refuses (writing nothing) when a generated name already has a credential (active or revoked, of any kind) in
     the tenant, or when --out exists. Keys are never printed; the file is the only copy outside the vault.
     """
-    _quiet_logs()
+    quiet_logs()
     if not 1 <= count <= MAX_COUNT:
-        raise _fail(f"--count: {count} is not between 1 and {MAX_COUNT}", 2)
+        raise fail(f"--count: {count} is not between 1 and {MAX_COUNT}", 2)
     if not _PREFIX.fullmatch(prefix):
-        raise _fail(f"--prefix: {prefix!r} must start with a letter or digit and hold only letters, digits and "
+        raise fail(f"--prefix: {prefix!r} must start with a letter or digit and hold only letters, digits and "
                     "._:- (at most 200 characters)", 2)
     if fmt not in ("csv", "json"):
-        raise _fail(f"--format: {fmt!r} is not csv or json", 2)
+        raise fail(f"--format: {fmt!r} is not csv or json", 2)
     m = _URI.fullmatch(bootstrap_uri)
     if m is None or not 0 < int(m["port"]) < 65536:
-        raise _fail(f"--bootstrap-uri: {bootstrap_uri!r} is not coaps://HOST:PORT", 2)
+        raise fail(f"--bootstrap-uri: {bootstrap_uri!r} is not coaps://HOST:PORT", 2)
     if not tenant:
-        raise _fail("--tenant: empty tenant id", 2)
+        raise fail("--tenant: empty tenant id", 2)
     if os.path.lexists(out):
-        raise _fail(f"{out} exists; not overwriting a manufacturing file", 2)
+        raise fail(f"{out} exists; not overwriting a manufacturing file", 2)
     if not out.parent.is_dir():
-        raise _fail(f"cannot write {out}: folder {out.parent} does not exist", 2)
+        raise fail(f"cannot write {out}: folder {out.parent} does not exist", 2)
 
     width = max(4, len(str(count)))
     names = [f"{prefix}{i:0{width}d}" for i in range(1, count + 1)]
@@ -145,11 +138,11 @@ def provision(
     try:
         taken = {c.endpoint for c in store.list(tenant, include_revoked=True)}
     except Lwm2mError as e:
-        raise _fail(str(e)) from None
+        raise fail(str(e)) from None
     clash = [n for n in names if n in taken]
     if clash:
         more = f" (and {len(clash) - 1} more)" if len(clash) > 1 else ""
-        raise _fail(f"endpoint {clash[0]!r}{more} already has a credential in tenant {tenant!r}; choose another "
+        raise fail(f"endpoint {clash[0]!r}{more} already has a credential in tenant {tenant!r}; choose another "
                     "--prefix", 2)
 
     records: list[dict[str, str]] = []
@@ -173,11 +166,11 @@ def provision(
         records.clear()
         undone = f"; the {len(issued)} credential(s) issued were revoked" if issued else ""
         if isinstance(e, FileExistsError):
-            raise _fail(f"{out} appeared meanwhile; not overwriting a manufacturing file{undone}", 2) from None
+            raise fail(f"{out} appeared meanwhile; not overwriting a manufacturing file{undone}", 2) from None
         if isinstance(e, OSError):
-            raise _fail(f"cannot write {out}: {e.strerror}{undone}") from None
+            raise fail(f"cannot write {out}: {e.strerror}{undone}") from None
         if isinstance(e, Lwm2mError):
-            raise _fail(f"{e}{undone}") from None
+            raise fail(f"{e}{undone}") from None
         raise
     records.clear()
     console.print(f"provisioned {count} device(s) {names[0]}..{names[-1]} (tenant {tenant}, bootstrap "
@@ -196,18 +189,18 @@ def revoke(
     A server running on this data directory's database sees the revocation at its next poll (about a second):
     it closes the DTLS sessions of the revoked identities and refuses their handshakes from then on.
     """
-    _quiet_logs()
+    quiet_logs()
     folder = _data_dir(data_dir)
     if not _has_database(folder):
-        raise _fail(f"unknown endpoint {endpoint!r}: no database in {folder}")
+        raise fail(f"unknown endpoint {endpoint!r}: no database in {folder}")
     store = _store(folder, need_keys=False)
     try:
         known = store.list(tenant, include_revoked=True)
         if not any(c.endpoint == endpoint for c in known):
-            raise _fail(f"unknown endpoint {endpoint!r}: no credential in tenant {tenant!r}")
+            raise fail(f"unknown endpoint {endpoint!r}: no credential in tenant {tenant!r}")
         revoked = store.revoke(endpoint, now=time.time(), tenant_id=tenant)
     except Lwm2mError as e:
-        raise _fail(str(e)) from None
+        raise fail(str(e)) from None
     if not revoked:
         console.print(f"{endpoint}: no active credential (already revoked)", highlight=False)
         return
@@ -222,14 +215,14 @@ def list_credentials(
     tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant (default: all)")] = None,
 ) -> None:
     """List credentials (active and revoked): endpoint, identity, kind, created, revoked. Never keys."""
-    _quiet_logs()
+    quiet_logs()
     folder = _data_dir(data_dir)
     credentials = []
     if _has_database(folder):
         try:
             credentials = _store(folder, need_keys=False).list(tenant, include_revoked=True)
         except Lwm2mError as e:
-            raise _fail(str(e)) from None
+            raise fail(str(e)) from None
     rows = [{"tenant": c.tenant_id, "endpoint": c.endpoint, "psk_identity": c.identity, "kind": c.kind.value,
              "created": _when(c.created_at), "revoked": c.revoked, "revoked_at": _when(c.revoked_at)}
             for c in credentials]

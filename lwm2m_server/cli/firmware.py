@@ -27,50 +27,47 @@ from firmware_object.suit.keys import (
 from firmware_object.suit.manifest import ReleaseManifest, describe
 from firmware_object.suit.verify import verify_envelope
 from lwm2m_server.cli.client import ApiClient, CliError
+from lwm2m_server.cli.common import err_console, fail
 from lwm2m_server.data_dir import create_private_file
 
 firmware_app = typer.Typer(no_args_is_help=True, help="Sign firmware into SUIT packages and update devices.")
 console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
 
 MAX_PACKAGE = 64 << 20
 STATES = {0: "Idle", 1: "Downloading", 2: "Downloaded", 3: "Updating"}
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False)
-    return typer.Exit(code)
 
 
 def _read(path: Path, what: str, limit: int = MAX_PACKAGE) -> bytes:
     try:
         size = path.stat().st_size
         if size > limit:
-            raise _fail(f"{path} has {size} bytes; a {what} may have at most {limit}", 2)
+            raise fail(f"{path} has {size} bytes; a {what} may have at most {limit}", 2)
         return path.read_bytes()
     except OSError as e:
-        raise _fail(f"cannot read {what} {path}: {e.strerror}", 2) from None
+        raise fail(f"cannot read {what} {path}: {e.strerror}", 2) from None
 
 
 def _private_key(path: Path) -> PrivateKey:
     try:
         return load_private_key(_read(path, "key", 1 << 16))
     except (ValueError, FirmwareError) as e:
-        raise _fail(f"{path}: {e}", 2) from None
+        raise fail(f"{path}: {e}", 2) from None
 
 
 def _public_key(path: Path) -> PublicKey:
     try:
         return load_public_key(_read(path, "public key", 1 << 16))
     except (ValueError, FirmwareError) as e:
-        raise _fail(f"{path}: {e}", 2) from None
+        raise fail(f"{path}: {e}", 2) from None
 
 
 def _uuid(text: str, option: str) -> uuid.UUID:
     try:
         return uuid.UUID(text)
     except ValueError:
-        raise _fail(f"{option}: {text!r} is not a UUID", 2) from None
+        raise fail(f"{option}: {text!r} is not a UUID", 2) from None
 
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:
@@ -80,9 +77,9 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
         if mode != 0o600:
             path.chmod(mode)
     except FileExistsError:
-        raise _fail(f"{path} exists; not overwriting a key", 2) from None
+        raise fail(f"{path} exists; not overwriting a key", 2) from None
     except OSError as e:
-        raise _fail(f"cannot write {path}: {e.strerror}", 2) from None
+        raise fail(f"cannot write {path}: {e.strerror}", 2) from None
 
 
 @firmware_app.command("keygen")
@@ -93,11 +90,11 @@ def keygen(
 ) -> None:
     """Create a signing key pair. The private key is never printed."""
     if alg not in ("es256", "ed25519"):
-        raise _fail(f"--alg: {alg!r} is not es256 or ed25519", 2)
+        raise fail(f"--alg: {alg!r} is not es256 or ed25519", 2)
     key = generate_private_key(alg)
     pub = out.with_name(out.name + ".pub")
     if pub.exists():
-        raise _fail(f"{pub} exists; not overwriting a key", 2)
+        raise fail(f"{pub} exists; not overwriting a key", 2)
     _write_new(out, private_key_to_pem(key), 0o600)
     _write_new(pub, public_key_to_pem(key.public_key()), 0o644)
     console.print(f"{alg} key {key_id(key.public_key()).hex()}: private key in {out} (0600), public key in {pub}",
@@ -125,7 +122,7 @@ def sign(
     try:
         out.write_bytes(envelope)
     except OSError as e:
-        raise _fail(f"cannot write {out}: {e.strerror}", 2) from None
+        raise fail(f"cannot write {out}: {e.strerror}", 2) from None
     console.print(f"{out}: {len(envelope)} bytes, version {version}, sequence {seq}, image {len(data)} bytes "
                   f"sha256 {hashlib.sha256(data).hexdigest()[:16]}...", highlight=False)
 
@@ -140,11 +137,11 @@ def authorise(
     try:
         signed = add_signature(_read(package, "package"), _private_key(key))
     except FirmwareError as e:
-        raise _fail(f"{package}: {e}", 2) from None
+        raise fail(f"{package}: {e}", 2) from None
     try:
         out.write_bytes(signed)
     except OSError as e:
-        raise _fail(f"cannot write {out}: {e.strerror}", 2) from None
+        raise fail(f"cannot write {out}: {e.strerror}", 2) from None
     console.print(f"{out}: {len(signed)} bytes, signatures now include {key_id(_private_key(key).public_key()).hex()}",
                   highlight=False)
 
@@ -161,7 +158,7 @@ def inspect(
     try:
         view = describe(data)
     except FirmwareError as e:
-        raise _fail(f"{package} is not a SUIT envelope we can read: {e}", 2) from None
+        raise fail(f"{package} is not a SUIT envelope we can read: {e}", 2) from None
     verdict: dict[str, Any] | None = None
     if trust:
         anchors = [_public_key(p) for p in trust]
@@ -178,7 +175,7 @@ def inspect(
         if verdict is not None and verdict["verified"]:
             console.print(f"[green]signatures verified[/green] by {', '.join(verdict['trusted_keys'])}")
     if verdict is not None and not verdict["verified"]:
-        raise _fail(f"{package}: verification failed: {verdict['error']}: {verdict['message']}")
+        raise fail(f"{package}: verification failed: {verdict['error']}: {verdict['message']}")
 
 
 @firmware_app.command("update")
@@ -196,7 +193,7 @@ def update(
 ) -> None:
     """Deliver a package to a device and have it install it; with --wait, exit non-zero unless it succeeded."""
     if method not in (None, "push", "pull"):
-        raise _fail(f"--method: {method!r} is not push or pull", 2)
+        raise fail(f"--method: {method!r} is not push or pull", 2)
     data = _read(package, "package")
     try:
         client = ApiClient.locate(api, data_dir, timeout=60.0)
@@ -208,11 +205,11 @@ def update(
             return
         final = _follow(client, endpoint, len(data))
     except CliError as e:
-        raise _fail(str(e)) from None
+        raise fail(str(e)) from None
     del job
     last = final.get("last") or {}
     if last.get("phase") != "succeeded":
-        raise _fail(f"{last.get('message') or endpoint + ': the update failed'}{_result_text(last)}")
+        raise fail(f"{last.get('message') or endpoint + ': the update failed'}{_result_text(last)}")
     console.print(f"[green]{endpoint} updated[/green]: now runs {last.get('version') or '?'}{_result_text(last)}",
                   highlight=False)
 
@@ -228,7 +225,7 @@ def status(
     try:
         job = ApiClient.locate(api, data_dir).get(f"/api/devices/{endpoint}/firmware")
     except CliError as e:
-        raise _fail(str(e)) from None
+        raise fail(str(e)) from None
     print(json.dumps(job, indent=2))
 
 

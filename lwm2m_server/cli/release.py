@@ -9,7 +9,6 @@ the public key (the trust anchor devices are provisioned with). Bad input exits 
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
+from lwm2m_server.cli.common import err_console, fail, quiet_logs
 from lwm2m_server.core.errors import InvalidRequestError, Lwm2mError, NotFoundError
 from lwm2m_server.data_dir import create_private_file
 
@@ -36,7 +36,6 @@ release_app.add_typer(key_app, name="key")
 release_app.add_typer(class_app, name="class")
 
 console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
 
 MAX_IMAGE = 64 << 20
 PROGRESS_FROM = 8 << 20  # a progress bar (stderr) when the images total this many bytes
@@ -49,12 +48,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON")]
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {escape(' '.join(message.split()))}", highlight=False)
-    return typer.Exit(code)
+    return fail(escape(" ".join(message.split())), code)
 
 
-def _quiet_logs() -> None:
-    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
 
 
 def _when(ts: float) -> str:
@@ -78,7 +74,7 @@ def _open(data_dir: Path | None, *, need_keys: bool) -> Iterator[_Stores]:
     from lwm2m_server.fota.releases import BLOBS_DIR, BlobStore, ReleaseStore, SigningKeyStore
     from lwm2m_server.storage.database import Database
 
-    _quiet_logs()
+    quiet_logs()
     folder = data_dir or default_data_dir()
     try:
         database = Database.for_data_dir(folder)

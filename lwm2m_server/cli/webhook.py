@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from lwm2m_server.cli.common import err_console, fail, quiet_logs
 from lwm2m_server.core.errors import Lwm2mError
 
 if TYPE_CHECKING:
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 webhook_app = typer.Typer(no_args_is_help=True, help="Send events (campaign results...) to HTTP(S) URLs as signed "
                           "JSON POSTs; see what was delivered.")
 console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
 
 VAULT_KEY_FILE = "vault.key"  # as lwm2m_server.cli.factory.VAULT_KEY_FILE
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", envvar="SCRATCH_DATA_DIR",
@@ -39,13 +38,8 @@ TenantOpt = Annotated[str, typer.Option("--tenant", help="Tenant the webhooks be
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON")]
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False)
-    return typer.Exit(code)
 
 
-def _quiet_logs() -> None:
-    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
 
 
 def _folder(data_dir: Path | None) -> Path:
@@ -72,12 +66,12 @@ def _store(folder: Path, *, need_vault: bool) -> Iterator[WebhookStore]:
     try:
         database = Database.for_data_dir(folder)
     except Lwm2mError as e:
-        raise _fail(str(e)) from None
+        raise fail(str(e)) from None
     try:
         vault = Vault.open(folder / VAULT_KEY_FILE) if need_vault else Vault.generate()
         yield WebhookStore(database, vault)
     except Lwm2mError as e:
-        raise _fail(str(e)) from None
+        raise fail(str(e)) from None
     finally:
         database.close()
 
@@ -102,14 +96,14 @@ def add(
     """Subscribe URL to events; prints the webhook's id and its signing secret (shown this once only)."""
     from lwm2m_server.fota.webhooks import DEFAULT_KINDS, validate_kinds, validate_url
 
-    _quiet_logs()
+    quiet_logs()
     try:
         validate_url(url)
         kinds = validate_kinds(_kinds(events) if events else DEFAULT_KINDS)
     except Lwm2mError as e:
-        raise _fail(str(e), 2) from None
+        raise fail(str(e), 2) from None
     if not tenant:
-        raise _fail("--tenant: empty tenant id", 2)
+        raise fail("--tenant: empty tenant id", 2)
     with _store(_folder(data_dir), need_vault=True) as store:
         webhook, secret = store.add(url, kinds=kinds, tenant_id=tenant, now=time.time())
     if as_json:
@@ -132,7 +126,7 @@ def list_webhooks(
     as_json: JsonOpt = False,
 ) -> None:
     """List webhooks: id, URL, events, created, active. Never secrets."""
-    _quiet_logs()
+    quiet_logs()
     folder = _folder(data_dir)
     hooks = []
     if _has_database(folder):
@@ -160,10 +154,10 @@ def remove(
     tenant: TenantOpt = "default",
 ) -> None:
     """Stop sending events to a webhook and erase its secret (its delivery log stays)."""
-    _quiet_logs()
+    quiet_logs()
     folder = _folder(data_dir)
     if not _has_database(folder):
-        raise _fail(f"no webhook {webhook_id!r}: no database in {folder}")
+        raise fail(f"no webhook {webhook_id!r}: no database in {folder}")
     with _store(folder, need_vault=False) as store:
         webhook = store.remove(webhook_id, tenant)
     console.print(f"removed webhook {webhook.id} ({escape(webhook.url)})", highlight=False)
@@ -178,9 +172,9 @@ def deliveries(
     as_json: JsonOpt = False,
 ) -> None:
     """The delivery log, newest first: every attempt with its HTTP status or error."""
-    _quiet_logs()
+    quiet_logs()
     if not 1 <= limit <= 100_000:
-        raise _fail(f"--limit: {limit} is not in 1..100000", 2)
+        raise fail(f"--limit: {limit} is not in 1..100000", 2)
     folder = _folder(data_dir)
     log = []
     if _has_database(folder):
