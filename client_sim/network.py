@@ -44,17 +44,21 @@ class LinkError(Exception):
 @dataclass(frozen=True, slots=True)
 class LinkConditions:
     """How bad the link is: ``loss`` (probability 0..1 that a datagram is lost, per datagram and direction),
-    ``delay`` seconds added to every datagram, +/- ``jitter`` seconds drawn uniformly (the sum never below 0)."""
+    ``delay`` seconds added to every datagram, +/- ``jitter`` seconds drawn uniformly (the sum never below 0);
+    ``delayed`` says which way delay and jitter apply: "both", "out" (device to server) or "in"."""
 
     loss: float = 0.0
     delay: float = 0.0
     jitter: float = 0.0
+    delayed: str = "both"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.loss <= 1.0:
             raise ValueError("loss is a probability between 0 and 1")
         if self.delay < 0 or self.jitter < 0:
             raise ValueError("delay and jitter cannot be negative")
+        if self.delayed not in ("both", "out", "in"):
+            raise ValueError('delayed is "both", "out" or "in"')
 
     @property
     def impaired(self) -> bool:
@@ -175,8 +179,10 @@ class Link:
 
     # ------------------------------------------------------------------ the datagrams
 
-    def _delay(self) -> float:
+    def _delay(self, *, outgoing: bool) -> float:
         c = self.conditions
+        if c.delayed == ("in" if outgoing else "out"):
+            return 0.0
         if c.jitter:
             return max(0.0, c.delay + self._rng.uniform(-c.jitter, c.jitter))
         return c.delay
@@ -189,7 +195,7 @@ class Link:
         if self.conditions.loss and self._rng.random() < self.conditions.loss:
             self.counters.dropped_out += 1
             return
-        delay = self._delay()
+        delay = self._delay(outgoing=True)
         if delay <= 0:
             send()
             return
@@ -203,7 +209,7 @@ class Link:
         if self.conditions.loss and self._rng.random() < self.conditions.loss:
             self.counters.dropped_in += 1
             return
-        delay = self._delay()
+        delay = self._delay(outgoing=False)
         if delay <= 0:
             self.counters.received += 1
             deliver()

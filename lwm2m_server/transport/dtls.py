@@ -38,7 +38,7 @@ import logging
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -119,7 +119,6 @@ def _is_client_hello(data: bytes) -> bool:
 
 
 _HOLD = 0.1  # seconds an out-of-order handshake datagram waits for the ones before it
-_DATAGRAM_MAX = 1280  # bytes of DTLS records sent together in one datagram (the IPv6 minimum MTU)
 
 
 class _HandshakeOrder:
@@ -334,10 +333,10 @@ class DtlsServerTransport(interfaces.MessageInterface):
         self.hostinfo_local = ""
         self._bound: tuple[str, int] | None = None
         self._retransmit_timer: asyncio.TimerHandle | None = None
-        self._outbox: dict[tuple[str, int], list[bytes]] | None = None  # records written while coalescing
         self._sweep_timer: asyncio.TimerHandle | None = None
         self._clock_offset = time.monotonic()
         self.handshakes_completed = 0
+        self.handshakes_started = 0  # one per source address and port that sent a ClientHello with no session
         self.handshakes_failed = 0  # counted failures (see the module docstring), whether or not a lockout is set
         self.dropped_locked_out = 0  # datagrams ignored because their source address is locked out
         self.lockout = lockout
@@ -535,6 +534,7 @@ class DtlsServerTransport(interfaces.MessageInterface):
             else:
                 peer = DtlsRemote(self, sockaddr, key, self._dtls_module.Session(key[0], key[1]), now)
                 self._handshakes[key] = peer
+                self.handshakes_started += 1
                 while len(self._handshakes) > self.max_handshakes:
                     self._evict(next(iter(self._handshakes.values())),
                                 DtlsSessionClosedError("too many DTLS handshakes in progress"))
@@ -559,8 +559,7 @@ class DtlsServerTransport(interfaces.MessageInterface):
             return
         self._current, self._looked_up = peer, None
         try:
-            with self._coalescing():
-                self._dtls.handleMessage(peer._session, data)
+            self._dtls.handleMessage(peer._session, data)
         finally:
             self._current, self._looked_up = None, None
         failed = self._judge_attempt(peer, data)
@@ -664,47 +663,15 @@ class DtlsServerTransport(interfaces.MessageInterface):
             self.log.exception("dispatching a message from %s failed", peer.hostinfo)
         return len(data)
 
-    @contextlib.contextmanager
-    def _coalescing(self) -> Iterator[None]:
-        """The records tinydtls writes meanwhile leave together, one datagram per peer (RFC 6347 4.1.1 allows
-        several records in a datagram), up to _DATAGRAM_MAX bytes each: a flight's ChangeCipherSpec and Finished
-        cannot be reordered on the way then, which a tinydtls client would not survive."""
-        if self._outbox is not None:  # nested: the outer one sends
-            yield
-            return
-        outbox: dict[tuple[str, int], list[bytes]] = {}
-        self._outbox = outbox
-        try:
-            yield
-        finally:
-            self._outbox = None
-            for session, records in outbox.items():
-                datagram = b""
-                for record in records:
-                    if datagram and len(datagram) + len(record) > _DATAGRAM_MAX:
-                        self._send(session, datagram)
-                        datagram = b""
-                    datagram += record
-                if datagram:
-                    self._send(session, datagram)
-
     def _on_write(self, session: tuple[str, int], data: bytes) -> int:
         if self._transport is None:
             return -1
-        if self._outbox is not None:
-            self._outbox.setdefault(session, []).append(bytes(data))
-            return len(data)
-        return len(data) if self._send(session, data) else -1
-
-    def _send(self, session: tuple[str, int], data: bytes) -> bool:
-        if self._transport is None:
-            return False
         try:
             self._transport.sendto(data, self._sockaddr(session))
         except Exception as e:
             self.log.debug("DTLS send failed: %s", type(e).__name__)
-            return False
-        return True
+            return -1
+        return len(data)
 
     def _on_event(self, level: int, code: int) -> int:
         peer = self._current
@@ -723,9 +690,7 @@ class DtlsServerTransport(interfaces.MessageInterface):
     def _arm_retransmit(self) -> None:
         if self._dtls is None or self._retransmit_timer is not None:
             return
-        with self._coalescing():
-            pending = self._dtls.checkRetransmit()
-        if pending == 0:
+        if self._dtls.checkRetransmit() == 0:
             return
         self._retransmit_timer = self._loop.call_later(_RETRANSMIT_POLL_MAX / 4, self._retransmit)
 
