@@ -4,6 +4,14 @@ Invariants (for a key that stays tracked, with ``now`` non-decreasing per key):
 
 * :class:`RateLimiter`: over any interval of length ``T``, at most ``burst + rate * T`` requests are allowed.
 * :class:`Lockout`: after ``threshold`` failures within ``window`` seconds, the key is locked for ``period``.
+* :class:`Backoff`: the first ``free`` failures of a key cost nothing; the n-th one after them blocks the key for
+  ``base * 2**(n-1)`` seconds, at most ``cap``; a success forgets the key.
+* :class:`HandshakeGuard` (DTLS-PSK handshakes, decided at the PSK lookup): failures of a *known* identity count
+  per (address, identity) (:class:`Backoff`) and per identity across addresses (:class:`Lockout`; a locked
+  identity is refused only from addresses it has not authenticated from recently); failures of *unknown*
+  identities count per address only and refuse only unknown identities. So failures under one identity never
+  refuse another, valid identity, and unknown identities (which anyone can invent) cannot flush the tables of
+  known ones.
 * Neither tracks more than ``max_keys`` keys. Evicting a key forgets it: a full (idle) bucket is dropped first,
   otherwise the least recently used key; an evicted key starts afresh, so the per-key bound holds only while a
   key is tracked (size ``max_keys`` above the number of keys a client can use at once).
@@ -169,3 +177,162 @@ class Lockout:
     def reset(self, key: str) -> None:
         """Forget ``key`` (e.g. after a success)."""
         self._keys.pop(key, None)
+
+
+@dataclass(slots=True)
+class _Streak:
+    failures: int = 0
+    blocked_until: float = -math.inf
+    last: float = -math.inf
+
+
+class Backoff:
+    """Exponential back-off per key: failure ``free + n`` (n >= 1) blocks the key for ``min(cap, base * 2**(n-1))``
+    seconds from that failure. Failures while blocked are not counted (the caller refuses those attempts). A key
+    is forgotten ``forget`` seconds after its last failure (default ``2 * cap``), on :meth:`reset`, or when
+    ``max_keys`` are tracked (least recently failed first)."""
+
+    __slots__ = ("_keys", "base", "cap", "forget", "free", "max_keys")
+
+    def __init__(self, free: int, base: float, cap: float, *, forget: float | None = None,
+                 max_keys: int = DEFAULT_MAX_KEYS) -> None:
+        if free < 0 or not base > 0 or not cap >= base or max_keys < 1:
+            raise ValueError("free must be 0 or more, base positive, cap at least base, max_keys at least 1")
+        self.free, self.base, self.cap, self.max_keys = free, float(base), float(cap), max_keys
+        self.forget = 2 * self.cap if forget is None else float(forget)
+        self._keys: OrderedDict[str, _Streak] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def _entry(self, key: str, now: float) -> _Streak | None:
+        entry = self._keys.get(key)
+        if entry is not None and now - entry.last >= self.forget and now >= entry.blocked_until:
+            del self._keys[key]
+            return None
+        return entry
+
+    def record_failure(self, key: str, now: float) -> float | None:
+        """Count one failure; the seconds the key is now blocked for, or None (still free, or already blocked)."""
+        entry = self._entry(key, now)
+        if entry is None:
+            while len(self._keys) >= self.max_keys:
+                self._keys.popitem(last=False)
+            entry = self._keys[key] = _Streak()
+        else:
+            self._keys.move_to_end(key)
+        if now < entry.blocked_until:
+            return None
+        entry.failures += 1
+        entry.last = max(entry.last, now)
+        beyond = entry.failures - self.free
+        if beyond <= 0:
+            return None
+        seconds = min(self.cap, self.base * 2.0 ** min(beyond - 1, 64))
+        entry.blocked_until = now + seconds
+        return seconds
+
+    def failures(self, key: str) -> int:
+        entry = self._keys.get(key)
+        return 0 if entry is None else entry.failures
+
+    def blocked(self, key: str, now: float) -> float | None:
+        """Seconds ``key`` stays blocked, or None."""
+        entry = self._entry(key, now)
+        if entry is None or now >= entry.blocked_until:
+            return None
+        return entry.blocked_until - now
+
+    def reset(self, key: str) -> None:
+        self._keys.pop(key, None)
+
+
+@dataclass(frozen=True, slots=True)
+class Tripped:
+    """A counter of :class:`HandshakeGuard` that engaged: ``scope`` is "address+identity", "identity" or
+    "address"; ``failures`` counted to get there; blocked for ``seconds``."""
+
+    scope: str
+    failures: int
+    seconds: float
+
+
+class HandshakeGuard:
+    """Failed-handshake policy for DTLS-PSK (see the module docstring), built on ``lockout``'s threshold, window
+    and period. Keys: ``address`` as text, ``identity`` as bytes. Bounded: every table holds at most ``max_keys``.
+
+    ==================  ==========================  =========================================================
+    counter             counts                      refuses (until it expires)
+    ==================  ==========================  =========================================================
+    (address, identity) failures of a known         that identity from that address; back-off after
+                        identity (wrong key)        ``backoff_after`` failures: base, 2 base, ... <= period
+    identity            failures of a known         that identity from addresses it has not authenticated
+                        identity, any address       from (the last ``trusted_addresses``): ``threshold``
+                                                    failures within ``window`` -> ``period``
+    address             failures of unknown         unknown identities from that address (refused anyway):
+                        identities                  ``threshold`` within ``window`` -> ``period``, reported
+    ==================  ==========================  =========================================================
+
+    A refused attempt is answered exactly as a failed one (the caller's job) and counts nowhere."""
+
+    __slots__ = ("_addresses", "_identities", "_pairs", "_trusted", "lockout", "trusted_addresses")
+
+    def __init__(self, lockout: Lockout, *, backoff_after: int = 3, backoff_base: float = 1.0,
+                 trusted_addresses: int = 4) -> None:
+        self.lockout = lockout
+        self.trusted_addresses = trusted_addresses
+        self._identities = lockout
+        self._addresses = Lockout(lockout.threshold, lockout.window, lockout.period, max_keys=lockout.max_keys)
+        self._pairs = Backoff(backoff_after, min(backoff_base, lockout.period), lockout.period,
+                              max_keys=lockout.max_keys)
+        self._trusted: OrderedDict[bytes, tuple[str, ...]] = OrderedDict()
+
+    @staticmethod
+    def _pair(address: str, identity: bytes) -> str:
+        return f"{address} {identity.hex()}"
+
+    def refused(self, address: str, identity: bytes, known: bool, now: float) -> str | None:
+        """Why a handshake of ``identity`` from ``address`` must fail now, or None."""
+        if known:
+            if self._pairs.blocked(self._pair(address, identity), now) is not None:
+                return "backing off (address and identity)"
+            if self._identities.locked(identity.hex(), now) is not None \
+                    and address not in self._trusted.get(identity, ()):
+                return "identity locked out"
+        elif self._addresses.locked(address, now) is not None:
+            return "address locked out (unknown identities)"
+        return None
+
+    def failed(self, address: str, identity: bytes, known: bool, now: float) -> list[Tripped]:
+        """Count one failed handshake; the counters this failure made engage."""
+        tripped = []
+        if known:
+            pair = self._pair(address, identity)
+            seconds = self._pairs.record_failure(pair, now)
+            if seconds is not None:
+                tripped.append(Tripped("address+identity", self._pairs.failures(pair), seconds))
+            period = self._identities.record_failure(identity.hex(), now)
+            if period is not None:
+                tripped.append(Tripped("identity", self.lockout.threshold, period))
+        else:
+            period = self._addresses.record_failure(address, now)
+            if period is not None:
+                tripped.append(Tripped("address", self.lockout.threshold, period))
+        return tripped
+
+    def succeeded(self, address: str, identity: bytes) -> None:
+        """A completed handshake: forget the pair's failures and trust ``address`` for ``identity``."""
+        self._pairs.reset(self._pair(address, identity))
+        known = tuple(a for a in self._trusted.pop(identity, ()) if a != address)
+        self._trusted[identity] = (address, *known)[:self.trusted_addresses]
+        while len(self._trusted) > self.lockout.max_keys:
+            self._trusted.popitem(last=False)
+
+    def address_locked(self, address: str, now: float) -> float | None:
+        return self._addresses.locked(address, now)
+
+    def identity_locked(self, identity: bytes, now: float) -> float | None:
+        return self._identities.locked(identity.hex(), now)
+
+    def backing_off(self, address: str, identity: bytes, now: float) -> float | None:
+        return self._pairs.blocked(self._pair(address, identity), now)

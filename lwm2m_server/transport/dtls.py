@@ -12,30 +12,45 @@ transport replaces it. Invariants:
   sessions (``max_peers``, least recently heard from goes first; ``idle_timeout``) are kept apart, so a flood of
   ClientHellos cannot push out established sessions. A close_notify or fatal alert ends a session; so do
   :meth:`DtlsServerTransport.evict` and :meth:`DtlsServerTransport.evict_identity`.
-- A ClientHello with a cookie (proof that the sender receives at that address) from an address with a session
-  ends that session first, so a device that rebooted, or a new identity on a reused address and port, can
-  handshake; a cookie-less ClientHello never touches an established session.
+- ClientHellos are stateless (RFC 6347 4.2.1): tinydtls answers one without a valid cookie with a
+  HelloVerifyRequest and nothing is kept on either side (``client_hellos``, ``cookie_challenges`` count them); only
+  a ClientHello whose cookie verified (tinydtls answers with a ServerHello) creates handshake state and ends the
+  session of that address and port (a device that rebooted, or another identity on a reused port). A spoofed
+  ClientHello therefore never pushes out a handshake or ends a session. An epoch-0 ClientHello's record version
+  0xFEXX is read as 0xFEFF (mbedTLS sends 0xFE00). tinydtls is told not to require the renegotiation_info and
+  extended_master_secret extensions (it does neither renegotiation nor resumption; an offered EMS is used).
+- A record of a session the server does not hold (epoch > 0: it restarted, or evicted the session) is answered
+  with an unprotected epoch-0 fatal alert, at most ``unknown_session_alerts`` per second in all and never larger
+  than the record; :func:`dtls_client_context` clients then handshake again at once (tinydtls itself ignores it).
 - PSKs come from ``psk_for(identity)`` (called synchronously in the handshake, once per attempt) and are never
-  logged nor put into exception texts; tinydtls' own logging is kept at EMERG (its debug output dumps keys).
+  logged nor put into exception texts; tinydtls' own logging is kept at EMERG (its debug output dumps keys). An
+  unknown identity, or a handshake the lockout refuses, gets a decoy key (HMAC of a per-transport secret), so it
+  fails at the Finished in silence, exactly like a wrong key (RFC 4279 section 5): no identity oracle.
 - ``request.remote.authenticated_claims`` is ``[PskClaim(identity)]`` once the handshake completed.
-- Failed handshakes are counted per source address (IPv4, or the full IPv6 address): an unknown (or revoked, or
-  wrong-kind) PSK identity, a Finished that does not verify (a wrong key: tinydtls drops it silently, so a
-  handshake record of epoch 1 that leaves the handshake unfinished after the key was looked up is the sign), or a
-  fatal alert after the key exchange; at most one failure per key exchange. With a :class:`Lockout`, an address
-  with too many failures is ignored for a while: its ClientHellos and handshake records are dropped without an
-  answer; its established sessions (which proved their keys) are kept. Failures are only counted after the cookie
-  exchange, so a spoofed source address cannot get another host locked out. A lockout is logged as a warning and
-  reported through ``on_security_event("security.dtls_lockout", data)``. A failing credential store (an
-  exception in ``psk_for``) refuses the handshake but is not the peer's failure.
+- Failed handshakes (a Finished that does not verify after the key lookup, or a fatal alert after it; at most one
+  per key exchange; only after the cookie exchange) go to a :class:`~lwm2m_server.core.rate_limit.HandshakeGuard`
+  built on ``lockout``: per (address, identity) an exponential back-off after ``backoff_after`` failures, per
+  identity ``lockout`` (it then refuses that identity from addresses it has not authenticated from), and, for
+  unknown identities only, per address. Failures under one identity never refuse another valid identity; a refused
+  handshake is answered as any failed one and counts nowhere; established sessions are kept. Each engagement is
+  logged as a warning and reported through ``on_security_event("security.dtls_lockout", data)``. A failing
+  credential store (an exception in ``psk_for``) refuses the handshake but is not the peer's failure.
+- Application data is decoded strictly (:func:`~lwm2m_server.transport.datagrams.decode_datagram`); a malformed
+  message gets RFC 7252's answer on its session, and nothing a peer sends makes a tinydtls callback raise.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
+import hashlib
+import hmac
 import logging
+import os
 import socket
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -45,8 +60,9 @@ from typing import Any, Protocol, runtime_checkable
 from aiocoap import Context, Message, error, interfaces
 from aiocoap.numbers import constants
 
-from lwm2m_server.core.rate_limit import Lockout
+from lwm2m_server.core.rate_limit import HandshakeGuard, Lockout, TokenBucket, Tripped
 from lwm2m_server.transport import udp
+from lwm2m_server.transport.datagrams import MALFORMED, decode_datagram
 
 _log = logging.getLogger(__name__)
 
@@ -62,7 +78,7 @@ _EVENT_CONNECTED = 0x01DE
 MAX_PSK_LENGTH = 16
 MAX_IDENTITY_LENGTH = 32  # DTLS_PSK_MAX_CLIENT_IDENTITY_LEN
 
-_CT_CHANGE_CIPHER_SPEC, _CT_HANDSHAKE = 20, 22
+_CT_CHANGE_CIPHER_SPEC, _CT_HANDSHAKE, _CT_APPLICATION_DATA = 20, 22, 23
 _HT_CLIENT_HELLO = 1
 _RETRANSMIT_POLL_MAX = 1.0
 
@@ -116,6 +132,101 @@ def _client_hello_cookie(data: bytes) -> bytes | None:
 
 def _is_client_hello(data: bytes) -> bool:
     return _client_hello_cookie(data) is not None
+
+
+def _normalise_hello_version(data: bytes) -> bytes:
+    """``data`` with the record-layer version of an epoch-0 ClientHello record set to 0xFEFF when it is another
+    0xFEXX: a client may use any 0xFEXX there (RFC 6347 4.1, e.g. mbedTLS's 0xFE00) and tinydtls takes only
+    0xFEFF and 0xFEFD. The record header is not part of the handshake transcript."""
+    if len(data) < 14 or data[0] != _CT_HANDSHAKE or data[1] != 0xFE or data[2] in (0xFD, 0xFF) \
+            or data[3:5] != b"\0\0" or data[13] != _HT_CLIENT_HELLO:
+        return data
+    return data[:1] + b"\xfe\xff" + data[3:]
+
+
+def _record_kind(data: bytes) -> tuple[int, int] | None:
+    """(content type, epoch) of the first record of ``data``, or None when it does not look like DTLS."""
+    if len(data) < 13 or data[1] != 0xFE or not 20 <= data[0] <= 23:
+        return None
+    return data[0], int.from_bytes(data[3:5], "big")
+
+
+_HT_SERVER_HELLO, _HT_HELLO_VERIFY_REQUEST = 2, 3
+_CT_ALERT = 21
+_ALERT_UNEXPECTED_MESSAGE = 10
+
+
+def _epoch0_fatal_alert(data: bytes) -> int | None:
+    """The description of an epoch-0 fatal alert in ``data`` (one unprotected record), or None."""
+    if len(data) != 15 or data[0] != _CT_ALERT or data[1] != 0xFE or data[3:5] != b"\0\0" \
+            or data[11:13] != b"\0\x02" or data[13] != _LEVEL_FATAL:
+        return None
+    return data[14]
+
+
+# -- tinydtls' user parameters (DTLSSocket 0.2.3 does not expose the get_user_parameters handler)
+
+_CTX_APP_OFFSET, _CTX_HANDLER_OFFSET = 32, 40  # dtls_context_t: cookie_secret[12], uint32 age, peers*, sendqueue*
+_HANDLER_SLOTS = 7  # write, read, event, get_user_parameters, get_psk_info, get_ecdsa_key, verify_ecdsa_key
+_GET_USER_PARAMETERS_SLOT = 3
+_PARAMS_FLAGS_OFFSET = 20  # dtls_user_parameters_t: dtls_cipher_t cipher_suites[5], then the two flag bits
+_USER_PARAMETERS_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+
+
+def _peek(address: int, size: int) -> bytes | None:
+    """``size`` bytes of this process's memory at ``address``; None when they are not mapped (never faults)."""
+    try:
+        with open("/proc/self/mem", "rb", buffering=0) as mem:
+            data = os.pread(mem.fileno(), size, address)
+    except (OSError, OverflowError, ValueError):
+        return None
+    return data if len(data) == size else None
+
+
+def _relax_forced_extensions(dtls: Any) -> Any:
+    """Install a get_user_parameters handler in the tinydtls context of the DTLSSocket object ``dtls`` that
+    clears ``force_renegotiation_info`` and ``force_extended_master_secret`` (tinydtls 0.8.6 requires both from
+    every client, so clients without them, e.g. tinydtls's own example client, fail the handshake; tinydtls does
+    neither renegotiation nor resumption, and an offered extended master secret is still used). The context is
+    located and checked first (its ``app`` is ``dtls``, its handler table lies inside ``dtls`` with
+    get_user_parameters unset); anything unexpected leaves tinydtls as it is and returns None with a warning.
+    Returns the ctypes callback, which must stay referenced as long as ``dtls`` lives."""
+    base, size = id(dtls), type(dtls).__basicsize__
+    raw = ctypes.string_at(base, size)
+    pointers = [int.from_bytes(raw[o:o + 8], sys.byteorder) for o in range(0, size - 7, 8)]
+    found = []
+    for candidate in pointers[2:]:  # after the object header
+        head = _peek(candidate + _CTX_APP_OFFSET, 16) if candidate else None
+        if head is None:
+            continue
+        app, handler = int.from_bytes(head[:8], sys.byteorder), int.from_bytes(head[8:], sys.byteorder)
+        if app == base and base + 16 <= handler and handler + 8 * _HANDLER_SLOTS <= base + size \
+                and (handler - base) % 8 == 0:
+            found.append(handler)
+    if ctypes.sizeof(ctypes.c_void_p) != 8 or len(found) != 1:
+        _log.warning("tinydtls context not recognised (DTLSSocket changed?): clients without the "
+                     "renegotiation_info extension cannot handshake")
+        return None
+    handler = found[0]
+    slots = pointers[(handler - base) // 8:(handler - base) // 8 + _HANDLER_SLOTS]
+    if not all(slots[:3]) or slots[_GET_USER_PARAMETERS_SLOT] or not slots[4]:
+        _log.warning("tinydtls handler table not recognised (DTLSSocket changed?): clients without the "
+                     "renegotiation_info extension cannot handshake")
+        return None
+
+    def get_user_parameters(_ctx: int | None, _session: int | None, parameters: int | None) -> None:
+        if parameters is None:
+            return
+        suites = (ctypes.c_uint32 * 5).from_address(parameters)
+        if suites[0] == 0 or suites[4] != 0:  # not the layout we know: leave the defaults
+            return
+        flags = ctypes.c_uint32.from_address(parameters + _PARAMS_FLAGS_OFFSET)
+        flags.value &= ~0b11  # force_extended_master_secret, force_renegotiation_info
+
+    callback = _USER_PARAMETERS_CALLBACK(get_user_parameters)
+    ctypes.c_void_p.from_address(handler + 8 * _GET_USER_PARAMETERS_SLOT).value = \
+        ctypes.cast(callback, ctypes.c_void_p).value
+    return callback
 
 
 _HOLD = 0.1  # seconds an out-of-order handshake datagram waits for the ones before it
@@ -203,7 +314,9 @@ class DtlsRemote(interfaces.EndpointAddress):
         "_attempt",
         "_failure",
         "_key",
+        "_known",
         "_order",
+        "_refused",
         "_rejected",
         "_session",
         "_transport",
@@ -228,7 +341,9 @@ class DtlsRemote(interfaces.EndpointAddress):
         self.identity: bytes | None = None
         self.last_seen = now
         self._failure: str | None = None  # set inside tinydtls callbacks, acted on after them
-        self._rejected: str | None = None  # the PSK lookup refused the identity (a failed handshake)
+        self._rejected: str | None = None  # why the PSK lookup gave a decoy key (the handshake will fail)
+        self._refused = False  # ... because the lockout refused it (counted nowhere)
+        self._known = False  # the identity of the last key exchange is known to the store
         self._attempt = False  # a key exchange whose outcome is not judged yet (one failure counted per attempt)
         self._order = _HandshakeOrder()  # used while the handshake runs
         self.maximum_block_size_exp = constants.MAX_REGULAR_BLOCK_SIZE_EXP
@@ -306,7 +421,8 @@ class DtlsServerTransport(interfaces.MessageInterface):
     def __init__(self, mman: interfaces.MessageManager, *, psk_for: PskStore | PskLookup, idle_timeout: float,
                  max_peers: int, handshake_timeout: float, max_handshakes: int, log: logging.Logger,
                  loop: asyncio.AbstractEventLoop, lockout: Lockout | None = None,
-                 on_security_event: SecurityEventSink | None = None) -> None:
+                 on_security_event: SecurityEventSink | None = None, backoff_after: int = 3,
+                 backoff_base: float = 1.0, unknown_session_alerts: float = 100.0) -> None:
         from DTLSSocket import dtls
 
         if max_peers < 1 or max_handshakes < 1:
@@ -323,6 +439,9 @@ class DtlsServerTransport(interfaces.MessageInterface):
         dtls.setLogLevel(dtls.DTLS_LOG_EMERG)  # tinydtls' debug log dumps keys
         self._dtls: Any = dtls.DTLS(read=self._on_read, write=self._on_write, event=self._on_event,
                                     pskId=b"unused-by-a-server", pskStore=_KeyView(self))
+        self._user_parameters = _relax_forced_extensions(self._dtls)  # referenced while the context lives
+        self._decoy_secret = os.urandom(32)  # keys of unknown identities (a per-transport secret)
+        self._hello_reply: int | None = None  # the handshake type tinydtls answered a ClientHello with
         self._sessions: OrderedDict[tuple[str, int], DtlsRemote] = OrderedDict()  # least recently heard first
         self._handshakes: OrderedDict[tuple[str, int], DtlsRemote] = OrderedDict()
         self._by_identity: dict[bytes, set[DtlsRemote]] = {}
@@ -336,10 +455,18 @@ class DtlsServerTransport(interfaces.MessageInterface):
         self._sweep_timer: asyncio.TimerHandle | None = None
         self._clock_offset = time.monotonic()
         self.handshakes_completed = 0
-        self.handshakes_started = 0  # one per source address and port that sent a ClientHello with no session
-        self.handshakes_failed = 0  # counted failures (see the module docstring), whether or not a lockout is set
-        self.dropped_locked_out = 0  # datagrams ignored because their source address is locked out
+        self.client_hellos = 0  # every epoch-0 ClientHello (answered statelessly until its cookie verifies)
+        self.cookie_challenges = 0  # HelloVerifyRequests sent (cookie-less ClientHellos, or stale cookies)
+        self.handshakes_started = 0  # ClientHellos whose cookie verified: the only ones that create state
+        self.handshakes_failed = 0  # failed key exchanges (see the module docstring), refused ones included
+        self.dropped_locked_out = 0  # handshakes refused by the lockout (answered as any failed one)
+        self.unknown_session_alerts = 0  # epoch-0 alerts sent for records of sessions the server does not hold
         self.lockout = lockout
+        self.guard = (HandshakeGuard(lockout, backoff_after=backoff_after, backoff_base=backoff_base)
+                      if lockout is not None else None)
+        self._alerts = TokenBucket(unknown_session_alerts, unknown_session_alerts, unknown_session_alerts,
+                                   time.monotonic()) if unknown_session_alerts > 0 else None
+        self._alert_seq = 0
         self._on_security_event = on_security_event
 
     # -- setup and shutdown
@@ -419,11 +546,17 @@ class DtlsServerTransport(interfaces.MessageInterface):
         return list(self._sessions.values())
 
     def locked_out(self, host: str, now: float | None = None) -> float | None:
-        """Seconds the address ``host`` (e.g. ``"127.0.0.1"``) stays ignored, or None when it is not locked out."""
-        if self.lockout is None:
+        """Seconds the address ``host`` (e.g. ``"127.0.0.1"``) stays refused for unknown identities, or None."""
+        if self.guard is None:
             return None
-        key = self._key((host, 0))[0]
-        return self.lockout.locked(key, time.monotonic() if now is None else now)
+        return self.guard.address_locked(_host_text(self._key((host, 0))), time.monotonic() if now is None else now)
+
+    def backing_off(self, host: str, identity: bytes, now: float | None = None) -> float | None:
+        """Seconds ``identity`` stays refused from the address ``host``, or None."""
+        if self.guard is None:
+            return None
+        return self.guard.backing_off(_host_text(self._key((host, 0))), identity,
+                                      time.monotonic() if now is None else now)
 
     def evict(self, address: DtlsRemote | tuple[Any, ...]) -> bool:
         """End the session of ``address`` (a remote, or a socket address ``(host, port)``); False if none."""
@@ -475,6 +608,9 @@ class DtlsServerTransport(interfaces.MessageInterface):
         return (host, port)
 
     def _psk(self, identity: object) -> bytes | None:
+        """The key tinydtls gets for ``identity`` (the ClientKeyExchange of the current peer): the device's PSK, or,
+        for an unknown identity or a handshake the lockout refuses, a decoy key, so that all of them fail alike at
+        the Finished (RFC 4279 section 5), in silence. None (a fatal alert) only when the store itself failed."""
         if not isinstance(identity, bytes):
             return None
         if self._looked_up is not None and self._looked_up[0] == identity:
@@ -494,50 +630,49 @@ class DtlsServerTransport(interfaces.MessageInterface):
                 else:
                     self.log.warning("PSK of identity %r refused: %d bytes (tinydtls takes 1 to %d)", identity,
                                      len(found), MAX_PSK_LENGTH)
-        self._looked_up = (identity, psk)
+        answer = psk
         peer = self._current
         if peer is not None:
             peer.identity = identity
+            peer._known = psk is not None
             if store_failed:  # our failure, not the peer's: refuse the handshake without counting it
                 peer._attempt, peer._failure = False, "PSK lookup failed"
-            elif psk is None:
-                self.log.info("DTLS handshake from %s with unknown PSK identity %r", peer.hostinfo, identity)
-                peer._attempt, peer._rejected = True, "unknown PSK identity"
             else:
                 peer._attempt = True
-        return psk
+                refused = None if self.guard is None else \
+                    self.guard.refused(_host_text(peer._key), identity, psk is not None, time.monotonic())
+                if refused is not None:
+                    self.dropped_locked_out += 1
+                    peer._rejected, peer._refused = refused, True
+                elif psk is None:
+                    self.log.info("DTLS handshake from %s with unknown PSK identity %r", peer.hostinfo, identity)
+                    peer._rejected = "unknown PSK identity"
+                if peer._rejected is not None:
+                    answer = self._decoy_key(identity)
+        self._looked_up = (identity, answer)
+        return answer
+
+    def _decoy_key(self, identity: bytes) -> bytes:
+        return hmac.new(self._decoy_secret, identity, hashlib.sha256).digest()[:MAX_PSK_LENGTH]
 
     def _datagram_received(self, data: bytes, sockaddr: tuple[Any, ...]) -> None:
         if self._dtls is None:
             return
+        data = _normalise_hello_version(data)
         key = self._key(sockaddr)
         now = time.monotonic()
+        if _is_client_hello(data):
+            self._client_hello(data, sockaddr, key, now)
+            return
         peer = self._sessions.get(key)
-        if self.lockout is not None and (peer is None or _is_client_hello(data)) \
-                and self.lockout.locked(key[0], now) is not None:
-            self.dropped_locked_out += 1
-            return  # silently: a locked-out address learns nothing, not even that it is locked out
         if peer is not None:
-            cookie = _client_hello_cookie(data)
-            if cookie:  # the peer starts over (after a reboot, or another identity on this address and port)
-                self.log.info("new DTLS handshake from %s: ending its previous session", peer.hostinfo)
-                self._evict(peer, DtlsSessionClosedError("DTLS peer started a new handshake"))
-                peer = None
-            else:
-                self._sessions.move_to_end(key)
-        if peer is None:
+            self._sessions.move_to_end(key)
+        else:
             peer = self._handshakes.get(key)
-            if peer is not None:
-                self._handshakes.move_to_end(key)
-            elif _client_hello_cookie(data) is None:
-                return  # no session and not a ClientHello: tinydtls would drop it too
-            else:
-                peer = DtlsRemote(self, sockaddr, key, self._dtls_module.Session(key[0], key[1]), now)
-                self._handshakes[key] = peer
-                self.handshakes_started += 1
-                while len(self._handshakes) > self.max_handshakes:
-                    self._evict(next(iter(self._handshakes.values())),
-                                DtlsSessionClosedError("too many DTLS handshakes in progress"))
+            if peer is None:
+                self._unknown_session(data, key, now)
+                return
+            self._handshakes.move_to_end(key)
         peer.last_seen = now
         if peer.state != _HANDSHAKE:
             self._feed(peer, data, now)
@@ -547,6 +682,51 @@ class DtlsServerTransport(interfaces.MessageInterface):
         order = peer._order
         if order.held and order.timer is None:
             order.timer = self._loop.call_later(_HOLD, self._flush_order, peer)
+
+    def _client_hello(self, data: bytes, sockaddr: tuple[Any, ...], key: tuple[str, int], now: float) -> None:
+        """Give tinydtls an epoch-0 ClientHello statelessly (it answers a missing or stale cookie with a
+        HelloVerifyRequest and keeps nothing); only when it answers with a ServerHello (the cookie verified: the
+        sender receives at that address) has it replaced its peer of ``key`` by a new handshake, and so do we."""
+        self.client_hellos += 1
+        self._hello_reply = None
+        try:  # _on_write notes the first handshake message tinydtls answers with
+            self._dtls.handleMessageAddr(key[0], key[1], data)
+        finally:
+            reply, self._hello_reply = self._hello_reply, None
+        if reply == _HT_HELLO_VERIFY_REQUEST:
+            self.cookie_challenges += 1
+        if reply != _HT_SERVER_HELLO:
+            return
+        old = self._sessions.get(key) or self._handshakes.get(key)
+        if old is not None:  # tinydtls has dropped its peer already: no reset (it would hit the new one)
+            if old.state == _CONNECTED:
+                self.log.info("new DTLS handshake from %s: ending its previous session", old.hostinfo)
+            self._evict(old, DtlsSessionClosedError("DTLS peer started a new handshake"), reset=False)
+        peer = DtlsRemote(self, sockaddr, key, self._dtls_module.Session(key[0], key[1]), now)
+        peer._order.next_seq = int.from_bytes(data[5:11], "big") + 1
+        self._handshakes[key] = peer
+        self.handshakes_started += 1
+        while len(self._handshakes) > self.max_handshakes:
+            self._evict(next(iter(self._handshakes.values())),
+                        DtlsSessionClosedError("too many DTLS handshakes in progress"))
+        self._arm_retransmit()
+
+    def _unknown_session(self, data: bytes, key: tuple[str, int], now: float) -> None:
+        """A record of a session the server does not hold (e.g. it restarted): an unprotected epoch-0 fatal alert
+        tells the client to handshake again (RFC 6347 4.2.8). Only for handshake and application data records of
+        an epoch above 0, never larger than what came in, and at most ``unknown_session_alerts`` per second."""
+        kind = _record_kind(data)
+        if kind is None or kind[1] == 0 or kind[0] not in (_CT_HANDSHAKE, _CT_APPLICATION_DATA) \
+                or self._alerts is None or self._transport is None:
+            return
+        alert = bytes([_CT_ALERT, 0xFE, 0xFD, 0, 0]) + self._alert_seq.to_bytes(6, "big") + \
+            bytes([0, 2, _LEVEL_FATAL, _ALERT_UNEXPECTED_MESSAGE])
+        if len(alert) > len(data) or self._alerts.take(now) is not None:
+            return
+        self._alert_seq = (self._alert_seq + 1) % (1 << 48)
+        self.unknown_session_alerts += 1
+        with contextlib.suppress(OSError):
+            self._transport.sendto(alert, self._sockaddr(key))
 
     def _flush_order(self, peer: DtlsRemote) -> None:
         peer._order.timer = None
@@ -572,53 +752,56 @@ class DtlsServerTransport(interfaces.MessageInterface):
         self._arm_retransmit()
 
     def _judge_attempt(self, peer: DtlsRemote, data: bytes) -> str | None:
-        """Why the key exchange of ``peer`` failed with this datagram, or None (no failure, or not known yet)."""
+        """Why the key exchange of ``peer`` failed with this datagram, or None (no failure, or not known yet).
+        An unknown identity or a refused handshake got a decoy key: like a wrong key, it fails at the Finished."""
         if not peer._attempt:
             return None
         if peer.state == _CONNECTED:
             peer._attempt = False
             return None
         reason = None
-        if peer._rejected is not None:
-            reason = peer._rejected
-            peer._failure = peer._failure or reason  # tinydtls has answered with a fatal alert: forget the peer
-        elif peer._failure is not None:
-            reason = f"handshake ended: {peer._failure}"
+        if peer._failure is not None:
+            reason = f"handshake ended: {peer._rejected or peer._failure}"
         elif _has_encrypted_handshake(data):
-            reason = "Finished did not verify (wrong PSK?)"
+            reason = peer._rejected or "Finished did not verify (wrong PSK?)"
         if reason is not None:
-            peer._attempt, peer._rejected = False, None
+            peer._attempt = False
         return reason
 
     def _handshake_failed(self, peer: DtlsRemote, reason: str, now: float) -> None:
         self.handshakes_failed += 1
         identity = peer.identity or b""
         self.log.info("DTLS handshake from %s (identity %r) failed: %s", peer.hostinfo, identity, reason)
-        if self.lockout is None:
-            return
-        host = peer._key[0]
-        period = self.lockout.record_failure(host, now)
-        if period is None:
+        refused, peer._refused = peer._refused, False
+        if self.guard is None or refused:  # a refused attempt counts nowhere
             return
         address = _host_text(peer._key)
-        self.log.warning("DTLS: %d failed handshakes from %s within %g s: ignoring that address for %g s",
-                         self.lockout.threshold, address, self.lockout.window, period)
-        for other in [p for p in self._handshakes.values() if p._key[0] == host]:
-            self._evict(other, DtlsSessionClosedError("source address locked out"))
-        if self._on_security_event is not None:
-            data: dict[str, object] = {
-                "address": address, "failures": self.lockout.threshold, "window": self.lockout.window,
-                "seconds": period, "identity": identity.decode("utf-8", "backslashreplace"), "reason": reason}
-            try:
-                self._on_security_event(SECURITY_DTLS_LOCKOUT, data)
-            except Exception:
-                self.log.exception("the security event sink failed")
+        for tripped in self.guard.failed(address, identity, peer._known, now):
+            self._report_lockout(peer, address, identity, tripped, reason)
+
+    def _report_lockout(self, peer: DtlsRemote, address: str, identity: bytes, tripped: Tripped,
+                        reason: str) -> None:
+        assert self.lockout is not None
+        self.log.warning("DTLS: %d failed handshakes counted per %s (address %s, identity %r): refusing for %g s",
+                         tripped.failures, tripped.scope, address, identity, tripped.seconds)
+        if self._on_security_event is None:
+            return
+        data: dict[str, object] = {
+            "address": address, "identity": identity.decode("utf-8", "backslashreplace"), "scope": tripped.scope,
+            "failures": tripped.failures, "window": self.lockout.window, "seconds": tripped.seconds,
+            "reason": reason}
+        try:
+            self._on_security_event(SECURITY_DTLS_LOCKOUT, data)
+        except Exception:
+            self.log.exception("the security event sink failed")
 
     def _established(self, peer: DtlsRemote) -> None:
         del self._handshakes[peer._key]
-        if peer.identity is None:  # cannot happen with PSK; never serve an unauthenticated session
-            self._evict(peer, DtlsSessionClosedError("DTLS session without identity"))
+        if peer.identity is None or peer._rejected is not None:  # cannot happen: never serve such a session
+            self._evict(peer, DtlsSessionClosedError("DTLS session without a valid identity"))
             return
+        if self.guard is not None:
+            self.guard.succeeded(_host_text(peer._key), peer.identity)
         self._sessions[peer._key] = peer
         self._by_identity.setdefault(peer.identity, set()).add(peer)
         self.handshakes_completed += 1
@@ -649,23 +832,28 @@ class DtlsServerTransport(interfaces.MessageInterface):
     # tinydtls callbacks: run inside handleMessage/write/resetPeer; they must not raise and must not reset peers
 
     def _on_read(self, session: tuple[str, int], data: bytes) -> int:
-        peer = self._sessions.get(session) or self._handshakes.get(session)
-        if peer is None or peer.state != _CONNECTED or self._mman is None:
-            return len(data)
+        """Application data of a session: decoded strictly (a malformed message gets the answer RFC 7252 gives, on
+        the same session) and dispatched. Never raises: tinydtls' Cython callback would turn that into a
+        SystemError and stop serving the session."""
         try:
-            message = Message.decode(data, remote=peer)
-        except error.UnparsableMessage:
-            self.log.warning("Ignoring unparsable message from %s", peer.hostinfo)
-            return len(data)
-        try:
-            self._mman.dispatch_message(message)
-        except Exception:
-            self.log.exception("dispatching a message from %s failed", peer.hostinfo)
+            peer = self._sessions.get(session) or self._handshakes.get(session)
+            if peer is None or peer.state != _CONNECTED or self._mman is None:
+                return len(data)
+            message, reply = decode_datagram(data, peer)
+            if reply is not None and self._dtls is not None:
+                self._dtls.write(peer._session, reply.encode())
+            if message is not None:
+                self._mman.dispatch_message(message)
+        except Exception as e:
+            MALFORMED("handling a DTLS message from %s failed: %s", session[0], type(e).__name__)
         return len(data)
 
     def _on_write(self, session: tuple[str, int], data: bytes) -> int:
         if self._transport is None:
             return -1
+        if self._current is None and self._hello_reply is None and len(data) > 13 and data[0] == _CT_HANDSHAKE \
+                and data[3:5] == b"\0\0":
+            self._hello_reply = data[13]  # what tinydtls answered a ClientHello with first (see _client_hello)
         try:
             self._transport.sendto(data, self._sockaddr(session))
         except Exception as e:
@@ -722,10 +910,12 @@ def dtls_transport(context: Context) -> DtlsServerTransport:
 async def add_dtls_server(context: Context, host: str, port: int = 0, *, psk_for: PskStore | PskLookup,
                           idle_timeout: float = 600.0, max_peers: int = 10000, handshake_timeout: float = 30.0,
                           max_handshakes: int = 1024, lockout: Lockout | None = None,
-                          on_security_event: SecurityEventSink | None = None) -> tuple[DtlsServerTransport, int]:
+                          on_security_event: SecurityEventSink | None = None, backoff_after: int = 3,
+                          backoff_base: float = 1.0,
+                          unknown_session_alerts: float = 100.0) -> tuple[DtlsServerTransport, int]:
     """Add a coaps:// listener on ``host:port`` (0: any free port) to an existing context (e.g. beside its plain
     UDP transport). Returns the transport and the port it is bound to; ``context.shutdown()`` closes it.
-    ``lockout`` (per source address) ignores addresses with too many failed handshakes for a while, and
+    ``lockout`` (with ``backoff_after``, ``backoff_base``) refuses handshakes after failures, and
     ``on_security_event`` hears of each lockout (see the module docstring)."""
     udp.tune_aiocoap()
     holder: list[DtlsServerTransport] = []
@@ -734,7 +924,8 @@ async def add_dtls_server(context: Context, host: str, port: int = 0, *, psk_for
         transport = DtlsServerTransport(mman, psk_for=psk_for, idle_timeout=idle_timeout, max_peers=max_peers,
                                         handshake_timeout=handshake_timeout, max_handshakes=max_handshakes,
                                         log=context.log, loop=asyncio.get_running_loop(), lockout=lockout,
-                                        on_security_event=on_security_event)
+                                        on_security_event=on_security_event, backoff_after=backoff_after,
+                                        backoff_base=backoff_base, unknown_session_alerts=unknown_session_alerts)
         holder.append(transport)
         return transport
 
@@ -752,7 +943,8 @@ async def dtls_server_context(site: interfaces.Resource | None, host: str, port:
                               psk_for: PskStore | PskLookup, idle_timeout: float = 600.0, max_peers: int = 10000,
                               handshake_timeout: float = 30.0, max_handshakes: int = 1024,
                               log: logging.Logger | None = None, lockout: Lockout | None = None,
-                              on_security_event: SecurityEventSink | None = None) -> tuple[Context, int]:
+                              on_security_event: SecurityEventSink | None = None, backoff_after: int = 3,
+                              backoff_base: float = 1.0, unknown_session_alerts: float = 100.0) -> tuple[Context, int]:
     """A server context serving ``site`` over coaps:// on ``host:port`` (port 0: any free port), mirroring
     :func:`lwm2m_server.transport.udp.exclusive_context`. Raises OSError (EADDRINUSE) when the port is taken.
     ``await context.shutdown()`` ends every session (close_notify) and frees the port. The transport (for
@@ -763,7 +955,8 @@ async def dtls_server_context(site: interfaces.Resource | None, host: str, port:
         _, bound = await add_dtls_server(context, host, port, psk_for=psk_for, idle_timeout=idle_timeout,
                                          max_peers=max_peers, handshake_timeout=handshake_timeout,
                                          max_handshakes=max_handshakes, lockout=lockout,
-                                         on_security_event=on_security_event)
+                                         on_security_event=on_security_event, backoff_after=backoff_after,
+                                         backoff_base=backoff_base, unknown_session_alerts=unknown_session_alerts)
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             raise OSError(errno.EADDRINUSE, f"UDP port {port} on {host} is in use") from None
@@ -778,10 +971,47 @@ async def dtls_client_context(site: interfaces.Resource | None, server_uri: str,
 
     The session lives while its remote is referenced (aiocoap pools client sessions weakly): keep the
     ``remote`` of a response from the server, e.g. of the Register, for as long as the device is online.
+    An epoch-0 fatal alert from the server on an established session (the server lost it, e.g. restarted: see
+    :meth:`DtlsServerTransport._unknown_session`) ends the session at once, failing what is pending on it, so the
+    next request handshakes again (tinydtls itself drops such records). Anyone who can send datagrams from the
+    server's address can make the client handshake again this way; it cannot read or inject anything.
     """
     context = await Context.create_client_context(transports=["tinydtls"], loggername=loggername)
     context.serversite = site
+    _restart_aware(context)
     base = server_uri.rstrip("/")
     context.client_credentials.load_from_dict(
         {base + "/*": {"dtls": {"psk": bytes(psk), "client-identity": bytes(identity)}}})
     return context
+
+
+def _restart_aware(context: Context) -> None:
+    """Make the tinydtls client transport of ``context`` end a session on an epoch-0 fatal alert (see
+    :func:`dtls_client_context`)."""
+    from aiocoap.transports import tinydtls as client
+
+    class SingleConnection(client.DTLSClientConnection.SingleConnection):  # type: ignore[name-defined,misc]
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            parent = self.parent()
+            code = _epoch0_fatal_alert(data)
+            if parent is not None and code is not None and parent._queue is None:  # established
+                parent._inject_error(client.FatalDTLSError(code))
+                return
+            super().datagram_received(data, addr)
+
+    class Connection(client.DTLSClientConnection):  # type: ignore[name-defined,misc]
+        pass
+
+    Connection.SingleConnection = SingleConnection
+    for interface in context.request_interfaces:
+        messages = getattr(getattr(interface, "token_interface", None), "message_interface", None)
+        if isinstance(messages, client.MessageInterfaceTinyDTLS):
+            def connection_for_address(host: str, port: int, psk_id: bytes, psk: bytes,
+                                       pool: Any = messages) -> Any:
+                key = (host, port, psk_id)
+                found = pool._pool.get(key)
+                if found is None:
+                    found = pool._pool[key] = Connection(host, port, psk_id, psk, pool)
+                return found
+
+            messages._connection_for_address = connection_for_address

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lwm2m_server.core.errors import CoapCode, Lwm2mError
-from lwm2m_server.core.rate_limit import Lockout, RateLimitedError, RateLimiter, TokenBucket
+from lwm2m_server.core.rate_limit import Backoff, HandshakeGuard, Lockout, RateLimitedError, RateLimiter, TokenBucket
 
 
 def test_burst_then_refill() -> None:
@@ -175,3 +175,54 @@ def test_lockout_locks_exactly_when_threshold_reached(threshold: int, window: fl
         else:
             assert result is None
         assert (lo.locked("k", t) is not None) == (t < until)
+
+
+# -- Backoff and HandshakeGuard (the DTLS failed-handshake policy)
+
+def test_backoff_doubles_after_the_free_failures_up_to_the_cap() -> None:
+    bo = Backoff(free=3, base=1, cap=5)
+    assert [bo.record_failure("k", t) for t in (0, 0, 0)] == [None, None, None]
+    assert bo.record_failure("k", 0) == 1 and bo.blocked("k", 0.5) == pytest.approx(0.5)
+    assert bo.record_failure("k", 0.5) is None  # while blocked: not counted
+    assert bo.record_failure("k", 1) == 2 and bo.record_failure("k", 3) == 4 and bo.record_failure("k", 7) == 5
+    assert bo.blocked("k", 12) is None
+    bo.reset("k")
+    assert bo.record_failure("k", 12) is None and bo.failures("k") == 1
+
+
+def test_backoff_forgets_and_stays_bounded() -> None:
+    bo = Backoff(free=0, base=1, cap=4, max_keys=3)
+    assert bo.record_failure("a", 0) == 1
+    assert bo.blocked("a", 100) is None and len(bo) == 0  # 2 * cap after its last failure
+    for k in "abcdef":
+        bo.record_failure(k, 0)
+    assert len(bo) == 3
+
+
+def test_guard_failures_of_one_identity_never_refuse_another() -> None:
+    guard = HandshakeGuard(Lockout(threshold=3, window=60, period=300), backoff_after=2)
+    for t in range(20):  # a brute force on "victim" from one address, as fast as it is let through
+        if guard.refused("10.0.0.1", b"victim", True, t) is None:
+            guard.failed("10.0.0.1", b"victim", True, t)
+        assert guard.refused("10.0.0.1", b"other", True, t) is None
+        assert guard.refused("10.0.0.1", b"unknown", False, t) is None
+    assert guard.refused("10.0.0.1", b"victim", True, 20) is not None
+    assert guard.refused("10.0.0.2", b"victim", True, 20) == "identity locked out"
+
+
+def test_guard_trusts_addresses_an_identity_authenticated_from() -> None:
+    guard = HandshakeGuard(Lockout(threshold=2, window=60, period=300))
+    guard.succeeded("10.0.0.9", b"dev")
+    tripped = [guard.failed(f"10.0.1.{i}", b"dev", True, 0) for i in range(2)]  # two attackers
+    assert tripped[-1][-1].scope == "identity"
+    assert guard.refused("10.0.1.5", b"dev", True, 1) == "identity locked out"
+    assert guard.refused("10.0.0.9", b"dev", True, 1) is None  # the device's own address still works
+
+
+def test_guard_counts_unknown_identities_per_address_only() -> None:
+    guard = HandshakeGuard(Lockout(threshold=2, window=60, period=300))
+    assert guard.failed("10.0.0.1", b"x1", False, 0) == []
+    (tripped,) = guard.failed("10.0.0.1", b"x2", False, 0)
+    assert tripped.scope == "address" and guard.address_locked("10.0.0.1", 1) is not None
+    assert guard.refused("10.0.0.1", b"x3", False, 1) is not None
+    assert guard.refused("10.0.0.1", b"dev", True, 1) is None  # known identities are not concerned
