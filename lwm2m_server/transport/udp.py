@@ -13,12 +13,17 @@ import copy
 import errno
 import functools
 import ipaddress
+import secrets
 import socket
 from typing import Any
 
-from aiocoap import Context, Message, interfaces, protocol
+from aiocoap import Context, Message, interfaces, messagemanager, protocol, tokenmanager
 from aiocoap.numbers.codes import Code
+from aiocoap.numbers.types import Type
 from aiocoap.transports import udp6
+
+from lwm2m_server.transport import datagrams
+from lwm2m_server.transport.datagrams import decode_datagram
 
 _IN_USE: set[tuple[str, int]] = set()
 
@@ -86,12 +91,19 @@ def _is_multicast(address: str) -> bool:
 
 
 def tune_aiocoap() -> None:
-    """Take the per-message costs out of aiocoap's UDP addresses and request dispatch (idempotent).
+    """Patch aiocoap, for every context of this process (server, bootstrap server, simulated devices); idempotent.
 
-    Profiles of block-wise transfers showed aiocoap parsing the peer's IP address with ``ipaddress`` about three
-    times per message (multicast checks) and formatting ``repr`` of every request to name its task: together
-    about a fifth of the server's CPU. Address parsing is cached by address text (the results never change), and
-    the render task gets a constant name. Behaviour is otherwise unchanged.
+    * Speed: profiles of block-wise transfers showed aiocoap parsing the peer's IP address with ``ipaddress``
+      about three times per message (multicast checks) and formatting ``repr`` of every request to name its task:
+      together about a fifth of the server's CPU. Address parsing is cached by address text (the results never
+      change), and the render task gets a constant name.
+    * Malformed datagrams: plain UDP (and aiocoap's DTLS client) decode through
+      :func:`~lwm2m_server.transport.datagrams.decode_datagram`, which answers or drops what RFC 7252 rejects
+      (aiocoap raised a traceback per datagram on an option that is not valid UTF-8).
+    * Tokens: every request token is 8 random bytes (RFC 7252 5.3.1; aiocoap counted up from a random start).
+    * Responses, ACKs and RSTs that match nothing are logged through the rate-limited
+      :data:`~lwm2m_server.transport.datagrams.UNMATCHED` (aiocoap wrote two or three INFO lines each); an
+      unmatched CON response is still answered with an RST.
     """
     cls: Any = udp6.UDP6EndpointAddress
     if getattr(cls, "_scratch_tuned", False):
@@ -105,7 +117,92 @@ def tune_aiocoap() -> None:
                                   name="Rendering")
 
     protocol.Context.render_to_pipe = render_to_pipe  # type: ignore[method-assign]
+    udp6.MessageInterfaceUDP6.datagram_msg_received = _udp_datagram_received
+    _tune_dtls_client()
+    tokenmanager.TokenManager.next_token = _random_token  # type: ignore[method-assign]
+    _quiet_unmatched()
     cls._scratch_tuned = True
+
+
+def _random_token(self: Any) -> bytes:
+    return secrets.token_bytes(8)
+
+
+def _udp_datagram_received(self: Any, data: bytes, ancdata: Any, flags: int, address: Any) -> None:
+    """aiocoap's udp6 receive path, through decode_datagram (the reply, if any, goes out on the same socket)."""
+    pktinfo = None
+    for level, kind, value in ancdata:
+        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
+            pktinfo = value
+    message, reply = decode_datagram(data, udp6.UDP6EndpointAddress(address, self, pktinfo=pktinfo))
+    if reply is not None:
+        self.send(reply)
+    if message is not None:
+        try:
+            self._ctx.dispatch_message(message)
+        except Exception:
+            self.log.exception("dispatching a message from %s failed", message.remote.hostinfo)
+
+
+def _tune_dtls_client() -> None:
+    """aiocoap's DTLS client (simulated devices over coaps://) reads through decode_datagram too."""
+    try:
+        from aiocoap.transports import tinydtls
+    except ImportError:  # no DTLSSocket: no DTLS client either
+        return
+
+    def read(self: Any, sender: Any, data: bytes) -> int:  # a tinydtls callback: must not raise
+        message, reply = decode_datagram(data, self)
+        if reply is not None:
+            self.send(reply.encode())
+        if message is not None:
+            try:
+                self.coaptransport.ctx.dispatch_message(message)
+            except Exception:
+                self.log.exception("dispatching a message from the DTLS server failed")
+        return len(data)
+
+    tinydtls.DTLSClientConnection._read = read
+
+
+def _quiet_unmatched() -> None:
+    """Stray responses, ACKs and RSTs: the same handling as aiocoap's, logged through UNMATCHED instead."""
+    manager: Any = messagemanager.MessageManager
+    original_dispatch, original_process = manager.dispatch_message, tokenmanager.TokenManager.process_response
+
+    def process_response(self: Any, response: Message) -> bool:
+        pending = self.outgoing_requests
+        if pending is None or ((response.token, response.remote) not in pending
+                               and (response.token, None) not in pending):
+            return False
+        return bool(original_process(self, response))
+
+    def dispatch_message(self: Any, message: Message) -> None:
+        mtype, code = message.mtype, message.code
+        exchange = mtype in (Type.ACK, Type.RST) and (message.remote, message.mid) in self._active_exchanges
+        if mtype in (Type.ACK, Type.RST) and not exchange and code == Code.EMPTY:
+            datagrams.UNMATCHED("ignored an Empty %s from %s that matches no exchange", mtype.name,
+                                message.remote.hostinfo)
+            return
+        if not code.is_response() or mtype is Type.RST:
+            original_dispatch(self, message)
+            return
+        if exchange:
+            self._remove_exchange(message)
+        if self._process_response(message):
+            if mtype is Type.CON:
+                self._send_empty_ack(message.remote, message.mid, reason="acknowledging incoming response")
+            return
+        answered = mtype is Type.CON and not message.remote.is_multicast_locally
+        if answered:
+            reset = Message(code=Code.EMPTY, _mtype=Type.RST, _mid=message.mid)
+            reset.remote = message.remote.as_response_address()
+            self._send_initially(reset)
+        datagrams.UNMATCHED("%s a response from %s that matches no request", "reset" if answered else "ignored",
+                            message.remote.hostinfo)
+
+    manager.dispatch_message = dispatch_message
+    tokenmanager.TokenManager.process_response = process_response  # type: ignore[method-assign]
 
 
 def bound_port(context: Context) -> int:
