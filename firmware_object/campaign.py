@@ -20,6 +20,10 @@ Rules of :func:`decide` (``counted`` = jobs minus skipped ones; ``bad`` = failed
 * A pending job of an opened wave expires (the shell fails it as offline) once ``device_timeout`` has passed since
   its wave opened -- or since its ``not_before``, when that is later: waiting out a retry back-off is not being
   offline. A job started in a decision is never expired by it.
+* An active job (delivering, downloaded, updating) whose ``deadline`` has come is *overdue*, in every campaign
+  state: the shell ends the try as a timeout (:func:`classify_failure` ``timed_out``: transient, retried while
+  tries remain). Its ``max_parallel`` slot is free in the same decision. The shell sets the deadline when a job
+  enters a phase: ``now + phase_timeout(policy, state, package_size)``.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ __all__ = [
     "ACTIVE",
     "DEFAULT_CANARY_PERCENT",
     "FINAL_CAMPAIGN_STATES",
+    "MAX_TRANSMIT_WAIT",
     "TERMINAL",
     "CampaignState",
     "CampaignView",
@@ -51,12 +56,16 @@ __all__ = [
     "WaveStats",
     "classify_failure",
     "decide",
+    "phase_timeout",
     "plan_waves",
     "retry_at",
     "wave_stats",
 ]
 
 DEFAULT_CANARY_PERCENT = 5.0
+MAX_TRANSMIT_WAIT = 93.0  # RFC 7252 4.8.2: the longest a confirmable exchange can take before it is given up
+BLOCK_ALLOWANCE = 6.0  # seconds per 1 KiB block delivered: two retransmissions' worth (2 s + 4 s, RFC 7252 4.2)
+INSTALL_ALLOWANCE = 300.0  # seconds for a device to verify, install and reboot into a new image
 _EPSILON = 1e-9  # absorbs float noise in threshold * count (0.7 * 10 == 7.000000000000001)
 
 
@@ -77,6 +86,10 @@ TERMINAL: frozenset[JobState] = frozenset(
     {JobState.SUCCEEDED, JobState.FAILED, JobState.ROLLED_BACK, JobState.SKIPPED}
 )
 ACTIVE: frozenset[JobState] = frozenset({JobState.DELIVERING, JobState.DOWNLOADED, JobState.UPDATING})
+
+
+_PHASE_TIMEOUTS = {JobState.DELIVERING: "delivering_timeout", JobState.DOWNLOADED: "downloaded_timeout",
+                   JobState.UPDATING: "updating_timeout"}
 
 
 class CampaignState(StrEnum):
@@ -137,7 +150,9 @@ class Policy:
 
     Invariants: at most one of ``canary`` (>= 1) and ``canary_percent`` (0 < p <= 100) is set, neither means
     :data:`DEFAULT_CANARY_PERCENT`; ``waves``, ``max_parallel``, ``max_attempts`` >= 1; both thresholds in [0, 1];
-    0 <= ``backoff_base`` <= ``backoff_max``; ``device_timeout`` is None or > 0.
+    0 <= ``backoff_base`` <= ``backoff_max``; ``device_timeout`` and the three phase timeouts
+    (``delivering_timeout``, ``downloaded_timeout``, ``updating_timeout``) are None or > 0 (None: the default of
+    :func:`phase_timeout`).
     """
 
     canary: int | None = None
@@ -150,6 +165,9 @@ class Policy:
     backoff_base: float = 5.0
     backoff_max: float = 300.0
     device_timeout: float | None = None
+    delivering_timeout: float | None = None
+    downloaded_timeout: float | None = None
+    updating_timeout: float | None = None
 
     def __post_init__(self) -> None:
         def put(name: str, value: object) -> None:
@@ -172,8 +190,10 @@ class Policy:
             raise InvalidPolicyError(
                 f"backoff_max ({self.backoff_max:g}) must not be below backoff_base ({self.backoff_base:g})"
             )
-        if self.device_timeout is not None:
-            put("device_timeout", _float("device_timeout", self.device_timeout, 0.0, low_open=True))
+        for name in ("device_timeout", *_PHASE_TIMEOUTS.values()):
+            value = getattr(self, name)
+            if value is not None:
+                put(name, _float(name, value, 0.0, low_open=True))
 
     def as_dict(self) -> dict[str, object]:
         """Every field by name, JSON-native (None for unset options); :meth:`from_dict` reads it back equal."""
@@ -215,6 +235,9 @@ class Policy:
             backoff_base=num("backoff_base"),
             backoff_max=num("backoff_max"),
             device_timeout=opt_float("device_timeout"),
+            delivering_timeout=opt_float("delivering_timeout"),
+            downloaded_timeout=opt_float("downloaded_timeout"),
+            updating_timeout=opt_float("updating_timeout"),
         )
 
     def canary_size(self, targets: int) -> int:
@@ -225,6 +248,29 @@ class Policy:
             percent = DEFAULT_CANARY_PERCENT if self.canary_percent is None else self.canary_percent
             size = math.ceil(percent * targets / 100 - _EPSILON)
         return max(1, min(targets, size))
+
+
+def phase_timeout(policy: Policy, state: JobState, package_size: int) -> float:
+    """How long a job may stay in the active ``state`` before it is overdue: the policy's ``<state>_timeout``, or
+
+    * delivering: ``MAX_TRANSMIT_WAIT + BLOCK_ALLOWANCE * ceil(package_size / 1024)`` (one exchange lost outright,
+      and two retransmissions for every block);
+    * downloaded: ``2 * MAX_TRANSMIT_WAIT`` (the Execute of /5/0/2 and its answer);
+    * updating: ``2 * MAX_TRANSMIT_WAIT + INSTALL_ALLOWANCE`` (install, reboot, and the Register that follows).
+
+    A 4 KiB package gets 117 s to be delivered, 32 KiB 285 s, 1 MiB 1 h 44 min. Raises ValueError for a state
+    that is not active.
+    """
+    if state not in _PHASE_TIMEOUTS:
+        raise ValueError(f"{state.value} is not an active job state")
+    configured = getattr(policy, _PHASE_TIMEOUTS[state])
+    if configured is not None:
+        return float(configured)
+    if state is JobState.DELIVERING:
+        return MAX_TRANSMIT_WAIT + BLOCK_ALLOWANCE * math.ceil(max(0, package_size) / 1024)
+    if state is JobState.DOWNLOADED:
+        return 2 * MAX_TRANSMIT_WAIT
+    return 2 * MAX_TRANSMIT_WAIT + INSTALL_ALLOWANCE
 
 
 def plan_waves(targets: Sequence[str], policy: Policy) -> list[list[str]]:
@@ -258,13 +304,15 @@ def plan_waves(targets: Sequence[str], policy: Policy) -> list[list[str]]:
 
 @dataclass(frozen=True)
 class JobView:
-    """One device's job as stored: its wave, state, tries so far and the earliest time it may start again."""
+    """One device's job as stored: its wave, state, tries so far, the earliest time it may start again, and (an
+    active job) the time its phase must have ended by."""
 
     endpoint: str
     wave: int
     state: JobState
     attempts: int = 0
     not_before: float | None = None
+    deadline: float | None = None
 
 
 @dataclass(frozen=True)
@@ -347,7 +395,9 @@ def wave_stats(view: CampaignView) -> list[WaveStats]:
 @dataclass(frozen=True)
 class Decision:
     """What the shell does next. ``open_waves`` replaces the stored ``opened_at``; ``start`` and ``expire`` are
-    disjoint pending jobs of opened waves; ``reason`` is set exactly when ``state`` differs from the snapshot's."""
+    disjoint pending jobs of opened waves; ``overdue`` are the active jobs whose deadline has come; ``reason`` is
+    set exactly when ``state`` differs from the snapshot's; ``next_wakeup`` is the earliest future time at which
+    a decision may differ (a back-off or a timeout ending, a deadline)."""
 
     state: CampaignState
     open_waves: tuple[float, ...]
@@ -355,6 +405,7 @@ class Decision:
     expire: tuple[str, ...]
     reason: str | None
     next_wakeup: float | None
+    overdue: tuple[str, ...] = ()
 
 
 def _pct(ratio: float) -> str:
@@ -393,7 +444,11 @@ def decide(view: CampaignView, reachable: Callable[[str], bool], now: float) -> 
     A function of its arguments only: the same snapshot, predicate and ``now`` give the same decision. ``reachable``
     is asked only about pending jobs that could start now, while room remains under ``max_parallel``.
     """
-    unchanged = Decision(view.state, view.opened_at, (), (), None, None)
+    overdue = tuple(job.endpoint for job in view.jobs
+                    if job.state in ACTIVE and job.deadline is not None and job.deadline <= now)
+    deadlines = [job.deadline for job in view.jobs
+                 if job.state in ACTIVE and job.deadline is not None and job.deadline > now]
+    unchanged = Decision(view.state, view.opened_at, (), (), None, min(deadlines, default=None), overdue)
     if view.state is not CampaignState.RUNNING:
         return unchanged
     policy = view.policy
@@ -402,7 +457,7 @@ def decide(view: CampaignView, reachable: Callable[[str], bool], now: float) -> 
     while True:
         why = _halt(view, stats, len(opened))
         if why is not None:
-            return Decision(CampaignState.HALTED, view.opened_at, (), (), why, None)
+            return Decision(CampaignState.HALTED, view.opened_at, (), (), why, unchanged.next_wakeup, overdue)
         frontier = stats[len(opened) - 1]
         if frontier.succeeded < _needed(policy.success_threshold, frontier.counted) or len(opened) == view.waves:
             break
@@ -414,10 +469,10 @@ def decide(view: CampaignView, reachable: Callable[[str], bool], now: float) -> 
         (job for job in view.jobs if job.state is JobState.PENDING and job.wave < len(opened)),
         key=lambda job: job.wave,
     )  # stable: job order within a wave is kept
-    room = policy.max_parallel - sum(1 for job in view.jobs if job.state in ACTIVE)
+    room = policy.max_parallel - sum(1 for job in view.jobs if job.state in ACTIVE) + len(overdue)
     start: list[str] = []
     expire: list[str] = []
-    wakeups: list[float] = []
+    wakeups: list[float] = deadlines
     for job in pending:
         due = job.not_before is None or job.not_before <= now
         if due and len(start) < room and reachable(job.endpoint):
@@ -434,7 +489,7 @@ def decide(view: CampaignView, reachable: Callable[[str], bool], now: float) -> 
             else:
                 wakeups.append(deadline)
     return Decision(CampaignState.RUNNING, tuple(opened), tuple(start), tuple(expire), None,
-                    min(wakeups, default=None))
+                    min(wakeups, default=None), overdue)
 
 
 # -------------------------------------------------------------------------------------------------------- failures

@@ -16,7 +16,17 @@ Crash safety (the server may be killed at any moment):
   are read: running the target version credits it (succeeded), a failed update with the old version is a
   rollback, an integrity failure fails it, a device still installing is asked again later, and anything else puts
   the job back to pending so that delivery starts over. A device is therefore never sent Update twice for one
-  successful delivery, and no reported result is lost.
+  successful delivery, and no reported result is lost;
+- a device registered over plain CoAP is asked to come back at once: the server executes its Registration Update
+  Trigger (/1/x/8) at the address its registration was persisted with, and the Update that follows makes it
+  reachable. Over DTLS there is no session to send on until the device talks: its next Update or Register brings
+  it back (the registry's ``registration.updated`` / ``registration.registered`` events wake the campaign).
+
+Deadlines: a job entering delivering, downloaded or updating gets ``deadline = now + phase_timeout(...)``
+(:func:`firmware_object.campaign.phase_timeout`, per campaign policy); a job still in that phase at its deadline is
+*overdue*: its update is abandoned and the try ends as a timeout (retried after a back-off while tries remain; in a
+halted or cancelled campaign it fails), which frees its ``max_parallel`` slot. After a restart an orphan keeps its
+deadline, pushed to at least one whole phase after the restart (the server was not there to hear the device).
 
 Events (``campaign.*``) feed the webhooks, the CLI's ``watch`` stream and the audit log.
 """
@@ -28,12 +38,15 @@ import contextlib
 import fnmatch
 import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from aiocoap import Message
+from aiocoap.numbers.codes import Code
 from sqlmodel import select
 
 from firmware_object.campaign import (
@@ -49,6 +62,7 @@ from firmware_object.campaign import (
     Policy,
     classify_failure,
     decide,
+    phase_timeout,
     plan_waves,
     retry_at,
     wave_stats,
@@ -68,6 +82,7 @@ from lwm2m_server.fota.service import FirmwareService, Method, UpdateInProgressE
 from lwm2m_server.management import DeviceManagement
 from lwm2m_server.storage.campaign_tables import CampaignJobRow, CampaignRow
 from lwm2m_server.storage.database import Database
+from lwm2m_server.transport.downlink import send_request
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +108,8 @@ _TRANSIENT_ERRORS = {"timeout", "unreachable", "RequestFailedError", "UpdateInPr
 
 
 DECISION_GAP = 0.1  # seconds: the least time between two decisions of a campaign's driver
+NUDGE_INTERVAL = 30.0  # seconds between two Registration Update Triggers sent to one silent plain-CoAP device
+SERVER_OBJECT, REGISTRATION_UPDATE_TRIGGER = 1, 8
 
 
 class CampaignStateError(InvalidRequestError):
@@ -143,6 +160,8 @@ class CampaignService:
         self._jobs: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._orphans: set[tuple[str, str]] = set()
         self._targets: dict[str, dict[str, Target]] = {}  # campaign -> release id -> what is delivered
+        self._nudged: dict[tuple[str, str], float] = {}  # (tenant, endpoint) -> when its Update was last triggered
+        self._nudges: set[asyncio.Task[None]] = set()
         self._unsubscribe: Callable[[], None] | None = None
         self._closing = False
 
@@ -157,10 +176,18 @@ class CampaignService:
                 [CampaignState.RUNNING.value, CampaignState.PAUSED.value, CampaignState.HALTED.value,
                  CampaignState.CANCELLED.value]))).all()
             resumed = [(r.id, r.tenant_id, r.state, r.report is None) for r in rows]
-            for cid, _, _, _ in resumed:
-                for job in s.exec(select(CampaignJobRow).where(CampaignJobRow.campaign_id == cid)).all():
+            now = self.clock()
+            for row in rows:
+                policy, size = Policy.from_dict(json.loads(row.policy)), self._package_size(row)
+                for job in s.exec(select(CampaignJobRow).where(CampaignJobRow.campaign_id == row.id)).all():
                     if JobState(job.state) in ACTIVE:
-                        self._orphans.add((cid, job.endpoint))
+                        self._orphans.add((row.id, job.endpoint))
+                        # the server was away: the device gets a whole phase from now to be heard of again
+                        earliest = now + phase_timeout(policy, JobState(job.state), size)
+                        if job.deadline is None or job.deadline < earliest:
+                            job.deadline = earliest
+                            s.add(job)
+            s.commit()
         for cid, _, state, unreported in resumed:
             if CampaignState(state) not in FINAL_CAMPAIGN_STATES or unreported:
                 log.info("campaign %s: picked up in state %s", cid, state)
@@ -171,7 +198,7 @@ class CampaignService:
         self._closing = True
         if self._unsubscribe is not None:
             self._unsubscribe()
-        tasks = [*self._drivers.values(), *self._jobs.values()]
+        tasks = [*self._drivers.values(), *self._jobs.values(), *self._nudges]
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -406,32 +433,28 @@ class CampaignService:
                 row = self._row(cid, None)
                 tenant = row.tenant_id
                 state = CampaignState(row.state)
+                if state is CampaignState.CREATED:
+                    return
                 self._reconcile_orphans(cid, tenant)
+                decision = self._decide(cid, row)  # in every state: active jobs time out at their deadline
                 if state in FINAL_CAMPAIGN_STATES:
                     if not self._busy(cid):
                         if row.report is None:
                             self._finalise(cid)
                         return
-                elif state is CampaignState.CREATED:
-                    return
-                else:
-                    decision = self._decide(cid, row)
-                    if decision is not None and decision.state in FINAL_CAMPAIGN_STATES:
-                        continue
-                    if decision is not None and decision.next_wakeup is not None:
-                        delay = max(0.0, min(self.tick, decision.next_wakeup - self.clock()))
-                    else:
-                        delay = self.tick
-                    # wakes (job ends, registrations) that come within the gap are taken by one decision: each
-                    # reads every job of the campaign
-                    gap = min(DECISION_GAP, delay)
-                    await asyncio.sleep(gap)
-                    delay -= gap
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(wake.wait(), delay)
+                elif decision is not None and decision.state in FINAL_CAMPAIGN_STATES:
                     continue
+                if decision is not None and decision.next_wakeup is not None:
+                    delay = max(0.0, min(self.tick, decision.next_wakeup - self.clock()))
+                else:
+                    delay = self.tick
+                # wakes (job ends, registrations) that come within the gap are taken by one decision: each
+                # reads every job of the campaign
+                gap = min(DECISION_GAP, delay)
+                await asyncio.sleep(gap)
+                delay -= gap
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), self.tick)
+                    await asyncio.wait_for(wake.wait(), delay)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -444,6 +467,8 @@ class CampaignService:
         now = self.clock()
         orphans = {ep for c, ep in self._orphans if c == cid}
         decision = decide(view, lambda ep: ep not in orphans and self._reachable(ep, tenant), now)
+        for ep in decision.overdue:
+            self._time_out(cid, ep, tenant, view.policy, final=decision.state in FINAL_CAMPAIGN_STATES)
         for ep in decision.expire:
             self._set_job(cid, ep, JobState.FAILED, finished=True,
                           reason="the device did not come online within the device timeout")
@@ -476,11 +501,43 @@ class CampaignService:
             c == cid for c, _ in self._orphans)
 
     def _reachable(self, endpoint: str, tenant_id: str) -> bool:
+        """Whether requests can be sent to the device now; a plain-CoAP device not heard from since the server
+        started is asked to send an Update (:meth:`_nudge`)."""
         try:
             reg = self.management.reachable(endpoint, tenant_id)
         except Lwm2mError:
             return False
-        return reg.remote is not None
+        if reg.remote is None:
+            self._nudge(reg)
+            return False
+        return True
+
+    def _nudge(self, reg: Any) -> None:
+        """Execute the Registration Update Trigger (/1/x/8) of a device registered over plain CoAP, at the
+        address its persisted registration holds, at most every NUDGE_INTERVAL seconds: its Update makes it
+        reachable again (and wakes the campaigns). Nothing is sent to a DTLS device: there is no session."""
+        if reg.secure or self._closing:
+            return
+        key, now = (reg.tenant_id, reg.endpoint), self.clock()
+        if now - self._nudged.get(key, -math.inf) < NUDGE_INTERVAL:
+            return
+        self._nudged[key] = now
+        task = asyncio.get_running_loop().create_task(self._trigger_update(reg), name=f"nudge-{reg.endpoint}")
+        self._nudges.add(task)
+        task.add_done_callback(self._nudges.discard)
+
+    async def _trigger_update(self, reg: Any) -> None:
+        instance = next((p.instance_id for p in reg.summary.instances
+                         if p.object_id == SERVER_OBJECT and p.instance_id is not None), 0)
+        uri = f"coap://{reg.address}{reg.root_path}{SERVER_OBJECT}/{instance}/{REGISTRATION_UPDATE_TRIGGER}"
+        try:
+            _, response = await asyncio.wait_for(
+                send_request(self.management.sender.context, Message(code=Code.POST, uri=uri)),
+                self.management.sender.timeout)
+        except Exception as e:  # a device that does not answer stays unreachable: it is nudged again later
+            log.info("%s: the Registration Update Trigger got no answer (%s)", reg.endpoint, type(e).__name__)
+            return
+        log.info("%s: Registration Update Trigger sent after a restart: %s", reg.endpoint, response.code)
 
     # ------------------------------------------------------------------ one device
 
@@ -502,10 +559,7 @@ class CampaignService:
             log.exception("campaign %s: the update of %s failed", cid, ep)
             self._after_failure(cid, ep, tenant_id, None, f"internal error: {type(e).__name__}", "internal")
         finally:
-            self._jobs.pop((cid, ep), None)
-            wake = self._wakes.get(cid)
-            if wake is not None:
-                wake.set()
+            self._task_ended(cid, ep)
 
     async def _update_device(self, cid: str, ep: str, tenant_id: str) -> None:
         row = self._row(cid, tenant_id)
@@ -596,6 +650,34 @@ class CampaignService:
                 waiter.cancel()
                 done.cancel()
 
+    def _task_ended(self, cid: str, ep: str) -> None:
+        """The device task of (cid, ep) ends: forget it (unless another one replaced it) and wake the driver."""
+        if self._jobs.get((cid, ep)) is asyncio.current_task():
+            del self._jobs[(cid, ep)]
+        wake = self._wakes.get(cid)
+        if wake is not None:
+            wake.set()
+
+    def _time_out(self, cid: str, ep: str, tenant_id: str, policy: Policy, *, final: bool) -> None:
+        """An active job's deadline passed: abandon the update (or the wait for an orphan) and end the try as a
+        timeout: retried while tries remain, failed when none is left or the campaign has ended."""
+        job = self._job(cid, ep)
+        if job is None or JobState(job.state) not in ACTIVE:
+            return
+        task = self._jobs.pop((cid, ep), None)
+        if task is not None:
+            task.cancel()
+        self.firmware.abort(ep, tenant_id)
+        self._orphans.discard((cid, ep))
+        state = JobState(job.state)
+        allowed = phase_timeout(policy, state, self._package_size(self._row(cid, tenant_id)))
+        message = f"the device did not get past {state.value} within its deadline ({allowed:g} s)"
+        log.info("campaign %s: %s: %s", cid, ep, message)
+        if final:
+            self._finish_job(cid, ep, tenant_id, JobState.FAILED, reason=message)
+        else:
+            self._after_failure(cid, ep, tenant_id, None, message, "timeout")
+
     def _after_failure(self, cid: str, ep: str, tenant_id: str, result: int | None, message: str,
                        error: str | None, **fields: Any) -> None:
         """A failed try: pending again after a back-off when it is transient and tries remain, else failed."""
@@ -677,10 +759,7 @@ class CampaignService:
                               reason="delivery interrupted by a server restart; starting over")
             self._orphans.discard((cid, ep))
         finally:
-            self._jobs.pop((cid, ep), None)
-            wake = self._wakes.get(cid)
-            if wake is not None:
-                wake.set()
+            self._task_ended(cid, ep)
 
     # ------------------------------------------------------------------ report
 
@@ -762,6 +841,8 @@ class CampaignService:
                                .order_by(CampaignJobRow.position)).all())  # type: ignore[arg-type]
 
     def _set_job(self, cid: str, ep: str, state: JobState, *, finished: bool = False, **fields: Any) -> None:
+        """Record a job's new state; entering an active phase (or starting a new try) sets its deadline, leaving
+        the active phases clears it."""
         now = self.clock()
         with self.database.session() as s:
             job = s.get(CampaignJobRow, (cid, ep))
@@ -770,6 +851,13 @@ class CampaignService:
             if JobState(job.state) in TERMINAL:  # a terminal state is never left
                 log.info("campaign %s: %s is %s already; %s not recorded", cid, ep, job.state, state.value)
                 return
+            if state not in ACTIVE:
+                job.deadline = None
+            elif job.state != state.value or "attempts" in fields or job.deadline is None:
+                row = s.get(CampaignRow, cid)
+                assert row is not None
+                policy = Policy.from_dict(json.loads(row.policy))
+                job.deadline = now + phase_timeout(policy, state, self._package_size(row))
             job.state = state.value
             job.updated_at = now
             if finished:
@@ -785,11 +873,12 @@ class CampaignService:
         driver reads them at every decision, and a status at every poll)."""
         with self.database.session() as s:
             rows = s.exec(select(CampaignJobRow.endpoint, CampaignJobRow.wave,  # type: ignore[call-overload]
-                                 CampaignJobRow.state, CampaignJobRow.attempts, CampaignJobRow.not_before)
+                                 CampaignJobRow.state, CampaignJobRow.attempts, CampaignJobRow.not_before,
+                                 CampaignJobRow.deadline)
                           .where(CampaignJobRow.campaign_id == cid)
                           .order_by(CampaignJobRow.position)).all()
-        return tuple(JobView(ep, wave, JobState(state), attempts, not_before)
-                     for ep, wave, state, attempts, not_before in rows)
+        return tuple(JobView(ep, wave, JobState(state), attempts, not_before, deadline)
+                     for ep, wave, state, attempts, not_before, deadline in rows)
 
     def _view(self, row: CampaignRow, jobs: tuple[JobView, ...]) -> CampaignView:
         return CampaignView(state=CampaignState(row.state), policy=Policy.from_dict(json.loads(row.policy)),
@@ -831,6 +920,22 @@ class CampaignService:
     async def _target_for(self, row: CampaignRow, ep: str, tenant_id: str) -> Target | None:
         """The release a device gets: the only one, or (several) the one whose class the device's model number
         (/3/0/1) names; None when no release fits."""
+        targets = self._targets_of(row)
+        if len(targets) == 1:
+            return next(iter(targets.values()))
+        model: str | None = None
+        with contextlib.suppress(Lwm2mError):
+            node = (await self.management.send(ep, ReadRequest(MODEL_NUMBER), tenant_id=tenant_id)).content
+            if isinstance(node, SingleResource):
+                model = str(node.value)
+        return targets.get(model) if model is not None else None
+
+    def _package_size(self, row: CampaignRow) -> int:
+        """The largest package the campaign delivers (what the delivering deadline is sized for)."""
+        return max((len(t.package) for t in self._targets_of(row).values()), default=0)
+
+    def _targets_of(self, row: CampaignRow) -> dict[str, Target]:
+        """The campaign's targets by class name, loaded once."""
         targets = self._targets.get(row.id)
         if targets is None:
             targets = {}
@@ -843,14 +948,7 @@ class CampaignService:
                 targets[rel.class_name] = Target(rid, rel.version, rel.sequence_number,
                                                  sha or image.package_sha256, package)
             self._targets[row.id] = targets
-        if len(targets) == 1:
-            return next(iter(targets.values()))
-        model: str | None = None
-        with contextlib.suppress(Lwm2mError):
-            node = (await self.management.send(ep, ReadRequest(MODEL_NUMBER), tenant_id=tenant_id)).content
-            if isinstance(node, SingleResource):
-                model = str(node.value)
-        return targets.get(model) if model is not None else None
+        return targets
 
     async def _version(self, ep: str, tenant_id: str) -> str | None:
         with contextlib.suppress(Lwm2mError):
@@ -876,7 +974,8 @@ def _instance_values(node: object) -> dict[int, object]:
 
 def _job_dict(j: CampaignJobRow) -> dict[str, Any]:
     return {"endpoint": j.endpoint, "wave": j.wave, "state": j.state, "attempts": j.attempts,
-            "not_before": j.not_before, "release": j.release_id, "package_sha256": j.package_sha256,
+            "not_before": j.not_before, "deadline": j.deadline, "release": j.release_id,
+            "package_sha256": j.package_sha256,
             "sequence_number": j.sequence_number, "method": j.method, "version_before": j.version_before,
             "version_after": j.version_after, "update_result": j.update_result, "started_at": j.started_at,
             "finished_at": j.finished_at, "reason": j.reason}

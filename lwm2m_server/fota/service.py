@@ -112,6 +112,7 @@ class UpdateJob:
     history: list[UpdateProgress] = field(default_factory=list)
     recorded: int = 0  # steps recorded since the start (history keeps the first and the recent ones)
     error: str | None = None  # why a failed update failed: "timeout", "unreachable", "cancelled" or the error's type
+    aborted: bool = False  # abandoned by FirmwareService.abort (a deadline passed)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -219,6 +220,16 @@ class FirmwareService:
             self._run(job, package, method, timeout, block_size, tenant_id), name=f"firmware-{endpoint}")
         return job
 
+    def abort(self, endpoint: str, tenant_id: str = "default") -> bool:
+        """Abandon the running update of ``endpoint`` (its caller gave up waiting): it ends failed with error
+        ``"timeout"``. False when none runs."""
+        job = self.jobs.get((tenant_id, endpoint))
+        if job is None or job.done.is_set() or job.task is None or job.task.done():
+            return False
+        job.aborted = True
+        job.task.cancel()
+        return True
+
     async def update(self, endpoint: str, package: bytes, **options: object) -> UpdateJob:
         """Run an update to its end and return the finished job."""
         job = self.start(endpoint, package, **options)  # type: ignore[arg-type]
@@ -256,8 +267,9 @@ class FirmwareService:
             job.error = type(e).__name__
             self._finish(job, "failed", message=f"{type(e).__name__}: {e}")
         except asyncio.CancelledError:
-            job.error = "cancelled"
-            self._finish(job, "failed", message="cancelled (server stopping)")
+            job.error = "timeout" if job.aborted else "cancelled"
+            self._finish(job, "failed", message="abandoned: its deadline passed" if job.aborted
+                         else "cancelled (server stopping)")
             raise
         except Exception as e:
             log.exception("firmware update of %s failed", ep)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from firmware_object.campaign import (
     ACTIVE,
     FINAL_CAMPAIGN_STATES,
+    MAX_TRANSMIT_WAIT,
     TERMINAL,
     CampaignState,
     CampaignView,
@@ -28,6 +29,7 @@ from firmware_object.campaign import (
     WaveStats,
     classify_failure,
     decide,
+    phase_timeout,
     plan_waves,
     retry_at,
     wave_stats,
@@ -90,6 +92,9 @@ def test_policy_defaults_round_trip_through_json() -> None:
     ({"backoff_max": math.inf}, "backoff_max"),
     ({"device_timeout": 0.0}, "device_timeout"),
     ({"device_timeout": "60"}, "device_timeout"),
+    ({"delivering_timeout": 0.0}, "delivering_timeout"),
+    ({"downloaded_timeout": -1.0}, "downloaded_timeout"),
+    ({"updating_timeout": math.inf}, "updating_timeout"),
 ])
 def test_invalid_policies_name_the_field(fields: dict[str, object], named: str) -> None:
     with pytest.raises(InvalidPolicyError, match=named):
@@ -312,6 +317,48 @@ def test_only_a_running_campaign_acts(state: CampaignState) -> None:
     assert decide(fresh, everyone, 100.0) == Decision(state, (), (), (), None, None)
 
 
+def test_a_silent_job_is_overdue_at_its_deadline_and_its_slot_goes_to_the_next_device() -> None:
+    silent = JobView("silent", 0, D, attempts=1, deadline=10.0)
+    v = view([silent, JobView("next", 0, P)], opened=(0.0,), policy=Policy(max_parallel=1))
+    before = decide(v, everyone, 9.999)
+    assert before.overdue == () and before.start == () and before.next_wakeup == 10.0
+    at = decide(v, everyone, 10.0)
+    assert at.overdue == ("silent",) and at.start == ("next",) and at.state is RUNNING
+    # every active phase has a deadline, and it holds in every campaign state (updates under way may be left)
+    for phase in ACTIVE:
+        for state in (CampaignState.PAUSED, CampaignState.HALTED, CampaignState.CANCELLED):
+            j = JobView("j", 0, phase, deadline=5.0)
+            d = decide(view([j, JobView("p", 0, P)], opened=(0.0,), state=state), everyone, 6.0)
+            assert d.overdue == ("j",) and d.start == () and d.state is state
+    # no deadline recorded (a job row of an older server): never overdue
+    assert decide(view([JobView("old", 0, D)], opened=(0.0,)), everyone, 1e9).overdue == ()
+    # terminal and pending jobs are never overdue, whatever their (stale) deadline
+    done = view([JobView("a", 0, OK, deadline=1.0), JobView("b", 0, P, deadline=1.0)], opened=(0.0,))
+    assert decide(done, everyone, 5.0).overdue == ()
+
+
+def test_phase_timeouts_default_from_the_package_size_and_the_coap_worst_case() -> None:
+    p = Policy()
+    assert phase_timeout(p, D, 0) == MAX_TRANSMIT_WAIT == 93.0
+    assert phase_timeout(p, D, 4096) == 93.0 + 4 * 6.0
+    assert phase_timeout(p, D, 4097) == 93.0 + 5 * 6.0
+    assert phase_timeout(p, JobState.DOWNLOADED, 1 << 20) == 2 * MAX_TRANSMIT_WAIT
+    assert phase_timeout(p, JobState.UPDATING, 1 << 20) == 2 * MAX_TRANSMIT_WAIT + 300.0
+    custom = Policy(delivering_timeout=5, downloaded_timeout=6, updating_timeout=7)
+    assert [phase_timeout(custom, s, 1 << 20) for s in (D, JobState.DOWNLOADED, JobState.UPDATING)] == [5, 6, 7]
+    assert Policy.from_dict(json.loads(json.dumps(custom.as_dict()))) == custom
+    assert Policy.from_dict({"max_parallel": 3}).delivering_timeout is None  # a policy stored before them
+    with pytest.raises(ValueError, match="pending"):
+        phase_timeout(p, P, 1)
+
+
+@PROPS
+@given(size=st.integers(0, 1 << 24), more=st.integers(1, 1 << 20))
+def test_the_delivering_deadline_grows_with_the_package(size: int, more: int) -> None:
+    p = Policy()
+    assert MAX_TRANSMIT_WAIT <= phase_timeout(p, D, size) <= phase_timeout(p, D, size + more)
+
+
 def test_wave_stats_counts_every_planned_wave() -> None:
     v = view(wave_jobs(0, [OK, KO, RB, SK, P, D, JobState.UPDATING]), wave_jobs(1, []), waves=3, opened=(0.0,))
     assert wave_stats(v) == [WaveStats(0, 7, 1, 2, 1, 1, 1, 1), WaveStats(1, 0, 0, 0, 0, 0, 0, 0),
@@ -336,7 +383,8 @@ def snapshots(draw: st.DrawFn) -> tuple[CampaignView, frozenset[str], float]:
     waves = draw(st.integers(1, 4))
     jobs = tuple(
         JobView(f"d{i}", draw(st.integers(0, waves - 1)), draw(st.sampled_from(JobState)),
-                draw(st.integers(0, 3)), draw(st.one_of(st.none(), st.floats(0, 200))))
+                draw(st.integers(0, 3)), draw(st.one_of(st.none(), st.floats(0, 200))),
+                draw(st.one_of(st.none(), st.floats(0, 200))))
         for i in range(draw(st.integers(0, 25)))
     )
     opened = tuple(sorted(draw(st.lists(st.floats(0, 100), max_size=waves))))
@@ -353,8 +401,14 @@ def test_decide_properties(snapshot: tuple[CampaignView, frozenset[str], float])
     d = decide(v, reachable.__contains__, now)
     by_name = {j.endpoint: j for j in v.jobs}
     active = sum(1 for j in v.jobs if j.state in ACTIVE)
+    # overdue: exactly the active jobs whose deadline has come, in every campaign state; their slots are free
+    assert set(d.overdue) == {j.endpoint for j in v.jobs
+                              if j.state in ACTIVE and j.deadline is not None and j.deadline <= now}
+    future = [j.deadline for j in v.jobs if j.state in ACTIVE and j.deadline is not None and j.deadline > now]
+    if future and d.state is not CampaignState.COMPLETED:
+        assert d.next_wakeup is not None and d.next_wakeup <= min(future)
     # never more than the room under max_parallel; only due, reachable pending jobs of opened waves
-    assert len(d.start) <= max(0, v.policy.max_parallel - active)
+    assert len(d.start) <= max(0, v.policy.max_parallel - active + len(d.overdue))
     for ep in d.start:
         job = by_name[ep]
         assert job.state is P and job.wave < len(d.open_waves) and ep in reachable
@@ -369,7 +423,7 @@ def test_decide_properties(snapshot: tuple[CampaignView, frozenset[str], float])
     assert d.open_waves[:len(v.opened_at)] == v.opened_at
     assert all(t == now for t in d.open_waves[len(v.opened_at):])
     if v.state is not RUNNING:
-        assert d == Decision(v.state, v.opened_at, (), (), None, None)
+        assert d == Decision(v.state, v.opened_at, (), (), None, min(future, default=None), d.overdue)
     if d.state is CampaignState.HALTED:
         assert d.open_waves == v.opened_at and d.start == () and d.expire == ()
     if d.state is CampaignState.COMPLETED and v.state is RUNNING:
@@ -379,8 +433,8 @@ def test_decide_properties(snapshot: tuple[CampaignView, frozenset[str], float])
     # a snapshot replayed (as the shell reloads it from its rows) gives the same decision
     reloaded = CampaignView(CampaignState(str(v.state)), Policy.from_dict(json.loads(json.dumps(v.policy.as_dict()))),
                             v.waves, tuple(json.loads(json.dumps(list(v.opened_at)))),
-                            tuple(JobView(j.endpoint, j.wave, JobState(str(j.state)), j.attempts, j.not_before)
-                                  for j in v.jobs))
+                            tuple(JobView(j.endpoint, j.wave, JobState(str(j.state)), j.attempts, j.not_before,
+                                          j.deadline) for j in v.jobs))
     assert decide(reloaded, reachable.__contains__, now) == d
 
 
