@@ -10,6 +10,9 @@ The lead mounts :func:`sim` as a typer command; it stays a plain function callab
 Output is one summary line per change of the fleet's counts (coalesced), plus one line per device for fleets
 of at most ``PER_DEVICE_LINES`` devices. Every started device is de-registered on exit. No key is ever printed.
 
+Every device checks packages against the ``--trust`` keys; without one it refuses to start, unless
+``--insecure-accept-any`` (lab work only, warned on stderr) lets it install anything, unsigned included.
+
 Faults (see :class:`client_sim.firmware.Faults`): ``--loss P --delay S --jitter S`` (the link, both ways),
 ``--fail-boot``, ``--corrupt-download``, ``--power-loss``, ``--offline-at BYTES [--offline-for S]``; they apply to
 every device, or with ``--faulty N`` to the first N devices only (e.g. ``--fail-boot --faulty 3``).
@@ -55,7 +58,11 @@ def sim(
     ] = "1.1",
     bind: Annotated[str, typer.Option("--bind", help="Local address the devices' UDP sockets bind to")] = "127.0.0.1",
     trust: Annotated[list[Path] | None, typer.Option(
-        "--trust", help="Public key (PEM) that must have signed every package; repeat for several signers")] = None,
+        "--trust", help="Public key (PEM) that must have signed every package; repeat for several signers. "
+        "Required, unless --insecure-accept-any")] = None,
+    insecure_accept_any: Annotated[bool, typer.Option(
+        "--insecure-accept-any", help="LAB WORK ONLY: no --trust; the devices install any package, unsigned "
+        "included")] = False,
     vendor: Annotated[str | None, typer.Option("--vendor", help="Vendor UUID packages must be made for")] = None,
     device_class: Annotated[str | None, typer.Option("--class", help="Class UUID packages must be made for")] = None,
     firmware_version: Annotated[str, typer.Option("--firmware-version", help="Version of the running image")] = "1.0.0",
@@ -82,7 +89,8 @@ def sim(
     Either COUNT devices registering to SERVER (--server, --count), or one device per record of a manufacturing
     file (--credentials): those bootstrap first, then register over DTLS with the key the bootstrap server gave.
     The devices have a Firmware Update object (/5) with two image slots; they check SUIT packages against the
-    --trust keys and the --vendor/--class identifiers before installing. Fault options make them misbehave (each
+    --trust keys (required; --insecure-accept-any, for lab work only, installs anything) and the --vendor/--class
+    identifiers before installing. Fault options make them misbehave (each
     firmware fault fires once); --faulty N limits the faults to the first N devices.
     """
     if lwm2m_version not in SUPPORTED_VERSIONS:
@@ -103,10 +111,18 @@ def sim(
     elif not server.startswith("coap://"):
         raise typer.BadParameter("only coap:// servers are supported (DTLS devices come from --credentials)",
                                  param_hint="--server")
+    if not trust and not insecure_accept_any:
+        raise typer.BadParameter("the devices need a trust anchor: give --trust PUBKEY (the key packages are "
+                                 "signed with), or --insecure-accept-any for lab work", param_hint="--trust")
+    if trust and insecure_accept_any:
+        raise typer.BadParameter("--insecure-accept-any and --trust exclude each other", param_hint="--trust")
     firmware = FirmwareOptions(
-        trust_anchors=tuple(_public_key(path) for path in trust or ()),
+        trust_anchors=tuple(_public_key(path) for path in trust or ()), insecure_accept_any=insecure_accept_any,
         vendor_id=_uuid(vendor, "--vendor"), class_id=_uuid(device_class, "--class"),
         version=firmware_version)
+    if insecure_accept_any:
+        typer.echo("WARNING: --insecure-accept-any: these devices install ANY package, unsigned included. "
+                   "Lab work only.", err=True)
     faults = Faults(loss=loss, delay=delay, jitter=jitter, offline_at=offline_at, offline_for=offline_for,
                     corrupt_download=corrupt_download, fail_boot=fail_boot, power_loss_during_install=power_loss)
     asyncio.run(run_fleet(server, count, credentials=records, prefix=prefix, lifetime=lifetime,
@@ -134,11 +150,12 @@ def _uuid(text: str | None, option: str) -> uuid.UUID | None:
 
 async def run_fleet(server: str | None, count: int | None, *, credentials: Sequence[FactoryCredentials] = (),
                     prefix: str = "sim-", lifetime: int = 300, lwm2m_version: str = "1.1", bind: str = "127.0.0.1",
-                    firmware: FirmwareOptions | None = None, bootstrap_timeout: float = 30.0,
+                    firmware: FirmwareOptions, bootstrap_timeout: float = 30.0,
                     stop: asyncio.Event | None = None, faults: Faults | None = None,
                     faulty: int | None = None) -> FleetStatus:
     """Run a fleet until SIGINT/SIGTERM (or until ``stop`` is set), printing summaries; returns the final status
-    after stopping. With ``credentials``, one device per record (the first ``count``) bootstraps first.
+    after stopping. With ``credentials``, one device per record (the first ``count``) bootstraps first. Every
+    device gets ``firmware`` (its trust anchors among them).
     ``faults`` go to the first ``faulty`` devices (None: to every device)."""
     loop = asyncio.get_running_loop()
     stop = stop if stop is not None else asyncio.Event()
@@ -158,7 +175,7 @@ async def run_fleet(server: str | None, count: int | None, *, credentials: Seque
 
     fleet = Fleet(server, total, credentials=records, prefix=prefix, lifetime=lifetime,
                   lwm2m_version=lwm2m_version, bind_host=bind, on_device=on_device,
-                  firmware=firmware or FirmwareOptions(), bootstrap_timeout=bootstrap_timeout, faults=faults_for)
+                  firmware=firmware, bootstrap_timeout=bootstrap_timeout, faults=faults_for)
     installed = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -53,14 +53,13 @@ from lwm2m_server.core.codec import link as link_format
 from lwm2m_server.core.codec import registry
 from lwm2m_server.core.codec.formats import ContentFormat
 from lwm2m_server.core.codec.link import Link
-from lwm2m_server.core.errors import CodecError, InvalidPathError, Lwm2mError, UnsupportedContentFormatError
+from lwm2m_server.core.errors import CodecError, InvalidPathError, Lwm2mError
 from lwm2m_server.core.model.definitions import ObjectModel
 from lwm2m_server.core.nodes import (
     Instance,
     MultipleResource,
     Node,
     Obj,
-    SingleResource,
     Value,
 )
 from lwm2m_server.core.paths import ROOT, LwM2mPath
@@ -960,7 +959,7 @@ class SimulatedDevice:
         if code == Code.FETCH:
             return self._read_composite(request, path)
         if self.firmware is not None and path == PACKAGE and code in (Code.PUT, Code.POST):
-            return self.firmware.write_package(self._package_payload(request))
+            return self.firmware.write_package(request)
         if code == Code.PUT:
             if not request.payload and request.opt.content_format is None:  # Write-Attributes (an empty value
                 if not request.opt.uri_query:                                 # written in text/plain has a format)
@@ -992,18 +991,6 @@ class SimulatedDevice:
             tree.write_composite(registry.decode_composite(request.payload, fmt, self.model))
             return Message(code=Code.CHANGED)
         raise OperationNotAllowedError(f"method {code} is not supported")
-
-    def _package_payload(self, request: Message) -> Message:
-        """A Package write is opaque bytes; a whole (not block-wise) write in another format is decoded first."""
-        cf = request.opt.content_format
-        if cf is None or int(cf) == ContentFormat.OPAQUE or not request.payload:
-            return request
-        if request.opt.block1 is not None:
-            raise UnsupportedContentFormatError("a block-wise Package write must be opaque (42)")
-        node = self._decode(request, PACKAGE)
-        if not isinstance(node, SingleResource) or not isinstance(node.value, bytes):
-            raise BadValueError("the Package is an opaque value")
-        return request.copy(payload=node.value)
 
     @staticmethod
     def _attributes(query: Iterable[str]) -> dict[str, str | None]:

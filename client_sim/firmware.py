@@ -33,6 +33,7 @@ from aiocoap.optiontypes import BlockOption
 
 from client_sim.errors import BadValueError
 from client_sim.network import LinkConditions
+from client_sim.package_stream import PackageStream, package_stream
 from firmware_object.errors import FirmwareError, PackageTooLargeError, State, UpdateResult
 from firmware_object.suit.keys import PublicKey
 from firmware_object.suit.verify import VerifiedEnvelope, check_image, verify_envelope
@@ -59,7 +60,7 @@ from firmware_object.update_state import (
     UriCleared,
     UriWritten,
 )
-from lwm2m_server.core.errors import CoapCode, Lwm2mError
+from lwm2m_server.core.errors import CoapCode, CodecError, Lwm2mError
 from lwm2m_server.core.nodes import Value
 from lwm2m_server.core.paths import LwM2mPath
 
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
     from client_sim.objects import ObjectTree
 
 log = logging.getLogger(__name__)
+_warned_accept_any = False  # the warning is given once per process, not once per device
 
 FIRMWARE = LwM2mPath.of(5, 0)
 PACKAGE = FIRMWARE.child(0)
@@ -85,6 +87,8 @@ LAST_STATE_CHANGE = FIRMWARE.child(12)
 MAX_DEFER = FIRMWARE.child(13)
 FIRMWARE_VERSION = LwM2mPath.of(3, 0, 3)
 
+NO_TRUST_ANCHOR = ("a SUIT device needs a trust anchor (a public key every package must be signed with); "
+                   "accepting any package, unsigned included, must be asked for explicitly (lab work only)")
 MAX_BLOCK_RETRIES = 2  # a block asked again after CoAP gave up on it (every retransmission lost)
 POWER_FAILS_AFTER = 0.02  # seconds after the Execute of /5/0/2 (its answer has left) until the power fails
 
@@ -99,6 +103,19 @@ class PackageNotFoundError(FirmwareError):
     """The Package URI leads nowhere (4.04)."""
 
     update_result = UpdateResult.INVALID_URI
+
+
+class PackageSizeError(FirmwareError):
+    """A pulled package that does not have the size its server declared (Size2): a server that keeps sending
+    past it is cut off there."""
+
+    update_result = UpdateResult.INTEGRITY_CHECK_FAILURE
+
+
+class PackageFormatError(FirmwareError):
+    """A Package write whose body is not one opaque value in its Content-Format."""
+
+    update_result = UpdateResult.UNSUPPORTED_PACKAGE_TYPE
 
 
 class DeviceFirmwareError(Lwm2mError):
@@ -183,7 +200,9 @@ _FAULT_FIELDS = {f.name: ("link_seed" if f.name == "seed" else f.name) for f in 
 class FirmwareOptions:
     """What a simulated device knows and how it misbehaves.
 
-    ``trust_anchors``: every one must have signed a package (none: signatures are not required, test use only).
+    ``trust_anchors``: every one must have signed a package; at least one is required, unless
+    ``insecure_accept_any`` says, explicitly, that the device installs any package, unsigned included (lab work
+    only; logged at WARNING once per process). Neither, or both: :class:`ValueError` (the device does not start).
     ``supported_schemes``: the Package URI schemes the device pulls from; None (the default): the one its server
     connection speaks (``coap`` over UDP, ``coaps`` over DTLS, where the pull shares the session), also announced
     in /5/0/8. ``flash_size``: the largest package the device stores. ``max_block_size``: the largest Block1 it takes.
@@ -197,6 +216,7 @@ class FirmwareOptions:
     """
 
     trust_anchors: tuple[PublicKey, ...] = ()
+    insecure_accept_any: bool = False
     vendor_id: uuid.UUID | None = None
     class_id: uuid.UUID | None = None
     version: str = "1.0.0"
@@ -218,6 +238,10 @@ class FirmwareOptions:
     power_loss_during_install: bool = False
 
     def __post_init__(self) -> None:
+        if not self.trust_anchors and not self.insecure_accept_any:
+            raise ValueError(NO_TRUST_ANCHOR)
+        if self.trust_anchors and self.insecure_accept_any:
+            raise ValueError("insecure_accept_any and trust_anchors exclude each other")
         self.faults  # validates the fault fields  # noqa: B018
 
     @property
@@ -251,10 +275,13 @@ class Slot:
 
 @dataclass
 class _Receiving:
-    """A block-wise push being written into the inactive slot."""
+    """A block-wise push being written into the inactive slot: ``received`` bytes of the body arrived, the
+    package bytes ``stream`` found in them are in ``buffer``."""
 
+    stream: PackageStream
     buffer: bytearray = field(default_factory=bytearray)
     szx: int = 6
+    received: int = 0
 
 
 class DeviceFirmware:
@@ -263,7 +290,7 @@ class DeviceFirmware:
     Counters: ``boots``, ``rollbacks`` (health checks failed), ``interrupted_installs`` (power lost while
     installing), ``fetched_bytes`` (package bytes pulled over the network), ``resumed_bytes`` and ``resumes``
     (bytes a pull did not fetch again because it resumed a broken one), ``corrupted`` (packages flipped by the
-    ``corrupt_download`` fault).
+    ``corrupt_download`` fault), ``push_blocks`` (blocks of pushed packages taken in, refused ones included).
     """
 
     def __init__(self, device: SimulatedDevice, options: FirmwareOptions,
@@ -271,6 +298,11 @@ class DeviceFirmware:
         self.device = device
         self.options = options
         self.clock = clock
+        global _warned_accept_any
+        if options.insecure_accept_any and not _warned_accept_any:
+            _warned_accept_any = True
+            log.warning("INSECURE: simulated devices (%s first) install ANY package, unsigned included "
+                        "(insecure_accept_any; lab work only)", device.endpoint)
         self.machine = FirmwareUpdate(supported_schemes=options.supported_schemes or ("coap",))
         self.slots = [Slot(options.version, options.sequence_number), Slot("", -1)]
         self.active = 0
@@ -296,6 +328,7 @@ class DeviceFirmware:
         self.resumed_bytes = 0
         self.resumes = 0
         self.corrupted = 0
+        self.push_blocks = 0
 
     # ------------------------------------------------------------------ the object
 
@@ -404,12 +437,12 @@ class DeviceFirmware:
         self._handle(UpdateExecuted())
 
     def write_package(self, request: Message) -> Message:
-        """A Write of /5/0/0: one block of a push (Block1), a whole small package, or the empty reset."""
+        """A Write of /5/0/0: one block of a push (Block1), a whole small package, or the empty reset. The body
+        may be in any format the device announces (:mod:`client_sim.package_stream`): each block's package bytes
+        go to the inactive slot as they arrive. A first block whose Size1 (or container header) states more than
+        the flash holds is answered 4.13 with Size1 = the flash size, so the server stops at once."""
         block1 = request.opt.block1
         payload = request.payload
-        if block1 is None and payload in (b"", b"\0"):
-            self._handle(PackageCleared())
-            return Message(code=Code.CHANGED)
         number, more, szx = (block1.block_number, block1.more, block1.size_exponent) if block1 else (0, False, 6)
         size = 1 << (szx + 4)
         max_szx = self.options.max_block_size.bit_length() - 5
@@ -417,21 +450,40 @@ class DeviceFirmware:
             response = Message(code=Code.REQUEST_ENTITY_TOO_LARGE)
             response.opt.block1 = BlockOption.BlockwiseTuple(number, more, max_szx)
             return response
-        declared = request.opt.size1
+        cf = request.opt.content_format
+        whole: bytes | None = None
         if number == 0:
+            stream = package_stream(None if cf is None else int(cf), self.device.model)  # 4.15: state unchanged
+            if block1 is None:
+                # an empty body resets in any format; a malformed one is 4.00, state unchanged
+                whole = stream.feed(payload) + stream.finish() if payload else b""
+                if whole in (b"", b"\0"):
+                    self._handle(PackageCleared())
+                    return Message(code=Code.CHANGED)
             if self.machine.state == State.DOWNLOADING and self._push is not None:
                 self._handle(PackageCleared())  # the server starts the push over: drop what we have
             self._handle(PackageWriteStarted())
-            self._push = _Receiving(szx=szx)
+            self._push = _Receiving(stream=stream, szx=szx)
             self.partial = None  # a push overwrites the inactive slot
         receiving = self._push
-        if receiving is None or len(receiving.buffer) != number * size:
+        if receiving is None or receiving.received != number * size:
             return Message(code=Code.REQUEST_ENTITY_INCOMPLETE, payload=b"blocks out of order")
+        self.push_blocks += 1
         end = number * size + len(payload)
-        if (declared is not None and declared > self.options.flash_size) or end > self.options.flash_size:
-            self._fail_download(PackageTooLargeError(f"more than {self.options.flash_size} bytes"))
+        try:
+            chunk = whole if whole is not None else receiving.stream.feed(payload)
+            if not more and whole is None:
+                chunk += receiving.stream.finish()
+        except CodecError as e:
+            self._fail_download(PackageFormatError(str(e)))
+            return Message(code=Code.BAD_REQUEST, payload=str(e).encode()[:120])
+        flash = self.options.flash_size
+        declared = request.opt.size1
+        if ((declared is not None and receiving.stream.smallest_package(declared) > flash)
+                or (receiving.stream.declared or 0) > flash or len(receiving.buffer) + len(chunk) > flash):
+            self._fail_download(PackageTooLargeError(f"more than {flash} bytes"))
             response = Message(code=Code.REQUEST_ENTITY_TOO_LARGE)
-            response.opt.size1 = self.options.flash_size
+            response.opt.size1 = flash
             return response
         if self._lose_connection_at is not None and end >= self._lose_connection_at:
             self._lose_connection_at = None
@@ -442,7 +494,8 @@ class DeviceFirmware:
             self.device.go_offline(self.options.offline_for)  # the link is down: this answer never leaves
             self._fail_download(TransferLostError("the device went offline during the push (fault injected)"))
             return Message(code=Code.SERVICE_UNAVAILABLE)
-        receiving.buffer += payload
+        receiving.buffer += chunk
+        receiving.received = end
         if more:
             response = Message(code=Code.CONTINUE)
             response.opt.block1 = BlockOption.BlockwiseTuple(number, True, szx)
@@ -520,7 +573,11 @@ class DeviceFirmware:
 
         A :attr:`partial` download is resumed: the first request asks for the block after the kept ones, and they
         are used if that answer carries their ETag (else the download starts over from block 0). When the
-        transfer breaks (:class:`TransferLostError`), what arrived is kept as the new :attr:`partial`."""
+        transfer breaks (:class:`TransferLostError`), what arrived is kept as the new :attr:`partial`.
+
+        The first request asks for the size (Size2 0, RFC 7959 section 4): a package larger than the flash is
+        refused before its first byte is kept, and the device reads no further than the size the server declared
+        (:class:`PackageSizeError` when the server sends more, or less, or changes the size)."""
         context = self.device._context
         if context is None:
             raise TransferLostError("the device has no server connection")
@@ -533,10 +590,13 @@ class DeviceFirmware:
             received, etag, szx = bytearray(partial.data), partial.etag, partial.szx
         number = len(received) >> (szx + 4)
         retries = 0
+        declared: int | None = None  # Size2, once the server said it
         try:
             while True:
                 request = Message(code=Code.GET, uri=uri)
                 request.opt.block2 = BlockOption.BlockwiseTuple(number, False, szx)
+                if declared is None:
+                    request.opt.size2 = 0  # "how large is it?"
                 try:
                     response = await asyncio.wait_for(context.request(request, handle_blockwise=False).response,
                                                       self.options.download_timeout)
@@ -557,6 +617,7 @@ class DeviceFirmware:
                                  self.device.endpoint, uri)
                         received.clear()
                         number, etag, szx = 0, None, self.options.pull_block_size.bit_length() - 5
+                        declared = None
                         continue
                     self.resumes += 1
                     self.resumed_bytes += len(received)
@@ -574,10 +635,21 @@ class DeviceFirmware:
                     etag = tag
                 elif tag != etag:  # the package changed under us: start over
                     received.clear()
-                    number, etag = 0, None
+                    number, etag, declared = 0, None, None
                     continue
+                if size2 is not None:
+                    if declared is not None and size2 != declared:
+                        raise PackageSizeError(f"{uri} declared {declared} bytes, then {size2}")
+                    declared = size2
                 if block2 is not None and block2.size_exponent < szx:  # the server wants smaller blocks
                     szx = block2.size_exponent
+                last = block2 is None or not block2.more
+                if declared is not None and (len(received) + len(response.payload) > declared
+                                             or (last and len(received) + len(response.payload) < declared)
+                                             or (not last and len(received) + len(response.payload) == declared)):
+                    raise PackageSizeError(f"{uri} declared {declared} bytes (Size2) but sends "
+                                           f"{'fewer' if last else 'more'}; download stopped at byte "
+                                           f"{len(received)}")
                 received += response.payload
                 self.fetched_bytes += len(response.payload)
                 if len(received) > self.options.flash_size:
@@ -589,7 +661,7 @@ class DeviceFirmware:
                     self._offline_at = None
                     self.device.go_offline(self.options.offline_for)
                     raise TransferLostError("the device went offline during the download (fault injected)")
-                if block2 is None or not block2.more:
+                if last:
                     return bytes(received)
                 number = len(received) >> (szx + 4)
         except TransferLostError:
@@ -644,6 +716,6 @@ class DeviceFirmware:
 
 
 __all__ = [
-    "DeviceFirmware", "DeviceFirmwareError", "Faults", "FirmwareOptions", "PackageNotFoundError", "PartialDownload",
-    "Slot", "TransferLostError",
+    "DeviceFirmware", "DeviceFirmwareError", "Faults", "FirmwareOptions", "PackageFormatError", "PackageNotFoundError",
+    "PackageSizeError", "PartialDownload", "Slot", "TransferLostError",
 ]

@@ -1,8 +1,10 @@
 """Push delivery: a block-wise (RFC 7959 Block1) Write of a package to a device resource, normally /5/0/0.
 
-The driver sends one block at a time to the live remote of the device's registration and follows the device's
-lead on block size: a 2.31 Continue whose Block1 names a smaller size switches to it from the next block on, and a
-4.13 with a smaller Block1 size sends the refused block again at that size. Lost messages are retransmitted by
+The driver sends one block at a time to the live remote of the device's registration. The first block carries
+Size1 (RFC 7959 section 4), the package's size, so a device without room answers 4.13 at once and the push stops
+there, one block sent. The driver follows the device's lead on block size: a 2.31 Continue whose Block1 names a
+smaller size switches to it from the next block on, and a 4.13 with a smaller Block1 size sends the refused block
+again at that size. Lost messages are retransmitted by
 CoAP itself (CON); a device that lost the transfer (4.08 Request Entity Incomplete) makes it start over, a bounded
 number of times. The whole push is bounded in time.
 
@@ -73,7 +75,8 @@ async def push_package(context: Context, reg: Registration, data: bytes, *,
                        on_progress: ProgressListener | None = None) -> PushProgress:
     """Write ``data`` to ``path`` of the device block-wise; returns the final progress or raises.
 
-    Raises ErrorResponseError (the device's code) when the device refuses the package,
+    Raises ErrorResponseError (the device's code) when the device refuses the package (a 4.13 without a smaller
+    Block1 size: at once, nothing more is sent),
     RequestTimeoutError when a block is not answered or the push outlasts ``total_timeout``.
     """
     if reg.remote is None:
@@ -96,6 +99,8 @@ async def push_package(context: Context, reg: Registration, data: bytes, *,
                 request = Message(code=Code.PUT, uri_path=segments, payload=chunk, content_format=content_format)
                 if total > size or offset:
                     request.opt.block1 = BlockOption.BlockwiseTuple(number, more, szx)
+                if number == 0:
+                    request.opt.size1 = total  # lets the device refuse a package too large for it up front
                 request.remote = reg.remote
                 response = await _exchange(context, request, reg.endpoint, request_timeout)
                 code = response.code

@@ -692,7 +692,7 @@ async def test_fleet_of_50_registers_and_stops(rd: ResourceDirectory) -> None:
 async def test_cli_runs_a_fleet_until_sigterm(rd: ResourceDirectory) -> None:
     repo = Path(__file__).resolve().parents[2]
     code = ("from client_sim.cli import sim; "
-            f"sim(server={rd.uri!r}, count=3, prefix='cli-', lifetime=60)")
+            f"sim(server={rd.uri!r}, count=3, prefix='cli-', lifetime=60, insecure_accept_any=True)")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", code, cwd=repo, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(repo)},

@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiocoap import Context, Message, resource
+from aiocoap.numbers.codes import Code
+from aiocoap.optiontypes import BlockOption
 
 from client_sim.device import SimulatedDevice
 from client_sim.firmware import FirmwareOptions
@@ -21,16 +24,19 @@ from firmware_object.errors import State, UpdateResult
 from firmware_object.suit.envelope import build_envelope
 from firmware_object.suit.keys import PrivateKey, generate_private_key
 from firmware_object.suit.manifest import ReleaseManifest
-from lwm2m_server.core.operations import ReadRequest
+from lwm2m_server.core.nodes import ResourceType, SingleResource
+from lwm2m_server.core.operations import ReadRequest, WriteRequest
 from lwm2m_server.core.paths import LwM2mPath
 from lwm2m_server.fota.service import Method, UpdateJob
 from lwm2m_server.server import Lwm2mServer
+from lwm2m_server.transport.udp import bound_port
 from tests.harness import eventually, running_server
 
 VENDOR = uuid.UUID("fa6b4a53-d5ad-5fdf-be9d-e663e4d41ffe")
 CLASS = uuid.UUID("1492af14-2569-5e48-bf42-9b2d51f2ab45")
 OEM = generate_private_key("es256")
 OPERATOR = generate_private_key("ed25519")
+PACKAGE_URI = LwM2mPath.of(5, 0, 1)
 
 
 def package(image: bytes, *, seq: int = 2, version: str = "2.0.0", signers: Sequence[PrivateKey] = (OEM,),
@@ -169,12 +175,62 @@ async def test_dual_signed_package_installs_on_a_device_that_requires_both(tmp_p
 
 @pytest.mark.parametrize("method", [Method.PUSH, Method.PULL])
 async def test_package_larger_than_the_flash_is_refused_with_result_2(tmp_path: Path, method: Method) -> None:
+    """Push sends Size1 with the first block, pull asks for Size2: either way the device refuses on the first
+    block (without Size1, the push went on until the 9th block overflowed the flash)."""
     data = package(os.urandom(20_000))
     async with running_server(tmp_path) as srv, device_on(srv, flash_size=8192) as dev:
         job = await run_update(srv, "fw-dev", data, method=method)
         assert not job.succeeded
         assert job.last.result == UpdateResult.NOT_ENOUGH_FLASH, job.last
-        assert dev.firmware is not None and dev.firmware.machine.result == UpdateResult.NOT_ENOUGH_FLASH
+        fw = dev.firmware
+        assert fw is not None and fw.machine.result == UpdateResult.NOT_ENOUGH_FLASH
+        assert (fw.push_blocks, fw.fetched_bytes) == ((1, 0) if method is Method.PUSH else (0, 0))
+        assert "8192" in job.last.message or method is Method.PULL, job.last
+
+
+class LyingFileServer(resource.Resource):
+    """Declares ``declared`` bytes (Size2) and serves full blocks with More set, forever."""
+
+    def __init__(self, declared: int) -> None:
+        super().__init__()
+        self.declared = declared
+        self.asked_size: list[int | None] = []
+        self.blocks = 0
+
+    async def needs_blockwise_assembly(self, request: Message) -> bool:
+        return False
+
+    async def render_get(self, request: Message) -> Message:
+        self.asked_size.append(request.opt.size2)
+        block2 = request.opt.block2
+        number, szx = (block2.block_number, block2.size_exponent) if block2 else (0, 6)
+        self.blocks += 1
+        response = Message(code=Code.CONTENT, payload=bytes(1 << (szx + 4)), etag=b"liar")
+        response.opt.block2 = BlockOption.BlockwiseTuple(number, True, szx)
+        response.opt.size2 = self.declared
+        return response
+
+
+async def test_a_pull_reads_no_further_than_the_size_the_file_server_declared(tmp_path: Path) -> None:
+    """A file server that declares 4096 bytes and keeps sending blocks is cut off after 4 blocks of 1024 bytes:
+    Update Result 5 (integrity). Without the Size2 check the device read on until its 64 KiB flash was full."""
+    liar = LyingFileServer(4096)
+    site = resource.Site()
+    site.add_resource(["fw"], liar)
+    context = await Context.create_server_context(site, bind=("127.0.0.1", 0), transports=["udp6"])
+    try:
+        uri = f"coap://127.0.0.1:{bound_port(context)}/fw"
+        async with running_server(tmp_path) as srv, device_on(srv, flash_size=64 * 1024) as dev:
+            fw = dev.firmware
+            assert fw is not None and srv.management is not None
+            await srv.management.send("fw-dev", WriteRequest(PACKAGE_URI, SingleResource(1, ResourceType.STRING,
+                                                                                         uri)))
+            await eventually(lambda: fw.machine.result != UpdateResult.INITIAL, timeout=30)
+            assert (fw.machine.state, fw.machine.result) == (State.IDLE, UpdateResult.INTEGRITY_CHECK_FAILURE)
+            assert (liar.blocks, fw.fetched_bytes) == (4, 3 * 1024)  # the 4th block would pass 4096: not kept
+            assert liar.asked_size[0] == 0  # the first GET asked for the size (RFC 7959 section 4)
+    finally:
+        await context.shutdown()
 
 
 @pytest.mark.parametrize("method", [Method.PUSH, Method.PULL])

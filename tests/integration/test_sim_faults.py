@@ -120,8 +120,8 @@ def test_faults_are_validated_and_overlay() -> None:
     for bad in ({"loss": 1.5}, {"delay": -1}, {"offline_at": 0}, {"offline_for": -1}):
         with pytest.raises(ValueError):
             Faults(**bad)
-    with pytest.raises(ValueError):
-        FirmwareOptions(loss=-0.1)
+    with pytest.raises(ValueError, match="loss is a probability"):
+        options(loss=-0.1)
     merged = Faults(loss=0.1, fail_boot=True) | Faults(corrupt_download=True)
     assert (merged.loss, merged.fail_boot, merged.corrupt_download) == (0.1, True, True)
     opts = options(fail_boot=True).with_faults(Faults(loss=0.2, seed=7))

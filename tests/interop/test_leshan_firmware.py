@@ -3,7 +3,8 @@
 Leshan writes the signed SUIT envelope to /5/0/0 of a simulated device (Write, opaque, block-wise: Californium
 splits the request into Block1 blocks of its preferred size, 512 bytes), then executes /5/0/2. The device verifies
 the envelope against its trust anchor, vendor and class ids, installs the image, reboots, registers again and
-reports Update Result 1 and its new version, which Leshan reads back.
+reports Update Result 1 and its new version, which Leshan reads back. Written without a format, Leshan picks its
+default (TLV or SenML CBOR), which the device decodes as the blocks arrive.
 
 Needs LESHAN_SERVER_DEMO; skipped, with the reason, otherwise.
 """
@@ -99,3 +100,29 @@ async def test_a_package_signed_by_another_key_is_refused(leshan_server):
         assert (await rest.execute(ep, "/5/0/2")).code == 405  # nothing to install: Update is refused
         assert await text(rest, ep, "/3/0/3") == "1.0.0"
         assert dev.counters.reboots == 0
+
+
+async def test_leshan_writes_the_package_in_its_default_format_and_the_device_installs_it(leshan_server):
+    """No format forced: Leshan picks its own (TLV or SenML CBOR for a LwM2M 1.1 client, block-wise), which the
+    device decodes as the blocks arrive (client_sim.package_stream), verifies and installs."""
+    ep = "fw-default-format"
+    image = os.urandom(20 * 1024)
+    data = package(image)
+    async with managed_by_leshan(leshan_server, ep, firmware=firmware()) as (dev, rest):
+        fw = dev.firmware
+        assert fw is not None
+        async with LeshanEvents(rest.api, ep, keep_coap_log=True) as events:
+            answer = await rest.write(ep, "/5/0/0", opaque(data), timeout=60)
+            assert answer.code == 204, answer.body
+            puts = [e.data for e in events.seen if e.name == "COAPLOG" and not e.data["incoming"]
+                    and e.data["code"] == "PUT"]
+            formats = {str(p["options"]).split("Content-Format")[1][:40] for p in puts
+                       if "Content-Format" in str(p["options"])}
+            print(f"Leshan's default format for /5/0/0: {formats}; {len(puts)} PUTs")
+            assert len(puts) > 1 and all("Block1" in p["options"] for p in puts)
+            assert fw.last_package == data and fw.machine.state == State.DOWNLOADED
+            answer = await rest.execute(ep, "/5/0/2")
+            assert answer.code == 204, answer.body
+            await events.next("REGISTRATION", timeout=20)  # the device rebooted into the new image
+        assert await text(rest, ep, "/5/0/5") == str(int(UpdateResult.SUCCESS))
+        assert (fw.version, fw.slots[fw.active].image) == ("2.0.0", image)
