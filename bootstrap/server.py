@@ -19,7 +19,10 @@ Invariants:
   again, which retires it;
 - at most one bootstrap runs per endpoint (a new request from the device replaces its running one) and at most
   ``max_sessions`` at all (5.03 beyond); each is bounded by ``session_timeout``;
-- /bs and /bspack are rate limited per source address and per identity (5.03 with Max-Age beyond);
+- /bs and /bspack are rate limited (on by default) per source address and per identity (``rate``/``burst``,
+  generous: a fleet behind one address bootstraps at once), and per identity alone (``identity_rate``/
+  ``identity_burst``: a device bootstraps rarely, each bootstrap issues a key and writes the store): 5.03 with
+  Max-Age beyond;
 - PSKs go only into request payloads over DTLS; no log line, event, exception or ``repr`` carries one.
 """
 
@@ -96,8 +99,10 @@ class BootstrapSettings:
     request_timeout: float = 10.0  # per request to the device (CoAP retransmissions included)
     session_timeout: float = 60.0  # a whole bootstrap
     max_sessions: int = 1000
-    rate: float | None = None  # /bs and /bspack requests per second per source host and per identity
-    burst: int = 10
+    rate: float | None = 100.0  # /bs and /bspack requests per second per source host and per identity (None/0: off)
+    burst: int = 2000  # ... with this burst: 1,000 devices behind one address (NAT, loopback) bootstrap at once
+    identity_rate: float | None = 0.2  # /bs and /bspack requests per second per PSK identity alone (None/0: off)
+    identity_burst: int = 20
     idle_timeout: float = 120.0  # DTLS sessions: devices leave once bootstrapped
     max_peers: int = 10000
     coap_host: str = "127.0.0.1"
@@ -136,7 +141,9 @@ class BootstrapServer:
         self.coap_port = 0
         self._on_event = on_event
         self._clock = clock
-        self._limiter = RateLimiter(settings.rate, settings.burst) if settings.rate is not None else None
+        self._limiter = RateLimiter(settings.rate, settings.burst) if settings.rate else None
+        self._identity_limiter = (RateLimiter(settings.identity_rate, settings.identity_burst)
+                                  if settings.identity_rate else None)
         self._sessions: dict[tuple[str, str], asyncio.Task[BootstrapOutcome]] = {}
         self._watcher: asyncio.Task[None] | None = None
         self.outcomes: asyncio.Queue[tuple[str, BootstrapOutcome]] | None = None  # for tests and the CLI
@@ -270,14 +277,16 @@ class BootstrapServer:
         return credential, endpoint
 
     def _check_rate(self, request: Message, identity: str | None) -> None:
-        if self._limiter is None:
-            return
         now = self._clock()
-        keys = [("address", "addr:" + remote_host(request.remote))]
-        if identity is not None:
-            keys.append(("identity", "id:" + identity))
-        for kind, key in keys:
-            wait = self._limiter.allow(key, now)
+        checks: list[tuple[RateLimiter, str, str]] = []
+        if self._limiter is not None:
+            checks.append((self._limiter, "address", "addr:" + remote_host(request.remote)))
+            if identity is not None:
+                checks.append((self._limiter, "identity", "id:" + identity))
+        if self._identity_limiter is not None and identity is not None:
+            checks.append((self._identity_limiter, "identity", "id:" + identity))
+        for limiter, kind, key in checks:
+            wait = limiter.allow(key, now)
             if wait is not None:
                 data: dict[str, object] = {"address": remote_address(request.remote), "limited_by": kind,
                                            "retry_after": round(wait, 3), "identity": identity}

@@ -1,7 +1,8 @@
 """The credential vault: a key-encryption key (KEK) that seals secrets at rest with AES-256-GCM.
 
 The KEK is 32 random bytes. It comes from the environment variable ``SCRATCH_VAULT_KEY`` (64 hex digits or
-base64) when that is set, else from a key file that is created on first start: the file exists with mode 0600
+base64) when that is set, else from a key file that is created on first start (where: :func:`open_vault`, by
+default outside the data directory, ``~/.config/scratch/vault.key``): the file exists with mode 0600
 from its first byte (a private temporary file, ``O_CREAT | O_EXCL``, linked into place), so there is no window in
 which another user could read it, and two processes starting together agree on one key.
 
@@ -40,7 +41,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from lwm2m_server.core.errors import SecurityError
-from lwm2m_server.data_dir import create_private_file
+from lwm2m_server.data_dir import VAULT_KEY_FILE_ENV, create_private_file, default_config_dir, vault_key_location
 
 __all__ = [
     "KEK_BYTES",
@@ -50,6 +51,7 @@ __all__ = [
     "SecretBytes",
     "Vault",
     "VaultError",
+    "open_vault",
 ]
 
 log = logging.getLogger(__name__)
@@ -233,3 +235,26 @@ class Vault:
 
     def __reduce__(self) -> str | tuple[Any, ...]:
         raise TypeError("a Vault cannot be pickled (it holds key material)")
+
+
+_warned_legacy: set[Path] = set()
+
+
+def open_vault(data_dir: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None) -> Vault:
+    """The vault of the data directory ``data_dir``, as every ``scratch`` command opens it: ``$SCRATCH_VAULT_KEY``
+    when set, else the key file :func:`lwm2m_server.data_dir.vault_key_location` names (``$SCRATCH_VAULT_KEY_FILE``;
+    an existing ``DATA_DIR/vault.key``, with a warning, once per process, saying how to move it; else
+    ``~/.config/scratch/vault.key``), created on first use."""
+    env = os.environ if environ is None else environ
+    if env.get(KEK_ENV_VAR, "").strip():
+        return Vault.open(None, environ=env)
+    where = vault_key_location(Path(data_dir), env)
+    if where.in_data_dir and where.path not in _warned_legacy:
+        _warned_legacy.add(where.path)
+        target = default_config_dir(env) / where.path.name
+        how = (f"mkdir -m 700 -p {target.parent} && mv -n {where.path} {target}" if not target.exists() else
+               f"{target} holds another key already: move it anywhere else outside the data directory")
+        log.warning("the vault key file %s lies in the data directory, beside the database it protects: whoever "
+                    "copies that folder can open every key. Move it out (%s; or set $%s to the file's new name)",
+                    where.path, how, VAULT_KEY_FILE_ENV)
+    return Vault.open(where.path, environ=env)

@@ -1,4 +1,6 @@
-"""The server's data directory: where it is, and the files in it that clients read (API URL, API token).
+"""The server's data directory: where it is, and the files in it that clients read (API URL, API token); and
+where the vault key file is, which is *not* in the data directory by default (whoever copies that folder would
+otherwise get the database and the key that opens every secret in it).
 
 Stdlib only, so that CLI commands find the server without importing it.
 """
@@ -8,10 +10,14 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 TOKEN_FILE = "api-token"
 API_URL_FILE = "api-url"
+VAULT_KEY_FILE = "vault.key"
+VAULT_KEY_FILE_ENV = "SCRATCH_VAULT_KEY_FILE"
 
 
 def default_data_dir() -> Path:
@@ -20,6 +26,46 @@ def default_data_dir() -> Path:
         return Path(env)
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "scratch"
+
+
+def default_config_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_CONFIG_HOME/scratch``, else ``~/.config/scratch``: where the vault key file lives by default."""
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "scratch"
+
+
+@dataclass(frozen=True, slots=True)
+class VaultKeyLocation:
+    """Where the vault key file of a data directory is, and why: ``"env"`` ($SCRATCH_VAULT_KEY_FILE), ``"legacy"``
+    (an existing ``DATA_DIR/vault.key``, from before the key moved out: it keeps working, with a warning) or
+    ``"default"`` (:func:`default_config_dir`, shared by every data directory of the user)."""
+
+    path: Path
+    origin: str
+
+    @property
+    def in_data_dir(self) -> bool:
+        return self.origin == "legacy"
+
+
+def vault_key_location(data_dir: Path, environ: Mapping[str, str] | None = None) -> VaultKeyLocation:
+    """The one rule every command uses to find the vault key file of ``data_dir`` (``$SCRATCH_VAULT_KEY``, the
+    key itself, still takes precedence over any file: see :func:`bootstrap.vault.open_vault`):
+
+    1. ``$SCRATCH_VAULT_KEY_FILE`` when set (a file name; created on first use);
+    2. ``DATA_DIR/vault.key`` when that file exists (a data directory made before the key moved out);
+    3. ``$XDG_CONFIG_HOME/scratch/vault.key`` (``~/.config/scratch/vault.key``), created on first use, mode 0600
+       in a 0700 folder.
+    """
+    env = os.environ if environ is None else environ
+    named = env.get(VAULT_KEY_FILE_ENV, "").strip()
+    if named:
+        return VaultKeyLocation(Path(named).expanduser(), "env")
+    legacy = Path(data_dir) / VAULT_KEY_FILE
+    if legacy.is_file():
+        return VaultKeyLocation(legacy, "legacy")
+    return VaultKeyLocation(default_config_dir(env) / VAULT_KEY_FILE, "default")
 
 
 def write_private(path: Path, text: str) -> None:

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,13 +38,13 @@ from lwm2m_server.fota.file_server import MOUNT as FILES_MOUNT
 from lwm2m_server.fota.file_server import FileServer
 from lwm2m_server.fota.service import FirmwareService
 from lwm2m_server.management import DeviceManagement
-from lwm2m_server.registry.service import RegistrationService
+from lwm2m_server.registry.service import DEFAULT_MAX_LIFETIME, DEFAULT_MAX_REGISTRATIONS, RegistrationService
 from lwm2m_server.registry.tags import DeviceTags
 from lwm2m_server.storage.database import Database
 from lwm2m_server.storage.sql import SqlDeviceStore, SqlRegistrationStore
 from lwm2m_server.transport.downlink import DownlinkSender
 from lwm2m_server.transport.dtls import DtlsServerTransport, add_dtls_server, dtls_server_context, dtls_transport
-from lwm2m_server.transport.site import ServerSite
+from lwm2m_server.transport.site import DEFAULT_MAX_BLOCK1_ASSEMBLIES, DEFAULT_MAX_BLOCK1_PER_REMOTE, ServerSite
 from lwm2m_server.transport.udp import exclusive_context, release
 
 if TYPE_CHECKING:
@@ -71,8 +72,15 @@ class ServerSettings:
     bench_api: bool = False  # the Leshan-shaped write route for bench/, unauthenticated, loopback only
     coaps_host: str = "127.0.0.1"
     coaps_port: int | None = None  # None: no DTLS listener; 0: any free port
-    rd_rate: float | None = None  # /rd requests per second per source host and per identity (None: unlimited)
-    rd_burst: int = 20
+    # caps on what peers can grow (see docs/security.md); a rate of None or 0 turns that limit off
+    rd_rate: float | None = 100.0  # /rd requests per second per source host and per PSK identity ...
+    rd_burst: int = 2000  # ... with this burst: 1,000 devices behind one address (NAT, loopback) register at once
+    rd_endpoint_rate: float | None = 1.0  # /rd requests per second per endpoint ...
+    rd_endpoint_burst: int = 20  # ... with this burst (a device registers once and updates every lifetime)
+    max_registrations: int = DEFAULT_MAX_REGISTRATIONS  # beyond: 5.03 for new endpoints (see RegistrationService)
+    max_lifetime: int = DEFAULT_MAX_LIFETIME  # longer lifetimes asked for are cut to this (seconds)
+    max_block1_assemblies: int = DEFAULT_MAX_BLOCK1_ASSEMBLIES  # request bodies assembled at once (5.03 beyond)
+    max_block1_per_remote: int = DEFAULT_MAX_BLOCK1_PER_REMOTE  # ... from one address and port
     dtls_lockout_failures: int = 10  # failed DTLS handshakes from one address that lock it out (0: never)
     dtls_lockout_window: float = 60.0  # ... within this many seconds
     dtls_lockout_seconds: float = 300.0  # how long a locked-out address is ignored
@@ -88,6 +96,13 @@ class ServerSettings:
             raise ValueError("DTLS lockout: failures must be 0 (off) or more, window and seconds positive")
         if not 0 < self.credential_poll_interval <= self.credential_poll_margin:
             raise ValueError("the credential poll interval must be positive and at most the poll margin")
+        for name in ("rd_rate", "rd_endpoint_rate"):
+            rate = getattr(self, name)
+            if rate is not None and not (rate >= 0 and math.isfinite(rate)):
+                raise ValueError(f"{name} must be a number of requests per second (0: unlimited)")
+        if min(self.rd_burst, self.rd_endpoint_burst, self.max_registrations, self.max_lifetime,
+               self.max_block1_assemblies, self.max_block1_per_remote) < 1:
+            raise ValueError("bursts, maximum registrations, maximum lifetime and Block1 caps must be at least 1")
 
 
 class DeviceCredentials(Protocol):
@@ -182,7 +197,8 @@ class Lwm2mServer:
         self.tags = DeviceTags(self.database)
         self.registrations = RegistrationService(
             SqlRegistrationStore(self.database), SqlDeviceStore(self.database), self.events,
-            clock=time.time, grace=s.lifetime_grace, node_id=s.node_id)
+            clock=time.time, grace=s.lifetime_grace, node_id=s.node_id, max_registrations=s.max_registrations,
+            max_lifetime=s.max_lifetime)
         self._tasks.append(asyncio.create_task(self.registrations.run(), name="registrations"))
         events = self.events
 
@@ -197,11 +213,14 @@ class Lwm2mServer:
             credentials = self.credentials = for_kind("server")
         if s.coaps_port is not None and credentials is None:
             raise ValueError("a DTLS listener needs the device credentials")
-        limiter = RateLimiter(s.rd_rate, s.rd_burst) if s.rd_rate is not None else None
+        limiter = RateLimiter(s.rd_rate, s.rd_burst) if s.rd_rate else None
+        endpoint_limiter = RateLimiter(s.rd_endpoint_rate, s.rd_endpoint_burst) if s.rd_endpoint_rate else None
         self.site = ServerSite(self.registrations, max_body=s.max_body, on_security_event=security_event,
                                endpoint_for_identity=credentials.endpoint_for if credentials else None,
                                endpoint_is_bound=getattr(credentials, "is_bound", None),
-                               rate_limiter=limiter)
+                               rate_limiter=limiter, endpoint_limiter=endpoint_limiter,
+                               max_block1_assemblies=s.max_block1_assemblies,
+                               max_block1_per_remote=s.max_block1_per_remote)
         self.site.mount(FILES_MOUNT, self.files.handle, assemble_blocks=False)
         feed = credentials if isinstance(credentials, RevocationFeed) and s.coaps_port is not None else None
         started = time.time()

@@ -24,6 +24,17 @@ def reference() -> Path:
     return REFERENCE
 
 
+@pytest.fixture(autouse=True)
+def vault_key_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test (and every ``scratch`` process it starts, which inherits the environment) finds the default vault
+    key location (``$XDG_CONFIG_HOME/scratch/vault.key``) in its own temporary folder, never in the real home;
+    a ``$SCRATCH_VAULT_KEY_FILE`` of the developer's shell is ignored. Nothing is created until a key is."""
+    config = tmp_path / ".config"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config))
+    monkeypatch.delenv("SCRATCH_VAULT_KEY_FILE", raising=False)
+    return config / "scratch" / "vault.key"
+
+
 # ---------------------------------------------------------------- rule 6: no secret in any log of the run
 
 

@@ -15,15 +15,15 @@ from rich.console import Console
 from rich.table import Table
 
 from lwm2m_server.cli.client import ApiClient, CliError
-from lwm2m_server.cli.common import err_console
+from lwm2m_server.cli.common import err_console, new_app
 from lwm2m_server.cli.render import devices_table, print_response
 from lwm2m_server.core.errors import Lwm2mError
 from lwm2m_server.core.model import ObjectModel
 from lwm2m_server.core.paths import LwM2mPath
 
-app = typer.Typer(name="scratch", no_args_is_help=True, add_completion=False,
+app = new_app(name="scratch", add_completion=False,
                   help="SCRATCh: secure firmware updates for fleets of LwM2M devices.")
-device_app = typer.Typer(no_args_is_help=True, help="Manage registered devices through the running server.")
+device_app = new_app(help="Manage registered devices through the running server.")
 app.add_typer(device_app, name="device")
 
 console = Console()
@@ -101,11 +101,27 @@ def server(
     data_dir: DataDirOpt = None,
     models: Annotated[Path | None, typer.Option("--models", help="Folder of OMA DDF XML files to add",
                                                 exists=True, file_okay=False)] = None,
-    rd_rate: Annotated[float | None, typer.Option(
-        "--rd-rate", help="Registration requests (/rd) per second allowed per source address and per identity "
-        "[default: unlimited]", show_default=False)] = None,
-    rd_burst: Annotated[int, typer.Option("--rd-burst", min=1, help="Burst of /rd requests allowed above "
-                                          "--rd-rate")] = 20,
+    rd_rate: Annotated[float, typer.Option(
+        "--rd-rate", min=0, help="Registration requests (/rd: Register, Update, De-register) per second allowed per "
+        "source address and per DTLS identity; beyond: 5.03 with Max-Age. 0: unlimited")] = 100.0,
+    rd_burst: Annotated[int, typer.Option("--rd-burst", min=1, help="Burst of /rd requests allowed above --rd-rate "
+                                          "(sized for 1,000 devices behind one address registering at once)")]
+    = 2000,
+    rd_endpoint_rate: Annotated[float, typer.Option(
+        "--rd-endpoint-rate", min=0, help="/rd requests per second allowed per endpoint name. 0: unlimited")] = 1.0,
+    rd_endpoint_burst: Annotated[int, typer.Option("--rd-endpoint-burst", min=1, help="Burst of /rd requests "
+                                                   "allowed per endpoint above --rd-endpoint-rate")] = 20,
+    max_registrations: Annotated[int, typer.Option(
+        "--max-registrations", min=1, help="Registrations held at most; beyond, a new endpoint gets 5.03 with "
+        "Max-Age (a DTLS device may take the place of a plain-CoAP one; a live DTLS one is never evicted)")]
+    = 100_000,
+    max_lifetime: Annotated[int, typer.Option(
+        "--max-lifetime", min=1, help="Longest registration lifetime granted (s); a device asking for more "
+        "expires as if it had asked for this")] = 86_400,
+    max_block1: Annotated[int, typer.Option(
+        "--max-block1", min=1, help="Block-wise request bodies assembled at once (5.03 beyond)")] = 1000,
+    max_block1_per_remote: Annotated[int, typer.Option(
+        "--max-block1-per-remote", min=1, help="... from one remote address and port")] = 4,
     lockout_failures: Annotated[int, typer.Option(
         "--dtls-lockout-failures", min=0, help="Failed DTLS handshakes from one address that get it ignored "
         "(0: never)")] = 10,
@@ -122,6 +138,10 @@ def server(
 
     Devices connect over CoAP with DTLS-PSK (--coaps); each one's PSK identity is its server credential in the
     data directory's vault-backed store and binds it to its endpoint name. Plain CoAP only with --insecure.
+
+    The vault key is $SCRATCH_VAULT_KEY, else the file $SCRATCH_VAULT_KEY_FILE names, else DATA_DIR/vault.key if
+    it exists (from older versions: move it out), else ~/.config/scratch/vault.key ($XDG_CONFIG_HOME), made on
+    first start.
     """
     from lwm2m_server.object_files import model_with_dir
     from lwm2m_server.server import Lwm2mServer, ServerSettings, default_data_dir
@@ -129,8 +149,6 @@ def server(
     if coap is not None and not insecure:
         raise typer.BadParameter("plain CoAP has no authentication and no confidentiality: add --insecure to serve "
                                  "it (beside DTLS on --coaps)", param_hint="'--coap'")
-    if rd_rate is not None and not rd_rate > 0:
-        raise typer.BadParameter("must be a positive number of requests per second", param_hint="'--rd-rate'")
     if not (lockout_window > 0 and lockout_seconds > 0):
         raise typer.BadParameter("must be positive", param_hint="'--dtls-lockout-window' / '--dtls-lockout-seconds'")
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
@@ -147,15 +165,17 @@ def server(
     settings = ServerSettings(data_dir=folder, coap_host=chost, coap_port=cport if insecure else None,
                               coaps_host=shost, coaps_port=sport, api_host=ahost, api_port=aport, models_dir=models,
                               bench_api=bench_api, rd_rate=rd_rate, rd_burst=rd_burst,
+                              rd_endpoint_rate=rd_endpoint_rate, rd_endpoint_burst=rd_endpoint_burst,
+                              max_registrations=max_registrations, max_lifetime=max_lifetime,
+                              max_block1_assemblies=max_block1, max_block1_per_remote=max_block1_per_remote,
                               dtls_lockout_failures=lockout_failures, dtls_lockout_window=lockout_window,
                               dtls_lockout_seconds=lockout_seconds)
 
     async def main() -> None:
-        from bootstrap.vault import Vault, VaultError
-        from lwm2m_server.cli.factory import VAULT_KEY_FILE
+        from bootstrap.vault import VaultError, open_vault
 
         try:
-            vault = Vault.open(folder / VAULT_KEY_FILE)
+            vault = open_vault(folder)
         except VaultError as e:
             raise CliError(f"cannot open the vault: {e}") from None
         srv = Lwm2mServer(settings, model=model, open_credentials=_server_credentials(folder), vault=vault)
@@ -180,16 +200,15 @@ def server(
 
 def _server_credentials(data_dir: Path) -> Any:
     """What the server calls with its database to get the device credentials: the vault-backed SQL store
-    (DATA_DIR/vault.key, or $SCRATCH_VAULT_KEY), loaded, restricted to server credentials (a bootstrap
+    (:func:`bootstrap.vault.open_vault`), loaded, restricted to server credentials (a bootstrap
     credential never opens a session with the LwM2M server)."""
 
     def open_credentials(database: Any) -> Any:
         from bootstrap.credentials import CredentialKind
         from bootstrap.sql_credentials import SqlCredentialStore
-        from bootstrap.vault import Vault
-        from lwm2m_server.cli.factory import VAULT_KEY_FILE
+        from bootstrap.vault import open_vault
 
-        store = SqlCredentialStore(database, Vault.open(data_dir / VAULT_KEY_FILE))
+        store = SqlCredentialStore(database, open_vault(data_dir))
         credentials = store.for_kind(CredentialKind.SERVER)
         logging.getLogger(__name__).info("%d active server credential(s)", credentials.load())
         return credentials

@@ -32,10 +32,16 @@ def bootstrap_server(
                                                   help="Data directory shared with `scratch server`")] = None,
     lifetime: Annotated[int, typer.Option("--lifetime", min=30, help="Registration lifetime given to devices (s)")]
     = 300,
-    rate: Annotated[float | None, typer.Option("--rate", min=0.001, help="Bootstrap requests per second allowed "
-                                               "per source address and per identity (default: unlimited)")] = None,
-    burst: Annotated[int, typer.Option("--burst", min=1, help="Requests allowed at once before --rate applies")]
-    = 10,
+    rate: Annotated[float, typer.Option("--rate", min=0, help="Bootstrap requests per second allowed per source "
+                                        "address and per identity; beyond: 5.03 with Max-Age. 0: unlimited")]
+    = 100.0,
+    burst: Annotated[int, typer.Option("--burst", min=1, help="Requests allowed at once before --rate applies "
+                                       "(sized for 1,000 devices behind one address bootstrapping at once)")]
+    = 2000,
+    identity_rate: Annotated[float, typer.Option(
+        "--identity-rate", min=0, help="Bootstrap requests per second allowed per identity alone (each one issues "
+        "a key). 0: unlimited")] = 0.2,
+    identity_burst: Annotated[int, typer.Option("--identity-burst", min=1, help="... with this burst")] = 20,
     max_sessions: Annotated[int, typer.Option("--max-sessions", min=1, help="Bootstraps run at once (5.03 beyond)")]
     = 1000,
     lockout_failures: Annotated[int, typer.Option(
@@ -69,7 +75,8 @@ def bootstrap_server(
     folder = data_dir or default_data_dir()
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     settings = BootstrapSettings(server_uri=server_uri, coaps_host=host, coaps_port=port, lifetime=lifetime,
-                                 rate=rate, burst=burst, max_sessions=max_sessions, lockout_failures=lockout_failures,
+                                 rate=rate, burst=burst, identity_rate=identity_rate, identity_burst=identity_burst,
+                                 max_sessions=max_sessions, lockout_failures=lockout_failures,
                                  lockout_window=lockout_window, lockout_seconds=lockout_seconds)
     if coap is not None:
         settings.coap_host, settings.coap_port = parse_hostport(coap, 5783)

@@ -14,9 +14,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from lwm2m_server.cli.client import ApiClient, CliError
-from lwm2m_server.cli.common import err_console, fail
+from lwm2m_server.cli.common import err_console, fail, new_app
 
-campaign_app = typer.Typer(no_args_is_help=True, help="Roll releases out to devices in waves; signed reports.")
+campaign_app = new_app(help="Roll releases out to devices in waves; signed reports.")
 console = Console(soft_wrap=True)
 
 ApiOpt = Annotated[str | None, typer.Option("--api", help="API base URL [default: from the data directory]")]

@@ -24,30 +24,25 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from lwm2m_server.cli.common import err_console, fail, quiet_logs
+from lwm2m_server.cli.common import err_console, fail, new_app, quiet_logs
 from lwm2m_server.core.errors import Lwm2mError
 from lwm2m_server.data_dir import create_private_file
 
-factory_app = typer.Typer(no_args_is_help=True, help="Provision devices on the production line: bootstrap "
-                          "credentials and the manufacturing file.")
+factory_app = new_app(help="Provision devices on the production line: bootstrap "
+                      "credentials and the manufacturing file.")
 console = Console(soft_wrap=True)
 
 MAX_COUNT = 100_000
 PROGRESS_FROM = 200  # a progress bar (stderr) from this many devices on
-VAULT_KEY_FILE = "vault.key"
 DEFAULT_BOOTSTRAP_URI = "coaps://localhost:5784"
 FIELDS = ("endpoint", "psk_identity", "psk_key", "bootstrap_uri")
 _PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 _URI = re.compile(r"coaps://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(?P<port>[0-9]{1,5})")
 
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", envvar="SCRATCH_DATA_DIR",
-                                                 help="Server data directory (holds the database and vault.key)")]
+                                                 help="Server data directory (holds the database; the vault key is "
+                                                 "kept elsewhere, see `scratch server --help`)")]
 TenantOpt = Annotated[str, typer.Option("--tenant", help="Tenant the credentials belong to")]
-
-
-
-
-
 
 def _data_dir(data_dir: Path | None) -> Path:
     from lwm2m_server.data_dir import default_data_dir
@@ -56,16 +51,16 @@ def _data_dir(data_dir: Path | None) -> Path:
 
 
 def _store(data_dir: Path, *, need_keys: bool) -> Any:
-    """The SQL credential store of ``data_dir``. With ``need_keys`` its vault is the real one ($SCRATCH_VAULT_KEY,
-    else DATA_DIR/vault.key, created on first use); without (revoke, list: nothing is sealed or opened) a throwaway
-    vault, so those commands never create a key file."""
+    """The SQL credential store of ``data_dir``. With ``need_keys`` its vault is the real one
+    (:func:`bootstrap.vault.open_vault`: $SCRATCH_VAULT_KEY, else the key file, created on first use); without
+    (revoke, list: nothing is sealed or opened) a throwaway vault, so those commands never create a key file."""
     from bootstrap.sql_credentials import SqlCredentialStore
-    from bootstrap.vault import Vault
+    from bootstrap.vault import Vault, open_vault
     from lwm2m_server.storage.database import Database
 
     try:
         database = Database.for_data_dir(data_dir)
-        vault = Vault.open(data_dir / VAULT_KEY_FILE) if need_keys else Vault.generate()
+        vault = open_vault(data_dir) if need_keys else Vault.generate()
         return SqlCredentialStore(database, vault)
     except Lwm2mError as e:
         raise fail(str(e)) from None

@@ -27,10 +27,10 @@ from firmware_object.suit.keys import (
 from firmware_object.suit.manifest import ReleaseManifest, describe
 from firmware_object.suit.verify import verify_envelope
 from lwm2m_server.cli.client import ApiClient, CliError
-from lwm2m_server.cli.common import err_console, fail
+from lwm2m_server.cli.common import err_console, fail, new_app
 from lwm2m_server.data_dir import create_private_file
 
-firmware_app = typer.Typer(no_args_is_help=True, help="Sign firmware into SUIT packages and update devices.")
+firmware_app = new_app(help="Sign firmware into SUIT packages and update devices.")
 console = Console(soft_wrap=True)
 
 MAX_PACKAGE = 64 << 20

@@ -1,9 +1,10 @@
 """``scratch release``: signing keys, releases (images signed into SUIT packages), approvals and class policies.
 
 Works locally on the data directory, like ``scratch factory``: the database ``scratch.db``, the blobs folder and
-the vault (``$SCRATCH_VAULT_KEY``, else ``vault.key``, created on first use by the commands that sign). A running
-server on the same data directory sees the releases at once. Private keys are never printed; ``key export`` gives
-the public key (the trust anchor devices are provisioned with). Bad input exits 2 with a one-line error.
+the vault (:func:`bootstrap.vault.open_vault`: ``$SCRATCH_VAULT_KEY``, else the key file, created on first use
+by the commands that sign). A running server on the same data directory sees the releases at once. Private keys
+are never printed; ``key export`` gives the public key (the trust anchor devices are provisioned with). Bad input
+exits 2 with a one-line error.
 """
 
 from __future__ import annotations
@@ -21,17 +22,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
-from lwm2m_server.cli.common import err_console, fail, quiet_logs
+from lwm2m_server.cli.common import err_console, fail, new_app, quiet_logs
 from lwm2m_server.core.errors import InvalidRequestError, Lwm2mError, NotFoundError
 from lwm2m_server.data_dir import create_private_file
 
 if TYPE_CHECKING:
     from lwm2m_server.fota.releases import ReleaseStore, SigningKeyStore
 
-release_app = typer.Typer(no_args_is_help=True, help="Releases: images signed into packages with named keys, "
-                          "approvals by deployment keys, device-class policies.")
-key_app = typer.Typer(no_args_is_help=True, help="Named signing keys (private keys sealed in the vault).")
-class_app = typer.Typer(no_args_is_help=True, help="Device-class policies (e.g. require a deployment approval).")
+release_app = new_app(help="Releases: images signed into packages with named keys, "
+                      "approvals by deployment keys, device-class policies.")
+key_app = new_app(help="Named signing keys (private keys sealed in the vault).")
+class_app = new_app(help="Device-class policies (e.g. require a deployment approval).")
 release_app.add_typer(key_app, name="key")
 release_app.add_typer(class_app, name="class")
 
@@ -42,7 +43,8 @@ PROGRESS_FROM = 8 << 20  # a progress bar (stderr) when the images total this ma
 CHUNK = 1 << 20
 
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", envvar="SCRATCH_DATA_DIR",
-                                                 help="Server data directory (holds the database and vault.key)")]
+                                                 help="Server data directory (holds the database; the vault key is "
+                                                 "kept elsewhere, see `scratch server --help`)")]
 TenantOpt = Annotated[str, typer.Option("--tenant", help="Tenant the keys and releases belong to")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON")]
 
@@ -68,8 +70,7 @@ def _open(data_dir: Path | None, *, need_keys: bool) -> Iterator[_Stores]:
     """The key and release stores of the data directory. Without ``need_keys`` (nothing is sealed or opened) the
     vault is a throwaway one, so such commands never create a key file. Errors become one-line exits: 2 for bad
     input (unknown names, wrong roles...), 1 otherwise."""
-    from bootstrap.vault import Vault
-    from lwm2m_server.cli.factory import VAULT_KEY_FILE
+    from bootstrap.vault import Vault, open_vault
     from lwm2m_server.data_dir import default_data_dir
     from lwm2m_server.fota.releases import BLOBS_DIR, BlobStore, ReleaseStore, SigningKeyStore
     from lwm2m_server.storage.database import Database
@@ -81,7 +82,7 @@ def _open(data_dir: Path | None, *, need_keys: bool) -> Iterator[_Stores]:
     except Lwm2mError as e:
         raise _fail(str(e)) from None
     try:
-        vault = Vault.open(folder / VAULT_KEY_FILE) if need_keys else Vault.generate()
+        vault = open_vault(folder) if need_keys else Vault.generate()
         keys = SigningKeyStore(database, vault)
         yield _Stores(keys, ReleaseStore(database, BlobStore(folder / BLOBS_DIR), keys))
     except (InvalidRequestError, NotFoundError) as e:

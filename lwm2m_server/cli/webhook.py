@@ -21,26 +21,21 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from lwm2m_server.cli.common import err_console, fail, quiet_logs
+from lwm2m_server.cli.common import err_console, fail, new_app, quiet_logs
 from lwm2m_server.core.errors import Lwm2mError
 
 if TYPE_CHECKING:
     from lwm2m_server.fota.webhooks import WebhookStore
 
-webhook_app = typer.Typer(no_args_is_help=True, help="Send events (campaign results...) to HTTP(S) URLs as signed "
-                          "JSON POSTs; see what was delivered.")
+webhook_app = new_app(help="Send events (campaign results...) to HTTP(S) URLs as signed "
+                      "JSON POSTs; see what was delivered.")
 console = Console(soft_wrap=True)
 
-VAULT_KEY_FILE = "vault.key"  # as lwm2m_server.cli.factory.VAULT_KEY_FILE
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", envvar="SCRATCH_DATA_DIR",
-                                                 help="Server data directory (holds the database and vault.key)")]
+                                                 help="Server data directory (holds the database; the vault key is "
+                                                 "kept elsewhere, see `scratch server --help`)")]
 TenantOpt = Annotated[str, typer.Option("--tenant", help="Tenant the webhooks belong to")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON")]
-
-
-
-
-
 
 def _folder(data_dir: Path | None) -> Path:
     from lwm2m_server.data_dir import default_data_dir
@@ -57,9 +52,10 @@ def _has_database(folder: Path) -> bool:
 @contextlib.contextmanager
 def _store(folder: Path, *, need_vault: bool) -> Iterator[WebhookStore]:
     """The webhook store of ``folder`` (its database closed on exit). With ``need_vault`` the real vault
-    ($SCRATCH_VAULT_KEY, else vault.key, created on first use); without (nothing is sealed or opened) a throwaway
+    (:func:`bootstrap.vault.open_vault`: $SCRATCH_VAULT_KEY, else the key file, created on first use); without
+    (nothing is sealed or opened) a throwaway
     one, so no key file is created. A store error becomes a one-line error and exit code 1."""
-    from bootstrap.vault import Vault
+    from bootstrap.vault import Vault, open_vault
     from lwm2m_server.fota.webhooks import WebhookStore
     from lwm2m_server.storage.database import Database
 
@@ -68,7 +64,7 @@ def _store(folder: Path, *, need_vault: bool) -> Iterator[WebhookStore]:
     except Lwm2mError as e:
         raise fail(str(e)) from None
     try:
-        vault = Vault.open(folder / VAULT_KEY_FILE) if need_vault else Vault.generate()
+        vault = open_vault(folder) if need_vault else Vault.generate()
         yield WebhookStore(database, vault)
     except Lwm2mError as e:
         raise fail(str(e)) from None

@@ -15,6 +15,16 @@ Invariants:
   change of the same registration always wins over a retried older one;
 * every change is published on the :class:`~lwm2m_server.events.EventBus` (after the state has changed, so a
   subscriber may call back into the service);
+* bounded: at most ``max_registrations`` live registrations (default 100,000). A Register of an endpoint not yet
+  registered, when the table is full, first drops what has expired; if it is still full, a DTLS-authenticated
+  newcomer (``secure``) takes the place of the unauthenticated (plain CoAP) registration that expires first
+  (``registration.deregistered``, reason ``evicted``); anyone else gets :class:`RegistryFullError` (5.03 with
+  Max-Age). A live authenticated registration is never evicted, and a device re-registering its own endpoint
+  always gets in (it replaces itself). Refusing rather than evicting keeps a flood of new names from pushing real
+  devices out;
+* lifetimes are clamped to ``max_lifetime`` (default 1 day): a device asking for more (up to 2**32-1 s) is kept
+  as if it had asked for ``max_lifetime``. LwM2M has no way to tell it so in the 2.01 or 2.04, so a device that
+  does not update by then has to register again (its Update gets 4.04);
 * times are wall-clock seconds from the injected ``clock`` (they are persisted: monotonic time would not
   survive a restart);
 * the service lives on one event loop thread and is not thread-safe; only the stores run in worker threads.
@@ -31,6 +41,7 @@ from dataclasses import replace
 
 from lwm2m_server.core.codec.link import Link
 from lwm2m_server.core.errors import UnknownRegistrationError
+from lwm2m_server.core.rate_limit import RateLimitedError
 from lwm2m_server.core.registration import RegisterParams, Registration, UpdateParams
 from lwm2m_server.events import (
     REGISTRATION_DEREGISTERED,
@@ -50,13 +61,17 @@ from lwm2m_server.storage.stores import (
     merge_sighting,
 )
 
-__all__ = ["DEFAULT_GRACE", "DEFAULT_GRACE_RATIO", "RegistrationService", "new_registration_id"]
+__all__ = ["DEFAULT_GRACE", "DEFAULT_GRACE_RATIO", "DEFAULT_MAX_LIFETIME", "DEFAULT_MAX_REGISTRATIONS",
+           "RegistrationService", "RegistryFullError", "new_registration_id"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GRACE = 10.0
 DEFAULT_GRACE_RATIO = 0.05
 DEFAULT_FLUSH_INTERVAL = 0.05
+DEFAULT_MAX_REGISTRATIONS = 100_000  # ~1 KiB each in memory: about 100 MiB, and SQLite keeps up with the Updates
+DEFAULT_MAX_LIFETIME = 86_400  # 1 day: a forgotten or spoofed registration is gone after at most a day and a bit
+FULL_RETRY_MAX = 600.0  # the Max-Age of a "table full" 5.03 is the next expiry, at most this
 MAX_RETRY_DELAY = 5.0
 _MAX_INTERNED_LINK_SETS = 4096
 _HEAP_SLACK = 1024
@@ -67,6 +82,11 @@ _DeviceKey = tuple[str, str]  # (tenant_id, endpoint)
 def new_registration_id() -> str:
     """A short random registration id (8 URL-safe characters, 48 bits): the ``{id}`` of ``/rd/{id}``."""
     return secrets.token_urlsafe(6)
+
+
+class RegistryFullError(RateLimitedError):
+    """The registration table is full (``max_registrations``) and the newcomer may not take anyone's place (5.03;
+    ``retry_after``: until the next registration is due to expire, at most 10 minutes)."""
 
 
 def _merge_delta(into: dict[_DeviceKey, DeviceRecord], key: _DeviceKey, s: DeviceSighting) -> None:
@@ -92,9 +112,10 @@ class RegistrationService:
     and one ``(expires_at, id)`` heap tuple per lifetime change; no other object."""
 
     __slots__ = (
-        "_by_endpoint", "_clock", "_devices", "_events", "_flush_interval", "_flush_lock", "_grace",
+        "_by_endpoint", "_clock", "_devices", "_events", "_flush_interval", "_flush_lock", "_full", "_grace",
         "_grace_ratio", "_heap", "_id_factory", "_inflight", "_links", "_max_retry_delay", "_pending",
-        "_registered", "_regs", "_stop", "_store", "_unsent_devices", "node_id",
+        "_registered", "_regs", "_stop", "_store", "_unsent_devices", "evicted", "max_lifetime",
+        "max_registrations", "node_id", "refused_full",
     )
 
     def __init__(
@@ -110,11 +131,16 @@ class RegistrationService:
         node_id: str = "",
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
         max_retry_delay: float = MAX_RETRY_DELAY,
+        max_registrations: int = DEFAULT_MAX_REGISTRATIONS,
+        max_lifetime: int = DEFAULT_MAX_LIFETIME,
         load: bool = True,
     ) -> None:
-        """``load=True`` reads the live registrations from ``store`` now (blocking: do it at start-up)."""
+        """``load=True`` reads the live registrations from ``store`` now (blocking: do it at start-up); they all
+        count, even beyond ``max_registrations`` (newcomers then wait for room)."""
         if grace < 0 or grace_ratio < 0:
             raise ValueError("grace and grace_ratio must not be negative")
+        if max_registrations < 1 or max_lifetime < 1:
+            raise ValueError("max_registrations and max_lifetime must be at least 1")
         if flush_interval <= 0:
             raise ValueError("flush_interval must be positive")
         self._store = store
@@ -127,6 +153,11 @@ class RegistrationService:
         self.node_id = node_id
         self._flush_interval = flush_interval
         self._max_retry_delay = max(max_retry_delay, flush_interval)
+        self.max_registrations = max_registrations
+        self.max_lifetime = max_lifetime
+        self.refused_full = 0  # Registers refused because the table was full
+        self.evicted = 0  # unauthenticated registrations evicted for authenticated newcomers
+        self._full = False  # the table was full at the last Register (logged once per episode)
         self._regs: dict[str, Registration] = {}
         self._by_endpoint: dict[str, dict[str, str]] = {}  # tenant -> endpoint -> id
         self._heap: list[tuple[float, str]] = []  # (expires_at, id), stale entries skipped on pop
@@ -191,9 +222,17 @@ class RegistrationService:
     ) -> Registration:
         """A new registration (Register, 2.01 Created at ``/rd/{id}``). It replaces any registration of the same
         endpoint in the tenant: ``registration.deregistered`` (reason ``replaced``) is published for the old one
-        before ``registration.registered``."""
+        before ``registration.registered``. Its lifetime is at most ``max_lifetime``. Raises
+        :class:`RegistryFullError` (5.03) when a new endpoint finds the table full (see the module invariants)."""
         now = self._clock()
+        if params.lifetime > self.max_lifetime:
+            params = replace(params, lifetime=self.max_lifetime)
         endpoints = self._by_endpoint.get(tenant_id)
+        if (endpoints is None or params.endpoint not in endpoints) and len(self._regs) >= self.max_registrations:
+            self._make_room(now, secure=secure, endpoint=params.endpoint)
+            endpoints = self._by_endpoint.get(tenant_id)  # expiry or eviction may have emptied the tenant
+        elif self._full and len(self._regs) < self.max_registrations:
+            self._full = False  # the next time it fills up is logged again
         if endpoints is None:
             endpoints = self._by_endpoint[tenant_id] = {}
         reg_id = self._new_id()
@@ -231,6 +270,8 @@ class RegistrationService:
         :class:`UnknownRegistrationError` (4.04) for an unknown or expired id."""
         now = self._clock()
         old = self._live(reg_id, now)
+        if params.lifetime is not None and params.lifetime > self.max_lifetime:
+            params = replace(params, lifetime=self.max_lifetime)
         if params.links is not None:
             links = self._intern(params.links)
             if links is not params.links:
@@ -282,6 +323,32 @@ class RegistrationService:
         return expired
 
     # ---------------------------------------------------------------- bookkeeping
+
+    def _make_room(self, now: float, *, secure: bool, endpoint: str) -> None:
+        """Room for one more registration in a full table, or :class:`RegistryFullError`. Expired ones go first
+        (O(k log n)); then, for an authenticated newcomer only, the unauthenticated registration that expires
+        first (O(n), only while the table is full)."""
+        self.expire_due(now)
+        if len(self._regs) < self.max_registrations:
+            self._full = False
+            return
+        if not self._full:
+            self._full = True
+            log.warning("registration table full (%d of at most %d): new endpoints get 5.03 until some expire or "
+                        "de-register (raise --max-registrations if the fleet is that large)", len(self._regs),
+                        self.max_registrations)
+        victim = None
+        if secure:
+            victim = min((r for r in self._regs.values() if not r.secure), key=self.expires_at, default=None)
+        if victim is None:
+            self.refused_full += 1
+            wait = min(FULL_RETRY_MAX, max(1.0, self._heap[0][0] - now)) if self._heap else FULL_RETRY_MAX
+            raise RegistryFullError(f"the server holds {len(self._regs)} registrations, its maximum", wait)
+        self._remove(victim)
+        self.evicted += 1
+        if self._events.wants(REGISTRATION_DEREGISTERED):
+            self._events.publish(Event(REGISTRATION_DEREGISTERED, now, victim.tenant_id, victim.endpoint,
+                                       {"id": victim.id, "reason": "evicted", "for": endpoint}))
 
     def _new_id(self) -> str:
         for _ in range(100):

@@ -1,17 +1,23 @@
 """The server's CoAP resource tree: the Registration interface at /rd, plus extra resources mounted by path.
 
 Invariants: a request body (assembled from Block1 blocks) is never held beyond ``max_body`` bytes: larger ones
-get 4.13 with a Size1 hint; every error reaching a client goes through :func:`error_response`.
+get 4.13 with a Size1 hint; at most ``max_block1_assemblies`` bodies are being assembled at once, at most
+``max_block1_per_remote`` per remote (address and port), each for at most ``MAX_TRANSMIT_WAIT`` (93 s) after its
+last block: a new transfer beyond either cap gets 5.03 with Max-Age (so the memory held is at most
+``max_body * max_block1_assemblies``); every error reaching a client goes through :func:`error_response`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 
 from aiocoap import Message, interfaces
-from aiocoap.blockwise import Block1Spool
+from aiocoap import error as coap_error
+from aiocoap.blockwise import ContinueException, IncompleteException, _extract_block_key
+from aiocoap.numbers import TransportTuning
 from aiocoap.numbers.codes import Code
 from aiocoap.pipe import Pipe
 from aiocoap.resource import Resource
@@ -27,6 +33,7 @@ from lwm2m_server.core.errors import (
 from lwm2m_server.core.rate_limit import RateLimitedError, RateLimiter
 from lwm2m_server.core.registration import PayloadTooLargeError, parse_register, parse_update
 from lwm2m_server.registry.service import RegistrationService
+from lwm2m_server.storage.stores import DEFAULT_TENANT
 from lwm2m_server.transport.dtls import psk_identity
 from lwm2m_server.transport.responses import error_response
 
@@ -35,20 +42,108 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Message, tuple[str, ...]], Awaitable[Message]]
 
 
-class BoundedBlock1Spool(Block1Spool):
-    """aiocoap's Block1 reassembly with a ceiling on the assembled body."""
+DEFAULT_MAX_BLOCK1_ASSEMBLIES = 1000  # at 16 KiB each: 16 MiB at most
+DEFAULT_MAX_BLOCK1_PER_REMOTE = 4  # a device sends one request at a time (NSTART = 1); a few to spare
 
-    def __init__(self, max_body: int) -> None:
-        super().__init__()
+
+class Block1BusyError(RateLimitedError):
+    """Too many Block1 transfers under way, in all or from this remote (5.03 with Max-Age): retry later."""
+
+
+class BoundedBlock1Spool:
+    """Block1 reassembly (RFC 7959 2.5; what aiocoap's ``Block1Spool`` does) with ceilings: on the assembled body
+    (``max_body``: 4.13), on the transfers under way (``max_assemblies``) and on those of one remote
+    (``max_per_remote``): 5.03 with Max-Age for a new one beyond either. An assembly is forgotten when complete,
+    or ``timeout`` seconds after its last block (oldest first); a later block of a forgotten one gets 4.08."""
+
+    def __init__(self, max_body: int, *, max_assemblies: int = DEFAULT_MAX_BLOCK1_ASSEMBLIES,
+                 max_per_remote: int = DEFAULT_MAX_BLOCK1_PER_REMOTE, timeout: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if max_assemblies < 1 or max_per_remote < 1:
+            raise ValueError("the Block1 caps must be at least 1")
         self.max_body = max_body
+        self.max_assemblies = max_assemblies
+        self.max_per_remote = max_per_remote
+        self.timeout = TransportTuning().MAX_TRANSMIT_WAIT if timeout is None else timeout
+        self._clock = clock
+        self._assemblies: OrderedDict[Hashable, tuple[Message, float]] = OrderedDict()  # least recently fed first
+        self._per_remote: dict[Hashable, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._assemblies)
 
     def feed_and_take(self, req: Message) -> Message:
+        """The whole request once its last block is in (a request without Block1 as it is); else raises aiocoap's
+        ``ContinueException`` (2.31) or ``IncompleteException`` (4.08), :class:`PayloadTooLargeError` (4.13) or
+        :class:`Block1BusyError` (5.03)."""
         size1 = req.opt.size1
         block1 = req.opt.block1
         end = (block1.start if block1 is not None else 0) + len(req.payload)
         if (size1 is not None and size1 > self.max_body) or end > self.max_body:
             raise PayloadTooLargeError(f"request body over {self.max_body} bytes")
-        return super().feed_and_take(req)
+        if block1 is None:
+            return req
+        now = self._clock()
+        self._expire(now)
+        key = _extract_block_key(req)
+        assemblies = self._assemblies
+        if block1.block_number == 0:
+            if key in assemblies:  # started over: the old one is moot
+                self._drop(key)
+            if not block1.more:
+                return req
+            self._admit(key)
+            assemblies[key] = (req, now)
+            raise ContinueException(block1)
+        entry = assemblies.get(key)
+        if entry is None:
+            raise IncompleteException
+        assembled = entry[0]
+        try:
+            assembled._append_request_block(req)
+        except (ValueError, coap_error.Error):
+            self._drop(key)  # a gap, an overlap or a block of the wrong size: the client starts over
+            raise IncompleteException from None
+        if block1.more:
+            assemblies[key] = (assembled, now)
+            assemblies.move_to_end(key)
+            raise ContinueException(block1)
+        self._drop(key)
+        return assembled
+
+    def _admit(self, key: Hashable) -> None:
+        """Count a new assembly in, or raise :class:`Block1BusyError` when a cap is reached."""
+        remote = key[0] if isinstance(key, tuple) else key
+        if len(self._assemblies) >= self.max_assemblies:
+            raise Block1BusyError("too many request bodies being assembled; retry later", self._retry_after())
+        if self._per_remote.get(remote, 0) >= self.max_per_remote:
+            raise Block1BusyError("too many request bodies being assembled from this remote; retry later",
+                                  self._retry_after())
+        self._per_remote[remote] = self._per_remote.get(remote, 0) + 1
+
+    def _drop(self, key: Hashable) -> None:
+        del self._assemblies[key]
+        remote = key[0] if isinstance(key, tuple) else key
+        left = self._per_remote[remote] - 1
+        if left:
+            self._per_remote[remote] = left
+        else:
+            del self._per_remote[remote]
+
+    def _expire(self, now: float) -> None:
+        assemblies = self._assemblies
+        while assemblies:
+            key, (_, fed) = next(iter(assemblies.items()))
+            if now - fed < self.timeout:
+                return
+            self._drop(key)
+
+    def _retry_after(self) -> float:
+        """Until the least recently fed assembly times out (at least 1 s)."""
+        if not self._assemblies:
+            return 1.0
+        _, fed = next(iter(self._assemblies.values()))
+        return max(1.0, fed + self.timeout - self._clock())
 
 
 def remote_address(remote: object) -> str:
@@ -75,6 +170,9 @@ class ServerSite(Resource):
                  endpoint_is_bound: Callable[[str], bool] | None = None,
                  on_security_event: Callable[[str, dict[str, object]], None] | None = None,
                  rate_limiter: RateLimiter | None = None,
+                 endpoint_limiter: RateLimiter | None = None,
+                 max_block1_assemblies: int = DEFAULT_MAX_BLOCK1_ASSEMBLIES,
+                 max_block1_per_remote: int = DEFAULT_MAX_BLOCK1_PER_REMOTE,
                  clock: Callable[[], float] = time.monotonic) -> None:
         """``endpoint_for_identity`` binds DTLS-PSK identities to endpoints: over DTLS, a device may register,
         update and de-register only as the endpoint its identity is bound to (anything else: 4.03 and a
@@ -83,14 +181,19 @@ class ServerSite(Resource):
 
         ``rate_limiter`` (None: unlimited) limits /rd requests per source host (``addr:<host>``) and, over DTLS,
         per PSK identity (``id:<identity>``), timed by ``clock``; excess gets 5.03 with Max-Age and a
-        ``security.rate_limited`` event."""
+        ``security.rate_limited`` event. ``endpoint_limiter`` (None: unlimited) does the same per endpoint
+        (``ep:<tenant>/<endpoint>``: the one a Register names, or an Update's or De-register's registration), only
+        once the request may act for that endpoint (so nobody else can spend a DTLS device's tokens).
+        ``max_block1_*``: see :class:`BoundedBlock1Spool`."""
         super().__init__()
         self._rate_limiter = rate_limiter
+        self._endpoint_limiter = endpoint_limiter
         self._clock = clock
         self._endpoint_for_identity = endpoint_for_identity
         self._endpoint_is_bound = endpoint_is_bound
         self._on_security_event = on_security_event
-        self._block1 = BoundedBlock1Spool(max_body)
+        self._block1 = BoundedBlock1Spool(max_body, max_assemblies=max_block1_assemblies,
+                                          max_per_remote=max_block1_per_remote, clock=clock)
         self.registrations = registrations
         self.extra: dict[str, Handler] = dict(extra or {})
         self._links: dict[str, str] = {"rd": '</rd>;rt="core.rd";ct=40'}
@@ -117,7 +220,10 @@ class ServerSite(Resource):
         try:
             await interfaces.Resource._render_to_pipe(self, pipe)
         except Lwm2mError as e:  # raised by the Block1 spool, before render()
-            pipe.add_response(_with_size1(error_response(e), self._block1.max_body, e), is_last=True)
+            response = _with_size1(error_response(e), self._block1.max_body, e)
+            if isinstance(e, RateLimitedError):
+                response.opt.max_age = e.max_age
+            pipe.add_response(response, is_last=True)
 
     async def render(self, request: Message) -> Message:
         path = request.opt.uri_path
@@ -152,10 +258,19 @@ class ServerSite(Resource):
         limiter = self._rate_limiter
         if limiter is None:
             return
-        now = self._clock()
         keys = [("address", "addr:" + remote_host(request.remote))]
         if identity is not None:
             keys.append(("identity", "id:" + identity))
+        self._take(limiter, keys, request, identity)
+
+    def _check_endpoint_rate(self, request: Message, identity: str | None, tenant_id: str, endpoint: str) -> None:
+        if self._endpoint_limiter is not None:
+            self._take(self._endpoint_limiter, [("endpoint", f"ep:{tenant_id}/{endpoint}")], request, identity,
+                       endpoint=endpoint)
+
+    def _take(self, limiter: RateLimiter, keys: list[tuple[str, str]], request: Message, identity: str | None,
+              endpoint: str | None = None) -> None:
+        now = self._clock()
         for kind, key in keys:
             wait = limiter.allow(key, now)
             if wait is not None:
@@ -163,6 +278,8 @@ class ServerSite(Resource):
                                            "retry_after": round(wait, 3)}
                 if identity is not None:
                     data["identity"] = identity
+                if endpoint is not None:
+                    data["endpoint"] = endpoint
                 log.warning("security.rate_limited: %s", data)
                 if self._on_security_event is not None:
                     self._on_security_event("security.rate_limited", data)
@@ -196,6 +313,7 @@ class ServerSite(Resource):
             elif self._endpoint_is_bound is not None and self._endpoint_is_bound(params.endpoint):
                 # plain CoAP (--insecure) may not register an endpoint that has a DTLS credential
                 self._refuse("security.unauthenticated_claim", request, claimed=params.endpoint)
+            self._check_endpoint_rate(request, identity, DEFAULT_TENANT, params.endpoint)
             reg = self.registrations.register(
                 params, address=remote_address(request.remote), remote=request.remote,
                 secure=identity is not None, identity=identity)
@@ -206,6 +324,8 @@ class ServerSite(Resource):
         current = self.registrations.get(reg_id)
         if current is not None and (current.secure or identity is not None) and current.identity != identity:
             self._refuse("security.session_mismatch", request, identity=identity, endpoint=current.endpoint)
+        if current is not None:
+            self._check_endpoint_rate(request, identity, current.tenant_id, current.endpoint)
         if request.code == Code.POST:
             self.registrations.update(reg_id, parse_update(query, request.payload),
                                       address=remote_address(request.remote), remote=request.remote)

@@ -19,7 +19,7 @@ URI = "coaps://bs.example.test:5784"
 
 
 def _env(data_dir: Path, **extra: str) -> dict[str, str]:
-    drop = ("SCRATCH_API", "SCRATCH_API_TOKEN", "SCRATCH_VAULT_KEY", "SCRATCH_DATA_DIR")
+    drop = ("SCRATCH_API", "SCRATCH_API_TOKEN", "SCRATCH_VAULT_KEY", "SCRATCH_VAULT_KEY_FILE", "SCRATCH_DATA_DIR")
     env = {k: v for k, v in os.environ.items() if k not in drop}
     return {**env, "SCRATCH_DATA_DIR": str(data_dir), "COLUMNS": "200", **extra}
 
@@ -61,14 +61,18 @@ def assert_no_key_leaks(records: list[dict[str, str]], data_dir: Path, *outputs:
 
 
 @pytest.mark.parametrize("fmt", ["csv", "json"])
-def test_provision_writes_private_file_and_keeps_keys_out_of_db_and_output(tmp_path: Path, fmt: str) -> None:
+def test_provision_writes_private_file_and_keeps_keys_out_of_db_and_output(tmp_path: Path, fmt: str,
+                                                                          vault_key_in_tmp_path: Path) -> None:
     data_dir, out = tmp_path / "data", tmp_path / f"line.{fmt}"
     r = run("provision", "--count", "5", "--prefix", "dev-", "--out", str(out), "--format", fmt,
             "--bootstrap-uri", URI, data_dir=data_dir)
     assert r.returncode == 0, show(r)
     assert len(r.stdout.strip().splitlines()) == 1 and "provisioned 5" in r.stdout, show(r)
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
-    assert stat.S_IMODE((data_dir / "vault.key").stat().st_mode) == 0o600
+    # the key is created outside the data folder ($XDG_CONFIG_HOME/scratch/vault.key), 0600 in a 0700 folder
+    assert not (data_dir / "vault.key").exists()
+    assert stat.S_IMODE(vault_key_in_tmp_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(vault_key_in_tmp_path.parent.stat().st_mode) == 0o700
     records = read_records(out, fmt)
     assert len(records) == 5
     assert all(set(rec) == {"endpoint", "psk_identity", "psk_key", "bootstrap_uri"} for rec in records)
@@ -130,12 +134,12 @@ def test_revoke_unknown_endpoint_exits_1(tmp_path: Path) -> None:
     assert_one_line_error(run("revoke", "ghost", data_dir=data_dir), 1, "unknown endpoint 'ghost'")
 
 
-def test_env_key_used_instead_of_key_file(tmp_path: Path) -> None:
+def test_env_key_used_instead_of_key_file(tmp_path: Path, vault_key_in_tmp_path: Path) -> None:
     data_dir, out = tmp_path / "data", tmp_path / "line.csv"
     r = run("provision", "--count", "2", "--prefix", "e", "--out", str(out), data_dir=data_dir,
             SCRATCH_VAULT_KEY=secrets.token_hex(32))
     assert r.returncode == 0, show(r)
-    assert not (data_dir / "vault.key").exists()
+    assert not (data_dir / "vault.key").exists() and not vault_key_in_tmp_path.exists()
     assert sorted(p.name for p in data_dir.iterdir() if p.name.startswith("vault")) == []
     assert "warning" not in r.stderr, show(r)
     assert_no_key_leaks(read_records(out, "csv"), data_dir, r.stdout, r.stderr)
@@ -153,3 +157,34 @@ def test_bad_input_exits_2(tmp_path: Path, args: tuple[str, ...], needle: str) -
     r = run("provision", *full, "--out", str(tmp_path / "o.csv"), data_dir=tmp_path / "data")
     assert_one_line_error(r, 2, needle)
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_vault_key_location_legacy_file_and_named_file(tmp_path: Path, vault_key_in_tmp_path: Path) -> None:
+    """The one rule (lwm2m_server.data_dir.vault_key_location): a data folder made before the key moved out keeps
+    its DATA_DIR/vault.key, with a one-line warning saying how to move it; $SCRATCH_VAULT_KEY_FILE names a file
+    elsewhere; the default is outside the data folder and shared by the user's data folders."""
+    from bootstrap.vault import Vault
+
+    legacy_dir = tmp_path / "legacy"
+    legacy_dir.mkdir(mode=0o700)
+    legacy = Vault.open(legacy_dir / "vault.key", environ={})
+    r = run("provision", "--count", "1", "--prefix", "old", "--out", str(tmp_path / "old.csv"), data_dir=legacy_dir)
+    assert r.returncode == 0, show(r)
+    (warning,) = r.stderr.splitlines()
+    assert warning.startswith("warning: the vault key file ") and "mv -n " in warning, show(r)
+    assert f"{vault_key_in_tmp_path}" in warning and not vault_key_in_tmp_path.exists()
+    assert Vault.open(legacy_dir / "vault.key", environ={}).key_id == legacy.key_id  # used, not replaced
+
+    named = tmp_path / "elsewhere" / "kek"
+    named_dir = tmp_path / "named"
+    r = run("provision", "--count", "1", "--prefix", "n", "--out", str(tmp_path / "n.csv"), data_dir=named_dir,
+            SCRATCH_VAULT_KEY_FILE=str(named))
+    assert r.returncode == 0 and "warning: created a new vault key file" in r.stderr, show(r)
+    assert stat.S_IMODE(named.stat().st_mode) == 0o600 and not vault_key_in_tmp_path.exists()
+    assert not (named_dir / "vault.key").exists()
+
+    fresh = tmp_path / "fresh"
+    r = run("provision", "--count", "1", "--prefix", "f", "--out", str(tmp_path / "f.csv"), data_dir=fresh)
+    assert r.returncode == 0 and str(vault_key_in_tmp_path) in r.stderr, show(r)
+    assert vault_key_in_tmp_path.is_file() and not (fresh / "vault.key").exists()
+    assert sorted(p.name for p in fresh.iterdir() if "vault" in p.name) == []

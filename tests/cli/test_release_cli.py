@@ -58,11 +58,12 @@ def stored_package(data: Path, release_id: str, approved_by: str | None = None) 
         return ReleaseStore(database, BlobStore(data / "blobs"), keys).package(release_id, approved_by=approved_by)
 
 
-def test_keys_are_created_listed_and_exported_never_the_private_key(tmp_path: Path, data: Path) -> None:
+def test_keys_are_created_listed_and_exported_never_the_private_key(tmp_path: Path, data: Path,
+                                                                      vault_key_in_tmp_path: Path) -> None:
     created = ok(scratch(data, "key", "create", "oem"))
     kid = re.search(r"kid ([0-9a-f]{16})", created.stdout)
     assert kid is not None and "PRIVATE" not in created.stdout + created.stderr
-    assert (data / "vault.key").is_file()
+    assert vault_key_in_tmp_path.is_file() and not (data / "vault.key").exists()
     ok(scratch(data, "key", "create", "ops", "--role", "deployment", "--alg", "EdDSA"))
     listed = json.loads(ok(scratch(data, "key", "list", "--json")).stdout)
     assert [(k["name"], k["role"], k["alg"]) for k in listed] == [("oem", "release", "ES256"),
@@ -168,7 +169,7 @@ def test_bad_release_input_exits_2(tmp_path: Path, data: Path) -> None:
     assert json.loads(ok(scratch(data, "list", "--json")).stdout) == []
 
 
-def test_class_policy(data: Path) -> None:
+def test_class_policy(data: Path, vault_key_in_tmp_path: Path) -> None:
     r = ok(scratch(data, "class", "set", "sensor", "--vendor", "acme.example", "--require-approval"))
     assert "requires" in r.stdout
     listed = json.loads(ok(scratch(data, "class", "list", "--json")).stdout)
@@ -176,6 +177,6 @@ def test_class_policy(data: Path) -> None:
     ok(scratch(data, "class", "set", "sensor", "--vendor", "acme.example", "--no-require-approval"))
     listed = json.loads(ok(scratch(data, "class", "list", "--json")).stdout)
     assert [(p["class_name"], p["require_approval"]) for p in listed] == [("sensor", False)]
-    assert not (data / "vault.key").exists()  # nothing was sealed: no key file made
+    assert not (data / "vault.key").exists() and not vault_key_in_tmp_path.exists()  # nothing sealed: no key made
     r = scratch(data, "class", "set", "sensor", "--vendor", "acme.example")
     assert r.exit_code == 2  # the flag is required (typer's usage error)

@@ -23,13 +23,14 @@ from bootstrap.credentials import CredentialKind
 from bootstrap.sql_credentials import SqlCredentialStore
 from bootstrap.vault import Vault
 from lwm2m_server.core.codec.formats import ContentFormat
+from lwm2m_server.data_dir import vault_key_location
 from lwm2m_server.storage.database import Database
 from lwm2m_server.transport.dtls import dtls_client_context
 from tests.cli.test_cli import SCRATCH
 
 
 def env_for(data_dir: Path) -> dict[str, str]:
-    drop = ("SCRATCH_API", "SCRATCH_API_TOKEN", "SCRATCH_VAULT_KEY", "SCRATCH_DATA_DIR")
+    drop = ("SCRATCH_API", "SCRATCH_API_TOKEN", "SCRATCH_VAULT_KEY", "SCRATCH_VAULT_KEY_FILE", "SCRATCH_DATA_DIR")
     base = {k: v for k, v in os.environ.items() if k not in drop}
     return {**base, "SCRATCH_DATA_DIR": str(data_dir), "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
 
@@ -150,10 +151,12 @@ def dtls_server(tmp_path: Path) -> Iterator[tuple[Path, ServerProcess, str]]:
 async def test_a_device_with_a_server_credential_works_until_factory_revoke(dtls_server) -> None:
     data, server, coaps_uri = dtls_server
     assert "coap://" not in server.output() and "plain CoAP" not in server.output()  # no plain listener
-    assert (data / "vault.key").stat().st_mode & 0o777 == 0o600
+    assert not (data / "vault.key").exists()  # the key is kept out of the data folder
+    key_file = vault_key_location(data).path
+    assert key_file.stat().st_mode & 0o777 == 0o600
     database = Database.for_data_dir(data)  # the production line's view of the same database
     try:
-        store = SqlCredentialStore(database, Vault.open(data / "vault.key", environ={}))
+        store = SqlCredentialStore(database, Vault.open(key_file, environ={}))
         cred, psk = store.issue("dev-1", CredentialKind.SERVER, now=time.time())
         bootstrap, bs_psk = store.issue("dev-1", CredentialKind.BOOTSTRAP, now=time.time())
     finally:

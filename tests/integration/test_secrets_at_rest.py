@@ -2,8 +2,9 @@
 
 The data folder is made the way the production line makes it: ``scratch factory provision`` (a subprocess) issues
 bootstrap credentials, then server credentials are issued through :class:`SqlCredentialStore`, as the bootstrap
-server does at every bootstrap. Then every file of the folder (database, its -wal/-shm, vault.key, anything else)
-is read as bytes and searched for every key, in every encoding tests/secret_scan.py knows. Assertion messages
+server does at every bootstrap. Then every file of the folder (database, its -wal/-shm, anything else) is read as
+bytes and searched for every key and for the vault's key-encryption key (which is kept outside the data folder),
+in every encoding tests/secret_scan.py knows. Assertion messages
 name a key by its label only: a failing test does not print a key either.
 """
 
@@ -28,6 +29,7 @@ import pytest
 from bootstrap.credentials import MemoryCredentialStore
 from bootstrap.sql_credentials import SqlCredentialStore
 from bootstrap.vault import KEK_ENV_VAR, Vault
+from lwm2m_server.data_dir import vault_key_location
 from lwm2m_server.storage.database import DB_FILENAME, Database
 from tests.cli.test_cli import SCRATCH
 from tests.secret_scan import (
@@ -173,7 +175,7 @@ def test_the_run_records_issued_keys_and_captures_debug_logs_and_child_logs(
 
 
 def _env(**extra: str) -> dict[str, str]:
-    drop = ("SCRATCH_API", "SCRATCH_API_TOKEN", KEK_ENV_VAR, "SCRATCH_DATA_DIR")
+    drop = ("SCRATCH_API", "SCRATCH_API_TOKEN", KEK_ENV_VAR, "SCRATCH_VAULT_KEY_FILE", "SCRATCH_DATA_DIR")
     return {**{k: v for k, v in os.environ.items() if k not in drop}, "COLUMNS": "200", **extra}
 
 
@@ -207,7 +209,9 @@ def test_vault_and_database_hold_no_plaintext_key(tmp_path: Path, kek_source: st
 
     # server credentials, issued as the bootstrap server issues them; one is rekeyed (its old key is erased)
     db = Database.for_data_dir(data_dir)
-    vault = Vault.open(data_dir / "vault.key", environ=env)
+    key_file = vault_key_location(data_dir).path  # the same rule as the command's: outside the data folder
+    assert data_dir not in key_file.parents
+    vault = Vault.open(key_file, environ=env)
     store = SqlCredentialStore(db, vault)
     server_keys: dict[str, bytes] = {}
     for ep in endpoints:
@@ -221,14 +225,14 @@ def test_vault_and_database_hold_no_plaintext_key(tmp_path: Path, kek_source: st
     del server_keys[replaced_identity]
     assert len(keys) == 2 * COUNT + 1
 
-    kek_in_use = kek if kek_source == "environment" else (data_dir / "vault.key").read_bytes()
+    kek_in_use = kek if kek_source == "environment" else key_file.read_bytes()
     kek_set = SecretSet()
     kek_set.add(kek_in_use, "the vault's key-encryption key")
 
     def assert_nothing_in_the_clear(files: dict[str, bytes]) -> None:
         assert DB_FILENAME in files, sorted(files)
         findings = [f for name, blob in files.items() for f in keys.scan_bytes(blob, name)]
-        findings += [f for name, blob in files.items() if name != "vault.key" for f in kek_set.scan_bytes(blob, name)]
+        findings += [f for name, blob in files.items() for f in kek_set.scan_bytes(blob, name)]  # no key here
         assert findings == [], describe(findings)
 
     try:
@@ -239,7 +243,8 @@ def test_vault_and_database_hold_no_plaintext_key(tmp_path: Path, kek_source: st
 
     assert stat.S_IMODE((data_dir / DB_FILENAME).stat().st_mode) == 0o600
     if kek_source == "key file":
-        assert stat.S_IMODE((data_dir / "vault.key").stat().st_mode) == 0o600
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600 and stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
+        assert not (data_dir / "vault.key").exists()
     else:
         assert not list(tmp_path.rglob("vault.key")), "a key file was created although $SCRATCH_VAULT_KEY was set"
 
@@ -254,7 +259,7 @@ def test_vault_and_database_hold_no_plaintext_key(tmp_path: Path, kek_source: st
             assert not revoked and sealed is not None and vault.is_sealed_here(sealed)
     # ... which a store opened afresh with the same vault opens back into the very keys handed out
     with Database.for_data_dir(data_dir) as again:
-        reopened = SqlCredentialStore(again, Vault.open(data_dir / "vault.key", environ=env))
+        reopened = SqlCredentialStore(again, Vault.open(key_file, environ=env))
         assert reopened.load() == 2 * COUNT
         by_endpoint = {c.endpoint: c.identity for c in reopened.list(None) if c.kind.value == "bootstrap"}
         for key, label in bootstrap_keys:
@@ -277,7 +282,7 @@ def test_factory_list_prints_no_key(tmp_path: Path) -> None:
     keys = SecretSet()
     keys.update(manufacturing_keys(out) or [])
     with Database.for_data_dir(data_dir) as db:
-        store = SqlCredentialStore(db, Vault.open(data_dir / "vault.key", environ={}))
+        store = SqlCredentialStore(db, Vault.open(vault_key_location(data_dir).path, environ={}))
         for i in range(1, 6):
             keys.add(store.issue(f"dev-{i:04d}", "server", now=T0).psk, f"server PSK of dev-{i:04d}")
     assert len(keys) == COUNT + 5

@@ -15,14 +15,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from bootstrap.server import BootstrapServer, BootstrapSettings
 from bootstrap.sql_credentials import SqlCredentialStore
 from bootstrap.vault import Vault
-from client_sim.cli import run_fleet, sim
+from client_sim.cli import run_fleet
 from client_sim.credentials import CredentialsFileError, FactoryCredentials, load_factory_file, parse_text
+from client_sim.firmware import FirmwareOptions
+from lwm2m_server.cli.app import app
 from lwm2m_server.server import Lwm2mServer
 from lwm2m_server.storage.database import Database
 from tests.harness import eventually, running_server
@@ -71,7 +72,8 @@ async def test_factory_file_to_registered_fleet(tmp_path: Path, capsys: pytest.C
         assert all(len(r.psk_key) == 16 and r.bootstrap_uri == bs.coaps_uri for r in records)
 
         stop = asyncio.Event()
-        runner = asyncio.create_task(run_fleet(None, 4, credentials=records, stop=stop))  # the first 4 only
+        runner = asyncio.create_task(run_fleet(None, 4, credentials=records, stop=stop,  # the first 4 only
+                                               firmware=FirmwareOptions(insecure_accept_any=True)))
         try:
             assert srv.registrations is not None
             registrations = srv.registrations
@@ -92,27 +94,34 @@ async def test_factory_file_to_registered_fleet(tmp_path: Path, capsys: pytest.C
     assert all(r.psk_key.hex() not in out.lower() for r in records)
 
 
-def run_cli(*args: str) -> tuple[int, str]:
-    app = typer.Typer()
-    app.command()(sim)
-    result = CliRunner().invoke(app, list(args))
-    return result.exit_code, result.output
+def run_cli(*args: str, columns: int) -> tuple[int, str]:
+    """``scratch sim ARGS`` through the real root command (its error formatting), in a terminal ``columns`` wide:
+    the exit code and stderr, which must be one line whatever the width."""
+    result = CliRunner().invoke(app, ["sim", *args], env={"COLUMNS": str(columns), "TERM": "xterm"})
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return result.exit_code, lines[0]
 
 
-def test_sim_cli_refuses_bad_combinations_and_files(tmp_path: Path) -> None:
+@pytest.mark.parametrize("columns", [40, 300])
+def test_sim_cli_refuses_bad_combinations_and_files(tmp_path: Path, columns: int) -> None:
+    """Each refusal is the same single line ``error: ...`` on stderr (exit 2), however narrow the terminal and
+    however long the temporary path in it."""
     good = tmp_path / "good.csv"
     good.write_text(f"endpoint,psk_identity,psk_key,bootstrap_uri\nd-0,bs-d-0,{KEY},coaps://127.0.0.1:5784\n")
-    code, out = run_cli("--server", "coap://127.0.0.1:5683", "--credentials", str(good))
+    code, out = run_cli("--server", "coap://127.0.0.1:5683", "--credentials", str(good), columns=columns)
     assert code == 2 and "leave --server out" in out
-    code, out = run_cli("--count", "3")
+    code, out = run_cli("--count", "3", columns=columns)
     assert code == 2 and "--credentials" in out
     bad = tmp_path / "bad.csv"
     bad.write_text(f"endpoint,psk_identity,psk_key,bootstrap_uri\nd-0,bs-d-0,{KEY}00,coaps://127.0.0.1:5784\n")
-    code, out = run_cli("--credentials", str(bad))
-    assert code == 2 and "record 1: psk_key: must be 1..16 bytes" in out.replace("\n", " ").replace("│", "")
+    code, out = run_cli("--credentials", str(bad), columns=columns)
+    assert code == 2 and f"{bad}: record 1: psk_key: must be 1..16 bytes" in out
     assert KEY not in out
-    code, out = run_cli("--credentials", str(tmp_path / "missing.csv"))
-    assert code == 2 and "cannot read" in out
+    missing = tmp_path / "missing.csv"
+    code, out = run_cli("--credentials", str(missing), columns=columns)
+    assert code == 2 and f"cannot read {missing}" in out
 
 
 def test_manufacturing_files_are_read_and_checked() -> None:

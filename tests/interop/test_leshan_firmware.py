@@ -119,6 +119,7 @@ async def test_leshan_writes_the_package_in_its_default_format_and_the_device_in
             formats = {str(p["options"]).split("Content-Format")[1][:40] for p in puts
                        if "Content-Format" in str(p["options"])}
             print(f"Leshan's default format for /5/0/0: {formats}; {len(puts)} PUTs")
+            assert formats and not any("octet-stream" in f for f in formats), formats  # not opaque: a container
             assert len(puts) > 1 and all("Block1" in p["options"] for p in puts)
             assert fw.last_package == data and fw.machine.state == State.DOWNLOADED
             answer = await rest.execute(ep, "/5/0/2")

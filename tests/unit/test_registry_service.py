@@ -20,7 +20,7 @@ from lwm2m_server.core.codec.link import Link
 from lwm2m_server.core.errors import CoapCode, StorageError, UnknownRegistrationError
 from lwm2m_server.core.registration import RegisterParams, Registration, UpdateParams, parse_register
 from lwm2m_server.events import Event, EventBus
-from lwm2m_server.registry.service import RegistrationService
+from lwm2m_server.registry.service import RegistrationService, RegistryFullError
 from lwm2m_server.storage.database import Database
 from lwm2m_server.storage.memory import MemoryDeviceStore, MemoryRegistrationStore
 from lwm2m_server.storage.sql import SqlDeviceStore, SqlRegistrationStore
@@ -595,3 +595,59 @@ async def test_a_row_written_elsewhere_for_the_same_endpoint_is_replaced(stores:
     await svc.flush()
     assert {r.id for r in stores.registrations.load_all()} == {reg.id, other.id}
     assert svc.pending_count == 0
+
+
+# ---------------------------------------------------------------- caps: table size and lifetime
+
+
+def test_lifetime_is_clamped_to_the_maximum_on_register_and_update(stores: Stores, bus: EventBus,
+                                                                   clock: Clock) -> None:
+    svc = make_service(stores, bus, clock, max_lifetime=3600)
+    reg = svc.register(params(lifetime=2**32 - 1), address="", remote=None)
+    assert reg.lifetime == 3600 and svc.expires_at(reg) == T0 + 3600 + 180  # grace: 5 % of the granted lifetime
+    assert svc.update(reg.id, UpdateParams(lifetime=2**31), address="", remote=None).lifetime == 3600
+    assert svc.update(reg.id, UpdateParams(lifetime=60), address="", remote=None).lifetime == 60  # below: as asked
+    clock.now += 60 + 11
+    assert [r.endpoint for r in svc.expire_due(clock.now)] == ["dev-1"]
+
+
+def test_default_caps_are_a_day_and_100000() -> None:
+    svc = RegistrationService(MemoryRegistrationStore(), MemoryDeviceStore(), EventBus(), Clock())
+    assert (svc.max_lifetime, svc.max_registrations) == (86_400, 100_000)
+    assert svc.register(params(lifetime=2**32 - 1), address="", remote=None).lifetime == 86_400
+
+
+def test_a_full_table_refuses_new_endpoints_with_503_but_never_its_own_devices(stores: Stores, bus: EventBus,
+                                                                               clock: Clock,
+                                                                               events: list[Event]) -> None:
+    svc = make_service(stores, bus, clock, max_registrations=3)
+    regs = [svc.register(params(f"d{i}", lifetime=100 + 10 * i), address="", remote=None) for i in range(3)]
+    with pytest.raises(RegistryFullError) as e:
+        svc.register(params("newcomer"), address="", remote=None)
+    assert e.value.coap_code == CoapCode.SERVICE_UNAVAILABLE and e.value.max_age == 110  # the first expiry
+    assert svc.count() == 3 and svc.by_endpoint("newcomer") is None and svc.refused_full == 1
+    again = svc.register(params("d1", lifetime=60), address="", remote=None)  # re-registering: replaces itself
+    assert svc.count() == 3 and svc.get(regs[1].id) is None and again.endpoint == "d1"
+    clock.now += 60 + 11  # d1 (60 s, +10 s grace) has expired, though expire_due has not run yet
+    assert svc.register(params("newcomer"), address="", remote=None).endpoint == "newcomer"  # in its place
+    assert svc.count() == 3 and svc.by_endpoint("d1") is None
+    assert ("registration.expired", "d1", again.id) in kinds(events)
+
+
+def test_an_authenticated_newcomer_evicts_the_unauthenticated_registration_that_expires_first(
+        stores: Stores, bus: EventBus, clock: Clock, events: list[Event]) -> None:
+    svc = make_service(stores, bus, clock, max_registrations=3)
+    secure = svc.register(params("dtls-0", lifetime=30), address="", remote=None, secure=True, identity="i0")
+    late = svc.register(params("plain-late", lifetime=500), address="", remote=None)
+    early = svc.register(params("plain-early", lifetime=200), address="", remote=None)
+    with pytest.raises(RegistryFullError):  # unauthenticated: never takes anyone's place
+        svc.register(params("plain-new"), address="", remote=None)
+    new = svc.register(params("dtls-1"), address="", remote=None, secure=True, identity="i1")
+    assert svc.get(early.id) is None and svc.get(late.id) is late and svc.get(secure.id) is secure
+    assert svc.get(new.id) is new and svc.evicted == 1
+    gone = [e for e in events if e.kind == "registration.deregistered"]
+    assert [(e.endpoint, e.data["reason"], e.data["for"]) for e in gone] == [("plain-early", "evicted", "dtls-1")]
+    svc.register(params("dtls-2"), address="", remote=None, secure=True, identity="i2")  # evicts plain-late
+    with pytest.raises(RegistryFullError):  # all three authenticated and live: nobody is evicted
+        svc.register(params("dtls-3"), address="", remote=None, secure=True, identity="i3")
+    assert sorted(r.endpoint for r in svc.all()) == ["dtls-0", "dtls-1", "dtls-2"]
