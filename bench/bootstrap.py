@@ -148,8 +148,10 @@ def start_driver(factory: Path, concurrency: int, timeout: float, log: Path,
     return JsonLinesChild(DRIVER, [str(factory), str(concurrency), str(timeout)], log, python_args)
 
 
-def registered_on_server(api_url: str) -> int | None:
-    with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(f"{api_url}/api/health", timeout=5) as resp:
+def registered_on_server(api_url: str, token: str) -> int | None:
+    """The device count of the server's /api/health (it needs the token for that)."""
+    req = urllib.request.Request(f"{api_url}/api/health", headers={"Authorization": f"Bearer {token}"})
+    with contextlib.suppress(OSError, ValueError, KeyError), urllib.request.urlopen(req, timeout=5) as resp:
         return int(json.loads(resp.read())["devices"])
     return None
 
@@ -162,6 +164,7 @@ def run_once(n: int, concurrency: int, timeout: float, settle: float, profile: P
         tmp = Path(tmp_name)
         data = tmp / "data"
         data.mkdir(mode=0o700)
+        os.environ["SCRATCH_VAULT_KEY_FILE"] = str(tmp / "vault.key")  # every child: the run's own vault key
         factory = tmp / "factory.csv"
         port, bs_port = free_port(), free_port()
         t0 = time.perf_counter()
@@ -175,7 +178,8 @@ def run_once(n: int, concurrency: int, timeout: float, settle: float, profile: P
         srv_log, bs_log = tmp / "server.log", tmp / "bootstrap-server.log"
         with srv_log.open("w") as f:
             srv = CHILDREN.start([*command(profile, "server"), "server", "--coaps", f"127.0.0.1:{port}",
-                                  "--api", "127.0.0.1:0", "--data-dir", str(data)],
+                                  "--api", "127.0.0.1:0", "--data-dir", str(data),
+                                  "--rd-rate", "0", "--rd-endpoint-rate", "0"],  # capacity, not the default limits
                                  stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         driver: JsonLinesChild | None = None
         bs: subprocess.Popen[Any] | None = None
@@ -184,7 +188,8 @@ def run_once(n: int, concurrency: int, timeout: float, settle: float, profile: P
             with bs_log.open("w") as f:
                 bs = CHILDREN.start([*command(profile, "bootstrap-server"), "bootstrap-server",
                                      "--coaps", f"127.0.0.1:{bs_port}", "--server-uri", f"coaps://127.0.0.1:{port}",
-                                     "--lifetime", str(LIFETIME), "--data-dir", str(data)],
+                                     "--lifetime", str(LIFETIME), "--data-dir", str(data),
+                                     "--rate", "0", "--identity-rate", "0"],
                                     stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             wait_for_line(bs_log, bs, "bootstrap server on", 60)
             deadline = time.monotonic() + 10
@@ -202,14 +207,14 @@ def run_once(n: int, concurrency: int, timeout: float, settle: float, profile: P
             done = driver.expect("done", timeout + 30)
             at_done = {k: proc_sample(p) for k, p in pids.items()}
             m1, w1 = machine_cpu_s(), time.perf_counter()
-            on_server = registered_on_server(api_url)
+            on_server = registered_on_server(api_url, (data / "api-token").read_text().strip())
             time.sleep(settle)
             held = {k: proc_sample(p) for k, p in pids.items()}
             driver.send("stop")
             stopped = driver.expect("stopped", 120)
             time.sleep(settle)
             after = {k: proc_sample(p) for k, p in pids.items()}
-            on_server_after = registered_on_server(api_url)
+            on_server_after = registered_on_server(api_url, (data / "api-token").read_text().strip())
         finally:
             if driver is not None:
                 driver.close()

@@ -193,6 +193,7 @@ def run_once(n: int, image_kib: int, max_parallel: int, timeout: float, poll: fl
         tmp = Path(tmp_name)
         data = tmp / "data"
         data.mkdir(mode=0o700)
+        os.environ["SCRATCH_VAULT_KEY_FILE"] = str(tmp / "vault.key")  # every child: the run's own vault key
         image, anchor = tmp / "app.bin", tmp / "release.pem"
         image.write_bytes(random.Random(2024).randbytes(image_kib * 1024))
         t0 = time.perf_counter()
@@ -208,7 +209,7 @@ def run_once(n: int, image_kib: int, max_parallel: int, timeout: float, poll: fl
         with srv_log.open("w") as f:
             srv = CHILDREN.start([str(SCRATCH), "server", "--insecure", "--coap", f"127.0.0.1:{port}",
                                   "--coaps", f"127.0.0.1:{free_port()}", "--api", "127.0.0.1:0",
-                                  "--data-dir", str(data)],
+                                  "--data-dir", str(data), "--rd-rate", "0", "--rd-endpoint-rate", "0"],
                                  stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         driver: JsonLinesChild | None = None
         try:

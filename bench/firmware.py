@@ -113,10 +113,11 @@ class Scratch:
             PY, "-m", "cProfile", "-o", str(self.profile), "-m", "lwm2m_server.cli.app"]
         cmd = [*base, "server", "--insecure", "--coap", f"127.0.0.1:{self.port}", "--coaps", "127.0.0.1:0",
                "--api", "127.0.0.1:0",
-               "--data-dir", str(self.data)] + (["--bench-api"] if bench_api else [])
+               "--data-dir", str(self.data), "--rd-rate", "0", "--rd-endpoint-rate", "0",
+               ] + (["--bench-api"] if bench_api else [])
         with self.log.open("w") as out:
             self.proc = CHILDREN.start(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       cwd=REPO)
+                                       cwd=REPO, env={**os.environ, "SCRATCH_VAULT_KEY_FILE": str(tmp / "vault.key")})
         wait_for_line(self.log, self.proc, "LwM2M server on", 60)
         deadline = time.monotonic() + 10
         while not (self.data / "api-url").exists() and time.monotonic() < deadline:

@@ -37,7 +37,9 @@ def free_udp_port() -> int:
 def start_server(data_dir: Path, port: int) -> subprocess.Popen[str]:
     proc = subprocess.Popen([str(SCRATCH), "server", "--insecure", "--coap", f"127.0.0.1:{port}",
                              "--coaps", "127.0.0.1:0", "--api", "127.0.0.1:0",
-                             "--data-dir", str(data_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "--data-dir", str(data_dir), "--rd-rate", "0", "--rd-endpoint-rate", "0"],
+                            env={**os.environ, "SCRATCH_VAULT_KEY_FILE": str(data_dir.parent / "vault.key")},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     deadline = time.monotonic() + 30
     for line in proc.stdout:

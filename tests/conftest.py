@@ -24,6 +24,21 @@ def reference() -> Path:
     return REFERENCE
 
 
+@pytest.fixture(autouse=True, scope="session")
+def vault_key_outside_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The same for module- and session-scoped fixtures, which start before any test's own folder exists: the
+    whole run's default vault key location is in the run's base temporary folder."""
+    saved = {name: os.environ.get(name) for name in ("XDG_CONFIG_HOME", "SCRATCH_VAULT_KEY_FILE")}
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("session-config"))
+    os.environ.pop("SCRATCH_VAULT_KEY_FILE", None)
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(autouse=True)
 def vault_key_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test (and every ``scratch`` process it starts, which inherits the environment) finds the default vault

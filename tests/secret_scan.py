@@ -248,7 +248,24 @@ def manufacturing_keys(path: Path) -> list[tuple[bytes, str]] | None:
     return keys or None
 
 
-def data_dir_keys(folder: Path) -> tuple[list[tuple[bytes, str]], str | None]:
+def vault_key_file(folder: Path, top: Path) -> Path | None:
+    """The vault key of a data folder as the tests lay it out: ``folder/vault.key`` (a legacy layout, or a test
+    that names it), else the ``.config/scratch/vault.key`` of the nearest folder between ``folder`` and ``top`` (the
+    per-test ``XDG_CONFIG_HOME`` that tests/conftest.py sets: lwm2m_server.data_dir.vault_key_location), else the
+    run-wide one of module- and session-scoped fixtures."""
+    if (folder / VAULT_KEY_FILE).is_file():
+        return folder / VAULT_KEY_FILE
+    for parent in (folder, *folder.parents):
+        candidate = parent / ".config" / "scratch" / VAULT_KEY_FILE
+        if candidate.is_file():
+            return candidate
+        if parent == top or top not in parent.parents:
+            break
+    shared = sorted(top.glob("session-config*/scratch/" + VAULT_KEY_FILE))  # tests/conftest.py, module fixtures
+    return shared[0] if shared else None
+
+
+def data_dir_keys(folder: Path, top: Path | None = None) -> tuple[list[tuple[bytes, str]], str | None]:
     """The PSKs of the active credentials of a data folder (``scratch.db`` + ``vault.key``), opened as the server
     would open them; and why some could not be read (None when all were)."""
     from sqlalchemy import create_engine
@@ -267,8 +284,13 @@ def data_dir_keys(folder: Path) -> tuple[list[tuple[bytes, str]], str | None]:
         return [], f"{db}: {e}"
     engine = create_engine(f"sqlite:///{db}")
     keys, problems = [], []
+    shared = False
     try:
-        store = SqlCredentialStore(engine, Vault.open(folder / VAULT_KEY_FILE, environ={}))
+        key_file = vault_key_file(folder, folder.parent if top is None else top)
+        if key_file is None:
+            return [], f"{folder}: no vault key file found"
+        shared = ".config" not in key_file.parts and key_file.parent != folder  # the run-wide fallback
+        store = SqlCredentialStore(engine, Vault.open(key_file, environ={}))
         for credential in store.list(None):
             try:
                 psk = store.psk_for(credential.identity)
@@ -284,6 +306,8 @@ def data_dir_keys(folder: Path) -> tuple[list[tuple[bytes, str]], str | None]:
         problems.append(type(e).__name__)
     finally:
         engine.dispose()
+    if problems and not keys and shared:  # the folder's key is not the run-wide one (e.g. $SCRATCH_VAULT_KEY)
+        return [], None
     return keys, (f"{folder}: " + "; ".join(problems[:3])) if problems else None
 
 
@@ -478,8 +502,8 @@ class SuiteSecretScan:
         for path in sorted(self.basetemp.rglob("*")):
             if path.is_symlink() or not path.is_file():
                 continue
-            if path.name == DB_FILENAME and (path.parent / VAULT_KEY_FILE).is_file():
-                keys, problem = data_dir_keys(path.parent)
+            if path.name == DB_FILENAME and vault_key_file(path.parent, self.basetemp) is not None:
+                keys, problem = data_dir_keys(path.parent, self.basetemp)
                 self.secrets.update(keys)
                 report.data_dirs += 1
                 if problem:

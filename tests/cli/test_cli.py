@@ -61,7 +61,8 @@ def fleet(tmp_path_factory) -> Iterator[tuple[Path, str]]:
     sim = None
     try:
         uri = wait_for_line(server, r"LwM2M server on coaps://\S+ \(DTLS-PSK\) and (coap://\S+) \(plain").group(1)
-        sim = subprocess.Popen([*SCRATCH, "sim", "--server", uri, "--count", "3", "--prefix", "cli-"], env=env,
+        sim = subprocess.Popen([*SCRATCH, "sim", "--server", uri, "--count", "3", "--prefix", "cli-",
+                                "--insecure-accept-any"], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for _ in range(3):
             wait_for_line(sim, r"cli-\d: registered")

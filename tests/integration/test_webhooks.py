@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from bootstrap.vault import Vault
 from lwm2m_server.cli.webhook import webhook_app
+from lwm2m_server.data_dir import vault_key_location
 from lwm2m_server.events import EventBus
 from lwm2m_server.fota.webhooks import (
     InvalidWebhookError,
@@ -486,7 +487,7 @@ async def test_cli_add_list_deliveries_remove(tmp_path: Path) -> None:
         # the server side: the same data directory, its vault key file
         database = Database.for_data_dir(data_dir)
         try:
-            store = WebhookStore(database, Vault.open(data_dir / "vault.key", environ={}))
+            store = WebhookStore(database, Vault.open(vault_key_location(data_dir).path, environ={}))
             bus = EventBus()
             async with notifying(store, bus) as notifier:
                 emit(bus, "campaign.device.succeeded")
