@@ -107,7 +107,7 @@ class BootstrapSettings:
     max_peers: int = 10000
     coap_host: str = "127.0.0.1"
     coap_port: int | None = None  # plain CoAP (INSECURE: keys in clear text, endpoint names unauthenticated)
-    lockout_failures: int = 10  # failed handshakes from one address within lockout_window ... (0: no lockout)
+    lockout_failures: int = 10  # failed handshakes of one identity (or unknown ones from one address) ... (0: off)
     lockout_window: float = 60.0
     lockout_seconds: float = 300.0  # ... get it ignored this long
     credential_poll_interval: float = 1.0  # how often revocations made elsewhere are looked for

@@ -10,7 +10,8 @@ bound to; when they can also say what was revoked (``revoked_since``), the serve
 ``credential_poll_interval`` seconds and, for each credential revoked or replaced elsewhere (``scratch factory
 revoke``, the bootstrap server), ends the DTLS sessions of its identity, removes the registration made with it
 (``registration.deregistered``, reason ``credential_revoked``) and emits ``security.credential_revoked``.
-Failed handshakes lock a source address out (``dtls_lockout_*``; ``security.dtls_lockout``).
+Failed handshakes back off per (address, identity) and lock an identity (or, for unknown identities, an address)
+out (``dtls_lockout_*``; ``security.dtls_lockout``; see :mod:`lwm2m_server.transport.dtls`).
 """
 
 from __future__ import annotations
