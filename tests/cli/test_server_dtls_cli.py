@@ -43,14 +43,16 @@ def show(r: subprocess.CompletedProcess[str]) -> str:
     return f"$ {' '.join(r.args)}\nexit {r.returncode}\n--- stdout\n{r.stdout}--- stderr\n{r.stderr}"
 
 
-class ServerProcess:
-    """``scratch server`` with its output in a file (read, never blocked on)."""
+class ScratchProcess:
+    """``scratch <command> ARGS`` on ``data_dir``, in its own process group, with its output in a file (read,
+    never blocked on)."""
 
-    def __init__(self, data_dir: Path, *args: str) -> None:
-        self.log = data_dir.parent / f"{data_dir.name}-server.out"
+    def __init__(self, data_dir: Path, command: str, *args: str) -> None:
+        self.data_dir = data_dir
+        self.log = data_dir.parent / f"{data_dir.name}-{command}.out"
         with self.log.open("w") as out:
-            self.proc = subprocess.Popen([*SCRATCH, "server", *args], env=env_for(data_dir), stdout=out,
-                                         stderr=subprocess.STDOUT, text=True)
+            self.proc = subprocess.Popen([*SCRATCH, command, *args], env=env_for(data_dir), stdout=out,
+                                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -72,8 +74,15 @@ class ServerProcess:
             try:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+
+
+class ServerProcess(ScratchProcess):
+    """``scratch server ARGS``."""
+
+    def __init__(self, data_dir: Path, *args: str) -> None:
+        super().__init__(data_dir, "server", *args)
 
 
 # -- usage

@@ -12,7 +12,6 @@ import itertools
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import pytest
 
 from bootstrap.vault import Vault
 from lwm2m_server.api.app import AUTH_FAILURE_BURST, MAX_BODY, MAX_PACKAGE
+from tests.cli.test_cli import stop
 from tests.harness import running_server
 
 SCRATCH = [sys.executable, "-m", "lwm2m_server.cli.app"]
@@ -75,13 +75,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                     http.post("/api/devices/x/write", json={"path": "/3/0/1", "value": "x"}, headers=headers)
         yield srv
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc)
         log.close()
     text = (data / "server.log").read_text()
     assert "Traceback" not in text and "Exception in ASGI" not in text, text  # refusals are quiet

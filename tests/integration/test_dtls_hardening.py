@@ -20,7 +20,6 @@ from typing import Any
 
 import aiocoap
 import pytest
-from aiocoap import resource
 
 from lwm2m_server.core.rate_limit import Lockout
 from lwm2m_server.transport.dtls import (
@@ -29,23 +28,14 @@ from lwm2m_server.transport.dtls import (
     dtls_client_context,
     dtls_server_context,
     dtls_transport,
-    psk_identity,
 )
 from tests.harness import eventually
+from tests.integration.test_dtls_lockout import site
 from tests.integration.test_dtls_transport import raw_client_get
 
 KEYS = {b"dev-one": b"s3cretPSK-one!", b"dev-two": b"s3cretPSK-two!"}
 
 
-class WhoAmI(resource.Resource):
-    async def render_get(self, request: aiocoap.Message) -> aiocoap.Message:
-        return aiocoap.Message(payload=b"server " + (psk_identity(request.remote) or b"-"))
-
-
-def site() -> resource.Site:
-    s = resource.Site()
-    s.add_resource(("hello",), WhoAmI())
-    return s
 
 
 Events = list[tuple[str, dict[str, object]]]

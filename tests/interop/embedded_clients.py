@@ -42,8 +42,7 @@ from lwm2m_server.core.errors import Lwm2mError
 from lwm2m_server.core.model import ObjectModel
 from lwm2m_server.core.nodes import Instance, Obj, SingleResource
 from lwm2m_server.core.paths import LwM2mPath
-from tests.cli.test_cli import SCRATCH
-from tests.cli.test_server_dtls_cli import env_for
+from tests.cli.test_server_dtls_cli import ScratchProcess, run
 
 TINYDTLS_ENV = "TINYDTLS_CLIENT"
 MBEDTLS_FIRST_VERSION = 0xFE00  # what an mbedTLS 2.x client left at its default minimum version sends first
@@ -494,42 +493,7 @@ class TinydtlsClient:
 # ---------------------------------------------------------------------------------------------- our processes
 
 
-class ScratchProcess:
-    """``scratch <command> ARGS`` on ``data_dir`` with its output in a file (read, never blocked on)."""
-
-    def __init__(self, data_dir: Path, command: str, *args: str) -> None:
-        self.data_dir = data_dir
-        self.log = data_dir.parent / f"{data_dir.name}-{command}.out"
-        with self.log.open("w") as out:
-            self.proc = subprocess.Popen([*SCRATCH, command, *args], env=env_for(data_dir), stdout=out,
-                                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_for(self, pattern: str, timeout: float = 30) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            m = re.search(pattern, self.output(), re.M)
-            if m:
-                return m
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"{pattern!r} not printed:\n{self.output()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
-
-def run_scratch(*args: str, data_dir: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*SCRATCH, *args], capture_output=True, text=True, timeout=timeout, env=env_for(data_dir))
+run_scratch = run  # ``scratch ARGS`` to its end, on ``data_dir``
 
 
 @dataclass
