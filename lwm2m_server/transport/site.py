@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 
@@ -44,6 +45,8 @@ Handler = Callable[[Message, tuple[str, ...]], Awaitable[Message]]
 
 DEFAULT_MAX_BLOCK1_ASSEMBLIES = 1000  # at 16 KiB each: 16 MiB at most
 DEFAULT_MAX_BLOCK1_PER_REMOTE = 4  # a device sends one request at a time (NSTART = 1); a few to spare
+REPORT_EVERY = 10.0  # seconds between two reports of rate-limit refusals of one key
+MAX_REPORTED_KEYS = 10000
 
 
 class Block1BusyError(RateLimitedError):
@@ -198,6 +201,8 @@ class ServerSite(Resource):
         self.extra: dict[str, Handler] = dict(extra or {})
         self._links: dict[str, str] = {"rd": '</rd>;rt="core.rd";ct=40'}
         self._unassembled: set[str] = set()
+        self._resumed: weakref.WeakSet[object] = weakref.WeakSet()  # sessions already matched to a registration
+        self._reports: OrderedDict[str, tuple[float, int]] = OrderedDict()  # key -> (last reported, held back)
 
     def mount(self, first_segment: str, handler: Handler, *, link: str | None = None,
               assemble_blocks: bool = True) -> None:
@@ -230,6 +235,7 @@ class ServerSite(Resource):
         try:
             if path and path[0] == "rd":
                 return self._registration(request, path[1:])
+            self._resume_session(request.remote)
             if path == (".well-known", "core"):
                 return self._resource_directory(request)
             if path:
@@ -243,6 +249,25 @@ class ServerSite(Resource):
             return response
         except Exception as e:
             return error_response(e)
+
+    def _resume_session(self, remote: object) -> None:
+        """The first request of a DTLS session that is not a registration's (e.g. a block GET of a device that was
+        pulling when this server restarted): its registration takes the session over now (see
+        :meth:`RegistrationService.resume`). Checked once per session."""
+        raw_identity = psk_identity(remote)
+        if raw_identity is None or self._endpoint_for_identity is None:
+            return
+        try:
+            if remote in self._resumed:
+                return
+            self._resumed.add(remote)
+        except TypeError:  # a remote that cannot be weakly referenced is looked up every time
+            pass
+        identity = raw_identity.decode("utf-8", "replace")
+        endpoint = self._endpoint_for_identity(identity)
+        reg = self.registrations.by_endpoint(endpoint) if endpoint is not None else None
+        if reg is not None and reg.identity == identity:
+            self.registrations.resume(reg.id, address=remote_address(remote), remote=remote)
 
     def _refuse(self, kind: str, request: Message, **data: object) -> None:
         """Log a security event (no secrets: identities and endpoint names only) and answer 4.03."""
@@ -280,10 +305,29 @@ class ServerSite(Resource):
                     data["identity"] = identity
                 if endpoint is not None:
                     data["endpoint"] = endpoint
-                log.warning("security.rate_limited: %s", data)
-                if self._on_security_event is not None:
-                    self._on_security_event("security.rate_limited", data)
+                held = self._report_due(key, now)
+                if held is not None:
+                    if held:
+                        data["held_back"] = held
+                    log.warning("security.rate_limited: %s", data)
+                    if self._on_security_event is not None:
+                        self._on_security_event("security.rate_limited", data)
                 raise RateLimitedError("too many registration requests; retry later", wait)
+
+    def _report_due(self, key: str, now: float) -> int | None:
+        """Whether a refusal of ``key`` is to be reported (logged and sent as a security event): the first, then at
+        most one every :data:`REPORT_EVERY` seconds, saying how many were held back since (None: hold this one
+        back). A flood of refused requests therefore writes a few lines and audit records, not one each."""
+        reports = self._reports
+        last = reports.get(key)
+        if last is not None and 0.0 <= now - last[0] < REPORT_EVERY:
+            reports[key] = (last[0], last[1] + 1)
+            return None
+        reports[key] = (now, 0)
+        reports.move_to_end(key)
+        while len(reports) > MAX_REPORTED_KEYS:
+            reports.popitem(last=False)
+        return last[1] if last is not None else 0
 
     def _resource_directory(self, request: Message) -> Message:
         """RFC 6690 discovery: the registration interface and every mounted resource that asked to be listed."""

@@ -176,3 +176,21 @@ async def test_the_server_settings_turn_the_limiter_on(tmp_path) -> None:
             codes.append(answer.code)
         assert codes == [Code.CREATED, Code.CREATED, Code.SERVICE_UNAVAILABLE]
         assert answer.opt.max_age is not None and answer.opt.max_age >= 1
+
+
+async def test_a_flood_of_refused_requests_is_reported_once_per_interval_with_a_count() -> None:
+    """A host over its rate gets 5.03 for every request, but its refusals are logged and sent as security events
+    (the audit log) at most once every 10 s per key, the next report saying how many were held back."""
+    clock = Clock()
+    async with site_on_loopback(RateLimiter(rate=0.25, burst=1), clock) as (_, port, security), \
+            coap_client() as ctx:
+        assert (await request(ctx, register("127.0.0.1", port, "f0"))).code == Code.CREATED
+        for i in range(50):
+            assert (await request(ctx, register("127.0.0.1", port, f"f{i + 1}"))).code == Code.SERVICE_UNAVAILABLE
+        assert len(security) == 1 and "held_back" not in security[0][1]
+        clock.now += 3.9  # 1/0.25 s = one token comes at +4 s: still refused, still held back
+        assert (await request(ctx, register("127.0.0.1", port, "g"))).code == Code.SERVICE_UNAVAILABLE
+        clock.now += 6.2  # 10 s after the first report: the next refusal is reported, with the count
+        assert (await request(ctx, register("127.0.0.1", port, "h0"))).code == Code.CREATED
+        assert (await request(ctx, register("127.0.0.1", port, "h1"))).code == Code.SERVICE_UNAVAILABLE
+        assert [d.get("held_back") for _, d in security] == [None, 50]
