@@ -333,6 +333,11 @@ class DeviceFirmware:
     # ------------------------------------------------------------------ the object
 
     @property
+    def downloading(self) -> bool:
+        """A pull is under way (the device is asking for blocks)."""
+        return self._download is not None
+
+    @property
     def version(self) -> str:
         """The version of the running image (/3/0/3)."""
         return self.slots[self.active].version

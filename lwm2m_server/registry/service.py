@@ -291,6 +291,27 @@ class RegistrationService:
             }))
         return reg
 
+    def resume(self, reg_id: str, *, address: str, remote: object) -> Registration | None:
+        """A device talks to this node over a session its registration does not hold yet (the server restarted, or
+        the device handshook again, and its first request was not an Update): ``remote`` becomes the live handle
+        at once, the lifetime is left alone, and ``registration.updated`` is published with ``session_resumed``
+        so that work waiting for the device (a campaign's job, a delivery) goes on now rather than at its next
+        Update. None (nothing changed) for an unknown or expired id, or when ``remote`` is already its handle."""
+        now = self._clock()
+        old = self._regs.get(reg_id)
+        if old is None or old.remote is remote or now > self.expires_at(old):
+            return None
+        reg = replace(old, address=address, remote=remote, node_id=self.node_id)
+        self._regs[reg_id] = reg
+        self._pending[reg_id] = reg
+        events = self._events
+        if events.wants(REGISTRATION_UPDATED):
+            events.publish(Event(REGISTRATION_UPDATED, now, reg.tenant_id, reg.endpoint, {
+                "id": reg_id, "address": address, "lifetime": reg.lifetime, "binding": reg.binding,
+                "queue_mode": reg.queue_mode, "links_changed": False, "session_resumed": True,
+            }))
+        return reg
+
     def deregister(self, reg_id: str, *, reason: str = "requested") -> Registration:
         """Remove a registration (De-register, 2.02 Deleted; or the server's own decision, ``reason`` says which)
         and return it. Raises :class:`UnknownRegistrationError` (4.04) for an unknown or expired id."""
