@@ -14,9 +14,19 @@ Crash safety (the server may be killed at any moment):
 - at start, a campaign's jobs found in an active state (delivering, downloaded, updating) are *orphans*: nothing is
   sent to such a device until it is reachable again (it registers or updates), then its /5/0/3, /5/0/5 and /3/0/3
   are read: running the target version credits it (succeeded), a failed update with the old version is a
-  rollback, an integrity failure fails it, a device still installing is asked again later, and anything else puts
-  the job back to pending so that delivery starts over. A device is therefore never sent Update twice for one
-  successful delivery, and no reported result is lost;
+  rollback, an integrity failure fails it, a device still installing is asked again later, a device Downloading
+  or Downloaded is followed to its end in the same try (see below), and anything else puts the job back to
+  pending so that delivery starts over. A device is therefore never sent Update twice for one successful
+  delivery, and no reported result is lost;
+- a pulling device holds a Package URI (``/fw/<name>``) and may ask for its next block before anything else. Each
+  try gets a fresh random name (:meth:`FileServer.new_name`), committed with the job row (``package_name``)
+  before the URI is written to the device; at start, before anything here awaits (so before the server reads
+  a datagram, unless its own start awaited after binding a listener), the package of every job in delivering or
+  downloaded is published again under its name from the release's blob, so the device resumes its download with
+  the same ETag. The name is withdrawn when the try ends (the update ends, the orphan is reconciled otherwise,
+  its deadline passes). Why a persisted random name and not one derived by a keyed hash of tenant, endpoint and
+  digest: it stays scoped to one try (a later try or campaign for the same device and package gets another
+  name), and no secret has to outlive a restart or a vault key rotation;
 - a device registered over plain CoAP is asked to come back at once: the server executes its Registration Update
   Trigger (/1/x/8) at the address its registration was persisted with, and the Update that follows makes it
   reachable. Over DTLS there is no session to send on until the device talks: its next Update or Register brings
@@ -182,6 +192,7 @@ class CampaignService:
                 for job in s.exec(select(CampaignJobRow).where(CampaignJobRow.campaign_id == row.id)).all():
                     if JobState(job.state) in ACTIVE:
                         self._orphans.add((row.id, job.endpoint))
+                        self._publish_again(row, job)
                         # the server was away: the device gets a whole phase from now to be heard of again
                         earliest = now + phase_timeout(policy, JobState(job.state), size)
                         if job.deadline is None or job.deadline < earliest:
@@ -192,6 +203,26 @@ class CampaignService:
             if CampaignState(state) not in FINAL_CAMPAIGN_STATES or unreported:
                 log.info("campaign %s: picked up in state %s", cid, state)
                 self._spawn_driver(cid)
+
+    def _publish_again(self, row: CampaignRow, job: CampaignJobRow) -> None:
+        """Serve an open delivery's package under the name its device holds (see the module docstring)."""
+        if job.package_name is None or JobState(job.state) not in (JobState.DELIVERING, JobState.DOWNLOADED):
+            return
+        target = next((t for t in self._targets_of(row).values() if t.release_id == job.release_id), None)
+        if target is None or target.package_sha256 != job.package_sha256:
+            log.warning("campaign %s: the package of %s is gone; its download cannot go on", row.id, job.endpoint)
+            return
+        self.firmware.files.publish(target.package, job.package_name)
+
+    def _withdraw(self, cid: str, ep: str) -> None:
+        """The try of (cid, ep) ended: its package name resolves no more."""
+        job = self._job(cid, ep)
+        if job is not None and job.package_name is not None:
+            self.firmware.files.withdraw(job.package_name)
+
+    def _drop_orphan(self, cid: str, ep: str) -> None:
+        self._orphans.discard((cid, ep))
+        self._withdraw(cid, ep)
 
     async def close(self) -> None:
         """Stop the drivers and the device tasks; what they have committed stays (a restart resumes)."""
@@ -550,18 +581,21 @@ class CampaignService:
         self._jobs[key] = asyncio.get_running_loop().create_task(self._run_job(cid, endpoint, tenant_id),
                                                                  name=f"campaign-{cid}-{endpoint}")
 
-    async def _run_job(self, cid: str, ep: str, tenant_id: str) -> None:
+    async def _run_job(self, cid: str, ep: str, tenant_id: str, *, going_on: bool = False) -> None:
         try:
-            await self._update_device(cid, ep, tenant_id)
+            await self._update_device(cid, ep, tenant_id, going_on=going_on)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # never leave a job in an active state behind a dead task
             log.exception("campaign %s: the update of %s failed", cid, ep)
             self._after_failure(cid, ep, tenant_id, None, f"internal error: {type(e).__name__}", "internal")
         finally:
+            self._withdraw(cid, ep)
             self._task_ended(cid, ep)
 
-    async def _update_device(self, cid: str, ep: str, tenant_id: str) -> None:
+    async def _update_device(self, cid: str, ep: str, tenant_id: str, *, going_on: bool = False) -> None:
+        """One try of a device's update; ``going_on``: the try under way when the server stopped (an orphan whose
+        device was found downloading), carried on under its package name."""
         row = self._row(cid, tenant_id)
         job = self._job(cid, ep)
         assert job is not None
@@ -591,18 +625,22 @@ class CampaignService:
                              reason=f"already at version {version}",
                              **({"version_before": version} if job.version_before is None else {}))
             return
-        attempt = job.attempts + 1
-        first: dict[str, Any] = {}  # what only the first try records
-        if job.version_before is None:
-            first["version_before"] = version
-        if job.started_at is None:
-            first["started_at"] = self.clock()
-        self._set_job(cid, ep, JobState.DELIVERING, attempts=attempt, release_id=target.release_id,
-                      package_sha256=target.package_sha256, sequence_number=target.sequence_number, **first)
+        if going_on and job.package_name is not None:
+            attempt, name = job.attempts, job.package_name
+        else:
+            attempt, name = job.attempts + 1, self.firmware.files.new_name()
+            first: dict[str, Any] = {}  # what only the first try records
+            if job.version_before is None:
+                first["version_before"] = version
+            if job.started_at is None:
+                first["started_at"] = self.clock()
+            self._set_job(cid, ep, JobState.DELIVERING, attempts=attempt, release_id=target.release_id,
+                          package_sha256=target.package_sha256, sequence_number=target.sequence_number,
+                          package_name=name, **first)
         method = Method(row.method) if row.method else None
         try:
             update = self.firmware.start(ep, target.package, method=method, timeout=self.job_timeout,
-                                         tenant_id=tenant_id, previous_version=version)
+                                         tenant_id=tenant_id, previous_version=version, package_name=name)
         except UpdateInProgressError as e:
             self._after_failure(cid, ep, tenant_id, None, str(e), "UpdateInProgressError")
             return
@@ -611,7 +649,7 @@ class CampaignService:
             return
         self._emit(CAMPAIGN_DEVICE + "progress", tenant_id, ep, {"campaign": cid, "state": "delivering",
                                                                  "attempt": attempt})
-        await self._follow(cid, ep, tenant_id, update)
+        await self._follow(cid, ep, tenant_id, update, JobState(job.state) if going_on else JobState.DELIVERING)
         last = update.last
         if update.succeeded:
             after = last.version
@@ -631,9 +669,8 @@ class CampaignService:
         self._after_failure(cid, ep, tenant_id, last.result, last.message, update.error, method=update.method,
                             version_after=last.version)
 
-    async def _follow(self, cid: str, ep: str, tenant_id: str, update: UpdateJob) -> None:
-        """Mirror the update's phases into the job row until it ends."""
-        state = JobState.DELIVERING
+    async def _follow(self, cid: str, ep: str, tenant_id: str, update: UpdateJob, state: JobState) -> None:
+        """Mirror the update's phases into the job row (in ``state`` now) until it ends."""
         while not update.done.is_set():
             changed = update.changed()
             phase = update.last.phase if update.history else "preparing"
@@ -668,7 +705,7 @@ class CampaignService:
         if task is not None:
             task.cancel()
         self.firmware.abort(ep, tenant_id)
-        self._orphans.discard((cid, ep))
+        self._drop_orphan(cid, ep)
         state = JobState(job.state)
         allowed = phase_timeout(policy, state, self._package_size(self._row(cid, tenant_id)))
         message = f"the device did not get past {state.value} within its deadline ({allowed:g} s)"
@@ -730,7 +767,7 @@ class CampaignService:
             job = self._job(cid, ep)
             row = self._row(cid, tenant_id)
             if job is None or JobState(job.state) not in ACTIVE:
-                self._orphans.discard((cid, ep))
+                self._drop_orphan(cid, ep)
                 return
             try:
                 fw = await self.management.send(ep, ReadRequest(FIRMWARE), tenant_id=tenant_id, timeout=10.0)
@@ -746,6 +783,11 @@ class CampaignService:
                                  reason="credited after a server restart: the device runs the target version")
             elif state == State.UPDATING:
                 return  # still installing: its next registration brings us back
+            elif (state in (State.DOWNLOADING, State.DOWNLOADED) and job.package_name is not None
+                  and JobState(job.state) in (JobState.DELIVERING, JobState.DOWNLOADED)):
+                self._orphans.discard((cid, ep))  # the try goes on: its update takes the published name over
+                await self._run_job(cid, ep, tenant_id, going_on=True)
+                return
             elif result == UpdateResult.UPDATE_FAILED and version is not None and version == job.version_before:
                 self._finish_job(cid, ep, tenant_id, JobState.ROLLED_BACK, version_after=version,
                                  update_result=result, reason="the new image failed (found after a server restart); "
@@ -757,7 +799,7 @@ class CampaignService:
             else:  # nothing was installed: deliver again (not counted as a new try)
                 self._set_job(cid, ep, JobState.PENDING, attempts=max(0, job.attempts - 1),
                               reason="delivery interrupted by a server restart; starting over")
-            self._orphans.discard((cid, ep))
+            self._drop_orphan(cid, ep)
         finally:
             self._task_ended(cid, ep)
 

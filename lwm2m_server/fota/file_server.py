@@ -5,7 +5,10 @@ lets nobody list or fetch other packages. The server slices Block2 blocks itself
 size the device asks for (16 to 1024 bytes), in any order, so an interrupted download resumes where it stopped.
 Every block carries the package's ETag (so a device sees a package change under it) and Size2 (its total size).
 
-Invariant: a package's bytes are held once, however many deliveries publish it (packages are keyed by digest).
+Invariants: a package's bytes are held once, however many deliveries publish it (packages are keyed by digest);
+a name is made by :meth:`FileServer.new_name` (128 random bits), serves one package only, and nothing answers a
+name that is not published (4.04). A caller that keeps a name (a campaign job persists it) may publish the same
+bytes under it again after a restart, so the URI a device holds goes on resolving with the same ETag.
 """
 
 from __future__ import annotations
@@ -61,12 +64,23 @@ class FileServer:
         self._by_name: dict[str, _Publication] = {}
         self._by_digest: dict[bytes, tuple[Package, int]] = {}
 
-    def publish(self, data: bytes) -> str:
-        """Publish ``data`` and return the path segment it is served under (withdraw it when done)."""
+    @staticmethod
+    def new_name() -> str:
+        """A fresh unguessable name for one delivery."""
+        return secrets.token_urlsafe(16)
+
+    def publish(self, data: bytes, name: str | None = None) -> str:
+        """Publish ``data`` under ``name`` (default: a new one) and return the name (withdraw it when done).
+        Publishing the same bytes under a published name again changes nothing (one withdraw ends it); other
+        bytes under it are refused."""
         package = Package.of(data)
+        if name is not None and (published := self._by_name.get(name)) is not None:
+            if published.package.digest != package.digest:
+                raise ValueError("that name serves another package")
+            return name
         held, count = self._by_digest.get(package.digest, (package, 0))
         self._by_digest[package.digest] = (held, count + 1)
-        name = secrets.token_urlsafe(16)
+        name = name or self.new_name()
         self._by_name[name] = _Publication(held)
         return name
 

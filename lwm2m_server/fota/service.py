@@ -7,6 +7,10 @@ back to polling for devices that do not notify), delivers the package by push (b
 DTLS session too), executes /5/0/2 once the device reports Downloaded, and waits for the
 device to come back (re-registration) and report its Update Result and new version.
 
+A caller may choose the name a pull publishes the package under (``package_name``): a campaign persists it with
+its job, publishes it again after a restart, and starts the update again with it; a device then found Downloading
+or Downloaded from that very URI (its /5/0/1) is not reset: the service follows the download under way.
+
 The service treats the package as opaque bytes: a third-party device takes its vendor's own format.
 """
 
@@ -37,7 +41,7 @@ from lwm2m_server.core.nodes import Instance, MultipleResource, Node, ResourceTy
 from lwm2m_server.core.operations import ExecuteRequest, ObserveRequest, ReadRequest, WriteRequest
 from lwm2m_server.core.paths import LwM2mPath
 from lwm2m_server.core.registration import Registration
-from lwm2m_server.events import REGISTRATION_REGISTERED, Event, EventBus
+from lwm2m_server.events import REGISTRATION_REGISTERED, REGISTRATION_UPDATED, Event, EventBus
 from lwm2m_server.fota.file_server import FileServer
 from lwm2m_server.fota.push import DEFAULT_BLOCK_SIZE, PushProgress, push_package
 from lwm2m_server.management import DeviceManagement
@@ -113,6 +117,7 @@ class UpdateJob:
     recorded: int = 0  # steps recorded since the start (history keeps the first and the recent ones)
     error: str | None = None  # why a failed update failed: "timeout", "unreachable", "cancelled" or the error's type
     aborted: bool = False  # abandoned by FirmwareService.abort (a deadline passed)
+    package_name: str | None = None  # the file server name a pull publishes under (None: a new one); never shown
     done: asyncio.Event = field(default_factory=asyncio.Event)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -187,9 +192,13 @@ class FirmwareService:
         self.jobs: dict[tuple[str, str], UpdateJob] = {}
         self._followers: set[asyncio.Task[None]] = set()
         self._delivering: dict[tuple[str, str], Callable[[], None]] = {}  # called when that device registers
-        self._unsubscribe = events.subscribe(self._on_registered, REGISTRATION_REGISTERED)
+        self._unsubscribe = events.subscribe(self._on_registered, (REGISTRATION_REGISTERED, REGISTRATION_UPDATED))
 
     def _on_registered(self, event: Event) -> None:
+        """A device being delivered to registered anew, or came back on a new session (its observations are gone
+        either way): poll it until the package is in."""
+        if event.kind == REGISTRATION_UPDATED and not event.data.get("session_resumed"):
+            return
         callback = self._delivering.get((event.tenant_id, event.endpoint or ""))
         if callback is not None:
             callback()
@@ -205,16 +214,19 @@ class FirmwareService:
 
     def start(self, endpoint: str, package: bytes, *, method: Method | None = None, timeout: float = 300.0,
               block_size: int = DEFAULT_BLOCK_SIZE, tenant_id: str = "default",
-              previous_version: str | None = None) -> UpdateJob:
+              previous_version: str | None = None, package_name: str | None = None) -> UpdateJob:
         """Start an update in the background and return its job (refused while one runs for this device).
-        ``previous_version``: the device's /3/0/3 when the caller has just read it (else it is read here)."""
+        ``previous_version``: the device's /3/0/3 when the caller has just read it (else it is read here).
+        ``package_name``: the name a pull publishes under (see the module docstring); it is withdrawn when the
+        update ends, whichever way it was delivered."""
         self.management.registration(endpoint, tenant_id)  # unknown endpoint: fail now, not in the task
         if not package:
             raise InvalidRequestError("the package is empty")
         running = self.jobs.get((tenant_id, endpoint))
         if running is not None and not running.done.is_set():
             raise UpdateInProgressError(f"an update of {endpoint} is already running")
-        job = UpdateJob(endpoint, len(package), tenant_id, previous_version=previous_version)
+        job = UpdateJob(endpoint, len(package), tenant_id, previous_version=previous_version,
+                        package_name=package_name)
         self.jobs[(tenant_id, endpoint)] = job
         job.task = asyncio.get_running_loop().create_task(
             self._run(job, package, method, timeout, block_size, tenant_id), name=f"firmware-{endpoint}")
@@ -316,7 +328,11 @@ class FirmwareService:
         watch = _Watch(state=_int(fw.get(3)), result=_int(fw.get(5)))
         if watch.state == State.UPDATING:
             raise FirmwareUpdateError(f"{ep} is installing a firmware already (state Updating)")
-        if watch.state != State.IDLE:
+        name = job.package_name
+        # the device pulls (or has pulled) this very delivery, published again after a restart: let it go on
+        going_on = (chosen is Method.PULL and name is not None and fw.get(1) == f"{base_uri}/fw/{name}"
+                    and watch.state in (State.DOWNLOADING, State.DOWNLOADED))
+        if watch.state != State.IDLE and not going_on:
             self._progress(job, "preparing", state=watch.state, message="resetting an earlier download")
             await self._reset(ep, chosen, tenant_id)
         observers = await self._observe(ep, watch, tenant_id)
@@ -329,16 +345,17 @@ class FirmwareService:
 
         self._delivering[(tenant_id, ep)] = on_registered
         unsubscribe = functools.partial(self._delivering.pop, (tenant_id, ep), None)
-        name: str | None = None
         try:
             for attempt in range(1, self.delivery_attempts + 1):
-                watch.forget()  # the old Update Result means nothing once a new download starts
+                if not (going_on and attempt == 1):
+                    watch.forget()  # the old Update Result means nothing once a new download starts
                 try:
                     if chosen is Method.PUSH:
                         await self._push(job, reg, package, block_size, watch)
                     else:
-                        name = name or self.files.publish(package)
-                        await self._pull(job, ep, f"{base_uri}/fw/{name}", name, watch, tenant_id)
+                        name = self.files.publish(package, name)
+                        await self._pull(job, ep, f"{base_uri}/fw/{name}", name, watch, tenant_id,
+                                         write=not (going_on and attempt == 1))
                     await self._wait_downloaded(job, ep, watch, tenant_id)
                     break
                 except FirmwareUpdateError as e:
@@ -479,10 +496,16 @@ class FirmwareService:
             label = f" ({result_label(result)})" if result else ""
             raise FirmwareUpdateError(f"{job.endpoint} refused the package: {e}{label}", result or None) from None
 
-    async def _pull(self, job: UpdateJob, ep: str, uri: str, name: str, watch: _Watch, tenant_id: str) -> None:
-        self._progress(job, "delivering", sent=0, total=job.total, message="Package URI written")
-        await self.management.send(ep, WriteRequest(PACKAGE_URI, SingleResource(1, ResourceType.STRING, uri)),
-                                   tenant_id=tenant_id)
+    async def _pull(self, job: UpdateJob, ep: str, uri: str, name: str, watch: _Watch, tenant_id: str, *,
+                    write: bool = True) -> None:
+        """Write the Package URI (unless ``write`` is False: the device pulls it already) and follow the download."""
+        if write:
+            self._progress(job, "delivering", sent=0, total=job.total, message="Package URI written")
+            await self.management.send(ep, WriteRequest(PACKAGE_URI, SingleResource(1, ResourceType.STRING, uri)),
+                                       tenant_id=tenant_id)
+        else:
+            self._progress(job, "delivering", sent=0, total=job.total, state=watch.state,
+                           message="the device goes on with the download it had under way")
         with _QuietCheck(self, ep, watch, tenant_id) as quiet:
             while watch.state not in (State.DOWNLOADED, State.UPDATING) and not _failed(watch):
                 changed = watch.changed

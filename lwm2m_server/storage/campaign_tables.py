@@ -61,6 +61,9 @@ class CampaignJobRow(SQLModel, table=True):
     deadline: float | None = None  # an active job's phase must have ended by then (else it is timed out)
     release_id: str | None = Field(default=None, max_length=32)
     package_sha256: str | None = Field(default=None, max_length=64)
+    # the file server name of this try's package (Package URI /fw/<name>): published again after a restart while
+    # the job is delivering or downloaded; a capability, never shown in a status or report
+    package_name: str | None = Field(default=None, max_length=32)
     sequence_number: int | None = None
     method: str | None = Field(default=None, max_length=8)
     version_before: str | None = Field(default=None, sa_type=Text)
@@ -72,7 +75,7 @@ class CampaignJobRow(SQLModel, table=True):
     reason: str | None = Field(default=None, sa_type=Text)
 
 
-_ADDED_COLUMNS = {"campaign_job": ("deadline",)}  # table -> columns added after the table first shipped
+_ADDED_COLUMNS = {"campaign_job": ("deadline", "package_name")}  # table -> columns added after the table first shipped
 
 
 @event.listens_for(SQLModel.metadata, "after_create")

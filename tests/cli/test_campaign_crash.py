@@ -29,12 +29,14 @@ from bootstrap.vault import Vault
 from client_sim.firmware import FirmwareOptions
 from client_sim.fleet import Fleet
 from firmware_object.suit.keys import load_public_key
+from lwm2m_server.data_dir import vault_key_location
 from lwm2m_server.storage.database import Database
 from tests.cli.test_server_dtls_cli import ServerProcess, run, show
 from tests.harness import eventually
 
 DEVICES = 20
 IMAGE = bytes(range(256)) * 128  # 32 KiB
+BIG_IMAGE = bytes(range(256)) * 2048  # 512 KiB: pulls long enough to be caught under way
 
 
 def free_udp_port() -> int:
@@ -49,9 +51,9 @@ def api_of(data: Path) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
 
 
-def make_release(tmp_path: Path, data: Path) -> tuple[str, FirmwareOptions]:
-    """A release of IMAGE made with `scratch release create`, and firmware options of devices that trust it."""
-    (tmp_path / "image.bin").write_bytes(IMAGE)
+def make_release(tmp_path: Path, data: Path, image: bytes = IMAGE) -> tuple[str, FirmwareOptions]:
+    """A release of ``image`` made with `scratch release create`, and firmware options of devices that trust it."""
+    (tmp_path / "image.bin").write_bytes(image)
     r = run("release", "create", str(tmp_path / "image.bin"), "--vendor", "acme.example", "--class", "sensor",
             "--version", "2.0.0", data_dir=data)
     assert r.returncode == 0, show(r)
@@ -64,6 +66,10 @@ def make_release(tmp_path: Path, data: Path) -> tuple[str, FirmwareOptions]:
     release = json.loads(r.stdout)
     return release_id, FirmwareOptions(trust_anchors=(anchor,), vendor_id=uuid.UUID(release["vendor_id"]),
                                        class_id=uuid.UUID(release["class_id"]), version="1.0.0")
+
+
+async def job_states(data: Path, cid: str) -> dict[str, str]:
+    return {j["endpoint"]: j["state"] for j in (await status(data, cid))["jobs"]}
 
 
 async def status(data: Path, cid: str) -> dict[str, Any]:
@@ -222,6 +228,96 @@ async def test_on_plain_coap_the_restarted_server_reaches_the_devices_without_wa
         moved = [ep for ep in open_at_kill
                  if devices[ep].counters.updates + devices[ep].counters.registers > heard_at_kill[ep]]
         assert moved == open_at_kill, (open_at_kill, before)
+    finally:
+        await fleet.stop(deregister=False)
+        server.stop()
+
+
+@pytest.mark.timeout(300)
+async def test_over_dtls_the_restarted_server_goes_on_at_each_devices_first_datagram(tmp_path: Path) -> None:
+    """Over DTLS the restarted server holds no session and cannot reach a device before it speaks. Devices that were
+    pulling when the server died go on by themselves: their next block request is answered with an alert, they
+    handshake again, and that first request over the new session gives the registration its session back (no
+    Update needed: their lifetime is 300 s). Every other device is made to send one Update; nothing else comes
+    from the devices before the campaign ends."""
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    release_id, firmware = make_release(tmp_path, data, image=BIG_IMAGE)
+    endpoints = [f"d-{i}" for i in range(DEVICES)]
+    database = Database.for_data_dir(data)
+    store = SqlCredentialStore(database, Vault.open(vault_key_location(data).path))
+    creds = {ep: store.issue(ep, "server", now=time.time()) for ep in endpoints}
+    database.close()
+    (tmp_path / "targets.txt").write_text("\n".join(endpoints) + "\n")
+    port = free_udp_port()
+    args = ("--coaps", f"127.0.0.1:{port}", "--api", "127.0.0.1:0")
+    server = ServerProcess(data, *args)
+    fleet = Fleet(f"coaps://127.0.0.1:{port}", DEVICES, prefix="d-", lifetime=300, concurrency=30, drift_interval=0,
+                  firmware=firmware,
+                  options_for=lambda i: {"psk_identity": creds[f"d-{i}"][0].identity,
+                                         "psk": bytes(creds[f"d-{i}"][1])})
+    try:
+        server.wait_for(r"LwM2M server on")
+        await asyncio.wait_for(fleet.start(timeout_per_device=30), 60)
+        await eventually(lambda: fleet.status.registered == DEVICES, timeout=30)
+        await asyncio.sleep(2)  # the registrations' write-behind reaches the database (it runs every second)
+        r = await asyncio.to_thread(run, "campaign", "create", "--release", release_id, "--targets",
+                                    str(tmp_path / "targets.txt"), "--canary", "3", "--waves", "2",
+                                    "--max-parallel", "6", "--method", "pull", data_dir=data)
+        assert r.returncode == 0, show(r)
+        cid = r.stdout.strip().splitlines()[-1]
+        r = await asyncio.to_thread(run, "campaign", "start", cid, data_dir=data)
+        assert r.returncode == 0, show(r)
+
+        devices = {d.endpoint: d for d in fleet.devices}
+        bound = time.monotonic() + 60
+        while True:  # kill it while some devices are pulling
+            st = await status(data, cid)
+            pulling = [ep for ep in endpoints if (fw := devices[ep].firmware) is not None and fw.downloading]
+            if st["counts"]["succeeded"] >= 1 and pulling:
+                break
+            assert time.monotonic() < bound, st
+            await asyncio.sleep(0.01)
+        server.proc.kill()
+        server.proc.wait(timeout=10)
+        before = {j["endpoint"]: j["state"] for j in st["jobs"]}
+
+        def heard_from(ep: str) -> int:  # Updates and Registers, less the Register after installing the new image
+            device = devices[ep]
+            return device.counters.updates + device.counters.registers - device.firmware.boots  # type: ignore[union-attr]
+
+        heard = {ep: heard_from(ep) for ep in endpoints}
+
+        server = ServerProcess(data, *args)
+        server.wait_for(r"LwM2M server on")
+        restarted = time.monotonic()
+        # the pulling devices first, on their own: no Update from them
+        bound = restarted + 60
+        while True:
+            jobs_now = await job_states(data, cid)
+            if all(jobs_now[ep] != before[ep] for ep in pulling):
+                break
+            assert time.monotonic() < bound, (pulling, await status(data, cid), server.output()[-3000:])
+            await asyncio.sleep(0.05)
+        resumed_after = time.monotonic() - restarted
+        assert [ep for ep in pulling if heard_from(ep) > heard[ep] and before[ep] == "delivering"] == [], \
+            "a pulling device had to update or register to go on"
+        # the others speak once
+        for ep in endpoints:
+            if ep not in pulling:
+                devices[ep].request_update()
+        bound = time.monotonic() + 120  # far below the devices' periodic Update (240 s after they registered)
+        while not (st := await status(data, cid))["report_ready"]:
+            assert time.monotonic() < bound, (st, server.output()[-3000:])
+            await asyncio.sleep(0.1)
+        print(f"DTLS: the {len(pulling)} pulling devices went on {resumed_after:.2f} s after the restart")
+
+        assert st["state"] == "completed", [(j["endpoint"], j["state"], j.get("reason")) for j in st["jobs"]]
+        jobs = {j["endpoint"]: j for j in st["jobs"]}
+        assert all(jobs[ep]["state"] == "succeeded" and jobs[ep]["version_after"] == "2.0.0" for ep in endpoints), jobs
+        assert [ep for ep in endpoints if devices[ep].firmware.boots != 1] == []  # type: ignore[union-attr]
+        # the pulling devices went on where they stopped (same URI, same ETag): nobody pulled a byte twice
+        assert len({devices[ep].firmware.fetched_bytes for ep in endpoints}) == 1  # type: ignore[union-attr]
     finally:
         await fleet.stop(deregister=False)
         server.stop()

@@ -50,7 +50,7 @@ class ScratchProcess:
     def __init__(self, data_dir: Path, command: str, *args: str) -> None:
         self.data_dir = data_dir
         self.log = data_dir.parent / f"{data_dir.name}-{command}.out"
-        with self.log.open("w") as out:
+        with self.log.open("a") as out:  # a restarted process adds to the log of the one before
             self.proc = subprocess.Popen([*SCRATCH, command, *args], env=env_for(data_dir), stdout=out,
                                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
 

@@ -12,6 +12,7 @@ from aiocoap import Message
 from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import BlockOption
 
+from lwm2m_server.fota.file_server import FileServer, Package
 from tests.harness import coap_client, running_server
 
 
@@ -70,3 +71,15 @@ async def test_one_copy_of_the_bytes_however_many_publications(tmp_path: Path, c
         for n in names:
             srv.files.withdraw(n)
         assert srv.files.published == 0 and not srv.files._by_digest
+
+
+def test_a_kept_name_publishes_the_same_bytes_again_and_nothing_else() -> None:
+    files = FileServer()
+    data = os.urandom(300)
+    name = files.new_name()
+    assert files.publish(data, name) == name == files.publish(data, name)  # again (a restart): no second copy
+    assert files.published == 1 and files._by_digest[Package.of(data).digest][1] == 1
+    with pytest.raises(ValueError):
+        files.publish(b"other bytes", name)
+    files.withdraw(name)
+    assert files.published == 0 and not files._by_digest
