@@ -50,12 +50,16 @@ class ScratchProcess:
     def __init__(self, data_dir: Path, command: str, *args: str) -> None:
         self.data_dir = data_dir
         self.log = data_dir.parent / f"{data_dir.name}-{command}.out"
+        self._start = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("a") as out:  # a restarted process adds to the log of the one before
             self.proc = subprocess.Popen([*SCRATCH, command, *args], env=env_for(data_dir), stdout=out,
                                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
     def output(self) -> str:
-        return self.log.read_text(errors="replace")
+        """What this process wrote (not the processes before it on the same log)."""
+        with self.log.open("rb") as f:
+            f.seek(self._start)
+            return f.read().decode(errors="replace")
 
     def wait_for(self, pattern: str, timeout: float = 30) -> re.Match[str]:
         deadline = time.monotonic() + timeout
