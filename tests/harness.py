@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,16 @@ import aiocoap
 from aiocoap import Message
 
 from lwm2m_server.server import Lwm2mServer, ServerSettings
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for a child process that must die with the test process (PR_SET_PDEATHSIG), e.g. when pytest
+    is killed. Runs between fork and exec: no imports, no allocation to speak of."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @contextlib.asynccontextmanager

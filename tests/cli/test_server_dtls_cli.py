@@ -27,6 +27,7 @@ from lwm2m_server.data_dir import vault_key_location
 from lwm2m_server.storage.database import Database
 from lwm2m_server.transport.dtls import dtls_client_context
 from tests.cli.test_cli import SCRATCH
+from tests.harness import die_with_parent
 
 
 def env_for(data_dir: Path) -> dict[str, str]:
@@ -53,7 +54,8 @@ class ScratchProcess:
         self._start = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("a") as out:  # a restarted process adds to the log of the one before
             self.proc = subprocess.Popen([*SCRATCH, command, *args], env=env_for(data_dir), stdout=out,
-                                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                                         stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                         preexec_fn=die_with_parent)  # also when pytest itself is killed
 
     def output(self) -> str:
         """What this process wrote (not the processes before it on the same log)."""

@@ -17,14 +17,12 @@ teardown whatever happened, and a demo also dies with the test process (PR_SET_P
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +31,8 @@ from typing import IO
 
 import httpx
 import pytest
+
+from tests.harness import die_with_parent
 
 SERVER_ENV = "LESHAN_SERVER_DEMO"
 CLIENT_ENV = "LESHAN_CLIENT_DEMO"
@@ -43,15 +43,6 @@ MAX_BODY = 1 << 20  # COAP.MAX_RESOURCE_BODY_SIZE for every demo: Californium's 
 START_TIMEOUT = 40.0  # a cold JVM start takes 2-4 s; leave room for a loaded CI machine
 STOP_TIMEOUT = 5.0
 START_ATTEMPTS = 3  # a free port picked by binding port 0 may be taken before the demo binds it: try again
-
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec: no imports, no allocation to speak of
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
 
 def launcher(variable: str) -> Path:
     """The launcher a variable names, or skip the test with a reason that names the variable."""
@@ -100,7 +91,7 @@ class DemoProcess:
         env = dict(os.environ, LESHAN_DEMO_CWD=str(self.cwd))
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+                                     stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
         return self
 
     @property
