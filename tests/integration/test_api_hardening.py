@@ -126,12 +126,26 @@ def exchange(port: int, source: str, request_head: bytes, body: Iterable[bytes] 
                 closed = True
                 break
             data += got
+            if _complete(data):  # a whole answer on a connection the server keeps: do not wait for its idle timeout
+                break
     head_bytes, _, rest = data.partition(b"\r\n\r\n")
     lines = head_bytes.decode("latin-1").split("\r\n")
     if not lines[0].startswith("HTTP/1.1 "):
         return Exchange(0, {}, data, sent, closed)  # no answer
     headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
     return Exchange(int(lines[0].split()[1]), headers, rest, sent, closed)
+
+
+def _complete(data: bytes) -> bool:
+    """Whether ``data`` holds a whole HTTP answer with a Content-Length on a connection the server keeps."""
+    head_bytes, sep, rest = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    headers = {k.strip().lower(): v.strip() for k, _, v in
+               (line.partition(":") for line in head_bytes.decode("latin-1").split("\r\n")[1:])}
+    if headers.get("connection", "").lower() == "close":
+        return False  # read on to the close, which the refusal tests check
+    return "content-length" in headers and len(rest) >= int(headers["content-length"])
 
 
 def test_unauthenticated_huge_body_is_refused_before_it_is_read(server: Server) -> None:
