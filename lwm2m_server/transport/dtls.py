@@ -25,7 +25,9 @@ transport replaces it. Invariants:
 - PSKs come from ``psk_for(identity)`` (called synchronously in the handshake, once per attempt) and are never
   logged nor put into exception texts; tinydtls' own logging is kept at EMERG (its debug output dumps keys). An
   unknown identity, or a handshake the lockout refuses, gets a decoy key (HMAC of a per-transport secret), so it
-  fails at the Finished in silence, exactly like a wrong key (RFC 4279 section 5): no identity oracle.
+  fails at the Finished exactly like a wrong key (RFC 4279 section 5): no identity oracle. All of them are told at
+  once with one epoch-0 decrypt_error alert (tinydtls itself drops a Finished that does not verify in silence,
+  which left clients to wait out their retransmissions).
 - ``request.remote.authenticated_claims`` is ``[PskClaim(identity)]`` once the handshake completed.
 - Failed handshakes (a Finished that does not verify after the key lookup, or a fatal alert after it; at most one
   per key exchange; only after the cookie exchange) go to a :class:`~lwm2m_server.core.rate_limit.HandshakeGuard`
@@ -153,7 +155,9 @@ def _record_kind(data: bytes) -> tuple[int, int] | None:
 
 _HT_SERVER_HELLO, _HT_HELLO_VERIFY_REQUEST = 2, 3
 _CT_ALERT = 21
-_ALERT_UNEXPECTED_MESSAGE = 10
+_ALERT_UNEXPECTED_MESSAGE, _ALERT_DECRYPT_ERROR = 10, 51
+_ALERT_LENGTH = 15  # record header (13) + level + description
+_ALERT_SEQ_BASE = 1 << 40
 
 
 def _epoch0_fatal_alert(data: bytes) -> int | None:
@@ -466,7 +470,7 @@ class DtlsServerTransport(interfaces.MessageInterface):
                       if lockout is not None else None)
         self._alerts = TokenBucket(unknown_session_alerts, unknown_session_alerts, unknown_session_alerts,
                                    time.monotonic()) if unknown_session_alerts > 0 else None
-        self._alert_seq = 0
+        self._alert_seq = _ALERT_SEQ_BASE
         self._on_security_event = on_security_event
 
     # -- setup and shutdown
@@ -610,7 +614,8 @@ class DtlsServerTransport(interfaces.MessageInterface):
     def _psk(self, identity: object) -> bytes | None:
         """The key tinydtls gets for ``identity`` (the ClientKeyExchange of the current peer): the device's PSK, or,
         for an unknown identity or a handshake the lockout refuses, a decoy key, so that all of them fail alike at
-        the Finished (RFC 4279 section 5), in silence. None (a fatal alert) only when the store itself failed."""
+        the Finished (RFC 4279 section 5), with the same decrypt_error alert. None (a fatal alert) only when the
+        store itself failed."""
         if not isinstance(identity, bytes):
             return None
         if self._looked_up is not None and self._looked_up[0] == identity:
@@ -719,12 +724,19 @@ class DtlsServerTransport(interfaces.MessageInterface):
         if kind is None or kind[1] == 0 or kind[0] not in (_CT_HANDSHAKE, _CT_APPLICATION_DATA) \
                 or self._alerts is None or self._transport is None:
             return
-        alert = bytes([_CT_ALERT, 0xFE, 0xFD, 0, 0]) + self._alert_seq.to_bytes(6, "big") + \
-            bytes([0, 2, _LEVEL_FATAL, _ALERT_UNEXPECTED_MESSAGE])
-        if len(alert) > len(data) or self._alerts.take(now) is not None:
+        if len(data) < _ALERT_LENGTH or self._alerts.take(now) is not None:
             return
-        self._alert_seq = (self._alert_seq + 1) % (1 << 48)
         self.unknown_session_alerts += 1
+        self._send_alert(key, _ALERT_UNEXPECTED_MESSAGE)
+
+    def _send_alert(self, key: tuple[str, int], description: int) -> None:
+        """An unprotected (epoch 0) fatal alert to ``key``. Its sequence number comes from a counter far above those
+        of any handshake (from 2^40), so a client's replay window does not drop it."""
+        if self._transport is None:
+            return
+        alert = bytes([_CT_ALERT, 0xFE, 0xFD, 0, 0]) + self._alert_seq.to_bytes(6, "big") + \
+            bytes([0, 2, _LEVEL_FATAL, description])
+        self._alert_seq = max(self._alert_seq + 1, _ALERT_SEQ_BASE) % (1 << 48)
         with contextlib.suppress(OSError):
             self._transport.sendto(alert, self._sockaddr(key))
 
@@ -743,6 +755,12 @@ class DtlsServerTransport(interfaces.MessageInterface):
         finally:
             self._current, self._looked_up = None, None
         failed = self._judge_attempt(peer, data)
+        if failed is not None and peer._failure is None:
+            # the client's Finished did not verify (a wrong key, an unknown identity's decoy key, or a refused
+            # handshake: all alike): tell it at once with decrypt_error (RFC 5246 7.4.9) rather than let it wait out
+            # its retransmissions; only peers past the cookie exchange get here, one alert per key exchange
+            self._send_alert(peer._key, _ALERT_DECRYPT_ERROR)
+            peer._failure = failed
         if peer._failure is not None:
             self._evict(peer, DtlsSessionClosedError(peer._failure), reset=True)
         elif peer.state == _CONNECTED and peer._key in self._handshakes:
