@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -42,10 +41,11 @@ from processes import (  # bench/processes.py: the script's folder is on sys.pat
     CHILDREN,
     JsonLinesChild,
     free_port,
-    machine_busy,
     machine_cpu_s,
+    machine_note,
     proc_sample,
     r,
+    stop_children_on_signals,
     wait_for_line,
     wait_idle,
     write_profile_text,
@@ -360,17 +360,11 @@ def main() -> None:
         args.profile.mkdir(parents=True, exist_ok=True)
         args.profile = args.profile.resolve()
 
-    def on_signal(signum: int, _frame: object) -> None:
-        CHILDREN.stop_all()
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    busy = machine_busy(1.0)
+    stop_children_on_signals()
+    busy, machine = machine_note()
     print(f"bootstrap + register over DTLS-PSK: {n} devices from `scratch factory provision`, {args.concurrency} "
           f"starting at once, `scratch server` + `scratch bootstrap-server` + the devices in 3 processes "
-          f"({os.cpu_count()} CPUs; machine {busy:.0f}% busy before the start"
-          f"{' -- WARNING: not idle' if busy > 10 else ''}){' under cProfile' if args.profile else ''}", flush=True)
+          f"({machine}){' under cProfile' if args.profile else ''}", flush=True)
     runs: list[dict[str, Any]] = []
     try:
         for i in range(args.runs):

@@ -27,7 +27,6 @@ import contextlib
 import json
 import os
 import random
-import signal
 import subprocess
 import tempfile
 import time
@@ -39,10 +38,11 @@ from processes import (  # bench/processes.py: the script's folder is on sys.pat
     CHILDREN,
     JsonLinesChild,
     free_port,
-    machine_busy,
     machine_cpu_s,
+    machine_note,
     proc_sample,
     r,
+    stop_children_on_signals,
     wait_for_line,
 )
 
@@ -379,16 +379,10 @@ def main() -> None:
     n = 100 if args.quick else args.devices
     timeout = args.timeout or 120 + 1.0 * n
 
-    def on_signal(signum: int, _frame: object) -> None:
-        CHILDREN.stop_all()
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    busy = machine_busy(1.0)
+    stop_children_on_signals()
+    busy, machine = machine_note()
     print(f"campaign over plain CoAP: {n} devices, {args.image_kib} KiB image, max_parallel {args.max_parallel}, "
-          f"`scratch server` and the devices in 2 processes ({os.cpu_count()} CPUs; machine {busy:.0f}% busy "
-          f"before the start{' -- WARNING: not idle' if busy > 10 else ''})", flush=True)
+          f"`scratch server` and the devices in 2 processes ({machine})", flush=True)
     m: dict[str, Any] | None = None
     try:
         m = run_once(n, args.image_kib, args.max_parallel, timeout, args.poll, args.settle, args.concurrency)

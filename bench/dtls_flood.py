@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -44,9 +43,10 @@ from processes import (  # bench/processes.py: the script's folder is on sys.pat
     CHILDREN,
     JsonLinesChild,
     free_port,
-    machine_busy,
+    machine_note,
     proc_sample,
     r,
+    stop_children_on_signals,
     wait_for_line,
 )
 
@@ -417,17 +417,11 @@ def main() -> None:
     ap.add_argument("--tree", type=Path, default=REPO, help="checkout whose lwm2m_server runs as the server")
     args = ap.parse_args()
 
-    def on_signal(signum: int, _frame: object) -> None:
-        CHILDREN.stop_all()
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    busy = machine_busy(1.0)
+    stop_children_on_signals()
+    busy, machine = machine_note()
     print(f"cookie-less ClientHello flood: {args.seconds:g} s, {args.senders} senders x {args.pool} sockets over "
           f"{args.addresses} addresses, rate {args.rate or 'max'}; a legitimate device over a {args.delay_ms:g} ms "
-          f"link ({os.cpu_count()} CPUs; machine {busy:.0f}% busy before the start"
-          f"{' -- WARNING: not idle' if busy > 10 else ''})", flush=True)
+          f"link ({machine})", flush=True)
     try:
         m = run(args)
     finally:

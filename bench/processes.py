@@ -90,6 +90,25 @@ def machine_busy(seconds: float = 1.0) -> float:
     return 100.0 * (machine_cpu_s() - m0) / ((time.perf_counter() - t0) * (os.cpu_count() or 1))
 
 
+def stop_children_on_signals() -> None:
+    """SIGTERM and SIGINT stop every child in :data:`CHILDREN`, then exit (128 + the signal)."""
+
+    def on_signal(signum: int, _frame: object) -> None:
+        CHILDREN.stop_all()
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+def machine_note() -> tuple[float, str]:
+    """How busy the machine is (%, over 1 s), and ``N CPUs; machine X% busy before the start`` (with a warning
+    when it is not idle) for a bench's header."""
+    busy = machine_busy(1.0)
+    return busy, (f"{os.cpu_count()} CPUs; machine {busy:.0f}% busy before the start"
+                  f"{' -- WARNING: not idle' if busy > 10 else ''}")
+
+
 def wait_idle(limit: float, busy_pct: float = 10.0) -> float:
     """Wait (up to ``limit`` s) until the machine is less than ``busy_pct`` busy over 2 s; returns the last figure."""
     deadline = time.monotonic() + limit

@@ -18,6 +18,7 @@ import json
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,45 @@ async def status(data: Path, cid: str) -> dict[str, Any]:
         return dict(r.json())
 
 
+async def start_campaign(tmp_path: Path, data: Path, release_id: str, *options: str) -> str:
+    """`scratch campaign create` (canary 3, 2 waves, 6 at once, to the endpoints in targets.txt) and `start`."""
+    r = await asyncio.to_thread(run, "campaign", "create", "--release", release_id, "--targets",
+                                str(tmp_path / "targets.txt"), "--canary", "3", "--waves", "2",
+                                "--max-parallel", "6", *options, data_dir=data)
+    assert r.returncode == 0, show(r)
+    cid = r.stdout.strip().splitlines()[-1]
+    r = await asyncio.to_thread(run, "campaign", "start", cid, data_dir=data)
+    assert r.returncode == 0, show(r)
+    return cid
+
+
+async def kill_when(server: ServerProcess, data: Path, cid: str, ready: Callable[[dict[str, Any]], bool],
+                    poll: float = 0.02) -> dict[str, Any]:
+    """SIGKILL the server once ``ready(status)`` (within 60 s); the last status seen."""
+    bound = time.monotonic() + 60
+    while not ready(st := await status(data, cid)):
+        assert time.monotonic() < bound, st
+        await asyncio.sleep(poll)
+    server.proc.kill()
+    server.proc.wait(timeout=10)
+    return st
+
+
+async def until_report(server: ServerProcess, data: Path, cid: str, seconds: float) -> dict[str, Any]:
+    """The campaign's status once its report is ready (within ``seconds``)."""
+    bound = time.monotonic() + seconds
+    while not (st := await status(data, cid))["report_ready"]:
+        assert time.monotonic() < bound, (st, server.output()[-3000:])
+        await asyncio.sleep(0.1)
+    return st
+
+
+def under_way(st: dict[str, Any], succeeded: int) -> bool:
+    """At least ``succeeded`` devices done and at least one being updated."""
+    c = st["counts"]
+    return bool(c["succeeded"] >= succeeded and c["delivering"] + c["downloaded"] + c["updating"] >= 1)
+
+
 @pytest.mark.timeout(300)
 async def test_a_campaign_goes_on_after_the_server_is_killed(tmp_path: Path) -> None:
     data = tmp_path / "data"
@@ -113,33 +153,14 @@ async def test_a_campaign_goes_on_after_the_server_is_killed(tmp_path: Path) -> 
         server.wait_for(r"LwM2M server on")
         await asyncio.wait_for(fleet.start(timeout_per_device=30), 60)
         await eventually(lambda: fleet.status.registered == DEVICES, timeout=30)
-        r = await asyncio.to_thread(run, "campaign", "create", "--release", release_id, "--targets",
-                                    str(tmp_path / "targets.txt"), "--canary", "3", "--waves", "2",
-                                    "--max-parallel", "6", data_dir=data)
-        assert r.returncode == 0, show(r)
-        cid = r.stdout.strip().splitlines()[-1]
-        r = await asyncio.to_thread(run, "campaign", "start", cid, data_dir=data)
-        assert r.returncode == 0, show(r)
-
+        cid = await start_campaign(tmp_path, data, release_id)
         # kill it while some devices are done and others are being updated
-        deadline = time.monotonic() + 60
-        while True:
-            st = await status(data, cid)
-            c = st["counts"]
-            if c["succeeded"] >= 4 and c["delivering"] + c["downloaded"] + c["updating"] >= 1:
-                break
-            assert time.monotonic() < deadline, st
-            await asyncio.sleep(0.02)
-        server.proc.kill()
-        server.proc.wait(timeout=10)
+        st = await kill_when(server, data, cid, lambda st: under_way(st, 4))
         before = {j["endpoint"]: j["state"] for j in st["jobs"]}
 
         server = ServerProcess(data, "--coaps", f"127.0.0.1:{port}", "--api", "127.0.0.1:0")
         server.wait_for(r"LwM2M server on")
-        deadline = time.monotonic() + 150
-        while not (st := await status(data, cid))["report_ready"]:
-            assert time.monotonic() < deadline, st
-            await asyncio.sleep(0.2)
+        st = await until_report(server, data, cid, 150)
 
         assert st["state"] == "completed", st
         jobs = {j["endpoint"]: j for j in st["jobs"]}
@@ -183,24 +204,8 @@ async def test_on_plain_coap_the_restarted_server_reaches_the_devices_without_wa
         await asyncio.wait_for(fleet.start(timeout_per_device=30), 60)
         await eventually(lambda: fleet.status.registered == DEVICES, timeout=30)
         await asyncio.sleep(2)  # the registrations' write-behind reaches the database (it runs every second)
-        r = await asyncio.to_thread(run, "campaign", "create", "--release", release_id, "--targets",
-                                    str(tmp_path / "targets.txt"), "--canary", "3", "--waves", "2",
-                                    "--max-parallel", "6", data_dir=data)
-        assert r.returncode == 0, show(r)
-        cid = r.stdout.strip().splitlines()[-1]
-        r = await asyncio.to_thread(run, "campaign", "start", cid, data_dir=data)
-        assert r.returncode == 0, show(r)
-
-        bound = time.monotonic() + 60
-        while True:
-            st = await status(data, cid)
-            c = st["counts"]
-            if c["succeeded"] >= 2 and c["delivering"] + c["downloaded"] + c["updating"] >= 1:
-                break
-            assert time.monotonic() < bound, st
-            await asyncio.sleep(0.02)
-        server.proc.kill()
-        server.proc.wait(timeout=10)
+        cid = await start_campaign(tmp_path, data, release_id)
+        st = await kill_when(server, data, cid, lambda st: under_way(st, 2))
         before = {j["endpoint"]: j["state"] for j in st["jobs"]}
         open_at_kill = [ep for ep, state in before.items() if state in ("delivering", "downloaded", "updating")]
         heard_at_kill = {d.endpoint: d.counters.updates + d.counters.registers for d in fleet.devices}
@@ -261,25 +266,16 @@ async def test_over_dtls_the_restarted_server_goes_on_at_each_devices_first_data
         await asyncio.wait_for(fleet.start(timeout_per_device=30), 60)
         await eventually(lambda: fleet.status.registered == DEVICES, timeout=30)
         await asyncio.sleep(2)  # the registrations' write-behind reaches the database (it runs every second)
-        r = await asyncio.to_thread(run, "campaign", "create", "--release", release_id, "--targets",
-                                    str(tmp_path / "targets.txt"), "--canary", "3", "--waves", "2",
-                                    "--max-parallel", "6", "--method", "pull", data_dir=data)
-        assert r.returncode == 0, show(r)
-        cid = r.stdout.strip().splitlines()[-1]
-        r = await asyncio.to_thread(run, "campaign", "start", cid, data_dir=data)
-        assert r.returncode == 0, show(r)
-
+        cid = await start_campaign(tmp_path, data, release_id, "--method", "pull")
         devices = {d.endpoint: d for d in fleet.devices}
-        bound = time.monotonic() + 60
-        while True:  # kill it while some devices are pulling
-            st = await status(data, cid)
-            pulling = [ep for ep in endpoints if (fw := devices[ep].firmware) is not None and fw.downloading]
-            if st["counts"]["succeeded"] >= 1 and pulling:
-                break
-            assert time.monotonic() < bound, st
-            await asyncio.sleep(0.01)
-        server.proc.kill()
-        server.proc.wait(timeout=10)
+
+        pulling: list[str] = []  # the devices pulling when the server is killed
+
+        def some_pulling(st: dict[str, Any]) -> bool:
+            pulling[:] = [ep for ep in endpoints if (fw := devices[ep].firmware) is not None and fw.downloading]
+            return st["counts"]["succeeded"] >= 1 and bool(pulling)
+
+        st = await kill_when(server, data, cid, some_pulling, poll=0.01)
         before = {j["endpoint"]: j["state"] for j in st["jobs"]}
 
         def heard_from(ep: str) -> int:  # Updates and Registers, less the Register after installing the new image
@@ -306,10 +302,7 @@ async def test_over_dtls_the_restarted_server_goes_on_at_each_devices_first_data
         for ep in endpoints:
             if ep not in pulling:
                 devices[ep].request_update()
-        bound = time.monotonic() + 120  # far below the devices' periodic Update (240 s after they registered)
-        while not (st := await status(data, cid))["report_ready"]:
-            assert time.monotonic() < bound, (st, server.output()[-3000:])
-            await asyncio.sleep(0.1)
+        st = await until_report(server, data, cid, 120)  # far below the devices' periodic Update (at 240 s)
         print(f"DTLS: the {len(pulling)} pulling devices went on {resumed_after:.2f} s after the restart")
 
         assert st["state"] == "completed", [(j["endpoint"], j["state"], j.get("reason")) for j in st["jobs"]]
