@@ -124,11 +124,11 @@ def server(
         "--max-block1-per-remote", min=1, help="... from one remote address and port")] = 4,
     lockout_failures: Annotated[int, typer.Option(
         "--dtls-lockout-failures", min=0, help="Failed DTLS handshakes of one identity (from any "
-        "address), or of unknown identities from one address, that lock it out (0: never)")] = 10,
+        "address: reported), or of unknown identities from one address (locked out) (0: never)")] = 10,
     lockout_window: Annotated[float, typer.Option("--dtls-lockout-window", help="... within this many "
                                                   "seconds")] = 60.0,
-    lockout_seconds: Annotated[float, typer.Option("--dtls-lockout-seconds", help="How long a locked-out identity "
-                                                   "or address is refused")] = 300.0,
+    lockout_seconds: Annotated[float, typer.Option("--dtls-lockout-seconds", help="How long a locked-out address "
+                                                   "is refused unknown identities")] = 300.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at debug level")] = False,
     bench_api: Annotated[bool, typer.Option(
         "--bench-api", help="Also serve Leshan's write route PUT /api/clients/EP/PATH WITHOUT authentication, for "

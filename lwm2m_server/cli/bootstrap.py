@@ -46,11 +46,12 @@ def bootstrap_server(
     = 1000,
     lockout_failures: Annotated[int, typer.Option(
         "--dtls-lockout-failures", min=0, help="Failed DTLS handshakes of one identity (from any "
-        "address), or of unknown identities from one address, that lock it out (0: never)")] = 10,
+        "address: reported), or of unknown identities from one address (locked out) (0: never)")] = 10,
     lockout_window: Annotated[float, typer.Option("--dtls-lockout-window", min=0.001,
                                                   help="... within this many seconds")] = 60.0,
     lockout_seconds: Annotated[float, typer.Option(
-        "--dtls-lockout-seconds", min=0.001, help="How long a locked-out identity or address is refused")] = 300.0,
+        "--dtls-lockout-seconds", min=0.001,
+        help="How long a locked-out address is refused unknown identities")] = 300.0,
     coap: Annotated[str | None, typer.Option("--coap", help="Also serve plain CoAP here (needs --insecure)")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow --coap: keys then travel in clear text to "
                                            "whoever names an endpoint. For lab use only.")] = False,

@@ -7,11 +7,11 @@ Invariants (for a key that stays tracked, with ``now`` non-decreasing per key):
 * :class:`Backoff`: the first ``free`` failures of a key cost nothing; the n-th one after them blocks the key for
   ``base * 2**(n-1)`` seconds, at most ``cap``; a success forgets the key.
 * :class:`HandshakeGuard` (DTLS-PSK handshakes, decided at the PSK lookup): failures of a *known* identity count
-  per (address, identity) (:class:`Backoff`) and per identity across addresses (:class:`Lockout`; a locked
-  identity is refused only from addresses it has not authenticated from recently); failures of *unknown*
-  identities count per address only and refuse only unknown identities. So failures under one identity never
-  refuse another, valid identity, and unknown identities (which anyone can invent) cannot flush the tables of
-  known ones.
+  per (address, identity) (:class:`Backoff`, which refuses) and per identity across addresses
+  (:class:`Lockout`, reported only: a refusal there would let whoever reads an identity off the wire lock its
+  device out); failures of *unknown* identities count per address only and refuse only unknown identities. So
+  failures under one identity never refuse another, valid identity, nor that identity from elsewhere, and unknown
+  identities (which anyone can invent) cannot flush the tables of known ones.
 * Neither tracks more than ``max_keys`` keys. Evicting a key forgets it: a full (idle) bucket is dropped first,
   otherwise the least recently used key; an evicted key starts afresh, so the per-key bound holds only while a
   key is tracked (size ``max_keys`` above the number of keys a client can use at once).
@@ -250,7 +250,7 @@ class Backoff:
 @dataclass(frozen=True, slots=True)
 class Tripped:
     """A counter of :class:`HandshakeGuard` that engaged: ``scope`` is "address+identity", "identity" or
-    "address"; ``failures`` counted to get there; blocked for ``seconds``."""
+    "address"; ``failures`` counted to get there; blocked for ``seconds`` (0: reported only)."""
 
     scope: str
     failures: int
@@ -266,26 +266,25 @@ class HandshakeGuard:
     ==================  ==========================  =========================================================
     (address, identity) failures of a known         that identity from that address; back-off after
                         identity (wrong key)        ``backoff_after`` failures: base, 2 base, ... <= period
-    identity            failures of a known         that identity from addresses it has not authenticated
-                        identity, any address       from (the last ``trusted_addresses``): ``threshold``
-                                                    failures within ``window`` -> ``period``
+    identity            failures of a known         nothing: ``threshold`` failures within ``window`` are
+                        identity, any address       reported (someone is trying that device's key), because
+                                                    a refusal would let anyone who reads an identity off the
+                                                    wire lock its device out, and a PSK of 16 random bytes
+                                                    cannot be guessed online anyway
     address             failures of unknown         unknown identities from that address (refused anyway):
                         identities                  ``threshold`` within ``window`` -> ``period``, reported
     ==================  ==========================  =========================================================
 
     A refused attempt is answered exactly as a failed one (the caller's job) and counts nowhere."""
 
-    __slots__ = ("_addresses", "_identities", "_pairs", "_trusted", "lockout", "trusted_addresses")
+    __slots__ = ("_addresses", "_identities", "_pairs", "lockout")
 
-    def __init__(self, lockout: Lockout, *, backoff_after: int = 3, backoff_base: float = 1.0,
-                 trusted_addresses: int = 4) -> None:
+    def __init__(self, lockout: Lockout, *, backoff_after: int = 3, backoff_base: float = 1.0) -> None:
         self.lockout = lockout
-        self.trusted_addresses = trusted_addresses
-        self._identities = lockout
+        self._identities = Lockout(lockout.threshold, lockout.window, lockout.period, max_keys=lockout.max_keys)
         self._addresses = Lockout(lockout.threshold, lockout.window, lockout.period, max_keys=lockout.max_keys)
         self._pairs = Backoff(backoff_after, min(backoff_base, lockout.period), lockout.period,
                               max_keys=lockout.max_keys)
-        self._trusted: OrderedDict[bytes, tuple[str, ...]] = OrderedDict()
 
     @staticmethod
     def _pair(address: str, identity: bytes) -> str:
@@ -296,9 +295,6 @@ class HandshakeGuard:
         if known:
             if self._pairs.blocked(self._pair(address, identity), now) is not None:
                 return "backing off (address and identity)"
-            if self._identities.locked(identity.hex(), now) is not None \
-                    and address not in self._trusted.get(identity, ()):
-                return "identity locked out"
         elif self._addresses.locked(address, now) is not None:
             return "address locked out (unknown identities)"
         return None
@@ -311,9 +307,8 @@ class HandshakeGuard:
             seconds = self._pairs.record_failure(pair, now)
             if seconds is not None:
                 tripped.append(Tripped("address+identity", self._pairs.failures(pair), seconds))
-            period = self._identities.record_failure(identity.hex(), now)
-            if period is not None:
-                tripped.append(Tripped("identity", self.lockout.threshold, period))
+            if self._identities.record_failure(identity.hex(), now) is not None:
+                tripped.append(Tripped("identity", self.lockout.threshold, 0.0))  # reported, refuses nothing
         else:
             period = self._addresses.record_failure(address, now)
             if period is not None:
@@ -321,18 +316,11 @@ class HandshakeGuard:
         return tripped
 
     def succeeded(self, address: str, identity: bytes) -> None:
-        """A completed handshake: forget the pair's failures and trust ``address`` for ``identity``."""
+        """A completed handshake: forget the pair's failures."""
         self._pairs.reset(self._pair(address, identity))
-        known = tuple(a for a in self._trusted.pop(identity, ()) if a != address)
-        self._trusted[identity] = (address, *known)[:self.trusted_addresses]
-        while len(self._trusted) > self.lockout.max_keys:
-            self._trusted.popitem(last=False)
 
     def address_locked(self, address: str, now: float) -> float | None:
         return self._addresses.locked(address, now)
-
-    def identity_locked(self, identity: bytes, now: float) -> float | None:
-        return self._identities.locked(identity.hex(), now)
 
     def backing_off(self, address: str, identity: bytes, now: float) -> float | None:
         return self._pairs.blocked(self._pair(address, identity), now)

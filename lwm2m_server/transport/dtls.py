@@ -32,7 +32,7 @@ transport replaces it. Invariants:
 - Failed handshakes (a Finished that does not verify after the key lookup, or a fatal alert after it; at most one
   per key exchange; only after the cookie exchange) go to a :class:`~lwm2m_server.core.rate_limit.HandshakeGuard`
   built on ``lockout``: per (address, identity) an exponential back-off after ``backoff_after`` failures, per
-  identity ``lockout`` (it then refuses that identity from addresses it has not authenticated from), and, for
+  identity a ``lockout`` count that is reported and refuses nothing (identities travel in clear), and, for
   unknown identities only, per address. Failures under one identity never refuse another valid identity; a refused
   handshake is answered as any failed one and counts nowhere; established sessions are kept. Each engagement is
   logged as a warning and reported through ``on_security_event("security.dtls_lockout", data)``. A failing
@@ -800,8 +800,9 @@ class DtlsServerTransport(interfaces.MessageInterface):
     def _report_lockout(self, peer: DtlsRemote, address: str, identity: bytes, tripped: Tripped,
                         reason: str) -> None:
         assert self.lockout is not None
-        self.log.warning("DTLS: %d failed handshakes counted per %s (address %s, identity %r): refusing for %g s",
-                         tripped.failures, tripped.scope, address, identity, tripped.seconds)
+        self.log.warning("DTLS: %d failed handshakes counted per %s (address %s, identity %r): %s",
+                         tripped.failures, tripped.scope, address, identity,
+                         f"refusing for {tripped.seconds:g} s" if tripped.seconds else "reported, nothing refused")
         if self._on_security_event is None:
             return
         data: dict[str, object] = {
