@@ -649,11 +649,12 @@ class DeviceFirmware:
                 if block2 is not None and block2.size_exponent < szx:  # the server wants smaller blocks
                     szx = block2.size_exponent
                 last = block2 is None or not block2.more
-                if declared is not None and (len(received) + len(response.payload) > declared
-                                             or (last and len(received) + len(response.payload) < declared)
-                                             or (not last and len(received) + len(response.payload) == declared)):
+                end = len(received) + len(response.payload)
+                if declared is not None and (end > declared or (last and end < declared)
+                                             or (not last and end == declared)):
+                    fewer = last and end < declared
                     raise PackageSizeError(f"{uri} declared {declared} bytes (Size2) but sends "
-                                           f"{'fewer' if last else 'more'}; download stopped at byte "
+                                           f"{'fewer' if fewer else 'more'}; download stopped at byte "
                                            f"{len(received)}")
                 received += response.payload
                 self.fetched_bytes += len(response.payload)

@@ -21,8 +21,9 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print ``error: message`` (rich markup allowed) on stderr; the exit to raise with ``code``."""
-    err_console.print(f"[red]error:[/red] {message}", highlight=False)
+    """Print :func:`plain_error_line` of ``message`` on stderr (one line, no markup: a message may quote anything);
+    the exit to raise with ``code``."""
+    print(plain_error_line(message), file=sys.stderr, flush=True)
     return typer.Exit(code)
 
 

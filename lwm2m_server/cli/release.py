@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lwm2m_server.cli.common import err_console, fail, new_app, quiet_logs
@@ -49,9 +48,6 @@ TenantOpt = Annotated[str, typer.Option("--tenant", help="Tenant the keys and re
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON")]
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    return fail(escape(" ".join(message.split())), code)
-
 
 
 
@@ -80,15 +76,15 @@ def _open(data_dir: Path | None, *, need_keys: bool) -> Iterator[_Stores]:
     try:
         database = Database.for_data_dir(folder)
     except Lwm2mError as e:
-        raise _fail(str(e)) from None
+        raise fail(str(e)) from None
     try:
         vault = open_vault(folder) if need_keys else Vault.generate()
         keys = SigningKeyStore(database, vault)
         yield _Stores(keys, ReleaseStore(database, BlobStore(folder / BLOBS_DIR), keys))
     except (InvalidRequestError, NotFoundError) as e:
-        raise _fail(str(e), 2) from None
+        raise fail(str(e), 2) from None
     except Lwm2mError as e:
-        raise _fail(str(e)) from None
+        raise fail(str(e)) from None
     finally:
         database.close()
 
@@ -109,9 +105,9 @@ def key_create(
     from lwm2m_server.fota.releases import ALGORITHMS, ROLES
 
     if role not in ROLES:
-        raise _fail(f"--role: {role!r} is not one of {', '.join(ROLES)}", 2)
+        raise fail(f"--role: {role!r} is not one of {', '.join(ROLES)}", 2)
     if alg.lower() not in {a.lower() for a in ALGORITHMS}:
-        raise _fail(f"--alg: {alg!r} is not one of {', '.join(ALGORITHMS)}", 2)
+        raise fail(f"--alg: {alg!r} is not one of {', '.join(ALGORITHMS)}", 2)
     with _open(data_dir, need_keys=True) as stores:
         key = stores.keys.create(name, role, alg=alg, tenant_id=tenant, now=time.time())
     console.print(f"created {key.role} key {key.name} ({key.alg}), kid {key.kid}", highlight=False)
@@ -157,9 +153,9 @@ def key_export(
         create_private_file(out, key.public_pem.encode())
         out.chmod(0o644)
     except FileExistsError:
-        raise _fail(f"{out} exists; not overwriting it", 2) from None
+        raise fail(f"{out} exists; not overwriting it", 2) from None
     except OSError as e:
-        raise _fail(f"cannot write {out}: {e.strerror}", 2) from None
+        raise fail(f"cannot write {out}: {e.strerror}", 2) from None
     console.print(f"public key of {key.role} key {key.name} (kid {key.kid}) written to {out}", highlight=False)
 
 
@@ -172,19 +168,19 @@ def _read_images(paths: list[Path]) -> list[tuple[str, bytes]]:
     for path in paths:
         try:
             if not path.is_file():
-                raise _fail(f"{path}: no such file", 2)
+                raise fail(f"{path}: no such file", 2)
             size = path.stat().st_size
         except OSError as e:
-            raise _fail(f"cannot read image {path}: {e.strerror}", 2) from None
+            raise fail(f"cannot read image {path}: {e.strerror}", 2) from None
         if size == 0:
-            raise _fail(f"{path} is empty", 2)
+            raise fail(f"{path} is empty", 2)
         if size > MAX_IMAGE:
-            raise _fail(f"{path} has {size} bytes; an image may have at most {MAX_IMAGE}", 2)
+            raise fail(f"{path} has {size} bytes; an image may have at most {MAX_IMAGE}", 2)
         sizes.append(size)
     names = [p.name for p in paths]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate is not None:
-        raise _fail(f"two images are named {duplicate!r}; images of a release need distinct file names", 2)
+        raise fail(f"two images are named {duplicate!r}; images of a release need distinct file names", 2)
     images: list[tuple[str, bytes]] = []
     with Progress(TextColumn("reading {task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
                   console=err_console, transient=True, disable=sum(sizes) < PROGRESS_FROM) as progress:
@@ -197,12 +193,12 @@ def _read_images(paths: list[Path]) -> list[tuple[str, bytes]]:
                         chunks.append(chunk)
                         progress.advance(task, len(chunk))
                         if sum(map(len, chunks)) > MAX_IMAGE:
-                            raise _fail(f"{path} grew beyond {MAX_IMAGE} bytes while being read", 2)
+                            raise fail(f"{path} grew beyond {MAX_IMAGE} bytes while being read", 2)
             except OSError as e:
-                raise _fail(f"cannot read image {path}: {e.strerror}", 2) from None
+                raise fail(f"cannot read image {path}: {e.strerror}", 2) from None
             data = b"".join(chunks)
             if not data:
-                raise _fail(f"{path} is empty", 2)
+                raise fail(f"{path} is empty", 2)
             images.append((path.name, data))
     return images
 
@@ -223,9 +219,9 @@ def create(
 ) -> None:
     """Make a release of IMAGE(s) with the next sequence number of the class. The last stdout line is its id."""
     if fmt not in ("suit", "opaque"):
-        raise _fail(f"--format: {fmt!r} is not suit or opaque", 2)
+        raise fail(f"--format: {fmt!r} is not suit or opaque", 2)
     if fmt == "opaque" and key is not None:
-        raise _fail("--key: an opaque release is not signed", 2)
+        raise fail("--key: an opaque release is not signed", 2)
     data = _read_images(images)
     total = sum(len(d) for _, d in data)
     with _open(data_dir, need_keys=fmt == "suit") as stores:

@@ -188,16 +188,20 @@ class CampaignService:
             resumed = [(r.id, r.tenant_id, r.state, r.report is None) for r in rows]
             now = self.clock()
             for row in rows:
-                policy, size = Policy.from_dict(json.loads(row.policy)), self._package_size(row)
-                for job in s.exec(select(CampaignJobRow).where(CampaignJobRow.campaign_id == row.id)).all():
-                    if JobState(job.state) in ACTIVE:
-                        self._orphans.add((row.id, job.endpoint))
-                        self._publish_again(row, job)
-                        # the server was away: the device gets a whole phase from now to be heard of again
-                        earliest = now + phase_timeout(policy, JobState(job.state), size)
-                        if job.deadline is None or job.deadline < earliest:
-                            job.deadline = earliest
-                            s.add(job)
+                policy = Policy.from_dict(json.loads(row.policy))
+                active = [job for job in s.exec(select(CampaignJobRow).where(CampaignJobRow.campaign_id == row.id))
+                          if JobState(job.state) in ACTIVE]
+                if not active:  # an ended campaign's packages are not loaded for nothing
+                    continue
+                size = self._package_size(row)
+                for job in active:
+                    self._orphans.add((row.id, job.endpoint))
+                    self._publish_again(row, job)
+                    # the server was away: the device gets a whole phase from now to be heard of again
+                    earliest = now + phase_timeout(policy, JobState(job.state), size)
+                    if job.deadline is None or job.deadline < earliest:
+                        job.deadline = earliest
+                        s.add(job)
             s.commit()
         for cid, _, state, unreported in resumed:
             if CampaignState(state) not in FINAL_CAMPAIGN_STATES or unreported:
@@ -702,9 +706,9 @@ class CampaignService:
         if job is None or JobState(job.state) not in ACTIVE:
             return
         task = self._jobs.pop((cid, ep), None)
-        if task is not None:
+        if task is not None:  # only an update this campaign runs (an orphan has none: another's is left alone)
             task.cancel()
-        self.firmware.abort(ep, tenant_id)
+            self.firmware.abort(ep, tenant_id)
         self._drop_orphan(cid, ep)
         state = JobState(job.state)
         allowed = phase_timeout(policy, state, self._package_size(self._row(cid, tenant_id)))

@@ -862,7 +862,10 @@ class DtlsServerTransport(interfaces.MessageInterface):
             if reply is not None and self._dtls is not None:
                 self._dtls.write(peer._session, reply.encode())
             if message is not None:
-                self._mman.dispatch_message(message)
+                try:
+                    self._mman.dispatch_message(message)
+                except Exception:  # decode_datagram never raises: this is our own bug, with its traceback
+                    self.log.exception("dispatching a DTLS message from %s failed", peer.hostinfo)
         except Exception as e:
             MALFORMED("handling a DTLS message from %s failed: %s", session[0], type(e).__name__)
         return len(data)
