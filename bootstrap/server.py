@@ -60,7 +60,7 @@ from lwm2m_server.core.errors import (
     SecurityError,
 )
 from lwm2m_server.core.model import ObjectModel
-from lwm2m_server.core.rate_limit import Lockout, RateLimitedError, RateLimiter
+from lwm2m_server.core.rate_limit import Lockout, RateLimitedError, RateLimiter, ReportThrottle
 from lwm2m_server.transport.dtls import add_dtls_server, dtls_server_context, dtls_transport, psk_identity
 from lwm2m_server.transport.responses import error_response
 from lwm2m_server.transport.site import remote_address, remote_host
@@ -144,6 +144,7 @@ class BootstrapServer:
         self._limiter = RateLimiter(settings.rate, settings.burst) if settings.rate else None
         self._identity_limiter = (RateLimiter(settings.identity_rate, settings.identity_burst)
                                   if settings.identity_rate else None)
+        self._reports = ReportThrottle()  # rate-limit refusals: reported once per 10 s per key
         self._sessions: dict[tuple[str, str], asyncio.Task[BootstrapOutcome]] = {}
         self._watcher: asyncio.Task[None] | None = None
         self.outcomes: asyncio.Queue[tuple[str, BootstrapOutcome]] | None = None  # for tests and the CLI
@@ -288,9 +289,13 @@ class BootstrapServer:
         for limiter, kind, key in checks:
             wait = limiter.allow(key, now)
             if wait is not None:
-                data: dict[str, object] = {"address": remote_address(request.remote), "limited_by": kind,
-                                           "retry_after": round(wait, 3), "identity": identity}
-                self._event("security.rate_limited", data)
+                held = self._reports.due(key, now)
+                if held is not None:  # reported once per 10 s per key, with the count held back
+                    data: dict[str, object] = {"address": remote_address(request.remote), "limited_by": kind,
+                                               "retry_after": round(wait, 3), "identity": identity}
+                    if held:
+                        data["held_back"] = held
+                    self._event("security.rate_limited", data)
                 raise RateLimitedError("too many bootstrap requests; retry later", wait)
 
     def _issue_server_key(self, bootstrap: Credential) -> IssuedCredential:

@@ -82,9 +82,9 @@ class ServerSettings:
     max_lifetime: int = DEFAULT_MAX_LIFETIME  # longer lifetimes asked for are cut to this (seconds)
     max_block1_assemblies: int = DEFAULT_MAX_BLOCK1_ASSEMBLIES  # request bodies assembled at once (5.03 beyond)
     max_block1_per_remote: int = DEFAULT_MAX_BLOCK1_PER_REMOTE  # ... from one address and port
-    dtls_lockout_failures: int = 10  # failed DTLS handshakes from one address that lock it out (0: never)
+    dtls_lockout_failures: int = 10  # failed DTLS handshakes: of one identity (reported), of unknown ones (0: off)
     dtls_lockout_window: float = 60.0  # ... within this many seconds
-    dtls_lockout_seconds: float = 300.0  # how long a locked-out address is ignored
+    dtls_lockout_seconds: float = 300.0  # how long an address is refused unknown identities; back-offs' cap
     credential_poll_interval: float = 1.0  # seconds between looks for credentials revoked by other processes
     credential_poll_margin: float = 60.0  # how far back each look reaches (writes racing a look, clock skew)
     campaign_tick: float = 1.0  # a running campaign looks again at least this often (events wake it sooner)

@@ -324,3 +324,29 @@ class HandshakeGuard:
 
     def backing_off(self, address: str, identity: bytes, now: float) -> float | None:
         return self._pairs.blocked(self._pair(address, identity), now)
+
+
+class ReportThrottle:
+    """Which refusals of a key to report (log, security event, audit record): the first, then at most one every
+    ``every`` seconds, saying how many were held back since. Bounded: at most ``max_keys`` keys (least recently
+    reported dropped first). So a flood of refused requests writes a few records, not one each."""
+
+    __slots__ = ("_keys", "every", "max_keys")
+
+    def __init__(self, every: float = 10.0, *, max_keys: int = DEFAULT_MAX_KEYS) -> None:
+        if not every > 0 or max_keys < 1:
+            raise ValueError("every must be positive and max_keys at least 1")
+        self.every, self.max_keys = float(every), max_keys
+        self._keys: OrderedDict[str, tuple[float, int]] = OrderedDict()  # key -> (last reported, held back)
+
+    def due(self, key: str, now: float) -> int | None:
+        """None: hold this refusal back (counted); else report it, with how many were held back before it."""
+        last = self._keys.get(key)
+        if last is not None and 0.0 <= now - last[0] < self.every:
+            self._keys[key] = (last[0], last[1] + 1)
+            return None
+        self._keys[key] = (now, 0)
+        self._keys.move_to_end(key)
+        while len(self._keys) > self.max_keys:
+            self._keys.popitem(last=False)
+        return last[1] if last is not None else 0

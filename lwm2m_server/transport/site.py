@@ -31,7 +31,7 @@ from lwm2m_server.core.errors import (
     SecurityError,
     UnsupportedContentFormatError,
 )
-from lwm2m_server.core.rate_limit import RateLimitedError, RateLimiter
+from lwm2m_server.core.rate_limit import RateLimitedError, RateLimiter, ReportThrottle
 from lwm2m_server.core.registration import PayloadTooLargeError, parse_register, parse_update
 from lwm2m_server.registry.service import RegistrationService
 from lwm2m_server.storage.stores import DEFAULT_TENANT
@@ -46,7 +46,6 @@ Handler = Callable[[Message, tuple[str, ...]], Awaitable[Message]]
 DEFAULT_MAX_BLOCK1_ASSEMBLIES = 1000  # at 16 KiB each: 16 MiB at most
 DEFAULT_MAX_BLOCK1_PER_REMOTE = 4  # a device sends one request at a time (NSTART = 1); a few to spare
 REPORT_EVERY = 10.0  # seconds between two reports of rate-limit refusals of one key
-MAX_REPORTED_KEYS = 10000
 
 
 class Block1BusyError(RateLimitedError):
@@ -202,7 +201,7 @@ class ServerSite(Resource):
         self._links: dict[str, str] = {"rd": '</rd>;rt="core.rd";ct=40'}
         self._unassembled: set[str] = set()
         self._resumed: weakref.WeakSet[object] = weakref.WeakSet()  # sessions already matched to a registration
-        self._reports: OrderedDict[str, tuple[float, int]] = OrderedDict()  # key -> (last reported, held back)
+        self._reports = ReportThrottle(REPORT_EVERY)  # rate-limit refusals: reported once per 10 s per key
 
     def mount(self, first_segment: str, handler: Handler, *, link: str | None = None,
               assemble_blocks: bool = True) -> None:
@@ -305,7 +304,7 @@ class ServerSite(Resource):
                     data["identity"] = identity
                 if endpoint is not None:
                     data["endpoint"] = endpoint
-                held = self._report_due(key, now)
+                held = self._reports.due(key, now)
                 if held is not None:
                     if held:
                         data["held_back"] = held
@@ -313,21 +312,6 @@ class ServerSite(Resource):
                     if self._on_security_event is not None:
                         self._on_security_event("security.rate_limited", data)
                 raise RateLimitedError("too many registration requests; retry later", wait)
-
-    def _report_due(self, key: str, now: float) -> int | None:
-        """Whether a refusal of ``key`` is to be reported (logged and sent as a security event): the first, then at
-        most one every :data:`REPORT_EVERY` seconds, saying how many were held back since (None: hold this one
-        back). A flood of refused requests therefore writes a few lines and audit records, not one each."""
-        reports = self._reports
-        last = reports.get(key)
-        if last is not None and 0.0 <= now - last[0] < REPORT_EVERY:
-            reports[key] = (last[0], last[1] + 1)
-            return None
-        reports[key] = (now, 0)
-        reports.move_to_end(key)
-        while len(reports) > MAX_REPORTED_KEYS:
-            reports.popitem(last=False)
-        return last[1] if last is not None else 0
 
     def _resource_directory(self, request: Message) -> Message:
         """RFC 6690 discovery: the registration interface and every mounted resource that asked to be listed."""

@@ -16,6 +16,7 @@ from lwm2m_server.core.rate_limit import (
     Lockout,
     RateLimitedError,
     RateLimiter,
+    ReportThrottle,
     TokenBucket,
     Tripped,
 )
@@ -234,3 +235,13 @@ def test_guard_counts_unknown_identities_per_address_only() -> None:
     assert tripped.scope == "address" and guard.address_locked("10.0.0.1", 1) is not None
     assert guard.refused("10.0.0.1", b"x3", False, 1) is not None
     assert guard.refused("10.0.0.1", b"dev", True, 1) is None  # known identities are not concerned
+
+
+def test_report_throttle_reports_once_per_interval_with_the_count_held_back() -> None:
+    throttle = ReportThrottle(every=10, max_keys=2)
+    assert throttle.due("a", 0) == 0
+    assert [throttle.due("a", t) for t in (1, 2, 9.9)] == [None, None, None]
+    assert throttle.due("b", 5) == 0  # keys are apart
+    assert throttle.due("a", 10) == 3 and throttle.due("a", 11) is None
+    throttle.due("c", 12)  # a third key: the least recently reported ("b") is forgotten
+    assert throttle.due("b", 13) == 0 and len(throttle._keys) == 2
