@@ -456,10 +456,6 @@ class _BootstrapResource(Resource):
                     raise MethodNotAllowedError("/bspack takes GET")
                 return self._server.bootstrap_pack(request)
             raise NotFoundError(f"no resource at /{'/'.join(path)}")
-        except RateLimitedError as e:
-            response = error_response(e)
-            response.opt.max_age = e.max_age
-            return response
         except Exception as e:
             return error_response(e)
 

@@ -88,7 +88,7 @@ class ServerSettings:
     credential_poll_interval: float = 1.0  # seconds between looks for credentials revoked by other processes
     credential_poll_margin: float = 60.0  # how far back each look reaches (writes racing a look, clock skew)
     campaign_tick: float = 1.0  # a running campaign looks again at least this often (events wake it sooner)
-    campaign_job_timeout: float = 600.0  # one device's update, delivery to reported result
+    campaign_job_timeout: float = 600.0  # one device's update at least (its phase deadlines may give it more)
 
     def __post_init__(self) -> None:
         if self.coap_port is None and self.coaps_port is None:

@@ -643,7 +643,11 @@ class CampaignService:
                           package_name=name, **first)
         method = Method(row.method) if row.method else None
         try:
-            update = self.firmware.start(ep, target.package, method=method, timeout=self.job_timeout,
+            # the phase deadlines decide when a job is overdue; the whole update's own limit is never shorter
+            policy = Policy.from_dict(json.loads(row.policy))
+            whole = sum(phase_timeout(policy, state, len(target.package))
+                        for state in (JobState.DELIVERING, JobState.DOWNLOADED, JobState.UPDATING))
+            update = self.firmware.start(ep, target.package, method=method, timeout=max(self.job_timeout, whole),
                                          tenant_id=tenant_id, previous_version=version, package_name=name)
         except UpdateInProgressError as e:
             self._after_failure(cid, ep, tenant_id, None, str(e), "UpdateInProgressError")

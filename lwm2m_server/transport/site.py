@@ -224,10 +224,7 @@ class ServerSite(Resource):
         try:
             await interfaces.Resource._render_to_pipe(self, pipe)
         except Lwm2mError as e:  # raised by the Block1 spool, before render()
-            response = _with_size1(error_response(e), self._block1.max_body, e)
-            if isinstance(e, RateLimitedError):
-                response.opt.max_age = e.max_age
-            pipe.add_response(response, is_last=True)
+            pipe.add_response(_with_size1(error_response(e), self._block1.max_body, e), is_last=True)
 
     async def render(self, request: Message) -> Message:
         path = request.opt.uri_path
@@ -242,10 +239,6 @@ class ServerSite(Resource):
                 if handler is not None:
                     return await handler(request, path[1:])
             raise NotFoundError(f"no resource at /{'/'.join(path)}")
-        except RateLimitedError as e:
-            response = error_response(e)
-            response.opt.max_age = e.max_age
-            return response
         except Exception as e:
             return error_response(e)
 
