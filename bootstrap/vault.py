@@ -247,7 +247,9 @@ def open_vault(data_dir: str | os.PathLike[str], *, environ: Mapping[str, str] |
     ``~/.config/scratch/vault.key``), created on first use."""
     env = os.environ if environ is None else environ
     if env.get(KEK_ENV_VAR, "").strip():
-        return Vault.open(None, environ=env)
+        vault = Vault.open(None, environ=env)
+        _check_marker(Path(data_dir), vault, f"${KEK_ENV_VAR}")
+        return vault
     where = vault_key_location(Path(data_dir), env)
     if where.in_data_dir and where.path not in _warned_legacy:
         _warned_legacy.add(where.path)
@@ -257,4 +259,28 @@ def open_vault(data_dir: str | os.PathLike[str], *, environ: Mapping[str, str] |
         log.warning("the vault key file %s lies in the data directory, beside the database it protects: whoever "
                     "copies that folder can open every key. Move it out (%s; or set $%s to the file's new name)",
                     where.path, how, VAULT_KEY_FILE_ENV)
-    return Vault.open(where.path, environ=env)
+    vault = Vault.open(where.path, environ=env)
+    _check_marker(Path(data_dir), vault, str(where.path))
+    return vault
+
+
+KEY_ID_FILE = "kek-id"  # in the data directory: the id (never the key) of the vault key its secrets use
+
+
+def _check_marker(data_dir: Path, vault: Vault, source: str) -> None:
+    """Refuse a vault key other than the one this data directory's secrets are sealed under: the default key lives
+    per user (``~/.config``), so a server run as one user and a command run as another would otherwise each create
+    and use their own key, and seal secrets the other cannot open. The data directory keeps the key's id (not the
+    key) in :data:`KEY_ID_FILE`, written with the first key opened for it."""
+    marker = data_dir / KEY_ID_FILE
+    try:
+        known = marker.read_text().strip()
+    except FileNotFoundError:
+        if data_dir.is_dir():
+            with contextlib.suppress(OSError):
+                marker.write_text(vault.key_id + "\n")
+        return
+    if known and not hmac.compare_digest(known, vault.key_id):
+        raise KeyEncryptionKeyError(
+            f"the vault key {source} (key id {vault.key_id}) is not the one the secrets in {data_dir} are sealed "
+            f"under (key id {known}): point ${VAULT_KEY_FILE_ENV} at that key, or run as the user who holds it")

@@ -188,3 +188,23 @@ def test_vault_key_location_legacy_file_and_named_file(tmp_path: Path, vault_key
     assert r.returncode == 0 and str(vault_key_in_tmp_path) in r.stderr, show(r)
     assert vault_key_in_tmp_path.is_file() and not (fresh / "vault.key").exists()
     assert sorted(p.name for p in fresh.iterdir() if "vault" in p.name) == []
+
+
+def test_a_data_folder_refuses_a_vault_key_other_than_its_own(tmp_path: Path, vault_key_in_tmp_path: Path) -> None:
+    """The default key is per user: a command run by another user (or with another $SCRATCH_VAULT_KEY_FILE) would
+    create a second key and seal what the server cannot open. The data folder remembers its key's id, never the key,
+    and such a command is refused, saying why, before it writes anything."""
+    from bootstrap.vault import KEY_ID_FILE, Vault
+
+    data = tmp_path / "data"
+    r = run("provision", "--count", "1", "--prefix", "a", "--out", str(tmp_path / "a.csv"), data_dir=data)
+    assert r.returncode == 0, show(r)
+    own = Vault.open(vault_key_in_tmp_path, environ={})
+    assert (data / KEY_ID_FILE).read_text().strip() == own.key_id
+    other = tmp_path / "other-user" / "vault.key"
+    r = run("provision", "--count", "1", "--prefix", "b", "--out", str(tmp_path / "b.csv"), data_dir=data,
+            SCRATCH_VAULT_KEY_FILE=str(other))
+    assert r.returncode != 0 and "is not the one the secrets in" in r.stderr, show(r)
+    assert len(r.stderr.strip().splitlines()) <= 2 and not (tmp_path / "b.csv").exists()
+    r = run("list", "--json", data_dir=data)  # the folder's own key still opens everything
+    assert r.returncode == 0 and '"a' in r.stdout, show(r)
