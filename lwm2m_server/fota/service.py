@@ -503,6 +503,8 @@ class FirmwareService:
             self._progress(job, "delivering", sent=0, total=job.total, message="Package URI written")
             await self.management.send(ep, WriteRequest(PACKAGE_URI, SingleResource(1, ResourceType.STRING, uri)),
                                        tenant_id=tenant_id)
+        elif watch.state in (State.DOWNLOADED, State.UPDATING):
+            return  # it finished the download while nobody watched: the job does not go back to delivering
         else:
             self._progress(job, "delivering", sent=0, total=job.total, state=watch.state,
                            message="the device goes on with the download it had under way")
