@@ -128,19 +128,7 @@ async def test_a_campaign_goes_on_after_the_server_is_killed(tmp_path: Path) -> 
     endpoints = [f"k-{i}" for i in range(DEVICES)]
     creds = {ep: store.issue(ep, "server", now=time.time()) for ep in endpoints}
     database.close()
-    (tmp_path / "image.bin").write_bytes(IMAGE)
-    r = run("release", "create", str(tmp_path / "image.bin"), "--vendor", "acme.example", "--class", "sensor",
-            "--version", "2.0.0", data_dir=data)
-    assert r.returncode == 0, show(r)
-    release_id = r.stdout.strip().splitlines()[-1]
-    r = run("release", "key", "export", "release", "--out", str(tmp_path / "release.pem"), data_dir=data)
-    assert r.returncode == 0, show(r)
-    anchor = load_public_key((tmp_path / "release.pem").read_bytes())
-    r = run("release", "show", release_id, "--json", data_dir=data)
-    assert r.returncode == 0, show(r)
-    release = json.loads(r.stdout)
-    firmware = FirmwareOptions(trust_anchors=(anchor,), vendor_id=uuid.UUID(release["vendor_id"]),
-                               class_id=uuid.UUID(release["class_id"]), version="1.0.0")
+    release_id, firmware = make_release(tmp_path, data)
     (tmp_path / "targets.txt").write_text("\n".join(["# the fleet", *endpoints]) + "\n")
 
     port = free_udp_port()
