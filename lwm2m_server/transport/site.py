@@ -54,9 +54,10 @@ class Block1BusyError(RateLimitedError):
 
 class BoundedBlock1Spool:
     """Block1 reassembly (RFC 7959 2.5; what aiocoap's ``Block1Spool`` does) with ceilings: on the assembled body
-    (``max_body``: 4.13), on the transfers under way (``max_assemblies``) and on those of one remote
-    (``max_per_remote``): 5.03 with Max-Age for a new one beyond either. An assembly is forgotten when complete,
-    or ``timeout`` seconds after its last block (oldest first); a later block of a forgotten one gets 4.08."""
+    (``max_body``: 4.13), on the transfers under way (``max_assemblies``, of which unauthenticated remotes get a
+    quarter) and on those of one remote (``max_per_remote``): 5.03 with Max-Age for a new one beyond any. An
+    assembly is forgotten when complete, or ``timeout`` seconds after its last block (oldest first); a later block
+    of a forgotten one gets 4.08."""
 
     def __init__(self, max_body: int, *, max_assemblies: int = DEFAULT_MAX_BLOCK1_ASSEMBLIES,
                  max_per_remote: int = DEFAULT_MAX_BLOCK1_PER_REMOTE, timeout: float | None = None,
@@ -66,6 +67,10 @@ class BoundedBlock1Spool:
         self.max_body = max_body
         self.max_assemblies = max_assemblies
         self.max_per_remote = max_per_remote
+        # plain CoAP senders (whose source addresses may be forged) share a quarter of the places: they cannot
+        # crowd out the uploads of DTLS-authenticated devices
+        self.max_unauthenticated = max(1, max_assemblies // 4)
+        self._unauthenticated = 0
         self.timeout = TransportTuning().MAX_TRANSMIT_WAIT if timeout is None else timeout
         self._clock = clock
         self._assemblies: OrderedDict[Hashable, tuple[Message, float]] = OrderedDict()  # least recently fed first
@@ -121,11 +126,18 @@ class BoundedBlock1Spool:
         if self._per_remote.get(remote, 0) >= self.max_per_remote:
             raise Block1BusyError("too many request bodies being assembled from this remote; retry later",
                                   self._retry_after())
+        if not _authenticated(remote):
+            if self._unauthenticated >= self.max_unauthenticated:
+                raise Block1BusyError("too many unauthenticated request bodies being assembled; retry later",
+                                      self._retry_after())
+            self._unauthenticated += 1
         self._per_remote[remote] = self._per_remote.get(remote, 0) + 1
 
     def _drop(self, key: Hashable) -> None:
         del self._assemblies[key]
         remote = key[0] if isinstance(key, tuple) else key
+        if not _authenticated(remote):
+            self._unauthenticated -= 1
         left = self._per_remote[remote] - 1
         if left:
             self._per_remote[remote] = left
@@ -146,6 +158,11 @@ class BoundedBlock1Spool:
             return 1.0
         _, fed = next(iter(self._assemblies.values()))
         return max(1.0, fed + self.timeout - self._clock())
+
+
+def _authenticated(remote: object) -> bool:
+    """Whether ``remote`` proved who it is (a DTLS session: it has authenticated claims)."""
+    return bool(getattr(remote, "authenticated_claims", None))
 
 
 def remote_address(remote: object) -> str:

@@ -10,7 +10,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiocoap
+import pytest
 from aiocoap import Message
+from aiocoap.blockwise import ContinueException
 from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import BlockOption
 
@@ -21,7 +23,7 @@ from lwm2m_server.registry.service import RegistrationService
 from lwm2m_server.server import ServerSettings
 from lwm2m_server.storage.memory import MemoryDeviceStore, MemoryRegistrationStore
 from lwm2m_server.transport.dtls import PskClaim
-from lwm2m_server.transport.site import ServerSite
+from lwm2m_server.transport.site import Block1BusyError, BoundedBlock1Spool, ServerSite
 from lwm2m_server.transport.udp import exclusive_context, release
 from tests.harness import coap_client, request, running_server
 
@@ -118,6 +120,7 @@ async def test_block1_assemblies_are_capped_in_all_and_per_remote() -> None:
     async with site_on_loopback(max_block1_assemblies=3, max_block1_per_remote=2) as (site, uri, clock), \
             coap_client() as a, coap_client() as b:
         spool = site._block1
+        spool.max_unauthenticated = spool.max_assemblies  # these plain-CoAP clients stand for any remote here
         assert (await send(a, block(uri, "a1", 0, True))).code == Code.CONTINUE
         assert (await send(a, block(uri, "a2", 0, True))).code == Code.CONTINUE
         busy = await send(a, block(uri, "a3", 0, True))  # a third transfer from one remote
@@ -171,3 +174,38 @@ async def test_the_endpoint_limit_counts_only_requests_allowed_to_act_for_the_en
         assert other.code == Code.CREATED  # another endpoint has its own bucket
         clock.now += 2
         assert (await site.render(msg(DtlsRemote()))).code == Code.CREATED
+
+
+def test_plain_coap_senders_get_a_quarter_of_the_block1_places() -> None:
+    """Plain-CoAP source addresses can be forged: however many there are, they fill only a quarter of the places,
+    and DTLS-authenticated devices still find room for their uploads."""
+
+    class Remote:
+        def __init__(self, n: int, secure: bool) -> None:
+            self.hostinfo = f"10.0.{n // 250}.{n % 250}:5683"
+            self.authenticated_claims = [PskClaim(b"dev-%d" % n)] if secure else []
+            self.blockwise_key = self
+
+    spool = BoundedBlock1Spool(16384, max_assemblies=8, max_per_remote=4)
+
+    def first_block(remote: Remote, ep: str) -> Message:
+        msg = Message(code=Code.POST, uri_path=("rd",), uri_query=(f"ep={ep}",), payload=BODY[:64])
+        msg.opt.block1 = BlockOption.BlockwiseTuple(0, True, 2)
+        msg.remote = remote
+        return msg
+
+    admitted = busy = 0
+    for n in range(100):  # a hundred forged plain senders
+        try:
+            spool.feed_and_take(first_block(Remote(n, secure=False), f"p{n}"))
+        except ContinueException:
+            admitted += 1
+        except Block1BusyError:
+            busy += 1
+    assert (admitted, busy) == (2, 98)  # a quarter of 8
+    for n in range(6):  # the rest is there for authenticated devices
+        with pytest.raises(ContinueException):
+            spool.feed_and_take(first_block(Remote(1000 + n, secure=True), f"d{n}"))
+    with pytest.raises(Block1BusyError):
+        spool.feed_and_take(first_block(Remote(2000, secure=True), "d-late"))
+    assert len(spool) == 8
