@@ -113,7 +113,7 @@ class RegistrationService:
 
     __slots__ = (
         "_by_endpoint", "_clock", "_devices", "_events", "_flush_interval", "_flush_lock", "_full", "_grace",
-        "_grace_ratio", "_heap", "_id_factory", "_inflight", "_links", "_max_retry_delay", "_pending",
+        "_grace_ratio", "_heap", "_id_factory", "_inflight", "_insecure_seen", "_links", "_max_retry_delay", "_pending",
         "_registered", "_regs", "_stop", "_store", "_unsent_devices", "evicted", "max_lifetime",
         "max_registrations", "node_id", "refused_full",
     )
@@ -158,6 +158,7 @@ class RegistrationService:
         self.refused_full = 0  # Registers refused because the table was full
         self.evicted = 0  # unauthenticated registrations evicted for authenticated newcomers
         self._full = False  # the table was full at the last Register (logged once per episode)
+        self._insecure_seen = False  # a plain-CoAP registration was ever held (none: nobody to evict, no scan)
         self._regs: dict[str, Registration] = {}
         self._by_endpoint: dict[str, dict[str, str]] = {}  # tenant -> endpoint -> id
         self._heap: list[tuple[float, str]] = []  # (expires_at, id), stale entries skipped on pop
@@ -248,6 +249,7 @@ class RegistrationService:
         if old_id is not None:
             self._pending[old_id] = None
         self._regs[reg_id] = reg
+        self._insecure_seen = self._insecure_seen or not secure
         endpoints[params.endpoint] = reg_id
         self._push(reg)
         self._pending[reg_id] = reg
@@ -359,7 +361,7 @@ class RegistrationService:
                         "de-register (raise --max-registrations if the fleet is that large)", len(self._regs),
                         self.max_registrations)
         victim = None
-        if secure:
+        if secure and self._insecure_seen:  # O(n), only while full; never in a DTLS-only deployment
             victim = min((r for r in self._regs.values() if not r.secure), key=self.expires_at, default=None)
         if victim is None:
             self.refused_full += 1
@@ -431,6 +433,7 @@ class RegistrationService:
             if links is not reg.links or (known is not None and known.remote is not None):
                 reg = replace(reg, links=links, remote=None if known is None else known.remote)
             self._regs[reg.id] = reg
+            self._insecure_seen = self._insecure_seen or not reg.secure
             self._by_endpoint.setdefault(reg.tenant_id, {})[reg.endpoint] = reg.id
         self._heap = [(self.expires_at(r), r.id) for r in self._regs.values()]
         heapq.heapify(self._heap)
