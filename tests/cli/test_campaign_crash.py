@@ -69,6 +69,18 @@ def make_release(tmp_path: Path, data: Path, image: bytes = IMAGE) -> tuple[str,
                                        class_id=uuid.UUID(release["class_id"]), version="1.0.0")
 
 
+def dtls_fleet(data: Path, port: int, prefix: str, *, lifetime: int, firmware: FirmwareOptions) -> Fleet:
+    """DEVICES simulated devices ``<prefix>0``... for coaps://127.0.0.1:``port``, each with a server credential
+    issued into ``data``'s store (the way a bootstrap would leave it)."""
+    database = Database.for_data_dir(data)
+    store = SqlCredentialStore(database, Vault.open(vault_key_location(data).path))
+    creds = {i: store.issue(f"{prefix}{i}", "server", now=time.time()) for i in range(DEVICES)}
+    database.close()
+    return Fleet(f"coaps://127.0.0.1:{port}", DEVICES, prefix=prefix, lifetime=lifetime, concurrency=30,
+                 drift_interval=0, firmware=firmware,
+                 options_for=lambda i: {"psk_identity": creds[i][0].identity, "psk": bytes(creds[i][1])})
+
+
 async def job_states(data: Path, cid: str) -> dict[str, str]:
     return {j["endpoint"]: j["state"] for j in (await status(data, cid))["jobs"]}
 
@@ -123,20 +135,13 @@ def under_way(st: dict[str, Any], succeeded: int) -> bool:
 async def test_a_campaign_goes_on_after_the_server_is_killed(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir(mode=0o700)
-    database = Database.for_data_dir(data)
-    store = SqlCredentialStore(database, Vault.open(data / "vault.key"))
     endpoints = [f"k-{i}" for i in range(DEVICES)]
-    creds = {ep: store.issue(ep, "server", now=time.time()) for ep in endpoints}
-    database.close()
     release_id, firmware = make_release(tmp_path, data)
     (tmp_path / "targets.txt").write_text("\n".join(["# the fleet", *endpoints]) + "\n")
 
     port = free_udp_port()
+    fleet = dtls_fleet(data, port, "k-", lifetime=8, firmware=firmware)
     server = ServerProcess(data, "--coaps", f"127.0.0.1:{port}", "--api", "127.0.0.1:0")
-    fleet = Fleet(f"coaps://127.0.0.1:{port}", DEVICES, prefix="k-", lifetime=8, concurrency=30, drift_interval=0,
-                  firmware=firmware,
-                  options_for=lambda i: {"psk_identity": creds[f"k-{i}"][0].identity,
-                                         "psk": bytes(creds[f"k-{i}"][1])})
     try:
         server.wait_for(r"LwM2M server on")
         await asyncio.wait_for(fleet.start(timeout_per_device=30), 60)
@@ -237,18 +242,11 @@ async def test_over_dtls_the_restarted_server_goes_on_at_each_devices_first_data
     data.mkdir(mode=0o700)
     release_id, firmware = make_release(tmp_path, data, image=BIG_IMAGE)
     endpoints = [f"d-{i}" for i in range(DEVICES)]
-    database = Database.for_data_dir(data)
-    store = SqlCredentialStore(database, Vault.open(vault_key_location(data).path))
-    creds = {ep: store.issue(ep, "server", now=time.time()) for ep in endpoints}
-    database.close()
     (tmp_path / "targets.txt").write_text("\n".join(endpoints) + "\n")
     port = free_udp_port()
+    fleet = dtls_fleet(data, port, "d-", lifetime=300, firmware=firmware)
     args = ("--coaps", f"127.0.0.1:{port}", "--api", "127.0.0.1:0")
     server = ServerProcess(data, *args)
-    fleet = Fleet(f"coaps://127.0.0.1:{port}", DEVICES, prefix="d-", lifetime=300, concurrency=30, drift_interval=0,
-                  firmware=firmware,
-                  options_for=lambda i: {"psk_identity": creds[f"d-{i}"][0].identity,
-                                         "psk": bytes(creds[f"d-{i}"][1])})
     try:
         server.wait_for(r"LwM2M server on")
         await asyncio.wait_for(fleet.start(timeout_per_device=30), 60)
