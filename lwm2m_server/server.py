@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import ipaddress
 import logging
 import math
@@ -43,6 +44,9 @@ from lwm2m_server.registry.service import DEFAULT_MAX_LIFETIME, DEFAULT_MAX_REGI
 from lwm2m_server.registry.tags import DeviceTags
 from lwm2m_server.storage.database import Database
 from lwm2m_server.storage.sql import SqlDeviceStore, SqlRegistrationStore
+from lwm2m_server.tenancy.model import Principal
+from lwm2m_server.tenancy.service import TenancyService, local_admin
+from lwm2m_server.tenancy.sql import open_tenancy
 from lwm2m_server.transport.downlink import DownlinkSender
 from lwm2m_server.transport.dtls import DtlsServerTransport, add_dtls_server, dtls_server_context, dtls_transport
 from lwm2m_server.transport.site import DEFAULT_MAX_BLOCK1_ASSEMBLIES, DEFAULT_MAX_BLOCK1_PER_REMOTE, ServerSite
@@ -169,6 +173,7 @@ class Lwm2mServer:
         self.audit: AuditLog | None = None
         self._unsubscribe_audit: Callable[[], None] | None = None
         self.database: Database | None = None
+        self.tenancy: TenancyService | None = None
         self.tags: DeviceTags | None = None  # device tags of the server's database (campaign filters, API)
         self.registrations: RegistrationService | None = None
         self.context: aiocoap.Context | None = None
@@ -196,6 +201,7 @@ class Lwm2mServer:
                                    source=f"lwm2m-server/{s.node_id}"), AUDITED_KINDS)
         self.database = Database(s.database_url) if s.database_url else Database.for_data_dir(s.data_dir)
         self.tags = DeviceTags(self.database)
+        self.tenancy = open_tenancy(self.database)
         self.registrations = RegistrationService(
             SqlRegistrationStore(self.database), SqlDeviceStore(self.database), self.events,
             clock=time.time, grace=s.lifetime_grace, node_id=s.node_id, max_registrations=s.max_registrations,
@@ -332,8 +338,17 @@ class Lwm2mServer:
             raise ValueError("the unauthenticated bench API is only served on a loopback address")
         if s.bench_api:
             log.warning("serving the unauthenticated bench route PUT /api/clients/... on %s", s.api_host)
-        app = create_app(self.management, self.model, self.api_token, firmware=self.firmware, bench_api=s.bench_api,
-                         events=self.events, campaigns=self.campaigns, tags=self.tags)
+        tenancy = self.tenancy
+        local_token = self.api_token
+
+        def authenticate(text: str) -> Principal | None:
+            """The data directory's token file is the embedded default's admin; any other token is looked up."""
+            if hmac.compare_digest(text.encode(), local_token.encode()):
+                return local_admin()
+            return tenancy.authenticate(text) if tenancy is not None else None
+
+        app = create_app(self.management, self.model, authenticate, firmware=self.firmware, bench_api=s.bench_api,
+                         events=self.events, campaigns=self.campaigns, tags=self.tags, tenancy=tenancy)
         config = uvicorn.Config(app, host=s.api_host, port=s.api_port or 0, log_level="warning",
                                 lifespan="off", access_log=False)
         server = uvicorn.Server(config)

@@ -1,6 +1,8 @@
 """The management REST API. Every route needs ``Authorization: Bearer <token>``, checked by :class:`ApiGuard`
 before the app (and before any byte of the body) is reached; without a token ``GET /api/health`` answers only
-``{"status": "ok"}``.
+``{"status": "ok"}``. A token acts for one tenant with a set of roles (:mod:`lwm2m_server.tenancy`): each route
+declares its action (:func:`~lwm2m_server.api.auth.caller`) and looks everything up in the caller's tenant, so
+another tenant's resource is a 404.
 
 Errors come back as ``{"error": text, "kind": name, "coap_code": "4.05"|null}`` with an HTTP status chosen in
 :func:`http_status` (the one mapping from our error tree to HTTP).
@@ -9,7 +11,6 @@ Errors come back as ``{"error": text, "kind": name, "coap_code": "4.05"|null}`` 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import math
 import time
@@ -23,6 +24,7 @@ from pydantic import BaseModel, Field
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lwm2m_server.api.auth import PRINCIPAL, Authenticate, caller
 from lwm2m_server.api.node_json import composite_to_json, links_to_json, node_to_json, value_from_json
 from lwm2m_server.core.codec.formats import ContentFormat
 from lwm2m_server.core.errors import (
@@ -71,6 +73,8 @@ from lwm2m_server.fota.service import FirmwareService, Method, UpdateInProgressE
 from lwm2m_server.key_rotation import rotate_device_key
 from lwm2m_server.management import DeviceManagement
 from lwm2m_server.registry.tags import DeviceTags
+from lwm2m_server.tenancy.model import Action, ForbiddenError, Principal
+from lwm2m_server.tenancy.tokens import parse as parse_token
 
 MAX_PACKAGE = 64 << 20  # bytes of one firmware package sent through the API
 MAX_BODY = 1 << 20  # bytes of any other request body, unless a route's cap says otherwise
@@ -84,6 +88,8 @@ BENCH_ROUTE = "/api/clients/{endpoint}/{path:path}"  # Leshan-shaped, unauthenti
 def http_status(exc: Exception) -> int:
     if isinstance(exc, UnknownEndpointError | NotFoundError):
         return 404
+    if isinstance(exc, ForbiddenError) or getattr(exc, "coap_code", None) == CoapCode.FORBIDDEN:
+        return 403
     if isinstance(exc, UpdateInProgressError) or getattr(exc, "coap_code", None) == CoapCode.CONFLICT:
         return 409
     if isinstance(exc, InvalidPathError | InvalidRequestError | ModelError):
@@ -242,25 +248,29 @@ class ApiGuard:
 
     Invariants, for every HTTP request:
 
-    * the app sees it only with a valid bearer token (``hmac.compare_digest``), or when its route is one of
-      ``public``; ``GET /api/health`` without an Authorization header is answered here with ``{"status": "ok"}``;
+    * the app sees it only with a bearer token ``authenticate`` accepts (its principal is then in the scope's
+      ``state``), or when its route is one of ``public``; ``GET /api/health`` without an Authorization header is
+      answered here with ``{"status": "ok"}``;
     * a declared Content-Length above the route's cap (``caps`` by route path, else ``default_cap``) gets 413
       before the app runs; a body that grows past the cap as it arrives (chunked) gets 413 when it does, and the
       app then sees a disconnect. The guard itself never reads a body;
     * every refusal carries ``Connection: close``, so the server closes the connection after the answer instead
       of reading (and discarding) the rest of the body;
-    * failed token checks are counted per client address (a token bucket of ``failures``): past its burst they get
-      429 with Retry-After. A valid token is never throttled: on loopback every client shares one address, and
-      another local process must not lock the operator out (the 256-bit token is not guessable anyway; the
-      throttle bounds the cost and the noise of failures).
+    * failed token checks are counted per client address and per token id (a token bucket of ``failures`` each):
+      past a burst they get 429 with Retry-After (GP-TM-25). A valid token is never throttled: on loopback every
+      client shares one address, and another local process must not lock the operator out (the 256-bit secret is
+      not guessable anyway; the throttle bounds the cost and the noise of failures);
+    * ``audit`` hears of every authenticated request that changes state (any method but GET/HEAD) or is refused
+      with 403, once its answer starts: the principal, method, route template, path and status.
     """
 
-    def __init__(self, app: ASGIApp, *, token: str, routes: Callable[[], list[BaseRoute]], caps: Mapping[str, int],
-                 default_cap: int, public: frozenset[str], failures: RateLimiter,
+    def __init__(self, app: ASGIApp, *, authenticate: Authenticate, routes: Callable[[], list[BaseRoute]],
+                 caps: Mapping[str, int], default_cap: int, public: frozenset[str], failures: RateLimiter,
+                 audit: Callable[[Principal, str, str, str, int], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.app, self._expected, self._routes = app, token.encode(), routes
+        self.app, self._authenticate, self._routes = app, authenticate, routes
         self.caps, self.default_cap, self.public = dict(caps), default_cap, public
-        self.failures, self.clock = failures, clock
+        self.failures, self.audit, self.clock = failures, audit, clock
 
     def _route_path(self, scope: Scope) -> str | None:
         for route in self._routes():
@@ -268,9 +278,17 @@ class ApiGuard:
                 return getattr(route, "path", None)
         return None
 
-    def _authorized(self, header: bytes | None) -> bool:
-        scheme, _, given = (header or b"").partition(b" ")
-        return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self._expected)
+    def _principal(self, header: bytes) -> tuple[Principal | None, str | None]:
+        """The principal of an ``Authorization: Bearer`` header, and the token id it names (for throttling)."""
+        scheme, _, given = header.partition(b" ")
+        if scheme.lower() != b"bearer":
+            return None, None
+        try:
+            text = given.strip().decode("ascii")
+        except UnicodeDecodeError:
+            return None, None
+        parsed = parse_token(text)
+        return self._authenticate(text), parsed[0] if parsed else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -290,24 +308,48 @@ class ApiGuard:
             for message in answer:
                 await send(message)
 
+        principal: Principal | None = None
         if route not in self.public:
             authorization = headers.get(b"authorization")
             if authorization is None and scope["path"] == HEALTH and scope["method"] == "GET":
                 return await refuse(_json(200, {"status": "ok"}, close=has_body))
-            if authorization is None or len(authorization) != 1 or not self._authorized(authorization[0]):
+            token_id = None
+            if authorization is not None and len(authorization) == 1:
+                principal, token_id = self._principal(authorization[0])
+            if principal is None:
                 client = scope.get("client")
-                wait = self.failures.allow(f"addr:{client[0] if client else '?'}", self.clock())
+                now = self.clock()
+                waits = [self.failures.allow(f"addr:{client[0] if client else '?'}", now)]
+                if token_id is not None:
+                    waits.append(self.failures.allow(f"token:{token_id}", now))
+                wait = max((w for w in waits if w is not None), default=None)
                 if wait is not None:
-                    return await refuse(_error(429, "too many failed API token checks from this address",
+                    return await refuse(_error(429, "too many failed API token checks",
                                                 "TooManyRequests", (b"retry-after", str(math.ceil(wait)).encode())))
-                return await refuse(_error(401, "missing or wrong API token", "Unauthorized",
+                return await refuse(_error(401, "missing, wrong, expired or revoked API token", "Unauthorized",
                                             (b"www-authenticate", b"Bearer")))
+            scope.setdefault("state", {})[PRINCIPAL] = principal
         cap = self.caps.get(route, self.default_cap) if route is not None else self.default_cap
         if any(not v.strip().isdigit() for v in lengths):
             return await refuse(_error(400, "invalid Content-Length", "InvalidRequestError"))
         if any(int(v) > cap for v in lengths):
             return await refuse(_error(413, f"the body is larger than {cap} bytes", "ContentTooLarge"))
+        if principal is not None and self.audit is not None:
+            send = self._audited(send, principal, scope, route or "")
         await self._capped(scope, receive, send, cap)
+
+    def _audited(self, send: Send, principal: Principal, scope: Scope, route: str) -> Send:
+        audit, method, path = self.audit, scope["method"], scope["path"]
+        assert audit is not None
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                if method not in ("GET", "HEAD") or status == 403:
+                    audit(principal, method, route, path, status)
+            await send(message)
+
+        return sending
 
     async def _capped(self, scope: Scope, receive: Receive, send: Send, cap: int) -> None:
         """Run the app, counting the body as it arrives: past ``cap`` answer 413 (if the app has not answered
@@ -344,13 +386,16 @@ class ApiGuard:
                 raise
 
 
-def create_app(management: DeviceManagement, model: ObjectModel, token: str, *,
+def create_app(management: DeviceManagement, model: ObjectModel, authenticate: Authenticate, *,
                firmware: FirmwareService | None = None, bench_api: bool = False,
                events: EventBus | None = None, campaigns: Any = None, tags: DeviceTags | None = None,
-               max_body: int = MAX_BODY, max_package: int = MAX_PACKAGE,
+               tenancy: Any = None, max_body: int = MAX_BODY, max_package: int = MAX_PACKAGE,
                failures: RateLimiter | None = None) -> FastAPI:
-    """The API app behind an :class:`ApiGuard`: ``token`` is compared in constant time; it is never logged or
-    echoed. Bodies are capped at ``max_body`` bytes, a firmware package at ``max_package`` (and a campaign's
+    """The API app behind an :class:`ApiGuard`: ``authenticate`` turns a bearer token into a principal (or None);
+    a token is never logged or echoed. ``tenancy`` (a :class:`~lwm2m_server.tenancy.service.TenancyService`) adds
+    the tenant, token, grant and audit routes and audits every state-changing call.
+
+    Bodies are capped at ``max_body`` bytes, a firmware package at ``max_package`` (and a campaign's
     target list at :data:`~lwm2m_server.api.campaigns.MAX_CAMPAIGN_BODY`); ``failures`` throttles failed token
     checks per client address (default: :data:`AUTH_FAILURE_BURST` then :data:`AUTH_FAILURE_RATE` per second).
 
@@ -360,8 +405,14 @@ def create_app(management: DeviceManagement, model: ObjectModel, token: str, *,
     from lwm2m_server.api.campaigns import CAMPAIGN_BODY_CAPS
 
     app = FastAPI(title="SCRATCh management API", version="0.1.0")
+    audit = None
+    if tenancy is not None:
+        def audit(p: Principal, method: str, route: str, path: str, status: int) -> None:
+            outcome = "ok" if status < 400 else "refused" if status in (401, 403, 404, 429) else "failed"
+            tenancy.record(p, f"{method} {route or path}", path, outcome, detail=f"HTTP {status}")
+
     app.add_middleware(
-        ApiGuard, token=token, routes=lambda: app.router.routes, default_cap=max_body,
+        ApiGuard, authenticate=authenticate, audit=audit, routes=lambda: app.router.routes, default_cap=max_body,
         caps={FIRMWARE_ROUTE: max_package, BENCH_ROUTE: 2 * max_package + (64 << 10), **CAMPAIGN_BODY_CAPS},
         public=frozenset({BENCH_ROUTE}) if bench_api else frozenset(),
         failures=failures or RateLimiter(AUTH_FAILURE_RATE, AUTH_FAILURE_BURST))
@@ -376,31 +427,33 @@ def create_app(management: DeviceManagement, model: ObjectModel, token: str, *,
     registrations = management.registrations
 
     @app.get(HEALTH)
-    async def health() -> dict[str, Any]:
-        """With the token: the number of registered devices as well (without it the guard answers)."""
-        return {"status": "ok", "devices": registrations.count()}
+    async def health(p: Principal = caller(Action.READ)) -> dict[str, Any]:
+        """With a token: the number of the tenant's registered devices as well (without it the guard answers)."""
+        return {"status": "ok", "devices": registrations.count(p.tenant_id)}
 
     @app.get("/api/devices")
-    async def list_devices() -> list[dict[str, Any]]:
-        return [registration_to_json(r) for r in sorted(registrations.all(), key=lambda r: r.endpoint)]
+    async def list_devices(p: Principal = caller(Action.READ)) -> list[dict[str, Any]]:
+        return [registration_to_json(r) for r in sorted(registrations.all(p.tenant_id), key=lambda r: r.endpoint)]
 
     @app.get("/api/devices/{endpoint}")
-    async def show_device(endpoint: str) -> dict[str, Any]:
-        return registration_to_json(management.registration(endpoint))
+    async def show_device(endpoint: str, p: Principal = caller(Action.READ)) -> dict[str, Any]:
+        return registration_to_json(management.registration(endpoint, p.tenant_id))
 
     @app.get("/api/devices/{endpoint}/read")
-    async def read(endpoint: str, path: str, format: str | None = None, timeout: float | None = None
-                   ) -> dict[str, Any]:
+    async def read(endpoint: str, path: str, format: str | None = None, timeout: float | None = None,
+                   p: Principal = caller(Action.MANAGE_DEVICES)) -> dict[str, Any]:
         req = ReadRequest(LwM2mPath.parse(path), _format(format))
-        return response_to_json(await management.send(endpoint, req, timeout=timeout))
+        return response_to_json(await management.send(endpoint, req, timeout=timeout, tenant_id=p.tenant_id))
 
     @app.get("/api/devices/{endpoint}/discover")
-    async def discover(endpoint: str, path: str = "/", timeout: float | None = None) -> dict[str, Any]:
+    async def discover(endpoint: str, path: str = "/", timeout: float | None = None,
+                       p: Principal = caller(Action.MANAGE_DEVICES)) -> dict[str, Any]:
         return response_to_json(await management.send(endpoint, DiscoverRequest(LwM2mPath.parse(path)),
-                                                      timeout=timeout))
+                                                      timeout=timeout, tenant_id=p.tenant_id))
 
     @app.post("/api/devices/{endpoint}/write")
-    async def write(endpoint: str, body: WriteBody, timeout: float | None = None) -> dict[str, Any]:
+    async def write(endpoint: str, body: WriteBody, timeout: float | None = None,
+                    p: Principal = caller(Action.MANAGE_DEVICES)) -> dict[str, Any]:
         path = LwM2mPath.parse(body.path)
         if path.depth < 2:
             raise InvalidRequestError(f"Write needs an object instance, resource or resource instance path, not {path}")
@@ -409,43 +462,49 @@ def create_app(management: DeviceManagement, model: ObjectModel, token: str, *,
         except ValueError:
             raise InvalidRequestError("mode is 'replace' or 'update'") from None
         req = WriteRequest(path, build_node(model, path, body), mode, _format(body.format))
-        return response_to_json(await management.send(endpoint, req, timeout=timeout))
+        return response_to_json(await management.send(endpoint, req, timeout=timeout, tenant_id=p.tenant_id))
 
     @app.post("/api/devices/{endpoint}/execute")
-    async def execute(endpoint: str, body: ExecuteBody, timeout: float | None = None) -> dict[str, Any]:
+    async def execute(endpoint: str, body: ExecuteBody, timeout: float | None = None,
+                      p: Principal = caller(Action.MANAGE_DEVICES)) -> dict[str, Any]:
         req = ExecuteRequest(LwM2mPath.parse(body.path), body.args)
-        return response_to_json(await management.send(endpoint, req, timeout=timeout))
+        return response_to_json(await management.send(endpoint, req, timeout=timeout, tenant_id=p.tenant_id))
 
     @app.post("/api/devices/{endpoint}/attributes")
-    async def write_attributes(endpoint: str, body: AttributesBody, timeout: float | None = None) -> dict[str, Any]:
+    async def write_attributes(endpoint: str, body: AttributesBody, timeout: float | None = None,
+                               p: Principal = caller(Action.MANAGE_DEVICES)) -> dict[str, Any]:
         req = WriteAttributesRequest(LwM2mPath.parse(body.path), body.attributes)
-        return response_to_json(await management.send(endpoint, req, timeout=timeout))
+        return response_to_json(await management.send(endpoint, req, timeout=timeout, tenant_id=p.tenant_id))
 
     @app.post("/api/devices/{endpoint}/create")
-    async def create(endpoint: str, body: CreateBody, timeout: float | None = None) -> dict[str, Any]:
+    async def create(endpoint: str, body: CreateBody, timeout: float | None = None,
+                     p: Principal = caller(Action.MANAGE_DEVICES)) -> dict[str, Any]:
         path = LwM2mPath.parse(body.path)
         req = CreateRequest(path, build_node(model, path, body), _format(body.format))  # type: ignore[arg-type]
-        return response_to_json(await management.send(endpoint, req, timeout=timeout))
+        return response_to_json(await management.send(endpoint, req, timeout=timeout, tenant_id=p.tenant_id))
 
     @app.post("/api/devices/{endpoint}/delete")
-    async def delete(endpoint: str, body: DeleteBody, timeout: float | None = None) -> dict[str, Any]:
+    async def delete(endpoint: str, body: DeleteBody, timeout: float | None = None,
+                     p: Principal = caller(Action.MANAGE_DEVICES)) -> dict[str, Any]:
         return response_to_json(await management.send(endpoint, DeleteRequest(LwM2mPath.parse(body.path)),
-                                                      timeout=timeout))
+                                                      timeout=timeout, tenant_id=p.tenant_id))
 
     @app.post("/api/devices/{endpoint}/read-composite")
-    async def read_composite(endpoint: str, body: CompositeBody, timeout: float | None = None) -> dict[str, Any]:
+    async def read_composite(endpoint: str, body: CompositeBody, timeout: float | None = None,
+                             p: Principal = caller(Action.MANAGE_DEVICES)) -> dict[str, Any]:
         fmt = ContentFormat.by_name(body.format)
-        req = ReadCompositeRequest(tuple(LwM2mPath.parse(p) for p in body.paths), fmt, fmt)
-        return response_to_json(await management.send(endpoint, req, timeout=timeout))
+        req = ReadCompositeRequest(tuple(LwM2mPath.parse(x) for x in body.paths), fmt, fmt)
+        return response_to_json(await management.send(endpoint, req, timeout=timeout, tenant_id=p.tenant_id))
 
     @app.get("/api/devices/{endpoint}/observe")
     async def observe(endpoint: str, path: str, count: int = 1, format: str | None = None,
-                      timeout: float = 60.0) -> StreamingResponse:
+                      timeout: float = 60.0, p: Principal = caller(Action.MANAGE_DEVICES)) -> StreamingResponse:
         """Stream the first answer and then ``count`` notifications as JSON lines; the observation is cancelled
         when they are sent, when ``timeout`` seconds pass without one, or when the caller goes away."""
         if count < 0:
             raise InvalidRequestError("count must not be negative")
-        obs = await management.observe(endpoint, ObserveRequest(LwM2mPath.parse(path), _format(format)))
+        obs = await management.observe(endpoint, ObserveRequest(LwM2mPath.parse(path), _format(format)),
+                                       tenant_id=p.tenant_id)
 
         async def lines() -> AsyncIterator[bytes]:
             try:
@@ -474,11 +533,13 @@ def create_app(management: DeviceManagement, model: ObjectModel, token: str, *,
 
     if events is not None:
         @app.post("/api/devices/{endpoint}/rekey")
-        async def rekey(endpoint: str, timeout: float = 60.0) -> dict[str, Any]:
+        async def rekey(endpoint: str, timeout: float = 60.0,
+                        p: Principal = caller(Action.MANAGE_DEVICES)) -> dict[str, Any]:
             """Bootstrap-Request Trigger, then wait for the device to register with its new server key."""
             if not 0 < timeout <= 600:
                 raise InvalidRequestError("timeout is between 0 and 600 seconds")
-            return asdict(await rotate_device_key(management, events, endpoint, timeout=timeout))
+            return asdict(await rotate_device_key(management, events, endpoint, timeout=timeout,
+                                                  tenant_id=p.tenant_id))
 
     if firmware is not None:
         _firmware_routes(app, firmware)
@@ -488,21 +549,26 @@ def create_app(management: DeviceManagement, model: ObjectModel, token: str, *,
         from lwm2m_server.api.campaigns import campaign_routes
 
         campaign_routes(app, campaigns)
+    if tenancy is not None:
+        from lwm2m_server.api.tenancy import tenancy_routes
+
+        tenancy_routes(app, tenancy)
     if bench_api:
         _bench_routes(app, management)
     return app
 
 
 def _firmware_routes(app: FastAPI, firmware: FirmwareService) -> None:
-    def job_of(endpoint: str) -> UpdateJob:
-        job = firmware.job(endpoint)
+    def job_of(endpoint: str, tenant_id: str) -> UpdateJob:
+        job = firmware.job(endpoint, tenant_id)
         if job is None:
             raise NotFoundError(f"no firmware update of {endpoint} since the server started")
         return job
 
     @app.post(FIRMWARE_ROUTE, status_code=202)
     async def start_update(endpoint: str, request: Request, method: str | None = None, timeout: float = 300.0,
-                           block_size: int = DEFAULT_BLOCK_SIZE) -> dict[str, Any]:
+                           block_size: int = DEFAULT_BLOCK_SIZE, p: Principal = caller(Action.MANAGE_DEVICES)
+                           ) -> dict[str, Any]:
         """Start an update with the request body as the package (application/octet-stream)."""
         try:
             chosen = Method(method) if method else None
@@ -511,17 +577,18 @@ def _firmware_routes(app: FastAPI, firmware: FirmwareService) -> None:
         if not 1 <= timeout <= 86400:
             raise InvalidRequestError("timeout must lie between 1 and 86400 seconds")
         package = await request.body()  # at most max_package bytes: the guard refused more
-        job = firmware.start(endpoint, package, method=chosen, timeout=timeout, block_size=block_size)
+        job = firmware.start(endpoint, package, method=chosen, timeout=timeout, block_size=block_size,
+                             tenant_id=p.tenant_id)
         return job.as_dict()
 
     @app.get("/api/devices/{endpoint}/firmware")
-    async def update_status(endpoint: str) -> dict[str, Any]:
-        return job_of(endpoint).as_dict()
+    async def update_status(endpoint: str, p: Principal = caller(Action.READ)) -> dict[str, Any]:
+        return job_of(endpoint, p.tenant_id).as_dict()
 
     @app.get("/api/devices/{endpoint}/firmware/progress")
-    async def update_progress(endpoint: str) -> StreamingResponse:
+    async def update_progress(endpoint: str, p: Principal = caller(Action.READ)) -> StreamingResponse:
         """Stream the update's steps as JSON lines until it ends (the last line has ``"done": true``)."""
-        job = job_of(endpoint)
+        job = job_of(endpoint, p.tenant_id)
 
         async def lines() -> AsyncIterator[bytes]:
             sent = 0  # steps sent, counted like job.recorded
@@ -552,23 +619,24 @@ MAX_TAGS_PER_CHANGE = 256
 
 
 def _tag_routes(app: FastAPI, tags: DeviceTags) -> None:
-    """Device tags of the default tenant; a device need not be registered to be tagged. 400 on an invalid tag."""
+    """Device tags of the caller's tenant; a device need not be registered to be tagged. 400 on an invalid tag."""
 
     @app.get("/api/tags")
-    async def all_tags() -> dict[str, list[str]]:
-        return tags.all(tenant_id="default")
+    async def all_tags(p: Principal = caller(Action.READ)) -> dict[str, list[str]]:
+        return tags.all(tenant_id=p.tenant_id)
 
     @app.get("/api/devices/{endpoint}/tags")
-    async def device_tags(endpoint: str) -> dict[str, Any]:
-        return {"endpoint": endpoint, "tags": tags.of(endpoint, tenant_id="default")}
+    async def device_tags(endpoint: str, p: Principal = caller(Action.READ)) -> dict[str, Any]:
+        return {"endpoint": endpoint, "tags": tags.of(endpoint, tenant_id=p.tenant_id)}
 
     @app.post("/api/devices/{endpoint}/tags")
-    async def change_tags(endpoint: str, body: TagsBody) -> dict[str, Any]:
+    async def change_tags(endpoint: str, body: TagsBody, p: Principal = caller(Action.MANAGE_DEVICES)
+                          ) -> dict[str, Any]:
         """Add and remove in one change; answers the device's tags afterwards."""
         if len(body.add) + len(body.remove) > MAX_TAGS_PER_CHANGE:
             raise InvalidRequestError(f"at most {MAX_TAGS_PER_CHANGE} tags in one change")
         return {"endpoint": endpoint,
-                "tags": tags.change(endpoint, add=body.add, remove=body.remove, tenant_id="default")}
+                "tags": tags.change(endpoint, add=body.add, remove=body.remove, tenant_id=p.tenant_id)}
 
 
 def _bench_routes(app: FastAPI, management: DeviceManagement) -> None:

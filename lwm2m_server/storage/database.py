@@ -24,6 +24,7 @@ from lwm2m_server.storage import (  # noqa: F401  (registers the tables on SQLMo
     release_tables,
     tables,
     tag_tables,
+    tenancy_tables,
     webhook_tables,
 )
 

@@ -163,4 +163,4 @@ def test_wrong_token_is_refused(fleet, tmp_path):
     data_dir, _ = fleet
     url = (data_dir / "api-url").read_text().strip()
     r = run("device", "list", data_dir=tmp_path, env={"SCRATCH_API": url, "SCRATCH_API_TOKEN": "wrong"})
-    assert r.returncode == 1 and "missing or wrong API token" in r.stderr
+    assert r.returncode == 1 and "missing, wrong, expired or revoked API token" in r.stderr

@@ -1,0 +1,160 @@
+"""REST routes of the caller's own tenant: who am I, its brand, its API tokens, its grants and its audit trail.
+
+Every route acts on the caller's tenant (from its token); there is no route that names another tenant, except a
+grant's receiving operator (which an OEM names by id, as it names its partners in a contract).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import FastAPI, Response
+from pydantic import BaseModel, Field
+
+from lwm2m_server.api.auth import caller
+from lwm2m_server.core.errors import InvalidRequestError, NotFoundError
+from lwm2m_server.tenancy.model import Action, Principal, parse_roles
+from lwm2m_server.tenancy.service import DEFAULT_TOKEN_DAYS, TenancyService
+from lwm2m_server.tenancy.stores import Brand, TenantRecord, TokenRecord
+
+__all__ = ["MAX_LOGO", "brand_from_fields", "tenancy_routes", "token_to_json"]
+
+MAX_LOGO = 256 << 10
+_COLOR = re.compile(r"#[0-9a-fA-F]{6}")
+_LOGO_TYPES = {b"\x89PNG\r\n\x1a\n": "image/png"}
+
+
+class TokenBody(BaseModel):
+    roles: list[str] = Field(min_length=1)
+    name: str = ""
+    expires_days: float = DEFAULT_TOKEN_DAYS
+
+
+class GrantBody(BaseModel):
+    operator: str
+    device_class: str
+
+
+class BrandBody(BaseModel):
+    product_name: str
+    report_issuer: str | None = None
+    primary_color: str | None = None
+    accent_color: str | None = None
+    support_url: str | None = None
+    logo_base64: str | None = None
+
+
+def brand_from_fields(product_name: str, *, report_issuer: str | None = None, primary_color: str | None = None,
+                      accent_color: str | None = None, support_url: str | None = None,
+                      logo: bytes | None = None) -> Brand:
+    """A validated brand: a name of 1-64 printable characters, ``#RRGGBB`` colours, an https (or loopback http)
+    support URL, a PNG or SVG logo of at most :data:`MAX_LOGO` bytes."""
+    name = product_name.strip()
+    if not 0 < len(name) <= 64 or not name.isprintable():
+        raise InvalidRequestError("the product name is 1-64 printable characters")
+    if report_issuer is not None and not (0 < len(report_issuer.strip()) <= 128 and report_issuer.isprintable()):
+        raise InvalidRequestError("the report issuer is 1-128 printable characters")
+    for color in (primary_color, accent_color):
+        if color is not None and not _COLOR.fullmatch(color):
+            raise InvalidRequestError(f"colour {color[:16]!r} is not #RRGGBB")
+    if support_url is not None and not (support_url.startswith("https://")
+                                        or support_url.startswith("http://127.0.0.1")
+                                        or support_url.startswith("http://localhost")):
+        raise InvalidRequestError("the support URL must be https://")
+    logo_type = None
+    if logo is not None:
+        if len(logo) > MAX_LOGO:
+            raise InvalidRequestError(f"the logo is larger than {MAX_LOGO} bytes")
+        logo_type = next((t for magic, t in _LOGO_TYPES.items() if logo.startswith(magic)), None)
+        head = logo[:512].lstrip().lower()
+        if logo_type is None and (head.startswith(b"<svg") or head.startswith(b"<?xml")) and b"<svg" in head:
+            if b"<script" in logo.lower() or b"javascript:" in logo.lower():
+                raise InvalidRequestError("an SVG logo may not carry scripts")
+            logo_type = "image/svg+xml"
+        if logo_type is None:
+            raise InvalidRequestError("the logo must be a PNG or an SVG file")
+    return Brand(name, report_issuer.strip() if report_issuer else None, primary_color, accent_color, support_url,
+                 logo, logo_type)
+
+
+def tenant_to_json(t: TenantRecord) -> dict[str, Any]:
+    brand = None
+    if t.brand is not None:
+        brand = {k: v for k, v in asdict(t.brand).items() if k != "logo"}
+        brand["has_logo"] = t.brand.logo is not None
+    return {"id": t.id, "name": t.name, "kind": t.kind.value, "created_at": t.created_at, "brand": brand}
+
+
+def token_to_json(t: TokenRecord) -> dict[str, Any]:
+    """A token's listing: never its secret, never its digest or salt."""
+    return {"id": t.id, "tenant": t.tenant_id, "roles": sorted(r.value for r in t.roles), "name": t.name,
+            "created_at": t.created_at, "created_by": t.created_by, "expires_at": t.expires_at,
+            "revoked_at": t.revoked_at}
+
+
+def tenancy_routes(app: FastAPI, tenancy: TenancyService) -> None:
+    @app.get("/api/whoami")
+    async def whoami(p: Principal = caller(Action.READ)) -> dict[str, Any]:
+        return {"tenant": p.tenant_id, "kind": p.kind.value, "roles": p.role_names(), "subject": p.subject}
+
+    @app.get("/api/tenant")
+    async def my_tenant(p: Principal = caller(Action.READ)) -> dict[str, Any]:
+        return tenant_to_json(tenancy.tenant(p.tenant_id))
+
+    @app.get("/api/tenant/logo")
+    async def my_logo(p: Principal = caller(Action.READ)) -> Response:
+        brand = tenancy.brand(p.tenant_id)
+        if brand is None or brand.logo is None:
+            raise NotFoundError("this tenant has no logo")
+        return Response(brand.logo, media_type=brand.logo_type or "application/octet-stream",
+                        headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+                                 "X-Content-Type-Options": "nosniff"})
+
+    @app.put("/api/tenant/brand")
+    async def set_brand(body: BrandBody, p: Principal = caller(Action.MANAGE_BRAND)) -> dict[str, Any]:
+        try:
+            logo = base64.b64decode(body.logo_base64, validate=True) if body.logo_base64 is not None else None
+        except (binascii.Error, ValueError):
+            raise InvalidRequestError("logo_base64 is not base64") from None
+        brand = brand_from_fields(body.product_name, report_issuer=body.report_issuer,
+                                  primary_color=body.primary_color, accent_color=body.accent_color,
+                                  support_url=body.support_url, logo=logo)
+        return tenant_to_json(tenancy.set_brand(p.tenant_id, brand, by=p))
+
+    @app.get("/api/tokens")
+    async def list_tokens(p: Principal = caller(Action.MANAGE_TOKENS)) -> list[dict[str, Any]]:
+        return [token_to_json(t) for t in tenancy.tokens(tenant_id=p.tenant_id, by=p)]
+
+    @app.post("/api/tokens", status_code=201)
+    async def create_token(body: TokenBody, p: Principal = caller(Action.MANAGE_TOKENS)) -> dict[str, Any]:
+        """The token's text is in this answer and nowhere else, ever."""
+        record, text = tenancy.create_token(tenant_id=p.tenant_id, roles=parse_roles(body.roles), name=body.name,
+                                            expires_days=body.expires_days, by=p)
+        return {**token_to_json(record), "token": text}
+
+    @app.delete("/api/tokens/{token_id}")
+    async def revoke_token(token_id: str, p: Principal = caller(Action.MANAGE_TOKENS)) -> dict[str, Any]:
+        return token_to_json(tenancy.revoke_token(token_id, by=p))
+
+    @app.get("/api/grants")
+    async def list_grants(p: Principal = caller(Action.READ)) -> list[dict[str, Any]]:
+        return [asdict(g) for g in tenancy.grants(tenant_id=p.tenant_id, by=p)]
+
+    @app.post("/api/grants", status_code=201)
+    async def grant(body: GrantBody, p: Principal = caller(Action.GRANT)) -> dict[str, Any]:
+        return asdict(tenancy.grant(oem_tenant=p.tenant_id, operator_tenant=body.operator,
+                                    class_name=body.device_class, by=p))
+
+    @app.delete("/api/grants")
+    async def revoke_grant(operator: str, device_class: str, p: Principal = caller(Action.GRANT)) -> dict[str, Any]:
+        tenancy.revoke_grant(oem_tenant=p.tenant_id, operator_tenant=operator, class_name=device_class, by=p)
+        return {"revoked": True}
+
+    @app.get("/api/audit")
+    async def audit_trail(after: int = 0, limit: int = 1000, p: Principal = caller(Action.READ_AUDIT)
+                          ) -> list[dict[str, Any]]:
+        return [asdict(e) for e in tenancy.audit_trail(tenant_id=p.tenant_id, by=p, after=after, limit=limit)]
