@@ -200,7 +200,7 @@ class Lwm2mServer:
             lambda e: audit.record(e.kind, e.at, {"tenant": e.tenant_id, "endpoint": e.endpoint, **e.data},
                                    source=f"lwm2m-server/{s.node_id}"), AUDITED_KINDS)
         self.database = Database(s.database_url) if s.database_url else Database.for_data_dir(s.data_dir)
-        self.tags = DeviceTags(self.database)
+        self.tags = DeviceTags.over(self.database)
         self.tenancy = open_tenancy(self.database)
         self.registrations = RegistrationService(
             SqlRegistrationStore(self.database), SqlDeviceStore(self.database), self.events,
@@ -262,9 +262,9 @@ class Lwm2mServer:
                                         secure_file_base_uri=secure)
         if self.vault is not None:
             from lwm2m_server.fota.campaigns import open_campaigns
-            from lwm2m_server.fota.webhooks import WebhookNotifier, WebhookStore
+            from lwm2m_server.fota.webhooks import WebhookNotifier, Webhooks
 
-            self.webhooks = WebhookNotifier(WebhookStore(self.database, self.vault), self.events)
+            self.webhooks = WebhookNotifier(Webhooks.over(self.database, self.vault), self.events)
             self.webhooks.start()
             self.campaigns = open_campaigns(self, self.vault)
             await self.campaigns.start()

@@ -25,7 +25,7 @@ from lwm2m_server.cli.common import err_console, fail, new_app, quiet_logs
 from lwm2m_server.core.errors import Lwm2mError
 
 if TYPE_CHECKING:
-    from lwm2m_server.fota.webhooks import WebhookStore
+    from lwm2m_server.fota.webhooks import Webhooks
 
 webhook_app = new_app(help="Send events (campaign results...) to HTTP(S) URLs as signed "
                       "JSON POSTs; see what was delivered.")
@@ -50,13 +50,13 @@ def _has_database(folder: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _store(folder: Path, *, need_vault: bool) -> Iterator[WebhookStore]:
-    """The webhook store of ``folder`` (its database closed on exit). With ``need_vault`` the real vault
+def _webhooks(folder: Path, *, need_vault: bool) -> Iterator[Webhooks]:
+    """The webhooks of ``folder`` (its database closed on exit). With ``need_vault`` the real vault
     (:func:`bootstrap.vault.open_vault`: $SCRATCH_VAULT_KEY, else the key file, created on first use); without
     (nothing is sealed or opened) a throwaway
     one, so no key file is created. A store error becomes a one-line error and exit code 1."""
     from bootstrap.vault import Vault, open_vault
-    from lwm2m_server.fota.webhooks import WebhookStore
+    from lwm2m_server.fota.webhooks import Webhooks
     from lwm2m_server.storage.database import Database
 
     try:
@@ -65,7 +65,7 @@ def _store(folder: Path, *, need_vault: bool) -> Iterator[WebhookStore]:
         raise fail(str(e)) from None
     try:
         vault = open_vault(folder) if need_vault else Vault.generate()
-        yield WebhookStore(database, vault)
+        yield Webhooks.over(database, vault)
     except Lwm2mError as e:
         raise fail(str(e)) from None
     finally:
@@ -100,8 +100,8 @@ def add(
         raise fail(str(e), 2) from None
     if not tenant:
         raise fail("--tenant: empty tenant id", 2)
-    with _store(_folder(data_dir), need_vault=True) as store:
-        webhook, secret = store.add(url, kinds=kinds, tenant_id=tenant, now=time.time())
+    with _webhooks(_folder(data_dir), need_vault=True) as webhooks:
+        webhook, secret = webhooks.add(url, kinds=kinds, tenant_id=tenant, now=time.time())
     if as_json:
         print(json.dumps({"id": webhook.id, "tenant": webhook.tenant_id, "url": webhook.url,
                           "events": list(webhook.kinds), "secret": secret.hex()}, indent=2))
@@ -126,8 +126,8 @@ def list_webhooks(
     folder = _folder(data_dir)
     hooks = []
     if _has_database(folder):
-        with _store(folder, need_vault=False) as store:
-            hooks = store.list(tenant, include_removed=include_removed)
+        with _webhooks(folder, need_vault=False) as webhooks:
+            hooks = webhooks.list(tenant_id=tenant, include_removed=include_removed)
     if as_json:
         print(json.dumps([{"id": w.id, "tenant": w.tenant_id, "url": w.url, "events": list(w.kinds),
                            "created": _when(w.created_at), "active": w.active} for w in hooks], indent=2))
@@ -154,8 +154,8 @@ def remove(
     folder = _folder(data_dir)
     if not _has_database(folder):
         raise fail(f"no webhook {webhook_id!r}: no database in {folder}")
-    with _store(folder, need_vault=False) as store:
-        webhook = store.remove(webhook_id, tenant)
+    with _webhooks(folder, need_vault=False) as webhooks:
+        webhook = webhooks.remove(webhook_id, tenant_id=tenant)
     console.print(f"removed webhook {webhook.id} ({escape(webhook.url)})", highlight=False)
 
 
@@ -174,8 +174,8 @@ def deliveries(
     folder = _folder(data_dir)
     log = []
     if _has_database(folder):
-        with _store(folder, need_vault=False) as store:
-            log = store.deliveries(tenant, webhook_id, limit)
+        with _webhooks(folder, need_vault=False) as webhooks:
+            log = webhooks.deliveries(tenant_id=tenant, webhook_id=webhook_id, limit=limit)
     if as_json:
         print(json.dumps([d.as_dict() for d in log], indent=2))
         return

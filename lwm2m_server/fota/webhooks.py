@@ -3,7 +3,7 @@ of the subscription's tenant is POSTed to it as signed JSON, retried with backof
 
 Invariants:
 
-* A subscription's secret (32 random bytes) is handed back once, by :meth:`WebhookStore.add`; otherwise it exists
+* A subscription's secret (32 random bytes) is handed back once, by :meth:`Webhooks.add`; otherwise it exists
   only sealed by the vault (bound to the subscription's id and tenant) and is erased when the subscription is
   removed. It never reaches a log line, a delivery row, an exception or a ``repr``.
 * The :class:`~lwm2m_server.events.EventBus` publisher is never blocked: the notifier's subscriber only puts the
@@ -35,16 +35,17 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
-from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session, col, select
 
-from lwm2m_server.core.errors import CoapCode, Lwm2mError, StorageError
+from lwm2m_server.core.errors import CoapCode, Lwm2mError
 from lwm2m_server.events import Event, EventBus, Unsubscribe, kind_matches
-from lwm2m_server.storage.webhook_tables import WebhookDeliveryRow, WebhookRow
+from lwm2m_server.storage.webhook_store import Delivery, SqlWebhookStore, Webhook
+
+if TYPE_CHECKING:
+    from lwm2m_server.storage.database import Database
+    from lwm2m_server.storage.webhook_store import WebhookStore
 
 __all__ = [
     "DEFAULT_KINDS",
@@ -56,7 +57,7 @@ __all__ = [
     "Webhook",
     "WebhookError",
     "WebhookNotifier",
-    "WebhookStore",
+    "Webhooks",
     "sign",
     "validate_kinds",
     "validate_url",
@@ -180,90 +181,37 @@ def validate_kinds(kinds: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-# ---------------------------------------------------------------- the store
+# ---------------------------------------------------------------- the service
 
 
 class SecretSealer(Protocol):
-    """What the store needs of the vault (:class:`bootstrap.vault.Vault` is one)."""
+    """What the service needs of the vault (:class:`bootstrap.vault.Vault` is one)."""
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes: ...
 
     def open_sealed(self, blob: bytes, aad: bytes) -> bytes: ...
 
 
-class _HasEngine(Protocol):
-    @property
-    def engine(self) -> Engine: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Webhook:
-    """A subscription (never with its secret)."""
-
-    id: str
-    tenant_id: str
-    url: str
-    kinds: tuple[str, ...]
-    created_at: float
-    active: bool = True
-
-    def wants(self, kind: str) -> bool:
-        return self.active and kind_matches(kind, self.kinds)
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One logged delivery attempt (``attempt`` 0: the event was never attempted, see ``error``)."""
-
-    id: int
-    webhook_id: str
-    tenant_id: str
-    event_kind: str
-    event_id: str
-    attempt: int
-    at: float
-    status_code: int | None
-    error: str | None
-    delivered: bool
-    duration: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "webhook": self.webhook_id, "tenant": self.tenant_id, "event": self.event_kind,
-                "delivery": self.event_id, "attempt": self.attempt, "at": self.at, "status": self.status_code,
-                "error": self.error, "delivered": self.delivered, "duration": round(self.duration, 6)}
-
-
-def _webhook(row: WebhookRow) -> Webhook:
-    return Webhook(row.id, row.tenant_id, row.url, tuple(k for k in row.kinds.split(",") if k), row.created_at,
-                   row.active)
-
-
-def _delivery(row: WebhookDeliveryRow) -> Delivery:
-    return Delivery(row.id or 0, row.webhook_id, row.tenant_id, row.event_kind, row.event_id, row.attempt, row.at,
-                    row.status_code, row.error, row.delivered, row.duration)
-
-
-def _why(e: SQLAlchemyError) -> str:
-    """The driver's own words, never the statement or its parameters (a sealed secret could be one)."""
-    return str(getattr(e, "orig", None) or type(e).__name__)
-
-
 def _aad(webhook_id: str, tenant_id: str) -> bytes:
     return b"scratch/webhook/v1\x00" + tenant_id.encode() + b"\x00" + webhook_id.encode()
 
 
-class WebhookStore:
-    """Webhook subscriptions and their delivery log in the server's database; secrets sealed by ``vault``.
+class Webhooks:
+    """Webhook subscriptions and their delivery log, kept by a :class:`WebhookStore` (memory or SQL); secrets are
+    sealed by ``vault`` (bound to the subscription's id and tenant) before the store sees them. Every call is scoped
+    by tenant but :meth:`active_kinds`. Store failures raise :class:`StorageError`."""
 
-    Every query is scoped by tenant. Database failures raise :class:`StorageError` (no parameters in messages).
-    """
-
-    def __init__(self, database: _HasEngine | Engine, vault: SecretSealer) -> None:
-        self._engine: Engine = database if isinstance(database, Engine) else database.engine
+    def __init__(self, store: WebhookStore, vault: SecretSealer) -> None:
+        self._store = store
         self._vault = vault
 
+    @classmethod
+    def over(cls, database: Database, vault: SecretSealer) -> Webhooks:
+        """The webhooks in ``database`` (tables ``webhook`` and ``webhook_delivery``)."""
+        return cls(SqlWebhookStore(database), vault)
+
     def __repr__(self) -> str:
-        return f"WebhookStore({self._engine.url.render_as_string(hide_password=True)!r})"
+        return f"Webhooks({self._store!r})"
 
     def add(self, url: str, *, kinds: str | Iterable[str] = DEFAULT_KINDS, tenant_id: str,
             now: float) -> tuple[Webhook, bytes]:
@@ -277,106 +225,59 @@ class WebhookStore:
         aad = _aad(webhook.id, tenant_id)
         sealed = self._vault.seal(secrets.token_bytes(SECRET_BYTES), aad)
         secret = self._vault.open_sealed(sealed, aad)  # what is handed back is what the notifier will open
-        row = WebhookRow(id=webhook.id, tenant_id=tenant_id, url=url, sealed_secret=sealed,
-                         kinds=",".join(prefixes), created_at=now, active=True)
-        try:
-            with Session(self._engine) as s:
-                s.add(row)
-                s.commit()
-        except SQLAlchemyError as e:
-            raise StorageError(f"cannot store webhook {webhook.id}: {_why(e)}") from None
+        self._store.add(webhook, sealed_secret=sealed)
         return webhook, secret
 
-    def _rows(self, tenant_id: str | None, *where: Any) -> builtins.list[WebhookRow]:
-        query = select(WebhookRow).where(*where)
-        if tenant_id is not None:
-            query = query.where(WebhookRow.tenant_id == tenant_id)
-        try:
-            with Session(self._engine) as s:
-                return builtins.list(s.exec(query.order_by(col(WebhookRow.created_at), col(WebhookRow.id))).all())
-        except SQLAlchemyError as e:
-            raise StorageError(f"cannot read webhooks: {_why(e)}") from None
-
-    def list(self, tenant_id: str, *, include_removed: bool = False) -> builtins.list[Webhook]:
+    def list(self, *, tenant_id: str, include_removed: bool = False) -> builtins.list[Webhook]:
         """The tenant's subscriptions, oldest first (removed ones too with ``include_removed``)."""
-        where = () if include_removed else (col(WebhookRow.active).is_(True),)
-        return [_webhook(r) for r in self._rows(tenant_id, *where)]
+        return self._store.list(tenant_id=tenant_id, include_removed=include_removed)
 
-    def get(self, webhook_id: str, tenant_id: str) -> Webhook:
+    def get(self, webhook_id: str, *, tenant_id: str) -> Webhook:
         """An active subscription; :class:`UnknownWebhookError` when there is none with this id in the tenant."""
-        rows = self._rows(tenant_id, WebhookRow.id == webhook_id, col(WebhookRow.active).is_(True))
-        if not rows:
+        webhook = self._store.get(webhook_id, tenant_id=tenant_id)
+        if webhook is None or not webhook.active:
             raise UnknownWebhookError(f"no webhook {webhook_id!r} in tenant {tenant_id!r}")
-        return _webhook(rows[0])
+        return webhook
 
-    def matching(self, tenant_id: str, kind: str) -> builtins.list[Webhook]:
+    def matching(self, kind: str, *, tenant_id: str) -> builtins.list[Webhook]:
         """The tenant's active subscriptions that want events of ``kind``."""
-        return [w for w in self.list(tenant_id) if w.wants(kind)]
+        return [w for w in self.list(tenant_id=tenant_id) if w.wants(kind)]
 
     def active_kinds(self) -> tuple[str, ...]:
         """Every prefix some active subscription (of any tenant) listens to: a cheap first filter of events."""
-        out: dict[str, None] = {}
-        for row in self._rows(None, col(WebhookRow.active).is_(True)):
-            out.update(dict.fromkeys(k for k in row.kinds.split(",") if k))
-        return tuple(out)
+        return self._store.active_kinds()
 
-    def remove(self, webhook_id: str, tenant_id: str) -> Webhook:
+    def remove(self, webhook_id: str, *, tenant_id: str) -> Webhook:
         """Deactivate a subscription and erase its sealed secret (its delivery log stays); the removed
         subscription. :class:`UnknownWebhookError` when there is no active one with this id in the tenant."""
-        try:
-            with Session(self._engine) as s:
-                row = s.exec(select(WebhookRow).where(WebhookRow.id == webhook_id, WebhookRow.tenant_id == tenant_id,
-                                                      col(WebhookRow.active).is_(True))).first()
-                if row is None:
-                    raise UnknownWebhookError(f"no webhook {webhook_id!r} in tenant {tenant_id!r}")
-                row.active = False
-                row.sealed_secret = None
-                s.add(row)
-                s.commit()
-                s.refresh(row)
-                return _webhook(row)
-        except SQLAlchemyError as e:
-            raise StorageError(f"cannot remove webhook {webhook_id!r}: {_why(e)}") from None
+        removed = self._store.remove(webhook_id, tenant_id=tenant_id)
+        if removed is None:
+            raise UnknownWebhookError(f"no webhook {webhook_id!r} in tenant {tenant_id!r}")
+        return removed
 
-    def secret_for(self, webhook_id: str, tenant_id: str) -> bytes:
+    def secret_for(self, webhook_id: str, *, tenant_id: str) -> bytes:
         """The secret of an active subscription (opened from the vault). :class:`UnknownWebhookError` when there is
         no active one; the vault's error when the sealed blob does not open."""
-        rows = self._rows(tenant_id, WebhookRow.id == webhook_id, col(WebhookRow.active).is_(True))
-        if not rows or rows[0].sealed_secret is None:
+        sealed = self._store.sealed_secret(webhook_id, tenant_id=tenant_id)
+        if sealed is None:
             raise UnknownWebhookError(f"no webhook {webhook_id!r} in tenant {tenant_id!r}")
-        return self._vault.open_sealed(bytes(rows[0].sealed_secret), _aad(webhook_id, tenant_id))
+        return self._vault.open_sealed(sealed, _aad(webhook_id, tenant_id))
 
     def record(self, *, webhook_id: str, tenant_id: str, event_kind: str, event_id: str, attempt: int, at: float,
                status_code: int | None = None, error: str | None = None, delivered: bool = False,
                duration: float = 0.0) -> Delivery:
         """Log one delivery attempt (or one event never attempted: ``attempt`` 0). ``error`` is cut to 300
         characters; callers put no secret, signature or body in it."""
-        row = WebhookDeliveryRow(webhook_id=webhook_id, tenant_id=tenant_id, event_kind=event_kind[:255],
-                                 event_id=event_id, attempt=attempt, at=at, status_code=status_code,
-                                 error=None if error is None else error[:MAX_ERROR_TEXT], delivered=delivered,
-                                 duration=duration)
-        try:
-            with Session(self._engine) as s:
-                s.add(row)
-                s.commit()
-                s.refresh(row)
-                return _delivery(row)
-        except SQLAlchemyError as e:
-            raise StorageError(f"cannot log a delivery of webhook {webhook_id!r}: {_why(e)}") from None
+        return self._store.record(Delivery(0, webhook_id, tenant_id, event_kind[:255], event_id, attempt, at,
+                                           status_code, None if error is None else error[:MAX_ERROR_TEXT],
+                                           delivered, duration))
 
-    def deliveries(self, tenant_id: str, webhook_id: str | None = None, limit: int = 100) -> builtins.list[Delivery]:
+    def deliveries(self, *, tenant_id: str, webhook_id: str | None = None,
+                   limit: int = 100) -> builtins.list[Delivery]:
         """The tenant's logged attempts, newest first (of one subscription with ``webhook_id``), at most ``limit``."""
         if not 1 <= limit <= 100_000:
             raise InvalidWebhookError(f"limit {limit} is not in 1..100000")
-        query = select(WebhookDeliveryRow).where(WebhookDeliveryRow.tenant_id == tenant_id)
-        if webhook_id is not None:
-            query = query.where(WebhookDeliveryRow.webhook_id == webhook_id)
-        try:
-            with Session(self._engine) as s:
-                rows = s.exec(query.order_by(col(WebhookDeliveryRow.id).desc()).limit(limit)).all()
-        except SQLAlchemyError as e:
-            raise StorageError(f"cannot read webhook deliveries: {_why(e)}") from None
-        return [_delivery(r) for r in rows]
+        return self._store.deliveries(tenant_id=tenant_id, webhook_id=webhook_id, limit=limit)
 
 
 # ---------------------------------------------------------------- the notifier
@@ -421,7 +322,7 @@ class WebhookNotifier:
     its next attempt counts); at most ``concurrency`` requests run at once, each bounded by ``timeout`` seconds.
     """
 
-    def __init__(self, store: WebhookStore, events: EventBus, *, max_attempts: int = 6, backoff_base: float = 1.0,
+    def __init__(self, webhooks: Webhooks, events: EventBus, *, max_attempts: int = 6, backoff_base: float = 1.0,
                  backoff_max: float = 60.0, timeout: float = 10.0, concurrency: int = 8, queue_size: int = 1000,
                  drain_timeout: float = 5.0, refresh_interval: float = 5.0,
                  clock: Callable[[], float] = time.time, transport: httpx.AsyncBaseTransport | None = None) -> None:
@@ -429,7 +330,7 @@ class WebhookNotifier:
             raise ValueError("max_attempts, concurrency and queue_size must be at least 1")
         if min(backoff_base, backoff_max, drain_timeout) < 0 or timeout <= 0 or refresh_interval <= 0:
             raise ValueError("backoff and drain times must be >= 0, timeout and refresh_interval > 0")
-        self._store = store
+        self._webhooks = webhooks
         self._events = events
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base
@@ -469,7 +370,7 @@ class WebhookNotifier:
         self._slots = asyncio.Semaphore(self.concurrency)
         self._idle = asyncio.Event()
         self._idle.set()
-        self._prefixes = self._store.active_kinds()
+        self._prefixes = self._webhooks.active_kinds()
         self._client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False, transport=self._transport,
                                          limits=httpx.Limits(max_connections=self.concurrency),
                                          headers={"User-Agent": "scratch-webhooks/1"})
@@ -480,7 +381,7 @@ class WebhookNotifier:
 
     async def refresh(self) -> None:
         """Reload the first filter (the prefixes of all active subscriptions) now."""
-        self._prefixes = await asyncio.to_thread(self._store.active_kinds)
+        self._prefixes = await asyncio.to_thread(self._webhooks.active_kinds)
 
     async def flush(self, timeout: float) -> bool:
         """Wait until no event is queued and no delivery is in flight (retries included); False on timeout."""
@@ -600,7 +501,7 @@ class WebhookNotifier:
                 self._done()
 
     async def _dispatch(self, event: Event) -> None:
-        hooks = await asyncio.to_thread(self._store.matching, event.tenant_id, event.kind)
+        hooks = await asyncio.to_thread(self._webhooks.matching, event.kind, tenant_id=event.tenant_id)
         self._current = (event, hooks)
         while hooks:
             await self._capacity.acquire()
@@ -615,7 +516,7 @@ class WebhookNotifier:
 
     async def _record_unsent(self, event: Event, why: str, hooks: builtins.list[Webhook] | None = None) -> None:
         if hooks is None:
-            hooks = await asyncio.to_thread(self._store.matching, event.tenant_id, event.kind)
+            hooks = await asyncio.to_thread(self._webhooks.matching, event.kind, tenant_id=event.tenant_id)
         for hook in hooks:
             await self._record(hook, event, uuid.uuid4().hex, attempt=0, error=why)
 
@@ -623,7 +524,7 @@ class WebhookNotifier:
                       status_code: int | None = None, error: str | None = None, delivered: bool = False,
                       duration: float = 0.0) -> None:
         try:
-            await asyncio.to_thread(self._store.record, webhook_id=hook.id, tenant_id=hook.tenant_id,
+            await asyncio.to_thread(self._webhooks.record, webhook_id=hook.id, tenant_id=hook.tenant_id,
                                     event_kind=event.kind, event_id=delivery_id, attempt=attempt, at=self._clock(),
                                     status_code=status_code, error=error, delivered=delivered, duration=duration)
         except Lwm2mError as e:
@@ -635,7 +536,7 @@ class WebhookNotifier:
         hook = job.webhook
         try:
             try:
-                secret = await asyncio.to_thread(self._store.secret_for, hook.id, hook.tenant_id)
+                secret = await asyncio.to_thread(self._webhooks.secret_for, hook.id, tenant_id=hook.tenant_id)
             except Lwm2mError as e:
                 await self._record(hook, job.event, job.delivery_id, attempt=0, error=f"not delivered: {e}")
                 return

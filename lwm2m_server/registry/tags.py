@@ -10,30 +10,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any, Protocol
 
-from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlmodel import Session, col, delete, select
-
-from lwm2m_server.core.errors import InvalidRequestError, StorageError
-from lwm2m_server.storage.tag_tables import MAX_TAG_LENGTH, DeviceTagRow
+from lwm2m_server.core.errors import InvalidRequestError
+from lwm2m_server.storage.database import Database
+from lwm2m_server.storage.tag_store import SqlTagStore, TagStore
+from lwm2m_server.storage.tag_tables import MAX_TAG_LENGTH
 
 __all__ = ["MAX_ENDPOINT_LENGTH", "DeviceTags", "InvalidTagError", "validate_tag"]
 
 MAX_ENDPOINT_LENGTH = 255
 MAX_TENANT_LENGTH = 64
 _TAG = re.compile(rf"[A-Za-z0-9._:-]{{1,{MAX_TAG_LENGTH}}}")
-_ATTEMPTS = 3  # concurrent adds of the same tag may collide on the primary key: try again
 
 
 class InvalidTagError(InvalidRequestError):
     """A tag, endpoint or tenant that cannot be stored (bad characters, empty, too long), or a tag both added and
     removed in one change."""
-
-
-class _HasEngine(Protocol):
-    engine: Engine
 
 
 def _shown(text: str) -> str:
@@ -65,25 +57,30 @@ def _tags(tags: str | Iterable[str]) -> set[str]:
 
 
 class DeviceTags:
-    """The tags of the devices, in the server's database (table ``device_tag``). Database failures raise
+    """The tags of the devices, kept by a :class:`~lwm2m_server.storage.tag_store.TagStore`. Store failures raise
     :class:`StorageError`; invalid input raises :class:`InvalidTagError` (an :class:`InvalidRequestError`)."""
 
-    def __init__(self, database: _HasEngine | Engine) -> None:
-        self._engine: Engine = database if isinstance(database, Engine) else database.engine
+    def __init__(self, store: TagStore) -> None:
+        self._store = store
+
+    @classmethod
+    def over(cls, database: Database) -> DeviceTags:
+        """The tags in ``database`` (table ``device_tag``)."""
+        return cls(SqlTagStore(database))
 
     def __repr__(self) -> str:
-        return f"DeviceTags({self._engine.url.render_as_string(hide_password=True)!r})"
+        return f"DeviceTags({self._store!r})"
 
-    def add(self, endpoint: str, tags: str | Iterable[str], *, tenant_id: str = "default") -> list[str]:
+    def add(self, endpoint: str, tags: str | Iterable[str], *, tenant_id: str) -> list[str]:
         """Put ``tags`` on ``endpoint``; its tags afterwards (sorted)."""
         return self.change(endpoint, add=tags, tenant_id=tenant_id)
 
-    def remove(self, endpoint: str, tags: str | Iterable[str], *, tenant_id: str = "default") -> list[str]:
+    def remove(self, endpoint: str, tags: str | Iterable[str], *, tenant_id: str) -> list[str]:
         """Take ``tags`` off ``endpoint``; its tags afterwards (sorted)."""
         return self.change(endpoint, remove=tags, tenant_id=tenant_id)
 
     def change(self, endpoint: str, *, add: str | Iterable[str] = (), remove: str | Iterable[str] = (),
-               tenant_id: str = "default") -> list[str]:
+               tenant_id: str) -> list[str]:
         """Add and remove in one transaction (a tag may not be in both); the endpoint's tags afterwards (sorted)."""
         _validate_endpoint(endpoint)
         _validate_tenant(tenant_id)
@@ -91,52 +88,21 @@ class DeviceTags:
         both = adding & removing
         if both:
             raise InvalidTagError(f"tag {_shown(min(both))} is both added and removed")
-        for attempt in range(_ATTEMPTS):
-            try:
-                with Session(self._engine) as s:
-                    mine = select(DeviceTagRow).where(DeviceTagRow.tenant_id == tenant_id,
-                                                      DeviceTagRow.endpoint == endpoint)
-                    present = {r.tag for r in s.exec(mine).all()}
-                    for tag in sorted(adding - present):
-                        s.add(DeviceTagRow(tenant_id=tenant_id, endpoint=endpoint, tag=tag))
-                    if removing & present:
-                        s.exec(delete(DeviceTagRow).where(
-                            col(DeviceTagRow.tenant_id) == tenant_id, col(DeviceTagRow.endpoint) == endpoint,
-                            col(DeviceTagRow.tag).in_(sorted(removing & present))))
-                    s.commit()
-                    return sorted((present | adding) - removing)
-            except IntegrityError:
-                if attempt == _ATTEMPTS - 1:
-                    raise StorageError("cannot store the tags: concurrent changes kept colliding") from None
-            except SQLAlchemyError as e:
-                raise StorageError(f"cannot store the tags: {type(e).__name__}") from None
-        raise AssertionError("unreachable")  # pragma: no cover
+        return self._store.change(endpoint, add=adding, remove=removing, tenant_id=tenant_id)
 
-    def of(self, endpoint: str, *, tenant_id: str = "default") -> list[str]:
+    def of(self, endpoint: str, *, tenant_id: str) -> list[str]:
         """The tags of ``endpoint`` (sorted; empty for an endpoint never tagged)."""
         _validate_endpoint(endpoint)
-        query = select(DeviceTagRow.tag).where(DeviceTagRow.tenant_id == tenant_id,
-                                               DeviceTagRow.endpoint == endpoint)
-        return sorted(self._read(query))
+        return self._store.of(endpoint, tenant_id=tenant_id)
 
-    def endpoints_with(self, tag: str, *, tenant_id: str = "default") -> set[str]:
+    def endpoints_with(self, tag: str, *, tenant_id: str) -> set[str]:
         """The endpoints of the tenant that carry ``tag`` (registered or not)."""
         validate_tag(tag)
-        query = select(DeviceTagRow.endpoint).where(DeviceTagRow.tenant_id == tenant_id, DeviceTagRow.tag == tag)
-        return set(self._read(query))
+        return self._store.endpoints_with(tag, tenant_id=tenant_id)
 
-    def all(self, *, tenant_id: str = "default") -> dict[str, list[str]]:
+    def all(self, *, tenant_id: str) -> dict[str, list[str]]:
         """Every tagged endpoint of the tenant -> its tags (endpoints and tags sorted)."""
         out: dict[str, list[str]] = {}
-        query = (select(DeviceTagRow).where(DeviceTagRow.tenant_id == tenant_id)
-                 .order_by(col(DeviceTagRow.endpoint), col(DeviceTagRow.tag)))
-        for row in self._read(query):
+        for row in self._store.all(tenant_id=tenant_id):
             out.setdefault(row.endpoint, []).append(row.tag)
         return out
-
-    def _read(self, query: Any) -> list[Any]:
-        try:
-            with Session(self._engine) as s:
-                return list(s.exec(query).all())
-        except SQLAlchemyError as e:
-            raise StorageError(f"cannot read the tags: {type(e).__name__}") from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import socket
@@ -27,13 +28,14 @@ from lwm2m_server.fota.webhooks import (
     InvalidWebhookError,
     UnknownWebhookError,
     WebhookNotifier,
-    WebhookStore,
+    Webhooks,
     sign,
     validate_kinds,
     validate_url,
     verify_signature,
 )
 from lwm2m_server.storage.database import Database
+from lwm2m_server.storage.webhook_store import MemoryWebhookStore, SqlWebhookStore
 from tests.secret_scan import SecretSet
 
 FLUSH_S = 20.0
@@ -127,12 +129,12 @@ def database(tmp_path: Path) -> Iterator[Database]:
 
 
 @pytest.fixture
-def store(database: Database) -> WebhookStore:
-    return WebhookStore(database, Vault.generate())
+def store(database: Database) -> Webhooks:
+    return Webhooks(SqlWebhookStore(database), Vault.generate())
 
 
 @contextlib.asynccontextmanager
-async def notifying(store: WebhookStore, bus: EventBus, **options: float) -> AsyncIterator[WebhookNotifier]:
+async def notifying(store: Webhooks, bus: EventBus, **options: float) -> AsyncIterator[WebhookNotifier]:
     settings: dict[str, float] = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0, **options}
     notifier = WebhookNotifier(store, bus, **settings)  # type: ignore[arg-type]
     notifier.start()
@@ -158,7 +160,7 @@ async def until(condition: object, timeout: float = 10.0) -> None:
 # ---------------------------------------------------------------- delivery
 
 
-async def test_retries_server_errors_then_delivers_once(store: WebhookStore) -> None:
+async def test_retries_server_errors_then_delivers_once(store: Webhooks) -> None:
     bus = EventBus()
     async with receiving() as rx:
         hook, secret = store.add(rx.url("/flaky"), tenant_id="default", now=time.time())
@@ -181,7 +183,7 @@ async def test_retries_server_errors_then_delivers_once(store: WebhookStore) -> 
     assert payload["tenant"] == "default" and payload["endpoint"] == "dev-1"
     assert payload["data"] == DEVICE_OK and isinstance(payload["at"], float)
 
-    log = list(reversed(store.deliveries("default", hook.id)))
+    log = list(reversed(store.deliveries(tenant_id="default", webhook_id=hook.id)))
     assert [(d.attempt, d.status_code, d.delivered) for d in log] == [(1, 500, False), (2, 500, False),
                                                                         (3, 200, True)]
     assert {d.event_id for d in log} == {payload["id"]}
@@ -189,7 +191,7 @@ async def test_retries_server_errors_then_delivers_once(store: WebhookStore) -> 
     assert all(d.event_kind == "campaign.device.succeeded" and d.duration >= 0 for d in log)
 
 
-async def test_gone_is_not_retried_and_429_is(store: WebhookStore) -> None:
+async def test_gone_is_not_retried_and_429_is(store: Webhooks) -> None:
     bus = EventBus()
     async with receiving() as rx:
         gone, secret = store.add(rx.url("/gone"), tenant_id="default", now=time.time())
@@ -201,20 +203,20 @@ async def test_gone_is_not_retried_and_429_is(store: WebhookStore) -> None:
             assert await notifier.flush(FLUSH_S)
 
     assert len(rx.on("/gone")) == 1 and rx.on("/gone")[0].signed
-    [only] = store.deliveries("default", gone.id)
+    [only] = store.deliveries(tenant_id="default", webhook_id=gone.id)
     assert (only.attempt, only.status_code, only.delivered) == (1, 410, False)
     assert only.error == "HTTP 410; not retried"
-    assert [(d.status_code, d.delivered) for d in reversed(store.deliveries("default", busy.id))] == [
-        (429, False), (200, True)]
+    busy_log = store.deliveries(tenant_id="default", webhook_id=busy.id)
+    assert [(d.status_code, d.delivered) for d in reversed(busy_log)] == [(429, False), (200, True)]
 
 
-async def test_dead_port_retries_then_gives_up(store: WebhookStore, dead_url: str) -> None:
+async def test_dead_port_retries_then_gives_up(store: Webhooks, dead_url: str) -> None:
     bus = EventBus()
     hook, _ = store.add(dead_url, tenant_id="default", now=time.time())
     async with notifying(store, bus, max_attempts=4) as notifier:
         emit(bus, "campaign.device.failed")
         assert await notifier.flush(FLUSH_S)
-    log = list(reversed(store.deliveries("default", hook.id)))
+    log = list(reversed(store.deliveries(tenant_id="default", webhook_id=hook.id)))
     assert [d.attempt for d in log] == [1, 2, 3, 4]
     assert not any(d.delivered for d in log) and all(d.status_code is None for d in log)
     assert all(d.error and d.error.startswith("connection error:") for d in log)
@@ -222,7 +224,7 @@ async def test_dead_port_retries_then_gives_up(store: WebhookStore, dead_url: st
     assert len({d.event_id for d in log}) == 1
 
 
-async def test_a_receiver_that_never_answers_times_out_and_is_retried(store: WebhookStore) -> None:
+async def test_a_receiver_that_never_answers_times_out_and_is_retried(store: Webhooks) -> None:
     bus = EventBus()
     async with receiving() as rx:
         hook, _ = store.add(rx.url("/slow"), tenant_id="default", now=time.time())
@@ -230,19 +232,19 @@ async def test_a_receiver_that_never_answers_times_out_and_is_retried(store: Web
         async with notifying(store, bus, timeout=0.3) as notifier:
             emit(bus, "campaign.device.succeeded")
             assert await notifier.flush(FLUSH_S)
-    log = list(reversed(store.deliveries("default", hook.id)))
+    log = list(reversed(store.deliveries(tenant_id="default", webhook_id=hook.id)))
     assert [d.delivered for d in log] == [False, True]
     assert log[0].error is not None and log[0].error.startswith("timed out")
 
 
-async def test_events_go_only_to_their_tenant_and_kinds(store: WebhookStore) -> None:
+async def test_events_go_only_to_their_tenant_and_kinds(store: Webhooks) -> None:
     bus = EventBus()
     async with receiving() as rx:
         acme, acme_secret = store.add(rx.url("/acme"), tenant_id="acme", now=time.time())
         globex, globex_secret = store.add(rx.url("/globex"), kinds="campaign.device.failed", tenant_id="globex",
                                           now=time.time())
         removed, _ = store.add(rx.url("/removed"), tenant_id="acme", now=time.time())
-        store.remove(removed.id, "acme")
+        store.remove(removed.id, tenant_id="acme")
         rx.secrets.update({"/acme": acme_secret, "/globex": globex_secret})
         async with notifying(store, bus) as notifier:
             emit(bus, "campaign.finished", tenant="acme")
@@ -256,11 +258,11 @@ async def test_events_go_only_to_their_tenant_and_kinds(store: WebhookStore) -> 
     assert [json.loads(r.body)["kind"] for r in rx.on("/globex")] == ["campaign.device.failed"]
     assert rx.on("/removed") == [] and len(rx.requests) == 2
     assert all(r.signed and json.loads(r.body)["tenant"] == r.path[1:] for r in rx.requests)
-    assert [d.webhook_id for d in store.deliveries("acme")] == [acme.id]
-    assert [d.webhook_id for d in store.deliveries("globex")] == [globex.id]
+    assert [d.webhook_id for d in store.deliveries(tenant_id="acme")] == [acme.id]
+    assert [d.webhook_id for d in store.deliveries(tenant_id="globex")] == [globex.id]
 
 
-async def test_full_queue_drops_without_blocking_the_publisher(store: WebhookStore) -> None:
+async def test_full_queue_drops_without_blocking_the_publisher(store: Webhooks) -> None:
     bus = EventBus()
     async with receiving() as rx:
         hook, _ = store.add(rx.url("/hook"), tenant_id="default", now=time.time())
@@ -270,27 +272,27 @@ async def test_full_queue_drops_without_blocking_the_publisher(store: WebhookSto
             assert notifier.dropped == 2
             assert await notifier.flush(FLUSH_S)
     assert len(rx.requests) == 1
-    log = store.deliveries("default", hook.id)
+    log = store.deliveries(tenant_id="default", webhook_id=hook.id)
     assert sorted((d.attempt, d.delivered, d.error) for d in log) == [
         (0, False, "dropped: the webhook queue was full"), (0, False, "dropped: the webhook queue was full"),
         (1, True, None)]
 
 
-async def test_stop_is_bounded_and_logs_what_was_not_delivered(store: WebhookStore, dead_url: str) -> None:
+async def test_stop_is_bounded_and_logs_what_was_not_delivered(store: Webhooks, dead_url: str) -> None:
     bus = EventBus()
     hook, _ = store.add(dead_url, tenant_id="default", now=time.time())
     notifier = WebhookNotifier(store, bus, backoff_base=60.0, backoff_max=60.0, queue_size=1, drain_timeout=0.2)
     notifier.start()
     try:
         emit(bus, "campaign.device.failed")  # first attempt refused, next one a minute away
-        await until(lambda: len(store.deliveries("default", hook.id)) == 1)
+        await until(lambda: len(store.deliveries(tenant_id="default", webhook_id=hook.id)) == 1)
         emit(bus, "campaign.device.failed")  # queued, or waiting for room among the deliveries in flight
         emit(bus, "campaign.device.failed")  # the queue is full: dropped
     finally:
         async with asyncio.timeout(10):
             await notifier.stop()
     assert await notifier.flush(0)  # stopped: nothing is left running
-    log = list(reversed(store.deliveries("default", hook.id)))
+    log = list(reversed(store.deliveries(tenant_id="default", webhook_id=hook.id)))
     assert [(d.attempt, d.delivered) for d in log] == [(1, False)] * 2 + [(0, False)] * 2
     assert log[0].error is not None and log[0].error.startswith("connection error:")
     assert log[1].error == "not delivered: the notifier stopped after 1 attempt(s)"
@@ -298,10 +300,10 @@ async def test_stop_is_bounded_and_logs_what_was_not_delivered(store: WebhookSto
     assert sorted(d.error or "" for d in log[2:]) == ["dropped: the webhook queue was full",
                                                        "not delivered: the notifier stopped"]
     emit(bus, "campaign.device.failed")  # after stop: not subscribed any more
-    assert len(store.deliveries("default", hook.id)) == 4
+    assert len(store.deliveries(tenant_id="default", webhook_id=hook.id)) == 4
 
 
-async def test_subscriptions_added_later_are_picked_up(store: WebhookStore) -> None:
+async def test_subscriptions_added_later_are_picked_up(store: Webhooks) -> None:
     bus = EventBus()
     async with receiving() as rx, notifying(store, bus, refresh_interval=0.05) as notifier:
         emit(bus, "campaign.device.succeeded")  # nobody subscribed yet
@@ -316,7 +318,7 @@ async def test_subscriptions_added_later_are_picked_up(store: WebhookStore) -> N
 # ---------------------------------------------------------------- the secret
 
 
-async def test_secret_is_sealed_at_rest_and_never_logged(store: WebhookStore, database: Database,
+async def test_secret_is_sealed_at_rest_and_never_logged(store: Webhooks, database: Database,
                                                          caplog: pytest.LogCaptureFixture, dead_url: str) -> None:
     caplog.set_level(logging.DEBUG, logger="lwm2m_server")
     bus = EventBus()
@@ -328,32 +330,32 @@ async def test_secret_is_sealed_at_rest_and_never_logged(store: WebhookStore, da
         found.add(bytes(secret), "webhook secret")
         found.add(bytes(dead_secret), "dead webhook secret")
         assert len(secret) == 32 and secret.hex() not in repr(secret)
-        assert store.secret_for(hook.id, "default") == secret
+        assert store.secret_for(hook.id, tenant_id="default") == secret
         async with notifying(store, bus, max_attempts=2) as notifier:
             emit(bus, "campaign.device.succeeded")
             assert await notifier.flush(FLUSH_S)
             assert secret.hex() not in repr(notifier) + repr(store) + repr(hook)
-    log = store.deliveries("default")
+    log = store.deliveries(tenant_id="default")
     assert len(log) == 4
     rows_text = json.dumps([d.as_dict() for d in log]).encode()
     assert found.scan_bytes(rows_text, "delivery rows") == []
     assert found.scan_text(caplog.text, "log") == []
     for request in rx.requests:
         assert found.scan_bytes(json.dumps(request.headers).encode() + request.body, "request") == []
-    store.remove(dead.id, "default")
+    store.remove(dead.id, tenant_id="default")
     with pytest.raises(UnknownWebhookError):
-        store.secret_for(dead.id, "default")
+        store.secret_for(dead.id, tenant_id="default")
     database.close()  # checkpoint the WAL: the database file holds everything
     files = [p for p in (Path(database.url.removeprefix("sqlite:///")).parent).iterdir() if p.is_file()]
     for path in files:
         assert found.scan_file(path) == [], path.name
 
 
-def test_a_sealed_secret_opens_only_for_its_own_webhook(store: WebhookStore, database: Database) -> None:
+def test_a_sealed_secret_opens_only_for_its_own_webhook(store: Webhooks, database: Database) -> None:
     a, _ = store.add("https://a.example/hook", tenant_id="acme", now=1.0)
     b, _ = store.add("https://b.example/hook", tenant_id="acme", now=1.0)
     with pytest.raises(UnknownWebhookError):
-        store.secret_for(a.id, "globex")  # another tenant does not see it
+        store.secret_for(a.id, tenant_id="globex")  # another tenant does not see it
     from sqlalchemy import text
 
     with database.engine.begin() as conn:  # move a's sealed secret onto b: it must not open there
@@ -362,25 +364,26 @@ def test_a_sealed_secret_opens_only_for_its_own_webhook(store: WebhookStore, dat
     from bootstrap.vault import SealedDataError
 
     with pytest.raises(SealedDataError):
-        store.secret_for(b.id, "acme")
+        store.secret_for(b.id, tenant_id="acme")
 
 
 # ---------------------------------------------------------------- store and validation
 
 
-def test_store_list_remove_and_validation(store: WebhookStore) -> None:
+def test_store_list_remove_and_validation(store: Webhooks) -> None:
     a, _ = store.add("https://hooks.example/a", kinds=["campaign.", "security.", "campaign."], tenant_id="acme",
                      now=10.0)
     b, _ = store.add("http://[::1]:8080/b?x=1", tenant_id="acme", now=11.0)
     assert a.kinds == ("campaign.", "security.") and b.kinds == ("campaign.",)
-    assert [w.id for w in store.list("acme")] == [a.id, b.id] and store.list("globex") == []
+    assert [w.id for w in store.list(tenant_id="acme")] == [a.id, b.id] and store.list(tenant_id="globex") == []
     with pytest.raises(UnknownWebhookError):
-        store.remove(a.id, "globex")
-    assert store.remove(a.id, "acme").active is False
+        store.remove(a.id, tenant_id="globex")
+    assert store.remove(a.id, tenant_id="acme").active is False
     with pytest.raises(UnknownWebhookError):
-        store.remove(a.id, "acme")
-    assert [w.id for w in store.list("acme")] == [b.id]
-    assert [(w.id, w.active) for w in store.list("acme", include_removed=True)] == [(a.id, False), (b.id, True)]
+        store.remove(a.id, tenant_id="acme")
+    assert [w.id for w in store.list(tenant_id="acme")] == [b.id]
+    assert [(w.id, w.active) for w in store.list(tenant_id="acme", include_removed=True)] == [
+        (a.id, False), (b.id, True)]
     assert store.active_kinds() == ("campaign.",)
     for bad, why in [("ftp://h/x", "http or https"), ("http:///x", "no host"), ("hooks.example/x", "http or https"),
                      ("https://user:pw@h/x", "credentials"), ("http://h:70000/", "port"), ("", "empty"),
@@ -393,6 +396,29 @@ def test_store_list_remove_and_validation(store: WebhookStore) -> None:
     for bad_kinds in ([], ["a,b"], [""], ["with space"]):
         with pytest.raises(InvalidWebhookError):
             store.add("https://h/x", kinds=bad_kinds, tenant_id="acme", now=1.0)
+
+
+def test_tenant_is_a_required_keyword_of_every_tenant_scoped_method() -> None:
+    for name in ("add", "list", "get", "matching", "remove", "secret_for", "record", "deliveries"):
+        parameter = inspect.signature(getattr(Webhooks, name)).parameters["tenant_id"]
+        assert (parameter.kind, parameter.default) == (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.empty), name
+
+
+async def test_the_notifier_delivers_over_the_memory_store_too() -> None:
+    webhooks = Webhooks(MemoryWebhookStore(), Vault.generate())
+    bus = EventBus()
+    async with receiving() as rx:
+        hook, secret = webhooks.add(rx.url("/mem"), tenant_id="acme", now=time.time())
+        rx.secrets["/mem"] = bytes(secret)
+        rx.scripts["/mem"] = [503]
+        async with notifying(webhooks, bus) as notifier:
+            emit(bus, "campaign.device.succeeded", tenant="acme")
+            emit(bus, "campaign.device.succeeded", tenant="globex")  # another tenant's event: not sent
+            assert await notifier.flush(FLUSH_S)
+    assert [r.signed for r in rx.on("/mem")] == [True, True]
+    log = webhooks.deliveries(tenant_id="acme", webhook_id=hook.id)
+    assert [(d.attempt, d.status_code, d.delivered) for d in reversed(log)] == [(1, 503, False), (2, 200, True)]
+    assert webhooks.deliveries(tenant_id="globex") == []
 
 
 @given(st.text(max_size=300))
@@ -487,7 +513,7 @@ async def test_cli_add_list_deliveries_remove(tmp_path: Path) -> None:
         # the server side: the same data directory, its vault key file
         database = Database.for_data_dir(data_dir)
         try:
-            store = WebhookStore(database, Vault.open(vault_key_location(data_dir).path, environ={}))
+            store = Webhooks.over(database, Vault.open(vault_key_location(data_dir).path, environ={}))
             bus = EventBus()
             async with notifying(store, bus) as notifier:
                 emit(bus, "campaign.device.succeeded")
