@@ -3,8 +3,10 @@
 Works locally on the data directory, like ``scratch factory``: the database ``scratch.db``, the blobs folder and
 the vault (:func:`bootstrap.vault.open_vault`: ``$SCRATCH_VAULT_KEY``, else the key file, created on first use
 by the commands that sign). A running server on the same data directory sees the releases at once. Private keys
-are never printed; ``key export`` gives the public key (the trust anchor devices are provisioned with). Bad input
-exits 2 with a one-line error.
+are never printed; ``key export`` gives the public key (the trust anchor devices are provisioned with). An OEM's
+public key is registered with ``key add --public`` (no private part: it only verifies), and envelopes the OEM signed
+on its own premises (``scratch firmware sign``) are verified against it and stored by ``import``. Bad input exits 2
+with a one-line error.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
 
 release_app = new_app(help="Releases: images signed into packages with named keys, "
                       "approvals by deployment keys, device-class policies.")
-key_app = new_app(help="Named signing keys (private keys sealed in the vault).")
+key_app = new_app(help="Named signing keys (private keys sealed in the vault, or public-only keys of an OEM).")
 class_app = new_app(help="Device-class policies (e.g. require a deployment approval).")
 release_app.add_typer(key_app, name="key")
 release_app.add_typer(class_app, name="class")
@@ -38,6 +40,7 @@ release_app.add_typer(class_app, name="class")
 console = Console(soft_wrap=True)
 
 MAX_IMAGE = 64 << 20
+MAX_PACKAGE = MAX_IMAGE + (1 << 16)  # an envelope: the integrated image, manifest and signatures
 PROGRESS_FROM = 8 << 20  # a progress bar (stderr) when the images total this many bytes
 CHUNK = 1 << 20
 
@@ -113,9 +116,37 @@ def key_create(
     console.print(f"created {key.role} key {key.name} ({key.alg}), kid {key.kid}", highlight=False)
 
 
+@key_app.command("add")
+def key_add(
+    name: Annotated[str, typer.Argument(help="Key name (letters, digits, ._-)")],
+    public: Annotated[Path, typer.Option("--public", help="The key's PUBLIC key (PEM file): e.g. an OEM's release "
+                                         "key, whose private part stays with the OEM")],
+    role: Annotated[str, typer.Option("--role", help="release, deployment or attestation")] = "release",
+    data_dir: DataDirOpt = None,
+    tenant: TenantOpt = "default",
+) -> None:
+    """Register a public-only key: it verifies what its owner signed elsewhere and never signs here."""
+    from lwm2m_server.fota.releases import ROLES
+
+    if role not in ROLES:
+        raise fail(f"--role: {role!r} is not one of {', '.join(ROLES)}", 2)
+    try:
+        if public.stat().st_size > 1 << 16:
+            raise fail(f"{public} is too large for a public key", 2)
+        pem = public.read_bytes()
+    except OSError as e:
+        raise fail(f"cannot read public key {public}: {e.strerror}", 2) from None
+    if b"PRIVATE" in pem:
+        raise fail(f"{public} holds a private key; give the public key only (the .pub file)", 2)
+    with _open(data_dir, need_keys=False) as stores:
+        key = stores.keys.add_public(name, role, pem, tenant_id=tenant, now=time.time())
+    console.print(f"added public-only {key.role} key {key.name} ({key.alg}), kid {key.kid}", highlight=False)
+
+
 @key_app.command("list")
 def key_list(data_dir: DataDirOpt = None, tenant: TenantOpt = "default", as_json: JsonOpt = False) -> None:
-    """List the tenant's signing keys (name, role, algorithm, kid, created). Never private keys."""
+    """List the tenant's signing keys (name, role, algorithm, kid, private part held or public-only, created).
+    Never private keys."""
     with _open(data_dir, need_keys=False) as stores:
         keys = stores.keys.list(tenant)
     rows = [{k: v for k, v in key.as_dict().items() if k != "public_pem"} for key in keys]
@@ -128,10 +159,11 @@ def key_list(data_dir: DataDirOpt = None, tenant: TenantOpt = "default", as_json
     from rich.table import Table
 
     table = Table()
-    for column in ("name", "role", "alg", "kid", "created"):
+    for column in ("name", "role", "alg", "kid", "private", "created"):
         table.add_column(column, overflow="fold")
     for key in keys:
-        table.add_row(key.name, key.role, key.alg, key.kid, _when(key.created_at))
+        table.add_row(key.name, key.role, key.alg, key.kid, "vault" if key.has_private else "none (public-only)",
+                      _when(key.created_at))
     console.print(table)
 
 
@@ -162,7 +194,7 @@ def key_export(
 # -------------------------------------------------------------------------------------------------- releases
 
 
-def _read_images(paths: list[Path]) -> list[tuple[str, bytes]]:
+def _read_images(paths: list[Path], *, limit: int = MAX_IMAGE, what: str = "image") -> list[tuple[str, bytes]]:
     """Each file whole, refusing missing, empty and oversized ones (exit 2); a progress bar for big inputs."""
     sizes: list[int] = []
     for path in paths:
@@ -171,16 +203,16 @@ def _read_images(paths: list[Path]) -> list[tuple[str, bytes]]:
                 raise fail(f"{path}: no such file", 2)
             size = path.stat().st_size
         except OSError as e:
-            raise fail(f"cannot read image {path}: {e.strerror}", 2) from None
+            raise fail(f"cannot read {what} {path}: {e.strerror}", 2) from None
         if size == 0:
             raise fail(f"{path} is empty", 2)
-        if size > MAX_IMAGE:
-            raise fail(f"{path} has {size} bytes; an image may have at most {MAX_IMAGE}", 2)
+        if size > limit:
+            raise fail(f"{path} has {size} bytes; a {what} may have at most {limit}", 2)
         sizes.append(size)
     names = [p.name for p in paths]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate is not None:
-        raise fail(f"two images are named {duplicate!r}; images of a release need distinct file names", 2)
+        raise fail(f"two {what}s are named {duplicate!r}; they need distinct file names", 2)
     images: list[tuple[str, bytes]] = []
     with Progress(TextColumn("reading {task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
                   console=err_console, transient=True, disable=sum(sizes) < PROGRESS_FROM) as progress:
@@ -192,10 +224,10 @@ def _read_images(paths: list[Path]) -> list[tuple[str, bytes]]:
                     while chunk := f.read(CHUNK):
                         chunks.append(chunk)
                         progress.advance(task, len(chunk))
-                        if sum(map(len, chunks)) > MAX_IMAGE:
-                            raise fail(f"{path} grew beyond {MAX_IMAGE} bytes while being read", 2)
+                        if sum(map(len, chunks)) > limit:
+                            raise fail(f"{path} grew beyond {limit} bytes while being read", 2)
             except OSError as e:
-                raise fail(f"cannot read image {path}: {e.strerror}", 2) from None
+                raise fail(f"cannot read {what} {path}: {e.strerror}", 2) from None
             data = b"".join(chunks)
             if not data:
                 raise fail(f"{path} is empty", 2)
@@ -234,6 +266,39 @@ def create(
     console.print(f"release {release.id}: {release.class_name} {release.version}, sequence "
                   f"{release.sequence_number}, {len(release.images)} image(s), {release.package_format}{signed}",
                   highlight=False)
+    print(release.id)
+
+
+@release_app.command("import")
+def import_(
+    packages: Annotated[list[Path], typer.Argument(help="Signed packages (SUIT envelopes with the image integrated, "
+                                                   "e.g. from `scratch firmware sign`), one per image")],
+    key: Annotated[str, typer.Option("--key", help="Release key (its public part) the packages must be signed by")],
+    origin: Annotated[str | None, typer.Option("--origin", help="Tenant the key belongs to (the OEM that signed); "
+                                               "default: --tenant")] = None,
+    data_dir: DataDirOpt = None,
+    tenant: TenantOpt = "default",
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify pre-signed PACKAGE(s) against a release key and store them as one release, exactly as signed. The last
+    stdout line is its id (with --json: the release as JSON). Refused (exit 2): a package not signed by the key as
+    it is, packages that disagree on vendor, class, sequence number or version, and a sequence number not above
+    every release of the class in the tenant."""
+    from lwm2m_server.fota.releases import verify_signed
+
+    data = _read_images(packages, limit=MAX_PACKAGE, what="package")
+    with _open(data_dir, need_keys=False) as stores:
+        signing_key = stores.keys.get(key, tenant_id=origin or tenant)
+        verified = verify_signed(data, signing_key)
+        data.clear()
+        release = stores.releases.store_import(verified, tenant_id=tenant, origin_tenant=origin, now=time.time())
+    if as_json:
+        print(json.dumps(release.as_dict(), indent=2))
+        return
+    source = f" of tenant {origin}" if origin else ""
+    console.print(f"imported release {release.id}: {release.class_name} {release.version}, sequence "
+                  f"{release.sequence_number}, {len(release.images)} package(s), signed by {release.key_name}"
+                  f"{source} ({release.signed_by})", highlight=False)
     print(release.id)
 
 

@@ -2,19 +2,27 @@
 
 * :class:`SigningKeyStore`: named signing keys per tenant, each with a role (``release``: the OEM signs releases;
   ``deployment``: the operator authorises a campaign; ``attestation``: the server signs reports). Private keys are
-  sealed by the vault (AAD binds tenant, name and role) and never stored, logged or shown in the clear.
+  sealed by the vault (AAD binds tenant, name and role) and never stored, logged or shown in the clear. A
+  public-only key (:meth:`SigningKeyStore.add_public`: an OEM's key whose private part never leaves the OEM) only
+  verifies; signing with it raises :class:`PublicOnlyKeyError`.
 * :class:`BlobStore`: content-addressed files ``folder/sha256/<hex>`` (temp file + fsync + rename, mode 0600); a
   read checks the digest.
 * :class:`ReleaseStore`: releases of images for a (vendor, class), each with the next sequence number of that class
   (unique constraint + retry), packaged as one SUIT envelope per image signed with a release key, or opaque (the
   image is the package, for third-party clients); approvals add a deployment key's COSE_Sign1 to each envelope;
   device-class policies say whether campaigns need such an approval.
+* Import of releases signed elsewhere (the OEM-to-operator path): :func:`verify_signed` checks each envelope against
+  a release key's public key and returns what it declares (:class:`VerifiedImport`: vendor and class before anything
+  is stored, for a caller's grant check); :meth:`ReleaseStore.store_import` stores it exactly as signed
+  (anti-rollback: its sequence number must be above every release of its class in the tenant);
+  :meth:`ReleaseStore.import_signed` does both.
 
 Vendor and class may be UUIDs or names; names map to UUIDv5 as RFC 9124 suggests: ``vendor_id =
 uuid5(NAMESPACE_DNS, vendor)``, ``class_id = uuid5(vendor_id, class_name)`` (exactly as given: no case folding).
 
 Invariants: every query is scoped by tenant; a release row exists only once all its blobs are stored; a stored
-package verifies against its release key (and against each approving deployment key for its approved copy);
+package verifies against its release key (a key of ``origin_tenant`` for an imported release; and against each
+approving deployment key for its approved copy); an imported package is stored byte for byte as it was signed;
 errors are :class:`~lwm2m_server.core.errors.Lwm2mError` subclasses and carry no key material.
 """
 
@@ -40,7 +48,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col, select
 
-from firmware_object.errors import FirmwareError
+from firmware_object.errors import (
+    DigestMismatchError,
+    FirmwareError,
+    ImageMismatchError,
+    PackageTooLargeError,
+    SignatureError,
+    SuitDecodeError,
+)
 from firmware_object.suit.envelope import add_signature, build_envelope
 from firmware_object.suit.keys import (
     PrivateKey,
@@ -77,16 +92,23 @@ __all__ = [
     "InvalidReleaseError",
     "InvalidSigningKeyError",
     "KeyRoleError",
+    "PublicOnlyKeyError",
     "Release",
     "ReleaseImage",
+    "ReleaseRollbackError",
     "ReleaseStore",
     "SigningKey",
     "SigningKeyStore",
     "UnknownBlobError",
     "UnknownReleaseError",
     "UnknownSigningKeyError",
+    "UntrustedReleaseError",
+    "VerifiedImport",
+    "VerifiedPackage",
+    "class_matches",
     "class_uuid",
     "vendor_uuid",
+    "verify_signed",
 ]
 
 BLOBS_DIR: Final = "blobs"  # the BlobStore folder inside a data directory
@@ -128,12 +150,28 @@ class KeyRoleError(InvalidRequestError):
     coap_code = CoapCode.FORBIDDEN
 
 
+class PublicOnlyKeyError(KeyRoleError):
+    """A public-only key asked to sign (its private part is held by its owner, not by this server)."""
+
+
 class UnknownReleaseError(NotFoundError):
     """No release (or no such image, or no such approval of it) in the tenant."""
 
 
 class InvalidReleaseError(InvalidRequestError):
     """A release that cannot be made or changed as asked (bad image, version, vendor, format...)."""
+
+
+class UntrustedReleaseError(InvalidReleaseError):
+    """An imported package that the given key did not sign as it is (signature, digest or image check failed)."""
+
+    coap_code = CoapCode.FORBIDDEN
+
+
+class ReleaseRollbackError(InvalidReleaseError):
+    """An imported release whose sequence number is not above every release of its class in the tenant."""
+
+    coap_code = CoapCode.CONFLICT
 
 
 class UnknownBlobError(NotFoundError):
@@ -150,7 +188,7 @@ class BlobCorruptedError(StorageError):
 @dataclass(frozen=True)
 class SigningKey:
     """The public face of a signing key; the private key is only ever reached through
-    :meth:`SigningKeyStore.private_key`."""
+    :meth:`SigningKeyStore.private_key`. ``has_private`` is False for a public-only key (verifies, never signs)."""
 
     tenant_id: str
     name: str
@@ -160,13 +198,14 @@ class SigningKey:
     """:func:`~firmware_object.suit.keys.key_id` in hex (the COSE ``kid`` of its signatures)."""
     public_pem: str
     created_at: float
+    has_private: bool = True
 
     def public_key(self) -> PublicKey:
         return load_public_key(self.public_pem.encode())
 
     def as_dict(self) -> dict[str, Any]:
         return {"tenant": self.tenant_id, "name": self.name, "role": self.role, "alg": self.alg, "kid": self.kid,
-                "public_pem": self.public_pem, "created_at": self.created_at}
+                "public_pem": self.public_pem, "created_at": self.created_at, "has_private": self.has_private}
 
 
 def _check_name(name: str, what: str = "key name") -> str:
@@ -241,6 +280,23 @@ class SigningKeyStore:
             raise InvalidSigningKeyError("not an unencrypted PEM private key of type P-256 or Ed25519") from None
         return self._insert(name, role, private, tenant_id, now)
 
+    def add_public(self, name: str, role: str, public_pem: bytes | str, *, tenant_id: str = "default",
+                   now: float) -> SigningKey:
+        """Store a public-only key (PEM, P-256 or Ed25519) under ``name``: it verifies what its owner signed
+        elsewhere; :meth:`private_key` refuses it with :class:`PublicOnlyKeyError`."""
+        _check_name(name)
+        _check_role(role)
+        _check_tenant(tenant_id)
+        try:
+            public = load_public_key(public_pem.encode() if isinstance(public_pem, str) else bytes(public_pem))
+        except (ValueError, TypeError, FirmwareError):
+            raise InvalidSigningKeyError("not a PEM public key of type P-256 or Ed25519") from None
+        row = SigningKeyRow(tenant_id=tenant_id, name=name, role=role,
+                            alg="EdDSA" if key_algorithm(public) == "ed25519" else "ES256",
+                            kid=key_id(public).hex(), public_pem=public_key_to_pem(public).decode(),
+                            sealed_private=None, created_at=now)
+        return self._store(row)
+
     def get_or_create(self, name: str, role: str, *, alg: str = "ES256", tenant_id: str = "default",
                       now: float) -> SigningKey:
         """The key ``name``, made on first use; :class:`KeyRoleError` when it exists with another role."""
@@ -269,6 +325,9 @@ class SigningKeyStore:
         row = self._row(name, tenant_id)
         if role is not None:
             self._with_role(_signing_key(row), role)
+        if row.sealed_private is None:
+            raise PublicOnlyKeyError(f"key {name!r} of tenant {tenant_id!r} is public-only: this server holds no "
+                                     "private key to sign with")
         der = self._vault.open_sealed(row.sealed_private, _aad(row.tenant_id, row.name, row.role))
         key = serialization.load_der_private_key(bytes(der), password=None)
         del der
@@ -301,7 +360,11 @@ class SigningKeyStore:
                             kid=key_id(private).hex(), public_pem=public_key_to_pem(private.public_key()).decode(),
                             sealed_private=self._vault.seal(der, _aad(tenant_id, name, role)), created_at=now)
         del der
+        return self._store(row)
+
+    def _store(self, row: SigningKeyRow) -> SigningKey:
         key = _signing_key(row)
+        name, tenant_id = row.name, row.tenant_id
         try:
             with _storage("store a signing key"), self.database.session() as session:
                 session.add(row)
@@ -312,7 +375,8 @@ class SigningKeyStore:
 
 
 def _signing_key(row: SigningKeyRow) -> SigningKey:
-    return SigningKey(row.tenant_id, row.name, row.role, row.alg, row.kid, row.public_pem, row.created_at)
+    return SigningKey(row.tenant_id, row.name, row.role, row.alg, row.kid, row.public_pem, row.created_at,
+                      row.sealed_private is not None)
 
 
 # ------------------------------------------------------------------------------------------------------ blobs
@@ -430,7 +494,8 @@ class ReleaseImage:
 @dataclass(frozen=True)
 class Release:
     """A stored release. ``signed_by`` is the release key's kid (hex; None when opaque); ``approvals`` holds
-    ``(key name, kid hex, approved at)`` in approval order."""
+    ``(key name, kid hex, approved at)`` in approval order. ``origin_tenant`` is set for a release imported
+    pre-signed with another tenant's key (the OEM): its ``key_name`` is a key of that tenant."""
 
     id: str
     tenant_id: str
@@ -446,6 +511,7 @@ class Release:
     approvals: tuple[tuple[str, str, float], ...]
     images: tuple[ReleaseImage, ...]
     key_name: str | None = None
+    origin_tenant: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-native (UUIDs as strings)."""
@@ -453,6 +519,7 @@ class Release:
                 "class_name": self.class_name, "class_id": str(self.class_id), "version": self.version,
                 "sequence_number": self.sequence_number, "package_format": self.package_format,
                 "created_at": self.created_at, "key": self.key_name, "signed_by": self.signed_by,
+                "origin_tenant": self.origin_tenant,
                 "approvals": [{"key": k, "kid": kid, "at": at} for k, kid, at in self.approvals],
                 "images": [i.as_dict() for i in self.images]}
 
@@ -496,6 +563,99 @@ def class_uuid(vendor_id: uuid.UUID, class_name: str) -> uuid.UUID:
         return uuid.UUID(class_name)
     except ValueError:
         return uuid.uuid5(vendor_id, class_name)
+
+
+def class_matches(vendor_id: uuid.UUID, class_id: uuid.UUID, name: str) -> bool:
+    """Whether class ``name`` (a UUID, or a name mapped by :func:`class_uuid` under ``vendor_id``) is ``class_id``;
+    False for a name that is no valid class name."""
+    try:
+        return class_uuid(vendor_id, name) == class_id
+    except InvalidReleaseError:
+        return False
+
+
+_CHECKS: Final = (  # verification failure -> (the check that failed, whether it means "not signed as it is")
+    (PackageTooLargeError, "size limit", False),
+    (SuitDecodeError, "CBOR shape", False),
+    (SignatureError, "signature", True),
+    (DigestMismatchError, "manifest digest", True),
+    (ImageMismatchError, "image digest and size", True),
+)
+
+
+@dataclass(frozen=True)
+class VerifiedPackage:
+    """One imported envelope that verified against the release key, and its integrated image."""
+
+    name: str
+    envelope: bytes
+    image: bytes
+
+
+@dataclass(frozen=True)
+class VerifiedImport:
+    """What :func:`verify_signed` established: every package verifies against ``key`` and they all declare the
+    same vendor, class, sequence number and version. Made only by :func:`verify_signed`."""
+
+    key: SigningKey
+    vendor_id: uuid.UUID
+    class_id: uuid.UUID
+    sequence_number: int
+    version: str
+    packages: tuple[VerifiedPackage, ...]
+
+
+def verify_signed(packages: Sequence[tuple[str, bytes]], key: SigningKey) -> VerifiedImport:
+    """Verify pre-signed SUIT envelopes ``(name, bytes)`` against release key ``key`` (public part only), in the
+    house order (size, CBOR shape, signature, digest, image). A package not signed as it is by ``key`` raises
+    :class:`UntrustedReleaseError`; anything else that cannot be imported :class:`InvalidReleaseError` (or
+    :class:`KeyRoleError` for a key that is not a release key), each naming the package and the check that failed.
+    Each manifest must check vendor and class identifiers (UUIDs) and integrate its image; the version is the
+    manifest's component version, else the sequence number as text."""
+    if not isinstance(key, SigningKey) or key.role != "release":
+        raise KeyRoleError(f"key {getattr(key, 'name', key)!r} is not a release key: it cannot vouch for a release")
+    if not packages:
+        raise InvalidReleaseError("an import needs at least one package")
+    if len(packages) > MAX_IMAGES:
+        raise InvalidReleaseError(f"a release has at most {MAX_IMAGES} packages")
+    anchor = key.public_key()
+    seen: set[str] = set()
+    verified: builtins.list[tuple[VerifiedPackage, tuple[uuid.UUID, uuid.UUID, int, str | None]]] = []
+    for item in packages:
+        if not isinstance(item, tuple) or len(item) != 2 or not isinstance(item[1], bytes | bytearray | memoryview):
+            raise InvalidReleaseError("packages are (name, bytes) pairs")
+        name, data = item[0], bytes(item[1])
+        _text(name, "package name")
+        if "/" in name or "\\" in name or name in seen:
+            raise InvalidReleaseError(f"package name {name!r} holds a path separator or appears twice")
+        seen.add(name)
+        try:
+            facts = verify_envelope(data, trust_anchors=[anchor], max_size=MAX_IMAGE_SIZE + MAX_ENVELOPE_OVERHEAD)
+        except FirmwareError as e:
+            check, untrusted = next(((c, u) for kind, c, u in _CHECKS if isinstance(e, kind)), ("manifest", False))
+            error = UntrustedReleaseError if untrusted else InvalidReleaseError
+            raise error(f"package {name!r}: {check} check failed against key {key.name!r} (kid {key.kid}): "
+                        f"{e}") from None
+        manifest = facts.manifest
+        for what, checked in (("vendor", manifest.checked_vendor_ids), ("class", manifest.checked_class_ids)):
+            if len(set(checked)) != 1 or not isinstance(checked[0], uuid.UUID):
+                raise InvalidReleaseError(f"package {name!r}: the manifest must check exactly one {what} UUID")
+        if facts.payload is None:
+            raise InvalidReleaseError(f"package {name!r}: the image is not integrated in the envelope")
+        if facts.version is not None:
+            _text(facts.version, f"package {name!r}: version", 64)
+        vendor_id, class_id = manifest.checked_vendor_ids[0], manifest.checked_class_ids[0]
+        assert isinstance(vendor_id, uuid.UUID)  # checked above
+        verified.append((VerifiedPackage(name, data, facts.payload),
+                         (vendor_id, class_id, facts.sequence_number, facts.version)))
+    first = verified[0][1]
+    for package, declared in verified[1:]:
+        if declared != first:
+            raise InvalidReleaseError(f"package {package.name!r} declares another vendor, class, sequence number or "
+                                      f"version than {verified[0][0].name!r}: one release, one of each")
+    vendor_id, class_id, sequence, version = first
+    return VerifiedImport(key, vendor_id, class_id, sequence, version or str(sequence),
+                          tuple(p for p, _ in verified))
 
 
 def _new_release_id() -> str:
@@ -554,23 +714,14 @@ class ReleaseStore:
                                                   size=len(data), image_sha256=image_sha,
                                                   package_sha256=package_sha, package_size=package_size))
             rid = _new_release_id()
-            for r in image_rows:
-                r.release_id = rid
             row = ReleaseRow(id=rid, tenant_id=tenant_id, vendor=vendor, vendor_id=str(vendor_id),
                              class_name=class_name, class_id=str(class_id), version=version,
                              sequence_number=sequence, package_format=package_format,
                              key_name=signing_key.name if signing_key else None,
                              signed_by=signing_key.kid if signing_key else None, created_at=now)
-            try:
-                with _storage("store a release"), self.database.session() as session:
-                    session.add(row)
-                    session.flush()  # the release row first: its foreign-key-like children follow
-                    for r in image_rows:
-                        session.add(r)
-                    session.commit()
-            except IntegrityError:
-                continue  # another release took this sequence number (or id) meanwhile: next one
-            return self.get(rid, tenant_id=tenant_id)
+            if self._insert(row, image_rows):
+                return self.get(rid, tenant_id=tenant_id)
+            # another release took this sequence number (or id) meanwhile: next one
         raise StorageError("cannot assign a sequence number: too many concurrent releases for this class")
 
     def _next_sequence(self, tenant_id: str, vendor_id: uuid.UUID, class_id: uuid.UUID) -> int:
@@ -581,6 +732,81 @@ class ReleaseStore:
                 ReleaseRow.tenant_id == tenant_id, ReleaseRow.vendor_id == str(vendor_id),
                 ReleaseRow.class_id == str(class_id))).one()
         return 1 if top is None else int(top) + 1
+
+    # ------------------------------------------------------------------------------------------- import
+
+    def import_signed(self, packages: Sequence[tuple[str, bytes]], *, key: SigningKey, tenant_id: str = "default",
+                      origin_tenant: str | None = None, now: float) -> Release:
+        """:func:`verify_signed` then :meth:`store_import`: a release of envelopes signed elsewhere by ``key``."""
+        return self.store_import(verify_signed(packages, key), tenant_id=tenant_id, origin_tenant=origin_tenant,
+                                 now=now)
+
+    def store_import(self, verified: VerifiedImport, *, tenant_id: str = "default", origin_tenant: str | None = None,
+                     now: float) -> Release:
+        """Store a verified import in ``tenant_id``, each package exactly as signed. The key must belong to
+        ``origin_tenant`` when given (the OEM), else to ``tenant_id``. Vendor and class keep the names the tenant
+        already uses for those UUIDs (a class policy, else an earlier release), else the UUIDs as text.
+        :class:`ReleaseRollbackError` unless the sequence number is above every release of the class here."""
+        _check_tenant(tenant_id)
+        if not isinstance(verified, VerifiedImport):
+            raise InvalidReleaseError("store_import takes what verify_signed returned")
+        key_tenant = _check_tenant(origin_tenant) if origin_tenant is not None else tenant_id
+        if verified.key.tenant_id != key_tenant:
+            raise InvalidReleaseError(f"key {verified.key.name!r} is not a key of tenant {key_tenant!r}")
+        vendor_id, class_id = verified.vendor_id, verified.class_id
+        vendor, class_name = self._known_names(tenant_id, vendor_id, class_id)
+        self._check_above(verified.sequence_number, tenant_id, vendor_id, class_id, class_name)  # before any blob
+        image_rows: builtins.list[ReleaseImageRow] = []
+        for position, package in enumerate(verified.packages):
+            image_rows.append(ReleaseImageRow(
+                release_id="", position=position, tenant_id=tenant_id, name=package.name, size=len(package.image),
+                image_sha256=self.blobs.put(package.image), package_sha256=self.blobs.put(package.envelope),
+                package_size=len(package.envelope)))
+        for _attempt in range(_ID_ATTEMPTS):
+            self._check_above(verified.sequence_number, tenant_id, vendor_id, class_id, class_name)
+            rid = _new_release_id()
+            row = ReleaseRow(id=rid, tenant_id=tenant_id, vendor=vendor, vendor_id=str(vendor_id),
+                             class_name=class_name, class_id=str(class_id), version=verified.version,
+                             sequence_number=verified.sequence_number, package_format="suit",
+                             key_name=verified.key.name, signed_by=verified.key.kid, origin_tenant=origin_tenant,
+                             created_at=now)
+            if self._insert(row, image_rows):
+                return self.get(rid, tenant_id=tenant_id)
+        raise StorageError("cannot store the imported release: too many concurrent releases for this class")
+
+    def _check_above(self, sequence: int, tenant_id: str, vendor_id: uuid.UUID, class_id: uuid.UUID,
+                     class_name: str) -> None:
+        top = self._next_sequence(tenant_id, vendor_id, class_id) - 1
+        if sequence <= top:
+            raise ReleaseRollbackError(f"sequence number {sequence} is not above {top}, the latest release of class "
+                                       f"{class_name} in tenant {tenant_id!r}")
+
+    def _known_names(self, tenant_id: str, vendor_id: uuid.UUID, class_id: uuid.UUID) -> tuple[str, str]:
+        with _storage("read class names"), self.database.session() as session:
+            policy = session.get(DeviceClassRow, (tenant_id, str(vendor_id), str(class_id)))
+            if policy is not None:
+                return policy.vendor, policy.class_name
+            earlier = session.exec(select(ReleaseRow).where(
+                ReleaseRow.tenant_id == tenant_id, ReleaseRow.vendor_id == str(vendor_id),
+                ReleaseRow.class_id == str(class_id)).order_by(col(ReleaseRow.sequence_number).desc())).first()
+        if earlier is not None:
+            return earlier.vendor, earlier.class_name
+        return str(vendor_id), str(class_id)
+
+    def _insert(self, row: ReleaseRow, image_rows: Sequence[ReleaseImageRow]) -> bool:
+        """Store a release and its images in one transaction; False when its id or sequence number is taken."""
+        for r in image_rows:
+            r.release_id = row.id
+        try:
+            with _storage("store a release"), self.database.session() as session:
+                session.add(row)
+                session.flush()  # the release row first: its foreign-key-like children follow
+                for r in image_rows:
+                    session.add(r)
+                session.commit()
+        except IntegrityError:
+            return False
+        return True
 
     # --------------------------------------------------------------------------------------------- read
 
@@ -628,8 +854,9 @@ class ReleaseStore:
                 now: float) -> Release:
         """Countersign every envelope of the release with ``deployment_key`` (role ``deployment``) and record it.
 
-        Idempotent for a key that already approved. Each envelope is verified against the release key first, so
-        an approval never vouches for a package the release key did not sign."""
+        Idempotent for a key that already approved. Each envelope is verified against the release key first (a key
+        of ``origin_tenant`` for an imported release), so an approval never vouches for a package the release key
+        did not sign."""
         release = self.get(release_id, tenant_id=tenant_id)
         if release.package_format != "suit":
             raise InvalidReleaseError(f"release {release.id} is opaque: there is no signature to add to")
@@ -639,7 +866,7 @@ class ReleaseStore:
             return release
         if release.key_name is None:
             raise InvalidReleaseError(f"release {release.id} has no release key on record")
-        anchor = self.keys.get(release.key_name, tenant_id=tenant_id).public_key()
+        anchor = self.keys.get(release.key_name, tenant_id=release.origin_tenant or tenant_id).public_key()
         signer = self.keys.private_key(key.name, tenant_id=tenant_id, role="deployment")
         packages: builtins.list[str] = []
         for image in release.images:
@@ -771,7 +998,7 @@ def _release(row: ReleaseRow, images: Sequence[ReleaseImageRow], approvals: Sequ
         id=row.id, tenant_id=row.tenant_id, vendor=row.vendor, vendor_id=uuid.UUID(row.vendor_id),
         class_name=row.class_name, class_id=uuid.UUID(row.class_id), version=row.version,
         sequence_number=row.sequence_number, package_format=row.package_format, created_at=row.created_at,
-        signed_by=row.signed_by, key_name=row.key_name,
+        signed_by=row.signed_by, key_name=row.key_name, origin_tenant=row.origin_tenant,
         approvals=tuple((a.key_name, a.kid, a.approved_at) for a in approvals),
         images=tuple(ReleaseImage(name=i.name, size=i.size, image_sha256=i.image_sha256,
                                   package_sha256=i.package_sha256, package_size=i.package_size,

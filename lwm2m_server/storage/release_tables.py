@@ -2,9 +2,11 @@
 portable SQL, times as float seconds.
 
 * ``signing_key``: named signing keys per tenant; ``sealed_private`` is the vault's AES-GCM blob of the PKCS#8 DER
-  private key (AAD binds tenant, name and role), never the key in the clear;
+  private key (AAD binds tenant, name and role), never the key in the clear, or NULL for a public-only key (an OEM's
+  key whose private part stays on the OEM's premises);
 * ``release`` + ``release_image``: a release and its images (content-addressed blobs, by SHA-256 hex); the sequence
   number is unique per ``(tenant_id, vendor_id, class_id)``, which is what makes its assignment atomic;
+* ``release.origin_tenant``: for a release imported pre-signed, the tenant whose public key signed it (the OEM);
 * ``release_approval``: one row per deployment key that countersigned a release (``packages``: JSON list of the
   countersigned envelopes' SHA-256 hex, in image order);
 * ``device_class``: per-class policy (whether campaigns need a deployment approval).
@@ -12,7 +14,9 @@ portable SQL, times as float seconds.
 
 # No ``from __future__ import annotations`` here: sqlmodel reads the field annotations at class creation.
 
-from sqlalchemy import BigInteger, Index, LargeBinary, Text, UniqueConstraint
+from typing import Any
+
+from sqlalchemy import BigInteger, Index, LargeBinary, Text, UniqueConstraint, event, inspect, text
 from sqlmodel import Field, SQLModel
 
 __all__ = ["DeviceClassRow", "ReleaseApprovalRow", "ReleaseImageRow", "ReleaseRow", "SigningKeyRow"]
@@ -29,7 +33,7 @@ class SigningKeyRow(SQLModel, table=True):
     alg: str = Field(max_length=16)
     kid: str = Field(max_length=64, index=True)  # hex of firmware_object.suit.keys.key_id
     public_pem: str = Field(sa_type=Text)
-    sealed_private: bytes = Field(sa_type=LargeBinary)
+    sealed_private: bytes | None = Field(default=None, sa_type=LargeBinary, nullable=True)  # None: public-only
     created_at: float
 
 
@@ -53,6 +57,7 @@ class ReleaseRow(SQLModel, table=True):
     package_format: str = Field(max_length=16)
     key_name: str | None = Field(default=None, max_length=64)  # the release key (None: opaque)
     signed_by: str | None = Field(default=None, max_length=64)  # its kid, hex
+    origin_tenant: str | None = Field(default=None, max_length=64)  # imported: the tenant of the signing key
     created_at: float
 
 
@@ -96,3 +101,39 @@ class DeviceClassRow(SQLModel, table=True):
     class_name: str = Field(sa_type=Text)
     require_approval: bool = False
     updated_at: float | None = None
+
+
+_ADDED_COLUMNS = {"release": ("origin_tenant",)}  # table -> nullable columns added after the table first shipped
+
+
+@event.listens_for(SQLModel.metadata, "after_create")
+def _upgrade(_metadata: Any, connection: Any, **_kw: Any) -> None:
+    """Bring an older database up to these tables (runs after every ``create_all``, in its transaction; a current
+    database is left alone): add the nullable columns of ``_ADDED_COLUMNS`` it lacks, and let
+    ``signing_key.sealed_private`` be NULL (PostgreSQL: ``DROP NOT NULL``; SQLite cannot alter a column, so the
+    table is rebuilt and its rows copied, as SQLite's documentation describes)."""
+    inspector = inspect(connection)
+    quote = connection.dialect.identifier_preparer.quote
+    for table_name, columns in _ADDED_COLUMNS.items():
+        if not inspector.has_table(table_name):
+            continue
+        present = {c["name"] for c in inspector.get_columns(table_name)}
+        table = SQLModel.metadata.tables[table_name]
+        for name in columns:
+            if name not in present:
+                kind = table.c[name].type.compile(dialect=connection.dialect)
+                connection.execute(text(f"ALTER TABLE {quote(table_name)} ADD COLUMN {quote(name)} {kind}"))
+    sealed = next((c for c in inspector.get_columns("signing_key") if c["name"] == "sealed_private"), None)
+    if sealed is None or sealed["nullable"]:
+        return
+    if connection.dialect.name != "sqlite":
+        connection.execute(text("ALTER TABLE signing_key ALTER COLUMN sealed_private DROP NOT NULL"))
+        return
+    keys = SQLModel.metadata.tables["signing_key"]
+    for index in inspector.get_indexes("signing_key"):
+        connection.execute(text(f"DROP INDEX {quote(index['name'])}"))
+    connection.execute(text("ALTER TABLE signing_key RENAME TO signing_key_old"))
+    keys.create(connection)
+    names = ", ".join(quote(c.name) for c in keys.columns)
+    connection.execute(text(f"INSERT INTO signing_key ({names}) SELECT {names} FROM signing_key_old"))
+    connection.execute(text("DROP TABLE signing_key_old"))

@@ -32,10 +32,11 @@ from firmware_object.suit import (
     generate_private_key,
     key_id,
     private_key_to_pem,
+    public_key_to_pem,
     verify_envelope,
 )
 from firmware_object.suit.keys import PrivateKey
-from lwm2m_server.core.errors import InvalidRequestError, NotFoundError, StorageError
+from lwm2m_server.core.errors import CoapCode, InvalidRequestError, NotFoundError, StorageError
 from lwm2m_server.fota.releases import (
     BlobCorruptedError,
     BlobStore,
@@ -43,14 +44,20 @@ from lwm2m_server.fota.releases import (
     InvalidReleaseError,
     InvalidSigningKeyError,
     KeyRoleError,
+    PublicOnlyKeyError,
     Release,
+    ReleaseRollbackError,
     ReleaseStore,
+    SigningKey,
     SigningKeyStore,
     UnknownBlobError,
     UnknownReleaseError,
     UnknownSigningKeyError,
+    UntrustedReleaseError,
+    class_matches,
     class_uuid,
     vendor_uuid,
+    verify_signed,
 )
 from lwm2m_server.storage.database import DB_FILENAME, Database
 
@@ -466,3 +473,236 @@ def test_names_map_to_uuid5_and_uuids_to_themselves(vendor: str, klass: str) -> 
     except ValueError:
         assert cid == uuid.uuid5(vid, klass)
     assert vendor_uuid(str(vid)) == vid and class_uuid(vid, str(cid)) == cid
+
+
+# ------------------------------------------------------- public-only keys and pre-signed imports (issue 13)
+
+
+OEM_VENDOR = uuid.UUID("fa6b4a53-d5ad-5fdf-be9d-e663e4d41ffe")
+OEM_CLASS = uuid.uuid5(OEM_VENDOR, "sensor")
+
+
+def oem_envelope(key: PrivateKey, *, seq: int = 5, version: str | None = "3.1.0", image: bytes = IMAGE,
+                 vendor_id: uuid.UUID = OEM_VENDOR, class_id: uuid.UUID = OEM_CLASS) -> bytes:
+    """An envelope as an OEM makes it on its own premises (what `scratch firmware sign` does)."""
+    manifest = ReleaseManifest.for_image(image, sequence_number=seq, vendor_id=vendor_id, class_id=class_id,
+                                         version=version)
+    return build_envelope(manifest, [key], image=image)
+
+
+@pytest.fixture
+def oem_key() -> PrivateKey:
+    return generate_private_key("es256")
+
+
+@pytest.fixture
+def oem(env: Env, oem_key: PrivateKey) -> SigningKey:
+    """The OEM's public key, registered in the OEM's own tenant."""
+    return env.keys.add_public("oem-release", "release", public_key_to_pem(oem_key.public_key()), tenant_id="oem",
+                               now=NOW)
+
+
+def test_a_public_only_key_verifies_but_never_signs(env: Env, oem: SigningKey, oem_key: PrivateKey) -> None:
+    assert not oem.has_private and oem.as_dict()["has_private"] is False
+    assert oem.kid == key_id(oem_key).hex() and env.keys.get("oem-release", tenant_id="oem") == oem
+    assert env.keys.create("own", "release", tenant_id="oem", now=NOW).has_private
+    with pytest.raises(PublicOnlyKeyError) as refused:
+        env.keys.private_key("oem-release", tenant_id="oem")
+    assert refused.value.coap_code == CoapCode.FORBIDDEN and "public-only" in str(refused.value)
+    assert "BEGIN" not in str(refused.value) and oem.kid not in str(refused.value)
+    with pytest.raises(PublicOnlyKeyError):
+        env.releases.create([("fw", IMAGE)], vendor="v", class_name="c", version="1", key="oem-release",
+                            tenant_id="oem", now=NOW)
+    env.keys.add_public("ops-pub", "deployment", public_key_to_pem(generate_private_key("ed25519").public_key()),
+                        tenant_id="oem", now=NOW)
+    own = env.releases.create([("fw", IMAGE)], vendor="v", class_name="c", version="1", key="own", tenant_id="oem",
+                              now=NOW)
+    with pytest.raises(PublicOnlyKeyError):
+        env.releases.approve(own.id, "ops-pub", tenant_id="oem", now=NOW)
+    with pytest.raises(DuplicateSigningKeyError):
+        env.keys.add_public("oem-release", "release", oem.public_pem, tenant_id="oem", now=NOW)
+    for bad in (b"not a key", private_key_to_pem(oem_key), b""):
+        with pytest.raises(InvalidSigningKeyError) as e:
+            env.keys.add_public("x", "release", bad, tenant_id="oem", now=NOW)
+        assert "BEGIN" not in str(e.value)
+    with pytest.raises(InvalidSigningKeyError):
+        env.keys.add_public("x", "admin", oem.public_pem, tenant_id="oem", now=NOW)
+    raw = b"".join(p.read_bytes() for p in env.folder.iterdir() if p.name.startswith(DB_FILENAME))
+    assert all(form not in raw for form in private_forms(oem_key))
+
+
+def test_import_stores_the_envelope_exactly_as_the_oem_signed_it(env: Env, oem: SigningKey,
+                                                                 oem_key: PrivateKey) -> None:
+    envelope = oem_envelope(oem_key)
+    verified = verify_signed([("app.suit", envelope)], oem)
+    assert (verified.vendor_id, verified.class_id, verified.sequence_number) == (OEM_VENDOR, OEM_CLASS, 5)
+    assert class_matches(verified.vendor_id, verified.class_id, "sensor")
+    assert class_matches(verified.vendor_id, verified.class_id, str(OEM_CLASS))
+    assert not class_matches(verified.vendor_id, verified.class_id, "gateway")
+    assert not class_matches(verified.vendor_id, verified.class_id, "")
+    assert env.releases.list(tenant_id="op") == []  # verifying stores nothing
+
+    release = env.releases.store_import(verified, tenant_id="op", origin_tenant="oem", now=NOW)
+    assert (release.vendor_id, release.class_id, release.sequence_number) == (OEM_VENDOR, OEM_CLASS, 5)
+    assert (release.vendor, release.class_name) == (str(OEM_VENDOR), str(OEM_CLASS))  # no names known here
+    assert (release.version, release.package_format, release.key_name, release.signed_by) == (
+        "3.1.0", "suit", "oem-release", oem.kid)
+    assert release.origin_tenant == "oem" and release.as_dict()["origin_tenant"] == "oem"
+    assert env.releases.package(release.id, tenant_id="op") == envelope
+    assert env.releases.image(release.id, tenant_id="op") == IMAGE
+    assert verify_envelope(envelope, trust_anchors=[oem.public_key()], max_size=MAX,
+                           vendor_id=OEM_VENDOR, class_id=OEM_CLASS).payload == IMAGE
+    with pytest.raises(UnknownReleaseError):
+        env.releases.get(release.id, tenant_id="oem")  # stored in the operator's tenant only
+    assert env.releases.get(release.id, tenant_id="op") == release
+
+    # known names are kept: a class policy of the tenant names these UUIDs
+    env.releases.set_class_policy("sensor", str(OEM_VENDOR), require_approval=True, tenant_id="op2")
+    named = env.releases.import_signed([("app.suit", envelope)], key=oem, tenant_id="op2", origin_tenant="oem",
+                                       now=NOW)
+    assert (named.vendor, named.class_name) == (str(OEM_VENDOR), "sensor")
+    assert env.releases.class_policy(named.class_name, named.vendor, tenant_id="op2").require_approval
+
+
+def test_import_without_origin_uses_a_key_of_the_same_tenant(env: Env) -> None:
+    """The one-company case: OEM and operator in one tenant, with today's vault-held release key."""
+    key = env.keys.create("release", "release", tenant_id="both", now=NOW)
+    envelope = oem_envelope(env.keys.private_key("release", tenant_id="both"), seq=1, version=None)
+    release = env.releases.import_signed([("fw", envelope)], key=key, tenant_id="both", now=NOW)
+    assert (release.origin_tenant, release.version, release.sequence_number) == (None, "1", 1)
+    nxt = env.releases.create([("fw", IMAGE)], vendor=str(OEM_VENDOR), class_name=str(OEM_CLASS), version="2",
+                              tenant_id="both", now=NOW)
+    assert nxt.sequence_number == 2  # an import takes its place in the class's sequence
+    with pytest.raises(InvalidReleaseError, match="not a key of tenant"):
+        env.releases.store_import(verify_signed([("fw", oem_envelope(env.keys.private_key(
+            "release", tenant_id="both"), seq=9))], key), tenant_id="other", now=NOW)
+
+
+def test_import_refuses_what_the_key_did_not_sign(env: Env, oem: SigningKey, oem_key: PrivateKey) -> None:
+    rogue = generate_private_key("es256")
+    with pytest.raises(UntrustedReleaseError, match="signature check failed") as refused:
+        env.releases.import_signed([("app.suit", oem_envelope(rogue))], key=oem, tenant_id="op", origin_tenant="oem",
+                                   now=NOW)
+    assert refused.value.coap_code == CoapCode.FORBIDDEN and isinstance(refused.value, InvalidReleaseError)
+    assert "app.suit" in str(refused.value) and "BEGIN" not in str(refused.value)
+
+    good = oem_envelope(oem_key, version="3.1.0", image=bytes(range(200, 256)) * 40)
+    manifest_tampered = good.replace(b"3.1.0", b"3.1.9")
+    payload_tampered = good.replace(bytes(range(200, 256)), bytes(range(199, 255)), 1)
+    assert manifest_tampered != good and payload_tampered != good and len(payload_tampered) == len(good)
+    for tampered, check in ((manifest_tampered, "manifest digest"), (payload_tampered, "image digest and size")):
+        with pytest.raises(UntrustedReleaseError, match=f"{check} check failed"):
+            env.releases.import_signed([("app.suit", tampered)], key=oem, tenant_id="op", origin_tenant="oem",
+                                       now=NOW)
+    with pytest.raises(InvalidReleaseError, match="CBOR shape check failed"):
+        env.releases.import_signed([("app.suit", b"\xd8\x6b" + good[2:40])], key=oem, tenant_id="op",
+                                   origin_tenant="oem", now=NOW)
+    assert env.releases.list(tenant_id="op") == []
+
+
+def test_import_refuses_mixed_or_unfit_packages(env: Env, oem: SigningKey, oem_key: PrivateKey) -> None:
+    def refused(packages: list[tuple[str, bytes]], match: str) -> None:
+        with pytest.raises(InvalidReleaseError, match=match):
+            env.releases.import_signed(packages, key=oem, tenant_id="op", origin_tenant="oem", now=NOW)
+
+    refused([("a", oem_envelope(oem_key, seq=5)), ("b", oem_envelope(oem_key, seq=6))], "another vendor, class")
+    refused([("a", oem_envelope(oem_key)), ("b", oem_envelope(oem_key, class_id=uuid.uuid4()))], "another vendor")
+    refused([("a", oem_envelope(oem_key)), ("a", oem_envelope(oem_key))], "appears twice")
+    refused([], "at least one package")
+    uri_manifest = ReleaseManifest.for_image(IMAGE, sequence_number=5, vendor_id=OEM_VENDOR, class_id=OEM_CLASS,
+                                             image_uri="coaps://oem.example/fw")
+    refused([("a", build_envelope(uri_manifest, [oem_key], image=None))], "not integrated")
+    deployment = env.keys.create("ops", "deployment", tenant_id="op", now=NOW)
+    with pytest.raises(KeyRoleError):
+        verify_signed([("a", oem_envelope(oem_key))], deployment)
+    two = env.releases.import_signed([("a", oem_envelope(oem_key)), ("b", oem_envelope(oem_key, image=b"b" * 99))],
+                                     key=oem, tenant_id="op", origin_tenant="oem", now=NOW)
+    assert [(i.name, i.size) for i in two.images] == [("a", len(IMAGE)), ("b", 99)]
+
+
+def test_import_refuses_a_rollback(env: Env, oem: SigningKey, oem_key: PrivateKey) -> None:
+    first = env.releases.import_signed([("fw", oem_envelope(oem_key, seq=5))], key=oem, tenant_id="op",
+                                       origin_tenant="oem", now=NOW)
+    for seq in (5, 4, 0):
+        with pytest.raises(ReleaseRollbackError, match=f"sequence number {seq} is not above 5") as refused:
+            env.releases.import_signed([("fw", oem_envelope(oem_key, seq=seq))], key=oem, tenant_id="op",
+                                       origin_tenant="oem", now=NOW)
+        assert refused.value.coap_code == CoapCode.CONFLICT
+    assert env.releases.list(tenant_id="op") == [first]
+    later = env.releases.import_signed([("fw", oem_envelope(oem_key, seq=6, version="3.2.0"))], key=oem,
+                                       tenant_id="op", origin_tenant="oem", now=NOW + 1)
+    assert later.sequence_number == 6
+    # another tenant has its own history of the class
+    assert env.releases.import_signed([("fw", oem_envelope(oem_key, seq=1))], key=oem, tenant_id="op2",
+                                      origin_tenant="oem", now=NOW).sequence_number == 1
+
+
+def test_concurrent_imports_of_one_sequence_number_store_one(env: Env, oem: SigningKey, oem_key: PrivateKey) -> None:
+    envelope = oem_envelope(oem_key, seq=7)
+
+    def attempt(_: int) -> str:
+        try:
+            return env.releases.import_signed([("fw", envelope)], key=oem, tenant_id="op", origin_tenant="oem",
+                                              now=NOW).id
+        except ReleaseRollbackError:
+            return "refused"
+
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(attempt, range(4)))
+    assert outcomes.count("refused") == 3 and len(env.releases.list(tenant_id="op")) == 1
+
+
+def test_an_imported_release_is_countersigned_so_devices_get_both_signatures(
+        env: Env, oem: SigningKey, oem_key: PrivateKey) -> None:
+    release = env.releases.import_signed([("fw", oem_envelope(oem_key))], key=oem, tenant_id="op",
+                                         origin_tenant="oem", now=NOW)
+    ops = env.keys.create("ops", "deployment", tenant_id="op", now=NOW)
+    approved = env.releases.approve(release.id, "ops", tenant_id="op", now=NOW + 1)
+    assert [a[0] for a in approved.approvals] == ["ops"]
+    package = env.releases.package(release.id, tenant_id="op", approved_by="ops")
+    both = verify_envelope(package, trust_anchors=[oem.public_key(), ops.public_key()], max_size=MAX,
+                           vendor_id=OEM_VENDOR, class_id=OEM_CLASS)
+    assert (both.sequence_number, both.payload) == (5, IMAGE)
+    with pytest.raises(SignatureError):
+        verify_envelope(env.releases.package(release.id, tenant_id="op"),
+                        trust_anchors=[oem.public_key(), ops.public_key()], max_size=MAX)
+
+
+def test_an_older_database_gains_public_only_keys_and_origin_tenants(tmp_path: Path, oem_key: PrivateKey) -> None:
+    folder = tmp_path / "old"
+    folder.mkdir(mode=0o700)
+    with sqlite3.connect(folder / DB_FILENAME) as db:  # the tables as they shipped before issue 13
+        db.executescript("""
+            CREATE TABLE signing_key (tenant_id VARCHAR(64) NOT NULL, name VARCHAR(64) NOT NULL,
+                role VARCHAR(16) NOT NULL, alg VARCHAR(16) NOT NULL, kid VARCHAR(64) NOT NULL, public_pem TEXT NOT NULL,
+                sealed_private BLOB NOT NULL, created_at FLOAT NOT NULL, PRIMARY KEY (tenant_id, name));
+            CREATE INDEX ix_signing_key_kid ON signing_key (kid);
+            CREATE TABLE release (id VARCHAR(32) NOT NULL, tenant_id VARCHAR(64) NOT NULL, vendor TEXT NOT NULL,
+                vendor_id VARCHAR(36) NOT NULL, class_name TEXT NOT NULL, class_id VARCHAR(36) NOT NULL,
+                version TEXT NOT NULL, sequence_number BIGINT NOT NULL, package_format VARCHAR(16) NOT NULL,
+                key_name VARCHAR(64), signed_by VARCHAR(64), created_at FLOAT NOT NULL, PRIMARY KEY (id),
+                CONSTRAINT uq_release_sequence UNIQUE (tenant_id, vendor_id, class_id, sequence_number));
+            INSERT INTO signing_key VALUES ('default', 'old', 'release', 'ES256', 'k', 'pem', x'00', 1.0);
+            INSERT INTO release VALUES ('rel-aaaaaaaaaa', 'default', 'v', '0833a41f-253f-4b5e-b836-cbc9d20de52c', 'c',
+                'ded2aef3-8818-46ef-87a9-758835a6c97a', '1', 1, 'opaque', NULL,
+                NULL, 1.0);
+        """)
+    db.close()
+    with Database.for_data_dir(folder) as database:
+        keys = SigningKeyStore(database, Vault.generate())
+        oem = keys.add_public("oem", "release", public_key_to_pem(oem_key.public_key()), tenant_id="oem", now=NOW)
+        releases = ReleaseStore(database, BlobStore(folder / "blobs"), keys)
+        imported = releases.import_signed([("fw", oem_envelope(oem_key))], key=oem, tenant_id="default",
+                                          origin_tenant="oem", now=NOW)
+    with Database.for_data_dir(folder) as database:  # the upgrade ran once; this open leaves the tables alone
+        keys = SigningKeyStore(database, Vault.generate())
+        assert [(k.name, k.has_private) for k in keys.list(tenant_id="default")] == [("old", True)]
+        assert keys.list(tenant_id="oem") == [oem]
+        releases = ReleaseStore(database, BlobStore(folder / "blobs"), keys)
+        assert releases.get(imported.id, tenant_id="default").origin_tenant == "oem"
+        assert releases.get("rel-aaaaaaaaaa", tenant_id="default").origin_tenant is None
+    with sqlite3.connect(folder / DB_FILENAME) as db:
+        indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    db.close()
+    assert "ix_signing_key_kid" in indexes and "signing_key_old" not in tables
