@@ -60,8 +60,9 @@ FIRMWARE_VERSION = LwM2mPath.of(3, 0, 3)
 PROTOCOL_COAP, PROTOCOL_COAPS = 0, 1
 DELIVERY_PULL, DELIVERY_PUSH, DELIVERY_BOTH = 0, 1, 2
 
-FIRMWARE_DELIVERED = "firmware.delivered"
-FIRMWARE_FINISHED = "firmware.finished"
+FIRMWARE_STARTED = "firmware.started"  # a job began (every job, retries included); data: bytes, method
+FIRMWARE_DELIVERED = "firmware.delivered"  # the device holds the package (Downloaded); data: bytes, method
+FIRMWARE_FINISHED = "firmware.finished"  # the job ended; data: success, bytes, result, versions, message...
 
 
 class Method(StrEnum):
@@ -230,6 +231,8 @@ class FirmwareService:
         self.jobs[(tenant_id, endpoint)] = job
         job.task = asyncio.get_running_loop().create_task(
             self._run(job, package, method, timeout, block_size, tenant_id), name=f"firmware-{endpoint}")
+        self.events.emit(FIRMWARE_STARTED, self.clock(), tenant_id=tenant_id, endpoint=endpoint,
+                         data={"method": None if method is None else method.value, "bytes": len(package)})
         return job
 
     def abort(self, endpoint: str, tenant_id: str = "default") -> bool:
@@ -305,7 +308,7 @@ class FirmwareService:
         job.finished_at = self.clock()
         job.done.set()
         last = job.last
-        self.events.emit(FIRMWARE_FINISHED, job.finished_at, endpoint=job.endpoint,
+        self.events.emit(FIRMWARE_FINISHED, job.finished_at, tenant_id=job.tenant_id, endpoint=job.endpoint,
                          data={"success": phase == "succeeded", "method": job.method, "result": last.result,
                                "version": last.version, "previous_version": job.previous_version,
                                "bytes": job.total, "seconds": round(job.finished_at - job.started_at, 3),
@@ -364,7 +367,7 @@ class FirmwareService:
                     self._progress(job, "delivering", sent=0, blocks=0, result=e.result,
                                    message=f"connection lost; delivering again (attempt {attempt + 1})")
             unsubscribe()  # the registration after the Execute is the reboot: _execute_and_wait expects it
-            self.events.emit(FIRMWARE_DELIVERED, self.clock(), endpoint=ep,
+            self.events.emit(FIRMWARE_DELIVERED, self.clock(), tenant_id=tenant_id, endpoint=ep,
                              data={"method": chosen.value, "bytes": len(package)})
             await self._execute_and_wait(job, ep, watch, tenant_id)
         finally:
@@ -634,6 +637,7 @@ def _int(value: object) -> int | None:
 __all__ = [
     "FIRMWARE_DELIVERED",
     "FIRMWARE_FINISHED",
+    "FIRMWARE_STARTED",
     "PHASES",
     "FirmwareService",
     "FirmwareUpdateError",

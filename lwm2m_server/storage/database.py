@@ -25,6 +25,7 @@ from lwm2m_server.storage import (  # noqa: F401  (registers the tables on SQLMo
     tables,
     tag_tables,
     tenancy_tables,
+    usage_tables,
     webhook_tables,
 )
 

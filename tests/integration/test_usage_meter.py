@@ -1,0 +1,146 @@
+"""The usage meter on a real event bus and a real SQLite store.
+
+- the events a campaign produces, fed by hand with a controlled clock: the figures of each tenant's day, repeat
+  registrations counted once, the day sealed once midnight (plus the grace) has passed, a late event counted on
+  the current day;
+- a real campaign on 127.0.0.1 (simulated devices over plain CoAP, one whose new image fails to boot): the usage
+  figures agree with the campaign's signed report, and the sealed days verify.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from bootstrap.vault import Vault
+from client_sim.firmware import Faults, FirmwareOptions
+from client_sim.fleet import Fleet
+from firmware_object.campaign import Policy
+from firmware_object.suit.keys import load_public_key
+from lwm2m_server.events import EventBus
+from lwm2m_server.fota import attestation, campaigns, service
+from lwm2m_server.metering import usage
+from lwm2m_server.metering.meter import UsageMeter
+from lwm2m_server.metering.store import SqlUsageStore
+from lwm2m_server.metering.usage import DayCounts, day_of, day_start, next_day, verify
+from lwm2m_server.storage.database import Database
+from tests.harness import eventually, running_server
+
+DAY = "2024-04-01"
+PACKAGE = 4096
+
+
+def test_the_meter_reads_the_kinds_the_services_emit() -> None:
+    assert (usage.FIRMWARE_STARTED, usage.FIRMWARE_DELIVERED, usage.FIRMWARE_FINISHED) == (
+        service.FIRMWARE_STARTED, service.FIRMWARE_DELIVERED, service.FIRMWARE_FINISHED)
+    assert (usage.CAMPAIGN_STARTED, usage.CAMPAIGN_FINISHED) == (campaigns.CAMPAIGN_STARTED,
+                                                                 campaigns.CAMPAIGN_FINISHED)
+
+
+def test_a_campaigns_events_are_counted_per_tenant_and_day_then_sealed(tmp_path: Path) -> None:
+    now = [day_start(DAY) + 3600.0]
+    bus = EventBus()
+    with Database.for_data_dir(tmp_path / "data") as db:
+        store = SqlUsageStore(db)
+        meter = UsageMeter(store, bus, clock=lambda: now[0], seal_grace=60.0)
+
+        def emit(kind: str, ep: str | None = None, tenant: str = "op", **data: Any) -> None:
+            bus.emit(kind, now[0], tenant_id=tenant, endpoint=ep, data=data)
+
+        for ep in ("a", "b", "c"):
+            emit("registration.registered", ep)
+        emit("registration.registered", "a", tenant="other")
+        emit("campaign.started", campaign="k1")
+        for ep in ("a", "b", "c"):
+            emit("firmware.started", ep, bytes=PACKAGE, method="pull")
+        for ep in ("a", "b"):
+            emit("firmware.delivered", ep, bytes=PACKAGE, method="pull")
+        emit("firmware.finished", "c", success=False, bytes=PACKAGE)  # never got its package
+        for ep in ("a", "b"):
+            emit("registration.registered", ep)  # the reboot into the new image
+            emit("registration.updated", ep)
+        emit("firmware.finished", "a", success=True, bytes=PACKAGE)
+        emit("firmware.finished", "b", success=False, bytes=PACKAGE)  # rolled back
+        emit("campaign.finished", campaign="k1", summary={"succeeded": 1, "rolled-back": 1, "failed": 1})
+
+        assert store.counts(tenant_id="op", day=DAY) == DayCounts(
+            devices_registered=3, deliveries_started=3, deliveries_succeeded=1, deliveries_failed=2,
+            bytes_delivered=2 * PACKAGE, campaigns_started=1, campaigns_finished=1)
+        assert store.counts(tenant_id="other", day=DAY) == DayCounts(devices_registered=1)
+
+        day2 = next_day(DAY)
+        now[0] = day_start(day2) + 30  # past midnight, within the grace: the day stays open
+        emit("registration.registered", "a")
+        assert store.days(tenant_id="op") == []
+        now[0] = day_start(day2) + 61
+        emit("registration.registered", "b")  # the first event past the grace seals yesterday
+        sealed = store.days(tenant_id="op")
+        assert [d.day for d in sealed] == [DAY] and verify(sealed) == []
+        assert sealed[0].counts == store.counts(tenant_id="op", day=DAY)
+        assert [d.day for d in store.days(tenant_id="other")] == [DAY]
+
+        bus.emit("firmware.finished", day_start(DAY) + 7200, tenant_id="op", endpoint="c",
+                 data={"success": True})  # stamped yesterday, arriving now: counted today
+        assert store.counts(tenant_id="op", day=day2) == DayCounts(devices_registered=2, deliveries_succeeded=1)
+        assert store.days(tenant_id="op") == sealed
+
+        meter.close()
+        emit("campaign.started", campaign="k2")
+        assert store.counts(tenant_id="op", day=day2).campaigns_started == 0
+
+
+async def test_the_usage_of_a_real_campaign_agrees_with_its_report(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    async with running_server(data, coap_port=0, vault=Vault.open(data / "vault.key"), campaign_tick=0.2,
+                              request_timeout=20.0, campaign_job_timeout=60.0) as srv:
+        assert srv.campaigns is not None and srv.usage is not None
+        store = srv.usage.store  # the server's own meter, on the server's event bus
+        first_day = day_of(time.time())
+        v2 = srv.campaigns.releases.create([("app.bin", bytes(range(256)) * 16)], vendor="acme.example",
+                                           class_name="sensor", version="2.0.0", now=time.time())
+        key = srv.campaigns.keys.get_or_create("release", "release", tenant_id="default", now=time.time())
+        anchor = load_public_key(key.public_pem.encode() if isinstance(key.public_pem, str) else key.public_pem)
+        endpoints = [f"u-{i}" for i in range(4)]
+
+        def options_for(i: int) -> dict[str, Any]:
+            return {"firmware": FirmwareOptions(trust_anchors=(anchor,), vendor_id=v2.vendor_id,
+                                                class_id=v2.class_id, version="1.0.0"),
+                    "faults": Faults(fail_boot=i == 3)}
+
+        fleet = Fleet(srv.coap_uri, 4, prefix="u-", lifetime=600, concurrency=4, drift_interval=0,
+                      options_for=options_for)
+        try:
+            await asyncio.wait_for(fleet.start(timeout_per_device=30), 60)
+            await eventually(lambda: fleet.status.registered == 4, timeout=30)
+            status = await srv.campaigns.create([v2.id], tenant_id="default", targets=endpoints,
+                                                policy=Policy(canary=1, waves=1, max_parallel=4,
+                                                              success_threshold=0.5, error_threshold=1.0))
+            cid = status["id"]
+            await srv.campaigns.start_campaign(cid, tenant_id="default")
+            await eventually(lambda: srv.campaigns.status(cid, tenant_id="default")["report_ready"],  # type: ignore[union-attr]
+                             timeout=120, interval=0.2)
+            report, cose = srv.campaigns.report(cid, tenant_id="default")
+            public = load_public_key(srv.campaigns.attestation_public_pem(tenant_id="default").encode())
+            assert attestation.verify_report(cose, public) == report
+        finally:
+            await fleet.stop(deregister=False)
+
+        last_day = day_of(time.time())
+        days = [first_day] if last_day == first_day else [first_day, last_day]  # a run across midnight
+        total = sum((store.counts(tenant_id="default", day=d) for d in days), DayCounts())
+        summary = report["summary"]
+        assert summary["targets"] == 4 and summary["succeeded"] == 3 and summary["rolled-back"] == 1, summary
+        package = srv.campaigns.releases.package(v2.id)
+        assert total.campaigns_started == total.campaigns_finished == 1
+        assert total.deliveries_succeeded == summary["succeeded"]
+        assert total.deliveries_failed == summary["rolled-back"] + summary["failed"]
+        assert total.deliveries_started == total.deliveries_succeeded + total.deliveries_failed
+        assert total.bytes_delivered == 4 * len(package)  # the device that rolled back got its package too
+        assert total.devices_registered == 4  # a reboot's registration is the same device
+
+        sealed = store.seal(tenant_id="default", now=day_start(last_day) + 86400)
+        assert [d.day for d in sealed] == days and verify(sealed) == []
+        assert sum((d.counts for d in sealed), DayCounts()) == total
