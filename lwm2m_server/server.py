@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import aiocoap
 
@@ -40,11 +40,13 @@ from lwm2m_server.fota.file_server import MOUNT as FILES_MOUNT
 from lwm2m_server.fota.file_server import FileServer
 from lwm2m_server.fota.service import FirmwareService
 from lwm2m_server.management import DeviceManagement
+from lwm2m_server.metering.meter import UsageMeter
+from lwm2m_server.metering.store import SqlUsageStore
 from lwm2m_server.registry.service import DEFAULT_MAX_LIFETIME, DEFAULT_MAX_REGISTRATIONS, RegistrationService
 from lwm2m_server.registry.tags import DeviceTags
 from lwm2m_server.storage.database import Database
 from lwm2m_server.storage.sql import SqlDeviceStore, SqlRegistrationStore
-from lwm2m_server.tenancy.model import Principal
+from lwm2m_server.tenancy.model import DEFAULT_TENANT, Principal
 from lwm2m_server.tenancy.service import TenancyService, local_admin
 from lwm2m_server.tenancy.sql import open_tenancy
 from lwm2m_server.transport.downlink import DownlinkSender
@@ -121,6 +123,19 @@ class DeviceCredentials(Protocol):
     def endpoint_for(self, identity: bytes | str) -> str | None: ...
 
 
+def _tenant_lookup(credentials: object) -> Callable[[str], str] | None:
+    """The tenant of a DTLS identity's credential (a store with ``credential_for``), else None (default tenant)."""
+    credential_for = getattr(credentials, "credential_for", None)
+    if credential_for is None:
+        return None
+
+    def tenant_of(identity: str) -> str:
+        credential = credential_for(identity)
+        return str(getattr(credential, "tenant_id", DEFAULT_TENANT)) if credential is not None else DEFAULT_TENANT
+
+    return tenant_of
+
+
 class RevokedCredential(Protocol):
     """What the server reads of a revoked credential (``bootstrap.credentials.Credential`` fits)."""
 
@@ -174,6 +189,8 @@ class Lwm2mServer:
         self._unsubscribe_audit: Callable[[], None] | None = None
         self.database: Database | None = None
         self.tenancy: TenancyService | None = None
+        self.usage: UsageMeter | None = None
+        self.api_app: Any = None  # the FastAPI app, once the API is served
         self.tags: DeviceTags | None = None  # device tags of the server's database (campaign filters, API)
         self.registrations: RegistrationService | None = None
         self.context: aiocoap.Context | None = None
@@ -202,6 +219,7 @@ class Lwm2mServer:
         self.database = Database(s.database_url) if s.database_url else Database.for_data_dir(s.data_dir)
         self.tags = DeviceTags.over(self.database)
         self.tenancy = open_tenancy(self.database)
+        self.usage = UsageMeter(SqlUsageStore(self.database), self.events)
         self.registrations = RegistrationService(
             SqlRegistrationStore(self.database), SqlDeviceStore(self.database), self.events,
             clock=time.time, grace=s.lifetime_grace, node_id=s.node_id, max_registrations=s.max_registrations,
@@ -225,6 +243,7 @@ class Lwm2mServer:
         self.site = ServerSite(self.registrations, max_body=s.max_body, on_security_event=security_event,
                                endpoint_for_identity=credentials.endpoint_for if credentials else None,
                                endpoint_is_bound=getattr(credentials, "is_bound", None),
+                               tenant_for_identity=_tenant_lookup(credentials),
                                rate_limiter=limiter, endpoint_limiter=endpoint_limiter,
                                max_block1_assemblies=s.max_block1_assemblies,
                                max_block1_per_remote=s.max_block1_per_remote)
@@ -347,8 +366,9 @@ class Lwm2mServer:
                 return local_admin()
             return tenancy.authenticate(text) if tenancy is not None else None
 
-        app = create_app(self.management, self.model, authenticate, firmware=self.firmware, bench_api=s.bench_api,
-                         events=self.events, campaigns=self.campaigns, tags=self.tags, tenancy=tenancy)
+        app = self.api_app = create_app(
+            self.management, self.model, authenticate, firmware=self.firmware, bench_api=s.bench_api,
+            events=self.events, campaigns=self.campaigns, tags=self.tags, tenancy=tenancy)
         config = uvicorn.Config(app, host=s.api_host, port=s.api_port or 0, log_level="warning",
                                 lifespan="off", access_log=False)
         server = uvicorn.Server(config)
@@ -408,6 +428,9 @@ class Lwm2mServer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._tasks.clear()
+        if self.usage is not None:  # after firmware, campaigns and registrations: their last events are counted
+            self.usage.close()
+            self.usage = None
         if self.database is not None:
             self.database.close()
             self.database = None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from dataclasses import asdict
 from typing import Any
 
@@ -17,15 +16,13 @@ from pydantic import BaseModel, Field
 
 from lwm2m_server.api.auth import caller
 from lwm2m_server.core.errors import InvalidRequestError, NotFoundError
+from lwm2m_server.tenancy.brand import brand_from_fields
 from lwm2m_server.tenancy.model import Action, Principal, parse_roles
 from lwm2m_server.tenancy.service import DEFAULT_TOKEN_DAYS, TenancyService
-from lwm2m_server.tenancy.stores import Brand, TenantRecord, TokenRecord
+from lwm2m_server.tenancy.stores import TenantRecord, TokenRecord
 
-__all__ = ["MAX_LOGO", "brand_from_fields", "tenancy_routes", "token_to_json"]
+__all__ = ["tenancy_routes", "tenant_to_json", "token_to_json"]
 
-MAX_LOGO = 256 << 10
-_COLOR = re.compile(r"#[0-9a-fA-F]{6}")
-_LOGO_TYPES = {b"\x89PNG\r\n\x1a\n": "image/png"}
 
 
 class TokenBody(BaseModel):
@@ -46,39 +43,6 @@ class BrandBody(BaseModel):
     accent_color: str | None = None
     support_url: str | None = None
     logo_base64: str | None = None
-
-
-def brand_from_fields(product_name: str, *, report_issuer: str | None = None, primary_color: str | None = None,
-                      accent_color: str | None = None, support_url: str | None = None,
-                      logo: bytes | None = None) -> Brand:
-    """A validated brand: a name of 1-64 printable characters, ``#RRGGBB`` colours, an https (or loopback http)
-    support URL, a PNG or SVG logo of at most :data:`MAX_LOGO` bytes."""
-    name = product_name.strip()
-    if not 0 < len(name) <= 64 or not name.isprintable():
-        raise InvalidRequestError("the product name is 1-64 printable characters")
-    if report_issuer is not None and not (0 < len(report_issuer.strip()) <= 128 and report_issuer.isprintable()):
-        raise InvalidRequestError("the report issuer is 1-128 printable characters")
-    for color in (primary_color, accent_color):
-        if color is not None and not _COLOR.fullmatch(color):
-            raise InvalidRequestError(f"colour {color[:16]!r} is not #RRGGBB")
-    if support_url is not None and not (support_url.startswith("https://")
-                                        or support_url.startswith("http://127.0.0.1")
-                                        or support_url.startswith("http://localhost")):
-        raise InvalidRequestError("the support URL must be https://")
-    logo_type = None
-    if logo is not None:
-        if len(logo) > MAX_LOGO:
-            raise InvalidRequestError(f"the logo is larger than {MAX_LOGO} bytes")
-        logo_type = next((t for magic, t in _LOGO_TYPES.items() if logo.startswith(magic)), None)
-        head = logo[:512].lstrip().lower()
-        if logo_type is None and (head.startswith(b"<svg") or head.startswith(b"<?xml")) and b"<svg" in head:
-            if b"<script" in logo.lower() or b"javascript:" in logo.lower():
-                raise InvalidRequestError("an SVG logo may not carry scripts")
-            logo_type = "image/svg+xml"
-        if logo_type is None:
-            raise InvalidRequestError("the logo must be a PNG or an SVG file")
-    return Brand(name, report_issuer.strip() if report_issuer else None, primary_color, accent_color, support_url,
-                 logo, logo_type)
 
 
 def tenant_to_json(t: TenantRecord) -> dict[str, Any]:

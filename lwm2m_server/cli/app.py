@@ -24,6 +24,17 @@ from lwm2m_server.core.paths import LwM2mPath
 app = new_app(name="scratch", add_completion=False,
                   help="SCRATCh: secure firmware updates for fleets of LwM2M devices.")
 device_app = new_app(help="Manage registered devices through the running server.")
+
+
+@app.callback()
+def _root(token: Annotated[str | None, typer.Option(
+        "--token", envvar="SCRATCH_TOKEN", show_envvar=True,
+        help="API token of the commands that talk to a running server (prefer the environment variable: a command "
+        "line is visible to other local users)")] = None) -> None:
+    """SCRATCh: secure firmware updates for fleets of LwM2M devices."""
+    from lwm2m_server.cli import client
+
+    client.token_override = token
 app.add_typer(device_app, name="device")
 
 console = Console()
@@ -476,6 +487,15 @@ def _mount_subcommands() -> None:
     from lwm2m_server.cli.webhook import webhook_app
 
     app.add_typer(webhook_app, name="webhook")
+
+    from lwm2m_server.cli.tenant import tenant_app, token_app
+
+    app.add_typer(tenant_app, name="tenant")
+    app.add_typer(token_app, name="token")
+
+    from lwm2m_server.cli.usage import usage_app
+
+    app.add_typer(usage_app, name="usage")
 
     from lwm2m_server.cli.demo import demo
 

@@ -1,8 +1,9 @@
 """A small client of the management API for the CLI commands.
 
 The server is found from ``--api URL`` or ``SCRATCH_API``, else from the ``api-url`` file the running server
-writes into its data directory (``--data-dir`` or ``SCRATCH_DATA_DIR``); the token always comes from the data
-directory's ``api-token`` file (or ``SCRATCH_API_TOKEN``) and is never printed.
+writes into its data directory (``--data-dir`` or ``SCRATCH_DATA_DIR``). The token comes from ``scratch --token``,
+else ``SCRATCH_TOKEN`` (or the older ``SCRATCH_API_TOKEN``), else the data directory's ``api-token`` file (the embedded
+default's local admin token); it is never printed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from typing import Any
 import httpx
 
 from lwm2m_server.data_dir import API_URL_FILE, TOKEN_FILE, default_data_dir
+
+TOKEN_ENV = ("SCRATCH_TOKEN", "SCRATCH_API_TOKEN")
+token_override: str | None = None  # set by ``scratch --token``
 
 
 class CliError(Exception):
@@ -38,13 +42,13 @@ class ApiClient:
             except FileNotFoundError:
                 raise CliError(f"no running server found: {ddir / API_URL_FILE} does not exist "
                                "(start `scratch server`, or give --api URL / SCRATCH_API)") from None
-        token = os.environ.get("SCRATCH_API_TOKEN")
+        token = token_override or next((os.environ[v] for v in TOKEN_ENV if os.environ.get(v)), None)
         if not token:
             try:
                 token = (ddir / TOKEN_FILE).read_text().strip()
             except FileNotFoundError:
-                raise CliError(f"no API token at {ddir / TOKEN_FILE} (give --data-dir of the server, or "
-                               "SCRATCH_API_TOKEN)") from None
+                raise CliError(f"no API token: give --token or SCRATCH_TOKEN (or --data-dir of a server on this "
+                               f"machine: {ddir / TOKEN_FILE} does not exist)") from None
             except PermissionError:
                 raise CliError(f"cannot read the API token {ddir / TOKEN_FILE}: permission denied") from None
         return cls(url, token, timeout=timeout)

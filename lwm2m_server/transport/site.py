@@ -187,6 +187,7 @@ class ServerSite(Resource):
                  extra: Mapping[str, Handler] | None = None,
                  endpoint_for_identity: Callable[[str], str | None] | None = None,
                  endpoint_is_bound: Callable[[str], bool] | None = None,
+                 tenant_for_identity: Callable[[str], str] | None = None,
                  on_security_event: Callable[[str, dict[str, object]], None] | None = None,
                  rate_limiter: RateLimiter | None = None,
                  endpoint_limiter: RateLimiter | None = None,
@@ -197,6 +198,8 @@ class ServerSite(Resource):
         update and de-register only as the endpoint its identity is bound to (anything else: 4.03 and a
         ``security.*`` event through ``on_security_event``). ``endpoint_is_bound`` says which endpoints hold a DTLS
         credential: those may not register over plain CoAP (4.03, ``security.unauthenticated_claim``).
+        ``tenant_for_identity`` gives the tenant a DTLS identity's credential belongs to: a device registers in its
+        credential's tenant (plain CoAP, and identities without one, in the default tenant).
 
         ``rate_limiter`` (None: unlimited) limits /rd requests per source host (``addr:<host>``) and, over DTLS,
         per PSK identity (``id:<identity>``), timed by ``clock``; excess gets 5.03 with Max-Age and a
@@ -210,6 +213,7 @@ class ServerSite(Resource):
         self._clock = clock
         self._endpoint_for_identity = endpoint_for_identity
         self._endpoint_is_bound = endpoint_is_bound
+        self._tenant_for_identity = tenant_for_identity
         self._on_security_event = on_security_event
         self._block1 = BoundedBlock1Spool(max_body, max_assemblies=max_block1_assemblies,
                                           max_per_remote=max_block1_per_remote, clock=clock)
@@ -351,10 +355,13 @@ class ServerSite(Resource):
             elif self._endpoint_is_bound is not None and self._endpoint_is_bound(params.endpoint):
                 # plain CoAP (--insecure) may not register an endpoint that has a DTLS credential
                 self._refuse("security.unauthenticated_claim", request, claimed=params.endpoint)
-            self._check_endpoint_rate(request, identity, DEFAULT_TENANT, params.endpoint)
+            tenant = DEFAULT_TENANT
+            if identity is not None and self._tenant_for_identity is not None:
+                tenant = self._tenant_for_identity(identity)
+            self._check_endpoint_rate(request, identity, tenant, params.endpoint)
             reg = self.registrations.register(
                 params, address=remote_address(request.remote), remote=request.remote,
-                secure=identity is not None, identity=identity)
+                secure=identity is not None, identity=identity, tenant_id=tenant)
             return Message(code=Code.CREATED, location_path=("rd", reg.id))
         if len(rest) != 1:
             raise NotFoundError("no such registration")
