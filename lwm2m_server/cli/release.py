@@ -281,17 +281,22 @@ def import_(
     as_json: JsonOpt = False,
 ) -> None:
     """Verify pre-signed PACKAGE(s) against a release key and store them as one release, exactly as signed. The last
-    stdout line is its id (with --json: the release as JSON). Refused (exit 2): a package not signed by the key as
-    it is, packages that disagree on vendor, class, sequence number or version, and a sequence number not above
-    every release of the class in the tenant."""
-    from lwm2m_server.fota.releases import verify_signed
+    stdout line is its id (with --json: the release as JSON).
+
+    The key is looked up in --origin, else in --tenant, else among the OEM tenants that granted --tenant a device
+    class. A key of another tenant needs that OEM's grant for the packages' class (refused otherwise, exit 1).
+    Refused (exit 2): a package not signed by the key as it is, packages that disagree on vendor, class, sequence
+    number or version, and a sequence number not above every release of the class in the tenant."""
+    from lwm2m_server.fota.release_import import import_release
+    from lwm2m_server.tenancy.service import system_principal
+    from lwm2m_server.tenancy.sql import open_tenancy
 
     data = _read_images(packages, limit=MAX_PACKAGE, what="package")
     with _open(data_dir, need_keys=False) as stores:
-        signing_key = stores.keys.get(key, tenant_id=origin or tenant)
-        verified = verify_signed(data, signing_key)
-        data.clear()
-        release = stores.releases.store_import(verified, tenant_id=tenant, origin_tenant=origin, now=time.time())
+        release = import_release(data, key_name=key, tenant_id=tenant, origin=origin, by=system_principal(),
+                                 keys=stores.keys, releases=stores.releases,
+                                 tenancy=open_tenancy(stores.releases.database), now=time.time())
+        origin = release.origin_tenant
     if as_json:
         print(json.dumps(release.as_dict(), indent=2))
         return

@@ -18,6 +18,7 @@ from bootstrap.vault import Vault
 from firmware_object.suit import key_id, load_private_key, load_public_key, verify_envelope
 from lwm2m_server.cli.firmware import firmware_app
 from lwm2m_server.cli.release import release_app
+from lwm2m_server.cli.tenant import tenant_app
 from lwm2m_server.fota.releases import BlobStore, ReleaseStore, SigningKeyStore
 from lwm2m_server.storage.database import DB_FILENAME, Database
 
@@ -30,6 +31,18 @@ ENV = {"SCRATCH_VAULT_KEY": "", "COLUMNS": "200"}
 
 def release(data: Path, *args: str) -> Result:
     return CliRunner().invoke(release_app, [*args, "--data-dir", str(data)], env=ENV)
+
+
+def tenant(data: Path, *args: str) -> Result:
+    return CliRunner().invoke(tenant_app, [*args, "--data-dir", str(data)], env=ENV)
+
+
+def partners(data: Path, *, grant: bool = True) -> None:
+    """The OEM ``acme`` and the operator ``op``; with ``grant``, acme lets op deploy its class ``sensor``."""
+    ok(tenant(data, "create", "acme", "--kind", "oem"))
+    ok(tenant(data, "create", "op", "--kind", "operator"))
+    if grant:
+        ok(tenant(data, "grant", "acme", "op", "--class", "sensor"))
 
 
 def firmware(*args: str) -> Result:
@@ -92,8 +105,15 @@ def test_oem_signs_offline_operator_imports_and_countersigns(tmp_path: Path, oem
     assert "public-only" in ok(release(data, "key", "list", "--tenant", "acme")).stdout
 
     package = sign(oem_dir, oem_key, seq=3, version="2.0.0", out="fw-2.0.0.suit")
-    imported = ok(release(data, "import", str(package), "--tenant", "op", "--key", "acme-release",
-                          "--origin", "acme"))
+    partners(data, grant=False)
+    bad(release(data, "import", str(package), "--tenant", "op", "--key", "acme-release", "--origin", "acme"),
+        "no release key 'acme-release' of a tenant that granted 'op'")
+    ok(tenant(data, "grant", "acme", "op", "--class", "thermostat"))  # another class: still refused
+    bad(release(data, "import", str(package), "--tenant", "op", "--key", "acme-release", "--origin", "acme"),
+        "holds no grant of 'acme' for device class", code=1)
+    assert json.loads(ok(release(data, "list", "--tenant", "op", "--json")).stdout) == []
+    ok(tenant(data, "grant", "acme", "op", "--class", "sensor"))
+    imported = ok(release(data, "import", str(package), "--tenant", "op", "--key", "acme-release"))  # found by grant
     rid = imported.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"rel-[a-z2-7]{10}", rid)
     shown = json.loads(ok(release(data, "show", rid, "--tenant", "op", "--json")).stdout)
@@ -129,6 +149,7 @@ def test_oem_signs_offline_operator_imports_and_countersigns(tmp_path: Path, oem
 def test_import_refuses_other_signers_tampering_and_rollback(tmp_path: Path, oem_dir: Path, oem_key: Path) -> None:
     data = tmp_path / "operator-data"
     ok(release(data, "key", "add", "acme-release", "--public", str(oem_key) + ".pub", "--tenant", "acme"))
+    partners(data)
     imp = ("--tenant", "op", "--key", "acme-release", "--origin", "acme")
 
     rogue_key = oem_dir / "rogue.pem"
@@ -139,7 +160,8 @@ def test_import_refuses_other_signers_tampering_and_rollback(tmp_path: Path, oem
     tampered = oem_dir / "tampered.suit"
     tampered.write_bytes(good.read_bytes().replace(b"3.0.0", b"3.0.1"))
     bad(release(data, "import", str(tampered), *imp), "manifest digest check failed")
-    bad(release(data, "import", str(good), "--tenant", "op", "--key", "acme-release"), "no signing key")
+    ok(tenant(data, "create", "op2", "--kind", "operator"))  # no grant: the OEM's key is not even found
+    bad(release(data, "import", str(good), "--tenant", "op2", "--key", "acme-release"), "no release key")
     assert json.loads(ok(release(data, "list", "--tenant", "op", "--json")).stdout) == []
 
     ok(release(data, "import", str(good), *imp))
