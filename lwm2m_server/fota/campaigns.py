@@ -1,7 +1,8 @@
 """Campaigns: releases + a target list -> a staged rollout run inside the server, persisted, with a signed report.
 
 The decisions (which wave opens, which device starts, when to halt) are the pure functions of
-:mod:`firmware_object.campaign`; this module is their I/O shell. It keeps the campaign and its jobs in SQL, runs one
+:mod:`firmware_object.campaign`; this module is their I/O shell. It keeps the campaign and its jobs in a
+:class:`~lwm2m_server.storage.campaign_store.CampaignStore`, runs one
 driver task per running campaign and one task per device being updated (through :class:`FirmwareService`), and
 turns what each update ends with into the job's state: succeeded, rolled-back (the device reported a failed update
 and runs its previous version), failed, or pending again with a back-off for a transient failure (a timeout, a lost
@@ -46,7 +47,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
-import json
 import logging
 import math
 import secrets
@@ -57,7 +57,6 @@ from typing import Any
 
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
-from sqlmodel import select
 
 from firmware_object.campaign import (
     ACTIVE,
@@ -90,8 +89,13 @@ from lwm2m_server.core.paths import LwM2mPath
 from lwm2m_server.events import REGISTRATION_REGISTERED, REGISTRATION_UPDATED, Event, EventBus
 from lwm2m_server.fota.service import FirmwareService, Method, UpdateInProgressError, UpdateJob, result_label
 from lwm2m_server.management import DeviceManagement
-from lwm2m_server.storage.campaign_tables import CampaignJobRow, CampaignRow
-from lwm2m_server.storage.database import Database
+from lwm2m_server.storage.campaign_store import (
+    CampaignChanges,
+    CampaignRecord,
+    CampaignStore,
+    JobRecord,
+    SqlCampaignStore,
+)
 from lwm2m_server.transport.downlink import send_request
 
 log = logging.getLogger(__name__)
@@ -114,6 +118,8 @@ MAX_TARGETS = 100_000
 
 _PHASE_STATES = {"delivering": JobState.DELIVERING, "downloaded": JobState.DOWNLOADED,
                  "updating": JobState.UPDATING, "rebooted": JobState.UPDATING}
+_RESUMED = (CampaignState.RUNNING, CampaignState.PAUSED, CampaignState.HALTED, CampaignState.CANCELLED)
+_NOT_TERMINAL = frozenset(JobState) - TERMINAL
 _TRANSIENT_ERRORS = {"timeout", "unreachable", "RequestFailedError", "UpdateInProgressError", "NetworkError"}
 
 
@@ -146,14 +152,16 @@ class Target:
 class CampaignService:
     """Creates, runs and reports campaigns; one driver task per running campaign (see the module docstring)."""
 
-    def __init__(self, database: Database, firmware: FirmwareService, management: DeviceManagement,
+    def __init__(self, store: CampaignStore, firmware: FirmwareService, management: DeviceManagement,
                  events: EventBus, releases: Any, keys: Any, *, clock: Callable[[], float] = time.time,
                  node: str = "node-1", tick: float = 1.0, job_timeout: float = 600.0,
                  attestation_key: str = "attestation", tags: Any = None) -> None:
-        """``releases`` is a :class:`~lwm2m_server.fota.releases.ReleaseStore`, ``keys`` its signing-key store
-        (the attestation key is made on first use), ``tags`` the :class:`~lwm2m_server.registry.tags.DeviceTags`
-        that ``tag=`` filter terms look in (None: such terms are refused)."""
-        self.database = database
+        """``store`` keeps the campaigns and their jobs (each change committed when the call returns: a restart
+        resumes from it); ``releases`` is a :class:`~lwm2m_server.fota.releases.ReleaseStore`, ``keys`` its
+        signing-key store (the attestation key is made on first use), ``tags`` the
+        :class:`~lwm2m_server.registry.tags.DeviceTags` that ``tag=`` filter terms look in (None: such terms are
+        refused)."""
+        self.store = store
         self.firmware = firmware
         self.management = management
         self.events = events
@@ -181,36 +189,29 @@ class CampaignService:
         """Pick up the campaigns that were running when the server stopped (their active jobs become orphans)."""
         self._unsubscribe = self.events.subscribe(self._on_registration, (REGISTRATION_REGISTERED,
                                                                           REGISTRATION_UPDATED))
-        with self.database.session() as s:
-            rows = s.exec(select(CampaignRow).where(CampaignRow.state.in_(  # type: ignore[attr-defined]
-                [CampaignState.RUNNING.value, CampaignState.PAUSED.value, CampaignState.HALTED.value,
-                 CampaignState.CANCELLED.value]))).all()
-            resumed = [(r.id, r.tenant_id, r.state, r.report is None) for r in rows]
-            now = self.clock()
-            for row in rows:
-                policy = Policy.from_dict(json.loads(row.policy))
-                active = [job for job in s.exec(select(CampaignJobRow).where(CampaignJobRow.campaign_id == row.id))
-                          if JobState(job.state) in ACTIVE]
-                if not active:  # an ended campaign's packages are not loaded for nothing
-                    continue
-                size = self._package_size(row)
-                for job in active:
-                    self._orphans.add((row.id, job.endpoint))
-                    self._publish_again(row, job)
-                    # the server was away: the device gets a whole phase from now to be heard of again
-                    earliest = now + phase_timeout(policy, JobState(job.state), size)
-                    if job.deadline is None or job.deadline < earliest:
-                        job.deadline = earliest
-                        s.add(job)
-            s.commit()
-        for cid, _, state, unreported in resumed:
-            if CampaignState(state) not in FINAL_CAMPAIGN_STATES or unreported:
-                log.info("campaign %s: picked up in state %s", cid, state)
-                self._spawn_driver(cid)
+        resumed = self.store.in_states(_RESUMED, job_states=ACTIVE, tenant_id=None)  # every tenant's
+        now = self.clock()
+        later: list[tuple[str, str, float]] = []
+        for row, active in resumed:
+            if not active:  # an ended campaign's packages are not loaded for nothing
+                continue
+            size = self._package_size(row)
+            for job in active:
+                self._orphans.add((row.id, job.endpoint))
+                self._publish_again(row, job)
+                # the server was away: the device gets a whole phase from now to be heard of again
+                earliest = now + phase_timeout(row.policy, job.state, size)
+                if job.deadline is None or job.deadline < earliest:
+                    later.append((row.id, job.endpoint, earliest))
+        self.store.postpone_deadlines(later, tenant_id=None)
+        for row, _ in resumed:
+            if row.state not in FINAL_CAMPAIGN_STATES or row.report is None:
+                log.info("campaign %s: picked up in state %s", row.id, row.state.value)
+                self._spawn_driver(row.id, row.tenant_id)
 
-    def _publish_again(self, row: CampaignRow, job: CampaignJobRow) -> None:
+    def _publish_again(self, row: CampaignRecord, job: JobRecord) -> None:
         """Serve an open delivery's package under the name its device holds (see the module docstring)."""
-        if job.package_name is None or JobState(job.state) not in (JobState.DELIVERING, JobState.DOWNLOADED):
+        if job.package_name is None or job.state not in (JobState.DELIVERING, JobState.DOWNLOADED):
             return
         target = next((t for t in self._targets_of(row).values() if t.release_id == job.release_id), None)
         if target is None or target.package_sha256 != job.package_sha256:
@@ -218,15 +219,15 @@ class CampaignService:
             return
         self.firmware.files.publish(target.package, job.package_name)
 
-    def _withdraw(self, cid: str, ep: str) -> None:
+    def _withdraw(self, cid: str, ep: str, tenant_id: str) -> None:
         """The try of (cid, ep) ended: its package name resolves no more."""
-        job = self._job(cid, ep)
+        job = self._job(cid, ep, tenant_id)
         if job is not None and job.package_name is not None:
             self.firmware.files.withdraw(job.package_name)
 
-    def _drop_orphan(self, cid: str, ep: str) -> None:
+    def _drop_orphan(self, cid: str, ep: str, tenant_id: str) -> None:
         self._orphans.discard((cid, ep))
-        self._withdraw(cid, ep)
+        self._withdraw(cid, ep, tenant_id)
 
     async def close(self) -> None:
         """Stop the drivers and the device tasks; what they have committed stays (a restart resumes)."""
@@ -242,9 +243,9 @@ class CampaignService:
 
     # ------------------------------------------------------------------ operations
 
-    async def create(self, release_ids: Sequence[str], *, targets: Sequence[str] | None = None,
+    async def create(self, release_ids: Sequence[str], *, tenant_id: str, targets: Sequence[str] | None = None,
                      target_filter: str | None = None, policy: Policy | None = None, name: str = "",
-                     method: str | None = None, tenant_id: str = "default", targets_from: str = "") -> dict[str, Any]:
+                     method: str | None = None, targets_from: str = "") -> dict[str, Any]:
         """A new campaign in state ``created``; its targets are the given endpoints or those the filter picks among
         the registered devices (``endpoint=GLOB``, ``tag=T``, ``class=C``, ``version=X``, each also with ``!=``,
         joined by ``and``: see :meth:`select_targets`)."""
@@ -262,7 +263,7 @@ class CampaignService:
                                           "releases of one image each")
         if targets is None:
             assert target_filter is not None
-            targets = await self.select_targets(target_filter, tenant_id)
+            targets = await self.select_targets(target_filter, tenant_id=tenant_id)
             targets_from = targets_from or f"filter: {target_filter}"
         targets = [t.strip() for t in targets if t.strip()]
         if len(targets) > MAX_TARGETS:
@@ -275,21 +276,16 @@ class CampaignService:
             raise InvalidRequestError(str(e)) from None
         now = self.clock()
         cid = "cmp-" + secrets.token_hex(5)
-        with self.database.session() as s:
-            s.add(CampaignRow(id=cid, tenant_id=tenant_id, name=name, state=CampaignState.CREATED.value,
-                              releases=json.dumps([r.id for r in releases]), policy=json.dumps(policy.as_dict()),
-                              method=method, waves=len(waves), created_at=now, targets_from=targets_from))
-            position = 0
-            for w, endpoints in enumerate(waves):
-                for ep in endpoints:
-                    s.add(CampaignJobRow(campaign_id=cid, endpoint=ep, tenant_id=tenant_id, position=position,
-                                         wave=w, state=JobState.PENDING.value, updated_at=now))
-                    position += 1
-            s.commit()
+        campaign = CampaignRecord(id=cid, tenant_id=tenant_id, state=CampaignState.CREATED,
+                                  releases=tuple(r.id for r in releases), policy=policy, waves=len(waves),
+                                  created_at=now, name=name, method=method, targets_from=targets_from)
+        jobs = [JobRecord(cid, ep, tenant_id, JobState.PENDING, position=position, wave=w, updated_at=now)
+                for position, (w, ep) in enumerate((w, ep) for w, endpoints in enumerate(waves) for ep in endpoints)]
+        self.store.create(campaign, jobs)
         self._emit(CAMPAIGN_CREATED, tenant_id, None, {"campaign": cid, "targets": len(targets), "waves": len(waves)})
-        return self.status(cid, tenant_id)
+        return self.status(cid, tenant_id=tenant_id)
 
-    async def select_targets(self, expression: str, tenant_id: str = "default") -> list[str]:
+    async def select_targets(self, expression: str, *, tenant_id: str) -> list[str]:
         """The registered devices of the tenant the filter picks (sorted by endpoint). A tagged device that is not
         registered is never picked: candidates are the tenant's registrations only.
 
@@ -334,14 +330,13 @@ class CampaignService:
             candidates = [ep for ep, k in zip(candidates, keep, strict=True) if k]
         return candidates
 
-    async def start_campaign(self, cid: str, tenant_id: str = "default", *, approve_with: str | None = None
-                             ) -> dict[str, Any]:
+    async def start_campaign(self, cid: str, *, tenant_id: str, approve_with: str | None = None) -> dict[str, Any]:
         """Start a created campaign. ``approve_with`` names a deployment key: each release is countersigned with it
         and devices get the countersigned packages; a device class that requires approval needs it."""
         row = self._row(cid, tenant_id)
-        if CampaignState(row.state) is not CampaignState.CREATED:
-            raise CampaignStateError(f"campaign {cid} is {row.state}; only a created campaign starts")
-        release_ids = json.loads(row.releases)
+        if row.state is not CampaignState.CREATED:
+            raise CampaignStateError(f"campaign {cid} is {row.state.value}; only a created campaign starts")
+        release_ids = row.releases
         now = self.clock()
         if approve_with is not None:
             for rid in release_ids:
@@ -352,28 +347,25 @@ class CampaignService:
             if policy is not None and getattr(policy, "require_approval", False) and approve_with is None:
                 raise CampaignStateError(f"release {rid} is for class {rel.class_name!r}, which requires a deployment "
                                          "key's approval: start the campaign with one")
-        with self.database.session() as s:
-            started = s.get(CampaignRow, cid)
-            assert started is not None
-            started.state, started.started_at, started.approved_by = CampaignState.RUNNING.value, now, approve_with
-            s.add(started)
-            s.commit()
+        if not self.store.update(cid, tenant_id=tenant_id, expect={CampaignState.CREATED},
+                                 state=CampaignState.RUNNING, started_at=now, approved_by=approve_with):
+            raise CampaignStateError(f"campaign {cid} changed state meanwhile; only a created campaign starts")
         self._targets.pop(cid, None)
         self._emit(CAMPAIGN_STARTED, tenant_id, None, {"campaign": cid, "approved_by": approve_with})
-        self._spawn_driver(cid)
-        return self.status(cid, tenant_id)
+        self._spawn_driver(cid, tenant_id)
+        return self.status(cid, tenant_id=tenant_id)
 
-    def pause(self, cid: str, tenant_id: str = "default") -> dict[str, Any]:
+    def pause(self, cid: str, *, tenant_id: str) -> dict[str, Any]:
         """No device starts while paused; updates under way finish."""
         self._transition(cid, tenant_id, {CampaignState.RUNNING}, CampaignState.PAUSED, CAMPAIGN_PAUSED)
-        return self.status(cid, tenant_id)
+        return self.status(cid, tenant_id=tenant_id)
 
-    def resume(self, cid: str, tenant_id: str = "default") -> dict[str, Any]:
+    def resume(self, cid: str, *, tenant_id: str) -> dict[str, Any]:
         self._transition(cid, tenant_id, {CampaignState.PAUSED}, CampaignState.RUNNING, CAMPAIGN_RESUMED)
-        self._spawn_driver(cid)
-        return self.status(cid, tenant_id)
+        self._spawn_driver(cid, tenant_id)
+        return self.status(cid, tenant_id=tenant_id)
 
-    async def cancel(self, cid: str, tenant_id: str = "default") -> dict[str, Any]:
+    async def cancel(self, cid: str, *, tenant_id: str) -> dict[str, Any]:
         """Cancel: pending devices are skipped; a device still downloading gets Cancel (/5/0/10) where it has it
         and is skipped; a device already installing is left to finish and its result is recorded."""
         self._transition(cid, tenant_id, {CampaignState.CREATED, CampaignState.RUNNING, CampaignState.PAUSED},
@@ -381,43 +373,38 @@ class CampaignService:
         for (c, ep), task in list(self._jobs.items()):
             if c != cid:
                 continue
-            job = self._job(cid, ep)
-            if job is not None and JobState(job.state) in (JobState.DELIVERING, JobState.DOWNLOADED):
+            job = self._job(cid, ep, tenant_id)
+            if job is not None and job.state in (JobState.DELIVERING, JobState.DOWNLOADED):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
                 cancelled = await self._cancel_on_device(ep, tenant_id)
-                self._set_job(cid, ep, JobState.SKIPPED, reason="campaign cancelled during delivery"
+                self._set_job(cid, ep, tenant_id, JobState.SKIPPED, reason="campaign cancelled during delivery"
                               + (" (Cancel /5/0/10 executed)" if cancelled else ""), finished=True)
-        with self.database.session() as s:
-            for job in s.exec(select(CampaignJobRow).where(CampaignJobRow.campaign_id == cid,
-                                                           CampaignJobRow.state == JobState.PENDING.value)).all():
-                job.state, job.reason = JobState.SKIPPED.value, "campaign cancelled before this device started"
-                job.finished_at = job.updated_at = self.clock()
-                s.add(job)
-            s.commit()
-        self._spawn_driver(cid)  # it reports once the installs under way have ended
-        return self.status(cid, tenant_id)
+        now = self.clock()
+        self.store.update_jobs(cid, tenant_id=tenant_id, in_state=JobState.PENDING, state=JobState.SKIPPED,
+                               reason="campaign cancelled before this device started", finished_at=now, updated_at=now)
+        self._spawn_driver(cid, tenant_id)  # it reports once the installs under way have ended
+        return self.status(cid, tenant_id=tenant_id)
 
     # ------------------------------------------------------------------ views
 
-    def list(self, tenant_id: str = "default") -> list[dict[str, Any]]:
-        with self.database.session() as s:
-            rows = s.exec(select(CampaignRow).where(CampaignRow.tenant_id == tenant_id)
-                          .order_by(CampaignRow.created_at.desc())).all()  # type: ignore[attr-defined]
-            ids = [r.id for r in rows]
-        return [self.status(cid, tenant_id) for cid in ids]
+    def list(self, *, tenant_id: str) -> list[dict[str, Any]]:
+        """The tenant's campaigns, newest first (each as :meth:`status` shows it)."""
+        return [self._status(row) for row in self.store.list(tenant_id=tenant_id)]
 
-    def status(self, cid: str, tenant_id: str = "default", *, jobs: bool = False) -> dict[str, Any]:
-        row = self._row(cid, tenant_id)
-        view = self._view(row, self._job_views(cid))
+    def status(self, cid: str, *, tenant_id: str, jobs: bool = False) -> dict[str, Any]:
+        return self._status(self._row(cid, tenant_id), jobs=jobs)
+
+    def _status(self, row: CampaignRecord, *, jobs: bool = False) -> dict[str, Any]:
+        view = self._view(row, self._job_views(row.id, row.tenant_id))
         counts = {state.value: 0 for state in JobState}
         for j in view.jobs:
             counts[j.state.value] += 1
-        opened = json.loads(row.opened_at)
+        opened = row.opened_at
         out: dict[str, Any] = {
-            "id": row.id, "name": row.name, "tenant": row.tenant_id, "state": row.state, "reason": row.reason,
-            "releases": json.loads(row.releases), "policy": json.loads(row.policy), "method": row.method,
+            "id": row.id, "name": row.name, "tenant": row.tenant_id, "state": row.state.value, "reason": row.reason,
+            "releases": list(row.releases), "policy": row.policy.as_dict(), "method": row.method,
             "approved_by": row.approved_by, "targets_from": row.targets_from, "targets": len(view.jobs),
             "created_at": row.created_at, "started_at": row.started_at, "finished_at": row.finished_at,
             "counts": counts, "report_ready": row.report is not None,
@@ -426,10 +413,10 @@ class CampaignService:
                        "rolled_back": w.rolled_back, "skipped": w.skipped} for w in wave_stats(view)],
         }
         if jobs:
-            out["jobs"] = [_job_dict(j) for j in self._job_rows(cid)]
+            out["jobs"] = [_job_dict(j) for j in self._job_rows(row.id, row.tenant_id)]
         return out
 
-    def report(self, cid: str, tenant_id: str = "default") -> tuple[dict[str, Any], bytes]:
+    def report(self, cid: str, *, tenant_id: str) -> tuple[dict[str, Any], bytes]:
         """The signed report: the final one once the campaign has ended, else one made now (``state`` says)."""
         from lwm2m_server.fota import attestation
 
@@ -439,18 +426,19 @@ class CampaignService:
             return attestation.verify_report(row.report, key), row.report
         return self._make_report(row)
 
-    def attestation_public_pem(self, tenant_id: str = "default") -> str:
+    def attestation_public_pem(self, *, tenant_id: str) -> str:
         key = self.keys.get_or_create(self.attestation_key, "attestation", tenant_id=tenant_id, now=self.clock())
         return str(key.public_pem)
 
     # ------------------------------------------------------------------ the driver
 
-    def _spawn_driver(self, cid: str) -> None:
+    def _spawn_driver(self, cid: str, tenant_id: str) -> None:
         wake = self._wakes.setdefault(cid, asyncio.Event())
         wake.set()
         running = self._drivers.get(cid)
         if running is None or running.done():
-            self._drivers[cid] = asyncio.get_running_loop().create_task(self._drive(cid), name=f"campaign-{cid}")
+            self._drivers[cid] = asyncio.get_running_loop().create_task(self._drive(cid, tenant_id),
+                                                                        name=f"campaign-{cid}")
 
     def _wake_all(self) -> None:
         for wake in self._wakes.values():
@@ -460,22 +448,21 @@ class CampaignService:
         if self._drivers:
             self._wake_all()
 
-    async def _drive(self, cid: str) -> None:
+    async def _drive(self, cid: str, tenant_id: str) -> None:
         wake = self._wakes[cid]
         try:
             while not self._closing:
                 wake.clear()
-                row = self._row(cid, None)
-                tenant = row.tenant_id
-                state = CampaignState(row.state)
+                row = self._row(cid, tenant_id)
+                state = row.state
                 if state is CampaignState.CREATED:
                     return
-                self._reconcile_orphans(cid, tenant)
+                self._reconcile_orphans(cid, tenant_id)
                 decision = self._decide(cid, row)  # in every state: active jobs time out at their deadline
                 if state in FINAL_CAMPAIGN_STATES:
                     if not self._busy(cid):
                         if row.report is None:
-                            self._finalise(cid)
+                            self._finalise(cid, tenant_id)
                         return
                 elif decision is not None and decision.state in FINAL_CAMPAIGN_STATES:
                     continue
@@ -496,31 +483,26 @@ class CampaignService:
             log.exception("campaign %s: the driver failed; it restarts with the next event", cid)
             self._drivers.pop(cid, None)
 
-    def _decide(self, cid: str, row: CampaignRow) -> Any:
-        view = self._view(row, self._job_views(cid))
+    def _decide(self, cid: str, row: CampaignRecord) -> Any:
         tenant = row.tenant_id
+        view = self._view(row, self._job_views(cid, tenant))
         now = self.clock()
         orphans = {ep for c, ep in self._orphans if c == cid}
         decision = decide(view, lambda ep: ep not in orphans and self._reachable(ep, tenant), now)
         for ep in decision.overdue:
             self._time_out(cid, ep, tenant, view.policy, final=decision.state in FINAL_CAMPAIGN_STATES)
         for ep in decision.expire:
-            self._set_job(cid, ep, JobState.FAILED, finished=True,
+            self._set_job(cid, ep, tenant, JobState.FAILED, finished=True,
                           reason="the device did not come online within the device timeout")
             self._emit_device(cid, tenant, ep, JobState.FAILED)
-        if decision.open_waves != view.opened_at or CampaignState(row.state) is not decision.state:
-            with self.database.session() as s:
-                fresh = s.get(CampaignRow, cid)
-                assert fresh is not None
-                if CampaignState(fresh.state) is not CampaignState(row.state):
-                    return None  # paused or cancelled meanwhile: decide again
-                fresh.opened_at = json.dumps(list(decision.open_waves))
-                if decision.state is not CampaignState(fresh.state):
-                    fresh.state, fresh.reason = decision.state.value, decision.reason
-                    if decision.state in FINAL_CAMPAIGN_STATES:
-                        fresh.finished_at = now
-                s.add(fresh)
-                s.commit()
+        if decision.open_waves != view.opened_at or row.state is not decision.state:
+            changes: CampaignChanges = {"opened_at": tuple(decision.open_waves)}
+            if decision.state is not row.state:
+                changes["state"], changes["reason"] = decision.state, decision.reason
+                if decision.state in FINAL_CAMPAIGN_STATES:
+                    changes["finished_at"] = now
+            if not self.store.update(cid, tenant_id=tenant, expect={row.state}, **changes):
+                return None  # paused or cancelled meanwhile: decide again
             for w in range(len(view.opened_at), len(decision.open_waves)):
                 self._emit(CAMPAIGN_WAVE_OPENED, tenant, None, {"campaign": cid, "wave": w})
             if decision.state is CampaignState.HALTED:
@@ -581,7 +563,8 @@ class CampaignService:
         running = self._jobs.get(key)
         if running is not None and not running.done():
             return
-        self._set_job(cid, endpoint, JobState.DELIVERING)  # committed before anything is sent: see the docstring
+        # committed before anything is sent: see the module docstring
+        self._set_job(cid, endpoint, tenant_id, JobState.DELIVERING)
         self._jobs[key] = asyncio.get_running_loop().create_task(self._run_job(cid, endpoint, tenant_id),
                                                                  name=f"campaign-{cid}-{endpoint}")
 
@@ -594,19 +577,19 @@ class CampaignService:
             log.exception("campaign %s: the update of %s failed", cid, ep)
             self._after_failure(cid, ep, tenant_id, None, f"internal error: {type(e).__name__}", "internal")
         finally:
-            self._withdraw(cid, ep)
+            self._withdraw(cid, ep, tenant_id)
             self._task_ended(cid, ep)
 
     async def _update_device(self, cid: str, ep: str, tenant_id: str, *, going_on: bool = False) -> None:
         """One try of a device's update; ``going_on``: the try under way when the server stopped (an orphan whose
         device was found downloading), carried on under its package name."""
         row = self._row(cid, tenant_id)
-        job = self._job(cid, ep)
+        job = self._job(cid, ep, tenant_id)
         assert job is not None
         try:
             reg = self.management.reachable(ep, tenant_id)
         except Lwm2mError as e:  # gone since the decision: not a try, wait for it
-            self._set_job(cid, ep, JobState.PENDING, not_before=self.clock() + self.tick,
+            self._set_job(cid, ep, tenant_id, JobState.PENDING, not_before=self.clock() + self.tick,
                           reason=f"waiting for the device: {e}")
             return
         if not reg.supports_object(5):
@@ -638,13 +621,13 @@ class CampaignService:
                 first["version_before"] = version
             if job.started_at is None:
                 first["started_at"] = self.clock()
-            self._set_job(cid, ep, JobState.DELIVERING, attempts=attempt, release_id=target.release_id,
+            self._set_job(cid, ep, tenant_id, JobState.DELIVERING, attempts=attempt, release_id=target.release_id,
                           package_sha256=target.package_sha256, sequence_number=target.sequence_number,
                           package_name=name, **first)
         method = Method(row.method) if row.method else None
         try:
             # the phase deadlines decide when a job is overdue; the whole update's own limit is never shorter
-            policy = Policy.from_dict(json.loads(row.policy))
+            policy = row.policy
             whole = sum(phase_timeout(policy, state, len(target.package))
                         for state in (JobState.DELIVERING, JobState.DOWNLOADED, JobState.UPDATING))
             update = self.firmware.start(ep, target.package, method=method, timeout=max(self.job_timeout, whole),
@@ -657,7 +640,7 @@ class CampaignService:
             return
         self._emit(CAMPAIGN_DEVICE + "progress", tenant_id, ep, {"campaign": cid, "state": "delivering",
                                                                  "attempt": attempt})
-        await self._follow(cid, ep, tenant_id, update, JobState(job.state) if going_on else JobState.DELIVERING)
+        await self._follow(cid, ep, tenant_id, update, job.state if going_on else JobState.DELIVERING)
         last = update.last
         if update.succeeded:
             after = last.version
@@ -685,7 +668,7 @@ class CampaignService:
             new = _PHASE_STATES.get(phase)
             if new is not None and new is not state and not update.done.is_set():
                 state = new
-                self._set_job(cid, ep, state, method=update.method)
+                self._set_job(cid, ep, tenant_id, state, method=update.method)
                 self._emit(CAMPAIGN_DEVICE + "progress", tenant_id, ep, {"campaign": cid, "state": state.value})
             waiter = asyncio.ensure_future(changed.wait())
             done = asyncio.ensure_future(update.done.wait())
@@ -706,15 +689,15 @@ class CampaignService:
     def _time_out(self, cid: str, ep: str, tenant_id: str, policy: Policy, *, final: bool) -> None:
         """An active job's deadline passed: abandon the update (or the wait for an orphan) and end the try as a
         timeout: retried while tries remain, failed when none is left or the campaign has ended."""
-        job = self._job(cid, ep)
-        if job is None or JobState(job.state) not in ACTIVE:
+        job = self._job(cid, ep, tenant_id)
+        if job is None or job.state not in ACTIVE:
             return
         task = self._jobs.pop((cid, ep), None)
         if task is not None:  # only an update this campaign runs (an orphan has none: another's is left alone)
             task.cancel()
             self.firmware.abort(ep, tenant_id)
-        self._drop_orphan(cid, ep)
-        state = JobState(job.state)
+        self._drop_orphan(cid, ep, tenant_id)
+        state = job.state
         allowed = phase_timeout(policy, state, self._package_size(self._row(cid, tenant_id)))
         message = f"the device did not get past {state.value} within its deadline ({allowed:g} s)"
         log.info("campaign %s: %s: %s", cid, ep, message)
@@ -728,15 +711,15 @@ class CampaignService:
         """A failed try: pending again after a back-off when it is transient and tries remain, else failed."""
         kind = classify_failure(result, timed_out=error == "timeout",
                                 connection_lost=error in _TRANSIENT_ERRORS and error != "timeout")
-        job = self._job(cid, ep)
+        job = self._job(cid, ep, tenant_id)
         assert job is not None
-        policy = Policy.from_dict(json.loads(self._row(cid, tenant_id).policy))
+        policy = self._row(cid, tenant_id).policy
         attempts = job.attempts
         when = retry_at(max(1, attempts), policy, self.clock(), ep) if kind is FailureKind.TRANSIENT else None
         label = f" ({result_label(result)})" if result not in (None, 0) else ""
         if when is not None:
-            self._set_job(cid, ep, JobState.PENDING, not_before=when, update_result=result, attempts=attempts,
-                          reason=f"try {attempts} failed: {message}{label}; retrying", **fields)
+            self._set_job(cid, ep, tenant_id, JobState.PENDING, not_before=when, update_result=result,
+                          attempts=attempts, reason=f"try {attempts} failed: {message}{label}; retrying", **fields)
             self._emit(CAMPAIGN_DEVICE + "progress", tenant_id, ep, {"campaign": cid, "state": "pending",
                                                                      "retry_at": when, "reason": message})
             return
@@ -744,11 +727,11 @@ class CampaignService:
         self._finish_job(cid, ep, tenant_id, JobState.FAILED, update_result=result, reason=f"{why}{label}", **fields)
 
     def _finish_job(self, cid: str, ep: str, tenant_id: str, state: JobState, **fields: Any) -> None:
-        self._set_job(cid, ep, state, finished=True, **fields)
+        self._set_job(cid, ep, tenant_id, state, finished=True, **fields)
         self._emit_device(cid, tenant_id, ep, state)
 
     def _emit_device(self, cid: str, tenant_id: str, ep: str, state: JobState) -> None:
-        job = self._job(cid, ep)
+        job = self._job(cid, ep, tenant_id)
         kind = {JobState.SUCCEEDED: "succeeded", JobState.SKIPPED: "skipped"}.get(state, "failed")
         self._emit(CAMPAIGN_DEVICE + kind, tenant_id, ep, {"campaign": cid, **(_job_dict(job) if job else {})})
 
@@ -772,10 +755,10 @@ class CampaignService:
     async def _reconcile(self, cid: str, ep: str, tenant_id: str) -> None:
         """Find out what became of an update under way when the server stopped (see the module docstring)."""
         try:
-            job = self._job(cid, ep)
+            job = self._job(cid, ep, tenant_id)
             row = self._row(cid, tenant_id)
-            if job is None or JobState(job.state) not in ACTIVE:
-                self._drop_orphan(cid, ep)
+            if job is None or job.state not in ACTIVE:
+                self._drop_orphan(cid, ep, tenant_id)
                 return
             try:
                 fw = await self.management.send(ep, ReadRequest(FIRMWARE), tenant_id=tenant_id, timeout=10.0)
@@ -792,7 +775,7 @@ class CampaignService:
             elif state == State.UPDATING:
                 return  # still installing: its next registration brings us back
             elif (state in (State.DOWNLOADING, State.DOWNLOADED) and job.package_name is not None
-                  and JobState(job.state) in (JobState.DELIVERING, JobState.DOWNLOADED)):
+                  and job.state in (JobState.DELIVERING, JobState.DOWNLOADED)):
                 self._orphans.discard((cid, ep))  # the try goes on: its update takes the published name over
                 await self._run_job(cid, ep, tenant_id, going_on=True)
                 return
@@ -805,59 +788,51 @@ class CampaignService:
                 self._finish_job(cid, ep, tenant_id, JobState.FAILED, update_result=result, version_after=version,
                                  reason=f"{result_label(result)} (found after a server restart)")
             else:  # nothing was installed: deliver again (not counted as a new try)
-                self._set_job(cid, ep, JobState.PENDING, attempts=max(0, job.attempts - 1),
+                self._set_job(cid, ep, tenant_id, JobState.PENDING, attempts=max(0, job.attempts - 1),
                               reason="delivery interrupted by a server restart; starting over")
-            self._drop_orphan(cid, ep)
+            self._drop_orphan(cid, ep, tenant_id)
         finally:
             self._task_ended(cid, ep)
 
     # ------------------------------------------------------------------ report
 
-    def _finalise(self, cid: str) -> None:
-        row = self._row(cid, None)
-        if CampaignState(row.state) is not CampaignState.COMPLETED:  # what never started says why
-            with self.database.session() as s:
-                for job in s.exec(select(CampaignJobRow).where(CampaignJobRow.campaign_id == cid,
-                                                               CampaignJobRow.state == JobState.PENDING.value)):
-                    job.state = JobState.SKIPPED.value
-                    job.reason = f"not updated: the campaign {row.state}" + (f" ({row.reason})" if row.reason else "")
-                    job.finished_at = job.updated_at = self.clock()
-                    s.add(job)
-                s.commit()
+    def _finalise(self, cid: str, tenant_id: str) -> None:
+        row = self._row(cid, tenant_id)
+        if row.state is not CampaignState.COMPLETED:  # what never started says why
+            now = self.clock()
+            self.store.update_jobs(cid, tenant_id=tenant_id, in_state=JobState.PENDING, state=JobState.SKIPPED,
+                                   reason=f"not updated: the campaign {row.state.value}"
+                                   + (f" ({row.reason})" if row.reason else ""), finished_at=now, updated_at=now)
         report, cose = self._make_report(row)
-        with self.database.session() as s:
-            fresh = s.get(CampaignRow, cid)
-            assert fresh is not None
-            fresh.report = cose
-            if fresh.finished_at is None:
-                fresh.finished_at = self.clock()
-            s.add(fresh)
-            s.commit()
+        if row.finished_at is None:
+            self.store.update(cid, tenant_id=tenant_id, report=cose, finished_at=self.clock())
+        else:
+            self.store.update(cid, tenant_id=tenant_id, report=cose)
         summary = report["summary"]
-        log.info("campaign %s %s: %s", cid, row.state, summary)
-        self._emit(CAMPAIGN_FINISHED, row.tenant_id, None, {"campaign": cid, "state": row.state,
-                                                            "reason": row.reason, "summary": summary})
+        log.info("campaign %s %s: %s", cid, row.state.value, summary)
+        self._emit(CAMPAIGN_FINISHED, tenant_id, None, {"campaign": cid, "state": row.state.value,
+                                                        "reason": row.reason, "summary": summary})
 
-    def _make_report(self, row: CampaignRow) -> tuple[dict[str, Any], bytes]:
+    def _make_report(self, row: CampaignRecord) -> tuple[dict[str, Any], bytes]:
         from lwm2m_server.fota import attestation
 
         tenant = row.tenant_id
         key = self.keys.get_or_create(self.attestation_key, "attestation", tenant_id=tenant, now=self.clock())
         private = self.keys.private_key(self.attestation_key, tenant_id=tenant)
         releases = []
-        for rid in json.loads(row.releases):
+        for rid in row.releases:
             rel = self._release(rid, tenant)
             packages = [img.package_sha256 for img in rel.images]
             if row.approved_by:
                 packages = [_approved_sha(img, row.approved_by) or img.package_sha256 for img in rel.images]
             releases.append({"id": rel.id, "version": rel.version, "sequence_number": rel.sequence_number,
                              "vendor_id": str(rel.vendor_id), "class_id": str(rel.class_id), "packages": packages})
-        campaign = {"id": row.id, "name": row.name, "tenant": tenant, "state": row.state, "reason": row.reason,
+        campaign = {"id": row.id, "name": row.name, "tenant": tenant, "state": row.state.value, "reason": row.reason,
                     "created_at": row.created_at, "started_at": row.started_at, "finished_at": row.finished_at,
-                    "policy": json.loads(row.policy), "releases": releases}
+                    "policy": row.policy.as_dict(), "releases": releases}
         targets = []
-        for j in self._job_rows(row.id):
-            targets.append({"endpoint": j.endpoint, "wave": j.wave, "state": j.state,
+        for j in self._job_rows(row.id, tenant):
+            targets.append({"endpoint": j.endpoint, "wave": j.wave, "state": j.state.value,
                             "version_before": j.version_before, "version_after": j.version_after,
                             "release": j.release_id, "manifest_digest": j.package_sha256,
                             "sequence_number": j.sequence_number, "update_result": j.update_result,
@@ -874,81 +849,61 @@ class CampaignService:
 
     # ------------------------------------------------------------------ storage
 
-    def _row(self, cid: str, tenant_id: str | None) -> CampaignRow:
-        with self.database.session() as s:
-            row = s.get(CampaignRow, cid)
-        if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
+    def _row(self, cid: str, tenant_id: str) -> CampaignRecord:
+        row = self.store.get(cid, tenant_id=tenant_id)
+        if row is None:
             raise UnknownCampaignError(f"no campaign {cid!r}")
         return row
 
-    def _job(self, cid: str, ep: str) -> CampaignJobRow | None:
-        with self.database.session() as s:
-            return s.get(CampaignJobRow, (cid, ep))
+    def _job(self, cid: str, ep: str, tenant_id: str) -> JobRecord | None:
+        return self.store.job(cid, ep, tenant_id=tenant_id)
 
-    def _job_rows(self, cid: str) -> Sequence[CampaignJobRow]:
-        with self.database.session() as s:
-            return list(s.exec(select(CampaignJobRow).where(CampaignJobRow.campaign_id == cid)
-                               .order_by(CampaignJobRow.position)).all())  # type: ignore[arg-type]
+    def _job_rows(self, cid: str, tenant_id: str) -> Sequence[JobRecord]:
+        return self.store.jobs(cid, tenant_id=tenant_id)
 
-    def _set_job(self, cid: str, ep: str, state: JobState, *, finished: bool = False, **fields: Any) -> None:
+    def _set_job(self, cid: str, ep: str, tenant_id: str, state: JobState, *, finished: bool = False,
+                 **fields: Any) -> None:
         """Record a job's new state; entering an active phase (or starting a new try) sets its deadline, leaving
         the active phases clears it."""
         now = self.clock()
-        with self.database.session() as s:
-            job = s.get(CampaignJobRow, (cid, ep))
-            if job is None:
-                return
-            if JobState(job.state) in TERMINAL:  # a terminal state is never left
-                log.info("campaign %s: %s is %s already; %s not recorded", cid, ep, job.state, state.value)
-                return
-            if state not in ACTIVE:
-                job.deadline = None
-            elif job.state != state.value or "attempts" in fields or job.deadline is None:
-                row = s.get(CampaignRow, cid)
-                assert row is not None
-                policy = Policy.from_dict(json.loads(row.policy))
-                job.deadline = now + phase_timeout(policy, state, self._package_size(row))
-            job.state = state.value
-            job.updated_at = now
-            if finished:
-                job.finished_at = now
-                job.not_before = None
-            for name, value in fields.items():
-                setattr(job, name, value)
-            s.add(job)
-            s.commit()
+        job = self._job(cid, ep, tenant_id)
+        if job is None:
+            return
+        if job.state in TERMINAL:  # a terminal state is never left
+            log.info("campaign %s: %s is %s already; %s not recorded", cid, ep, job.state.value, state.value)
+            return
+        changes: dict[str, Any] = {"state": state, "updated_at": now}
+        if state not in ACTIVE:
+            changes["deadline"] = None
+        elif job.state is not state or "attempts" in fields or job.deadline is None:
+            row = self._row(cid, tenant_id)
+            changes["deadline"] = now + phase_timeout(row.policy, state, self._package_size(row))
+        if finished:
+            changes["finished_at"] = now
+            changes["not_before"] = None
+        changes.update(fields)
+        self.store.update_job(cid, ep, tenant_id=tenant_id, expect=_NOT_TERMINAL, **changes)
 
-    def _job_views(self, cid: str) -> tuple[JobView, ...]:
-        """What the pure core needs of every job, read as plain columns (a tenth of the cost of whole rows: the
-        driver reads them at every decision, and a status at every poll)."""
-        with self.database.session() as s:
-            rows = s.exec(select(CampaignJobRow.endpoint, CampaignJobRow.wave,  # type: ignore[call-overload]
-                                 CampaignJobRow.state, CampaignJobRow.attempts, CampaignJobRow.not_before,
-                                 CampaignJobRow.deadline)
-                          .where(CampaignJobRow.campaign_id == cid)
-                          .order_by(CampaignJobRow.position)).all()
-        return tuple(JobView(ep, wave, JobState(state), attempts, not_before, deadline)
-                     for ep, wave, state, attempts, not_before, deadline in rows)
+    def _job_views(self, cid: str, tenant_id: str) -> tuple[JobView, ...]:
+        """What the pure core needs of every job (the driver reads them at every decision, a status at every
+        poll)."""
+        return self.store.job_views(cid, tenant_id=tenant_id)
 
-    def _view(self, row: CampaignRow, jobs: tuple[JobView, ...]) -> CampaignView:
-        return CampaignView(state=CampaignState(row.state), policy=Policy.from_dict(json.loads(row.policy)),
-                            waves=row.waves, opened_at=tuple(json.loads(row.opened_at)), jobs=jobs)
+    def _view(self, row: CampaignRecord, jobs: tuple[JobView, ...]) -> CampaignView:
+        return CampaignView(state=row.state, policy=row.policy, waves=row.waves, opened_at=row.opened_at, jobs=jobs)
 
     def _transition(self, cid: str, tenant_id: str, allowed: set[CampaignState], to: CampaignState, kind: str,
                     reason: str | None = None) -> None:
-        with self.database.session() as s:
-            row = s.get(CampaignRow, cid)
-            if row is None or row.tenant_id != tenant_id:
-                raise UnknownCampaignError(f"no campaign {cid!r}")
-            if CampaignState(row.state) not in allowed:
-                raise CampaignStateError(f"campaign {cid} is {row.state}: cannot go {to.value}")
-            row.state = to.value
-            if reason is not None:
-                row.reason = reason
-            if to in FINAL_CAMPAIGN_STATES:
-                row.finished_at = self.clock()
-            s.add(row)
-            s.commit()
+        row = self._row(cid, tenant_id)
+        if row.state not in allowed:
+            raise CampaignStateError(f"campaign {cid} is {row.state.value}: cannot go {to.value}")
+        changes: CampaignChanges = {"state": to}
+        if reason is not None:
+            changes["reason"] = reason
+        if to in FINAL_CAMPAIGN_STATES:
+            changes["finished_at"] = self.clock()
+        if not self.store.update(cid, tenant_id=tenant_id, expect=allowed, **changes):
+            raise CampaignStateError(f"campaign {cid} changed state meanwhile: cannot go {to.value}")
         self._emit(kind, tenant_id, None, {"campaign": cid})
         wake = self._wakes.get(cid)
         if wake is not None:
@@ -967,7 +922,7 @@ class CampaignService:
             return getter(rel.class_name, rel.vendor, tenant_id=tenant_id)
         return None
 
-    async def _target_for(self, row: CampaignRow, ep: str, tenant_id: str) -> Target | None:
+    async def _target_for(self, row: CampaignRecord, ep: str, tenant_id: str) -> Target | None:
         """The release a device gets: the only one, or (several) the one whose class the device's model number
         (/3/0/1) names; None when no release fits."""
         targets = self._targets_of(row)
@@ -980,16 +935,16 @@ class CampaignService:
                 model = str(node.value)
         return targets.get(model) if model is not None else None
 
-    def _package_size(self, row: CampaignRow) -> int:
+    def _package_size(self, row: CampaignRecord) -> int:
         """The largest package the campaign delivers (what the delivering deadline is sized for)."""
         return max((len(t.package) for t in self._targets_of(row).values()), default=0)
 
-    def _targets_of(self, row: CampaignRow) -> dict[str, Target]:
+    def _targets_of(self, row: CampaignRecord) -> dict[str, Target]:
         """The campaign's targets by class name, loaded once."""
         targets = self._targets.get(row.id)
         if targets is None:
             targets = {}
-            for rid in json.loads(row.releases):
+            for rid in row.releases:
                 rel = self._release(rid, row.tenant_id)
                 image = rel.images[0]
                 sha = _approved_sha(image, row.approved_by) if row.approved_by else None
@@ -1022,8 +977,8 @@ def _instance_values(node: object) -> dict[int, object]:
     return {rid: res.value for rid, res in node.resources.items() if isinstance(res, SingleResource)}
 
 
-def _job_dict(j: CampaignJobRow) -> dict[str, Any]:
-    return {"endpoint": j.endpoint, "wave": j.wave, "state": j.state, "attempts": j.attempts,
+def _job_dict(j: JobRecord) -> dict[str, Any]:
+    return {"endpoint": j.endpoint, "wave": j.wave, "state": j.state.value, "attempts": j.attempts,
             "not_before": j.not_before, "deadline": j.deadline, "release": j.release_id,
             "package_sha256": j.package_sha256,
             "sequence_number": j.sequence_number, "method": j.method, "version_before": j.version_before,
@@ -1059,12 +1014,13 @@ def _parse_filter(expression: str) -> list[tuple[str, str, str]]:
 
 
 def open_campaigns(server: Any, vault: Any) -> CampaignService:
-    """The campaign service of a started :class:`~lwm2m_server.server.Lwm2mServer`: its database, firmware
-    service and events, the releases and blobs of its data directory, signing keys opened with ``vault``."""
+    """The campaign service of a started :class:`~lwm2m_server.server.Lwm2mServer`: a SQL campaign store over its
+    database, its firmware service and events, the releases and blobs of its data directory, signing keys opened
+    with ``vault``."""
     from lwm2m_server.fota.releases import BLOBS_DIR, BlobStore, ReleaseStore, SigningKeyStore
 
     keys = SigningKeyStore(server.database, vault)
     releases = ReleaseStore(server.database, BlobStore(server.settings.data_dir / BLOBS_DIR), keys)
-    return CampaignService(server.database, server.firmware, server.management, server.events, releases, keys,
-                           node=server.settings.node_id, tick=server.settings.campaign_tick,
+    return CampaignService(SqlCampaignStore(server.database), server.firmware, server.management, server.events,
+                           releases, keys, node=server.settings.node_id, tick=server.settings.campaign_tick,
                            job_timeout=server.settings.campaign_job_timeout, tags=getattr(server, "tags", None))

@@ -2,6 +2,7 @@
 portable SQL, times as float seconds.
 
 A campaign row holds its plan (policy, waves opened) and state; one job row per target holds that device's progress.
+They are read and written through :class:`~lwm2m_server.storage.campaign_store.SqlCampaignStore` only.
 A job row is written *before* the action it announces (a delivery starts only once its row says ``delivering``),
 so after a crash the rows say what may have happened and the engine reconciles them with what the device reports.
 

@@ -59,15 +59,16 @@ async def test_a_device_silent_mid_download_fails_at_its_deadline_and_the_campai
             await eventually(lambda: fleet.status.registered == DEVICES, timeout=30)
             policy = Policy(canary_percent=100, waves=1, max_parallel=1, max_attempts=1, success_threshold=0.5,
                             error_threshold=0.5, delivering_timeout=3.0)
-            cid = (await campaigns.create([release.id], targets=endpoints, policy=policy, method="pull"))["id"]
-            await campaigns.start_campaign(cid)
+            cid = (await campaigns.create([release.id], tenant_id="default", targets=endpoints, policy=policy,
+                                          method="pull"))["id"]
+            await campaigns.start_campaign(cid, tenant_id="default")
 
             loop = asyncio.get_running_loop()
             bound = loop.time() + 90
-            while not (status := campaigns.status(cid))["report_ready"]:
-                assert loop.time() < bound, campaigns.status(cid, jobs=True)
+            while not (status := campaigns.status(cid, tenant_id="default"))["report_ready"]:
+                assert loop.time() < bound, campaigns.status(cid, tenant_id="default", jobs=True)
                 await asyncio.sleep(0.2)
-            status = campaigns.status(cid, jobs=True)
+            status = campaigns.status(cid, tenant_id="default", jobs=True)
         finally:
             await fleet.stop(deregister=False)
 

@@ -59,7 +59,7 @@ async def fleet_server(tmp_path: Path, *, with_link: str | None = None
             assert srv.tags is not None
             for ep, (_, _, tags) in FLEET.items():
                 if tags:
-                    srv.tags.add(ep, tags)
+                    srv.tags.add(ep, tags, tenant_id="default")
             yield srv, devices
         finally:
             await asyncio.gather(*(d.stop(timeout=2) for d in devices.values()), return_exceptions=True)
@@ -75,11 +75,12 @@ async def test_filters_on_tag_class_version_and_endpoint(tmp_path: Path) -> None
     async with fleet_server(tmp_path) as (srv, _devices):
         campaigns = service(srv)
         assert srv.tags is not None
-        srv.tags.add("ghost", ["beta"])  # tagged inventory that never registered: never a filter's target
+        # tagged inventory that never registered: never a filter's target
+        srv.tags.add("ghost", ["beta"], tenant_id="default")
         srv.tags.add("f-3", ["beta"], tenant_id="other-oem")  # another tenant's tag is not seen
 
         async def pick(expression: str) -> list[str]:
-            return await asyncio.wait_for(campaigns.select_targets(expression), 10)
+            return await asyncio.wait_for(campaigns.select_targets(expression, tenant_id="default"), 10)
 
         assert await pick("tag=beta") == ["f-0", "f-1"]
         assert await pick("tag!=beta") == ["f-2", "f-3"]
@@ -100,9 +101,10 @@ async def test_filters_on_tag_class_version_and_endpoint(tmp_path: Path) -> None
         # a filtered campaign records its filter and targets exactly what the filter picked
         release = campaigns.releases.create([("app.bin", b"\x01" * 512)], vendor="acme.example", class_name="meter",
                                             version="2.0.0", now=1_700_000_000.0)
-        status = await campaigns.create([release.id], target_filter="class=meter and tag=beta")
+        status = await campaigns.create([release.id], tenant_id="default", target_filter="class=meter and tag=beta")
         assert status["targets"] == 1 and status["targets_from"] == "filter: class=meter and tag=beta"
-        assert [j["endpoint"] for j in campaigns.status(status["id"], jobs=True)["jobs"]] == ["f-1"]
+        jobs = campaigns.status(status["id"], tenant_id="default", jobs=True)["jobs"]
+        assert [j["endpoint"] for j in jobs] == ["f-1"]
 
 
 @pytest.mark.timeout(30)
@@ -112,9 +114,13 @@ async def test_a_device_whose_class_cannot_be_read_matches_no_class_term(tmp_pat
         link = devices["f-1"].link
         assert link is not None
         link.up = False  # still registered, no longer answering (its requests time out after 2 s)
-        assert await asyncio.wait_for(campaigns.select_targets("class=meter"), 15) == ["f-2"]
-        assert await asyncio.wait_for(campaigns.select_targets("class!=meter"), 15) == ["f-0", "f-3"]
-        assert await campaigns.select_targets("tag=beta") == ["f-0", "f-1"]  # tags need no answer
+
+        async def pick(expression: str) -> list[str]:
+            return await asyncio.wait_for(campaigns.select_targets(expression, tenant_id="default"), 15)
+
+        assert await pick("class=meter") == ["f-2"]
+        assert await pick("class!=meter") == ["f-0", "f-3"]
+        assert await pick("tag=beta") == ["f-0", "f-1"]  # tags need no answer
 
 
 @pytest.mark.parametrize(("expression", "needle"), [
@@ -129,7 +135,7 @@ async def test_bad_filters_are_refused_with_every_key_named(tmp_path: Path, expr
     data.mkdir(mode=0o700)
     async with running_server(data, coap_port=0, vault=Vault.open(data / "vault.key")) as srv:
         with pytest.raises(InvalidRequestError, match=needle):
-            await service(srv).select_targets(expression)
+            await service(srv).select_targets(expression, tenant_id="default")
 
 
 def scratch(data_dir: Path, api: str, *args: str) -> tuple[int, str, str]:
@@ -166,10 +172,10 @@ async def test_tag_commands_and_routes_through_the_rest_api(tmp_path: Path) -> N
         assert code == 0 and "5 tagged devices" in out and "spare-9" in out and "site:lyon" in out, err
         code, out, err = await cli("tag", "f-3", "bad tag")
         assert code == 1 and "a tag is 1 to 64 characters" in err
-        assert srv.tags is not None and srv.tags.of("f-3") == ["canary"]  # nothing written
+        assert srv.tags is not None and srv.tags.of("f-3", tenant_id="default") == ["canary"]  # nothing written
 
         # the campaign filter sees what the CLI wrote
-        assert await service(srv).select_targets("tag=canary") == ["f-3"]
+        assert await service(srv).select_targets("tag=canary", tenant_id="default") == ["f-3"]
 
         async with httpx.AsyncClient(base_url=api, timeout=10) as http:
             auth = {"Authorization": f"Bearer {srv.api_token}"}

@@ -66,16 +66,17 @@ async def run_to_end(srv: Lwm2mServer, cid: str, timeout: float) -> dict[str, An
     campaigns = srv.campaigns
     loop = asyncio.get_running_loop()
     deadline, shown = loop.time() + timeout, 0.0
-    while not (status := campaigns.status(cid))["report_ready"]:
+    while not (status := campaigns.status(cid, tenant_id="default"))["report_ready"]:
         if loop.time() > shown + 10:  # progress in the test's output, for a run that is too slow
             shown = loop.time()
-            active = [(j["endpoint"], j["state"], j["attempts"]) for j in campaigns.status(cid, jobs=True)["jobs"]
+            active = [(j["endpoint"], j["state"], j["attempts"])
+                      for j in campaigns.status(cid, tenant_id="default", jobs=True)["jobs"]
                       if j["state"] in ("delivering", "downloaded", "updating")]
             print(f"{cid}: {status['state']} {[(w['size'], w['succeeded'], w['active']) for w in status['waves']]}"
                   f" {active[:5]}")
         assert loop.time() < deadline, status
         await asyncio.sleep(0.2)
-    return campaigns.status(cid, jobs=True)
+    return campaigns.status(cid, tenant_id="default", jobs=True)
 
 
 @pytest.mark.timeout(420)
@@ -114,15 +115,15 @@ async def test_two_hundred_devices_canary_waves_loss_rollbacks_and_a_halting_cam
             srv.campaigns.keys.create("rogue", "release", tenant_id="default", now=time.time())
             v3 = releases.create([("app.bin", IMAGE_V3)], vendor="acme.example", class_name="sensor",
                                  version="3.0.0", key="rogue", now=time.time())
-            status = await srv.campaigns.create([v2.id], targets=endpoints,
+            status = await srv.campaigns.create([v2.id], tenant_id="default", targets=endpoints,
                                                 policy=Policy(canary_percent=5, waves=3, max_parallel=200,
                                                               success_threshold=0.8, max_attempts=4))
             assert [w["size"] for w in status["waves"]] == [10, 20, 40, 130]  # 5 % canary, then doubling
-            second = await srv.campaigns.create([v3.id], targets=others,
+            second = await srv.campaigns.create([v3.id], tenant_id="default", targets=others,
                                                 policy=Policy(canary=6, waves=3, max_parallel=50))
             assert [w["size"] for w in second["waves"]] == [6, 12, 22]  # a canary of 6, then doubling
-            await srv.campaigns.start_campaign(status["id"])
-            await srv.campaigns.start_campaign(second["id"])
+            await srv.campaigns.start_campaign(status["id"], tenant_id="default")
+            await srv.campaigns.start_campaign(second["id"], tenant_id="default")
             final, halted = await asyncio.gather(run_to_end(srv, status["id"], timeout=300),
                                                  run_to_end(srv, second["id"], timeout=300))
 
@@ -144,8 +145,8 @@ async def test_two_hundred_devices_canary_waves_loss_rollbacks_and_a_halting_cam
             devices = {d.endpoint: d for d in fleet.devices}
             assert all(devices[ep].firmware.version == ("1.0.0" if ep in fail_boot else "2.0.0")  # type: ignore[union-attr]
                        for ep in endpoints)
-            report, cose = srv.campaigns.report(status["id"])
-            key = load_public_key(srv.campaigns.attestation_public_pem().encode())
+            report, cose = srv.campaigns.report(status["id"], tenant_id="default")
+            key = load_public_key(srv.campaigns.attestation_public_pem(tenant_id="default").encode())
             assert attestation.verify_report(cose, key) == report
             assert report["summary"]["succeeded"] == 195 and report["summary"]["rolled-back"] == 5
             assert {t["endpoint"]: t["state"] for t in report["targets"]} == {ep: jobs[ep]["state"] for ep in jobs}
@@ -174,7 +175,7 @@ async def test_two_hundred_devices_canary_waves_loss_rollbacks_and_a_halting_cam
             assert sum(j["state"] == "failed" for j in final["jobs"]) >= 3
             assert {j["endpoint"] for j in final["jobs"]} == set(others)
             assert all(devices[ep].firmware.version == "1.0.0" for ep in others)  # type: ignore[union-attr]
-            report, cose = srv.campaigns.report(second["id"])
+            report, cose = srv.campaigns.report(second["id"], tenant_id="default")
             assert attestation.verify_report(cose, key) == report
             assert report["campaign"]["state"] == "halted"
         finally:

@@ -20,7 +20,6 @@ import pytest
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import BlockOption
-from sqlmodel import select
 
 from bootstrap.vault import Vault
 from client_sim.firmware import Faults, FirmwareOptions
@@ -28,7 +27,6 @@ from client_sim.fleet import Fleet
 from firmware_object.campaign import Policy
 from lwm2m_server.fota.file_server import FileServer
 from lwm2m_server.server import Lwm2mServer
-from lwm2m_server.storage.campaign_tables import CampaignJobRow
 from tests.harness import coap_client, eventually, running_server
 from tests.integration.test_campaign_deadlines import trust_anchor
 
@@ -43,10 +41,9 @@ async def get_block(ctx: aiocoap.Context, srv: Lwm2mServer, name: str, number: i
 
 
 def package_names(srv: Lwm2mServer, cid: str) -> dict[str, str | None]:
-    assert srv.database is not None
-    with srv.database.session() as s:
-        return {j.endpoint: j.package_name
-                for j in s.exec(select(CampaignJobRow).where(CampaignJobRow.campaign_id == cid)).all()}
+    """The package name each job of ``cid`` holds, as committed."""
+    assert srv.campaigns is not None
+    return {j.endpoint: j.package_name for j in srv.campaigns.store.jobs(cid, tenant_id="default")}
 
 
 @pytest.mark.timeout(120)
@@ -75,12 +72,13 @@ async def test_an_open_deliverys_uri_resolves_after_a_restart_with_the_same_etag
             await eventually(lambda: fleet.status.registered == 2, timeout=30)
             policy = Policy(canary_percent=100, waves=1, max_parallel=2, max_attempts=1, success_threshold=0.5,
                             error_threshold=0.5, delivering_timeout=10.0)
-            cid = (await campaigns.create([release.id], targets=["pr-0", "pr-1"], policy=policy,
+            cid = (await campaigns.create([release.id], tenant_id="default", targets=["pr-0", "pr-1"], policy=policy,
                                           method="pull"))["id"]
-            await campaigns.start_campaign(cid)
+            await campaigns.start_campaign(cid, tenant_id="default")
 
             def states() -> dict[str, str]:
-                return {j["endpoint"]: j["state"] for j in campaigns.status(cid, jobs=True)["jobs"]}
+                jobs = campaigns.status(cid, tenant_id="default", jobs=True)["jobs"]
+                return {j["endpoint"]: j["state"] for j in jobs}
 
             await eventually(lambda: states() == {"pr-0": "delivering", "pr-1": "succeeded"}
                              and fleet.devices[0].offline, timeout=30)
@@ -105,8 +103,8 @@ async def test_an_open_deliverys_uri_resolves_after_a_restart_with_the_same_etag
         assert (await get_block(ctx, again, FileServer.new_name(), 0)).code == Code.NOT_FOUND
 
         campaigns = again.campaigns  # the device stays away: the job ends at its deadline, and so does its URI
-        await eventually(lambda: campaigns.status(cid)["report_ready"], timeout=60, interval=0.2)
-        job = next(j for j in campaigns.status(cid, jobs=True)["jobs"] if j["endpoint"] == "pr-0")
+        await eventually(lambda: campaigns.status(cid, tenant_id="default")["report_ready"], timeout=60, interval=0.2)
+        job = next(j for j in campaigns.status(cid, tenant_id="default", jobs=True)["jobs"] if j["endpoint"] == "pr-0")
         assert job["state"] == "failed" and "package_name" not in job, job
         assert (await get_block(ctx, again, open_name, 1)).code == Code.NOT_FOUND
         assert again.files.published == 0

@@ -46,18 +46,20 @@ async def test_a_leshan_client_without_object_5_is_skipped_and_the_rest_updated(
                              timeout=30)
             assert client.alive(), f"the Leshan client exited:\n{client.tail()}"
             targets = ["leshan-1", *(d.endpoint for d in sims)]
-            created = await campaigns.create([release.id], targets=targets, policy=Policy(canary=1, waves=1))
-            await campaigns.start_campaign(created["id"])
-            await eventually(lambda: campaigns.status(created["id"])["report_ready"], timeout=90, interval=0.2)
-            final = campaigns.status(created["id"], jobs=True)
+            created = await campaigns.create([release.id], tenant_id="default", targets=targets,
+                                             policy=Policy(canary=1, waves=1))
+            await campaigns.start_campaign(created["id"], tenant_id="default")
+            await eventually(lambda: campaigns.status(created["id"], tenant_id="default")["report_ready"], timeout=90,
+                             interval=0.2)
+            final = campaigns.status(created["id"], tenant_id="default", jobs=True)
             jobs = {j["endpoint"]: j for j in final["jobs"]}
             assert jobs["leshan-1"]["state"] == "skipped", jobs["leshan-1"]
             assert "no Firmware Update object (/5)" in jobs["leshan-1"]["reason"]
             assert all(jobs[d.endpoint]["state"] == "succeeded" for d in sims), jobs
             assert all(d.firmware is not None and d.firmware.version == "2.0.0" for d in sims)
             assert final["state"] == "completed"
-            report, cose = campaigns.report(created["id"])
-            public = load_public_key(campaigns.attestation_public_pem().encode())
+            report, cose = campaigns.report(created["id"], tenant_id="default")
+            public = load_public_key(campaigns.attestation_public_pem(tenant_id="default").encode())
             assert attestation.verify_report(cose, public) == report
             assert report["summary"]["skipped"] == 1 and report["summary"]["succeeded"] == 3
         finally:
