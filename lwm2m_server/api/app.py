@@ -403,6 +403,7 @@ def create_app(management: DeviceManagement, model: ObjectModel, authenticate: A
     (``PUT /api/clients/{endpoint}/{path}``); the server allows it on a loopback API address only.
     """
     from lwm2m_server.api.campaigns import CAMPAIGN_BODY_CAPS
+    from lwm2m_server.api.releases import RELEASE_BODY_CAPS
 
     app = FastAPI(title="SCRATCh management API", version="0.1.0")
     audit = None
@@ -413,7 +414,8 @@ def create_app(management: DeviceManagement, model: ObjectModel, authenticate: A
 
     app.add_middleware(
         ApiGuard, authenticate=authenticate, audit=audit, routes=lambda: app.router.routes, default_cap=max_body,
-        caps={FIRMWARE_ROUTE: max_package, BENCH_ROUTE: 2 * max_package + (64 << 10), **CAMPAIGN_BODY_CAPS},
+        caps={FIRMWARE_ROUTE: max_package, BENCH_ROUTE: 2 * max_package + (64 << 10), **CAMPAIGN_BODY_CAPS,
+              **RELEASE_BODY_CAPS},
         public=frozenset({BENCH_ROUTE}) if bench_api else frozenset(),
         failures=failures or RateLimiter(AUTH_FAILURE_RATE, AUTH_FAILURE_BURST))
 
@@ -553,6 +555,10 @@ def create_app(management: DeviceManagement, model: ObjectModel, authenticate: A
         from lwm2m_server.api.tenancy import tenancy_routes
 
         tenancy_routes(app, tenancy)
+        if campaigns is not None:
+            from lwm2m_server.api.releases import release_routes
+
+            release_routes(app, campaigns.keys, campaigns.releases, tenancy)
     if bench_api:
         _bench_routes(app, management)
     return app

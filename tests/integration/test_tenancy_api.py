@@ -124,6 +124,7 @@ BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/api/devices/{endpoint}/read-composite"): {"paths": ["/3/0/0"]},
     ("POST", "/api/campaigns/{cid}/start"): {},
     ("POST", "/api/devices/{endpoint}/tags"): {"add": [], "remove": ["b-secret-tag"]},
+    ("POST", "/api/releases/{release_id}/approve"): {"key": "deploy"},
 }
 QUERIES: dict[tuple[str, str], dict[str, str]] = {
     ("GET", "/api/devices/{endpoint}/read"): {"path": "/3/0/0"},
@@ -133,7 +134,7 @@ QUERIES: dict[tuple[str, str], dict[str, str]] = {
 # routes whose path names no resource of a tenant: checked by their listings instead
 SELF_SCOPED = {"/api/health", "/api/whoami", "/api/tenant", "/api/tenant/logo", "/api/tenant/brand", "/api/tags",
                "/api/devices", "/api/releases", "/api/campaigns", "/api/tokens", "/api/grants", "/api/audit",
-               "/api/attestation-key"}
+               "/api/attestation-key", "/api/keys", "/api/releases/import"}
 # tags are names in the caller's own tenant: tagging "b-1" as A is A's own inventory entry, never B's device
 OWN_NAMESPACE = {("POST", "/api/devices/{endpoint}/tags"), ("GET", "/api/devices/{endpoint}/tags")}
 
@@ -184,7 +185,7 @@ async def test_every_route_hides_another_tenants_resources(world: World) -> None
                 assert secret not in r.text
         assert tried >= 25, tried
         # the listings of A hold nothing of B
-        for path in sorted(SELF_SCOPED - {"/api/tenant/logo", "/api/tenant/brand"}):
+        for path in sorted(SELF_SCOPED - {"/api/tenant/logo", "/api/tenant/brand", "/api/releases/import"}):
             r = await a.get(path)
             assert r.status_code == 200, (path, r.text)
             # A's audit trail records A's own requests, with the names A typed; nothing else of B
@@ -209,6 +210,9 @@ async def test_roles_are_enforced_and_refusals_audited(world: World) -> None:
         cid = r.json()["id"]
         r = await op.post("/api/tokens", json={"roles": ["operator"]})
         assert r.status_code == 403 and "manage-tokens" in r.json()["error"], r.text
+        r = await op.post("/api/keys", json={"name": "mine", "role": "deployment"})
+        assert r.status_code == 403 and "manage-keys" in r.json()["error"], r.text
+        assert "mine" not in [k["name"] for k in (await op.get("/api/keys")).json()]
     async with w.client("a-auditor") as aud:
         r = await aud.post(f"/api/campaigns/{cid}/start", json={})
         assert r.status_code == 403 and r.json()["kind"] == "ForbiddenError", r.text
