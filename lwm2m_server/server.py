@@ -46,6 +46,7 @@ from lwm2m_server.registry.service import DEFAULT_MAX_LIFETIME, DEFAULT_MAX_REGI
 from lwm2m_server.registry.tags import DeviceTags
 from lwm2m_server.storage.database import Database
 from lwm2m_server.storage.sql import SqlDeviceStore, SqlRegistrationStore
+from lwm2m_server.tenancy.brand import product_name
 from lwm2m_server.tenancy.model import DEFAULT_TENANT, Principal
 from lwm2m_server.tenancy.service import TenancyService, local_admin
 from lwm2m_server.tenancy.sql import open_tenancy
@@ -283,7 +284,8 @@ class Lwm2mServer:
             from lwm2m_server.fota.campaigns import open_campaigns
             from lwm2m_server.fota.webhooks import WebhookNotifier, Webhooks
 
-            self.webhooks = WebhookNotifier(Webhooks.over(self.database, self.vault), self.events)
+            self.webhooks = WebhookNotifier(Webhooks.over(self.database, self.vault), self.events,
+                                            product_name=self._product_name)
             self.webhooks.start()
             self.campaigns = open_campaigns(self, self.vault)
             await self.campaigns.start()
@@ -345,6 +347,10 @@ class Lwm2mServer:
                                "sessions_closed": closed, "registration_removed": removed,
                                "node": self.settings.node_id})
 
+    def _product_name(self, tenant_id: str) -> str:
+        """The name a tenant's users and devices see (its brand, else SCRATCh)."""
+        return product_name(self.tenancy.brand(tenant_id) if self.tenancy is not None else None)
+
     async def _start_api(self) -> None:
         import uvicorn
 
@@ -368,7 +374,8 @@ class Lwm2mServer:
 
         app = self.api_app = create_app(
             self.management, self.model, authenticate, firmware=self.firmware, bench_api=s.bench_api,
-            events=self.events, campaigns=self.campaigns, tags=self.tags, tenancy=tenancy)
+            events=self.events, campaigns=self.campaigns, tags=self.tags, tenancy=tenancy,
+            usage=self.usage.store if self.usage is not None else None)
         config = uvicorn.Config(app, host=s.api_host, port=s.api_port or 0, log_level="warning",
                                 lifespan="off", access_log=False)
         server = uvicorn.Server(config)

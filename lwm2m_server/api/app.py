@@ -389,7 +389,7 @@ class ApiGuard:
 def create_app(management: DeviceManagement, model: ObjectModel, authenticate: Authenticate, *,
                firmware: FirmwareService | None = None, bench_api: bool = False,
                events: EventBus | None = None, campaigns: Any = None, tags: DeviceTags | None = None,
-               tenancy: Any = None, max_body: int = MAX_BODY, max_package: int = MAX_PACKAGE,
+               tenancy: Any = None, usage: Any = None, max_body: int = MAX_BODY, max_package: int = MAX_PACKAGE,
                failures: RateLimiter | None = None) -> FastAPI:
     """The API app behind an :class:`ApiGuard`: ``authenticate`` turns a bearer token into a principal (or None);
     a token is never logged or echoed. ``tenancy`` (a :class:`~lwm2m_server.tenancy.service.TenancyService`) adds
@@ -431,15 +431,15 @@ def create_app(management: DeviceManagement, model: ObjectModel, authenticate: A
     @app.get(HEALTH)
     async def health(p: Principal = caller(Action.READ)) -> dict[str, Any]:
         """With a token: the number of the tenant's registered devices as well (without it the guard answers)."""
-        return {"status": "ok", "devices": registrations.count(p.tenant_id)}
+        return {"status": "ok", "devices": registrations.count(tenant_id=p.tenant_id)}
 
     @app.get("/api/devices")
     async def list_devices(p: Principal = caller(Action.READ)) -> list[dict[str, Any]]:
-        return [registration_to_json(r) for r in sorted(registrations.all(p.tenant_id), key=lambda r: r.endpoint)]
+        return [registration_to_json(r) for r in sorted(registrations.all(tenant_id=p.tenant_id), key=lambda r: r.endpoint)]
 
     @app.get("/api/devices/{endpoint}")
     async def show_device(endpoint: str, p: Principal = caller(Action.READ)) -> dict[str, Any]:
-        return registration_to_json(management.registration(endpoint, p.tenant_id))
+        return registration_to_json(management.registration(endpoint, tenant_id=p.tenant_id))
 
     @app.get("/api/devices/{endpoint}/read")
     async def read(endpoint: str, path: str, format: str | None = None, timeout: float | None = None,
@@ -554,7 +554,7 @@ def create_app(management: DeviceManagement, model: ObjectModel, authenticate: A
     if tenancy is not None:
         from lwm2m_server.api.tenancy import tenancy_routes
 
-        tenancy_routes(app, tenancy)
+        tenancy_routes(app, tenancy, usage)
         if campaigns is not None:
             from lwm2m_server.api.releases import release_routes
 
@@ -566,7 +566,7 @@ def create_app(management: DeviceManagement, model: ObjectModel, authenticate: A
 
 def _firmware_routes(app: FastAPI, firmware: FirmwareService) -> None:
     def job_of(endpoint: str, tenant_id: str) -> UpdateJob:
-        job = firmware.job(endpoint, tenant_id)
+        job = firmware.job(endpoint, tenant_id=tenant_id)
         if job is None:
             raise NotFoundError(f"no firmware update of {endpoint} since the server started")
         return job
@@ -656,7 +656,7 @@ def _bench_routes(app: FastAPI, management: DeviceManagement) -> None:
             data = bytes.fromhex(body.value)
         except (TypeError, ValueError):
             raise InvalidRequestError("value must be hex") from None
-        reg = management.reachable(endpoint, "default")
+        reg = management.reachable(endpoint, tenant_id="default")  # unauthenticated: the default tenant only
         sender = management.sender
         await push_package(sender.context, reg, data, path=LwM2mPath.parse("/" + path), total_timeout=timeout,
                            request_timeout=sender.timeout)

@@ -60,7 +60,8 @@ def token_to_json(t: TokenRecord) -> dict[str, Any]:
             "revoked_at": t.revoked_at}
 
 
-def tenancy_routes(app: FastAPI, tenancy: TenancyService) -> None:
+def tenancy_routes(app: FastAPI, tenancy: TenancyService, usage: Any = None) -> None:
+    """``usage`` (a :class:`~lwm2m_server.metering.store.UsageStore`) adds ``GET /api/usage``."""
     @app.get("/api/whoami")
     async def whoami(p: Principal = caller(Action.READ)) -> dict[str, Any]:
         return {"tenant": p.tenant_id, "kind": p.kind.value, "roles": p.role_names(), "subject": p.subject}
@@ -122,3 +123,21 @@ def tenancy_routes(app: FastAPI, tenancy: TenancyService) -> None:
     async def audit_trail(after: int = 0, limit: int = 1000, p: Principal = caller(Action.READ_AUDIT)
                           ) -> list[dict[str, Any]]:
         return [asdict(e) for e in tenancy.audit_trail(tenant_id=p.tenant_id, by=p, after=after, limit=limit)]
+
+    if usage is not None:
+        @app.get("/api/usage")
+        async def usage_days(first: str | None = None, last: str | None = None, include_today: bool = False,
+                             p: Principal = caller(Action.READ_USAGE)) -> Response:
+            """The tenant's usage as the JSON file ``scratch usage export`` writes (sealed days, hash-chained; with
+            ``include_today`` the day under way too)."""
+            import time
+
+            from lwm2m_server.metering.store import exported_days
+            from lwm2m_server.metering.usage import parse_day, to_json
+
+            for value in (first, last):
+                if value is not None:
+                    parse_day(value)
+            days = exported_days(usage, tenant_id=p.tenant_id, now=time.time(), first=first, last=last,
+                                 include_today=include_today)
+            return Response(to_json(days, tenant_id=p.tenant_id), media_type="application/json")

@@ -32,11 +32,14 @@ def export(
     last: Annotated[str | None, typer.Option("--to", help="Last day, YYYY-MM-DD (UTC); default: the last")] = None,
     fmt: Annotated[str | None, typer.Option("--format", help="csv or json (default: json for a .json file, "
                                             "else csv)")] = None,
+    include_today: Annotated[bool, typer.Option(
+        "--include-today", help="Also write the day under way, chained after the sealed days (its counts may still "
+        "grow: a later export supersedes it; the store seals it only once it is over)")] = False,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Seal the finished days, then write the tenant's sealed days (with their hashes) to --out."""
     from lwm2m_server.data_dir import default_data_dir
-    from lwm2m_server.metering.store import SqlUsageStore
+    from lwm2m_server.metering.store import SqlUsageStore, exported_days
     from lwm2m_server.metering.usage import UsageFormatError, parse_day, to_csv, to_json, verify
     from lwm2m_server.storage.database import Database
 
@@ -60,8 +63,8 @@ def export(
         raise fail(str(e)) from None
     try:
         store = SqlUsageStore(database)
-        store.seal(tenant_id=tenant, now=time.time())
-        days = store.days(tenant_id=tenant, first=first, last=last)
+        days = exported_days(store, tenant_id=tenant, now=time.time(), first=first, last=last,
+                             include_today=include_today)
     except Lwm2mError as e:
         raise fail(str(e)) from None
     finally:

@@ -8,7 +8,8 @@ Invariants:
 
 * :func:`build_report` is the only producer: targets sorted by endpoint (unique), every field of
   :data:`TARGET_FIELDS` present (None when missing), digests lowercase hex, ``summary`` counted from target states,
-  ``server.kid`` the signer's kid in hex. Input dict key order never changes :func:`canonical_cbor`.
+  ``server.kid`` the signer's kid in hex, ``server.issuer`` the name the report is issued under (the tenant's
+  brand, else SCRATCh). Input dict key order never changes :func:`canonical_cbor`.
 * Verification checks, in this order: COSE shape, the kid against the key, the signature, then the payload: it must be
   canonical CBOR of a well-formed report whose ``server.kid`` is the signing kid and whose summary fits its targets.
   Only then is the file content compared with the payload (JSON: the embedded report's canonical CBOR; CSV:
@@ -89,7 +90,8 @@ class VerifiedReport:
 
 
 def build_report(
-    campaign: Mapping[str, Any], targets: Iterable[Mapping[str, Any]], *, generated_at: float, node: str, kid: str
+    campaign: Mapping[str, Any], targets: Iterable[Mapping[str, Any]], *, generated_at: float, node: str, kid: str,
+    issuer: str = "SCRATCh",
 ) -> dict[str, Any]:
     """The report of ``campaign`` and its ``targets``, validated and normalised (see the module invariants).
 
@@ -105,7 +107,8 @@ def build_report(
     return {
         "format": FORMAT,
         "generated_at": _time(generated_at, "generated_at"),
-        "server": {"node": _text(node, "server.node"), "kid": _hex(kid, "server.kid")},
+        "server": {"node": _text(node, "server.node"), "kid": _hex(kid, "server.kid"),
+                   "issuer": _text(issuer, "server.issuer")},
         "campaign": _normalise_campaign(campaign),
         "summary": summarise(normal_targets),
         "targets": normal_targets,

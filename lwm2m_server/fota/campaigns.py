@@ -87,6 +87,7 @@ from lwm2m_server.core.nodes import Instance, SingleResource
 from lwm2m_server.core.operations import ExecuteRequest, ReadRequest
 from lwm2m_server.core.paths import LwM2mPath
 from lwm2m_server.events import REGISTRATION_REGISTERED, REGISTRATION_UPDATED, Event, EventBus
+from lwm2m_server.fota.release_import import check_deploy_grant
 from lwm2m_server.fota.service import FirmwareService, Method, UpdateInProgressError, UpdateJob, result_label
 from lwm2m_server.management import DeviceManagement
 from lwm2m_server.storage.campaign_store import (
@@ -96,6 +97,8 @@ from lwm2m_server.storage.campaign_store import (
     JobRecord,
     SqlCampaignStore,
 )
+from lwm2m_server.tenancy.brand import PRODUCT_NAME
+from lwm2m_server.tenancy.model import ForbiddenError
 from lwm2m_server.transport.downlink import send_request
 
 log = logging.getLogger(__name__)
@@ -155,12 +158,14 @@ class CampaignService:
     def __init__(self, store: CampaignStore, firmware: FirmwareService, management: DeviceManagement,
                  events: EventBus, releases: Any, keys: Any, *, clock: Callable[[], float] = time.time,
                  node: str = "node-1", tick: float = 1.0, job_timeout: float = 600.0,
-                 attestation_key: str = "attestation", tags: Any = None) -> None:
+                 attestation_key: str = "attestation", tags: Any = None, tenancy: Any = None) -> None:
         """``store`` keeps the campaigns and their jobs (each change committed when the call returns: a restart
         resumes from it); ``releases`` is a :class:`~lwm2m_server.fota.releases.ReleaseStore`, ``keys`` its
         signing-key store (the attestation key is made on first use), ``tags`` the
         :class:`~lwm2m_server.registry.tags.DeviceTags` that ``tag=`` filter terms look in (None: such terms are
-        refused)."""
+        refused), ``tenancy`` the :class:`~lwm2m_server.tenancy.service.TenancyService` whose grants a release
+        imported from another tenant (an OEM) needs at creation and at start, and whose brands name the issuer of
+        reports (None: only a tenant's own releases are deployed)."""
         self.store = store
         self.firmware = firmware
         self.management = management
@@ -173,6 +178,7 @@ class CampaignService:
         self.job_timeout = job_timeout
         self.attestation_key = attestation_key
         self.tags = tags
+        self.tenancy = tenancy
         self._drivers: dict[str, asyncio.Task[None]] = {}
         self._wakes: dict[str, asyncio.Event] = {}
         self._jobs: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -257,6 +263,7 @@ class CampaignService:
             raise InvalidRequestError("method is push or pull (or none: each device's choice)")
         policy = policy or Policy()
         releases = [self._release(rid, tenant_id) for rid in release_ids]
+        self._check_grants(releases, tenant_id, "campaign refused")
         for rel in releases:
             if len(rel.images) != 1:
                 raise InvalidRequestError(f"release {rel.id} has {len(rel.images)} images; a campaign delivers "
@@ -338,6 +345,7 @@ class CampaignService:
             raise CampaignStateError(f"campaign {cid} is {row.state.value}; only a created campaign starts")
         release_ids = row.releases
         now = self.clock()
+        self._check_grants([self._release(rid, tenant_id) for rid in release_ids], tenant_id, "start refused")
         if approve_with is not None:
             for rid in release_ids:
                 self.releases.approve(rid, approve_with, tenant_id=tenant_id, now=now)
@@ -813,6 +821,19 @@ class CampaignService:
         self._emit(CAMPAIGN_FINISHED, tenant_id, None, {"campaign": cid, "state": row.state.value,
                                                         "reason": row.reason, "summary": summary})
 
+    def _check_grants(self, releases: Sequence[Any], tenant_id: str, what: str) -> None:
+        """A release signed by another tenant (an OEM) is deployed only under that OEM's grant for its class, checked
+        at creation and again at start (a revoked grant stops a rollout that has not begun)."""
+        for rel in releases:
+            origin = getattr(rel, "origin_tenant", None)
+            if origin is None or origin == tenant_id:
+                continue
+            if self.tenancy is None:
+                raise ForbiddenError(f"{what}: release {rel.id} was signed by tenant {origin!r}; this server checks "
+                                     "no grants")
+            check_deploy_grant(self.tenancy, oem_tenant=origin, operator_tenant=tenant_id, vendor_id=rel.vendor_id,
+                               class_id=rel.class_id, what=f"{what} for release {rel.id}")
+
     def _make_report(self, row: CampaignRecord) -> tuple[dict[str, Any], bytes]:
         from lwm2m_server.fota import attestation
 
@@ -838,7 +859,10 @@ class CampaignService:
                             "sequence_number": j.sequence_number, "update_result": j.update_result,
                             "attempts": j.attempts, "started_at": j.started_at, "finished_at": j.finished_at,
                             "reason": j.reason})
-        report = attestation.build_report(campaign, targets, generated_at=self.clock(), node=self.node, kid=key.kid)
+        brand = self.tenancy.brand(tenant) if self.tenancy is not None else None
+        issuer = brand.issuer if brand is not None else PRODUCT_NAME
+        report = attestation.build_report(campaign, targets, generated_at=self.clock(), node=self.node, kid=key.kid,
+                                          issuer=issuer)
         return report, attestation.sign_report(report, private)
 
     def _attestation_public(self, tenant_id: str) -> Any:
@@ -1023,4 +1047,5 @@ def open_campaigns(server: Any, vault: Any) -> CampaignService:
     releases = ReleaseStore(server.database, BlobStore(server.settings.data_dir / BLOBS_DIR), keys)
     return CampaignService(SqlCampaignStore(server.database), server.firmware, server.management, server.events,
                            releases, keys, node=server.settings.node_id, tick=server.settings.campaign_tick,
-                           job_timeout=server.settings.campaign_job_timeout, tags=getattr(server, "tags", None))
+                           job_timeout=server.settings.campaign_job_timeout, tags=getattr(server, "tags", None),
+                           tenancy=getattr(server, "tenancy", None))

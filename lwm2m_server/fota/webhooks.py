@@ -325,12 +325,16 @@ class WebhookNotifier:
     def __init__(self, webhooks: Webhooks, events: EventBus, *, max_attempts: int = 6, backoff_base: float = 1.0,
                  backoff_max: float = 60.0, timeout: float = 10.0, concurrency: int = 8, queue_size: int = 1000,
                  drain_timeout: float = 5.0, refresh_interval: float = 5.0,
-                 clock: Callable[[], float] = time.time, transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 clock: Callable[[], float] = time.time, transport: httpx.AsyncBaseTransport | None = None,
+                 product_name: Callable[[str], str] | None = None) -> None:
+        """``product_name`` gives a tenant's brand name (white label): its deliveries carry ``User-Agent:
+        <name>-webhooks/1`` (default ``scratch-webhooks/1``)."""
         if max_attempts < 1 or concurrency < 1 or queue_size < 1:
             raise ValueError("max_attempts, concurrency and queue_size must be at least 1")
         if min(backoff_base, backoff_max, drain_timeout) < 0 or timeout <= 0 or refresh_interval <= 0:
             raise ValueError("backoff and drain times must be >= 0, timeout and refresh_interval > 0")
         self._webhooks = webhooks
+        self._product_name = product_name
         self._events = events
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base
@@ -572,11 +576,16 @@ class WebhookNotifier:
             delay = max(delay, min(retry_after, self.backoff_max))
         return delay
 
+    def _user_agent(self, tenant_id: str) -> str:
+        name = self._product_name(tenant_id) if self._product_name is not None else "scratch"
+        token = "".join(c if c.isalnum() or c in "-." else "-" for c in name.strip().lower()).strip("-") or "scratch"
+        return f"{token[:48]}-webhooks/1"
+
     async def _attempt(self, job: _Job, secret: bytes) -> tuple[int | None, str, float | None, float]:
         """One POST: (status or None, error text, Retry-After seconds, duration). The error text holds the status
         or the exception's class and message, never a header or the body."""
         headers = {"Content-Type": "application/json", "X-Scratch-Event": job.event.kind,
-                   "X-Scratch-Delivery": job.delivery_id,
+                   "X-Scratch-Delivery": job.delivery_id, "User-Agent": self._user_agent(job.event.tenant_id),
                    SIGNATURE_HEADER: sign(secret, job.body, int(self._clock()))}
         async with self._slots:
             started = time.monotonic()

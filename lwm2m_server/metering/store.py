@@ -26,7 +26,7 @@ from lwm2m_server.metering.usage import COUNTERS, DayCounts, Increment, Tally, U
 from lwm2m_server.storage.database import Database
 from lwm2m_server.storage.usage_tables import UsageDayRow, UsageEndpointRow
 
-__all__ = ["MemoryUsageStore", "SealedDayError", "SqlUsageStore", "UsageStore"]
+__all__ = ["MemoryUsageStore", "SealedDayError", "SqlUsageStore", "UsageStore", "exported_days"]
 
 _DAY = UsageDayRow.__table__  # type: ignore[attr-defined]
 _EP = UsageEndpointRow.__table__  # type: ignore[attr-defined]
@@ -223,3 +223,18 @@ def _day(row: Row[Any]) -> UsageDay:
     m = row._mapping
     counts = DayCounts(**{n: int(m[n]) for n in COUNTERS})
     return replace(UsageDay.of(m["tenant_id"], m["day"], counts), prev_hash=m["prev_hash"] or "", hash=m["hash"] or "")
+
+
+def exported_days(store: UsageStore, *, tenant_id: str, now: float, first: str | None = None,
+                  last: str | None = None, include_today: bool = False) -> list[UsageDay]:
+    """What an export of ``tenant_id`` holds: the days that are over are sealed first, then the sealed days from
+    ``first`` to ``last``; with ``include_today``, the day under way too, chained after the last sealed day (a
+    snapshot: the store seals that day only once it is over, so a later export may show more)."""
+    store.seal(tenant_id=tenant_id, now=now)
+    days = store.days(tenant_id=tenant_id, first=first, last=last)
+    today = day_of(now)
+    if include_today and (last is None or last >= today):
+        sealed = store.days(tenant_id=tenant_id)
+        running = UsageDay.of(tenant_id, today, store.counts(tenant_id=tenant_id, day=today))
+        days += [d for d in seal([running], after=sealed[-1] if sealed else None) if first is None or d.day >= first]
+    return days

@@ -134,7 +134,7 @@ QUERIES: dict[tuple[str, str], dict[str, str]] = {
 # routes whose path names no resource of a tenant: checked by their listings instead
 SELF_SCOPED = {"/api/health", "/api/whoami", "/api/tenant", "/api/tenant/logo", "/api/tenant/brand", "/api/tags",
                "/api/devices", "/api/releases", "/api/campaigns", "/api/tokens", "/api/grants", "/api/audit",
-               "/api/attestation-key", "/api/keys", "/api/releases/import"}
+               "/api/attestation-key", "/api/keys", "/api/releases/import", "/api/usage"}
 # tags are names in the caller's own tenant: tagging "b-1" as A is A's own inventory entry, never B's device
 OWN_NAMESPACE = {("POST", "/api/devices/{endpoint}/tags"), ("GET", "/api/devices/{endpoint}/tags")}
 
@@ -154,7 +154,9 @@ async def test_every_route_hides_another_tenants_resources(world: World) -> None
     routes = _routes(w.srv)
     tried = 0
     async with w.client("a-all") as a:
-        missing = (await a.get("/api/devices/no-such-device")).json()
+        first = await a.get("/api/devices/no-such-device")
+        assert first.status_code == 404, (first.status_code, first.text)
+        missing = first.json()
         for method, path in routes:
             if path in SELF_SCOPED or path.startswith("/api/clients/"):
                 continue
