@@ -333,7 +333,7 @@ class Lwm2mServer:
         closed = self.dtls.evict_identity(credential.identity.encode("utf-8")) if self.dtls is not None else 0
         removed = False
         if self.registrations is not None:  # a registration authenticated by a revoked key is trusted no more
-            reg = self.registrations.by_endpoint(credential.endpoint, credential.tenant_id)
+            reg = self.registrations.by_endpoint(credential.endpoint, tenant_id=credential.tenant_id)
             if reg is not None and reg.identity == credential.identity:
                 with contextlib.suppress(UnknownRegistrationError):  # expired meanwhile
                     self.registrations.deregister(reg.id, reason="credential_revoked")

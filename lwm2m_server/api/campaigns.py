@@ -21,7 +21,7 @@ from lwm2m_server.api.auth import caller
 from lwm2m_server.core.errors import InvalidRequestError
 from lwm2m_server.events import Event
 from lwm2m_server.fota.campaigns import CAMPAIGN_FINISHED, CampaignService
-from lwm2m_server.tenancy.model import Action, Principal
+from lwm2m_server.tenancy.model import Action, Principal, authorize
 
 MAX_CAMPAIGN_BODY = 32 << 20  # bytes: a target list as long as the CLI's largest target file (16 MiB), in JSON
 CAMPAIGN_BODY_CAPS = {"/api/campaigns": MAX_CAMPAIGN_BODY}  # route path -> body cap, for the API's guard
@@ -73,8 +73,17 @@ def campaign_routes(app: FastAPI, campaigns: CampaignService) -> None:
     @app.post("/api/campaigns/{cid}/start")
     async def start_campaign(cid: str, body: StartBody | None = None,
                              p: Principal = caller(Action.RUN_CAMPAIGNS)) -> dict[str, Any]:
-        return await campaigns.start_campaign(cid, approve_with=body.approve_with if body else None,
-                                              tenant_id=p.tenant_id)
+        """Start it; ``approve_with`` names the deployment key whose countersigned packages devices get. Making a
+        countersignature that does not exist yet is a release manager's act (an operator may start with one that
+        exists)."""
+        approve_with = body.approve_with if body else None
+        if approve_with is not None and not p.may(Action.MANAGE_RELEASES):
+            status = campaigns.status(cid, tenant_id=p.tenant_id)
+            for rid in status.get("releases", []):
+                rel = releases.get(rid, tenant_id=p.tenant_id)
+                if approve_with not in (a[0] for a in rel.approvals):
+                    authorize(p, Action.MANAGE_RELEASES)  # 403, naming the role that countersigns
+        return await campaigns.start_campaign(cid, approve_with=approve_with, tenant_id=p.tenant_id)
 
     @app.post("/api/campaigns/{cid}/pause")
     async def pause_campaign(cid: str, p: Principal = caller(Action.RUN_CAMPAIGNS)) -> dict[str, Any]:

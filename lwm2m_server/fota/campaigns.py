@@ -160,8 +160,8 @@ class CampaignService:
                  node: str = "node-1", tick: float = 1.0, job_timeout: float = 600.0,
                  attestation_key: str = "attestation", tags: Any = None, tenancy: Any = None) -> None:
         """``store`` keeps the campaigns and their jobs (each change committed when the call returns: a restart
-        resumes from it); ``releases`` is a :class:`~lwm2m_server.fota.releases.ReleaseStore`, ``keys`` its
-        signing-key store (the attestation key is made on first use), ``tags`` the
+        resumes from it); ``releases`` is a :class:`~lwm2m_server.fota.releases.Releases`, ``keys`` its
+        :class:`~lwm2m_server.fota.releases.SigningKeys` (the attestation key is made on first use), ``tags`` the
         :class:`~lwm2m_server.registry.tags.DeviceTags` that ``tag=`` filter terms look in (None: such terms are
         refused), ``tenancy`` the :class:`~lwm2m_server.tenancy.service.TenancyService` whose grants a release
         imported from another tenant (an OEM) needs at creation and at start, and whose brands name the issuer of
@@ -302,7 +302,7 @@ class CampaignService:
         devices reachable. A device whose model number cannot be read matches no ``class`` term (neither ``=``
         nor ``!=``); one whose version cannot be read has version None (it matches ``version!=X``)."""
         terms = _parse_filter(expression)
-        candidates = sorted(r.endpoint for r in self.management.registrations.all(tenant_id))
+        candidates = sorted(r.endpoint for r in self.management.registrations.all(tenant_id=tenant_id))
         for key, op, value in terms:
             if key == "endpoint":
                 candidates = [ep for ep in candidates if fnmatch.fnmatchcase(ep, value) == (op == "=")]
@@ -529,7 +529,7 @@ class CampaignService:
         """Whether requests can be sent to the device now; a plain-CoAP device not heard from since the server
         started is asked to send an Update (:meth:`_nudge`)."""
         try:
-            reg = self.management.reachable(endpoint, tenant_id)
+            reg = self.management.reachable(endpoint, tenant_id=tenant_id)
         except Lwm2mError:
             return False
         if reg.remote is None:
@@ -595,7 +595,7 @@ class CampaignService:
         job = self._job(cid, ep, tenant_id)
         assert job is not None
         try:
-            reg = self.management.reachable(ep, tenant_id)
+            reg = self.management.reachable(ep, tenant_id=tenant_id)
         except Lwm2mError as e:  # gone since the decision: not a try, wait for it
             self._set_job(cid, ep, tenant_id, JobState.PENDING, not_before=self.clock() + self.tick,
                           reason=f"waiting for the device: {e}")
@@ -703,7 +703,7 @@ class CampaignService:
         task = self._jobs.pop((cid, ep), None)
         if task is not None:  # only an update this campaign runs (an orphan has none: another's is left alone)
             task.cancel()
-            self.firmware.abort(ep, tenant_id)
+            self.firmware.abort(ep, tenant_id=tenant_id)
         self._drop_orphan(cid, ep, tenant_id)
         state = job.state
         allowed = phase_timeout(policy, state, self._package_size(self._row(cid, tenant_id)))
@@ -1041,10 +1041,10 @@ def open_campaigns(server: Any, vault: Any) -> CampaignService:
     """The campaign service of a started :class:`~lwm2m_server.server.Lwm2mServer`: a SQL campaign store over its
     database, its firmware service and events, the releases and blobs of its data directory, signing keys opened
     with ``vault``."""
-    from lwm2m_server.fota.releases import BLOBS_DIR, BlobStore, ReleaseStore, SigningKeyStore
+    from lwm2m_server.fota.releases import Releases, SigningKeys
 
-    keys = SigningKeyStore(server.database, vault)
-    releases = ReleaseStore(server.database, BlobStore(server.settings.data_dir / BLOBS_DIR), keys)
+    keys = SigningKeys.over(server.database, vault)
+    releases = Releases.over(server.database, server.settings.data_dir, keys)
     return CampaignService(SqlCampaignStore(server.database), server.firmware, server.management, server.events,
                            releases, keys, node=server.settings.node_id, tick=server.settings.campaign_tick,
                            job_timeout=server.settings.campaign_job_timeout, tags=getattr(server, "tags", None),

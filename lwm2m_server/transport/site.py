@@ -278,7 +278,8 @@ class ServerSite(Resource):
             pass
         identity = raw_identity.decode("utf-8", "replace")
         endpoint = self._endpoint_for_identity(identity)
-        reg = self.registrations.by_endpoint(endpoint) if endpoint is not None else None
+        tenant = self._tenant_for_identity(identity) if self._tenant_for_identity is not None else DEFAULT_TENANT
+        reg = self.registrations.by_endpoint(endpoint, tenant_id=tenant) if endpoint is not None else None
         if reg is not None and reg.identity == identity:
             self.registrations.resume(reg.id, address=remote_address(remote), remote=remote)
 
