@@ -75,7 +75,31 @@ def secrets_never_leak(request: pytest.FixtureRequest, tmp_path_factory: pytest.
                     f"never be:\n{describe(report.findings)}\n(full run log: {scan.log_file})", pytrace=False)
 
 
+_SLOW_LEFT_OUT = pytest.StashKey[int]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true",
+                     help="run only the slow scale tests (marked 'slow'), which a plain run leaves out and names")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A plain run deselects the tests marked ``slow`` (and says so in its summary); ``--slow`` runs only them."""
+    only_slow = config.getoption("--slow")
+    keep = [i for i in items if (i.get_closest_marker("slow") is not None) == only_slow]
+    dropped = [i for i in items if i not in keep]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+    if not only_slow:
+        config.stash[_SLOW_LEFT_OUT] = len(dropped)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     summary = terminalreporter.config.stash.get(_SECRET_SCAN_SUMMARY, None)
     if summary is not None:
         terminalreporter.write_line(summary)
+    left_out = terminalreporter.config.stash.get(_SLOW_LEFT_OUT, 0)
+    if left_out:
+        terminalreporter.write_line(f"{left_out} slow scale test(s) deselected, not skipped: `./dev test --slow` "
+                                    "runs them")

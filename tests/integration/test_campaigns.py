@@ -79,13 +79,14 @@ async def run_to_end(srv: Lwm2mServer, cid: str, timeout: float) -> dict[str, An
     return campaigns.status(cid, tenant_id="default", jobs=True)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 async def test_two_hundred_devices_canary_waves_loss_rollbacks_and_a_halting_campaign(tmp_path: Path) -> None:
     async with campaign_server(tmp_path) as (srv, _store):
         assert srv.campaigns is not None
         releases = srv.campaigns.releases
         v2 = releases.create([("app.bin", IMAGE_V2)], vendor="acme.example", class_name="sensor",
-                             version="2.0.0", now=time.time())
+                             version="2.0.0", now=time.time(), tenant_id="default")
         anchor = trust_anchor(srv)
         everyone = [f"c-{i}" for i in range(240)]  # Fleet names them so
         endpoints, others = everyone[:200], everyone[200:]  # the staged campaign's, the halting campaign's
@@ -114,7 +115,7 @@ async def test_two_hundred_devices_canary_waves_loss_rollbacks_and_a_halting_cam
             # a release the devices do not trust (another OEM key), for the halting campaign
             srv.campaigns.keys.create("rogue", "release", tenant_id="default", now=time.time())
             v3 = releases.create([("app.bin", IMAGE_V3)], vendor="acme.example", class_name="sensor",
-                                 version="3.0.0", key="rogue", now=time.time())
+                                 version="3.0.0", key="rogue", now=time.time(), tenant_id="default")
             status = await srv.campaigns.create([v2.id], tenant_id="default", targets=endpoints,
                                                 policy=Policy(canary_percent=5, waves=3, max_parallel=200,
                                                               success_threshold=0.8, max_attempts=4))

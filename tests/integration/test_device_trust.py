@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiocoap
+import pytest
 
 from bootstrap.server import BootstrapServer, BootstrapSettings
 from bootstrap.sql_credentials import SqlCredentialStore
@@ -68,7 +69,7 @@ async def production(tmp_path: Path, **bs_settings: Any) -> AsyncIterator[tuple[
 
 
 def provision(store: SqlCredentialStore, bs: BootstrapServer, endpoint: str) -> FactoryCredentials:
-    credential, psk = store.issue(endpoint, "bootstrap", now=0)
+    credential, psk = store.issue(endpoint, "bootstrap", now=0, tenant_id="default")
     return FactoryCredentials(endpoint, credential.identity, bytes(psk), bs.coaps_uri)
 
 
@@ -109,29 +110,32 @@ async def test_factory_to_bootstrap_to_register_to_firmware_update_to_rekey(tmp_
             assert all(await asyncio.gather(*(d.start(timeout=30) for d in devices)))
             assert srv.registrations is not None and srv.management is not None and srv.firmware is not None
             for record in records:
-                reg = srv.registrations.by_endpoint(record.endpoint)
-                server_credential = store.by_endpoint(record.endpoint, "server")
+                reg = srv.registrations.by_endpoint(record.endpoint, tenant_id="default")
+                server_credential = store.by_endpoint(record.endpoint, "server", tenant_id="default")
                 assert reg is not None and reg.secure and server_credential is not None
                 assert reg.identity == server_credential.identity != record.psk_identity
-                read = await srv.management.send(record.endpoint, ReadRequest(LwM2mPath.of(3, 0, 0)), timeout=10)
+                read = await srv.management.send(record.endpoint, ReadRequest(LwM2mPath.of(3, 0, 0)), timeout=10,
+                                                 tenant_id="default")
                 assert read.content.value == "SCRATCh"  # type: ignore[union-attr]
 
             for device, method in zip(devices, (Method.PUSH, Method.PULL), strict=True):
-                job = await srv.firmware.update(device.endpoint, package, method=method, timeout=60)
+                job = await srv.firmware.update(device.endpoint, package, method=method, timeout=60,
+                                                tenant_id="default")
                 assert job.succeeded, job.last
                 assert device.firmware is not None and device.firmware.version == "2.0.0"
 
             # key rotation: a new server key, the old one refused from then on
-            old = srv.registrations.by_endpoint("trust-0")
+            old = srv.registrations.by_endpoint("trust-0", tenant_id="default")
             assert old is not None and old.identity is not None
             old_psk = bytes(devices[0].objects.get_value(LwM2mPath.of(0, 1, 5)))  # type: ignore[arg-type]
-            rotation = await rotate_device_key(srv.management, srv.events, "trust-0", timeout=30)
+            rotation = await rotate_device_key(srv.management, srv.events, "trust-0", timeout=30, tenant_id="default")
             assert rotation.old_identity == old.identity != rotation.new_identity
             assert store.psk_for(old.identity) is None
             assert await register_with(srv, "trust-0", old.identity, old_psk) is None
-            new = srv.registrations.by_endpoint("trust-0")
+            new = srv.registrations.by_endpoint("trust-0", tenant_id="default")
             assert new is not None and new.identity == rotation.new_identity
-            read = await srv.management.send("trust-0", ReadRequest(LwM2mPath.of(3, 0, 0)), timeout=10)
+            read = await srv.management.send("trust-0", ReadRequest(LwM2mPath.of(3, 0, 0)), timeout=10,
+                                             tenant_id="default")
             assert read.content.value == "SCRATCh"  # type: ignore[union-attr]
 
             # the server's credential sync sees the retired key and writes it to the audit log
@@ -156,13 +160,13 @@ async def test_refusals_change_nothing_of_any_other_device(tmp_path: Path) -> No
             def snapshot() -> dict[str, tuple[object, ...]]:
                 out = {}
                 for ep in ("ok-a", "ok-b"):
-                    reg = registrations.by_endpoint(ep)
+                    reg = registrations.by_endpoint(ep, tenant_id="default")
                     assert reg is not None
                     out[ep] = (reg.id, reg.identity, reg.lifetime, reg.registered_at, reg.address)
                 return out
 
             before = snapshot()
-            a = store.by_endpoint("ok-a", "server")
+            a = store.by_endpoint("ok-a", "server", tenant_id="default")
             assert a is not None
             a_psk = bytes(devices["ok-a"].objects.get_value(LwM2mPath.of(0, 1, 5)))  # type: ignore[arg-type]
 
@@ -178,17 +182,19 @@ async def test_refusals_change_nothing_of_any_other_device(tmp_path: Path) -> No
             c_identity = bytes(gone.objects.get_value(LwM2mPath.of(0, 1, 3))).decode()  # type: ignore[arg-type]
             revoked: list[str] = []
             srv.events.subscribe(lambda e: revoked.append(str(e.endpoint)), "security.credential_revoked")
-            assert {c.kind.value for c in store.revoke("gone-c", now=time.time())} == {"bootstrap", "server"}
+            ended = store.revoke("gone-c", now=time.time(), tenant_id="default")
+            assert {c.kind.value for c in ended} == {"bootstrap", "server"}
             await eventually(lambda: "gone-c" in revoked, timeout=10)
             with contextlib.suppress(Exception):
-                await srv.management.send("gone-c", ReadRequest(LwM2mPath.of(3, 0, 0)), timeout=3)
+                await srv.management.send("gone-c", ReadRequest(LwM2mPath.of(3, 0, 0)), timeout=3, tenant_id="default")
                 raise AssertionError("a revoked device's session still answers")
             assert await register_with(srv, "gone-c", c_identity, c_psk) is None
             assert bs.stats.refused == 0
 
             assert snapshot() == before  # nothing of any other device changed
             for ep in ("ok-a", "ok-b"):
-                read = await srv.management.send(ep, ReadRequest(LwM2mPath.of(3, 0, 0)), timeout=10)
+                read = await srv.management.send(ep, ReadRequest(LwM2mPath.of(3, 0, 0)), timeout=10,
+                                                 tenant_id="default")
                 assert read.content.value == "SCRATCh"  # type: ignore[union-attr]
             audit = [e["event"] for e in read_audit(srv.settings.data_dir / AUDIT_FILE)]
             assert "security.identity_mismatch" in audit
@@ -196,6 +202,7 @@ async def test_refusals_change_nothing_of_any_other_device(tmp_path: Path) -> No
             await asyncio.gather(*(d.stop() for d in devices.values()))
 
 
+@pytest.mark.slow
 async def test_a_thousand_devices_bootstrap_and_register_over_dtls(tmp_path: Path) -> None:
     async with production(tmp_path) as (store, srv, bs):
         records = [provision(store, bs, f"k-{i:04d}") for i in range(1000)]
@@ -207,7 +214,7 @@ async def test_a_thousand_devices_bootstrap_and_register_over_dtls(tmp_path: Pat
             assert srv.registrations is not None and srv.registrations.count() == 1000
             identities = set()
             for record in records:
-                reg = srv.registrations.by_endpoint(record.endpoint)
+                reg = srv.registrations.by_endpoint(record.endpoint, tenant_id="default")
                 assert reg is not None and reg.secure and reg.identity is not None
                 assert store.endpoint_for(reg.identity) == record.endpoint
                 identities.add(reg.identity)
