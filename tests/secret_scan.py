@@ -291,7 +291,7 @@ def data_dir_keys(folder: Path, top: Path | None = None) -> tuple[list[tuple[byt
             return [], f"{folder}: no vault key file found"
         shared = ".config" not in key_file.parts and key_file.parent != folder  # the run-wide fallback
         store = SqlCredentialStore(engine, Vault.open(key_file, environ={}))
-        for credential in store.list(None):
+        for credential in store.list(tenant_id=None):
             try:
                 psk = store.psk_for(credential.identity)
             except Lwm2mError as e:
@@ -338,15 +338,17 @@ def _current_test() -> str:
 
 @contextlib.contextmanager
 def recording_keys(found: SecretSet) -> Iterator[None]:
-    """While open: every PSK drawn by or handed to a credential store, every KEK drawn by the vault and every webhook
-    secret drawn is added to ``found``."""
+    """While open: every PSK drawn by or handed to a credential store, every KEK drawn by the vault, every webhook
+    secret and every API token secret drawn is added to ``found``."""
     import bootstrap.credentials as credentials
     import bootstrap.vault as vault
     import lwm2m_server.fota.webhooks as webhooks
+    import lwm2m_server.tenancy.tokens as api_tokens
 
     base = credentials.CredentialStoreBase
     originals = {name: base.__dict__[name] for name in ("issue", "replace")}
-    modules = {credentials: credentials.secrets, vault: vault.secrets, webhooks: webhooks.secrets}
+    modules = {credentials: credentials.secrets, vault: vault.secrets, webhooks: webhooks.secrets,
+               api_tokens: api_tokens.secrets}
 
     def recorder(method: Callable[..., Any], name: str) -> Callable[..., Any]:
         @functools.wraps(method)
@@ -360,6 +362,7 @@ def recording_keys(found: SecretSet) -> Iterator[None]:
     credentials.secrets = RecordingSecrets(real_secrets, found.add, "PSK (bootstrap.credentials)")
     vault.secrets = RecordingSecrets(real_secrets, found.add, "vault KEK (bootstrap.vault)")
     webhooks.secrets = RecordingSecrets(real_secrets, found.add, "webhook secret (lwm2m_server.fota.webhooks)")
+    api_tokens.secrets = RecordingSecrets(real_secrets, found.add, "API token secret (lwm2m_server.tenancy.tokens)")
     for name, method in originals.items():
         setattr(base, name, recorder(method, name))
     try:

@@ -1,14 +1,21 @@
-"""``scratch demo``: the README's main job, on loopback with the embedded SQLite: devices provisioned at the
-factory with unique bootstrap keys bootstrap over DTLS-PSK, get a fresh server key each, register over DTLS and are
-managed end to end through the REST API the CLI uses (reads in every format, a write, an observation); then a
-release is rolled out as a staged campaign (a canary wave, then growing waves) over the devices' DTLS sessions,
-one failing image rolls back by itself, the server hands back its signed attestation report, which is verified,
-and one device has its key rotated."""
+"""``scratch demo``: the README's main job, on loopback with the embedded SQLite, for two companies.
+
+An OEM (tenant ``sensorworks``) makes devices and signs their firmware on its own premises; an operator (tenant
+``netco``) runs them. Devices provisioned at the factory with unique bootstrap keys (in the operator's tenant)
+bootstrap over DTLS-PSK, get a fresh server key each, register over DTLS and are managed end to end through the
+REST API with the operator's own token (reads in every format, a write, an observation). The OEM signs a release
+offline with its own key: the operator's server holds only its public key; the import is refused until the OEM
+grants the operator the device class, then the operator's release manager countersigns it and its operator rolls it
+out as a staged campaign (a canary wave, then growing waves) over the devices' DTLS sessions; one failing image
+rolls back by itself; the server hands back its attestation report, signed and issued under the operator's brand,
+which is verified; one device has its key rotated; the run ends with the operator's usage (hash-chained) and a
+summary of the audit trail."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import tempfile
 import time
@@ -31,14 +38,46 @@ from lwm2m_server.core.model import ObjectModel
 console = Console()
 
 FORMATS = ("tlv", "senml-json", "senml-cbor", "lwm2m-cbor")
-VENDOR = uuid.uuid5(uuid.NAMESPACE_DNS, "scratch.example")  # the demo's vendor and device class (RFC 9124 style)
+VENDOR = uuid.uuid5(uuid.NAMESPACE_DNS, "sensorworks.example")  # the demo's vendor and device class (RFC 9124 style)
 CLASS = uuid.uuid5(VENDOR, "sim-sensor-1")
 IMAGE_SIZE = 96 * 1024
 STATES = {0: "Idle", 1: "Downloading", 2: "Downloaded", 3: "Updating"}
 
 
+OEM, OPERATOR = "sensorworks", "netco"
+
+
 class DemoError(Exception):
     pass
+
+
+class OemPremises:
+    """The OEM's own signing station: its private key never leaves this object (nor reaches the operator)."""
+
+    def __init__(self, private: Any) -> None:
+        from firmware_object.suit.keys import public_key_to_pem
+
+        self._private = private
+        self.public_key = private.public_key()
+        self.public_pem = public_key_to_pem(self.public_key)
+
+    @classmethod
+    def create(cls) -> OemPremises:
+        from firmware_object.suit.keys import generate_private_key
+
+        return cls(generate_private_key("es256"))
+
+    def sign(self, image: bytes, *, version: str, sequence_number: int) -> bytes:
+        """What ``scratch firmware sign`` does: the image integrated into a SUIT envelope signed with the OEM key."""
+        import hashlib
+
+        from firmware_object.suit.envelope import build_envelope
+        from firmware_object.suit.manifest import ReleaseManifest
+
+        manifest = ReleaseManifest(sequence_number=sequence_number, vendor_id=VENDOR, class_id=CLASS,
+                                   image_digest=hashlib.sha256(image).digest(), image_size=len(image),
+                                   version=version)
+        return bytes(build_envelope(manifest, [self._private], image=image))
 
 
 async def _call(http: httpx.AsyncClient, method: str, url: str, **kw: Any) -> Any:
@@ -58,6 +97,9 @@ async def run_demo(count: int, data_dir: Path) -> None:
     from lwm2m_server.audit import AUDIT_FILE, AuditLog, read_audit
     from lwm2m_server.server import Lwm2mServer, ServerSettings
     from lwm2m_server.storage.database import Database
+    from lwm2m_server.tenancy.brand import brand_from_fields
+    from lwm2m_server.tenancy.model import Role, TenantKind
+    from lwm2m_server.tenancy.service import system_principal
 
     model = ObjectModel.default()
     t0 = time.perf_counter()
@@ -74,17 +116,29 @@ async def run_demo(count: int, data_dir: Path) -> None:
     console.print(f"[bold]1.[/bold] LwM2M server on {server.coaps_uri} (DTLS-PSK only), bootstrap server on "
                   f"{bootstrap.coaps_uri}, REST API on {server.api_url}, SQLite and vault key in {data_dir}",
                   highlight=False)
+    assert server.campaigns is not None and server.tenancy is not None
+    tenancy, root = server.tenancy, system_principal("demo")
+    tenancy.create_tenant(OEM, kind=TenantKind.OEM, name="Sensor Works (OEM)", by=root)
+    tenancy.create_tenant(OPERATOR, kind=TenantKind.OPERATOR, name="NetCo (operator)", by=root)
+    tenancy.set_brand(OPERATOR, brand_from_fields("NetCo Fleet", report_issuer="NetCo Networks GmbH",
+                                                  primary_color="#0a5cff"), by=root)
+    tokens = {role: tenancy.create_token(tenant_id=OPERATOR, roles=frozenset({role}), name=f"demo {role.value}",
+                                         expires_days=1, by=root)[1]
+              for role in (Role.OPERATOR, Role.RELEASE_MANAGER, Role.AUDITOR)}
+    console.print(f"   tenants: {OEM} (OEM), {OPERATOR} (operator, branded NetCo Fleet); API tokens of {OPERATOR} for "
+                  "roles operator, release-manager and auditor (shown once, stored as salted hashes; not shown here)",
+                  highlight=False)
     records = []
     for i in range(count):
-        credential, psk = store.issue(f"sim-{i}", "bootstrap", now=time.time())
+        credential, psk = store.issue(f"sim-{i}", "bootstrap", now=time.time(), tenant_id=OPERATOR)
         records.append(FactoryCredentials(credential.endpoint, credential.identity, bytes(psk), bootstrap.coaps_uri))
-    console.print(f"[bold]2.[/bold] Factory: {count} devices provisioned, each with its own bootstrap PSK (sealed "
-                  "in the vault; no key is shown)", highlight=False)
-    assert server.campaigns is not None
-    release_key = server.campaigns.keys.get_or_create("release", "release", tenant_id="default", now=time.time())
+    console.print(f"[bold]2.[/bold] Factory: {count} devices of {OPERATOR} provisioned, each with its own bootstrap "
+                  "PSK (sealed in the vault; no key is shown)", highlight=False)
+    oem = OemPremises.create()
+    deploy_key = server.campaigns.keys.create("netco-deploy", "deployment", tenant_id=OPERATOR, now=time.time())
     failing = f"sim-{count - 1}"
-    firmware = FirmwareOptions(trust_anchors=(load_public_key(release_key.public_pem.encode()),), vendor_id=VENDOR,
-                               class_id=CLASS, version="1.0.0", sequence_number=0)
+    firmware = FirmwareOptions(trust_anchors=(oem.public_key, load_public_key(deploy_key.public_pem.encode())),
+                               vendor_id=VENDOR, class_id=CLASS, version="1.0.0", sequence_number=0)
     fleet = Fleet.from_credentials(
         records, lifetime=60, firmware=firmware,
         options_for=lambda i: {"firmware": replace(firmware, fail_boot=True)} if i == count - 1 else {})
@@ -101,7 +155,7 @@ async def run_demo(count: int, data_dir: Path) -> None:
             progress.update(task, completed=fleet.status.registered)
         console.print(f"   {bootstrap.stats.succeeded} bootstraps, each issuing a fresh 16-byte server PSK; "
                       f"{bootstrap.stats.failed} failed and were retried", highlight=False)
-        headers = {"Authorization": f"Bearer {server.api_token}"}
+        headers = {"Authorization": f"Bearer {tokens[Role.OPERATOR]}"}
         async with httpx.AsyncClient(base_url=server.api_url, headers=headers, timeout=30) as http:
             devices = await _call(http, "GET", "/api/devices")
             secure = sum(1 for d in devices if d["secure"])
@@ -111,14 +165,20 @@ async def run_demo(count: int, data_dir: Path) -> None:
             if len(devices) != count or secure != count or len(identities) != count:
                 raise DemoError(f"{len(devices)} of {count} devices registered")
             await _manage(http, model, devices)
-            report = await _campaign(http, server, data_dir, [d["endpoint"] for d in devices], failing)
+            report = await _campaign(http, server, data_dir, [d["endpoint"] for d in devices], failing, oem,
+                                     tokens[Role.RELEASE_MANAGER])
             rotation = await _call(http, "POST", "/api/devices/sim-0/rekey", params={"timeout": 30})
+        async with httpx.AsyncClient(base_url=server.api_url, timeout=30,
+                                     headers={"Authorization": f"Bearer {tokens[Role.AUDITOR]}"}) as http:
+            usage = await _call(http, "GET", "/api/usage", params={"include_today": True})
+            trail = await _call(http, "GET", "/api/audit")
         unexpected = _report_table(report, failing, time.perf_counter() - t0)
         console.print(f"[bold]10.[/bold] Rotated sim-0's key: it bootstrapped again and registered as "
                       f"{rotation['new_identity']} ({rotation['seconds']:.2f} s); {rotation['old_identity']} is "
                       "revoked and refused", highlight=False)
         if unexpected:
             raise DemoError(f"unexpected results on {', '.join(unexpected)}")
+        _usage_summary(usage, report, data_dir)
     finally:
         await fleet.stop()
         await bootstrap.stop()
@@ -128,8 +188,14 @@ async def run_demo(count: int, data_dir: Path) -> None:
     kinds: dict[str, int] = {}
     for event in read_audit(data_dir / AUDIT_FILE):
         kinds[str(event["event"])] = kinds.get(str(event["event"]), 0) + 1
-    console.print("[bold]11.[/bold] Audit log " + str(data_dir / AUDIT_FILE) + ": " +
+    console.print("[bold]12.[/bold] Audit log " + str(data_dir / AUDIT_FILE) + ": " +
                   ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())), highlight=False)
+    actions: dict[str, int] = {}
+    for entry in trail:
+        actions[f"{entry['action']} ({entry['outcome']})"] = actions.get(f"{entry['action']} ({entry['outcome']})",
+                                                                        0) + 1
+    console.print(f"    {OPERATOR}'s audit trail (privileged actions, who, roles, outcome): "
+                  + ", ".join(f"{n} {a}" for a, n in sorted(actions.items())), highlight=False)
 
 
 async def _manage(http: httpx.AsyncClient, model: ObjectModel, devices: list[dict[str, Any]]) -> None:
@@ -158,22 +224,35 @@ async def _manage(http: httpx.AsyncClient, model: ObjectModel, devices: list[dic
 
 
 async def _campaign(http: httpx.AsyncClient, server: Any, data_dir: Path, endpoints: list[str],
-                    failing: str) -> dict[str, Any]:
-    """Release an image and roll it out as a staged campaign (canary, then waves), then fetch and verify its
-    signed report."""
+                    failing: str, oem: OemPremises, release_token: str) -> dict[str, Any]:
+    """The OEM's release, imported under its grant, countersigned and rolled out as a staged campaign (canary, then
+    waves); then its signed report, fetched and verified."""
     from lwm2m_server.fota.attestation import verify_report_file, write_report_files
+    from lwm2m_server.tenancy.service import system_principal
 
-    image = os.urandom(IMAGE_SIZE)
-    release = server.campaigns.releases.create([("sensor-2.0.0.bin", image)], vendor="scratch.example",
-                                               class_name="sim-sensor-1", version="2.0.0", now=time.time())
-    console.print(f"[bold]7.[/bold] Release {release.id}: a {len(image) // 1024} KiB image signed into a SUIT "
-                  f"envelope (ES256, sequence {release.sequence_number}, version 2.0.0) with the OEM key in the "
-                  f"vault; {failing} will fail its health check", highlight=False)
+    envelope = oem.sign(os.urandom(IMAGE_SIZE), version="2.0.0", sequence_number=1)
+    server.campaigns.keys.add_public("sensorworks-release", "release", oem.public_pem, tenant_id=OEM, now=time.time())
+    package = {"name": "sensor-2.0.0.suit", "base64": base64.b64encode(envelope).decode()}
+    body = {"key": "sensorworks-release", "packages": [package]}
+    manager = {"Authorization": f"Bearer {release_token}"}
+    refused = await http.post("/api/releases/import", json=body, headers=manager)
+    if refused.status_code != 404:
+        raise DemoError(f"the import without the OEM's grant was not refused: {refused.status_code}")
+    server.tenancy.grant(oem_tenant=OEM, operator_tenant=OPERATOR, class_name="sim-sensor-1",
+                         by=system_principal("sensorworks"))
+    release = await _call(http, "POST", "/api/releases/import", json=body, headers=manager)
+    await _call(http, "POST", f"/api/releases/{release['id']}/approve", json={"key": "netco-deploy"},
+                headers=manager)
+    console.print(f"[bold]7.[/bold] {OEM} signed a {IMAGE_SIZE // 1024} KiB image offline ({len(envelope)} byte SUIT "
+                  f"envelope, ES256, sequence 1, version 2.0.0) with its own key: {OPERATOR}'s server holds only the "
+                  f"public key. Import refused (no grant); {OEM} grants {OPERATOR} class sim-sensor-1; imported as "
+                  f"{release['id']}; {OPERATOR}'s release manager countersigns it with netco-deploy (devices check "
+                  f"both signatures); {failing} will fail its health check", highlight=False)
     created = await _call(http, "POST", "/api/campaigns", json={
-        "releases": [release.id], "targets": endpoints, "name": "demo rollout",
+        "releases": [release["id"]], "targets": endpoints, "name": "demo rollout",
         "policy": {"canary_percent": 10, "waves": 2, "max_parallel": 10}})
     cid = created["id"]
-    await _call(http, "POST", f"/api/campaigns/{cid}/start", json={})
+    await _call(http, "POST", f"/api/campaigns/{cid}/start", json={"approve_with": "netco-deploy"})
     sizes = " + ".join(str(w["size"]) for w in created["waves"])
     with Progress(TextColumn("[bold]8.[/bold] {task.description:<22}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), console=console) as progress:
@@ -201,10 +280,33 @@ async def _campaign(http: httpx.AsyncClient, server: Any, data_dir: Path, endpoi
     out = data_dir / f"report-{cid}.json"
     write_report_files(answer["report"], base64.b64decode(answer["cose_sign1"]), out, "json")
     verified = verify_report_file(out, load_public_key(key["public_key_pem"].encode()))
-    console.print(f"[bold]9.[/bold] Signed attestation report {out.name}: COSE_Sign1 by the server key "
-                  f"{verified.kid} verified (scratch campaign verify-report {out.name} --key attestation.pem)",
-                  highlight=False)
+    console.print(f"[bold]9.[/bold] Signed attestation report {out.name}, issued by "
+                  f"{verified.report['server']['issuer']}: COSE_Sign1 by {OPERATOR}'s attestation key {verified.kid} "
+                  f"verified (scratch campaign verify-report {out.name} --key attestation.pem)", highlight=False)
     return dict(verified.report)
+
+
+def _usage_summary(usage: dict[str, Any], report: dict[str, Any], data_dir: Path) -> None:
+    """The operator's metered usage (GET /api/usage, as its auditor), written out and checked against the report."""
+    from lwm2m_server.metering.usage import parse_export, verify_export
+
+    out = data_dir / f"usage-{OPERATOR}.json"
+    text = json.dumps(usage, indent=2) + "\n"
+    out.write_text(text)
+    problems = verify_export(parse_export(text))
+    day = usage["records"][-1]
+    summary = report["summary"]
+    agrees = (day["deliveries_succeeded"] == summary["succeeded"]
+              and day["deliveries_failed"] == summary["failed"] + summary["rolled-back"])
+    console.print(f"[bold]11.[/bold] {OPERATOR}'s usage today ({day['day']}, pay per use): {day['devices_registered']} "
+                  f"devices registered, {day['deliveries_started']} update deliveries started, "
+                  f"{day['deliveries_succeeded']} succeeded, {day['deliveries_failed']} failed, "
+                  f"{day['bytes_delivered'] // 1024} KiB delivered, {day['campaigns_started']} campaign(s); "
+                  f"agrees with the signed report: [{'green' if agrees else 'red'}]{agrees}[/]; hash-chained export "
+                  f"{out.name} verifies: [{'green' if not problems else 'red'}]{not problems}[/] (scratch usage "
+                  f"verify {out.name})", highlight=False)
+    if problems or not agrees:
+        raise DemoError(f"the usage does not verify or does not agree with the report: {problems[:1]}")
 
 
 def _report_table(report: dict[str, Any], failing: str, seconds: float) -> list[str]:
