@@ -9,6 +9,7 @@ revoked and expired tokens get 401; no token's text reaches the database, its WA
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 from collections.abc import AsyncIterator
@@ -275,3 +276,56 @@ async def test_no_token_text_is_stored_or_logged(world: World, caplog: pytest.Lo
             assert secret.encode() not in content, path
     for secret in secrets:
         assert secret not in caplog.text
+
+
+async def test_a_tenant_brand_is_validated_and_names_its_reports(world: World) -> None:
+    w = world
+    w.token("a-admin", "op-a", Role.ADMIN)
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+    async with w.client("a-admin") as admin:
+        for bad in ({"product_name": ""}, {"product_name": "X", "primary_color": "red"},
+                    {"product_name": "X", "support_url": "javascript:alert(1)"},
+                    {"product_name": "X", "logo_base64": base64.b64encode(b"<svg><script>x</script></svg>").decode()}):
+            r = await admin.put("/api/tenant/brand", json=bad)
+            assert r.status_code == 400, (bad, r.text)
+        r = await admin.put("/api/tenant/brand", json={
+            "product_name": "Blue Fleet", "report_issuer": "Blue Fleet GmbH", "primary_color": "#0044ff",
+            "support_url": "https://support.blue.example", "logo_base64": base64.b64encode(png).decode()})
+        assert r.status_code == 200, r.text
+        shown = (await admin.get("/api/tenant")).json()
+        assert shown["brand"]["product_name"] == "Blue Fleet" and shown["brand"]["has_logo"]
+        logo = await admin.get("/api/tenant/logo")
+        assert logo.content == png and logo.headers["content-type"] == "image/png"
+    async with w.client("b-admin") as other:  # another tenant keeps its own (none)
+        assert (await other.get("/api/tenant")).json()["brand"] is None
+        assert (await other.get("/api/tenant/logo")).status_code == 404
+    assert w.srv.campaigns is not None and w.srv.tenancy is not None
+    assert w.srv._product_name("op-a") == "Blue Fleet" and w.srv._product_name("op-b") == "SCRATCh"
+    release = w.srv.campaigns.releases.create([("app.bin", b"\x02" * 100)], vendor="acme.example",
+                                              class_name="meter", version="1.0.1", tenant_id="op-a", now=1.0)
+    status = await w.srv.campaigns.create([release.id], targets=["a-1"], tenant_id="op-a")
+    await w.srv.campaigns.cancel(status["id"], tenant_id="op-a")
+    await asyncio.wait_for(_until(lambda: w.srv.campaigns.status(  # type: ignore[union-attr]
+        status["id"], tenant_id="op-a")["report_ready"]), 30)
+    report, _ = w.srv.campaigns.report(status["id"], tenant_id="op-a")
+    assert report["server"]["issuer"] == "Blue Fleet GmbH"
+
+
+async def test_failed_token_checks_are_throttled_per_token_across_addresses(world: World) -> None:
+    w = world
+    token_id = w.ids["a-auditor"]
+    wrong = f"scr_{token_id}." + "A" * 43
+    codes = []
+    for i in range(24):  # from 12 loopback addresses, 2 tries each: no address reaches its own burst
+        transport = httpx.AsyncHTTPTransport(local_address=f"127.0.0.{10 + i // 2}")
+        async with httpx.AsyncClient(base_url=w.srv.api_url, transport=transport,
+                                     headers={"Authorization": f"Bearer {wrong}"}) as c:
+            codes.append((await c.get("/api/whoami")).status_code)
+    assert codes[:10] == [401] * 10 and 429 in codes[10:], codes
+    async with w.client("a-auditor") as right:  # the right token is never throttled
+        assert (await right.get("/api/whoami")).status_code == 200
+
+
+async def _until(check: Any) -> None:
+    while not check():
+        await asyncio.sleep(0.05)

@@ -550,3 +550,23 @@ async def test_cli_add_list_deliveries_remove(tmp_path: Path) -> None:
     for path in data_dir.iterdir():
         if path.is_file() and path.name != "vault.key":
             assert found.scan_file(path) == [], path.name
+
+
+async def test_a_branded_tenants_deliveries_carry_its_name_not_ours(store: Webhooks) -> None:
+    bus = EventBus()
+    brands = {"netco": "NetCo Fleet"}
+    async with receiving() as rx:
+        store.add(rx.url("/netco"), tenant_id="netco", now=time.time())
+        store.add(rx.url("/plain"), tenant_id="default", now=time.time())
+        notifier = WebhookNotifier(store, bus, backoff_base=0.01, timeout=5.0,
+                                   product_name=lambda tenant: brands.get(tenant, "SCRATCh"))
+        notifier.start()
+        try:
+            emit(bus, "campaign.device.succeeded", tenant="netco")
+            emit(bus, "campaign.device.succeeded", tenant="default")
+            assert await notifier.flush(FLUSH_S)
+        finally:
+            await notifier.stop()
+    assert [r.headers["user-agent"] for r in rx.on("/netco")] == ["netco-fleet-webhooks/1"]
+    assert [r.headers["user-agent"] for r in rx.on("/plain")] == ["scratch-webhooks/1"]
+    assert all("scratch" not in json.dumps(r.headers).lower().replace("x-scratch", "") for r in rx.on("/netco"))
