@@ -239,6 +239,23 @@ async def _wait_for_signal() -> None:
             loop.remove_signal_handler(sig)
 
 
+@app.command("whoami")
+def whoami(api: ApiOpt = None, data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
+    """Who the API token acts as: its tenant (and that tenant's brand), roles and id."""
+
+    def run() -> None:
+        client = _client(api, data_dir)
+        me, tenant = client.get("/api/whoami"), client.get("/api/tenant")
+        if as_json:
+            print(json.dumps({**me, "tenant_name": tenant["name"], "brand": tenant["brand"]}, indent=2))
+            return
+        product = (tenant["brand"] or {}).get("product_name") or "SCRATCh"
+        console.print(f"[bold]{product}[/bold]: tenant {me['tenant']} ({me['kind']}, {tenant['name']}), roles "
+                      f"{', '.join(me['roles'])}, token {me['subject']}", highlight=False)
+
+    _run_client(run)
+
+
 @device_app.command("list")
 def device_list(api: ApiOpt = None, data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
     """List registered devices."""

@@ -329,3 +329,26 @@ async def test_failed_token_checks_are_throttled_per_token_across_addresses(worl
 async def _until(check: Any) -> None:
     while not check():
         await asyncio.sleep(0.05)
+
+
+async def test_the_cli_takes_a_token_and_shows_the_tenants_brand(world: World) -> None:
+    from typer.testing import CliRunner
+
+    from lwm2m_server.cli.app import app
+    from lwm2m_server.tenancy.brand import brand_from_fields
+
+    w = world
+    assert w.srv.tenancy is not None
+    w.srv.tenancy.set_brand("op-b", brand_from_fields("NetCo Fleet"), by=ROOT)
+
+    def cli(*args: str, env: dict[str, str] | None = None) -> Any:
+        return CliRunner().invoke(app, list(args), env={"COLUMNS": "200", "SCRATCH_API": w.srv.api_url,
+                                                        "SCRATCH_TOKEN": "", "SCRATCH_API_TOKEN": "", **(env or {})})
+
+    r = await asyncio.to_thread(cli, "--token", w.tokens["b-operator"], "whoami")
+    assert r.exit_code == 0 and "NetCo Fleet: tenant op-b (operator" in r.stdout and "SCRATCh" not in r.stdout, r
+    r = await asyncio.to_thread(cli, "device", "list", "--json", env={"SCRATCH_TOKEN": w.tokens["a-operator"]})
+    assert r.exit_code == 0 and [d["endpoint"] for d in json.loads(r.stdout)] == ["a-1"], r.stdout
+    r = await asyncio.to_thread(cli, "--token", w.tokens["a-auditor"], "device", "execute", "a-1", "/3/0/4")
+    assert r.exit_code == 1 and "run-campaigns" not in r.stderr and "manage-devices needs" in r.stderr, r.stderr
+    assert w.tokens["a-auditor"] not in r.stdout + r.stderr
