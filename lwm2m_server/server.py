@@ -220,6 +220,10 @@ class Lwm2mServer:
         self.database = Database(s.database_url) if s.database_url else Database.for_data_dir(s.data_dir)
         self.tags = DeviceTags.over(self.database)
         self.tenancy = open_tenancy(self.database)
+        self.tenancy.on_record = lambda e: audit.record(
+            f"audit.{e.action}", e.at, {"tenant": e.tenant_id, "subject": e.subject, "roles": list(e.roles),
+                                        "target": e.target, "outcome": e.outcome, "seq": e.seq},
+            source=f"lwm2m-server/{s.node_id}")
         self.usage = UsageMeter(SqlUsageStore(self.database), self.events)
         self.registrations = RegistrationService(
             SqlRegistrationStore(self.database), SqlDeviceStore(self.database), self.events,

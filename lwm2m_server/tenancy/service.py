@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from lwm2m_server.core.errors import InvalidRequestError, NotFoundError
@@ -90,17 +90,23 @@ class TenancyStores:
 
 
 class TenancyService:
-    def __init__(self, stores: TenancyStores, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, stores: TenancyStores, *, clock: Callable[[], float] = time.time,
+                 on_record: Callable[[AuditEntry], None] | None = None) -> None:
+        """``on_record`` hears of every audit entry once stored (the server copies them to its audit file)."""
         self.stores = stores
         self.clock = clock
+        self.on_record = on_record
 
     # ------------------------------------------------------------------ audit
 
     def record(self, by: Principal, action: str, target: str, outcome: str, *, tenant_id: str | None = None,
                detail: str = "") -> None:
         """Append one audit entry (for ``tenant_id``, default the principal's tenant)."""
-        self.stores.audit.append(AuditEntry(tenant_id or by.tenant_id, self.clock(), by.subject,
-                                            tuple(by.role_names()), action, target[:512], outcome, detail[:512]))
+        entry = AuditEntry(tenant_id or by.tenant_id, self.clock(), by.subject, tuple(by.role_names()), action,
+                           target[:512], outcome, detail[:512])
+        seq = self.stores.audit.append(entry)
+        if self.on_record is not None:
+            self.on_record(replace(entry, seq=seq))
 
     @contextmanager
     def audited(self, by: Principal, action: Action, target: str, *, tenant_id: str | None = None,
