@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from lwm2m_server.api.auth import caller
 from lwm2m_server.core.errors import InvalidRequestError
 from lwm2m_server.fota.release_import import import_release
-from lwm2m_server.fota.releases import MAX_IMAGES, ReleaseStore, SigningKeyStore
+from lwm2m_server.fota.releases import MAX_IMAGES, Releases, SigningKeys
 from lwm2m_server.tenancy.model import Action, Principal
 from lwm2m_server.tenancy.service import TenancyService
 
@@ -54,7 +54,7 @@ def _public(key: Any) -> dict[str, Any]:
     return {k: v for k, v in key.as_dict().items() if k != "tenant"}
 
 
-def release_routes(app: FastAPI, keys: SigningKeyStore, releases: ReleaseStore, tenancy: TenancyService) -> None:
+def release_routes(app: FastAPI, keys: SigningKeys, releases: Releases, tenancy: TenancyService) -> None:
     @app.get("/api/keys")
     async def list_keys(p: Principal = caller(Action.READ)) -> list[dict[str, Any]]:
         return [_public(k) for k in keys.list(tenant_id=p.tenant_id)]

@@ -28,7 +28,8 @@ from lwm2m_server.core.errors import InvalidRequestError, Lwm2mError, NotFoundEr
 from lwm2m_server.data_dir import create_private_file
 
 if TYPE_CHECKING:
-    from lwm2m_server.fota.releases import ReleaseStore, SigningKeyStore
+    from lwm2m_server.fota.releases import Releases, SigningKeys
+    from lwm2m_server.storage.database import Database
 
 release_app = new_app(help="Releases: images signed into packages with named keys, "
                       "approvals by deployment keys, device-class policies.")
@@ -59,7 +60,8 @@ def _when(ts: float) -> str:
 
 
 class _Stores:
-    def __init__(self, keys: SigningKeyStore, releases: ReleaseStore) -> None:
+    def __init__(self, database: Database, keys: SigningKeys, releases: Releases) -> None:
+        self.database = database
         self.keys = keys
         self.releases = releases
 
@@ -71,7 +73,7 @@ def _open(data_dir: Path | None, *, need_keys: bool) -> Iterator[_Stores]:
     input (unknown names, wrong roles...), 1 otherwise."""
     from bootstrap.vault import Vault, open_vault
     from lwm2m_server.data_dir import default_data_dir
-    from lwm2m_server.fota.releases import BLOBS_DIR, BlobStore, ReleaseStore, SigningKeyStore
+    from lwm2m_server.fota.releases import Releases, SigningKeys
     from lwm2m_server.storage.database import Database
 
     quiet_logs()
@@ -82,8 +84,8 @@ def _open(data_dir: Path | None, *, need_keys: bool) -> Iterator[_Stores]:
         raise fail(str(e)) from None
     try:
         vault = open_vault(folder) if need_keys else Vault.generate()
-        keys = SigningKeyStore(database, vault)
-        yield _Stores(keys, ReleaseStore(database, BlobStore(folder / BLOBS_DIR), keys))
+        keys = SigningKeys.over(database, vault)
+        yield _Stores(database, keys, Releases.over(database, folder, keys))
     except (InvalidRequestError, NotFoundError) as e:
         raise fail(str(e), 2) from None
     except Lwm2mError as e:
@@ -148,7 +150,7 @@ def key_list(data_dir: DataDirOpt = None, tenant: TenantOpt = "default", as_json
     """List the tenant's signing keys (name, role, algorithm, kid, private part held or public-only, created).
     Never private keys."""
     with _open(data_dir, need_keys=False) as stores:
-        keys = stores.keys.list(tenant)
+        keys = stores.keys.list(tenant_id=tenant)
     rows = [{k: v for k, v in key.as_dict().items() if k != "public_pem"} for key in keys]
     if as_json:
         print(json.dumps(rows, indent=2))
@@ -295,7 +297,7 @@ def import_(
     with _open(data_dir, need_keys=False) as stores:
         release = import_release(data, key_name=key, tenant_id=tenant, origin=origin, by=system_principal(),
                                  keys=stores.keys, releases=stores.releases,
-                                 tenancy=open_tenancy(stores.releases.database), now=time.time())
+                                 tenancy=open_tenancy(stores.database), now=time.time())
         origin = release.origin_tenant
     if as_json:
         print(json.dumps(release.as_dict(), indent=2))
@@ -316,7 +318,7 @@ def _nothing() -> Iterator[None]:
 def list_releases(data_dir: DataDirOpt = None, tenant: TenantOpt = "default", as_json: JsonOpt = False) -> None:
     """List the tenant's releases, newest first."""
     with _open(data_dir, need_keys=False) as stores:
-        releases = stores.releases.list(tenant)
+        releases = stores.releases.list(tenant_id=tenant)
     if as_json:
         print(json.dumps([r.as_dict() for r in releases], indent=2))
         return
@@ -389,7 +391,7 @@ def class_set(
 def class_list(data_dir: DataDirOpt = None, tenant: TenantOpt = "default", as_json: JsonOpt = False) -> None:
     """List the configured device classes."""
     with _open(data_dir, need_keys=False) as stores:
-        policies = stores.releases.class_policies(tenant)
+        policies = stores.releases.class_policies(tenant_id=tenant)
     rows: list[dict[str, Any]] = [p.as_dict() for p in policies]
     if as_json:
         print(json.dumps(rows, indent=2))

@@ -21,14 +21,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from lwm2m_server.core.errors import NotFoundError
-from lwm2m_server.fota.releases import Release, ReleaseStore, SigningKey, SigningKeyStore, verify_signed
+from lwm2m_server.fota.releases import Release, Releases, SigningKey, SigningKeys, verify_signed
 from lwm2m_server.tenancy.model import Action, ForbiddenError, Principal
 from lwm2m_server.tenancy.service import TenancyService
 
 __all__ = ["check_deploy_grant", "import_release", "resolve_release_key"]
 
 
-def resolve_release_key(keys: SigningKeyStore, tenancy: TenancyService, name: str, *, tenant_id: str,
+def resolve_release_key(keys: SigningKeys, tenancy: TenancyService, name: str, *, tenant_id: str,
                         origin: str | None) -> tuple[SigningKey, str | None]:
     """The release key ``name`` and the tenant it belongs to when that is not ``tenant_id`` (step 1 above)."""
     if origin is not None and origin != tenant_id:
@@ -66,7 +66,7 @@ def check_deploy_grant(tenancy: TenancyService, *, oem_tenant: str, operator_ten
 
 
 def import_release(packages: Sequence[tuple[str, bytes]], *, key_name: str, tenant_id: str, by: Principal,
-                   keys: SigningKeyStore, releases: ReleaseStore, tenancy: TenancyService, now: float,
+                   keys: SigningKeys, releases: Releases, tenancy: TenancyService, now: float,
                    origin: str | None = None) -> Release:
     """Verify and store pre-signed ``packages`` as one release of ``tenant_id`` (see the module docstring)."""
     with tenancy.audited(by, Action.MANAGE_RELEASES, f"key {key_name}" + (f" of {origin}" if origin else ""),

@@ -1,26 +1,29 @@
 """Releases and the keys that sign them: the I/O shell around :mod:`firmware_object.suit`.
 
-* :class:`SigningKeyStore`: named signing keys per tenant, each with a role (``release``: the OEM signs releases;
+* :class:`SigningKeys`: named signing keys per tenant, each with a role (``release``: the OEM signs releases;
   ``deployment``: the operator authorises a campaign; ``attestation``: the server signs reports). Private keys are
   sealed by the vault (AAD binds tenant, name and role) and never stored, logged or shown in the clear. A
-  public-only key (:meth:`SigningKeyStore.add_public`: an OEM's key whose private part never leaves the OEM) only
+  public-only key (:meth:`SigningKeys.add_public`: an OEM's key whose private part never leaves the OEM) only
   verifies; signing with it raises :class:`PublicOnlyKeyError`.
 * :class:`BlobStore`: content-addressed files ``folder/sha256/<hex>`` (temp file + fsync + rename, mode 0600); a
   read checks the digest.
-* :class:`ReleaseStore`: releases of images for a (vendor, class), each with the next sequence number of that class
-  (unique constraint + retry), packaged as one SUIT envelope per image signed with a release key, or opaque (the
-  image is the package, for third-party clients); approvals add a deployment key's COSE_Sign1 to each envelope;
-  device-class policies say whether campaigns need such an approval.
+* :class:`Releases`: releases of images for a (vendor, class), each with the next sequence number of that class
+  (the store refuses a taken one; we retry), packaged as one SUIT envelope per image signed with a release key, or
+  opaque (the image is the package, for third-party clients); approvals add a deployment key's COSE_Sign1 to each
+  envelope; device-class policies say whether campaigns need such an approval.
 * Import of releases signed elsewhere (the OEM-to-operator path): :func:`verify_signed` checks each envelope against
   a release key's public key and returns what it declares (:class:`VerifiedImport`: vendor and class before anything
-  is stored, for a caller's grant check); :meth:`ReleaseStore.store_import` stores it exactly as signed
+  is stored, for a caller's grant check); :meth:`Releases.store_import` stores it exactly as signed
   (anti-rollback: its sequence number must be above every release of its class in the tenant);
-  :meth:`ReleaseStore.import_signed` does both.
+  :meth:`Releases.import_signed` does both.
+
+Both services keep their records in the stores of :mod:`lwm2m_server.storage.release_store` (``.over(database,
+...)`` opens the SQL ones); ``tenant_id`` is a required keyword of every public method.
 
 Vendor and class may be UUIDs or names; names map to UUIDv5 as RFC 9124 suggests: ``vendor_id =
 uuid5(NAMESPACE_DNS, vendor)``, ``class_id = uuid5(vendor_id, class_name)`` (exactly as given: no case folding).
 
-Invariants: every query is scoped by tenant; a release row exists only once all its blobs are stored; a stored
+Invariants: every query is scoped by tenant; a release record exists only once all its blobs are stored; a stored
 package verifies against its release key (a key of ``origin_tenant`` for an imported release; and against each
 approving deployment key for its approved copy); an imported package is stored byte for byte as it was signed;
 errors are :class:`~lwm2m_server.core.errors.Lwm2mError` subclasses and carry no key material.
@@ -37,16 +40,14 @@ import os
 import re
 import secrets
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlmodel import Session, col, select
 
 from firmware_object.errors import (
     DigestMismatchError,
@@ -71,13 +72,17 @@ from firmware_object.suit.manifest import ReleaseManifest
 from firmware_object.suit.verify import verify_envelope
 from lwm2m_server.core.errors import CoapCode, InvalidRequestError, NotFoundError, StorageError
 from lwm2m_server.storage.database import Database
-from lwm2m_server.storage.release_tables import (
-    DeviceClassRow,
-    ReleaseApprovalRow,
-    ReleaseImageRow,
-    ReleaseRow,
-    SigningKeyRow,
+from lwm2m_server.storage.release_store import (
+    ClassPolicy,
+    KeyRecord,
+    KeyStore,
+    Release,
+    ReleaseImage,
+    ReleaseStore,
+    SqlKeyStore,
+    SqlReleaseStore,
 )
+from lwm2m_server.storage.stores import StorageConflictError
 
 __all__ = [
     "ALGORITHMS",
@@ -96,9 +101,9 @@ __all__ = [
     "Release",
     "ReleaseImage",
     "ReleaseRollbackError",
-    "ReleaseStore",
+    "Releases",
     "SigningKey",
-    "SigningKeyStore",
+    "SigningKeys",
     "UnknownBlobError",
     "UnknownReleaseError",
     "UnknownSigningKeyError",
@@ -124,7 +129,6 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _RELEASE_ID = re.compile(r"rel-[a-z2-7]{10}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ID_ATTEMPTS: Final = 8
-_T = TypeVar("_T")
 
 
 # ----------------------------------------------------------------------------------------------------- errors
@@ -188,7 +192,7 @@ class BlobCorruptedError(StorageError):
 @dataclass(frozen=True)
 class SigningKey:
     """The public face of a signing key; the private key is only ever reached through
-    :meth:`SigningKeyStore.private_key`. ``has_private`` is False for a public-only key (verifies, never signs)."""
+    :meth:`SigningKeys.private_key`. ``has_private`` is False for a public-only key (verifies, never signs)."""
 
     tenant_id: str
     name: str
@@ -238,17 +242,6 @@ def _aad(tenant_id: str, name: str, role: str) -> bytes:
     return b"scratch/signing-key/v1\x00" + json.dumps([tenant_id, name, role]).encode()
 
 
-@contextlib.contextmanager
-def _storage(what: str) -> Iterator[None]:
-    """Database failures as :class:`StorageError` (no parameters in the message: they may hold sealed keys)."""
-    try:
-        yield
-    except IntegrityError:
-        raise
-    except SQLAlchemyError as e:
-        raise StorageError(f"cannot {what}: {type(e).__name__}") from None
-
-
 class Vault(Protocol):
     """What the key store needs of :class:`bootstrap.vault.Vault` (only the CLI imports bootstrap, rule 7)."""
 
@@ -257,22 +250,25 @@ class Vault(Protocol):
     def open_sealed(self, blob: bytes, aad: bytes) -> bytes: ...
 
 
-class SigningKeyStore:
-    """Named signing keys per tenant on the server's database; private keys sealed by ``vault`` (a
-    :class:`bootstrap.vault.Vault`)."""
+class SigningKeys:
+    """Named signing keys per tenant over a :class:`~lwm2m_server.storage.release_store.KeyStore`; private keys
+    sealed by ``vault`` (a :class:`bootstrap.vault.Vault`) before they are stored."""
 
-    def __init__(self, database: Database, vault: Vault) -> None:
-        self.database = database
+    def __init__(self, store: KeyStore, vault: Vault) -> None:
+        self.store = store
         self._vault = vault
 
-    def create(self, name: str, role: str, *, alg: str = "ES256", tenant_id: str = "default",
-               now: float) -> SigningKey:
+    @classmethod
+    def over(cls, database: Database, vault: Vault) -> SigningKeys:
+        """The keys of ``database`` (its ``signing_key`` table)."""
+        return cls(SqlKeyStore(database), vault)
+
+    def create(self, name: str, role: str, *, alg: str = "ES256", tenant_id: str, now: float) -> SigningKey:
         """A fresh key pair. Raises :class:`DuplicateSigningKeyError` when ``name`` is taken in the tenant."""
         alg = _normalise_alg(alg)
         return self._insert(name, role, generate_private_key(ALGORITHMS[alg]), tenant_id, now)
 
-    def import_pem(self, name: str, role: str, pem: bytes, *, tenant_id: str = "default",
-                   now: float) -> SigningKey:
+    def import_pem(self, name: str, role: str, pem: bytes, *, tenant_id: str, now: float) -> SigningKey:
         """Store an existing unencrypted PEM private key (P-256 or Ed25519) under ``name``."""
         try:
             private = load_private_key(pem)
@@ -280,7 +276,7 @@ class SigningKeyStore:
             raise InvalidSigningKeyError("not an unencrypted PEM private key of type P-256 or Ed25519") from None
         return self._insert(name, role, private, tenant_id, now)
 
-    def add_public(self, name: str, role: str, public_pem: bytes | str, *, tenant_id: str = "default",
+    def add_public(self, name: str, role: str, public_pem: bytes | str, *, tenant_id: str,
                    now: float) -> SigningKey:
         """Store a public-only key (PEM, P-256 or Ed25519) under ``name``: it verifies what its owner signed
         elsewhere; :meth:`private_key` refuses it with :class:`PublicOnlyKeyError`."""
@@ -291,13 +287,12 @@ class SigningKeyStore:
             public = load_public_key(public_pem.encode() if isinstance(public_pem, str) else bytes(public_pem))
         except (ValueError, TypeError, FirmwareError):
             raise InvalidSigningKeyError("not a PEM public key of type P-256 or Ed25519") from None
-        row = SigningKeyRow(tenant_id=tenant_id, name=name, role=role,
-                            alg="EdDSA" if key_algorithm(public) == "ed25519" else "ES256",
-                            kid=key_id(public).hex(), public_pem=public_key_to_pem(public).decode(),
-                            sealed_private=None, created_at=now)
-        return self._store(row)
+        return self._store(KeyRecord(tenant_id=tenant_id, name=name, role=role,
+                                     alg="EdDSA" if key_algorithm(public) == "ed25519" else "ES256",
+                                     kid=key_id(public).hex(), public_pem=public_key_to_pem(public).decode(),
+                                     created_at=now, sealed_private=None))
 
-    def get_or_create(self, name: str, role: str, *, alg: str = "ES256", tenant_id: str = "default",
+    def get_or_create(self, name: str, role: str, *, alg: str = "ES256", tenant_id: str,
                       now: float) -> SigningKey:
         """The key ``name``, made on first use; :class:`KeyRoleError` when it exists with another role."""
         with contextlib.suppress(UnknownSigningKeyError):
@@ -307,31 +302,27 @@ class SigningKeyStore:
         except DuplicateSigningKeyError:  # made meanwhile by another process
             return self._with_role(self.get(name, tenant_id=tenant_id), role)
 
-    def get(self, name: str, tenant_id: str = "default") -> SigningKey:
+    def get(self, name: str, *, tenant_id: str) -> SigningKey:
         """The public part of key ``name``; :class:`UnknownSigningKeyError` when there is none."""
-        return _signing_key(self._row(name, tenant_id))
+        return _signing_key(self._record(name, tenant_id))
 
-    def list(self, tenant_id: str = "default") -> builtins.list[SigningKey]:
+    def list(self, *, tenant_id: str) -> builtins.list[SigningKey]:
         """The tenant's keys, by name."""
-        _check_tenant(tenant_id)
-        with _storage("list signing keys"), self.database.session() as session:
-            rows = session.exec(select(SigningKeyRow).where(SigningKeyRow.tenant_id == tenant_id)
-                                .order_by(col(SigningKeyRow.name))).all()
-            return [_signing_key(r) for r in rows]
+        return [_signing_key(r) for r in self.store.list(tenant_id=_check_tenant(tenant_id))]
 
-    def private_key(self, name: str, tenant_id: str = "default", *, role: str | None = None) -> PrivateKey:
+    def private_key(self, name: str, *, tenant_id: str, role: str | None = None) -> PrivateKey:
         """The private key ``name`` opened from the vault; with ``role``, :class:`KeyRoleError` unless it has that
         role. Never log or print what this returns."""
-        row = self._row(name, tenant_id)
+        record = self._record(name, tenant_id)
         if role is not None:
-            self._with_role(_signing_key(row), role)
-        if row.sealed_private is None:
+            self._with_role(_signing_key(record), role)
+        if record.sealed_private is None:
             raise PublicOnlyKeyError(f"key {name!r} of tenant {tenant_id!r} is public-only: this server holds no "
                                      "private key to sign with")
-        der = self._vault.open_sealed(row.sealed_private, _aad(row.tenant_id, row.name, row.role))
+        der = self._vault.open_sealed(record.sealed_private, _aad(record.tenant_id, record.name, record.role))
         key = serialization.load_der_private_key(bytes(der), password=None)
         del der
-        if not isinstance(key, ec.EllipticCurvePrivateKey | Ed25519PrivateKey) or key_id(key).hex() != row.kid:
+        if not isinstance(key, ec.EllipticCurvePrivateKey | Ed25519PrivateKey) or key_id(key).hex() != record.kid:
             raise StorageError(f"signing key {name!r} does not match its stored public key")
         return key
 
@@ -341,13 +332,11 @@ class SigningKeyStore:
             raise KeyRoleError(f"key {key.name!r} has role {key.role!r}, not {role!r}")
         return key
 
-    def _row(self, name: str, tenant_id: str) -> SigningKeyRow:
-        _check_tenant(tenant_id)
-        with _storage("read a signing key"), self.database.session() as session:
-            row = session.get(SigningKeyRow, (tenant_id, name))
-        if row is None:
+    def _record(self, name: str, tenant_id: str) -> KeyRecord:
+        record = self.store.get(name, tenant_id=_check_tenant(tenant_id))
+        if record is None:
             raise UnknownSigningKeyError(f"no signing key {name!r} in tenant {tenant_id!r}")
-        return row
+        return record
 
     def _insert(self, name: str, role: str, private: PrivateKey, tenant_id: str, now: float) -> SigningKey:
         _check_name(name)
@@ -355,28 +344,25 @@ class SigningKeyStore:
         _check_tenant(tenant_id)
         der = private.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
-        row = SigningKeyRow(tenant_id=tenant_id, name=name, role=role,
-                            alg="EdDSA" if key_algorithm(private) == "ed25519" else "ES256",
-                            kid=key_id(private).hex(), public_pem=public_key_to_pem(private.public_key()).decode(),
-                            sealed_private=self._vault.seal(der, _aad(tenant_id, name, role)), created_at=now)
+        record = KeyRecord(tenant_id=tenant_id, name=name, role=role,
+                           alg="EdDSA" if key_algorithm(private) == "ed25519" else "ES256",
+                           kid=key_id(private).hex(), public_pem=public_key_to_pem(private.public_key()).decode(),
+                           created_at=now, sealed_private=self._vault.seal(der, _aad(tenant_id, name, role)))
         del der
-        return self._store(row)
+        return self._store(record)
 
-    def _store(self, row: SigningKeyRow) -> SigningKey:
-        key = _signing_key(row)
-        name, tenant_id = row.name, row.tenant_id
+    def _store(self, record: KeyRecord) -> SigningKey:
         try:
-            with _storage("store a signing key"), self.database.session() as session:
-                session.add(row)
-                session.commit()
-        except IntegrityError:
-            raise DuplicateSigningKeyError(f"a signing key named {name!r} exists in tenant {tenant_id!r}") from None
-        return key
+            self.store.add(record)
+        except StorageConflictError:
+            raise DuplicateSigningKeyError(f"a signing key named {record.name!r} exists in tenant "
+                                           f"{record.tenant_id!r}") from None
+        return _signing_key(record)
 
 
-def _signing_key(row: SigningKeyRow) -> SigningKey:
-    return SigningKey(row.tenant_id, row.name, row.role, row.alg, row.kid, row.public_pem, row.created_at,
-                      row.sealed_private is not None)
+def _signing_key(record: KeyRecord) -> SigningKey:
+    return SigningKey(record.tenant_id, record.name, record.role, record.alg, record.kid, record.public_pem,
+                      record.created_at, record.sealed_private is not None)
 
 
 # ------------------------------------------------------------------------------------------------------ blobs
@@ -470,75 +456,6 @@ def _fsync_dir(folder: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- releases
-
-
-@dataclass(frozen=True)
-class ReleaseImage:
-    """One image of a release and its package; ``approved_package_sha256`` maps each approving deployment key's
-    name to the countersigned package's SHA-256 hex (None: not approved, or opaque)."""
-
-    name: str
-    size: int
-    image_sha256: str
-    package_sha256: str
-    package_size: int
-    approved_package_sha256: dict[str, str] | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "size": self.size, "image_sha256": self.image_sha256,
-                "package_sha256": self.package_sha256, "package_size": self.package_size,
-                "approved_package_sha256": None if self.approved_package_sha256 is None
-                else dict(self.approved_package_sha256)}
-
-
-@dataclass(frozen=True)
-class Release:
-    """A stored release. ``signed_by`` is the release key's kid (hex; None when opaque); ``approvals`` holds
-    ``(key name, kid hex, approved at)`` in approval order. ``origin_tenant`` is set for a release imported
-    pre-signed with another tenant's key (the OEM): its ``key_name`` is a key of that tenant."""
-
-    id: str
-    tenant_id: str
-    vendor: str
-    vendor_id: uuid.UUID
-    class_name: str
-    class_id: uuid.UUID
-    version: str
-    sequence_number: int
-    package_format: str
-    created_at: float
-    signed_by: str | None
-    approvals: tuple[tuple[str, str, float], ...]
-    images: tuple[ReleaseImage, ...]
-    key_name: str | None = None
-    origin_tenant: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-native (UUIDs as strings)."""
-        return {"id": self.id, "tenant": self.tenant_id, "vendor": self.vendor, "vendor_id": str(self.vendor_id),
-                "class_name": self.class_name, "class_id": str(self.class_id), "version": self.version,
-                "sequence_number": self.sequence_number, "package_format": self.package_format,
-                "created_at": self.created_at, "key": self.key_name, "signed_by": self.signed_by,
-                "origin_tenant": self.origin_tenant,
-                "approvals": [{"key": k, "kid": kid, "at": at} for k, kid, at in self.approvals],
-                "images": [i.as_dict() for i in self.images]}
-
-
-@dataclass(frozen=True)
-class ClassPolicy:
-    """A device class's policy; ``configured`` is False for a class nobody set (then nothing is required)."""
-
-    vendor: str
-    vendor_id: uuid.UUID
-    class_name: str
-    class_id: uuid.UUID
-    require_approval: bool = False
-    configured: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"vendor": self.vendor, "vendor_id": str(self.vendor_id), "class_name": self.class_name,
-                "class_id": str(self.class_id), "require_approval": self.require_approval,
-                "configured": self.configured}
 
 
 def _text(value: str, what: str, limit: int = 255) -> str:
@@ -662,19 +579,24 @@ def _new_release_id() -> str:
     return "rel-" + base64.b32encode(secrets.token_bytes(7)).decode().lower()[:10]
 
 
-class ReleaseStore:
-    """Releases on the server's database, their images and packages in ``blobs``, signed with ``keys``."""
+class Releases:
+    """Releases over a :class:`~lwm2m_server.storage.release_store.ReleaseStore`, their images and packages in
+    ``blobs``, signed with ``keys``."""
 
-    def __init__(self, database: Database, blobs: BlobStore, keys: SigningKeyStore) -> None:
-        self.database = database
+    def __init__(self, store: ReleaseStore, blobs: BlobStore, keys: SigningKeys) -> None:
+        self.store = store
         self.blobs = blobs
         self.keys = keys
+
+    @classmethod
+    def over(cls, database: Database, data_dir: str | os.PathLike[str], keys: SigningKeys) -> Releases:
+        """The releases of ``database``, their blobs in ``data_dir``/:data:`BLOBS_DIR`."""
+        return cls(SqlReleaseStore(database), BlobStore(Path(data_dir) / BLOBS_DIR), keys)
 
     # ------------------------------------------------------------------------------------------- create
 
     def create(self, images: Sequence[tuple[str, bytes]], *, vendor: str, class_name: str, version: str,
-               key: str | None = None, package_format: str = "suit", tenant_id: str = "default",
-               now: float) -> Release:
+               key: str | None = None, package_format: str = "suit", tenant_id: str, now: float) -> Release:
         """A new release of ``images`` (name, bytes) with the next sequence number of its class.
 
         ``suit``: one envelope per image (integrated payload) signed with release key ``key`` (default: the
@@ -700,8 +622,8 @@ class ReleaseStore:
         image_shas = [self.blobs.put(data) for _, data in images]
         for _attempt in range(_ID_ATTEMPTS):
             sequence = self._next_sequence(tenant_id, vendor_id, class_id)
-            image_rows: builtins.list[ReleaseImageRow] = []
-            for position, ((name, data), image_sha) in enumerate(zip(images, image_shas, strict=True)):
+            stored: builtins.list[ReleaseImage] = []
+            for (name, data), image_sha in zip(images, image_shas, strict=True):
                 if signer is None:
                     package_sha, package_size = image_sha, len(data)
                 else:
@@ -710,38 +632,38 @@ class ReleaseStore:
                     envelope = build_envelope(manifest, [signer], image=data)
                     package_sha, package_size = self.blobs.put(envelope), len(envelope)
                     del envelope
-                image_rows.append(ReleaseImageRow(release_id="", position=position, tenant_id=tenant_id, name=name,
-                                                  size=len(data), image_sha256=image_sha,
-                                                  package_sha256=package_sha, package_size=package_size))
-            rid = _new_release_id()
-            row = ReleaseRow(id=rid, tenant_id=tenant_id, vendor=vendor, vendor_id=str(vendor_id),
-                             class_name=class_name, class_id=str(class_id), version=version,
-                             sequence_number=sequence, package_format=package_format,
-                             key_name=signing_key.name if signing_key else None,
-                             signed_by=signing_key.kid if signing_key else None, created_at=now)
-            if self._insert(row, image_rows):
-                return self.get(rid, tenant_id=tenant_id)
+                stored.append(ReleaseImage(name, len(data), image_sha, package_sha, package_size))
+            release = Release(id=_new_release_id(), tenant_id=tenant_id, vendor=vendor, vendor_id=vendor_id,
+                              class_name=class_name, class_id=class_id, version=version, sequence_number=sequence,
+                              package_format=package_format, created_at=now,
+                              signed_by=signing_key.kid if signing_key else None, approvals=(),
+                              images=tuple(stored), key_name=signing_key.name if signing_key else None)
+            if self._add(release):
+                return self.get(release.id, tenant_id=tenant_id)
             # another release took this sequence number (or id) meanwhile: next one
         raise StorageError("cannot assign a sequence number: too many concurrent releases for this class")
 
     def _next_sequence(self, tenant_id: str, vendor_id: uuid.UUID, class_id: uuid.UUID) -> int:
-        from sqlalchemy import func
+        latest = self.store.latest(tenant_id=tenant_id, vendor_id=vendor_id, class_id=class_id)
+        return 1 if latest is None else latest.sequence_number + 1
 
-        with _storage("read sequence numbers"), self.database.session() as session:
-            top = session.exec(select(func.max(ReleaseRow.sequence_number)).where(
-                ReleaseRow.tenant_id == tenant_id, ReleaseRow.vendor_id == str(vendor_id),
-                ReleaseRow.class_id == str(class_id))).one()
-        return 1 if top is None else int(top) + 1
+    def _add(self, release: Release) -> bool:
+        """Store a new release; False when its id or sequence number was taken meanwhile."""
+        try:
+            self.store.add(release)
+        except StorageConflictError:
+            return False
+        return True
 
     # ------------------------------------------------------------------------------------------- import
 
-    def import_signed(self, packages: Sequence[tuple[str, bytes]], *, key: SigningKey, tenant_id: str = "default",
+    def import_signed(self, packages: Sequence[tuple[str, bytes]], *, key: SigningKey, tenant_id: str,
                       origin_tenant: str | None = None, now: float) -> Release:
         """:func:`verify_signed` then :meth:`store_import`: a release of envelopes signed elsewhere by ``key``."""
         return self.store_import(verify_signed(packages, key), tenant_id=tenant_id, origin_tenant=origin_tenant,
                                  now=now)
 
-    def store_import(self, verified: VerifiedImport, *, tenant_id: str = "default", origin_tenant: str | None = None,
+    def store_import(self, verified: VerifiedImport, *, tenant_id: str, origin_tenant: str | None = None,
                      now: float) -> Release:
         """Store a verified import in ``tenant_id``, each package exactly as signed. The key must belong to
         ``origin_tenant`` when given (the OEM), else to ``tenant_id``. Vendor and class keep the names the tenant
@@ -756,22 +678,18 @@ class ReleaseStore:
         vendor_id, class_id = verified.vendor_id, verified.class_id
         vendor, class_name = self._known_names(tenant_id, vendor_id, class_id)
         self._check_above(verified.sequence_number, tenant_id, vendor_id, class_id, class_name)  # before any blob
-        image_rows: builtins.list[ReleaseImageRow] = []
-        for position, package in enumerate(verified.packages):
-            image_rows.append(ReleaseImageRow(
-                release_id="", position=position, tenant_id=tenant_id, name=package.name, size=len(package.image),
-                image_sha256=self.blobs.put(package.image), package_sha256=self.blobs.put(package.envelope),
-                package_size=len(package.envelope)))
+        images = tuple(ReleaseImage(package.name, len(package.image), self.blobs.put(package.image),
+                                    self.blobs.put(package.envelope), len(package.envelope))
+                       for package in verified.packages)
         for _attempt in range(_ID_ATTEMPTS):
             self._check_above(verified.sequence_number, tenant_id, vendor_id, class_id, class_name)
-            rid = _new_release_id()
-            row = ReleaseRow(id=rid, tenant_id=tenant_id, vendor=vendor, vendor_id=str(vendor_id),
-                             class_name=class_name, class_id=str(class_id), version=verified.version,
-                             sequence_number=verified.sequence_number, package_format="suit",
-                             key_name=verified.key.name, signed_by=verified.key.kid, origin_tenant=origin_tenant,
-                             created_at=now)
-            if self._insert(row, image_rows):
-                return self.get(rid, tenant_id=tenant_id)
+            release = Release(id=_new_release_id(), tenant_id=tenant_id, vendor=vendor, vendor_id=vendor_id,
+                              class_name=class_name, class_id=class_id, version=verified.version,
+                              sequence_number=verified.sequence_number, package_format="suit", created_at=now,
+                              signed_by=verified.key.kid, approvals=(), images=images,
+                              key_name=verified.key.name, origin_tenant=origin_tenant)
+            if self._add(release):
+                return self.get(release.id, tenant_id=tenant_id)
         raise StorageError("cannot store the imported release: too many concurrent releases for this class")
 
     def _check_above(self, sequence: int, tenant_id: str, vendor_id: uuid.UUID, class_id: uuid.UUID,
@@ -782,55 +700,31 @@ class ReleaseStore:
                                        f"{class_name} in tenant {tenant_id!r}")
 
     def _known_names(self, tenant_id: str, vendor_id: uuid.UUID, class_id: uuid.UUID) -> tuple[str, str]:
-        with _storage("read class names"), self.database.session() as session:
-            policy = session.get(DeviceClassRow, (tenant_id, str(vendor_id), str(class_id)))
-            if policy is not None:
-                return policy.vendor, policy.class_name
-            earlier = session.exec(select(ReleaseRow).where(
-                ReleaseRow.tenant_id == tenant_id, ReleaseRow.vendor_id == str(vendor_id),
-                ReleaseRow.class_id == str(class_id)).order_by(col(ReleaseRow.sequence_number).desc())).first()
+        policy = self.store.class_policy(tenant_id=tenant_id, vendor_id=vendor_id, class_id=class_id)
+        if policy is not None:
+            return policy.vendor, policy.class_name
+        earlier = self.store.latest(tenant_id=tenant_id, vendor_id=vendor_id, class_id=class_id)
         if earlier is not None:
             return earlier.vendor, earlier.class_name
         return str(vendor_id), str(class_id)
 
-    def _insert(self, row: ReleaseRow, image_rows: Sequence[ReleaseImageRow]) -> bool:
-        """Store a release and its images in one transaction; False when its id or sequence number is taken."""
-        for r in image_rows:
-            r.release_id = row.id
-        try:
-            with _storage("store a release"), self.database.session() as session:
-                session.add(row)
-                session.flush()  # the release row first: its foreign-key-like children follow
-                for r in image_rows:
-                    session.add(r)
-                session.commit()
-        except IntegrityError:
-            return False
-        return True
-
     # --------------------------------------------------------------------------------------------- read
 
-    def get(self, release_id: str, tenant_id: str = "default") -> Release:
+    def get(self, release_id: str, *, tenant_id: str) -> Release:
         """The release; :class:`UnknownReleaseError` when the tenant has none of that id."""
         _check_tenant(tenant_id)
         if not isinstance(release_id, str) or not _RELEASE_ID.fullmatch(release_id):
             raise UnknownReleaseError(f"no release {release_id!r} (release ids look like rel-abcdefghij)")
-        with _storage("read a release"), self.database.session() as session:
-            row = session.get(ReleaseRow, release_id)
-            if row is None or row.tenant_id != tenant_id:
-                raise UnknownReleaseError(f"no release {release_id!r} in tenant {tenant_id!r}")
-            return self._assemble(session, [row])[0]
+        release = self.store.get(release_id, tenant_id=tenant_id)
+        if release is None:
+            raise UnknownReleaseError(f"no release {release_id!r} in tenant {tenant_id!r}")
+        return release
 
-    def list(self, tenant_id: str = "default") -> builtins.list[Release]:
+    def list(self, *, tenant_id: str) -> builtins.list[Release]:
         """The tenant's releases, newest first."""
-        _check_tenant(tenant_id)
-        with _storage("list releases"), self.database.session() as session:
-            rows = session.exec(select(ReleaseRow).where(ReleaseRow.tenant_id == tenant_id).order_by(
-                col(ReleaseRow.created_at).desc(), col(ReleaseRow.sequence_number).desc(),
-                col(ReleaseRow.id))).all()
-            return self._assemble(session, builtins.list(rows))
+        return self.store.list(tenant_id=_check_tenant(tenant_id))
 
-    def package(self, release_id: str, image_name: str | None = None, *, tenant_id: str = "default",
+    def package(self, release_id: str, image_name: str | None = None, *, tenant_id: str,
                 approved_by: str | None = None) -> bytes:
         """The package of one image (``image_name``; may be omitted for a one-image release): the envelope as
         released, or as countersigned by deployment key ``approved_by``."""
@@ -843,15 +737,14 @@ class ReleaseStore:
             raise UnknownReleaseError(f"release {release.id} has no approval by key {approved_by!r}")
         return self.blobs.get(sha)
 
-    def image(self, release_id: str, image_name: str | None = None, *, tenant_id: str = "default") -> bytes:
+    def image(self, release_id: str, image_name: str | None = None, *, tenant_id: str) -> bytes:
         """The raw image (same choice of image as :meth:`package`)."""
         release = self.get(release_id, tenant_id=tenant_id)
         return self.blobs.get(_pick_image(release, image_name).image_sha256)
 
     # ------------------------------------------------------------------------------------------ approve
 
-    def approve(self, release_id: str, deployment_key: str, *, tenant_id: str = "default",
-                now: float) -> Release:
+    def approve(self, release_id: str, deployment_key: str, *, tenant_id: str, now: float) -> Release:
         """Countersign every envelope of the release with ``deployment_key`` (role ``deployment``) and record it.
 
         Idempotent for a key that already approved. Each envelope is verified against the release key first (a key
@@ -879,76 +772,33 @@ class ReleaseStore:
                 raise InvalidReleaseError(f"release {release.id} image {image.name!r}: stored package does not "
                                           f"verify against its release key: {e}") from None
             packages.append(self.blobs.put(countersigned))
-        row = ReleaseApprovalRow(release_id=release.id, key_name=key.name, tenant_id=tenant_id, kid=key.kid,
-                                 packages=json.dumps(packages), approved_at=now)
         # approved meanwhile by the same key: the same packages (signatures are deterministic), already recorded
-        with contextlib.suppress(IntegrityError), _storage("record an approval"), self.database.session() as session:
-            session.add(row)
-            session.commit()
+        self.store.add_approval(release.id, tenant_id=tenant_id, key_name=key.name, kid=key.kid, packages=packages,
+                                approved_at=now)
         return self.get(release.id, tenant_id=tenant_id)
 
     # ------------------------------------------------------------------------------------ class policy
 
-    def set_class_policy(self, class_name: str, vendor: str, *, require_approval: bool,
-                         tenant_id: str = "default", now: float | None = None) -> ClassPolicy:
+    def set_class_policy(self, class_name: str, vendor: str, *, require_approval: bool, tenant_id: str,
+                         now: float | None = None) -> ClassPolicy:
         """Configure a device class (vendor and class as for :meth:`create`)."""
         _check_tenant(tenant_id)
         vendor_id = vendor_uuid(vendor)
         class_id = class_uuid(vendor_id, class_name)
-        for _attempt in range(2):
-            try:
-                with _storage("store a class policy"), self.database.session() as session:
-                    row = session.get(DeviceClassRow, (tenant_id, str(vendor_id), str(class_id)))
-                    if row is None:
-                        row = DeviceClassRow(tenant_id=tenant_id, vendor_id=str(vendor_id), class_id=str(class_id),
-                                             vendor=vendor, class_name=class_name)
-                    row.require_approval = bool(require_approval)
-                    row.updated_at = now
-                    session.add(row)
-                    session.commit()
-                break
-            except IntegrityError:
-                continue  # created meanwhile: update it
-        return self.class_policy(class_name, vendor, tenant_id=tenant_id)
+        return self.store.set_class_policy(ClassPolicy(vendor, vendor_id, class_name, class_id,
+                                                       bool(require_approval)), tenant_id=tenant_id, now=now)
 
-    def class_policy(self, class_name: str, vendor: str, *, tenant_id: str = "default") -> ClassPolicy:
+    def class_policy(self, class_name: str, vendor: str, *, tenant_id: str) -> ClassPolicy:
         """The class's policy; an unconfigured class gets the default (nothing required, ``configured`` False)."""
         _check_tenant(tenant_id)
         vendor_id = vendor_uuid(vendor)
         class_id = class_uuid(vendor_id, class_name)
-        with _storage("read a class policy"), self.database.session() as session:
-            row = session.get(DeviceClassRow, (tenant_id, str(vendor_id), str(class_id)))
-        if row is None:
-            return ClassPolicy(vendor, vendor_id, class_name, class_id)
-        return _class_policy(row)
+        policy = self.store.class_policy(tenant_id=tenant_id, vendor_id=vendor_id, class_id=class_id)
+        return ClassPolicy(vendor, vendor_id, class_name, class_id) if policy is None else policy
 
-    def class_policies(self, tenant_id: str = "default") -> builtins.list[ClassPolicy]:
+    def class_policies(self, *, tenant_id: str) -> builtins.list[ClassPolicy]:
         """Every configured class of the tenant."""
-        _check_tenant(tenant_id)
-        with _storage("list class policies"), self.database.session() as session:
-            rows = session.exec(select(DeviceClassRow).where(DeviceClassRow.tenant_id == tenant_id).order_by(
-                col(DeviceClassRow.vendor), col(DeviceClassRow.class_name))).all()
-        return [_class_policy(r) for r in rows]
-
-    # ---------------------------------------------------------------------------------------- internals
-
-    @staticmethod
-    def _assemble(session: Session, rows: builtins.list[ReleaseRow]) -> builtins.list[Release]:
-        if not rows:
-            return []
-        ids = [r.id for r in rows]
-        images: dict[str, builtins.list[ReleaseImageRow]] = {i: [] for i in ids}
-        approvals: dict[str, builtins.list[ReleaseApprovalRow]] = {i: [] for i in ids}
-        for chunk in _chunks(ids, 500):
-            for image in session.exec(select(ReleaseImageRow).where(col(ReleaseImageRow.release_id).in_(chunk))
-                                      .order_by(col(ReleaseImageRow.position))).all():
-                images[image.release_id].append(image)
-            for approval in session.exec(select(ReleaseApprovalRow)
-                                         .where(col(ReleaseApprovalRow.release_id).in_(chunk))
-                                         .order_by(col(ReleaseApprovalRow.approved_at),
-                                                   col(ReleaseApprovalRow.key_name))).all():
-                approvals[approval.release_id].append(approval)
-        return [_release(r, images[r.id], approvals[r.id]) for r in rows]
+        return self.store.class_policies(tenant_id=_check_tenant(tenant_id))
 
 
 def _check_images(images: Sequence[tuple[str, bytes]]) -> None:
@@ -986,31 +836,4 @@ def _pick_image(release: Release, image_name: str | None) -> ReleaseImage:
             return image
     raise UnknownReleaseError(f"release {release.id} has no image {image_name!r}")
 
-
-def _release(row: ReleaseRow, images: Sequence[ReleaseImageRow], approvals: Sequence[ReleaseApprovalRow]
-             ) -> Release:
-    approved: builtins.list[dict[str, str]] = [{} for _ in images]
-    for approval in approvals:
-        for position, sha in enumerate(json.loads(approval.packages)):
-            if position < len(approved):
-                approved[position][approval.key_name] = sha
-    return Release(
-        id=row.id, tenant_id=row.tenant_id, vendor=row.vendor, vendor_id=uuid.UUID(row.vendor_id),
-        class_name=row.class_name, class_id=uuid.UUID(row.class_id), version=row.version,
-        sequence_number=row.sequence_number, package_format=row.package_format, created_at=row.created_at,
-        signed_by=row.signed_by, key_name=row.key_name, origin_tenant=row.origin_tenant,
-        approvals=tuple((a.key_name, a.kid, a.approved_at) for a in approvals),
-        images=tuple(ReleaseImage(name=i.name, size=i.size, image_sha256=i.image_sha256,
-                                  package_sha256=i.package_sha256, package_size=i.package_size,
-                                  approved_package_sha256=approved[n] or None) for n, i in enumerate(images)))
-
-
-def _class_policy(row: DeviceClassRow) -> ClassPolicy:
-    return ClassPolicy(row.vendor, uuid.UUID(row.vendor_id), row.class_name, uuid.UUID(row.class_id),
-                       row.require_approval, True)
-
-
-def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
 

@@ -15,7 +15,7 @@ from bootstrap.vault import Vault
 from firmware_object.errors import SignatureError
 from firmware_object.suit import key_id, load_public_key, verify_envelope
 from lwm2m_server.cli.release import release_app
-from lwm2m_server.fota.releases import BlobStore, ReleaseStore, SigningKeyStore, class_uuid, vendor_uuid
+from lwm2m_server.fota.releases import Releases, SigningKeys, class_uuid, vendor_uuid
 from lwm2m_server.storage.database import Database
 
 IMAGE = bytes(range(256)) * 64
@@ -54,8 +54,8 @@ def image_file(tmp_path: Path, name: str, content: bytes = IMAGE) -> Path:
 
 def stored_package(data: Path, release_id: str, approved_by: str | None = None) -> bytes:
     with Database.for_data_dir(data) as database:
-        keys = SigningKeyStore(database, Vault.generate())  # reading packages opens no private key
-        return ReleaseStore(database, BlobStore(data / "blobs"), keys).package(release_id, approved_by=approved_by)
+        keys = SigningKeys.over(database, Vault.generate())  # reading packages opens no private key
+        return Releases.over(database, data, keys).package(release_id, tenant_id="default", approved_by=approved_by)
 
 
 def test_keys_are_created_listed_and_exported_never_the_private_key(tmp_path: Path, data: Path,

@@ -19,7 +19,7 @@ from firmware_object.suit import key_id, load_private_key, load_public_key, veri
 from lwm2m_server.cli.firmware import firmware_app
 from lwm2m_server.cli.release import release_app
 from lwm2m_server.cli.tenant import tenant_app
-from lwm2m_server.fota.releases import BlobStore, ReleaseStore, SigningKeyStore
+from lwm2m_server.fota.releases import Releases, SigningKeys
 from lwm2m_server.storage.database import DB_FILENAME, Database
 
 IMAGE = bytes(range(256)) * 64
@@ -75,8 +75,8 @@ def sign(oem_dir: Path, key: Path, *, seq: int, version: str, out: str, image: b
 
 def stored_package(data: Path, release_id: str, tenant: str, approved_by: str | None = None) -> bytes:
     with Database.for_data_dir(data) as database:
-        keys = SigningKeyStore(database, Vault.generate())  # reading packages opens no private key
-        return ReleaseStore(database, BlobStore(data / "blobs"), keys).package(release_id, tenant_id=tenant,
+        keys = SigningKeys.over(database, Vault.generate())  # reading packages opens no private key
+        return Releases.over(database, data, keys).package(release_id, tenant_id=tenant,
                                                                                approved_by=approved_by)
 
 

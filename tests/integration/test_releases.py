@@ -47,9 +47,9 @@ from lwm2m_server.fota.releases import (
     PublicOnlyKeyError,
     Release,
     ReleaseRollbackError,
-    ReleaseStore,
+    Releases,
     SigningKey,
-    SigningKeyStore,
+    SigningKeys,
     UnknownBlobError,
     UnknownReleaseError,
     UnknownSigningKeyError,
@@ -60,10 +60,12 @@ from lwm2m_server.fota.releases import (
     verify_signed,
 )
 from lwm2m_server.storage.database import DB_FILENAME, Database
+from lwm2m_server.storage.release_store import SqlReleaseStore
 
 MAX = 1 << 20
 IMAGE = bytes(range(256)) * 8
 NOW = 1_700_000_000.0
+TENANT = "default"  # the tenant of every call that names none other
 
 
 @dataclass
@@ -71,9 +73,9 @@ class Env:
     folder: Path
     database: Database
     vault: Vault
-    keys: SigningKeyStore
+    keys: SigningKeys
     blobs: BlobStore
-    releases: ReleaseStore
+    releases: Releases
 
 
 @pytest.fixture
@@ -81,16 +83,16 @@ def env(tmp_path: Path) -> Iterator[Env]:
     folder = tmp_path / "data"
     database = Database.for_data_dir(folder)
     vault = Vault.generate()
-    keys = SigningKeyStore(database, vault)
+    keys = SigningKeys.over(database, vault)
     blobs = BlobStore(folder / "blobs")
     try:
-        yield Env(folder, database, vault, keys, blobs, ReleaseStore(database, blobs, keys))
+        yield Env(folder, database, vault, keys, blobs, Releases(SqlReleaseStore(database), blobs, keys))
     finally:
         database.close()
 
 
 def verify(env: Env, package: bytes, *key_names: str, release: Release | None = None) -> int:
-    anchors = [env.keys.get(name).public_key() for name in key_names]
+    anchors = [env.keys.get(name, tenant_id=TENANT).public_key() for name in key_names]
     verified = verify_envelope(package, trust_anchors=anchors, max_size=MAX,
                                vendor_id=release.vendor_id if release else None,
                                class_id=release.class_id if release else None)
@@ -112,69 +114,71 @@ def private_forms(key: PrivateKey) -> list[bytes]:
 
 
 def test_keys_are_created_listed_and_opened_per_tenant(env: Env) -> None:
-    rel = env.keys.create("oem", "release", now=NOW)
-    dep = env.keys.create("ops", "deployment", alg="EdDSA", now=NOW + 1)
+    rel = env.keys.create("oem", "release", now=NOW, tenant_id=TENANT)
+    dep = env.keys.create("ops", "deployment", alg="EdDSA", now=NOW + 1, tenant_id=TENANT)
     other = env.keys.create("oem", "release", tenant_id="acme", now=NOW)
     assert (rel.role, rel.alg, dep.alg) == ("release", "ES256", "EdDSA")
     assert re.fullmatch(r"[0-9a-f]{16}", rel.kid) and rel.kid != other.kid
-    assert [k.name for k in env.keys.list()] == ["oem", "ops"]
-    assert [k.name for k in env.keys.list("acme")] == ["oem"]
-    assert env.keys.get("ops") == dep
+    assert [k.name for k in env.keys.list(tenant_id=TENANT)] == ["oem", "ops"]
+    assert [k.name for k in env.keys.list(tenant_id="acme")] == ["oem"]
+    assert env.keys.get("ops", tenant_id=TENANT) == dep
     for key in (rel, dep):
-        private = env.keys.private_key(key.name)
+        private = env.keys.private_key(key.name, tenant_id=TENANT)
         assert key_id(private).hex() == key.kid == key_id(key.public_key()).hex()
-    assert key_id(env.keys.private_key("oem", "acme")).hex() == other.kid
+    assert key_id(env.keys.private_key("oem", tenant_id="acme")).hex() == other.kid
     assert "PRIVATE" not in repr(rel) + json.dumps(rel.as_dict())
 
 
 def test_key_errors_carry_their_meaning(env: Env) -> None:
-    env.keys.create("oem", "release", now=NOW)
+    env.keys.create("oem", "release", now=NOW, tenant_id=TENANT)
     with pytest.raises(DuplicateSigningKeyError) as dup:
-        env.keys.create("oem", "deployment", now=NOW)
+        env.keys.create("oem", "deployment", now=NOW, tenant_id=TENANT)
     assert isinstance(dup.value, InvalidRequestError)
     with pytest.raises(UnknownSigningKeyError) as unknown:
-        env.keys.get("nope")
+        env.keys.get("nope", tenant_id=TENANT)
     assert isinstance(unknown.value, NotFoundError)
     with pytest.raises(UnknownSigningKeyError):
         env.keys.get("oem", tenant_id="acme")  # scoped by tenant
     with pytest.raises(KeyRoleError):
-        env.keys.get_or_create("oem", "deployment", now=NOW)
+        env.keys.get_or_create("oem", "deployment", now=NOW, tenant_id=TENANT)
     with pytest.raises(KeyRoleError):
-        env.keys.private_key("oem", role="attestation")
+        env.keys.private_key("oem", role="attestation", tenant_id=TENANT)
     for bad in ("", "-x", "a b", "x" * 65, "é"):
         with pytest.raises(InvalidSigningKeyError):
-            env.keys.create(bad, "release", now=NOW)
+            env.keys.create(bad, "release", now=NOW, tenant_id=TENANT)
     with pytest.raises(InvalidSigningKeyError):
-        env.keys.create("k", "admin", now=NOW)
+        env.keys.create("k", "admin", now=NOW, tenant_id=TENANT)
     with pytest.raises(InvalidSigningKeyError):
-        env.keys.create("k", "release", alg="RS256", now=NOW)
+        env.keys.create("k", "release", alg="RS256", now=NOW, tenant_id=TENANT)
     with pytest.raises(InvalidSigningKeyError):
-        env.keys.import_pem("k", "release", b"-----BEGIN NOTHING-----", now=NOW)
+        env.keys.import_pem("k", "release", b"-----BEGIN NOTHING-----", now=NOW, tenant_id=TENANT)
 
 
 def test_get_or_create_makes_the_key_once(env: Env) -> None:
-    first = env.keys.get_or_create("attest", "attestation", now=NOW)
-    again = env.keys.get_or_create("attest", "attestation", now=NOW + 5)
-    assert first == again and len(env.keys.list()) == 1
+    first = env.keys.get_or_create("attest", "attestation", now=NOW, tenant_id=TENANT)
+    again = env.keys.get_or_create("attest", "attestation", now=NOW + 5, tenant_id=TENANT)
+    assert first == again and len(env.keys.list(tenant_id=TENANT)) == 1
 
 
 def test_imported_pem_key_signs_as_itself(env: Env) -> None:
     private = generate_private_key("ed25519")
-    key = env.keys.import_pem("legacy", "release", private_key_to_pem(private), now=NOW)
+    key = env.keys.import_pem("legacy", "release", private_key_to_pem(private), now=NOW, tenant_id=TENANT)
     assert key.kid == key_id(private).hex() and key.alg == "EdDSA"
     release = env.releases.create([("fw.bin", IMAGE)], vendor="acme.example", class_name="sensor", version="1",
-                                  key="legacy", now=NOW)
-    verify_envelope(env.releases.package(release.id), trust_anchors=[private.public_key()], max_size=MAX)
+                                  key="legacy", now=NOW, tenant_id=TENANT)
+    verify_envelope(env.releases.package(release.id, tenant_id=TENANT), trust_anchors=[private.public_key()],
+                    max_size=MAX)
 
 
 def test_private_keys_never_reach_the_database_in_the_clear(env: Env) -> None:
     names = [("oem", "release", "ES256"), ("ops", "deployment", "EdDSA"), ("att", "attestation", "ES256")]
     for name, role, alg in names:
-        env.keys.create(name, role, alg=alg, now=NOW)
+        env.keys.create(name, role, alg=alg, now=NOW, tenant_id=TENANT)
     imported = generate_private_key("es256")
-    env.keys.import_pem("imp", "release", private_key_to_pem(imported), now=NOW)
-    env.releases.create([("fw.bin", IMAGE)], vendor="v", class_name="c", version="1", key="oem", now=NOW)
-    forms = [f for name, _, _ in names for f in private_forms(env.keys.private_key(name))]
+    env.keys.import_pem("imp", "release", private_key_to_pem(imported), now=NOW, tenant_id=TENANT)
+    env.releases.create([("fw.bin", IMAGE)], vendor="v", class_name="c", version="1", key="oem", now=NOW,
+                        tenant_id=TENANT)
+    forms = [f for name, _, _ in names for f in private_forms(env.keys.private_key(name, tenant_id=TENANT))]
     forms += private_forms(imported)
     env.database.close()  # checkpoint the WAL; the files are read with it and without it
     files = [p for p in env.folder.iterdir() if p.is_file() and p.name.startswith(DB_FILENAME)]
@@ -187,8 +191,8 @@ def test_private_keys_never_reach_the_database_in_the_clear(env: Env) -> None:
 
 
 def test_a_sealed_key_is_bound_to_its_tenant_name_and_role(env: Env) -> None:
-    env.keys.create("a", "release", now=NOW)
-    env.keys.create("b", "release", now=NOW)
+    env.keys.create("a", "release", now=NOW, tenant_id=TENANT)
+    env.keys.create("b", "release", now=NOW, tenant_id=TENANT)
     db_file = env.folder / DB_FILENAME
     with sqlite3.connect(db_file) as conn:  # an attacker with the database swaps two sealed keys
         sealed = dict(conn.execute("SELECT name, sealed_private FROM signing_key").fetchall())
@@ -196,9 +200,9 @@ def test_a_sealed_key_is_bound_to_its_tenant_name_and_role(env: Env) -> None:
         conn.execute("UPDATE signing_key SET role = 'deployment' WHERE name = 'b'")
     for name in ("a", "b"):
         with pytest.raises(SealedDataError):
-            env.keys.private_key(name)
+            env.keys.private_key(name, tenant_id=TENANT)
     with pytest.raises(SealedDataError):  # and another vault opens nothing
-        SigningKeyStore(env.database, Vault.generate()).private_key("a")
+        SigningKeys.over(env.database, Vault.generate()).private_key("a", tenant_id=TENANT)
 
 
 # ------------------------------------------------------------------------------------------------- blobs
@@ -242,31 +246,31 @@ def test_blob_round_trip_property(blob_dir: Path, data: bytes) -> None:
 
 def test_release_is_signed_into_a_verifiable_envelope(env: Env) -> None:
     release = env.releases.create([("fw.bin", IMAGE)], vendor="acme.example", class_name="sensor",
-                                  version="2.0.0", now=NOW)
+                                  version="2.0.0", now=NOW, tenant_id=TENANT)
     assert re.fullmatch(r"rel-[a-z2-7]{10}", release.id)
     assert release.vendor_id == uuid.uuid5(uuid.NAMESPACE_DNS, "acme.example")
     assert release.class_id == uuid.uuid5(release.vendor_id, "sensor")
-    key = env.keys.get("release")  # made on first use
+    key = env.keys.get("release", tenant_id=TENANT)  # made on first use
     assert key.role == "release" and release.signed_by == key.kid and release.key_name == "release"
     (image,) = release.images
-    package = env.releases.package(release.id)
+    package = env.releases.package(release.id, tenant_id=TENANT)
     assert image.package_sha256 == env.blobs.put(package) and image.package_size == len(package)
     assert image.image_sha256 == env.blobs.put(IMAGE) and image.size == len(IMAGE)
-    assert env.releases.image(release.id) == IMAGE
+    assert env.releases.image(release.id, tenant_id=TENANT) == IMAGE
     verified = verify_envelope(package, trust_anchors=[key.public_key()], max_size=MAX,
                                vendor_id=release.vendor_id, class_id=release.class_id)
     assert (verified.sequence_number, verified.version, verified.payload) == (1, "2.0.0", IMAGE)
     assert image.approved_package_sha256 is None and release.approvals == ()
-    assert env.releases.get(release.id) == release
+    assert env.releases.get(release.id, tenant_id=TENANT) == release
     assert json.loads(json.dumps(release.as_dict()))["vendor_id"] == str(release.vendor_id)
 
 
 def test_uuid_vendor_and_class_are_taken_as_given(env: Env) -> None:
     vendor, klass = uuid.uuid4(), uuid.uuid4()
     release = env.releases.create([("fw.bin", IMAGE)], vendor=str(vendor), class_name=str(klass), version="1",
-                                  now=NOW)
+                                  now=NOW, tenant_id=TENANT)
     assert (release.vendor_id, release.class_id) == (vendor, klass)
-    verify(env, env.releases.package(release.id), "release", release=release)
+    verify(env, env.releases.package(release.id, tenant_id=TENANT), "release", release=release)
 
 
 def test_sequence_numbers_increase_per_class_and_are_independent(env: Env) -> None:
@@ -281,57 +285,58 @@ def test_sequence_numbers_increase_per_class_and_are_independent(env: Env) -> No
     assert make("acme.example", "sensor") == 4
     vid = vendor_uuid("acme.example")  # the same class named by its UUIDs
     assert make(str(vid), str(class_uuid(vid, "sensor"))) == 5
-    for release in env.releases.list():
-        assert verify(env, env.releases.package(release.id), "release", release=release) == release.sequence_number
+    for release in env.releases.list(tenant_id=TENANT):
+        package = env.releases.package(release.id, tenant_id=TENANT)
+        assert verify(env, package, "release", release=release) == release.sequence_number
 
 
 def test_concurrent_releases_of_one_class_get_distinct_sequence_numbers(env: Env) -> None:
-    env.keys.create("release", "release", now=NOW)  # before the race (its creation is tested elsewhere)
+    env.keys.create("release", "release", now=NOW, tenant_id=TENANT)  # before the race (its creation: elsewhere)
     barrier = threading.Barrier(6, timeout=20)
 
     def make(i: int) -> int:
         barrier.wait()
         return env.releases.create([("fw.bin", IMAGE + bytes([i]))], vendor="acme.example", class_name="sensor",
-                                   version=f"1.{i}", now=NOW + i).sequence_number
+                                   version=f"1.{i}", now=NOW + i, tenant_id=TENANT).sequence_number
 
     with ThreadPoolExecutor(6) as pool:
         numbers = list(pool.map(make, range(6), timeout=60))
     assert sorted(numbers) == [1, 2, 3, 4, 5, 6]
-    assert len({r.id for r in env.releases.list()}) == 6
+    assert len({r.id for r in env.releases.list(tenant_id=TENANT)}) == 6
 
 
 def test_several_images_one_package_each(env: Env) -> None:
     release = env.releases.create([("app.bin", IMAGE), ("radio.bin", IMAGE[::-1])], vendor="acme.example",
-                                  class_name="sensor", version="3", now=NOW)
+                                  class_name="sensor", version="3", now=NOW, tenant_id=TENANT)
     assert [i.name for i in release.images] == ["app.bin", "radio.bin"]
     for image, data in zip(release.images, (IMAGE, IMAGE[::-1]), strict=True):
-        package = env.releases.package(release.id, image.name)
-        assert verify_envelope(package, trust_anchors=[env.keys.get("release").public_key()],
+        package = env.releases.package(release.id, image.name, tenant_id=TENANT)
+        assert verify_envelope(package, trust_anchors=[env.keys.get("release", tenant_id=TENANT).public_key()],
                                max_size=MAX).payload == data
     with pytest.raises(InvalidReleaseError):
-        env.releases.package(release.id)  # which one?
+        env.releases.package(release.id, tenant_id=TENANT)  # which one?
     with pytest.raises(UnknownReleaseError):
-        env.releases.package(release.id, "nope.bin")
+        env.releases.package(release.id, "nope.bin", tenant_id=TENANT)
 
 
 def test_opaque_release_is_the_image_itself(env: Env) -> None:
     release = env.releases.create([("vendor.img", IMAGE)], vendor="third.example", class_name="meter",
-                                  version="9", package_format="opaque", now=NOW)
+                                  version="9", package_format="opaque", now=NOW, tenant_id=TENANT)
     assert release.signed_by is None and release.package_format == "opaque"
-    assert env.releases.package(release.id) == IMAGE
+    assert env.releases.package(release.id, tenant_id=TENANT) == IMAGE
     assert release.images[0].package_sha256 == release.images[0].image_sha256
-    assert env.keys.list() == []  # nothing was signed, no key was made
-    env.keys.create("ops", "deployment", now=NOW)
+    assert env.keys.list(tenant_id=TENANT) == []  # nothing was signed, no key was made
+    env.keys.create("ops", "deployment", now=NOW, tenant_id=TENANT)
     with pytest.raises(InvalidReleaseError):
-        env.releases.approve(release.id, "ops", now=NOW)
+        env.releases.approve(release.id, "ops", now=NOW, tenant_id=TENANT)
     with pytest.raises(InvalidReleaseError):
         env.releases.create([("x", IMAGE)], vendor="v", class_name="c", version="1", package_format="opaque",
-                            key="ops", now=NOW)
+                            key="ops", now=NOW, tenant_id=TENANT)
 
 
 def test_bad_releases_are_refused(env: Env) -> None:
     ok = {"vendor": "acme.example", "class_name": "sensor", "version": "1", "now": NOW}
-    env.keys.create("ops", "deployment", now=NOW)
+    env.keys.create("ops", "deployment", now=NOW, tenant_id=TENANT)
     cases: list[tuple[list[tuple[str, bytes]], dict[str, object], type[Exception]]] = [
         ([], {}, InvalidReleaseError),
         ([("fw.bin", b"")], {}, InvalidReleaseError),
@@ -345,73 +350,76 @@ def test_bad_releases_are_refused(env: Env) -> None:
     ]
     for images, changes, error in cases:
         with pytest.raises(error):
-            env.releases.create(images, **{**ok, **changes})  # type: ignore[arg-type]
-    assert env.releases.list() == []
+            env.releases.create(images, **{**ok, **changes}, tenant_id=TENANT)  # type: ignore[arg-type]
+    assert env.releases.list(tenant_id=TENANT) == []
 
 
 def test_oversized_image_is_refused(env: Env) -> None:
     from lwm2m_server.fota.releases import MAX_IMAGE_SIZE
 
     with pytest.raises(InvalidReleaseError):
-        env.releases.create([("big", bytes(MAX_IMAGE_SIZE + 1))], vendor="v", class_name="c", version="1", now=NOW)
+        env.releases.create([("big", bytes(MAX_IMAGE_SIZE + 1))], vendor="v", class_name="c", version="1", now=NOW,
+                            tenant_id=TENANT)
 
 
 def test_get_and_list_are_scoped_and_newest_first(env: Env) -> None:
-    a = env.releases.create([("fw", IMAGE)], vendor="v.example", class_name="c", version="1", now=NOW)
-    b = env.releases.create([("fw", IMAGE)], vendor="v.example", class_name="d", version="1", now=NOW + 10)
+    a = env.releases.create([("fw", IMAGE)], vendor="v.example", class_name="c", version="1", now=NOW, tenant_id=TENANT)
+    b = env.releases.create([("fw", IMAGE)], vendor="v.example", class_name="d", version="1", now=NOW + 10,
+                            tenant_id=TENANT)
     c = env.releases.create([("fw", IMAGE)], vendor="v.example", class_name="c", version="2", tenant_id="t2",
                             now=NOW + 5)
-    assert [r.id for r in env.releases.list()] == [b.id, a.id]
-    assert [r.id for r in env.releases.list("t2")] == [c.id]
+    assert [r.id for r in env.releases.list(tenant_id=TENANT)] == [b.id, a.id]
+    assert [r.id for r in env.releases.list(tenant_id="t2")] == [c.id]
     with pytest.raises(UnknownReleaseError) as e:
-        env.releases.get(c.id)
+        env.releases.get(c.id, tenant_id=TENANT)
     assert isinstance(e.value, NotFoundError)
     for bad in ("rel-zzzzzzzzzz", "nope", ""):
         with pytest.raises(UnknownReleaseError):
-            env.releases.get(bad)
+            env.releases.get(bad, tenant_id=TENANT)
 
 
 def test_approval_countersigns_each_envelope_once_per_key(env: Env) -> None:
     release = env.releases.create([("app.bin", IMAGE), ("radio.bin", IMAGE[::-1])], vendor="acme.example",
-                                  class_name="sensor", version="2", now=NOW)
-    ops = env.keys.create("ops", "deployment", now=NOW)
-    env.keys.create("ops2", "deployment", alg="EdDSA", now=NOW)
+                                  class_name="sensor", version="2", now=NOW, tenant_id=TENANT)
+    ops = env.keys.create("ops", "deployment", now=NOW, tenant_id=TENANT)
+    env.keys.create("ops2", "deployment", alg="EdDSA", now=NOW, tenant_id=TENANT)
     with pytest.raises(KeyRoleError):
-        env.releases.approve(release.id, "release", now=NOW)
+        env.releases.approve(release.id, "release", now=NOW, tenant_id=TENANT)
     with pytest.raises(UnknownSigningKeyError):
-        env.releases.approve(release.id, "nope", now=NOW)
+        env.releases.approve(release.id, "nope", now=NOW, tenant_id=TENANT)
     with pytest.raises(UnknownReleaseError):
-        env.releases.package(release.id, "app.bin", approved_by="ops")
+        env.releases.package(release.id, "app.bin", approved_by="ops", tenant_id=TENANT)
 
-    approved = env.releases.approve(release.id, "ops", now=NOW + 1)
+    approved = env.releases.approve(release.id, "ops", now=NOW + 1, tenant_id=TENANT)
     assert approved.approvals == (("ops", ops.kid, NOW + 1),)
-    again = env.releases.approve(release.id, "ops", now=NOW + 2)
+    again = env.releases.approve(release.id, "ops", now=NOW + 2, tenant_id=TENANT)
     assert again == approved  # idempotent
-    both = env.releases.approve(release.id, "ops2", now=NOW + 3)
+    both = env.releases.approve(release.id, "ops2", now=NOW + 3, tenant_id=TENANT)
     assert [a[0] for a in both.approvals] == ["ops", "ops2"]
     for image in both.images:
         assert image.approved_package_sha256 is not None and set(image.approved_package_sha256) == {"ops", "ops2"}
-        original = env.releases.package(release.id, image.name)
+        original = env.releases.package(release.id, image.name, tenant_id=TENANT)
         for key in ("ops", "ops2"):
-            package = env.releases.package(release.id, image.name, approved_by=key)
+            package = env.releases.package(release.id, image.name, approved_by=key, tenant_id=TENANT)
             assert env.blobs.put(package) == image.approved_package_sha256[key]
             assert verify(env, package, "release", key, release=release) == release.sequence_number
             assert verify(env, package, "release") == release.sequence_number  # devices without the key
         with pytest.raises(SignatureError):
             verify(env, original, "release", "ops")
         with pytest.raises(SignatureError):
-            verify(env, env.releases.package(release.id, image.name, approved_by="ops"), "release", "ops2")
-    assert env.releases.get(release.id) == both
+            verify(env, env.releases.package(release.id, image.name, approved_by="ops", tenant_id=TENANT), "release",
+                   "ops2")
+    assert env.releases.get(release.id, tenant_id=TENANT) == both
 
 
 def test_approval_refuses_a_package_the_release_key_did_not_sign(env: Env) -> None:
-    release = env.releases.create([("fw", IMAGE)], vendor="v", class_name="c", version="1", now=NOW)
-    env.keys.create("ops", "deployment", now=NOW)
+    release = env.releases.create([("fw", IMAGE)], vendor="v", class_name="c", version="1", now=NOW, tenant_id=TENANT)
+    env.keys.create("ops", "deployment", now=NOW, tenant_id=TENANT)
     path = env.folder / "blobs" / "sha256" / release.images[0].package_sha256
     original = path.read_bytes()
     path.write_bytes(b"\x00" + original[1:])  # a flipped byte: caught by the digest
     with pytest.raises(BlobCorruptedError) as e:
-        env.releases.approve(release.id, "ops", now=NOW)
+        env.releases.approve(release.id, "ops", now=NOW, tenant_id=TENANT)
     assert isinstance(e.value, StorageError)
     path.write_bytes(original)
     # a well-stored envelope by another key, swapped in by whoever can write the database: caught by the signature
@@ -422,37 +430,37 @@ def test_approval_refuses_a_package_the_release_key_did_not_sign(env: Env) -> No
     with sqlite3.connect(env.folder / DB_FILENAME) as conn:
         conn.execute("UPDATE release_image SET package_sha256 = ? WHERE release_id = ?", (swapped, release.id))
     with pytest.raises(InvalidReleaseError, match="does not verify"):
-        env.releases.approve(release.id, "ops", now=NOW)
-    assert env.releases.get(release.id).approvals == ()
+        env.releases.approve(release.id, "ops", now=NOW, tenant_id=TENANT)
+    assert env.releases.get(release.id, tenant_id=TENANT).approvals == ()
 
 
 def test_class_policy_is_stored_per_class(env: Env) -> None:
-    default = env.releases.class_policy("sensor", "acme.example")
+    default = env.releases.class_policy("sensor", "acme.example", tenant_id=TENANT)
     assert (default.require_approval, default.configured) == (False, False)
-    policy = env.releases.set_class_policy("sensor", "acme.example", require_approval=True, now=NOW)
+    policy = env.releases.set_class_policy("sensor", "acme.example", require_approval=True, now=NOW, tenant_id=TENANT)
     assert (policy.require_approval, policy.configured) == (True, True)
     vid = vendor_uuid("acme.example")
-    by_uuid = env.releases.class_policy(str(class_uuid(vid, "sensor")), str(vid))
+    by_uuid = env.releases.class_policy(str(class_uuid(vid, "sensor")), str(vid), tenant_id=TENANT)
     assert by_uuid.require_approval and by_uuid.class_id == policy.class_id
-    assert not env.releases.class_policy("gateway", "acme.example").require_approval
+    assert not env.releases.class_policy("gateway", "acme.example", tenant_id=TENANT).require_approval
     assert not env.releases.class_policy("sensor", "acme.example", tenant_id="t2").require_approval
-    env.releases.set_class_policy("sensor", "acme.example", require_approval=False)
-    assert not env.releases.class_policy("sensor", "acme.example").require_approval
-    assert [p.class_name for p in env.releases.class_policies()] == ["sensor"]
+    env.releases.set_class_policy("sensor", "acme.example", require_approval=False, tenant_id=TENANT)
+    assert not env.releases.class_policy("sensor", "acme.example", tenant_id=TENANT).require_approval
+    assert [p.class_name for p in env.releases.class_policies(tenant_id=TENANT)] == ["sensor"]
 
 
 def test_stores_survive_a_reopen(env: Env, tmp_path: Path) -> None:
-    release = env.releases.create([("fw", IMAGE)], vendor="v", class_name="c", version="1", now=NOW)
+    release = env.releases.create([("fw", IMAGE)], vendor="v", class_name="c", version="1", now=NOW, tenant_id=TENANT)
     env.database.close()
     with Database.for_data_dir(env.folder) as database:
-        keys = SigningKeyStore(database, env.vault)
-        releases = ReleaseStore(database, BlobStore(env.folder / "blobs"), keys)
-        assert releases.get(release.id) == release
-        keys.create("ops", "deployment", now=NOW)
-        approved = releases.approve(release.id, "ops", now=NOW)
+        keys = SigningKeys.over(database, env.vault)
+        releases = Releases.over(database, env.folder, keys)
+        assert releases.get(release.id, tenant_id=TENANT) == release
+        keys.create("ops", "deployment", now=NOW, tenant_id=TENANT)
+        approved = releases.approve(release.id, "ops", now=NOW, tenant_id=TENANT)
         assert approved.approvals[0][0] == "ops"
         assert releases.create([("fw", IMAGE)], vendor="v", class_name="c", version="2",
-                               now=time.time()).sequence_number == 2
+                               now=time.time(), tenant_id=TENANT).sequence_number == 2
 
 
 # ---------------------------------------------------------------------------------------- name -> UUID
@@ -689,18 +697,18 @@ def test_an_older_database_gains_public_only_keys_and_origin_tenants(tmp_path: P
         """)
     db.close()
     with Database.for_data_dir(folder) as database:
-        keys = SigningKeyStore(database, Vault.generate())
+        keys = SigningKeys.over(database, Vault.generate())
         oem = keys.add_public("oem", "release", public_key_to_pem(oem_key.public_key()), tenant_id="oem", now=NOW)
-        releases = ReleaseStore(database, BlobStore(folder / "blobs"), keys)
-        imported = releases.import_signed([("fw", oem_envelope(oem_key))], key=oem, tenant_id="default",
+        releases = Releases.over(database, folder, keys)
+        imported = releases.import_signed([("fw", oem_envelope(oem_key))], key=oem, tenant_id=TENANT,
                                           origin_tenant="oem", now=NOW)
     with Database.for_data_dir(folder) as database:  # the upgrade ran once; this open leaves the tables alone
-        keys = SigningKeyStore(database, Vault.generate())
-        assert [(k.name, k.has_private) for k in keys.list(tenant_id="default")] == [("old", True)]
+        keys = SigningKeys.over(database, Vault.generate())
+        assert [(k.name, k.has_private) for k in keys.list(tenant_id=TENANT)] == [("old", True)]
         assert keys.list(tenant_id="oem") == [oem]
-        releases = ReleaseStore(database, BlobStore(folder / "blobs"), keys)
-        assert releases.get(imported.id, tenant_id="default").origin_tenant == "oem"
-        assert releases.get("rel-aaaaaaaaaa", tenant_id="default").origin_tenant is None
+        releases = Releases.over(database, folder, keys)
+        assert releases.get(imported.id, tenant_id=TENANT).origin_tenant == "oem"
+        assert releases.get("rel-aaaaaaaaaa", tenant_id=TENANT).origin_tenant is None
     with sqlite3.connect(folder / DB_FILENAME) as db:
         indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
