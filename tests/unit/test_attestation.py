@@ -92,7 +92,7 @@ def test_build_report_normalises() -> None:
     key = _key("es256")
     report = _report(key)
     assert report["format"] == FORMAT
-    assert report["server"] == {"node": "node-a", "kid": key_id(key).hex()}
+    assert report["server"] == {"node": "node-a", "kid": key_id(key).hex(), "issuer": "SCRATCh"}
     assert [t["endpoint"] for t in report["targets"]] == ["dev-1", "dev-2", "dev-3", "dev-4"]
     for target in report["targets"]:
         assert set(TARGET_FIELDS) <= set(target)

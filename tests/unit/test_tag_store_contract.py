@@ -20,41 +20,17 @@ from sqlalchemy import text
 from lwm2m_server.core.errors import StorageError
 from lwm2m_server.storage.database import Database
 from lwm2m_server.storage.tag_store import DeviceTag, MemoryTagStore, SqlTagStore, TagStore
+from tests.store_backends import StoreBackend
 
 ENDPOINT = "urn:dev:ops:ünïcödé-€-1"
 
 
-class Backend:
-    """A tag store plus ``reopen()``: what a server restart does to it."""
-
-    def __init__(self, kind: str, data_dir: Path) -> None:
-        self.kind = kind
-        self.data_dir = data_dir
-        self.db: Database | None = None
-        self.store: TagStore
-        self._open()
-
-    def _open(self) -> None:
-        if self.kind == "memory":
-            self.store = MemoryTagStore()
-        else:
-            self.db = Database.for_data_dir(self.data_dir)
-            self.store = SqlTagStore(self.db)
-
-    def reopen(self) -> None:
-        """SQL: close the database and open the same file again. Memory: a store lives as long as its object."""
-        if self.db is not None:
-            self.db.close()
-            self._open()
-
-    def close(self) -> None:
-        if self.db is not None:
-            self.db.close()
+Backend = StoreBackend[TagStore]
 
 
 @pytest.fixture(params=["memory", "sql"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    b = Backend(request.param, tmp_path / "data")
+    b = Backend(request.param, tmp_path / "data", MemoryTagStore, SqlTagStore)
     yield b
     b.close()
 

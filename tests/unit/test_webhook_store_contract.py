@@ -27,41 +27,17 @@ from lwm2m_server.storage.webhook_store import (
     Webhook,
     WebhookStore,
 )
+from tests.store_backends import StoreBackend
 
 SEALED = b"\x00sealed-\xff" * 4
 
 
-class Backend:
-    """A webhook store plus ``reopen()``: what a server restart does to it."""
-
-    def __init__(self, kind: str, data_dir: Path) -> None:
-        self.kind = kind
-        self.data_dir = data_dir
-        self.db: Database | None = None
-        self.store: WebhookStore
-        self._open()
-
-    def _open(self) -> None:
-        if self.kind == "memory":
-            self.store = MemoryWebhookStore()
-        else:
-            self.db = Database.for_data_dir(self.data_dir)
-            self.store = SqlWebhookStore(self.db)
-
-    def reopen(self) -> None:
-        """SQL: close the database and open the same file again. Memory: a store lives as long as its object."""
-        if self.db is not None:
-            self.db.close()
-            self._open()
-
-    def close(self) -> None:
-        if self.db is not None:
-            self.db.close()
+Backend = StoreBackend[WebhookStore]
 
 
 @pytest.fixture(params=["memory", "sql"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    b = Backend(request.param, tmp_path / "data")
+    b = Backend(request.param, tmp_path / "data", MemoryWebhookStore, SqlWebhookStore)
     yield b
     b.close()
 
