@@ -70,7 +70,7 @@ from lwm2m_server.storage.database import Database
 database = Database.for_data_dir(Path(sys.argv[1]))
 try:
     store = SqlCredentialStore(database, Vault.open(Path(sys.argv[2]), environ={}))
-    cred, psk = store.issue(sys.argv[3], CredentialKind.SERVER, now=time.time())
+    cred, psk = store.issue(sys.argv[3], CredentialKind.SERVER, now=time.time(), tenant_id="default")
     print(json.dumps({"identity": cred.identity, "psk": bytes(psk).hex()}))
 finally:
     database.close()

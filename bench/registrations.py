@@ -103,7 +103,7 @@ async def bench_reads(total: int, clients: int = 50, concurrency: int = 32) -> d
                 nonlocal done, failed
                 async with sem:
                     try:
-                        await srv.management.send(eps[i % len(eps)], req, timeout=10)
+                        await srv.management.send(eps[i % len(eps)], req, timeout=10, tenant_id="default")
                         done += 1
                     except Exception:
                         failed += 1

@@ -12,6 +12,8 @@ Rules every :class:`CredentialStore` keeps (tests/unit/test_credential_store.py 
   PSK it issued and refuses one it has seen (:class:`PskReuseError`), without ever storing a PSK in the clear;
 * a PSK identity names one credential, ever (revoked ones included), across all tenants: the DTLS handshake looks
   a key up by identity before it knows the tenant;
+* every write and every lookup by endpoint takes ``tenant_id`` as a required keyword (the caller's tenant, never a
+  default); only :meth:`~CredentialStore.list` takes ``tenant_id=None``, for every tenant;
 * an endpoint has at most one active credential per kind in a tenant; :meth:`~CredentialStore.replace` rekeys it
   (the old one stops working at once, in the same transaction), :meth:`~CredentialStore.revoke` ends it. A revoked
   credential is kept (for the audit trail, and so its identity is never reissued) but its sealed key is erased;
@@ -133,7 +135,7 @@ def credential_aad(credential: Credential) -> bytes:
 class CredentialStore(Protocol):
     """PSK credentials keyed by identity (unique, ever); one active credential per (tenant, endpoint, kind)."""
 
-    def issue(self, endpoint: str, kind: CredentialKind | str, *, now: float, tenant_id: str = DEFAULT_TENANT,
+    def issue(self, endpoint: str, kind: CredentialKind | str, *, now: float, tenant_id: str,
               identity: str | None = None, psk: bytes | None = None) -> IssuedCredential:
         """A new credential for an endpoint that has no active one of this kind: with ``identity`` (a fresh random
         one when None) and ``psk`` (a fresh random one when None; else it must be new and 16..64 bytes).
@@ -141,14 +143,14 @@ class CredentialStore(Protocol):
         :class:`InvalidCredentialError`."""
         ...
 
-    def replace(self, endpoint: str, kind: CredentialKind | str, *, now: float, tenant_id: str = DEFAULT_TENANT,
+    def replace(self, endpoint: str, kind: CredentialKind | str, *, now: float, tenant_id: str,
                 identity: str | None = None, psk: bytes | None = None) -> IssuedCredential:
         """Rekey: in one transaction revoke the endpoint's active credential of this kind and issue a new one
         (same rules as :meth:`issue`; the new identity must differ from every earlier one). Raises
         :class:`UnknownCredentialError` when there is no active credential to replace."""
         ...
 
-    def revoke(self, endpoint: str, *, now: float, tenant_id: str = DEFAULT_TENANT,
+    def revoke(self, endpoint: str, *, now: float, tenant_id: str,
                kind: CredentialKind | str | None = None) -> builtins.list[Credential]:
         """End the endpoint's active credentials (of one kind, or all when None) at once; their sealed keys are
         erased. Returns the revoked credentials (empty when there were none)."""
@@ -171,14 +173,13 @@ class CredentialStore(Protocol):
         """The credential of an identity, active or revoked (None when unknown)."""
         ...
 
-    def by_endpoint(self, endpoint: str, kind: CredentialKind | str,
-                    tenant_id: str = DEFAULT_TENANT) -> Credential | None:
+    def by_endpoint(self, endpoint: str, kind: CredentialKind | str, *, tenant_id: str) -> Credential | None:
         """The endpoint's active credential of this kind."""
         ...
 
-    def list(self, tenant_id: str | None = DEFAULT_TENANT, *,
-             include_revoked: bool = False) -> builtins.list[Credential]:
-        """The credentials of one tenant (all tenants when None), ordered by tenant, endpoint, kind, creation."""
+    def list(self, *, tenant_id: str | None, include_revoked: bool = False) -> builtins.list[Credential]:
+        """The credentials of one tenant (all tenants when None: the operator's housekeeping), ordered by tenant,
+        endpoint, kind, creation."""
         ...
 
     def load(self) -> int:
@@ -263,11 +264,11 @@ class CredentialStoreBase:
 
     # ------------------------------------------------------------ writes
 
-    def issue(self, endpoint: str, kind: CredentialKind | str, *, now: float, tenant_id: str = DEFAULT_TENANT,
+    def issue(self, endpoint: str, kind: CredentialKind | str, *, now: float, tenant_id: str,
               identity: str | None = None, psk: bytes | None = None) -> IssuedCredential:
         return self._issue(endpoint, kind, now=now, tenant_id=tenant_id, identity=identity, psk=psk, retire=False)
 
-    def replace(self, endpoint: str, kind: CredentialKind | str, *, now: float, tenant_id: str = DEFAULT_TENANT,
+    def replace(self, endpoint: str, kind: CredentialKind | str, *, now: float, tenant_id: str,
                 identity: str | None = None, psk: bytes | None = None) -> IssuedCredential:
         return self._issue(endpoint, kind, now=now, tenant_id=tenant_id, identity=identity, psk=psk, retire=True)
 
@@ -303,7 +304,7 @@ class CredentialStoreBase:
                      tenant_id)
         return IssuedCredential(credential, key)
 
-    def revoke(self, endpoint: str, *, now: float, tenant_id: str = DEFAULT_TENANT,
+    def revoke(self, endpoint: str, *, now: float, tenant_id: str,
                kind: CredentialKind | str | None = None) -> builtins.list[Credential]:
         which = None if kind is None else _kind(kind)
         with self._lock:
@@ -352,14 +353,12 @@ class CredentialStoreBase:
 
     # ------------------------------------------------------------ other reads (from the backing store)
 
-    def by_endpoint(self, endpoint: str, kind: CredentialKind | str,
-                    tenant_id: str = DEFAULT_TENANT) -> Credential | None:
+    def by_endpoint(self, endpoint: str, kind: CredentialKind | str, *, tenant_id: str) -> Credential | None:
         with self._lock:
             found = self._select(tenant_id, endpoint, _kind(kind), False)
         return found[0] if found else None
 
-    def list(self, tenant_id: str | None = DEFAULT_TENANT, *,
-             include_revoked: bool = False) -> builtins.list[Credential]:
+    def list(self, *, tenant_id: str | None, include_revoked: bool = False) -> builtins.list[Credential]:
         with self._lock:
             return sorted(self._select(tenant_id, None, None, include_revoked), key=_sort_key)
 
@@ -423,9 +422,9 @@ class CredentialKindView:
         same = self._store.verify(identity, psk)
         return same and self.credential_for(identity) is not None
 
-    def is_bound(self, endpoint: str, tenant_id: str = DEFAULT_TENANT) -> bool:
+    def is_bound(self, endpoint: str, *, tenant_id: str) -> bool:
         """Whether ``endpoint`` holds an active credential of this kind (it must then prove it: no plain CoAP)."""
-        return self._store.by_endpoint(endpoint, self.kind, tenant_id) is not None
+        return self._store.by_endpoint(endpoint, self.kind, tenant_id=tenant_id) is not None
 
     def revoked_since(self, since: float) -> builtins.list[Credential]:
         """The store's :meth:`~CredentialStore.revoked_since` (applied to its index), of this kind only."""
@@ -434,7 +433,7 @@ class CredentialKindView:
     def load(self) -> int:
         """(Re)build the store's identity index; the number of active credentials of this kind."""
         self._store.load()
-        return sum(1 for c in self._store.list(None) if c.kind is self.kind)
+        return sum(1 for c in self._store.list(tenant_id=None) if c.kind is self.kind)
 
     def __repr__(self) -> str:
         return f"CredentialKindView({self._store!r}, {self.kind.value})"

@@ -264,8 +264,9 @@ class BootstrapServer:
         endpoint = endpoints[0]
         if identity is not None:
             credential = self.credentials.credential_for(identity)
-        elif self.settings.coap_port is not None:  # --insecure: the endpoint name is all there is
-            credential = self.credentials.by_endpoint(endpoint, CredentialKind.BOOTSTRAP)
+        elif self.settings.coap_port is not None:  # --insecure: the endpoint name is all there is, and plain CoAP
+            # has no credential to name a tenant: the default tenant's (as the LwM2M server's plain-CoAP devices)
+            credential = self.credentials.by_endpoint(endpoint, CredentialKind.BOOTSTRAP, tenant_id=DEFAULT_TENANT)
         else:
             credential = None
         if (credential is None or credential.revoked or credential.kind is not CredentialKind.BOOTSTRAP
@@ -300,8 +301,8 @@ class BootstrapServer:
 
     def _issue_server_key(self, bootstrap: Credential) -> IssuedCredential:
         """A fresh server credential for the device (its previous one, if any, retired in the same write)."""
-        store, now, tenant = self.credentials, self._clock(), bootstrap.tenant_id or DEFAULT_TENANT
-        if store.by_endpoint(bootstrap.endpoint, CredentialKind.SERVER, tenant) is not None:
+        store, now, tenant = self.credentials, self._clock(), bootstrap.tenant_id  # the bootstrap credential's tenant
+        if store.by_endpoint(bootstrap.endpoint, CredentialKind.SERVER, tenant_id=tenant) is not None:
             return store.replace(bootstrap.endpoint, CredentialKind.SERVER, now=now, tenant_id=tenant)
         return store.issue(bootstrap.endpoint, CredentialKind.SERVER, now=now, tenant_id=tenant)
 

@@ -42,13 +42,13 @@ def _server_instance(links: tuple[object, ...]) -> int:
 
 
 async def rotate_device_key(management: DeviceManagement, events: EventBus, endpoint: str, *,
-                            timeout: float = 60.0, tenant_id: str = "default") -> KeyRotation:
+                            timeout: float = 60.0, tenant_id: str) -> KeyRotation:
     """Execute /1/x/9 on ``endpoint`` and wait (at most ``timeout`` s) for its registration with a new identity.
 
     Raises :class:`InvalidRequestError` for a device not registered over DTLS (it has no key to rotate),
     ``ErrorResponseError`` when the device refuses the Execute, :class:`RequestTimeoutError` when it does not
     come back in time."""
-    reg = management.reachable(endpoint, tenant_id)
+    reg = management.reachable(endpoint, tenant_id=tenant_id)
     if not reg.secure or reg.identity is None:
         raise InvalidRequestError(f"{endpoint} is not registered over DTLS: it has no key to rotate")
     old = reg.identity

@@ -20,6 +20,8 @@ QUEUE_MODE_AWAKE_SECONDS = 93.0
 
 
 class DeviceManagement:
+    """Every method takes the caller's ``tenant_id`` (keyword, required): an endpoint is found only in its tenant."""
+
     def __init__(self, registrations: RegistrationService, sender: DownlinkSender, *, clock: Callable[[], float],
                  awake_seconds: float = QUEUE_MODE_AWAKE_SECONDS) -> None:
         self.registrations = registrations
@@ -27,22 +29,22 @@ class DeviceManagement:
         self.clock = clock
         self.awake_seconds = awake_seconds
 
-    def registration(self, endpoint: str, tenant_id: str = "default") -> Registration:
-        reg = self.registrations.by_endpoint(endpoint, tenant_id)
+    def registration(self, endpoint: str, *, tenant_id: str) -> Registration:
+        reg = self.registrations.by_endpoint(endpoint, tenant_id=tenant_id)
         if reg is None:
             raise UnknownEndpointError(f"no device registered as {endpoint!r}")
         return reg
 
-    def reachable(self, endpoint: str, tenant_id: str) -> Registration:
-        reg = self.registration(endpoint, tenant_id)
+    def reachable(self, endpoint: str, *, tenant_id: str) -> Registration:
+        reg = self.registration(endpoint, tenant_id=tenant_id)
         if reg.queue_mode and self.clock() - reg.updated_at > self.awake_seconds:
             raise ClientSleepingError(f"{endpoint} is in queue mode and asleep; it is reachable after its next Update")
         return reg
 
     async def send(self, endpoint: str, request: DownlinkRequest, *, timeout: float | None = None,
-                   tenant_id: str = "default") -> DownlinkResponse:
-        return await self.sender.send(self.reachable(endpoint, tenant_id), request, timeout=timeout)
+                   tenant_id: str) -> DownlinkResponse:
+        return await self.sender.send(self.reachable(endpoint, tenant_id=tenant_id), request, timeout=timeout)
 
     async def observe(self, endpoint: str, request: ObserveRequest, *, timeout: float | None = None,
-                      tenant_id: str = "default") -> Observation:
-        return await self.sender.observe(self.reachable(endpoint, tenant_id), request, timeout=timeout)
+                      tenant_id: str) -> Observation:
+        return await self.sender.observe(self.reachable(endpoint, tenant_id=tenant_id), request, timeout=timeout)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import ipaddress
 import logging
@@ -122,6 +123,13 @@ class DeviceCredentials(Protocol):
     def psk_for(self, identity: bytes | str) -> bytes | None: ...
 
     def endpoint_for(self, identity: bytes | str) -> str | None: ...
+
+
+def _plain_coap_is_bound(credentials: object) -> Callable[[str], bool] | None:
+    """Whether an endpoint a plain-CoAP device names holds a DTLS credential in the default tenant (where plain CoAP
+    registers: it has no credential to name another)."""
+    is_bound = getattr(credentials, "is_bound", None)
+    return None if is_bound is None else functools.partial(is_bound, tenant_id=DEFAULT_TENANT)
 
 
 def _tenant_lookup(credentials: object) -> Callable[[str], str] | None:
@@ -247,7 +255,7 @@ class Lwm2mServer:
         endpoint_limiter = RateLimiter(s.rd_endpoint_rate, s.rd_endpoint_burst) if s.rd_endpoint_rate else None
         self.site = ServerSite(self.registrations, max_body=s.max_body, on_security_event=security_event,
                                endpoint_for_identity=credentials.endpoint_for if credentials else None,
-                               endpoint_is_bound=getattr(credentials, "is_bound", None),
+                               endpoint_is_bound=_plain_coap_is_bound(credentials),
                                tenant_for_identity=_tenant_lookup(credentials),
                                rate_limiter=limiter, endpoint_limiter=endpoint_limiter,
                                max_block1_assemblies=s.max_block1_assemblies,

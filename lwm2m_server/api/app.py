@@ -435,7 +435,8 @@ def create_app(management: DeviceManagement, model: ObjectModel, authenticate: A
 
     @app.get("/api/devices")
     async def list_devices(p: Principal = caller(Action.READ)) -> list[dict[str, Any]]:
-        return [registration_to_json(r) for r in sorted(registrations.all(tenant_id=p.tenant_id), key=lambda r: r.endpoint)]
+        mine = registrations.all(tenant_id=p.tenant_id)
+        return [registration_to_json(r) for r in sorted(mine, key=lambda r: r.endpoint)]
 
     @app.get("/api/devices/{endpoint}")
     async def show_device(endpoint: str, p: Principal = caller(Action.READ)) -> dict[str, Any]:

@@ -131,7 +131,7 @@ def provision(
     folder = _data_dir(data_dir)
     store = _store(folder, need_keys=True)
     try:
-        taken = {c.endpoint for c in store.list(tenant, include_revoked=True)}
+        taken = {c.endpoint for c in store.list(tenant_id=tenant, include_revoked=True)}
     except Lwm2mError as e:
         raise fail(str(e)) from None
     clash = [n for n in names if n in taken]
@@ -190,7 +190,7 @@ def revoke(
         raise fail(f"unknown endpoint {endpoint!r}: no database in {folder}")
     store = _store(folder, need_keys=False)
     try:
-        known = store.list(tenant, include_revoked=True)
+        known = store.list(tenant_id=tenant, include_revoked=True)
         if not any(c.endpoint == endpoint for c in known):
             raise fail(f"unknown endpoint {endpoint!r}: no credential in tenant {tenant!r}")
         revoked = store.revoke(endpoint, now=time.time(), tenant_id=tenant)
@@ -215,7 +215,7 @@ def list_credentials(
     credentials = []
     if _has_database(folder):
         try:
-            credentials = _store(folder, need_keys=False).list(tenant, include_revoked=True)
+            credentials = _store(folder, need_keys=False).list(tenant_id=tenant, include_revoked=True)
         except Lwm2mError as e:
             raise fail(str(e)) from None
     rows = [{"tenant": c.tenant_id, "endpoint": c.endpoint, "psk_identity": c.identity, "kind": c.kind.value,

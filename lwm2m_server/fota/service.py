@@ -109,7 +109,7 @@ class UpdateJob:
 
     endpoint: str
     total: int
-    tenant_id: str = "default"
+    tenant_id: str
     method: str | None = None
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
@@ -172,7 +172,8 @@ class _Watch:
 
 
 class FirmwareService:
-    """Runs firmware updates of registered devices; one at a time per device."""
+    """Runs firmware updates of registered devices; one at a time per device. Every public method takes the
+    caller's ``tenant_id`` (keyword, required): a device is ``(tenant_id, endpoint)``."""
 
     def __init__(self, management: DeviceManagement, files: FileServer, events: EventBus, *,
                  file_base_uri: str, secure_file_base_uri: str | None = None, clock: Callable[[], float] = time.time,
@@ -210,17 +211,17 @@ class FirmwareService:
             return self.secure_file_base_uri
         return self.file_base_uri
 
-    def job(self, endpoint: str, tenant_id: str = "default") -> UpdateJob | None:
+    def job(self, endpoint: str, *, tenant_id: str) -> UpdateJob | None:
         return self.jobs.get((tenant_id, endpoint))
 
     def start(self, endpoint: str, package: bytes, *, method: Method | None = None, timeout: float = 300.0,
-              block_size: int = DEFAULT_BLOCK_SIZE, tenant_id: str = "default",
+              block_size: int = DEFAULT_BLOCK_SIZE, tenant_id: str,
               previous_version: str | None = None, package_name: str | None = None) -> UpdateJob:
         """Start an update in the background and return its job (refused while one runs for this device).
         ``previous_version``: the device's /3/0/3 when the caller has just read it (else it is read here).
         ``package_name``: the name a pull publishes under (see the module docstring); it is withdrawn when the
         update ends, whichever way it was delivered."""
-        self.management.registration(endpoint, tenant_id)  # unknown endpoint: fail now, not in the task
+        self.management.registration(endpoint, tenant_id=tenant_id)  # unknown endpoint: fail now, not in the task
         if not package:
             raise InvalidRequestError("the package is empty")
         running = self.jobs.get((tenant_id, endpoint))
@@ -235,7 +236,7 @@ class FirmwareService:
                          data={"method": None if method is None else method.value, "bytes": len(package)})
         return job
 
-    def abort(self, endpoint: str, tenant_id: str = "default") -> bool:
+    def abort(self, endpoint: str, *, tenant_id: str) -> bool:
         """Abandon the running update of ``endpoint`` (its caller gave up waiting): it ends failed with error
         ``"timeout"``. False when none runs."""
         job = self.jobs.get((tenant_id, endpoint))
@@ -245,9 +246,9 @@ class FirmwareService:
         job.task.cancel()
         return True
 
-    async def update(self, endpoint: str, package: bytes, **options: object) -> UpdateJob:
+    async def update(self, endpoint: str, package: bytes, *, tenant_id: str, **options: object) -> UpdateJob:
         """Run an update to its end and return the finished job."""
-        job = self.start(endpoint, package, **options)  # type: ignore[arg-type]
+        job = self.start(endpoint, package, tenant_id=tenant_id, **options)  # type: ignore[arg-type]
         await job.done.wait()
         return job
 
@@ -318,7 +319,7 @@ class FirmwareService:
                       tenant_id: str) -> None:
         ep = job.endpoint
         mgmt = self.management
-        reg = mgmt.registration(ep, tenant_id)
+        reg = mgmt.registration(ep, tenant_id=tenant_id)
         if not reg.supports_object(5):
             raise FirmwareUpdateError(f"{ep} has no Firmware Update object (/5)")
         self._progress(job, "preparing", message="reading /5/0")

@@ -52,7 +52,6 @@ from lwm2m_server.events import (
     EventBus,
 )
 from lwm2m_server.storage.stores import (
-    DEFAULT_TENANT,
     DeviceRecord,
     DeviceSighting,
     DeviceStore,
@@ -178,13 +177,13 @@ class RegistrationService:
         """The live registration with this id (until :meth:`expire_due` removes it), else ``None``."""
         return self._regs.get(reg_id)
 
-    def by_endpoint(self, endpoint: str, tenant_id: str = DEFAULT_TENANT) -> Registration | None:
+    def by_endpoint(self, endpoint: str, *, tenant_id: str) -> Registration | None:
         endpoints = self._by_endpoint.get(tenant_id)
         reg_id = None if endpoints is None else endpoints.get(endpoint)
         return None if reg_id is None else self._regs[reg_id]
 
     def all(self, tenant_id: str | None = None) -> list[Registration]:
-        """The live registrations of one tenant (of all when ``None``)."""
+        """The live registrations of one tenant (of all when ``None``: the server's own housekeeping)."""
         if tenant_id is None:
             return list(self._regs.values())
         regs = self._regs
@@ -217,7 +216,7 @@ class RegistrationService:
         remote: object,
         secure: bool = False,
         identity: str | None = None,
-        tenant_id: str = DEFAULT_TENANT,
+        tenant_id: str,
         parent_id: str | None = None,
         path_prefix: str = "",
     ) -> Registration:
@@ -425,7 +424,7 @@ class RegistrationService:
         if self._pending or self._registered:
             raise RuntimeError("load() with changes pending: flush first")
         previous = self._regs
-        loaded = self._store.load_all(None)
+        loaded = self._store.load_all(tenant_id=None)
         self._regs, self._by_endpoint, self._links = {}, {}, {}
         for reg in loaded:
             known = previous.get(reg.id)
@@ -475,7 +474,7 @@ class RegistrationService:
             gone = set(deletes)
             stale = []
             for reg in upserts:
-                other = self._store.by_endpoint(reg.endpoint, reg.tenant_id)
+                other = self._store.by_endpoint(reg.endpoint, tenant_id=reg.tenant_id)
                 if other is not None and other.id != reg.id and other.id not in gone:
                     stale.append(other.id)
             if not stale:

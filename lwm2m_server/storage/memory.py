@@ -13,7 +13,6 @@ from dataclasses import replace
 
 from lwm2m_server.core.registration import Registration
 from lwm2m_server.storage.stores import (
-    DEFAULT_TENANT,
     DeviceRecord,
     DeviceSighting,
     StorageConflictError,
@@ -48,7 +47,7 @@ class MemoryRegistrationStore:
         with self._lock:
             return self._rows.get(reg_id)
 
-    def by_endpoint(self, endpoint: str, tenant_id: str = DEFAULT_TENANT) -> Registration | None:
+    def by_endpoint(self, endpoint: str, *, tenant_id: str) -> Registration | None:
         with self._lock:
             reg_id = self._index.get((tenant_id, endpoint))
             return None if reg_id is None else self._rows[reg_id]
@@ -95,11 +94,11 @@ class MemoryDeviceStore:
                 key = (s.tenant_id, s.endpoint)
                 rows[key] = merge_sighting(rows.get(key), s)
 
-    def get(self, endpoint: str, tenant_id: str = DEFAULT_TENANT) -> DeviceRecord | None:
+    def get(self, endpoint: str, *, tenant_id: str) -> DeviceRecord | None:
         with self._lock:
             return self._rows.get((tenant_id, endpoint))
 
-    def list(self, tenant_id: str | None = DEFAULT_TENANT) -> builtins.list[DeviceRecord]:
+    def list(self, *, tenant_id: str | None) -> builtins.list[DeviceRecord]:
         with self._lock:
             keys = sorted(k for k in self._rows if tenant_id is None or k[0] == tenant_id)
             return [self._rows[k] for k in keys]

@@ -23,7 +23,6 @@ from lwm2m_server.core.errors import CodecError, StorageError
 from lwm2m_server.core.registration import Registration
 from lwm2m_server.storage.database import Database
 from lwm2m_server.storage.stores import (
-    DEFAULT_TENANT,
     DeviceRecord,
     DeviceSighting,
     StorageConflictError,
@@ -117,7 +116,7 @@ class SqlRegistrationStore:
         found = self._select(_REG.c.id == reg_id)
         return found[0] if found else None
 
-    def by_endpoint(self, endpoint: str, tenant_id: str = DEFAULT_TENANT) -> Registration | None:
+    def by_endpoint(self, endpoint: str, *, tenant_id: str) -> Registration | None:
         found = self._select(_REG.c.tenant_id == tenant_id, _REG.c.endpoint == endpoint)
         return found[0] if found else None
 
@@ -202,7 +201,7 @@ class SqlDeviceStore:
         except SQLAlchemyError as e:
             raise StorageError(f"cannot write devices: {e}") from e
 
-    def get(self, endpoint: str, tenant_id: str = DEFAULT_TENANT) -> DeviceRecord | None:
+    def get(self, endpoint: str, *, tenant_id: str) -> DeviceRecord | None:
         try:
             with self._engine.connect() as conn:
                 row = conn.execute(
@@ -212,7 +211,7 @@ class SqlDeviceStore:
             raise StorageError(f"cannot read devices: {e}") from e
         return None if row is None else _device_from_row(row)
 
-    def list(self, tenant_id: str | None = DEFAULT_TENANT) -> builtins.list[DeviceRecord]:
+    def list(self, *, tenant_id: str | None) -> builtins.list[DeviceRecord]:
         query = select(_DEV).order_by(_DEV.c.tenant_id, _DEV.c.endpoint)
         if tenant_id is not None:
             query = query.where(_DEV.c.tenant_id == tenant_id)

@@ -3,8 +3,9 @@
 Every implementation (``Memory*`` in :mod:`.memory`, ``Sql*`` in :mod:`.sql`) passes the same contract suite
 (tests/unit/test_storage_contract.py). Invariants shared by all of them:
 
-* every record is scoped by a tenant id (``"default"`` unless told otherwise); the same endpoint in two tenants
-  is two records;
+* every record is scoped by a tenant id; the same endpoint in two tenants is two records. Every lookup takes
+  ``tenant_id`` as a required keyword (the caller's tenant, never a default); ``tenant_id=None`` (every tenant)
+  is for the server's own housekeeping, where a method says so;
 * a stored :class:`~lwm2m_server.core.registration.Registration` comes back equal to what was stored, with
   ``remote`` set to ``None`` (the live transport handle is never persisted);
 * a write is atomic: it is applied entirely or not at all, and a failure raises
@@ -50,7 +51,7 @@ class RegistrationStore(Protocol):
 
     def get(self, reg_id: str) -> Registration | None: ...
 
-    def by_endpoint(self, endpoint: str, tenant_id: str = DEFAULT_TENANT) -> Registration | None: ...
+    def by_endpoint(self, endpoint: str, *, tenant_id: str) -> Registration | None: ...
 
     def apply(self, upserts: Sequence[Registration], deletes: Sequence[str]) -> None:
         """In one transaction: delete the ids in ``deletes`` (unknown ids are ignored), then insert or replace
@@ -99,9 +100,9 @@ class DeviceStore(Protocol):
         overwrites a newer one)."""
         ...
 
-    def get(self, endpoint: str, tenant_id: str = DEFAULT_TENANT) -> DeviceRecord | None: ...
+    def get(self, endpoint: str, *, tenant_id: str) -> DeviceRecord | None: ...
 
-    def list(self, tenant_id: str | None = DEFAULT_TENANT) -> list[DeviceRecord]:
+    def list(self, *, tenant_id: str | None) -> list[DeviceRecord]:
         """The devices of one tenant (of all tenants when ``None``), ordered by tenant then endpoint."""
         ...
 

@@ -74,7 +74,7 @@ def dtls_fleet(data: Path, port: int, prefix: str, *, lifetime: int, firmware: F
     issued into ``data``'s store (the way a bootstrap would leave it)."""
     database = Database.for_data_dir(data)
     store = SqlCredentialStore(database, Vault.open(vault_key_location(data).path))
-    creds = {i: store.issue(f"{prefix}{i}", "server", now=time.time()) for i in range(DEVICES)}
+    creds = {i: store.issue(f"{prefix}{i}", "server", now=time.time(), tenant_id="default") for i in range(DEVICES)}
     database.close()
     return Fleet(f"coaps://127.0.0.1:{port}", DEVICES, prefix=prefix, lifetime=lifetime, concurrency=30,
                  drift_interval=0, firmware=firmware,

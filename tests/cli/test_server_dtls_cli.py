@@ -172,8 +172,8 @@ async def test_a_device_with_a_server_credential_works_until_factory_revoke(dtls
     database = Database.for_data_dir(data)  # the production line's view of the same database
     try:
         store = SqlCredentialStore(database, Vault.open(key_file, environ={}))
-        cred, psk = store.issue("dev-1", CredentialKind.SERVER, now=time.time())
-        bootstrap, bs_psk = store.issue("dev-1", CredentialKind.BOOTSTRAP, now=time.time())
+        cred, psk = store.issue("dev-1", CredentialKind.SERVER, now=time.time(), tenant_id="default")
+        bootstrap, bs_psk = store.issue("dev-1", CredentialKind.BOOTSTRAP, now=time.time(), tenant_id="default")
     finally:
         database.close()
 

@@ -157,7 +157,8 @@ def test_unauthenticated_huge_body_is_refused_before_it_is_read(server: Server) 
     print(f"RSS before {before / MiB:.1f} MiB, after {after / MiB:.1f} MiB; the socket took {ex.sent / MiB:.1f} MiB")
     assert after - before < RSS_GROWTH_LIMIT
     assert ex.status == 401 and ex.headers["www-authenticate"] == "Bearer"
-    assert json.loads(ex.body) == {"error": "missing, wrong, expired or revoked API token", "kind": "Unauthorized", "coap_code": None}
+    assert json.loads(ex.body) == {"error": "missing, wrong, expired or revoked API token", "kind": "Unauthorized",
+                                   "coap_code": None}
     assert ex.closed and ex.headers["connection"] == "close"
     assert ex.sent < 64 * MiB  # the server closed instead of reading (and discarding) the rest
 

@@ -120,7 +120,7 @@ async def request(ctx: aiocoap.Context, srv: BootstrapServer, path: str, query: 
 
 
 async def test_bootstrap_writes_accounts_and_issues_a_fresh_server_key(store: MemoryCredentialStore) -> None:
-    bs, bs_psk = store.issue("dev-1", "bootstrap", now=0)
+    bs, bs_psk = store.issue("dev-1", "bootstrap", now=0, tenant_id="default")
     device = ScriptedDevice()
     async with bootstrap_server(store) as srv, device_session(srv, bs.identity, bytes(bs_psk), device) as ctx:
         answer = await request(ctx, srv, "bs", ("ep=dev-1",))
@@ -158,7 +158,7 @@ async def test_bootstrap_writes_accounts_and_issues_a_fresh_server_key(store: Me
 
 async def test_refused_steps_are_handled_and_a_refused_server_account_revokes_the_new_key(
         store: MemoryCredentialStore) -> None:
-    bs, bs_psk = store.issue("dev-2", "bootstrap", now=0)
+    bs, bs_psk = store.issue("dev-2", "bootstrap", now=0, tenant_id="default")
     # a 1.0-style client: no Discover, no Delete /0 (falls back to Delete /), no Bootstrap-Read
     device = ScriptedDevice(refuse={("GET", "/"): aiocoap.NOT_FOUND, ("DELETE", "/0"): aiocoap.METHOD_NOT_ALLOWED,
                                     ("GET", "/1"): aiocoap.METHOD_NOT_ALLOWED})
@@ -174,7 +174,8 @@ async def test_refused_steps_are_handled_and_a_refused_server_account_revokes_th
         await request(ctx, srv, "bs", ("ep=dev-2",))
         _, outcome = await asyncio.wait_for(srv.outcomes.get(), 20)  # type: ignore[union-attr]
         assert not outcome.success and outcome.code == "4.00" and outcome.step is not None
-        assert store.by_endpoint("dev-2", "server") is None  # the half-delivered key was revoked ...
+        # the half-delivered key was revoked ...
+        assert store.by_endpoint("dev-2", "server", tenant_id="default") is None
         assert store.psk_for(first) is None  # ... and so was the one before
         assert [k for k, _ in srv.events][-1] == "bootstrap.failed"  # type: ignore[attr-defined]
 
@@ -188,7 +189,7 @@ async def test_refused_steps_are_handled_and_a_refused_server_account_revokes_th
 async def test_an_unanswered_finish_keeps_the_key_the_device_may_be_using(store: MemoryCredentialStore) -> None:
     """Finish applied on the device, its 2.04 lost: revoking the key would lock a configured device out, so the key
     stays (``unconfirmed``); a failure at an earlier step, where the device cannot have applied it, revokes it."""
-    bs, bs_psk = store.issue("dev-5", "bootstrap", now=0)
+    bs, bs_psk = store.issue("dev-5", "bootstrap", now=0, tenant_id="default")
     device = ScriptedDevice()
     device.silent.add(("POST", "/bs"))
     async with (bootstrap_server(store, request_timeout=1.0) as srv,
@@ -197,7 +198,7 @@ async def test_an_unanswered_finish_keeps_the_key_the_device_may_be_using(store:
         _, outcome = await asyncio.wait_for(srv.outcomes.get(), 20)  # type: ignore[union-attr]
         assert not outcome.success and outcome.step is not None and outcome.step.value == "finish"
         assert outcome.code is None
-        kept = store.by_endpoint("dev-5", "server")
+        kept = store.by_endpoint("dev-5", "server", tenant_id="default")
         assert kept is not None and kept.identity.encode() == device.value("/0/1", 3)
         assert store.verify(device.value("/0/1", 3), device.value("/0/1", 5))  # type: ignore[arg-type]
         assert srv.stats.unconfirmed == 1 and srv.stats.failed == 0
@@ -209,13 +210,13 @@ async def test_an_unanswered_finish_keeps_the_key_the_device_may_be_using(store:
         _, outcome = await asyncio.wait_for(srv.outcomes.get(), 20)  # type: ignore[union-attr]
         assert not outcome.success and outcome.step is not None and outcome.step.value == "read /1"
         assert outcome.reason == "the device did not answer: no answer within 1 s"
-        assert store.by_endpoint("dev-5", "server") is None and srv.stats.failed == 1
+        assert store.by_endpoint("dev-5", "server", tenant_id="default") is None and srv.stats.failed == 1
         assert srv.events[-1][0] == "bootstrap.failed"  # type: ignore[attr-defined]
 
 
 async def test_an_identity_claiming_another_endpoint_is_refused(store: MemoryCredentialStore) -> None:
-    bs, bs_psk = store.issue("dev-3", "bootstrap", now=0)
-    store.issue("dev-4", "bootstrap", now=0)
+    bs, bs_psk = store.issue("dev-3", "bootstrap", now=0, tenant_id="default")
+    store.issue("dev-4", "bootstrap", now=0, tenant_id="default")
     device = ScriptedDevice()
     async with bootstrap_server(store) as srv, device_session(srv, bs.identity, bytes(bs_psk), device) as ctx:
         for path, code in (("bs", aiocoap.POST), ("bspack", aiocoap.GET)):
@@ -224,14 +225,15 @@ async def test_an_identity_claiming_another_endpoint_is_refused(store: MemoryCre
         answer = await request(ctx, srv, "bs", ())
         assert answer.code == aiocoap.BAD_REQUEST
         assert device.log == [] and srv.stats.started == 0
-        assert store.by_endpoint("dev-4", "server") is None and store.by_endpoint("dev-3", "server") is None
+        assert store.by_endpoint("dev-4", "server", tenant_id="default") is None
+        assert store.by_endpoint("dev-3", "server", tenant_id="default") is None
         kinds = [k for k, _ in srv.events]  # type: ignore[attr-defined]
         assert kinds == ["security.bootstrap_refused", "security.bootstrap_refused"]
 
 
 async def test_only_bootstrap_credentials_open_the_bootstrap_server(store: MemoryCredentialStore) -> None:
-    sv, sv_psk = store.issue("dev-5", "server", now=0)
-    bs, _ = store.issue("dev-6", "bootstrap", now=0)
+    sv, sv_psk = store.issue("dev-5", "server", now=0, tenant_id="default")
+    bs, _ = store.issue("dev-6", "bootstrap", now=0, tenant_id="default")
     async with bootstrap_server(store) as srv:
         for identity, psk in ((sv.identity, bytes(sv_psk)), (bs.identity, b"\x01" * 16), ("nobody", b"\x02" * 16)):
             async with device_session(srv, identity, psk, ScriptedDevice()) as ctx:
@@ -241,7 +243,7 @@ async def test_only_bootstrap_credentials_open_the_bootstrap_server(store: Memor
 
 
 async def test_bootstrap_pack_carries_the_whole_configuration(store: MemoryCredentialStore) -> None:
-    bs, bs_psk = store.issue("dev-7", "bootstrap", now=0)
+    bs, bs_psk = store.issue("dev-7", "bootstrap", now=0, tenant_id="default")
     async with bootstrap_server(store) as srv, device_session(srv, bs.identity, bytes(bs_psk),
                                                               ScriptedDevice()) as ctx:
         for accept in (None, int(ContentFormat.SENML_JSON), int(ContentFormat.LWM2M_CBOR)):
@@ -260,7 +262,7 @@ async def test_bootstrap_pack_carries_the_whole_configuration(store: MemoryCrede
 
 
 async def test_bootstrap_requests_are_rate_limited_per_identity(store: MemoryCredentialStore) -> None:
-    bs, bs_psk = store.issue("dev-8", "bootstrap", now=0)
+    bs, bs_psk = store.issue("dev-8", "bootstrap", now=0, tenant_id="default")
     async with bootstrap_server(store, rate=0.5, burst=2) as srv, device_session(
             srv, bs.identity, bytes(bs_psk), ScriptedDevice()) as ctx:
         codes = [(await request(ctx, srv, "bspack", ("ep=dev-8",), aiocoap.GET)) for _ in range(3)]

@@ -42,7 +42,7 @@ async def test_a_device_silent_mid_download_fails_at_its_deadline_and_the_campai
         assert srv.campaigns is not None
         campaigns = srv.campaigns
         release = campaigns.releases.create([("app.bin", IMAGE)], vendor="acme.example", class_name="sensor",
-                                            version="2.0.0", now=time.time())
+                                            version="2.0.0", now=time.time(), tenant_id="default")
         anchor = trust_anchor(srv)
         endpoints = [f"dl-{i}" for i in range(DEVICES)]
         silent = endpoints[0]  # first in the target list: it takes the only slot first

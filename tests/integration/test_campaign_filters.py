@@ -100,7 +100,7 @@ async def test_filters_on_tag_class_version_and_endpoint(tmp_path: Path) -> None
 
         # a filtered campaign records its filter and targets exactly what the filter picked
         release = campaigns.releases.create([("app.bin", b"\x01" * 512)], vendor="acme.example", class_name="meter",
-                                            version="2.0.0", now=1_700_000_000.0)
+                                            version="2.0.0", now=1_700_000_000.0, tenant_id="default")
         status = await campaigns.create([release.id], tenant_id="default", target_filter="class=meter and tag=beta")
         assert status["targets"] == 1 and status["targets_from"] == "filter: class=meter and tag=beta"
         jobs = campaigns.status(status["id"], tenant_id="default", jobs=True)["jobs"]

@@ -81,7 +81,7 @@ async def test_a_full_registration_table_answers_503_and_lifetimes_are_clamped(t
         refused = await request(ctx, register(srv.coap_uri, "cap-5"))
         assert refused.code == Code.SERVICE_UNAVAILABLE and refused.opt.max_age is not None
         assert 1 <= refused.opt.max_age <= 600  # until the first registration is due to expire, at most 10 min
-        assert srv.registrations.by_endpoint("cap-5") is None and srv.registrations.count() == 5
+        assert srv.registrations.by_endpoint("cap-5", tenant_id="default") is None and srv.registrations.count() == 5
         assert srv.registrations.refused_full == 1
         again = await request(ctx, register(srv.coap_uri, "cap-0", lt=60))  # a registered device always gets in
         assert again.code == Code.CREATED and srv.registrations.count() == 5
@@ -130,7 +130,7 @@ async def test_block1_assemblies_are_capped_in_all_and_per_remote() -> None:
         assert full.code == Code.SERVICE_UNAVAILABLE and len(spool) == 3
         # a transfer that completes frees its place at once (and registers)
         done = await send(a, block(uri, "a1", 1, False))
-        assert done.code == Code.CREATED and site.registrations.by_endpoint("a1") is not None
+        assert done.code == Code.CREATED and site.registrations.by_endpoint("a1", tenant_id="default") is not None
         assert len(spool) == 2 and (await send(b, block(uri, "b2", 0, True))).code == Code.CONTINUE
         # a stalled transfer times out (MAX_TRANSMIT_WAIT after its last block), then its place is free too
         clock.now += spool.timeout

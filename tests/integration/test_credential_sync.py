@@ -112,7 +112,8 @@ def sessions_of(srv: Lwm2mServer, identity: str) -> int:
 
 async def read_manufacturer(srv: Lwm2mServer, endpoint: str) -> object:
     assert srv.management is not None
-    return (await srv.management.send(endpoint, ReadRequest(LwM2mPath.of(3, 0, 0)), timeout=5)).content
+    return (await srv.management.send(endpoint, ReadRequest(LwM2mPath.of(3, 0, 0)), timeout=5,
+                                      tenant_id="default")).content
 
 
 @pytest.fixture
@@ -126,14 +127,15 @@ async def test_a_revocation_by_another_process_closes_the_session_and_the_next_h
         seen: list[Event] = []
         srv.events.subscribe(seen.append, "security")
         with other_process(tmp_path, vault) as cli:
-            cred, psk = cli.issue("dev-1", SV, now=time.time())  # issued after the server started: found on a miss
+            # issued after the server started: found on a miss
+            cred, psk = cli.issue("dev-1", SV, now=time.time(), tenant_id="default")
             client, code = await register(srv, cred.identity, bytes(psk), "dev-1")
             try:
                 assert code == aiocoap.CREATED
                 assert (await read_manufacturer(srv, "dev-1")).value == "ACME"  # type: ignore[attr-defined]
                 assert sessions_of(srv, cred.identity) == 1
 
-                cli.revoke("dev-1", now=time.time())
+                cli.revoke("dev-1", now=time.time(), tenant_id="default")
                 await eventually(lambda: sessions_of(srv, cred.identity) == 0
                                  and any(e.kind == SECURITY_CREDENTIAL_REVOKED for e in seen), timeout=10)
                 with pytest.raises(UnknownEndpointError):  # its registration went with the key
@@ -144,7 +146,7 @@ async def test_a_revocation_by_another_process_closes_the_session_and_the_next_h
         assert event.endpoint == "dev-1" and event.tenant_id == "default"
         assert event.data["identity"] == cred.identity and event.data["kind"] == "server"
         assert event.data["sessions_closed"] == 1 and event.data["registration_removed"] is True
-        assert srv.registrations is not None and srv.registrations.by_endpoint("dev-1") is None
+        assert srv.registrations is not None and srv.registrations.by_endpoint("dev-1", tenant_id="default") is None
         assert bytes(psk).hex() not in repr(event) and repr(bytes(psk)) not in repr(event)
         assert await refused(srv, cred.identity, bytes(psk), "dev-1")
 
@@ -152,14 +154,14 @@ async def test_a_revocation_by_another_process_closes_the_session_and_the_next_h
 async def test_a_replacement_by_another_process_ends_the_old_identity_and_admits_the_new(
         tmp_path: Path, vault: Vault) -> None:
     with other_process(tmp_path, vault) as cli:
-        old, old_psk = cli.issue("dev-1", SV, now=time.time())
+        old, old_psk = cli.issue("dev-1", SV, now=time.time(), tenant_id="default")
         async with dtls_only_server(tmp_path, vault) as srv:
             client, code = await register(srv, old.identity, bytes(old_psk), "dev-1")
             try:
                 assert code == aiocoap.CREATED
                 removals: list[Event] = []
                 srv.events.subscribe(removals.append, "registration.deregistered")
-                new, new_psk = cli.replace("dev-1", SV, now=time.time())
+                new, new_psk = cli.replace("dev-1", SV, now=time.time(), tenant_id="default")
                 await eventually(lambda: sessions_of(srv, old.identity) == 0, timeout=10)
                 # the registration made with the old key went with it
                 assert [e.data["reason"] for e in removals] == ["credential_revoked"]
@@ -179,14 +181,14 @@ async def test_a_revocation_committed_after_later_polls_is_still_seen(tmp_path: 
     polls still catches its row once it is committed."""
     async with dtls_only_server(tmp_path, vault, credential_poll_margin=5.0) as srv:
         with other_process(tmp_path, vault) as cli:
-            cred, psk = cli.issue("dev-1", SV, now=time.time())
+            cred, psk = cli.issue("dev-1", SV, now=time.time(), tenant_id="default")
             client, code = await register(srv, cred.identity, bytes(psk), "dev-1")
             try:
                 assert code == aiocoap.CREATED
                 stamped = time.time()
                 polls = srv.credential_polls
                 await eventually(lambda: srv.credential_polls >= polls + 3, timeout=10)  # polls after the stamp
-                cli.revoke("dev-1", now=stamped)
+                cli.revoke("dev-1", now=stamped, tenant_id="default")
                 await eventually(lambda: sessions_of(srv, cred.identity) == 0, timeout=10)
             finally:
                 await client.shutdown()
@@ -195,7 +197,7 @@ async def test_a_revocation_committed_after_later_polls_is_still_seen(tmp_path: 
 async def test_a_bootstrap_credential_does_not_open_a_session_with_the_lwm2m_server(
         tmp_path: Path, vault: Vault) -> None:
     with other_process(tmp_path, vault) as cli:
-        bs, bs_psk = cli.issue("dev-1", BS, now=time.time())
+        bs, bs_psk = cli.issue("dev-1", BS, now=time.time(), tenant_id="default")
         async with dtls_only_server(tmp_path, vault) as srv:
             assert await refused(srv, bs.identity, bytes(bs_psk), "dev-1")
             assert srv.registrations is not None and srv.registrations.count() == 0
@@ -204,8 +206,8 @@ async def test_a_bootstrap_credential_does_not_open_a_session_with_the_lwm2m_ser
 
 async def test_credentials_revoked_before_the_start_are_not_reported_again(tmp_path: Path, vault: Vault) -> None:
     with other_process(tmp_path, vault) as cli:
-        cli.issue("dev-1", SV, now=time.time())
-        cli.revoke("dev-1", now=time.time())
+        cli.issue("dev-1", SV, now=time.time(), tenant_id="default")
+        cli.revoke("dev-1", now=time.time(), tenant_id="default")
         async with dtls_only_server(tmp_path, vault) as srv:
             seen: list[Event] = []
             srv.events.subscribe(seen.append, SECURITY_CREDENTIAL_REVOKED)
@@ -230,12 +232,12 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path, vault: Vault) -> obje
 
 def test_revoked_since_reports_revocations_and_replacements_and_applies_them(stores: object) -> None:
     writer, reader = stores  # type: ignore[misc]
-    a, a_psk = writer.issue("dev-a", SV, now=10)
-    writer.issue("dev-b", SV, now=10)
+    a, a_psk = writer.issue("dev-a", SV, now=10, tenant_id="default")
+    writer.issue("dev-b", SV, now=10, tenant_id="default")
     assert reader.psk_for(a.identity) == a_psk  # in the reader's index now
     assert reader.revoked_since(0) == []
-    writer.revoke("dev-a", now=20)
-    b2, _ = writer.replace("dev-b", SV, now=30)
+    writer.revoke("dev-a", now=20, tenant_id="default")
+    b2, _ = writer.replace("dev-b", SV, now=30, tenant_id="default")
     revoked = reader.revoked_since(15)
     assert [(c.endpoint, c.revoked_at) for c in revoked] == [("dev-a", 20.0), ("dev-b", 30.0)]
     assert all(c.revoked for c in revoked)
@@ -247,8 +249,8 @@ def test_revoked_since_reports_revocations_and_replacements_and_applies_them(sto
 
 def test_a_kind_view_knows_its_own_kind_only(stores: object) -> None:
     writer, reader = stores  # type: ignore[misc]
-    sv, sv_psk = writer.issue("dev-1", SV, now=10)
-    bs, bs_psk = writer.issue("dev-1", BS, now=10)
+    sv, sv_psk = writer.issue("dev-1", SV, now=10, tenant_id="default")
+    bs, bs_psk = writer.issue("dev-1", BS, now=10, tenant_id="default")
     server, bootstrap = reader.for_kind(SV), reader.for_kind("bootstrap")
     assert server.kind is SV and bootstrap.kind is BS
     assert server.psk_for(sv.identity) == sv_psk and server.psk_for(bs.identity.encode()) is None
@@ -258,7 +260,7 @@ def test_a_kind_view_knows_its_own_kind_only(stores: object) -> None:
     assert server.verify(sv.identity, sv_psk) and not server.verify(bs.identity, bs_psk)
     assert not server.verify(sv.identity, bytes(bs_psk))
     assert server.load() == 1 and bootstrap.load() == 1
-    writer.revoke("dev-1", now=20)
+    writer.revoke("dev-1", now=20, tenant_id="default")
     assert [c.identity for c in server.revoked_since(0)] == [sv.identity]
     assert [c.identity for c in bootstrap.revoked_since(0)] == [bs.identity]
     assert server.psk_for(sv.identity) is None and bootstrap.psk_for(bs.identity) is None
@@ -268,8 +270,8 @@ def test_a_kind_view_knows_its_own_kind_only(stores: object) -> None:
 async def test_a_whole_store_given_to_the_server_is_restricted_to_server_credentials(tmp_path: Path,
                                                                                    vault: Vault) -> None:
     store = MemoryCredentialStore(vault)
-    bs, bs_psk = store.issue("dev-1", BS, now=0)
-    sv, sv_psk = store.issue("dev-1", SV, now=0)
+    bs, bs_psk = store.issue("dev-1", BS, now=0, tenant_id="default")
+    sv, sv_psk = store.issue("dev-1", SV, now=0, tenant_id="default")
     s = ServerSettings(data_dir=tmp_path, coap_port=None, coaps_port=0, api_port=None)
     srv = Lwm2mServer(s, credentials=store)
     try:

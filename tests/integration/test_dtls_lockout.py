@@ -167,7 +167,7 @@ async def test_a_failing_credential_store_is_not_counted_against_the_peer() -> N
 
 async def test_the_server_audits_a_lockout_and_takes_its_settings(tmp_path: Path) -> None:
     store = MemoryCredentialStore(Vault.generate())
-    _, psk = store.issue("dev-1", "server", now=0)
+    _, psk = store.issue("dev-1", "server", now=0, tenant_id="default")
     async with running_server(tmp_path, coap_port=None, coaps_port=0, credentials=store, dtls_lockout_failures=2,
                               dtls_lockout_seconds=120) as srv:
         seen: list[Event] = []

@@ -65,16 +65,17 @@ async def register(srv: Lwm2mServer, identity: str, psk: bytes, endpoint: str) -
 
 async def test_a_device_registers_as_its_bound_endpoint_and_is_read_over_its_session(
         tmp_path: Path, store: MemoryCredentialStore) -> None:
-    cred, psk = store.issue("dev-1", "server", now=0)
+    cred, psk = store.issue("dev-1", "server", now=0, tenant_id="default")
     async with dtls_server(tmp_path, store) as srv:
         client, code = await register(srv, cred.identity, bytes(psk), "dev-1")
         try:
             assert code == aiocoap.CREATED
             assert srv.registrations is not None
-            reg = srv.registrations.by_endpoint("dev-1")
+            reg = srv.registrations.by_endpoint("dev-1", tenant_id="default")
             assert reg is not None and reg.secure and reg.identity == cred.identity
             assert srv.management is not None
-            read = await srv.management.send("dev-1", ReadRequest(LwM2mPath.of(3, 0, 0)), timeout=10)
+            read = await srv.management.send("dev-1", ReadRequest(LwM2mPath.of(3, 0, 0)), timeout=10,
+                                             tenant_id="default")
             assert read.content.value == "ACME"  # type: ignore[union-attr]
         finally:
             await client.shutdown()
@@ -82,8 +83,8 @@ async def test_a_device_registers_as_its_bound_endpoint_and_is_read_over_its_ses
 
 async def test_an_identity_claiming_another_endpoint_is_refused_and_nothing_changes(
         tmp_path: Path, store: MemoryCredentialStore) -> None:
-    mine, my_psk = store.issue("dev-1", "server", now=0)
-    store.issue("dev-2", "server", now=0)
+    mine, my_psk = store.issue("dev-1", "server", now=0, tenant_id="default")
+    store.issue("dev-2", "server", now=0, tenant_id="default")
     async with dtls_server(tmp_path, store) as srv:
         seen: list[Event] = []
         srv.events.subscribe(seen.append, "security")
@@ -98,8 +99,8 @@ async def test_an_identity_claiming_another_endpoint_is_refused_and_nothing_chan
 
 async def test_a_revoked_credential_no_longer_completes_a_handshake(
         tmp_path: Path, store: MemoryCredentialStore) -> None:
-    cred, psk = store.issue("dev-1", "server", now=0)
-    store.revoke("dev-1", now=1)
+    cred, psk = store.issue("dev-1", "server", now=0, tenant_id="default")
+    store.revoke("dev-1", now=1, tenant_id="default")
     async with dtls_server(tmp_path, store) as srv:
         with pytest.raises((aiocoap.error.Error, TimeoutError)):
             client, _ = await register(srv, cred.identity, bytes(psk), "dev-1")
@@ -109,7 +110,7 @@ async def test_a_revoked_credential_no_longer_completes_a_handshake(
 
 async def test_plain_coap_cannot_register_an_endpoint_that_has_a_dtls_credential(
         tmp_path: Path, store: MemoryCredentialStore) -> None:
-    store.issue("bound-1", "server", now=0)
+    store.issue("bound-1", "server", now=0, tenant_id="default")
     async with running_server(tmp_path, coaps_port=0, credentials=store) as srv:
         client = await aiocoap.Context.create_client_context()
         try:
@@ -122,4 +123,4 @@ async def test_plain_coap_cannot_register_an_endpoint_that_has_a_dtls_credential
         finally:
             await client.shutdown()
         assert codes == {"bound-1": aiocoap.FORBIDDEN, "unbound-1": aiocoap.CREATED}
-        assert srv.registrations is not None and srv.registrations.by_endpoint("bound-1") is None
+        assert srv.registrations is not None and srv.registrations.by_endpoint("bound-1", tenant_id="default") is None

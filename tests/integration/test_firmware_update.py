@@ -66,7 +66,7 @@ async def device_on(srv: Lwm2mServer, endpoint: str = "fw-dev", **firmware: Any)
 async def run_update(srv: Lwm2mServer, endpoint: str, data: bytes, **kw: Any) -> UpdateJob:
     assert srv.firmware is not None
     kw.setdefault("timeout", 60.0)
-    return await srv.firmware.update(endpoint, data, **kw)
+    return await srv.firmware.update(endpoint, data, tenant_id="default", **kw)
 
 
 @pytest.mark.parametrize("method", [Method.PUSH, Method.PULL])
@@ -87,7 +87,7 @@ async def test_300_kib_package_arrives_byte_identical_and_is_installed(tmp_path:
         assert dev.counters.reboots == 1
         assert srv.files.published == 0  # pull publications are withdrawn when the update ends
         assert srv.management is not None
-        version = await srv.management.send("fw-dev", ReadRequest(LwM2mPath.of(3, 0, 3)))
+        version = await srv.management.send("fw-dev", ReadRequest(LwM2mPath.of(3, 0, 3)), tenant_id="default")
         assert version.content.value == "2.0.0"  # type: ignore[union-attr]
 
 
@@ -224,7 +224,7 @@ async def test_a_pull_reads_no_further_than_the_size_the_file_server_declared(tm
             fw = dev.firmware
             assert fw is not None and srv.management is not None
             await srv.management.send("fw-dev", WriteRequest(PACKAGE_URI, SingleResource(1, ResourceType.STRING,
-                                                                                         uri)))
+                                                                                         uri)), tenant_id="default")
             await eventually(lambda: fw.machine.result != UpdateResult.INITIAL, timeout=30)
             assert (fw.machine.state, fw.machine.result) == (State.IDLE, UpdateResult.INTEGRITY_CHECK_FAILURE)
             assert (liar.blocks, fw.fetched_bytes) == (4, 3 * 1024)  # the 4th block would pass 4096: not kept
@@ -256,10 +256,10 @@ async def test_one_update_per_device_at_a_time_and_unknown_devices(tmp_path: Pat
     async with running_server(tmp_path) as srv, device_on(srv):
         assert srv.firmware is not None
         with pytest.raises(UnknownEndpointError):
-            srv.firmware.start("nobody", data)
-        job = srv.firmware.start("fw-dev", data, method=Method.PUSH)
+            srv.firmware.start("nobody", data, tenant_id="default")
+        job = srv.firmware.start("fw-dev", data, method=Method.PUSH, tenant_id="default")
         with pytest.raises(UpdateInProgressError):
-            srv.firmware.start("fw-dev", data)
+            srv.firmware.start("fw-dev", data, tenant_id="default")
         await job.done.wait()
         assert job.succeeded, job.last
 

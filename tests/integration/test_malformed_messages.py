@@ -159,7 +159,8 @@ async def test_every_malformed_case_gets_its_answer_over_plain_coap(tmp_path: Pa
             sent = with_mid(data, 0x1000 + i)
             assert answer_kind(await peer.exchange(sent), sent) == expected, name
         assert created(await peer.exchange(register("after-bad", 0x2000)), 0x2000)
-        assert srv.registrations is not None and srv.registrations.by_endpoint("after-bad") is not None
+        assert srv.registrations is not None
+        assert srv.registrations.by_endpoint("after-bad", tenant_id="default") is not None
     assert_quiet(logs, started)
 
 
@@ -170,7 +171,8 @@ async def test_an_elective_option_of_the_wrong_format_is_ignored(tmp_path: Path)
         wire = bytes(m.encode())  # + Location-Path (8, elective) that is not UTF-8, after Uri-Path's delta
         wire = wire.replace(b"\xb2rd", b"\x82\xff\xfe\x32rd", 1)
         assert created(await peer.exchange(wire), 0x3000)
-        assert srv.registrations is not None and srv.registrations.by_endpoint("elective") is not None
+        assert srv.registrations is not None
+        assert srv.registrations.by_endpoint("elective", tenant_id="default") is not None
 
 
 async def test_two_thousand_bad_datagrams_give_a_few_lines_and_the_server_serves_on(tmp_path: Path, logs: Logs) -> None:
@@ -191,7 +193,8 @@ async def test_the_servers_tokens_are_eight_random_bytes(tmp_path: Path) -> None
         assert created(await peer.exchange(register("tokens", 0x10)), 0x10)
         assert srv.management is not None
         for _ in range(8):
-            read = await srv.management.send("tokens", ReadRequest(LwM2mPath.of(3, 0, 0)), timeout=10)
+            read = await srv.management.send("tokens", ReadRequest(LwM2mPath.of(3, 0, 0)), timeout=10,
+                                             tenant_id="default")
             assert read.content.value == "ACME"  # type: ignore[union-attr]
         tokens = peer.tokens[-8:]
         assert len(tokens) == 8 and all(len(t) == 8 for t in tokens)
@@ -300,13 +303,14 @@ def dtls_scenario(port: int, identity: bytes, psk: bytes) -> tuple[list[tuple[st
 
 async def test_every_malformed_case_inside_a_dtls_session(tmp_path: Path, logs: Logs) -> None:
     store = MemoryCredentialStore(Vault.generate())
-    credential, psk = store.issue("dev-1", "server", now=0)
+    credential, psk = store.issue("dev-1", "server", now=0, tenant_id="default")
     started = time.monotonic()
     async with running_server(tmp_path, coap_port=None, coaps_port=0, credentials=store) as srv:
         assert srv.dtls is not None and srv.coaps_port
         results, registered = await asyncio.wait_for(asyncio.to_thread(
             dtls_scenario, srv.coaps_port, credential.identity.encode(), bytes(psk)), 100)
         assert [(n, e) for n, e, _ in results] == [(n, g) for n, _, g in results]
-        assert registered and srv.registrations is not None and srv.registrations.by_endpoint("dev-1") is not None
+        assert registered and srv.registrations is not None
+        assert srv.registrations.by_endpoint("dev-1", tenant_id="default") is not None
         assert srv.dtls.handshakes_completed == 1  # one session throughout
     assert_quiet(logs, started, floods=1)

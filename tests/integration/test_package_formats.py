@@ -66,7 +66,7 @@ async def started(srv: Lwm2mServer, endpoint: str, **firmware: Any) -> Simulated
 
 async def push(srv: Lwm2mServer, endpoint: str, body: bytes, fmt: ContentFormat, block_size: int = 256) -> None:
     assert srv.management is not None and srv.registrations is not None
-    reg = srv.registrations.by_endpoint(endpoint)
+    reg = srv.registrations.by_endpoint(endpoint, tenant_id="default")
     assert reg is not None
     await push_package(srv.management.sender.context, reg, body, block_size=block_size, content_format=int(fmt),
                        request_timeout=10, total_timeout=60)
@@ -87,7 +87,7 @@ async def test_the_package_in_every_announced_format_is_installed(tmp_path, fmt:
             await push(srv, "fmt-dev", body, fmt, block_size=1024 if image_size < 500 else 256)
             assert fw.push_blocks == -(-len(body) // (1024 if image_size < 500 else 256))
             assert fw.last_package == data and fw.machine.state == State.DOWNLOADED
-            await srv.management.send("fmt-dev", ExecuteRequest(LwM2mPath.of(5, 0, 2)))
+            await srv.management.send("fmt-dev", ExecuteRequest(LwM2mPath.of(5, 0, 2)), tenant_id="default")
             await eventually(lambda: fw.machine.result == UpdateResult.SUCCESS, timeout=20)
             assert (fw.version, fw.slots[fw.active].image) == ("2.0.0", image)
         finally:

@@ -56,8 +56,8 @@ async def test_an_open_deliverys_uri_resolves_after_a_restart_with_the_same_etag
         assert srv.campaigns is not None
         campaigns = srv.campaigns
         release = campaigns.releases.create([("app.bin", IMAGE)], vendor="acme.example", class_name="sensor",
-                                            version="2.0.0", now=time.time())
-        package = campaigns.releases.package(release.id)
+                                            version="2.0.0", now=time.time(), tenant_id="default")
+        package = campaigns.releases.package(release.id, tenant_id="default")
         anchor = trust_anchor(srv)
 
         def options_for(i: int) -> dict[str, Any]:

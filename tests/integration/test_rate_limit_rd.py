@@ -58,7 +58,7 @@ async def test_registrations_beyond_the_burst_get_503_with_max_age() -> None:
         refused = await request(ctx, register("127.0.0.1", port, "d2"))
         assert refused.code == Code.SERVICE_UNAVAILABLE
         assert refused.opt.max_age == 4  # one token at 0.25/s
-        assert site.registrations.by_endpoint("d2") is None
+        assert site.registrations.by_endpoint("d2", tenant_id="default") is None
         assert [k for k, _ in security] == ["security.rate_limited"]
         data = security[0][1]
         assert data["limited_by"] == "address" and str(data["address"]).startswith("127.0.0.1:")

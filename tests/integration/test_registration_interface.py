@@ -23,7 +23,7 @@ async def test_register_update_deregister(tmp_path):
                                        payload=LINKS, content_format=40))
         assert r.code == Code.CREATED
         assert r.opt.location_path[0] == "rd" and len(r.opt.location_path) == 2
-        reg = srv.registrations.by_endpoint("dev-1")
+        reg = srv.registrations.by_endpoint("dev-1", tenant_id="default")
         assert reg is not None and reg.id == r.opt.location_path[1]
         assert (reg.lifetime, reg.lwm2m_version, reg.binding, reg.queue_mode) == (300, "1.1", "U", False)
         assert [str(p) for p in reg.summary.instances] == ["/1/0", "/3/0", "/5/0"]
@@ -33,13 +33,13 @@ async def test_register_update_deregister(tmp_path):
         r = await request(ctx, Message(code=Code.POST, uri=rd(srv.coap_port, loc, "lt=600"),
                                        payload=b"</1/0>,</3/0>", content_format=40))
         assert r.code == Code.CHANGED
-        reg2 = srv.registrations.by_endpoint("dev-1")
+        reg2 = srv.registrations.by_endpoint("dev-1", tenant_id="default")
         assert reg2.lifetime == 600 and [str(p) for p in reg2.summary.instances] == ["/1/0", "/3/0"]
         assert reg2.updated_at >= reg.updated_at and reg2.registered_at == reg.registered_at
 
         r = await request(ctx, Message(code=Code.DELETE, uri=rd(srv.coap_port, loc)))
         assert r.code == Code.DELETED
-        assert srv.registrations.by_endpoint("dev-1") is None
+        assert srv.registrations.by_endpoint("dev-1", tenant_id="default") is None
         r = await request(ctx, Message(code=Code.POST, uri=rd(srv.coap_port, loc)))
         assert r.code == Code.NOT_FOUND
 
@@ -61,7 +61,7 @@ async def test_every_lwm2m_version_is_accepted(tmp_path, version):
         r = await request(ctx, Message(code=Code.POST, uri=rd(srv.coap_port, query=f"ep=v{version}&lwm2m={version}"),
                                        payload=b"</1/0>,</3/0>"))
         assert r.code == Code.CREATED
-        assert srv.registrations.by_endpoint(f"v{version}").lwm2m_version == version
+        assert srv.registrations.by_endpoint(f"v{version}", tenant_id="default").lwm2m_version == version
 
 
 async def test_queue_mode_in_both_spellings(tmp_path):
@@ -71,7 +71,7 @@ async def test_queue_mode_in_both_spellings(tmp_path):
         await request(ctx, Message(code=Code.POST, uri=rd(srv.coap_port, query="ep=q11&lwm2m=1.1&b=U&Q"),
                                    payload=b"</3/0>"))
         for ep in ("q10", "q11"):
-            reg = srv.registrations.by_endpoint(ep)
+            reg = srv.registrations.by_endpoint(ep, tenant_id="default")
             assert reg.queue_mode and reg.binding == "U"
 
 
@@ -81,7 +81,7 @@ async def test_registration_expires_after_lifetime_and_grace(tmp_path):
         assert r.code == Code.CREATED
         events = []
         srv.events.subscribe(events.append, "registration.expired")
-        await eventually(lambda: srv.registrations.by_endpoint("short") is None, timeout=10)
+        await eventually(lambda: srv.registrations.by_endpoint("short", tenant_id="default") is None, timeout=10)
         assert [e.endpoint for e in events] == ["short"]
         # An Update after expiry is refused: the device must register again.
         r = await request(ctx, Message(code=Code.POST, uri=rd(srv.coap_port, "/".join(r.opt.location_path))))
@@ -96,7 +96,7 @@ async def test_update_keeps_a_registration_alive(tmp_path):
             await asyncio.sleep(0.5)
             u = await request(ctx, Message(code=Code.POST, uri=rd(srv.coap_port, loc)))
             assert u.code == Code.CHANGED
-        assert srv.registrations.by_endpoint("kept") is not None
+        assert srv.registrations.by_endpoint("kept", tenant_id="default") is not None
 
 
 BAD_REQUESTS = [
@@ -153,7 +153,7 @@ async def test_blockwise_registration_payload_is_assembled(tmp_path):
         assert 1024 < len(links) < 16384
         r = await request(ctx, Message(code=Code.POST, uri=rd(srv.coap_port, query="ep=many"), payload=links))
         assert r.code == Code.CREATED
-        assert len(srv.registrations.by_endpoint("many").summary.instances) == 390
+        assert len(srv.registrations.by_endpoint("many", tenant_id="default").summary.instances) == 390
 
 
 async def test_registrations_survive_a_restart(tmp_path):
@@ -162,8 +162,8 @@ async def test_registrations_survive_a_restart(tmp_path):
                                        payload=b"</3/0>"))
         loc = "/".join(r.opt.location_path)
     async with running_server(tmp_path) as srv, coap_client() as ctx:
-        reg = srv.registrations.by_endpoint("persist")
+        reg = srv.registrations.by_endpoint("persist", tenant_id="default")
         assert reg is not None and reg.remote is None  # known, but not reachable until it speaks again
         u = await request(ctx, Message(code=Code.POST, uri=rd(srv.coap_port, loc)))
         assert u.code == Code.CHANGED
-        assert srv.registrations.by_endpoint("persist").remote is not None
+        assert srv.registrations.by_endpoint("persist", tenant_id="default").remote is not None

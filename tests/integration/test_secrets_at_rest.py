@@ -129,8 +129,9 @@ def test_suite_scan_learns_the_keys_of_data_folders_and_skips_manufacturing_file
     data_dir = outside_basetemp / "server-data"
     with Database.for_data_dir(data_dir) as db:
         store = SqlCredentialStore(db, Vault.open(data_dir / "vault.key", environ={}))
-        _, psk = store.issue("dev-1", "server", now=T0)  # issued before the scan starts: it must learn it from disk
-        _, other = store.issue("dev-2", "server", now=T0)
+        _, psk = store.issue("dev-1", "server", now=T0,
+                             tenant_id="default")  # issued before the scan starts: it must learn it from disk
+        _, other = store.issue("dev-2", "server", now=T0, tenant_id="default")
     (data_dir / "server.log").write_text(f"ok\nok\nDEBUG wrote /0/1/5 = {bytes(psk)!r}\n")
     (data_dir / "audit.jsonl").write_text(json.dumps({"kind": "bootstrap.done", "psk": psk.hex()}) + "\n")
     (outside_basetemp / "line.txt").write_text(f"endpoint,psk_identity,psk_key\ndev-2,id,{other.hex()}\n")
@@ -152,9 +153,9 @@ def test_the_run_records_issued_keys_and_captures_debug_logs_and_child_logs(
         secrets_never_leak: SuiteSecretScan) -> None:
     scan = secrets_never_leak
     store = MemoryCredentialStore(Vault.generate())
-    _, drawn = store.issue("probe", "server", now=T0)
+    _, drawn = store.issue("probe", "server", now=T0, tenant_id="default")
     given = secrets.token_bytes(16)
-    store.issue("probe-given", "bootstrap", now=T0, psk=given)
+    store.issue("probe-given", "bootstrap", now=T0, psk=given, tenant_id="default")
     assert drawn in scan.secrets and given in scan.secrets
 
     marker = f"debug-probe-{secrets.token_hex(4)}"
@@ -215,11 +216,11 @@ def test_vault_and_database_hold_no_plaintext_key(tmp_path: Path, kek_source: st
     store = SqlCredentialStore(db, vault)
     server_keys: dict[str, bytes] = {}
     for ep in endpoints:
-        credential, psk = store.issue(ep, "server", now=T0)
+        credential, psk = store.issue(ep, "server", now=T0, tenant_id="default")
         server_keys[credential.identity] = bytes(psk)
         keys.add(psk, f"server PSK of {ep!r}")
-    replaced_identity = store.by_endpoint(endpoints[0], "server").identity
-    credential, psk = store.replace(endpoints[0], "server", now=T0 + 1)
+    replaced_identity = store.by_endpoint(endpoints[0], "server", tenant_id="default").identity
+    credential, psk = store.replace(endpoints[0], "server", now=T0 + 1, tenant_id="default")
     server_keys[credential.identity] = bytes(psk)
     keys.add(psk, f"new server PSK of {endpoints[0]!r}")
     del server_keys[replaced_identity]
@@ -261,7 +262,7 @@ def test_vault_and_database_hold_no_plaintext_key(tmp_path: Path, kek_source: st
     with Database.for_data_dir(data_dir) as again:
         reopened = SqlCredentialStore(again, Vault.open(key_file, environ=env))
         assert reopened.load() == 2 * COUNT
-        by_endpoint = {c.endpoint: c.identity for c in reopened.list(None) if c.kind.value == "bootstrap"}
+        by_endpoint = {c.endpoint: c.identity for c in reopened.list(tenant_id=None) if c.kind.value == "bootstrap"}
         for key, label in bootstrap_keys:
             endpoint = label.split("'")[1]
             assert hmac.compare_digest(bytes(reopened.psk_for(by_endpoint[endpoint]) or b""), key), label
@@ -284,7 +285,8 @@ def test_factory_list_prints_no_key(tmp_path: Path) -> None:
     with Database.for_data_dir(data_dir) as db:
         store = SqlCredentialStore(db, Vault.open(vault_key_location(data_dir).path, environ={}))
         for i in range(1, 6):
-            keys.add(store.issue(f"dev-{i:04d}", "server", now=T0).psk, f"server PSK of dev-{i:04d}")
+            issued = store.issue(f"dev-{i:04d}", "server", now=T0, tenant_id="default")
+            keys.add(issued.psk, f"server PSK of dev-{i:04d}")
     assert len(keys) == COUNT + 5
 
     table = scratch("factory", "list", "--data-dir", str(data_dir))

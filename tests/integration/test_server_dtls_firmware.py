@@ -79,18 +79,18 @@ async def server_with_both(tmp_path: Path, store: MemoryCredentialStore) -> Asyn
 
 async def test_a_device_registered_over_dtls_pulls_from_a_coaps_uri_over_its_session(tmp_path: Path) -> None:
     store = MemoryCredentialStore(Vault.generate())
-    cred, psk = store.issue("secure-dev", "server", now=0)
+    cred, psk = store.issue("secure-dev", "server", now=0, tenant_id="default")
     async with server_with_both(tmp_path, store) as srv:
         site, written = device_site()
         client = await dtls_client_context(site, srv.coaps_uri, cred.identity.encode(), bytes(psk))
         try:
             answer = await register(client, srv.coaps_uri, "secure-dev")
             assert srv.firmware is not None and srv.registrations is not None
-            reg = srv.registrations.by_endpoint("secure-dev")
+            reg = srv.registrations.by_endpoint("secure-dev", tenant_id="default")
             assert reg is not None and reg.secure
             assert srv.firmware.file_base_uri_for(reg) == srv.coaps_uri
 
-            srv.firmware.start("secure-dev", PACKAGE, method=Method.PULL, timeout=60)
+            srv.firmware.start("secure-dev", PACKAGE, method=Method.PULL, timeout=60, tenant_id="default")
             await eventually(lambda: written.written)
             (uri,) = written.written
             assert uri.startswith(f"{srv.coaps_uri}/fw/")
@@ -110,7 +110,7 @@ async def test_a_device_on_plain_coap_gets_a_coap_uri(tmp_path: Path) -> None:
         try:
             await register(client, srv.coap_uri, "plain-dev")
             assert srv.firmware is not None
-            srv.firmware.start("plain-dev", PACKAGE, method=Method.PULL, timeout=60)
+            srv.firmware.start("plain-dev", PACKAGE, method=Method.PULL, timeout=60, tenant_id="default")
             await eventually(lambda: written.written)
             assert written.written[0].startswith(f"{srv.coap_uri}/fw/")
         finally:

@@ -49,7 +49,7 @@ async def servers(tmp_path: Path, store: MemoryCredentialStore,
 
 
 def factory(store: MemoryCredentialStore, bs: BootstrapServer, endpoint: str) -> FactoryCredentials:
-    credential, psk = store.issue(endpoint, "bootstrap", now=0)
+    credential, psk = store.issue(endpoint, "bootstrap", now=0, tenant_id="default")
     return FactoryCredentials(endpoint, credential.identity, bytes(psk), bs.coaps_uri)
 
 
@@ -101,7 +101,7 @@ async def test_a_factory_device_bootstraps_then_registers_over_dtls(tmp_path: Pa
             assert dev.counters.bootstraps == 1 and dev.counters.bootstrap_failures == 0
             assert bs.stats.succeeded == 1 and bs.running == 0
             identity, key = server_credentials(dev)
-            issued = store.by_endpoint("sim-bs-1", CredentialKind.SERVER)
+            issued = store.by_endpoint("sim-bs-1", CredentialKind.SERVER, tenant_id="default")
             assert issued is not None and issued.identity == identity and store.verify(identity, key)
             assert dev.server_uri == srv.coaps_uri and dev.secure
             # the bootstrap account is still there (with the factory key); the bootstrap session is gone
@@ -109,15 +109,17 @@ async def test_a_factory_device_bootstraps_then_registers_over_dtls(tmp_path: Pa
             assert kept is not None and kept.identity == creds.identity and kept.key == creds.psk_key
             assert dev._attempt is None
             assert srv.registrations is not None and srv.management is not None
-            reg = srv.registrations.by_endpoint("sim-bs-1")
+            reg = srv.registrations.by_endpoint("sim-bs-1", tenant_id="default")
             assert reg is not None and reg.secure and reg.identity == identity
-            read = await srv.management.send("sim-bs-1", ReadRequest(LwM2mPath.of(3, 0)), timeout=10)
+            read = await srv.management.send("sim-bs-1", ReadRequest(LwM2mPath.of(3, 0)), timeout=10,
+                                             tenant_id="default")
             assert isinstance(read.content, Instance)
-            server = await srv.management.send("sim-bs-1", ReadRequest(LwM2mPath.of(1, 0)), timeout=10)
+            server = await srv.management.send("sim-bs-1", ReadRequest(LwM2mPath.of(1, 0)), timeout=10,
+                                               tenant_id="default")
             assert server.content.resources[0].value == 1  # type: ignore[union-attr]  # SSID written by bootstrap
         finally:
             await dev.stop()
-        assert srv.registrations.by_endpoint("sim-bs-1") is None
+        assert srv.registrations.by_endpoint("sim-bs-1", tenant_id="default") is None
 
 
 async def test_bootstrap_request_trigger_gives_new_credentials_and_retires_the_old(
@@ -125,14 +127,15 @@ async def test_bootstrap_request_trigger_gives_new_credentials_and_retires_the_o
     async with servers(tmp_path, store) as (srv, bs), started(factory(store, bs, "sim-bs-2")) as dev:
         assert srv.management is not None and srv.registrations is not None
         old_identity, old_key = server_credentials(dev)
-        answer = await srv.management.send("sim-bs-2", ExecuteRequest(LwM2mPath.of(1, 0, 9)), timeout=10)
+        answer = await srv.management.send("sim-bs-2", ExecuteRequest(LwM2mPath.of(1, 0, 9)), timeout=10,
+                                           tenant_id="default")
         assert answer.code == 0x44  # 2.04, answered before the device leaves
         await dev.wait_for(lambda d: d.counters.bootstraps == 2 and d.state is DeviceState.REGISTERED, 30)
         new_identity, new_key = server_credentials(dev)
         assert new_identity != old_identity and new_key != old_key
-        reg = srv.registrations.by_endpoint("sim-bs-2")
+        reg = srv.registrations.by_endpoint("sim-bs-2", tenant_id="default")
         assert reg is not None and reg.identity == new_identity and reg.secure
-        await srv.management.send("sim-bs-2", ReadRequest(LwM2mPath.of(3, 0, 0)), timeout=10)
+        await srv.management.send("sim-bs-2", ReadRequest(LwM2mPath.of(3, 0, 0)), timeout=10, tenant_id="default")
         # the old server key opens no session any more; the new one does
         assert store.psk_for(old_identity) is None
         assert await dtls_register_code(srv, "sim-bs-2", old_identity, old_key) is None
@@ -145,7 +148,8 @@ async def test_a_factory_reset_takes_the_device_back_to_bootstrap(tmp_path: Path
                                                               reboot_delay=0.01) as dev:
         assert srv.management is not None
         first, _ = server_credentials(dev)
-        await srv.management.send("sim-bs-reset", ExecuteRequest(LwM2mPath.of(3, 0, 5)), timeout=10)
+        await srv.management.send("sim-bs-reset", ExecuteRequest(LwM2mPath.of(3, 0, 5)), timeout=10,
+                                  tenant_id="default")
         await dev.wait_for(lambda d: d.counters.bootstraps == 2 and d.state is DeviceState.REGISTERED, 30)
         second, _ = server_credentials(dev)
         assert second != first and dev.counters.reboots == 1
@@ -157,7 +161,7 @@ async def test_a_device_whose_server_key_stops_working_falls_back_to_bootstrap(
             started(factory(store, bs, "sim-bs-3"), request_timeout=2, bootstrap_on_failure=2) as dev:
         old_identity, _ = server_credentials(dev)
         # the operator revokes the server key and the server drops the session: Register fails from now on
-        store.revoke("sim-bs-3", now=1, kind=CredentialKind.SERVER)
+        store.revoke("sim-bs-3", now=1, kind=CredentialKind.SERVER, tenant_id="default")
         assert srv.context is not None
         dtls_transport(srv.context).evict_identity(old_identity.encode())
         dev.reboot()
@@ -166,7 +170,7 @@ async def test_a_device_whose_server_key_stops_working_falls_back_to_bootstrap(
         new_identity, _ = server_credentials(dev)
         assert new_identity != old_identity
         assert srv.registrations is not None
-        reg = srv.registrations.by_endpoint("sim-bs-3")
+        reg = srv.registrations.by_endpoint("sim-bs-3", tenant_id="default")
         assert reg is not None and reg.identity == new_identity
 
 
@@ -178,7 +182,7 @@ async def test_a_lwm2m_1_2_device_takes_the_bootstrap_pack(tmp_path: Path, store
         identity, key = server_credentials(dev)
         assert store.verify(identity, key)
         assert srv.registrations is not None
-        reg = srv.registrations.by_endpoint("sim-bs-pack")
+        reg = srv.registrations.by_endpoint("sim-bs-pack", tenant_id="default")
         assert reg is not None and reg.identity == identity and reg.lwm2m_version == "1.2"
 
 
@@ -197,4 +201,5 @@ async def test_a_busy_bootstrap_server_is_waited_out(tmp_path: Path, store: Memo
         assert attempts > 3 and all(d.counters.bootstrap_failures == 0 for d in fleet.devices)
         assert all(d.counters.bootstraps == 1 for d in fleet.devices)
         assert srv.registrations is not None and all(
-            srv.registrations.by_endpoint(f"sim-busy-{i}") is None for i in range(3))  # de-registered on stop
+            srv.registrations.by_endpoint(f"sim-busy-{i}", tenant_id="default") is None
+            for i in range(3))  # de-registered on stop

@@ -77,17 +77,19 @@ async def test_factory_file_to_registered_fleet(tmp_path: Path, capsys: pytest.C
         try:
             assert srv.registrations is not None
             registrations = srv.registrations
-            await eventually(lambda: all(registrations.by_endpoint(r.endpoint) is not None for r in records[:4]),
+            await eventually(lambda: all(registrations.by_endpoint(r.endpoint, tenant_id="default") is not None
+                                         for r in records[:4]),
                              timeout=60)
             for record in records[:4]:
-                reg = registrations.by_endpoint(record.endpoint)
+                reg = registrations.by_endpoint(record.endpoint, tenant_id="default")
                 assert reg is not None and reg.secure and reg.identity != record.psk_identity
-            assert registrations.by_endpoint("fabj-0002") is None
+            assert registrations.by_endpoint("fabj-0002", tenant_id="default") is None
         finally:
             stop.set()
             status = await asyncio.wait_for(runner, 30)
         assert status.stopped == 4 and bs.stats.succeeded == 4
-        assert all(registrations.by_endpoint(r.endpoint) is None for r in records)  # de-registered on exit
+        # de-registered on exit
+        assert all(registrations.by_endpoint(r.endpoint, tenant_id="default") is None for r in records)
     out = capsys.readouterr().out
     assert "starting 4 device(s) fab-0001..fabj-0001 from the factory" in out and "fab-0001: bootstrapping" in out
     assert "fab-0001: registered at /rd/" in out and "stopped: 0/4 registered" in out

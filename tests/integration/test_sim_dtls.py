@@ -61,7 +61,7 @@ async def dtls_server(tmp_path: Path, store: MemoryCredentialStore) -> AsyncIter
 @contextlib.asynccontextmanager
 async def dtls_device(srv: Lwm2mServer, store: MemoryCredentialStore, endpoint: str,
                       **options: Any) -> AsyncIterator[SimulatedDevice]:
-    credential, psk = store.issue(endpoint, "server", now=0)
+    credential, psk = store.issue(endpoint, "server", now=0, tenant_id="default")
     options.setdefault("drift_interval", 0)
     dev = SimulatedDevice(endpoint, srv.coaps_uri, psk_identity=credential.identity, psk=bytes(psk), **options)
     try:
@@ -75,35 +75,38 @@ async def test_a_psk_device_registers_over_dtls_and_is_managed_over_its_session(
         tmp_path: Path, store: MemoryCredentialStore) -> None:
     async with dtls_server(tmp_path, store) as srv, dtls_device(srv, store, "sim-dtls-1") as dev:
         assert srv.registrations is not None and srv.management is not None
-        reg = srv.registrations.by_endpoint("sim-dtls-1")
+        reg = srv.registrations.by_endpoint("sim-dtls-1", tenant_id="default")
         assert reg is not None and reg.secure and reg.identity == dev.psk_identity.decode()  # type: ignore[union-attr]
         assert dev.secure and dev.state is DeviceState.REGISTERED and dev.uri.startswith("coaps://127.0.0.1:")
         management = srv.management
 
-        device = await management.send("sim-dtls-1", ReadRequest(LwM2mPath.of(3, 0)), timeout=10)
+        device = await management.send("sim-dtls-1", ReadRequest(LwM2mPath.of(3, 0)), timeout=10, tenant_id="default")
         assert isinstance(device.content, Instance)
         assert device.content.resources[0].value == "SCRATCh"  # type: ignore[union-attr]
 
         # the Security object never leaves the device, also over DTLS
         with pytest.raises(ErrorResponseError) as refused:
-            await management.send("sim-dtls-1", ReadRequest(LwM2mPath.of(0, 0)), timeout=10)
+            await management.send("sim-dtls-1", ReadRequest(LwM2mPath.of(0, 0)), timeout=10, tenant_id="default")
         assert refused.value.code == 0x81  # 4.01
 
         # Write: a new lifetime is taken and announced with an Update over the same session
         updates = dev.counters.updates
         await management.send("sim-dtls-1", WriteRequest(LwM2mPath.of(1, 0, 1),
-                                                         SingleResource(1, ResourceType.INTEGER, 120)), timeout=10)
+                                                         SingleResource(1, ResourceType.INTEGER, 120)),
+                              timeout=10, tenant_id="default")
         assert dev.lifetime == 120
         await dev.wait_for(lambda d: d.counters.updates > updates, 10)
-        assert srv.registrations.by_endpoint("sim-dtls-1").lifetime == 120  # type: ignore[union-attr]
+        updated = srv.registrations.by_endpoint("sim-dtls-1", tenant_id="default")
+        assert updated is not None and updated.lifetime == 120
 
         # Execute: the Registration Update Trigger
         updates = dev.counters.updates
-        await management.send("sim-dtls-1", ExecuteRequest(LwM2mPath.of(1, 0, 8)), timeout=10)
+        await management.send("sim-dtls-1", ExecuteRequest(LwM2mPath.of(1, 0, 8)), timeout=10, tenant_id="default")
         await dev.wait_for(lambda d: d.counters.updates > updates, 10)
 
         # Observe: a notification comes back over the session
-        obs = await management.observe("sim-dtls-1", ObserveRequest(LwM2mPath.of(3, 0, 9)), timeout=10)
+        obs = await management.observe("sim-dtls-1", ObserveRequest(LwM2mPath.of(3, 0, 9)), timeout=10,
+                                       tenant_id="default")
         try:
             assert obs.established
             dev.objects.set_value(LwM2mPath.of(3, 0, 9), 42)
@@ -114,13 +117,14 @@ async def test_a_psk_device_registers_over_dtls_and_is_managed_over_its_session(
             obs.cancel()
 
         # the whole time: one DTLS session, the one the device registered on
-        assert srv.registrations.by_endpoint("sim-dtls-1").remote is reg.remote  # type: ignore[union-attr]
-    assert srv.registrations.by_endpoint("sim-dtls-1") is None  # de-registered over DTLS on stop()
+        current = srv.registrations.by_endpoint("sim-dtls-1", tenant_id="default")
+        assert current is not None and current.remote is reg.remote
+    assert srv.registrations.by_endpoint("sim-dtls-1", tenant_id="default") is None  # de-registered over DTLS on stop()
 
 
 async def test_a_wrong_psk_is_refused_and_retried_without_crashing(tmp_path: Path,
                                                                    store: MemoryCredentialStore) -> None:
-    credential, psk = store.issue("sim-dtls-2", "server", now=0)
+    credential, psk = store.issue("sim-dtls-2", "server", now=0, tenant_id="default")
     wrong = bytes(b ^ 0xFF for b in bytes(psk))
     async with dtls_server(tmp_path, store) as srv:
         dev = SimulatedDevice("sim-dtls-2", srv.coaps_uri, psk_identity=credential.identity, psk=wrong,
@@ -128,7 +132,8 @@ async def test_a_wrong_psk_is_refused_and_retried_without_crashing(tmp_path: Pat
         try:
             assert not await dev.start(timeout=15)
             assert dev.state is DeviceState.FAILED and dev.counters.registers == 0
-            assert srv.registrations is not None and srv.registrations.by_endpoint("sim-dtls-2") is None
+            assert srv.registrations is not None
+            assert srv.registrations.by_endpoint("sim-dtls-2", tenant_id="default") is None
         finally:
             await dev.stop()
         assert dev.address == ("127.0.0.1", 0)  # nothing left open
@@ -144,11 +149,12 @@ async def test_firmware_update_over_the_dtls_session(tmp_path: Path, store: Memo
     async with dtls_server(tmp_path, store) as srv, \
             dtls_device(srv, store, "sim-dtls-fw", firmware=firmware_options(), reboot_delay=0.05) as dev:
         assert srv.management is not None and dev.firmware is not None
-        protocols = await srv.management.send("sim-dtls-fw", ReadRequest(LwM2mPath.of(5, 0, 8)), timeout=10)
+        protocols = await srv.management.send("sim-dtls-fw", ReadRequest(LwM2mPath.of(5, 0, 8)), timeout=10,
+                                              tenant_id="default")
         assert dict(protocols.content.instances) == {0: 1}  # type: ignore[union-attr]  # CoAPS only
         service = FirmwareService(srv.management, srv.files, srv.events, file_base_uri=srv.coaps_uri)
         try:
-            job = await service.update("sim-dtls-fw", data, method=method, timeout=60.0)
+            job = await service.update("sim-dtls-fw", data, method=method, timeout=60.0, tenant_id="default")
         finally:
             await service.close()
         assert job.succeeded, job.last
@@ -167,6 +173,6 @@ async def test_the_servers_own_firmware_service_pulls_over_coaps(tmp_path: Path,
         if getattr(srv.firmware, "secure_file_base_uri", None) is None:
             pytest.skip("the LwM2M server does not give DTLS devices a coaps:// Package URI yet "
                         "(lwm2m_server/server.py: FirmwareService(secure_file_base_uri=coaps_uri))")
-        job = await srv.firmware.update("sim-dtls-pull", data, method=Method.PULL, timeout=60.0)
+        job = await srv.firmware.update("sim-dtls-pull", data, method=Method.PULL, timeout=60.0, tenant_id="default")
         assert job.succeeded, job.last
         assert dev.firmware is not None and dev.firmware.version == "2.0.0"

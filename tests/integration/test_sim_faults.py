@@ -76,18 +76,19 @@ def device(srv: Lwm2mServer, endpoint: str, faults: Faults | None = None, **kw: 
 
 def dtls_device(srv: Lwm2mServer, store: MemoryCredentialStore, endpoint: str, faults: Faults) -> SimulatedDevice:
     """A device with a server key of its own in ``store``, registering over coaps:// through ``faults``."""
-    credential, psk = store.issue(endpoint, "server", now=0)
+    credential, psk = store.issue(endpoint, "server", now=0, tenant_id="default")
     return device(srv, endpoint, faults, uri=srv.coaps_uri, psk_identity=credential.identity, psk=bytes(psk))
 
 
 async def update(srv: Lwm2mServer, endpoint: str, data: bytes, method: Method, timeout: float = 25) -> UpdateJob:
     assert srv.firmware is not None
-    return await srv.firmware.update(endpoint, data, method=method, timeout=timeout)
+    return await srv.firmware.update(endpoint, data, method=method, timeout=timeout, tenant_id="default")
 
 
 async def read(srv: Lwm2mServer, endpoint: str, *ids: int) -> object:
     assert srv.management is not None
-    return (await srv.management.send(endpoint, ReadRequest(LwM2mPath.of(*ids)))).content.value  # type: ignore[union-attr]
+    return (await srv.management.send(endpoint, ReadRequest(LwM2mPath.of(*ids)),
+                                      tenant_id="default")).content.value  # type: ignore[union-attr]
 
 
 def phases(job: UpdateJob) -> list[str]:
@@ -214,7 +215,7 @@ async def test_ten_percent_loss_on_the_bootstrap_session_too(tmp_path: Path) -> 
         try:
             made = []
             for i in range(1):
-                credential, psk = store.issue(f"bs-lossy-{i}", "bootstrap", now=0)
+                credential, psk = store.issue(f"bs-lossy-{i}", "bootstrap", now=0, tenant_id="default")
                 creds = FactoryCredentials(f"bs-lossy-{i}", credential.identity, bytes(psk), bs.coaps_uri)
                 made.append(SimulatedDevice.from_factory(creds, drift_interval=0, bootstrap_timeout=20,
                                                          faults=Faults(loss=0.1, seed=200 + i)))

@@ -73,7 +73,7 @@ async def test_accept_any_installs_unsigned_and_warns_while_an_anchor_refuses_it
     async with running_server(tmp_path) as srv:
         assert srv.firmware is not None
         async with device(srv, "anchored", trusted) as dev:
-            job = await srv.firmware.update("anchored", data, method=Method.PUSH, timeout=30)
+            job = await srv.firmware.update("anchored", data, method=Method.PUSH, timeout=30, tenant_id="default")
             assert not job.succeeded and job.last.result == UpdateResult.INTEGRITY_CHECK_FAILURE, job.last
             assert dev.firmware is not None and dev.firmware.version == "1.0.0"
         with caplog.at_level(logging.WARNING, logger="client_sim.firmware"):
@@ -81,7 +81,7 @@ async def test_accept_any_installs_unsigned_and_warns_while_an_anchor_refuses_it
 
             firmware_module._warned_accept_any = False  # once per process: this test wants to see it
             async with device(srv, "lab", lab) as dev:
-                job = await srv.firmware.update("lab", data, method=Method.PUSH, timeout=30)
+                job = await srv.firmware.update("lab", data, method=Method.PUSH, timeout=30, tenant_id="default")
                 assert job.succeeded, job.last
                 assert dev.firmware is not None and dev.firmware.slots[dev.firmware.active].image == image
         assert any("INSECURE" in r.getMessage() and "ANY package" in r.getMessage() for r in caplog.records)
@@ -106,7 +106,7 @@ async def test_scratch_sim_insecure_accept_any_runs_and_says_so(tmp_path: Path) 
             str(SCRATCH), "sim", "--server", srv.coap_uri, "--count", "1", "--prefix", "lab-",
             "--insecure-accept-any", stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         try:
-            await eventually(lambda: registrations.by_endpoint("lab-0") is not None, timeout=30)
+            await eventually(lambda: registrations.by_endpoint("lab-0", tenant_id="default") is not None, timeout=30)
         finally:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)

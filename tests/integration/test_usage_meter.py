@@ -100,7 +100,7 @@ async def test_the_usage_of_a_real_campaign_agrees_with_its_report(tmp_path: Pat
         store = srv.usage.store  # the server's own meter, on the server's event bus
         first_day = day_of(time.time())
         v2 = srv.campaigns.releases.create([("app.bin", bytes(range(256)) * 16)], vendor="acme.example",
-                                           class_name="sensor", version="2.0.0", now=time.time())
+                                           class_name="sensor", version="2.0.0", now=time.time(), tenant_id="default")
         key = srv.campaigns.keys.get_or_create("release", "release", tenant_id="default", now=time.time())
         anchor = load_public_key(key.public_pem.encode() if isinstance(key.public_pem, str) else key.public_pem)
         endpoints = [f"u-{i}" for i in range(4)]
@@ -133,7 +133,7 @@ async def test_the_usage_of_a_real_campaign_agrees_with_its_report(tmp_path: Pat
         total = sum((store.counts(tenant_id="default", day=d) for d in days), DayCounts())
         summary = report["summary"]
         assert summary["targets"] == 4 and summary["succeeded"] == 3 and summary["rolled-back"] == 1, summary
-        package = srv.campaigns.releases.package(v2.id)
+        package = srv.campaigns.releases.package(v2.id, tenant_id="default")
         assert total.campaigns_started == total.campaigns_finished == 1
         assert total.deliveries_succeeded == summary["succeeded"]
         assert total.deliveries_failed == summary["rolled-back"] + summary["failed"]

@@ -31,7 +31,7 @@ async def test_a_leshan_client_without_object_5_is_skipped_and_the_rest_updated(
         assert srv.campaigns is not None and srv.registrations is not None
         campaigns = srv.campaigns
         release = campaigns.releases.create([("app.bin", bytes(range(256)) * 8)], vendor="acme.example",
-                                            class_name="sensor", version="2.0.0", now=time.time())
+                                            class_name="sensor", version="2.0.0", now=time.time(), tenant_id="default")
         key = campaigns.keys.get_or_create("release", "release", tenant_id="default", now=time.time())
         firmware = FirmwareOptions(trust_anchors=(load_public_key(key.public_pem.encode()),),
                                    vendor_id=release.vendor_id, class_id=release.class_id, version="1.0.0")
@@ -42,7 +42,8 @@ async def test_a_leshan_client_without_object_5_is_skipped_and_the_rest_updated(
             for dev in sims:
                 assert await dev.start(timeout=20)
             registrations = srv.registrations
-            await eventually(lambda: registrations.by_endpoint("leshan-1") is not None or not client.alive(),
+            await eventually(lambda: registrations.by_endpoint("leshan-1", tenant_id="default") is not None
+                             or not client.alive(),
                              timeout=30)
             assert client.alive(), f"the Leshan client exited:\n{client.tail()}"
             targets = ["leshan-1", *(d.endpoint for d in sims)]

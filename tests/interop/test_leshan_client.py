@@ -74,7 +74,8 @@ async def managed(tmp_path: Path, leshan_client: LeshanClientFactory, endpoint: 
         client = leshan_client(srv.coap_uri, endpoint, *options)
         try:
             registrations = srv.registrations
-            await eventually(lambda: registrations.by_endpoint(endpoint) is not None or not client.alive(),
+            await eventually(lambda: registrations.by_endpoint(endpoint, tenant_id="default") is not None
+                             or not client.alive(),
                              timeout=30)
             assert client.alive(), f"the Leshan client exited:\n{client.tail()}"
             yield srv, client
@@ -84,18 +85,18 @@ async def managed(tmp_path: Path, leshan_client: LeshanClientFactory, endpoint: 
 
 async def read(srv: Lwm2mServer, ep: str, path: str, fmt: ContentFormat | None = None):  # type: ignore[no-untyped-def]
     assert srv.management is not None
-    return (await srv.management.send(ep, ReadRequest(P(path), fmt), timeout=10)).content
+    return (await srv.management.send(ep, ReadRequest(P(path), fmt), timeout=10, tenant_id="default")).content
 
 
 async def send(srv: Lwm2mServer, ep: str, request):  # type: ignore[no-untyped-def]
     assert srv.management is not None
-    return await srv.management.send(ep, request, timeout=10)
+    return await srv.management.send(ep, request, timeout=10, tenant_id="default")
 
 
 async def test_registration_announces_lwm2m_1_1_formats_and_objects(tmp_path, leshan_client):
     async with managed(tmp_path, leshan_client, "lc-reg") as (srv, _):
         assert srv.registrations is not None
-        reg = srv.registrations.by_endpoint("lc-reg")
+        reg = srv.registrations.by_endpoint("lc-reg", tenant_id="default")
         assert reg is not None
         assert (reg.lwm2m_version, reg.binding, reg.queue_mode) == ("1.1", "UT", False)
         assert {CF.CBOR, CF.SENML_JSON, CF.SENML_CBOR, CF.TLV, CF.OMA_JSON} <= reg.supported_formats
@@ -234,7 +235,7 @@ async def test_write_utc_offset_and_lifetime(tmp_path, leshan_client):
         assert (await read(srv, "lc-write", "/1/0/1", CF.TEXT)).value == 123
         registrations = srv.registrations
         # a new lifetime makes the client send a Registration Update carrying lt=123
-        await eventually(lambda: registrations.by_endpoint("lc-write").lifetime == 123, timeout=10)
+        await eventually(lambda: registrations.by_endpoint("lc-write", tenant_id="default").lifetime == 123, timeout=10)
 
 
 async def test_execute_with_arguments_and_reboot(tmp_path, leshan_client):
@@ -244,10 +245,11 @@ async def test_execute_with_arguments_and_reboot(tmp_path, leshan_client):
         args = await read(srv, "lc-exec", "/3442/0/4")
         assert args == MultipleResource(4, ResourceType.STRING, {0: "abc", 1: "", 7: "x-y"})
         registrations = srv.registrations
-        before = registrations.by_endpoint("lc-exec").id
+        before = registrations.by_endpoint("lc-exec", tenant_id="default").id
         assert (await send(srv, "lc-exec", ExecuteRequest(P("/3/0/4")))).code == 0x44
         # the demo de-registers and registers again: a new registration replaces the old one
-        await eventually(lambda: (r := registrations.by_endpoint("lc-exec")) is not None and r.id != before,
+        await eventually(lambda: (r := registrations.by_endpoint("lc-exec", tenant_id="default")) is not None
+                         and r.id != before,
                          timeout=20)
         assert client.alive()
         assert (await read(srv, "lc-exec", "/3/0/0", CF.TEXT)).value == "Leshan Demo Device"
@@ -259,7 +261,7 @@ async def test_observe_current_time_notifies(tmp_path, leshan_client, fmt):
     async with managed(tmp_path, leshan_client, ep) as (srv, _):
         assert srv.management is not None
         await send(srv, ep, WriteAttributesRequest(P("/3/0/13"), {"pmin": 1, "pmax": 2}))
-        obs = await srv.management.observe(ep, ObserveRequest(P("/3/0/13"), fmt), timeout=10)
+        obs = await srv.management.observe(ep, ObserveRequest(P("/3/0/13"), fmt), timeout=10, tenant_id="default")
         try:
             assert obs.established
             first = obs.initial.content
@@ -274,7 +276,8 @@ async def test_observe_current_time_notifies(tmp_path, leshan_client, fmt):
 async def test_observe_reports_a_value_we_write(tmp_path, leshan_client):
     async with managed(tmp_path, leshan_client, "lc-obs-w") as (srv, _):
         assert srv.management is not None
-        obs = await srv.management.observe("lc-obs-w", ObserveRequest(P("/3442/0/110"), CF.TEXT), timeout=10)
+        obs = await srv.management.observe("lc-obs-w", ObserveRequest(P("/3442/0/110"), CF.TEXT), timeout=10,
+                                           tenant_id="default")
         try:
             assert obs.initial.content == SingleResource(110, ResourceType.STRING, "initial value")
             stream = obs.notifications().__aiter__()
@@ -291,7 +294,8 @@ async def test_observe_reports_a_value_we_write(tmp_path, leshan_client):
 async def test_observe_an_instance_in_senml(tmp_path, leshan_client):
     async with managed(tmp_path, leshan_client, "lc-obs-i") as (srv, _):
         assert srv.management is not None
-        obs = await srv.management.observe("lc-obs-i", ObserveRequest(P("/3442/0"), CF.SENML_JSON), timeout=10)
+        obs = await srv.management.observe("lc-obs-i", ObserveRequest(P("/3442/0"), CF.SENML_JSON), timeout=10,
+                                           tenant_id="default")
         try:
             assert isinstance(obs.initial.content, Instance)
             stream = obs.notifications().__aiter__()
@@ -355,8 +359,9 @@ async def test_bootstrap_at_leshan_then_register_with_us(tmp_path, leshan_bsserv
         client = leshan_client(leshan_bsserver.coap_uri, "lc-bs", "-b")
         try:
             registrations = srv.registrations
-            await eventually(lambda: registrations.by_endpoint("lc-bs") is not None or not client.alive(), timeout=30)
-            reg = registrations.by_endpoint("lc-bs")
+            await eventually(lambda: registrations.by_endpoint("lc-bs", tenant_id="default") is not None
+                             or not client.alive(), timeout=30)
+            reg = registrations.by_endpoint("lc-bs", tenant_id="default")
             assert reg is not None, client.tail()
             assert reg.lifetime == 300  # what the bootstrap server wrote into /1/0/1
             short_id = await read(srv, "lc-bs", "/1/0/0", CF.TEXT)

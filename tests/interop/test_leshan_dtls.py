@@ -112,7 +112,7 @@ async def next_outcome(bs: BootstrapServer, client: DemoProcess) -> tuple[str, B
 
 
 def bootstrap_identity_and_key(store: MemoryCredentialStore, endpoint: str) -> tuple[str, bytes]:
-    credential, psk = store.issue(endpoint, "bootstrap", now=0, psk=secrets.token_bytes(KEY_BYTES))
+    credential, psk = store.issue(endpoint, "bootstrap", now=0, psk=secrets.token_bytes(KEY_BYTES), tenant_id="default")
     return credential.identity, bytes(psk)
 
 
@@ -135,13 +135,14 @@ async def test_leshan_client_bootstraps_at_our_bootstrap_server_and_registers_wi
             assert outcome.lwm2m_version == "1.0"
             assert bs.stats.started == 1 and bs.stats.succeeded == 1 and bs.stats.failed == 0
 
-            issued = store.by_endpoint(ep, CredentialKind.SERVER)
+            issued = store.by_endpoint(ep, CredentialKind.SERVER, tenant_id="default")
             assert issued is not None and issued.identity != bs_identity  # a new credential, not the factory one
             finished = [data for kind, data in events if kind == "bootstrap.finished"]
             assert [d["server_identity"] for d in finished] == [issued.identity]
 
-            await eventually(lambda: registrations.by_endpoint(ep) is not None or not client.alive(), timeout=WAIT)
-            reg = registrations.by_endpoint(ep)
+            await eventually(lambda: registrations.by_endpoint(ep, tenant_id="default") is not None
+                             or not client.alive(), timeout=WAIT)
+            reg = registrations.by_endpoint(ep, tenant_id="default")
             assert reg is not None, client.tail()
             assert reg.secure and reg.identity == issued.identity  # the NEW server key opened the session
             assert (reg.lwm2m_version, reg.lifetime) == ("1.1", 300)  # lifetime: what our bootstrap wrote in /1/0/1
@@ -149,14 +150,16 @@ async def test_leshan_client_bootstraps_at_our_bootstrap_server_and_registers_wi
             await eventually(lambda: client.log_has(r"Registered with location '/rd/") is not None, timeout=10)
 
             # managed over that session: /3/0/0, and the /1/0 our bootstrap server wrote (SSID 1, lifetime 300)
-            read = await srv.management.send(ep, ReadRequest(LwM2mPath.of(3, 0, 0)), timeout=10)
+            read = await srv.management.send(ep, ReadRequest(LwM2mPath.of(3, 0, 0)), timeout=10, tenant_id="default")
             assert read.content == SingleResource(0, ResourceType.STRING, "Leshan Demo Device")
-            server = (await srv.management.send(ep, ReadRequest(LwM2mPath.of(1, 0)), timeout=10)).content
+            server = (await srv.management.send(ep, ReadRequest(LwM2mPath.of(1, 0)), timeout=10,
+                                                tenant_id="default")).content
             assert isinstance(server, Instance)
             assert (server.resources[0].value, server.resources[1].value) == (1, 300)  # type: ignore[union-attr]
         finally:
             await stop_in_thread(client)
-        await eventually(lambda: registrations.by_endpoint(ep) is None, timeout=10)  # de-registered over DTLS
+        # de-registered over DTLS
+        await eventually(lambda: registrations.by_endpoint(ep, tenant_id="default") is None, timeout=10)
 
 
 async def test_leshan_client_with_a_wrong_bootstrap_key_or_at_the_wrong_server_gets_nothing(
@@ -181,9 +184,10 @@ async def test_leshan_client_with_a_wrong_bootstrap_key_or_at_the_wrong_server_g
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(bs.outcomes.get(), QUIET)
             assert bs.stats.started == 0 and bs.stats.succeeded == 0
-            assert store.by_endpoint(ep, CredentialKind.SERVER) is None  # no server key was issued
-            assert store.by_endpoint(ep2, CredentialKind.SERVER) is None
-            assert srv.registrations.by_endpoint(ep) is None and srv.registrations.by_endpoint(ep2) is None
+            assert store.by_endpoint(ep, CredentialKind.SERVER, tenant_id="default") is None  # no server key was issued
+            assert store.by_endpoint(ep2, CredentialKind.SERVER, tenant_id="default") is None
+            assert srv.registrations.by_endpoint(ep, tenant_id="default") is None
+            assert srv.registrations.by_endpoint(ep2, tenant_id="default") is None
             assert not [kind for kind, _ in events if kind.startswith("bootstrap.")]
             for client in (wrong_key, at_server):
                 assert not client.log_has(r"Bootstrap finished|Registered with location"), client.tail()
@@ -200,8 +204,9 @@ async def provision_at_leshan(store: MemoryCredentialStore, bsserver: LeshanBsSe
     """What a factory and an operator would do: a bootstrap PSK for the device (known to Leshan's bootstrap server),
     a bootstrap config sending it to Leshan's server with a DM PSK, and that DM PSK given to Leshan's server.
     Returns the device's factory credentials and the DM identity and key (checked against what the device got)."""
-    bs_credential, bs_key = store.issue(endpoint, "bootstrap", now=0)
-    dm_credential, dm_key = store.issue(endpoint, "server", now=0)  # a key for Leshan's server, drawn by our store
+    bs_credential, bs_key = store.issue(endpoint, "bootstrap", now=0, tenant_id="default")
+    dm_credential, dm_key = store.issue(endpoint, "server", now=0,
+                                        tenant_id="default")  # a key for Leshan's server, drawn by our store
     assert len(bs_key) == KEY_BYTES and len(dm_key) == KEY_BYTES
     await put_psk(bsserver.api, endpoint, bs_credential.identity, bytes(bs_key))
     await post_bootstrap_config(bsserver.api, endpoint, psk_bootstrap_config(

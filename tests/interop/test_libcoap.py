@@ -85,28 +85,28 @@ async def test_unknown_package_is_not_found(tmp_path: Path) -> None:
 
 async def test_dtls_register_with_the_lwm2m_server_and_refusals(tmp_path: Path) -> None:
     store = MemoryCredentialStore(Vault.generate())
-    cred, _ = store.issue("lc-1", "server", now=0, psk=SV_KEY)
-    store.issue("lc-2", "server", now=0)
+    cred, _ = store.issue("lc-1", "server", now=0, psk=SV_KEY, tenant_id="default")
+    store.issue("lc-2", "server", now=0, tenant_id="default")
     async with running_server(tmp_path, coaps_port=0, credentials=store) as srv:
         register = ("-m", "post", "-t", "40", "-e", "</3/0>")
         rc, out, err = await coap_client(*register, "-u", cred.identity, "-k", SV_KEY.decode(),
                                          f"{srv.coaps_uri}/rd?ep=lc-1&lt=60&lwm2m=1.1")
         assert rc == 0, err
         assert srv.registrations is not None
-        reg = srv.registrations.by_endpoint("lc-1")
+        reg = srv.registrations.by_endpoint("lc-1", tenant_id="default")
         assert reg is not None and reg.secure and reg.identity == cred.identity
 
         # the same identity claiming another endpoint: 4.03, and lc-2 stays unregistered
         rc, out, err = await coap_client(*register, "-u", cred.identity, "-k", SV_KEY.decode(),
                                          f"{srv.coaps_uri}/rd?ep=lc-2&lt=60&lwm2m=1.1")
-        assert b"4.03" in out + err and srv.registrations.by_endpoint("lc-2") is None
+        assert b"4.03" in out + err and srv.registrations.by_endpoint("lc-2", tenant_id="default") is None
 
         # a wrong key and an unknown identity never get an answer: no registration changes
         for identity, key in ((cred.identity, "wrong-key-000001"), ("nobody", SV_KEY.decode())):
             rc, out, err = await coap_client(*register, "-u", identity, "-k", key,
                                              f"{srv.coaps_uri}/rd?ep=lc-1&lt=99&lwm2m=1.1", timeout=60, wait=5)
             assert rc != 0 or b"ERR" in out + err  # libcoap: 'cannot send CoAP pdu' (no session)
-        after = srv.registrations.by_endpoint("lc-1")
+        after = srv.registrations.by_endpoint("lc-1", tenant_id="default")
         assert after is not None and after.id == reg.id and after.lifetime == 60
 
         # a package over coaps, block-wise
@@ -121,8 +121,8 @@ async def test_dtls_register_with_the_lwm2m_server_and_refusals(tmp_path: Path) 
 
 async def test_dtls_bootstrap_pack_from_the_bootstrap_server_and_refusals(tmp_path: Path) -> None:
     store = MemoryCredentialStore(Vault.generate())
-    bs, _ = store.issue("lc-3", "bootstrap", now=0, psk=BS_KEY)
-    sv, _ = store.issue("lc-4", "server", now=0, psk=SV_KEY)
+    bs, _ = store.issue("lc-3", "bootstrap", now=0, psk=BS_KEY, tenant_id="default")
+    sv, _ = store.issue("lc-4", "server", now=0, psk=SV_KEY, tenant_id="default")
     srv = BootstrapServer(BootstrapSettings(server_uri="coaps://127.0.0.1:5684", coaps_port=0), store)
     await srv.start()
     try:

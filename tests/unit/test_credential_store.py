@@ -99,7 +99,7 @@ def test_implements_the_protocol(backend: Backend) -> None:
 
 def test_issue_round_trip(backend: Backend) -> None:
     store = backend.store
-    issued = store.issue("urn:dev:ops:ünï-1", BS, now=T0)
+    issued = store.issue("urn:dev:ops:ünï-1", BS, now=T0, tenant_id="default")
     cred, psk = issued
     assert isinstance(issued, IssuedCredential) and issued.credential is cred
     assert cred == Credential("default", "urn:dev:ops:ünï-1", cred.identity, BS, T0)
@@ -110,15 +110,15 @@ def test_issue_round_trip(backend: Backend) -> None:
     assert store.verify(cred.identity, psk) and store.verify(cred.identity.encode(), bytes(psk))
     assert store.endpoint_for(cred.identity) == "urn:dev:ops:ünï-1"
     assert store.credential_for(cred.identity) == cred
-    assert store.by_endpoint("urn:dev:ops:ünï-1", BS) == cred
-    assert store.by_endpoint("urn:dev:ops:ünï-1", "bootstrap") == cred
-    assert store.by_endpoint("urn:dev:ops:ünï-1", SV) is None
+    assert store.by_endpoint("urn:dev:ops:ünï-1", BS, tenant_id="default") == cred
+    assert store.by_endpoint("urn:dev:ops:ünï-1", "bootstrap", tenant_id="default") == cred
+    assert store.by_endpoint("urn:dev:ops:ünï-1", SV, tenant_id="default") is None
     assert store.by_endpoint("urn:dev:ops:ünï-1", BS, tenant_id="acme") is None
 
 
 def test_unknown_identities(backend: Backend) -> None:
     store = backend.store
-    store.issue("dev", BS, now=T0)
+    store.issue("dev", BS, now=T0, tenant_id="default")
     for identity in ("nobody", b"nobody", b"\xff\xfe not utf-8", ""):
         assert store.psk_for(identity) is None
         assert store.endpoint_for(identity) is None
@@ -128,7 +128,7 @@ def test_unknown_identities(backend: Backend) -> None:
 
 def test_verify_refuses_wrong_keys(backend: Backend) -> None:
     store = backend.store
-    cred, psk = store.issue("dev", BS, now=T0)
+    cred, psk = store.issue("dev", BS, now=T0, tenant_id="default")
     wrong = bytearray(psk)
     wrong[-1] ^= 1
     assert not store.verify(cred.identity, bytes(wrong))
@@ -139,7 +139,7 @@ def test_verify_refuses_wrong_keys(backend: Backend) -> None:
 
 def test_fresh_psks_and_identities(backend: Backend) -> None:
     store = backend.store
-    issued = [store.issue(f"dev-{i}", kind, now=T0 + i) for i in range(40) for kind in (BS, SV)]
+    issued = [store.issue(f"dev-{i}", kind, now=T0 + i, tenant_id="default") for i in range(40) for kind in (BS, SV)]
     psks = [bytes(i.psk) for i in issued]
     identities = [i.credential.identity for i in issued]
     assert len(set(psks)) == len(psks) and len(set(identities)) == len(identities)
@@ -163,16 +163,16 @@ def test_given_identity_and_psk(backend: Backend) -> None:
     {"endpoint": ""}, {"kind": "firmware"}, {"tenant_id": ""},
 ])
 def test_invalid_arguments(backend: Backend, changes: dict[str, object]) -> None:
-    args: dict[str, object] = {"endpoint": "dev", "kind": BS, "now": T0, **changes}
+    args: dict[str, object] = {"endpoint": "dev", "kind": BS, "now": T0, "tenant_id": "default", **changes}
     with pytest.raises(InvalidCredentialError) as info:
         backend.store.issue(**args)  # type: ignore[arg-type]
     assert isinstance(info.value, ValueError)
-    assert backend.store.list(None, include_revoked=True) == []
+    assert backend.store.list(tenant_id=None, include_revoked=True) == []
 
 
 def test_psk_length_of_a_store_is_configurable(tmp_path: Path) -> None:
     store = MemoryCredentialStore(Vault.generate(), psk_bytes=32)
-    assert len(store.issue("dev", BS, now=T0).psk) == 32
+    assert len(store.issue("dev", BS, now=T0, tenant_id="default").psk) == 32
     for bad in (15, 65):
         with pytest.raises(InvalidCredentialError):
             MemoryCredentialStore(Vault.generate(), psk_bytes=bad)
@@ -183,36 +183,37 @@ def test_psk_length_of_a_store_is_configurable(tmp_path: Path) -> None:
 
 def test_one_active_credential_per_endpoint_and_kind(backend: Backend) -> None:
     store = backend.store
-    first = store.issue("dev", BS, now=T0).credential
+    first = store.issue("dev", BS, now=T0, tenant_id="default").credential
     with pytest.raises(CredentialConflictError, match="replace it to rekey"):
-        store.issue("dev", BS, now=T0 + 1)
-    server = store.issue("dev", SV, now=T0 + 1).credential  # the other kind is its own credential
+        store.issue("dev", BS, now=T0 + 1, tenant_id="default")
+    server = store.issue("dev", SV, now=T0 + 1, tenant_id="default").credential  # the other kind is its own credential
     other_tenant = store.issue("dev", BS, now=T0 + 1, tenant_id="acme").credential  # and so is another tenant
-    assert store.by_endpoint("dev", BS) == first
-    assert store.by_endpoint("dev", SV) == server
-    assert store.by_endpoint("dev", BS, "acme") == other_tenant
-    assert len(store.list(None)) == 3
+    assert store.by_endpoint("dev", BS, tenant_id="default") == first
+    assert store.by_endpoint("dev", SV, tenant_id="default") == server
+    assert store.by_endpoint("dev", BS, tenant_id="acme") == other_tenant
+    assert len(store.list(tenant_id=None)) == 3
 
 
 def test_identities_are_unique_across_tenants_and_forever(backend: Backend) -> None:
     store = backend.store
-    store.issue("a", BS, now=T0, identity="shared")
+    store.issue("a", BS, now=T0, identity="shared", tenant_id="default")
     for args in ({"endpoint": "b"}, {"endpoint": "b", "tenant_id": "acme"}, {"endpoint": "a", "kind": SV}):
         with pytest.raises(CredentialConflictError, match="already in use"):
-            store.issue(**{"kind": BS, "now": T0, **args, "identity": "shared"})  # type: ignore[arg-type]
-    store.revoke("a", now=T0 + 1)
+            store.issue(**{"kind": BS, "now": T0, "tenant_id": "default", **args,  # type: ignore[arg-type]
+                           "identity": "shared"})
+    store.revoke("a", now=T0 + 1, tenant_id="default")
     with pytest.raises(CredentialConflictError, match="already in use"):  # a revoked identity is never reissued
-        store.issue("a", BS, now=T0 + 2, identity="shared")
-    assert store.by_endpoint("a", BS) is None
+        store.issue("a", BS, now=T0 + 2, identity="shared", tenant_id="default")
+    assert store.by_endpoint("a", BS, tenant_id="default") is None
 
 
 def test_psk_reuse_is_refused_everywhere(backend: Backend) -> None:
     store = backend.store
-    cred, psk = store.issue("dev", BS, now=T0)
+    cred, psk = store.issue("dev", BS, now=T0, tenant_id="default")
     attempts: list[Callable[[], object]] = [
-        lambda: store.issue("other", BS, now=T0, psk=psk),
+        lambda: store.issue("other", BS, now=T0, psk=psk, tenant_id="default"),
         lambda: store.issue("other", SV, now=T0, psk=bytes(psk), tenant_id="acme"),
-        lambda: store.replace("dev", BS, now=T0, psk=psk),  # a rekey to the same key is no rekey
+        lambda: store.replace("dev", BS, now=T0, psk=psk, tenant_id="default"),  # a rekey to the same key is no rekey
     ]
     for attempt in attempts:
         with pytest.raises(PskReuseError) as info:
@@ -220,22 +221,22 @@ def test_psk_reuse_is_refused_everywhere(backend: Backend) -> None:
         assert isinstance(info.value, SecurityError)
         assert_hidden(str(info.value), [psk])
     assert store.psk_for(cred.identity) == psk  # the failed replace changed nothing
-    store.revoke("dev", now=T0 + 1)
+    store.revoke("dev", now=T0 + 1, tenant_id="default")
     with pytest.raises(PskReuseError):  # not even after the credential that held it is gone
-        store.issue("dev", BS, now=T0 + 2, psk=psk)
-    assert store.list(None) == []
+        store.issue("dev", BS, now=T0 + 2, psk=psk, tenant_id="default")
+    assert store.list(tenant_id=None) == []
 
 
 def test_a_failed_issue_applies_nothing(backend: Backend) -> None:
     store = backend.store
-    _, psk = store.issue("dev", BS, now=T0, identity="taken")
+    _, psk = store.issue("dev", BS, now=T0, identity="taken", tenant_id="default")
     key = bytes(range(100, 116))
     with pytest.raises(CredentialConflictError):
-        store.issue("fresh", BS, now=T0, identity="taken", psk=key)
-    assert store.by_endpoint("fresh", BS) is None
-    store.issue("fresh", BS, now=T0, psk=key)  # the refused issue did not burn the key
+        store.issue("fresh", BS, now=T0, identity="taken", psk=key, tenant_id="default")
+    assert store.by_endpoint("fresh", BS, tenant_id="default") is None
+    store.issue("fresh", BS, now=T0, psk=key, tenant_id="default")  # the refused issue did not burn the key
     with pytest.raises(PskReuseError):
-        store.issue("fresh2", BS, now=T0, identity="new-id", psk=psk)
+        store.issue("fresh2", BS, now=T0, identity="new-id", psk=psk, tenant_id="default")
     assert store.credential_for("new-id") is None
 
 
@@ -244,70 +245,71 @@ def test_a_failed_issue_applies_nothing(backend: Backend) -> None:
 
 def test_revoke_stops_the_key_at_once(backend: Backend) -> None:
     store = backend.store
-    bs, bs_psk = store.issue("dev", BS, now=T0)
-    sv, _ = store.issue("dev", SV, now=T0)
-    keep, keep_psk = store.issue("other", BS, now=T0)
-    revoked = store.revoke("dev", now=T0 + 5, kind=BS)
+    bs, bs_psk = store.issue("dev", BS, now=T0, tenant_id="default")
+    sv, _ = store.issue("dev", SV, now=T0, tenant_id="default")
+    keep, keep_psk = store.issue("other", BS, now=T0, tenant_id="default")
+    revoked = store.revoke("dev", now=T0 + 5, kind=BS, tenant_id="default")
     assert revoked == [Credential("default", "dev", bs.identity, BS, T0, True, T0 + 5)]
     assert store.psk_for(bs.identity) is None
     assert not store.verify(bs.identity, bs_psk)
     assert store.endpoint_for(bs.identity) is None
     assert store.credential_for(bs.identity) == revoked[0]
-    assert store.by_endpoint("dev", BS) is None
-    assert store.by_endpoint("dev", SV) == sv and store.psk_for(sv.identity) is not None
+    assert store.by_endpoint("dev", BS, tenant_id="default") is None
+    assert store.by_endpoint("dev", SV, tenant_id="default") == sv and store.psk_for(sv.identity) is not None
     assert store.psk_for(keep.identity) == keep_psk
-    assert store.revoke("dev", now=T0 + 6, kind=BS) == []  # nothing active left of that kind
-    assert [c.identity for c in store.revoke("dev", now=T0 + 7)] == [sv.identity]  # all kinds
+    assert store.revoke("dev", now=T0 + 6, kind=BS, tenant_id="default") == []  # nothing active left of that kind
+    assert [c.identity for c in store.revoke("dev", now=T0 + 7, tenant_id="default")] == [sv.identity]  # all kinds
     assert store.psk_for(sv.identity) is None
-    assert store.revoke("never-seen", now=T0) == []
+    assert store.revoke("never-seen", now=T0, tenant_id="default") == []
     assert store.revoke("other", now=T0, tenant_id="acme") == []  # scoped by tenant
     assert store.psk_for(keep.identity) == keep_psk
 
 
 def test_after_revoke_a_new_credential_may_be_issued(backend: Backend) -> None:
     store = backend.store
-    old, _ = store.issue("dev", BS, now=T0)
-    store.revoke("dev", now=T0 + 1)
-    new, psk = store.issue("dev", BS, now=T0 + 2)
-    assert new.identity != old.identity and store.by_endpoint("dev", BS) == new
+    old, _ = store.issue("dev", BS, now=T0, tenant_id="default")
+    store.revoke("dev", now=T0 + 1, tenant_id="default")
+    new, psk = store.issue("dev", BS, now=T0 + 2, tenant_id="default")
+    assert new.identity != old.identity and store.by_endpoint("dev", BS, tenant_id="default") == new
     assert store.psk_for(new.identity) == psk and store.psk_for(old.identity) is None
 
 
 def test_replace_rekeys_and_the_old_key_stops_at_once(backend: Backend) -> None:
     store = backend.store
-    old, old_psk = store.issue("dev", SV, now=T0)
-    other, _ = store.issue("dev", BS, now=T0)
-    new, new_psk = store.replace("dev", SV, now=T0 + 10)
+    old, old_psk = store.issue("dev", SV, now=T0, tenant_id="default")
+    other, _ = store.issue("dev", BS, now=T0, tenant_id="default")
+    new, new_psk = store.replace("dev", SV, now=T0 + 10, tenant_id="default")
     assert new.identity != old.identity and bytes(new_psk) != bytes(old_psk)
     assert new == Credential("default", "dev", new.identity, SV, T0 + 10)
     assert store.psk_for(old.identity) is None and not store.verify(old.identity, old_psk)
     assert store.verify(new.identity, new_psk)
     assert store.credential_for(old.identity) == Credential("default", "dev", old.identity, SV, T0, True, T0 + 10)
-    assert store.by_endpoint("dev", SV) == new
-    assert store.by_endpoint("dev", BS) == other  # the other kind is untouched
-    newer, _ = store.replace("dev", SV, now=T0 + 20, identity="chosen")
+    assert store.by_endpoint("dev", SV, tenant_id="default") == new
+    assert store.by_endpoint("dev", BS, tenant_id="default") == other  # the other kind is untouched
+    newer, _ = store.replace("dev", SV, now=T0 + 20, identity="chosen", tenant_id="default")
     assert newer.identity == "chosen" and store.psk_for(new.identity) is None
 
 
 def test_replace_needs_an_active_credential(backend: Backend) -> None:
     store = backend.store
     with pytest.raises(UnknownCredentialError) as info:
-        store.replace("dev", BS, now=T0)
+        store.replace("dev", BS, now=T0, tenant_id="default")
     assert isinstance(info.value, StorageError) and isinstance(info.value, LookupError)
-    store.issue("dev", BS, now=T0)
-    store.revoke("dev", now=T0 + 1)
+    store.issue("dev", BS, now=T0, tenant_id="default")
+    store.revoke("dev", now=T0 + 1, tenant_id="default")
     with pytest.raises(UnknownCredentialError):
-        store.replace("dev", BS, now=T0 + 2)
+        store.replace("dev", BS, now=T0 + 2, tenant_id="default")
     with pytest.raises(UnknownCredentialError):
         store.replace("dev", BS, now=T0 + 2, tenant_id="acme")
 
 
 def test_replace_with_a_used_identity_applies_nothing(backend: Backend) -> None:
     store = backend.store
-    old, old_psk = store.issue("dev", BS, now=T0)
+    old, old_psk = store.issue("dev", BS, now=T0, tenant_id="default")
     with pytest.raises(CredentialConflictError):
-        store.replace("dev", BS, now=T0 + 1, identity=old.identity)  # identities are never reissued
-    assert store.by_endpoint("dev", BS) == old and store.psk_for(old.identity) == old_psk
+        store.replace("dev", BS, now=T0 + 1, identity=old.identity,
+                      tenant_id="default")  # identities are never reissued
+    assert store.by_endpoint("dev", BS, tenant_id="default") == old and store.psk_for(old.identity) == old_psk
 
 
 # ---------------------------------------------------------------- listing, tenants, restarts
@@ -315,38 +317,39 @@ def test_replace_with_a_used_identity_applies_nothing(backend: Backend) -> None:
 
 def test_listing_order_and_scoping(backend: Backend) -> None:
     store = backend.store
-    store.issue("b", BS, now=T0, identity="b-bs")
-    store.issue("a", SV, now=T0, identity="a-sv")
-    store.issue("a", BS, now=T0, identity="a-bs")
+    store.issue("b", BS, now=T0, identity="b-bs", tenant_id="default")
+    store.issue("a", SV, now=T0, identity="a-sv", tenant_id="default")
+    store.issue("a", BS, now=T0, identity="a-bs", tenant_id="default")
     store.issue("a", BS, now=T0, identity="acme-a-bs", tenant_id="acme")
-    store.replace("a", BS, now=T0 + 1, identity="a-bs-2")
-    assert [c.identity for c in store.list()] == ["a-bs-2", "a-sv", "b-bs"]
-    assert [c.identity for c in store.list(include_revoked=True)] == ["a-bs", "a-bs-2", "a-sv", "b-bs"]
-    assert [c.identity for c in store.list("acme")] == ["acme-a-bs"]
-    assert [c.identity for c in store.list(None)] == ["acme-a-bs", "a-bs-2", "a-sv", "b-bs"]
-    assert store.list("nobody") == []
+    store.replace("a", BS, now=T0 + 1, identity="a-bs-2", tenant_id="default")
+    assert [c.identity for c in store.list(tenant_id="default")] == ["a-bs-2", "a-sv", "b-bs"]
+    listed = store.list(tenant_id="default", include_revoked=True)
+    assert [c.identity for c in listed] == ["a-bs", "a-bs-2", "a-sv", "b-bs"]
+    assert [c.identity for c in store.list(tenant_id="acme")] == ["acme-a-bs"]
+    assert [c.identity for c in store.list(tenant_id=None)] == ["acme-a-bs", "a-bs-2", "a-sv", "b-bs"]
+    assert store.list(tenant_id="nobody") == []
 
 
 def test_reopening_gives_the_same_credentials_and_keys(backend: Backend) -> None:
     store = backend.store
     issued = [store.issue(f"dev-{i}", BS, now=T0 + i, tenant_id="acme" if i % 2 else "default") for i in range(6)]
-    store.revoke("dev-0", now=T0 + 9)
-    before = store.list(None, include_revoked=True)
+    store.revoke("dev-0", now=T0 + 9, tenant_id="default")
+    before = store.list(tenant_id=None, include_revoked=True)
     backend.reopen()
     store = backend.store
-    assert store.list(None, include_revoked=True) == before
+    assert store.list(tenant_id=None, include_revoked=True) == before
     assert store.psk_for(issued[0].credential.identity) is None
     for cred, psk in issued[1:]:
         assert store.psk_for(cred.identity) == psk and store.verify(cred.identity, psk)
     with pytest.raises(PskReuseError):  # the fingerprints survive a restart too
-        store.issue("dev-0", BS, now=T0 + 10, psk=issued[0].psk)
+        store.issue("dev-0", BS, now=T0 + 10, psk=issued[0].psk, tenant_id="default")
     with pytest.raises(CredentialConflictError):
         store.issue("dev-1", BS, now=T0 + 10, tenant_id="acme")
     assert store.load() == 5
 
 
 async def test_from_a_worker_thread(backend: Backend) -> None:
-    cred, psk = await asyncio.to_thread(backend.store.issue, "threaded", BS, now=T0)
+    cred, psk = await asyncio.to_thread(backend.store.issue, "threaded", BS, now=T0, tenant_id="default")
     assert await asyncio.to_thread(backend.store.verify, cred.identity, psk)
 
 
@@ -371,9 +374,9 @@ def test_no_psk_in_logs_reprs_or_errors(backend: Backend, caplog: pytest.LogCapt
     caplog.set_level(logging.DEBUG, logger="sqlalchemy")  # statements, parameters and result rows too
     store = backend.store
     texts: list[str] = [repr(store), str(store)]
-    issued = [store.issue("dev", BS, now=T0), store.issue("dev", SV, now=T0, tenant_id="acme"),
-              store.issue("dev2", BS, now=T0, psk=bytes(range(200, 216)))]
-    issued.append(store.replace("dev", BS, now=T0 + 1))
+    issued = [store.issue("dev", BS, now=T0, tenant_id="default"), store.issue("dev", SV, now=T0, tenant_id="acme"),
+              store.issue("dev2", BS, now=T0, psk=bytes(range(200, 216)), tenant_id="default")]
+    issued.append(store.replace("dev", BS, now=T0 + 1, tenant_id="default"))
     psks = [bytes(i.psk) for i in issued]
     for item in issued:
         texts += [repr(item), str(item), f"{item}", repr(item.psk), str(item.psk), f"{item.psk}", repr(item.credential)]
@@ -381,20 +384,20 @@ def test_no_psk_in_logs_reprs_or_errors(backend: Backend, caplog: pytest.LogCapt
         store.verify(item.credential.identity, item.psk)
         store.verify(item.credential.identity, b"\0" * 16)
     failures: list[Callable[[], object]] = [
-        lambda: store.issue("dev2", SV, now=T0, psk=psks[0]),
-        lambda: store.issue("dev2", BS, now=T0),
-        lambda: store.issue("x", BS, now=T0, identity=issued[0].credential.identity),
-        lambda: store.issue("x", BS, now=T0, psk=psks[1][:8]),
-        lambda: store.replace("none", BS, now=T0),
+        lambda: store.issue("dev2", SV, now=T0, psk=psks[0], tenant_id="default"),
+        lambda: store.issue("dev2", BS, now=T0, tenant_id="default"),
+        lambda: store.issue("x", BS, now=T0, identity=issued[0].credential.identity, tenant_id="default"),
+        lambda: store.issue("x", BS, now=T0, psk=psks[1][:8], tenant_id="default"),
+        lambda: store.replace("none", BS, now=T0, tenant_id="default"),
     ]
     for failure in failures:
         with pytest.raises(Exception) as info:
             failure()
         texts += [str(info.value), repr(info.value), str(info.getrepr())]
-    store.revoke("dev2", now=T0 + 2)
+    store.revoke("dev2", now=T0 + 2, tenant_id="default")
     backend.reopen()
     store = backend.store
-    texts += [repr(c) for c in store.list(None, include_revoked=True)]
+    texts += [repr(c) for c in store.list(tenant_id=None, include_revoked=True)]
     store.psk_for(issued[1].credential.identity)
     store.psk_for("unknown")
     assert any("issued" in r.getMessage() for r in caplog.records)
@@ -416,9 +419,10 @@ def test_database_file_holds_no_psk(tmp_path: Path) -> None:
     vault = Vault.open(key_file, environ={})
     db = Database.for_data_dir(tmp_path / "data")
     store = SqlCredentialStore(db, vault)
-    psks = [bytes(store.issue(f"dev-{i}", kind, now=T0).psk) for i in range(25) for kind in (BS, SV)]
-    psks.append(bytes(store.replace("dev-0", BS, now=T0 + 1).psk))
-    psks.append(bytes(store.issue("given", BS, now=T0, psk=b"A" * 8 + bytes(range(8))).psk))
+    psks = [bytes(store.issue(f"dev-{i}", kind, now=T0, tenant_id="default").psk)
+            for i in range(25) for kind in (BS, SV)]
+    psks.append(bytes(store.replace("dev-0", BS, now=T0 + 1, tenant_id="default").psk))
+    psks.append(bytes(store.issue("given", BS, now=T0, psk=b"A" * 8 + bytes(range(8)), tenant_id="default").psk))
     while_open = all_database_bytes(tmp_path / "data")  # the WAL file included
     db.close()
     on_disk = all_database_bytes(tmp_path / "data")
@@ -439,12 +443,12 @@ def test_tables_live_beside_the_servers(tmp_path: Path) -> None:
 def test_in_memory_sqlite_and_a_plain_engine_work(tmp_path: Path) -> None:
     with Database("sqlite://") as db:
         store = SqlCredentialStore(db, Vault.generate())
-        cred, psk = store.issue("dev", BS, now=T0)
+        cred, psk = store.issue("dev", BS, now=T0, tenant_id="default")
         assert store.verify(cred.identity, psk)
     engine = create_engine(f"sqlite:///{tmp_path / 'plain.db'}")
     try:
         store = SqlCredentialStore(engine, Vault.generate())
-        cred, psk = store.issue("dev", BS, now=T0)
+        cred, psk = store.issue("dev", BS, now=T0, tenant_id="default")
         assert store.psk_for(cred.identity) == psk
     finally:
         engine.dispose()
@@ -454,7 +458,7 @@ def test_the_database_enforces_the_rules_itself(tmp_path: Path) -> None:
     """Two processes racing past each other's checks still cannot break uniqueness: the schema refuses it."""
     with Database.for_data_dir(tmp_path) as db:
         store = SqlCredentialStore(db, Vault.generate())
-        cred, _ = store.issue("dev", BS, now=T0)
+        cred, _ = store.issue("dev", BS, now=T0, tenant_id="default")
         row = {"tenant_id": "default", "endpoint": "dev", "kind": "bootstrap", "created_at": T0, "revoked": False}
         insert = text("INSERT INTO credential (identity, tenant_id, endpoint, kind, created_at, revoked) "
                       "VALUES (:identity, :tenant_id, :endpoint, :kind, :created_at, :revoked)")
@@ -472,14 +476,14 @@ def test_a_credential_issued_elsewhere_is_found(tmp_path: Path) -> None:
         server = SqlCredentialStore(db, vault)
         assert server.load() == 0
         cli = SqlCredentialStore(db, vault)  # e.g. the provisioning CLI, another process on the same database
-        cred, psk = cli.issue("dev", BS, now=T0)
+        cred, psk = cli.issue("dev", BS, now=T0, tenant_id="default")
         assert server.psk_for(cred.identity) == psk and server.endpoint_for(cred.identity) == "dev"
-        assert server.by_endpoint("dev", BS) == cred
+        assert server.by_endpoint("dev", BS, tenant_id="default") == cred
         with pytest.raises(CredentialConflictError):  # the database, not the index, is the judge
-            server.issue("dev", BS, now=T0)
+            server.issue("dev", BS, now=T0, tenant_id="default")
         with pytest.raises(PskReuseError):
-            server.issue("dev2", BS, now=T0, psk=psk)
-        cli.revoke("dev", now=T0 + 1)
+            server.issue("dev2", BS, now=T0, psk=psk, tenant_id="default")
+        cli.revoke("dev", now=T0 + 1, tenant_id="default")
         assert server.load() == 0  # another process's revocation is seen at the next load
         assert server.psk_for(cred.identity) is None
 
@@ -488,8 +492,8 @@ def test_a_tampered_or_moved_sealed_key_does_not_open(tmp_path: Path) -> None:
     vault = Vault.generate()
     with Database.for_data_dir(tmp_path) as db:
         store = SqlCredentialStore(db, vault)
-        a, _ = store.issue("dev-a", BS, now=T0)
-        b, _ = store.issue("dev-b", BS, now=T0)
+        a, _ = store.issue("dev-a", BS, now=T0, tenant_id="default")
+        b, _ = store.issue("dev-b", BS, now=T0, tenant_id="default")
         with db.engine.begin() as conn:  # copy a's sealed key over b's
             conn.execute(text("UPDATE credential SET sealed_psk = (SELECT sealed_psk FROM credential "
                               "WHERE identity = :a) WHERE identity = :b"), {"a": a.identity, "b": b.identity})
@@ -515,8 +519,8 @@ def conn_blob(db: Database, identity: str) -> bytes:
 def test_revoked_credentials_keep_no_sealed_key(tmp_path: Path) -> None:
     with Database.for_data_dir(tmp_path) as db:
         store = SqlCredentialStore(db, Vault.generate())
-        a, _ = store.issue("dev", BS, now=T0)
-        b, _ = store.replace("dev", BS, now=T0 + 1)
+        a, _ = store.issue("dev", BS, now=T0, tenant_id="default")
+        b, _ = store.replace("dev", BS, now=T0 + 1, tenant_id="default")
         with db.engine.connect() as conn:
             found = conn.execute(text("SELECT identity, sealed_psk FROM credential")).all()
         rows: dict[str, bytes | None] = {r[0]: r[1] for r in found}
@@ -525,7 +529,7 @@ def test_revoked_credentials_keep_no_sealed_key(tmp_path: Path) -> None:
 
 def test_a_wrong_kek_is_caught_at_load(tmp_path: Path) -> None:
     with Database.for_data_dir(tmp_path) as db:
-        cred, _ = SqlCredentialStore(db, Vault.generate()).issue("dev", BS, now=T0)
+        cred, _ = SqlCredentialStore(db, Vault.generate()).issue("dev", BS, now=T0, tenant_id="default")
         other = SqlCredentialStore(db, Vault.generate())  # e.g. the key file was lost and made anew
         with pytest.raises(SealedDataError, match="another key-encryption key") as info:
             other.load()
@@ -535,10 +539,11 @@ def test_a_wrong_kek_is_caught_at_load(tmp_path: Path) -> None:
 def test_database_failures_raise_storage_error(tmp_path: Path) -> None:
     with Database.for_data_dir(tmp_path) as db:
         store = SqlCredentialStore(db, Vault.generate())
-        store.issue("dev", BS, now=T0)
+        store.issue("dev", BS, now=T0, tenant_id="default")
         with db.engine.begin() as conn:
             conn.execute(text("DROP TABLE credential"))
-        for call in (lambda: store.issue("x", BS, now=T0), lambda: store.load(), lambda: store.list(),
-                     lambda: store.revoke("dev", now=T0), lambda: store.psk_for("unknown")):
+        for call in (lambda: store.issue("x", BS, now=T0, tenant_id="default"), lambda: store.load(),
+                     lambda: store.list(tenant_id="default"), lambda: store.revoke("dev", now=T0, tenant_id="default"),
+                     lambda: store.psk_for("unknown")):
             with pytest.raises(StorageError, match="no such table"):
                 call()

@@ -144,7 +144,7 @@ def test_round_trip_of_defaults(backend: Backend) -> None:
 
 def test_get_unknown_is_none(backend: Backend) -> None:
     assert backend.registrations.get("nope") is None
-    assert backend.registrations.by_endpoint("nope") is None
+    assert backend.registrations.by_endpoint("nope", tenant_id="default") is None
     assert backend.registrations.load_all() == []
 
 
@@ -165,7 +165,7 @@ def test_delete_and_unknown_delete(backend: Backend) -> None:
     store.apply([], ["a", "never-existed"])
     assert ids(store.load_all()) == ["b"]
     assert store.get("a") is None
-    assert store.by_endpoint("ea") is None
+    assert store.by_endpoint("ea", tenant_id="default") is None
 
 
 def test_empty_apply_is_a_no_op(backend: Backend) -> None:
@@ -177,9 +177,9 @@ def test_by_endpoint(backend: Backend) -> None:
     store = backend.registrations
     reg = make_reg()
     store.apply([reg, simple_reg("x", "other")], [])
-    assert store.by_endpoint(reg.endpoint) == reg
+    assert store.by_endpoint(reg.endpoint, tenant_id="default") == reg
     assert store.by_endpoint(reg.endpoint, tenant_id="acme") is None
-    assert store.by_endpoint("urn:dev:ops:unicode-1") is None
+    assert store.by_endpoint("urn:dev:ops:unicode-1", tenant_id="default") is None
 
 
 def test_tenant_scoping_same_endpoint_two_tenants(backend: Backend) -> None:
@@ -191,11 +191,11 @@ def test_tenant_scoping_same_endpoint_two_tenants(backend: Backend) -> None:
     assert ids(store.load_all("default")) == ["a"]
     assert ids(store.load_all("acme")) == ["b"]
     assert store.load_all("nobody") == []
-    assert store.by_endpoint("shared-ep") == a
-    assert store.by_endpoint("shared-ep", "acme") == b
+    assert store.by_endpoint("shared-ep", tenant_id="default") == a
+    assert store.by_endpoint("shared-ep", tenant_id="acme") == b
     store.apply([], ["a"])
-    assert store.by_endpoint("shared-ep") is None
-    assert store.by_endpoint("shared-ep", "acme") == b
+    assert store.by_endpoint("shared-ep", tenant_id="default") is None
+    assert store.by_endpoint("shared-ep", tenant_id="acme") == b
 
 
 def test_replacing_registration_in_one_batch(backend: Backend) -> None:
@@ -204,7 +204,7 @@ def test_replacing_registration_in_one_batch(backend: Backend) -> None:
     store.apply([simple_reg("old", "ep")], [])
     store.apply([simple_reg("new", "ep")], ["old"])
     assert ids(store.load_all()) == ["new"]
-    assert store.by_endpoint("ep") == simple_reg("new", "ep")
+    assert store.by_endpoint("ep", tenant_id="default") == simple_reg("new", "ep")
 
 
 def test_atomicity_conflicting_batch_applies_nothing(backend: Backend) -> None:
@@ -219,8 +219,8 @@ def test_atomicity_conflicting_batch_applies_nothing(backend: Backend) -> None:
     assert isinstance(info.value, StorageConflictError)
     assert ids(store.load_all()) == ["gone", "z"]  # neither the delete nor the first upsert happened
     assert store.get("x") is None
-    assert store.by_endpoint("taken") == existing
-    assert store.by_endpoint("doomed") == doomed
+    assert store.by_endpoint("taken", tenant_id="default") == existing
+    assert store.by_endpoint("doomed", tenant_id="default") == doomed
 
 
 def test_two_upserts_for_one_endpoint_in_a_batch_conflict(backend: Backend) -> None:
@@ -236,14 +236,14 @@ def test_same_id_twice_in_a_batch_last_wins(backend: Backend) -> None:
     second = dataclasses.replace(simple_reg("a", "ep2"), lifetime=99)
     store.apply([first, second], [])
     assert store.load_all() == [second]
-    assert store.by_endpoint("ep1") is None
+    assert store.by_endpoint("ep1", tenant_id="default") is None
 
 
 def test_endpoint_of_an_id_can_change_and_frees_the_old_name(backend: Backend) -> None:
     store = backend.registrations
     store.apply([simple_reg("a", "ep1")], [])
     store.apply([simple_reg("a", "ep2")], [])
-    assert store.by_endpoint("ep1") is None
+    assert store.by_endpoint("ep1", tenant_id="default") is None
     store.apply([simple_reg("b", "ep1")], [])
     assert ids(store.load_all()) == ["a", "b"]
 
@@ -256,7 +256,8 @@ def test_reopening_gives_the_same_data(backend: Backend) -> None:
     got = {r.id: r for r in backend.registrations.load_all()}
     assert {k: stored_fields(v) for k, v in got.items()} == {r.id: stored_fields(r) for r in regs}
     assert all(r.remote is None for r in got.values())
-    assert backend.devices.get("eb") == DeviceRecord("eb", "default", 5.0, 5.0, "1.1.1.1:1", "1.1", 1)
+    assert backend.devices.get("eb", tenant_id="default") == DeviceRecord("eb", "default", 5.0, 5.0, "1.1.1.1:1",
+                                                                          "1.1", 1)
 
 
 async def test_apply_from_a_worker_thread(backend: Backend) -> None:
@@ -278,9 +279,10 @@ def test_many_rows_in_one_batch(backend: Backend) -> None:
 
 def test_device_first_sighting_creates_it(backend: Backend) -> None:
     backend.devices.upsert_seen([DeviceSighting("dév-1", "default", 100.0, "10.0.0.1:5683", "1.1", 1)])
-    assert backend.devices.get("dév-1") == DeviceRecord("dév-1", "default", 100.0, 100.0, "10.0.0.1:5683", "1.1", 1)
-    assert backend.devices.get("dév-1", "acme") is None
-    assert backend.devices.get("unknown") is None
+    assert backend.devices.get("dév-1", tenant_id="default") == DeviceRecord("dév-1", "default", 100.0, 100.0,
+                                                                            "10.0.0.1:5683", "1.1", 1)
+    assert backend.devices.get("dév-1", tenant_id="acme") is None
+    assert backend.devices.get("unknown", tenant_id="default") is None
 
 
 def test_device_sightings_accumulate(backend: Backend) -> None:
@@ -290,14 +292,14 @@ def test_device_sightings_accumulate(backend: Backend) -> None:
         DeviceSighting("d", "default", 200.0, "b:2", "1.1", 0),  # an Update: no new registration
     ])
     devices.upsert_seen([DeviceSighting("d", "default", 300.0, "c:3", "1.2", 1)])
-    assert devices.get("d") == DeviceRecord("d", "default", 100.0, 300.0, "c:3", "1.2", 2)
+    assert devices.get("d", tenant_id="default") == DeviceRecord("d", "default", 100.0, 300.0, "c:3", "1.2", 2)
 
 
 def test_device_older_sighting_never_overwrites_newer(backend: Backend) -> None:
     devices = backend.devices
     devices.upsert_seen([DeviceSighting("d", "default", 500.0, "new:1", "1.1", 1)])
     devices.upsert_seen([DeviceSighting("d", "default", 50.0, "old:1", "1.0", 1)])  # late, out of order
-    assert devices.get("d") == DeviceRecord("d", "default", 50.0, 500.0, "new:1", "1.1", 2)
+    assert devices.get("d", tenant_id="default") == DeviceRecord("d", "default", 50.0, 500.0, "new:1", "1.1", 2)
 
 
 def test_device_tenant_scoping_and_listing(backend: Backend) -> None:
@@ -307,16 +309,16 @@ def test_device_tenant_scoping_and_listing(backend: Backend) -> None:
         DeviceSighting("a", "default", 2.0, "y", "1.0", 1),
         DeviceSighting("a", "acme", 3.0, "z", "1.1", 1),
     ])
-    assert [d.endpoint for d in devices.list()] == ["a", "b"]
-    assert devices.list("acme") == [DeviceRecord("a", "acme", 3.0, 3.0, "z", "1.1", 1)]
-    assert [(d.tenant_id, d.endpoint) for d in devices.list(None)] == [("acme", "a"), ("default", "a"),
+    assert [d.endpoint for d in devices.list(tenant_id="default")] == ["a", "b"]
+    assert devices.list(tenant_id="acme") == [DeviceRecord("a", "acme", 3.0, 3.0, "z", "1.1", 1)]
+    assert [(d.tenant_id, d.endpoint) for d in devices.list(tenant_id=None)] == [("acme", "a"), ("default", "a"),
                                                                       ("default", "b")]
-    assert devices.list("nobody") == []
+    assert devices.list(tenant_id="nobody") == []
 
 
 def test_device_empty_batch_is_a_no_op(backend: Backend) -> None:
     backend.devices.upsert_seen([])
-    assert backend.devices.list(None) == []
+    assert backend.devices.list(tenant_id=None) == []
 
 
 # ---------------------------------------------------------------- SQL specifics (SQLite file)
