@@ -52,7 +52,7 @@ async def main(requests: int, concurrency: int) -> None:
     from lwm2m_server.tenancy.service import system_principal
 
     with tempfile.TemporaryDirectory(prefix="scratch-bench-") as tmp:
-        srv = Lwm2mServer(ServerSettings(data_dir=Path(tmp), coap_port=None, coaps_port=None, api_port=0))
+        srv = Lwm2mServer(ServerSettings(data_dir=Path(tmp), coap_port=0, api_port=0))
         await srv.start()
         try:
             assert srv.tenancy is not None

@@ -178,7 +178,6 @@ async def run_demo(count: int, data_dir: Path) -> None:
                       "revoked and refused", highlight=False)
         if unexpected:
             raise DemoError(f"unexpected results on {', '.join(unexpected)}")
-        _usage_summary(usage, report, data_dir)
     finally:
         await fleet.stop()
         await bootstrap.stop()
@@ -187,15 +186,17 @@ async def run_demo(count: int, data_dir: Path) -> None:
         database.close()
     kinds: dict[str, int] = {}
     for event in read_audit(data_dir / AUDIT_FILE):
-        kinds[str(event["event"])] = kinds.get(str(event["event"]), 0) + 1
-    console.print("[bold]12.[/bold] Audit log " + str(data_dir / AUDIT_FILE) + ": " +
+        kind = "audit.* (privileged actions)" if str(event["event"]).startswith("audit.") else str(event["event"])
+        kinds[kind] = kinds.get(kind, 0) + 1
+    console.print("[bold]11.[/bold] Audit log " + str(data_dir / AUDIT_FILE) + ": " +
                   ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())), highlight=False)
     actions: dict[str, int] = {}
     for entry in trail:
-        actions[f"{entry['action']} ({entry['outcome']})"] = actions.get(f"{entry['action']} ({entry['outcome']})",
-                                                                        0) + 1
-    console.print(f"    {OPERATOR}'s audit trail (privileged actions, who, roles, outcome): "
+        key = f"{entry['action']} ({entry['outcome']})"
+        actions[key] = actions.get(key, 0) + 1
+    console.print(f"    {OPERATOR}'s audit trail (who, roles, what, outcome): "
                   + ", ".join(f"{n} {a}" for a, n in sorted(actions.items())), highlight=False)
+    _usage_summary(usage, report, data_dir)
 
 
 async def _manage(http: httpx.AsyncClient, model: ObjectModel, devices: list[dict[str, Any]]) -> None:
@@ -298,7 +299,7 @@ def _usage_summary(usage: dict[str, Any], report: dict[str, Any], data_dir: Path
     summary = report["summary"]
     agrees = (day["deliveries_succeeded"] == summary["succeeded"]
               and day["deliveries_failed"] == summary["failed"] + summary["rolled-back"])
-    console.print(f"[bold]11.[/bold] {OPERATOR}'s usage today ({day['day']}, pay per use): {day['devices_registered']} "
+    console.print(f"[bold]12.[/bold] {OPERATOR}'s usage today ({day['day']}, pay per use): {day['devices_registered']} "
                   f"devices registered, {day['deliveries_started']} update deliveries started, "
                   f"{day['deliveries_succeeded']} succeeded, {day['deliveries_failed']} failed, "
                   f"{day['bytes_delivered'] // 1024} KiB delivered, {day['campaigns_started']} campaign(s); "
