@@ -505,10 +505,11 @@ def _mount_subcommands() -> None:
 
     app.add_typer(webhook_app, name="webhook")
 
-    from lwm2m_server.cli.tenant import tenant_app, token_app
+    from lwm2m_server.cli.tenant import tenant_app, token_app, user_app
 
     app.add_typer(tenant_app, name="tenant")
     app.add_typer(token_app, name="token")
+    app.add_typer(user_app, name="user")
 
     from lwm2m_server.cli.usage import usage_app
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 tenant_app = new_app(help="Tenants (OEMs, operators, or both), their grants, brands and audit trail.")
 token_app = new_app(help="API tokens: scoped to a tenant and roles, shown once, expiring, revocable.")
+user_app = new_app(help="Web users: a login and a password (scrypt-hashed) in one tenant, with roles.")
 
 console = Console(soft_wrap=True)
 
@@ -241,3 +242,56 @@ def token_revoke(token_id: Annotated[str, typer.Argument(metavar="ID", help="tok
     with _tenancy(data_dir) as tenancy:
         record = tenancy.revoke_token(token_id, by=_system())
     console.print(f"token {record.id} of tenant {record.tenant_id} revoked", highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------------- users
+
+
+@user_app.command("add")
+def user_add(
+    login: Annotated[str, typer.Argument(help="The sign-in name (unique across tenants), e.g. an e-mail address")],
+    tenant: Annotated[str, typer.Option("--tenant", help="Tenant the user belongs to")],
+    role: Annotated[list[str], typer.Option("--role", help="admin, release-manager, operator or auditor "
+                                            "(repeat, or comma-separated)")],
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from standard input "
+                                                 "(one line) instead of asking for it twice")] = False,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Create a web user; its password is asked for (or read from stdin), never taken from the command line."""
+    import sys
+
+    from lwm2m_server.tenancy.model import parse_roles
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    with _tenancy(data_dir) as tenancy:
+        user = tenancy.create_user(tenant_id=tenant, login=login, roles=parse_roles(role), password=password,
+                                   by=_system())
+    console.print(f"user {user.login} ({user.id}) of tenant {user.tenant_id}: {', '.join(sorted(user.roles))}",
+                  highlight=False)
+
+
+@user_app.command("list")
+def user_list(tenant: Annotated[str, typer.Option("--tenant")], data_dir: DataDirOpt = None,
+              as_json: JsonOpt = False) -> None:
+    with _tenancy(data_dir) as tenancy:
+        rows = [{"id": u.id, "login": u.login, "roles": sorted(u.roles), "created_at": u.created_at,
+                 "disabled_at": u.disabled_at} for u in tenancy.users(tenant_id=tenant, by=_system())]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("user", "login", "roles", "created", "disabled")
+    for r in rows:
+        table.add_row(r["id"], r["login"], ",".join(r["roles"]), _when(r["created_at"]), _when(r["disabled_at"]))
+    console.print(table)
+
+
+@user_app.command("disable")
+def user_disable(user_id: Annotated[str, typer.Argument(metavar="ID", help="usr-... (from user list)")],
+                 data_dir: DataDirOpt = None) -> None:
+    """Disable a user and end its sessions at once."""
+    with _tenancy(data_dir) as tenancy:
+        user = tenancy.disable_user(user_id, by=_system())
+    console.print(f"user {user.login} of tenant {user.tenant_id} disabled", highlight=False)

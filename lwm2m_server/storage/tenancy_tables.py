@@ -6,7 +6,7 @@ grants, and the append-only audit trail. Portable SQL, times as float seconds.""
 from sqlalchemy import Index, LargeBinary, Text
 from sqlmodel import Field, SQLModel
 
-__all__ = ["AuditEntryRow", "GrantRow", "TenantRow", "TokenRow"]
+__all__ = ["AuditEntryRow", "GrantRow", "SessionRow", "TenantRow", "TokenRow", "UserRow"]
 
 
 class TenantRow(SQLModel, table=True):
@@ -57,3 +57,28 @@ class AuditEntryRow(SQLModel, table=True):
     target: str = Field(sa_type=Text)
     outcome: str = Field(max_length=16)
     detail: str = Field(default="", sa_type=Text)
+
+
+class UserRow(SQLModel, table=True):
+    __tablename__ = "user_account"
+
+    id: str = Field(primary_key=True, max_length=32)
+    tenant_id: str = Field(max_length=64, index=True)
+    login: str = Field(max_length=128, unique=True)
+    roles: str = Field(max_length=128)
+    password_hash: str = Field(sa_type=Text)  # scrypt (tenancy/passwords.py), never the password
+    created_at: float
+    created_by: str = Field(max_length=128)
+    disabled_at: float | None = None
+
+
+class SessionRow(SQLModel, table=True):
+    __tablename__ = "web_session"
+
+    digest: bytes = Field(sa_type=LargeBinary, primary_key=True)  # SHA-256 of the cookie's secret
+    user_id: str = Field(max_length=32, index=True)
+    tenant_id: str = Field(max_length=64)
+    csrf: str = Field(max_length=64)
+    created_at: float
+    expires_at: float
+    revoked_at: float | None = None

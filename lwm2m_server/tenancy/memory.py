@@ -9,9 +9,18 @@ from dataclasses import replace
 
 from lwm2m_server.core.errors import NotFoundError
 from lwm2m_server.storage.stores import StorageConflictError
-from lwm2m_server.tenancy.stores import AuditEntry, Brand, GrantRecord, TenantRecord, TokenRecord
+from lwm2m_server.tenancy.stores import (
+    AuditEntry,
+    Brand,
+    GrantRecord,
+    SessionRecord,
+    TenantRecord,
+    TokenRecord,
+    UserRecord,
+)
 
-__all__ = ["MemoryAuditStore", "MemoryGrantStore", "MemoryTenantStore", "MemoryTokenStore"]
+__all__ = ["MemoryAuditStore", "MemoryGrantStore", "MemorySessionStore", "MemoryTenantStore", "MemoryTokenStore",
+           "MemoryUserStore"]
 
 
 class MemoryTenantStore:
@@ -111,3 +120,65 @@ class MemoryAuditStore:
         with self._lock:
             rows = self._rows[after:]
         return [e for e in rows if tenant_id is None or e.tenant_id == tenant_id][:limit]
+
+
+class MemoryUserStore:
+    def __init__(self) -> None:
+        self._rows: dict[str, UserRecord] = {}
+        self._lock = threading.Lock()
+
+    def add(self, user: UserRecord) -> None:
+        with self._lock:
+            if user.id in self._rows or any(u.login == user.login for u in self._rows.values()):
+                raise StorageConflictError("that user exists")
+            self._rows[user.id] = user
+
+    def get(self, user_id: str) -> UserRecord | None:
+        with self._lock:
+            return self._rows.get(user_id)
+
+    def by_login(self, login: str) -> UserRecord | None:
+        with self._lock:
+            return next((u for u in self._rows.values() if u.login == login), None)
+
+    def list(self, *, tenant_id: str) -> builtins.list[UserRecord]:
+        with self._lock:
+            return sorted((u for u in self._rows.values() if u.tenant_id == tenant_id), key=lambda u: u.login)
+
+    def disable(self, user_id: str, *, now: float) -> UserRecord:
+        with self._lock:
+            row = self._rows.get(user_id)
+            if row is None:
+                raise NotFoundError(f"no user {user_id}")
+            if row.disabled_at is None:
+                row = self._rows[user_id] = replace(row, disabled_at=now)
+            return row
+
+
+class MemorySessionStore:
+    def __init__(self) -> None:
+        self._rows: dict[bytes, SessionRecord] = {}
+        self._lock = threading.Lock()
+
+    def add(self, session: SessionRecord) -> None:
+        with self._lock:
+            if session.digest in self._rows:
+                raise StorageConflictError("that session exists")
+            self._rows[session.digest] = session
+
+    def get(self, digest: bytes) -> SessionRecord | None:
+        with self._lock:
+            return self._rows.get(digest)
+
+    def revoke(self, digest: bytes, *, now: float) -> None:
+        with self._lock:
+            row = self._rows.get(digest)
+            if row is not None and row.revoked_at is None:
+                self._rows[digest] = replace(row, revoked_at=now)
+
+    def revoke_user(self, user_id: str, *, now: float) -> int:
+        with self._lock:
+            live = [d for d, r in self._rows.items() if r.user_id == user_id and r.revoked_at is None]
+            for d in live:
+                self._rows[d] = replace(self._rows[d], revoked_at=now)
+            return len(live)

@@ -72,6 +72,7 @@ class Action(StrEnum):
     READ = "read"  # list and show devices, releases, campaigns, reports
     READ_USAGE = "read-usage"  # usage records and their export
     READ_AUDIT = "read-audit"  # the tenant's audit trail
+    MANAGE_USERS = "manage-users"  # create, list and disable the tenant's web users
     MANAGE_TOKENS = "manage-tokens"  # create, list and revoke the tenant's API tokens
     MANAGE_BRAND = "manage-brand"  # the tenant's white label
     MANAGE_KEYS = "manage-keys"  # signing keys: create, add public, export public
@@ -82,7 +83,7 @@ class Action(StrEnum):
 
 
 PERMISSIONS: Final[dict[Role, frozenset[Action]]] = {
-    Role.ADMIN: frozenset({Action.READ, Action.READ_USAGE, Action.READ_AUDIT, Action.MANAGE_TOKENS,
+    Role.ADMIN: frozenset({Action.READ, Action.READ_USAGE, Action.READ_AUDIT, Action.MANAGE_USERS, Action.MANAGE_TOKENS,
                            Action.MANAGE_BRAND, Action.MANAGE_KEYS}),
     Role.RELEASE_MANAGER: frozenset({Action.READ, Action.MANAGE_KEYS, Action.MANAGE_RELEASES, Action.GRANT}),
     Role.OPERATOR: frozenset({Action.READ, Action.MANAGE_DEVICES, Action.RUN_CAMPAIGNS}),

@@ -17,6 +17,9 @@ Invariants:
 from __future__ import annotations
 
 import getpass
+import hashlib
+import re
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -26,7 +29,7 @@ from typing import Final
 
 from lwm2m_server.core.errors import InvalidRequestError, NotFoundError
 from lwm2m_server.storage.stores import StorageConflictError
-from lwm2m_server.tenancy import tokens
+from lwm2m_server.tenancy import passwords, tokens
 from lwm2m_server.tenancy.model import (
     ALL_ROLES,
     DEFAULT_TENANT,
@@ -44,16 +47,23 @@ from lwm2m_server.tenancy.stores import (
     Brand,
     GrantRecord,
     GrantStore,
+    SessionRecord,
+    SessionStore,
     TenantRecord,
     TenantStore,
     TokenRecord,
     TokenStore,
+    UserRecord,
+    UserStore,
 )
 
 __all__ = ["DEFAULT_TOKEN_DAYS", "MAX_TOKEN_DAYS", "TenancyService", "TenancyStores", "class_matches",
            "local_admin", "system_principal"]
 
 DEFAULT_TOKEN_DAYS: Final = 90.0
+SESSION_HOURS: Final = 12.0
+_LOGIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
+_DUMMY_HASH = passwords.hash_password("x" * passwords.MIN_LENGTH)  # an unknown login costs what a known one does
 MAX_TOKEN_DAYS: Final = 5 * 366.0
 _DAY: Final = 86_400.0
 
@@ -87,6 +97,8 @@ class TenancyStores:
     tokens: TokenStore
     grants: GrantStore
     audit: AuditStore
+    users: UserStore
+    sessions: SessionStore
 
 
 class TenancyService:
@@ -216,6 +228,85 @@ class TenancyService:
             return None
         return Principal(tenant.id, tenant.kind, record.roles, record.id)
 
+    # ------------------------------------------------------------------ web users and sessions
+
+    def create_user(self, *, tenant_id: str, login: str, roles: frozenset[Role], password: str, by: Principal
+                    ) -> UserRecord:
+        """A web user of ``tenant_id``; ``login`` is unique across tenants; the password is kept as a scrypt hash."""
+        tenant = self._visible_tenant(tenant_id, by)
+        with self.audited(by, Action.MANAGE_USERS, login[:128], tenant_id=tenant.id, what="create-user"):
+            if not _LOGIN.fullmatch(login):
+                raise InvalidRequestError("a login is 1-128 letters, digits and . _ @ + -")
+            if not roles:
+                raise InvalidRequestError("a user needs at least one role")
+            if not by.system and not roles <= by.roles:
+                raise ForbiddenError("a user cannot be given roles its maker does not hold")
+            if self.stores.users.by_login(login) is not None:
+                raise StorageConflictError(f"login {login!r} is taken")
+            user = UserRecord("usr-" + secrets.token_hex(6), tenant.id, login, roles,
+                              passwords.hash_password(password), self.clock(), by.subject)
+            self.stores.users.add(user)
+        return user
+
+    def users(self, *, tenant_id: str, by: Principal) -> list[UserRecord]:
+        tenant = self._visible_tenant(tenant_id, by)
+        authorize(by, Action.MANAGE_USERS, tenant.id)
+        return self.stores.users.list(tenant_id=tenant.id)
+
+    def disable_user(self, user_id: str, *, by: Principal) -> UserRecord:
+        """Disable a user and end its sessions at once."""
+        user = self.stores.users.get(user_id)
+        tenant_id = user.tenant_id if user is not None and (by.system or user.tenant_id == by.tenant_id) \
+            else by.tenant_id
+        with self.audited(by, Action.MANAGE_USERS, user_id[:40], tenant_id=tenant_id, what="disable-user"):
+            if user is None or user.tenant_id != tenant_id:
+                raise NotFoundError(f"no user {user_id[:40]}")
+            self.stores.sessions.revoke_user(user.id, now=self.clock())
+            return self.stores.users.disable(user.id, now=self.clock())
+
+    def sign_in(self, login: str, password: str) -> tuple[str, SessionRecord] | None:
+        """A new session for the right password of an enabled user: ``(cookie secret, session)``; None otherwise
+        (a wrong password, an unknown or disabled login: one answer, one cost). Audited either way."""
+        user = self.stores.users.by_login(login) if len(login) <= 128 else None
+        good = passwords.verify(user.password_hash if user is not None else _DUMMY_HASH, password)
+        if user is None or not good or user.disabled_at is not None:
+            if user is not None:
+                self.record(self._user_principal(user), "sign-in", login[:128], "refused",
+                            detail="wrong password" if not good else "disabled")
+            return None
+        now = self.clock()
+        secret = secrets.token_urlsafe(32)
+        session = SessionRecord(_session_digest(secret), user.id, user.tenant_id, secrets.token_urlsafe(24), now,
+                                now + SESSION_HOURS * 3600)
+        self.stores.sessions.add(session)
+        self.record(self._user_principal(user), "sign-in", login, "ok")
+        return secret, session
+
+    def session(self, secret: str) -> tuple[Principal, SessionRecord] | None:
+        """The principal of a live session's cookie secret (None: unknown, expired, signed out, user disabled)."""
+        if not secret or len(secret) > 128:
+            return None
+        session = self.stores.sessions.get(_session_digest(secret))
+        if session is None or not session.active(self.clock()):
+            return None
+        user = self.stores.users.get(session.user_id)
+        if user is None or user.disabled_at is not None:
+            return None
+        try:
+            return self._user_principal(user), session
+        except NotFoundError:
+            return None
+
+    def sign_out(self, secret: str) -> None:
+        found = self.session(secret)
+        self.stores.sessions.revoke(_session_digest(secret), now=self.clock())
+        if found is not None:
+            self.record(found[0], "sign-out", found[0].subject, "ok")
+
+    def _user_principal(self, user: UserRecord) -> Principal:
+        tenant = self.tenant(user.tenant_id)
+        return Principal(tenant.id, tenant.kind, user.roles, f"user:{user.login}")
+
     # ------------------------------------------------------------------ grants
 
     def grant(self, *, oem_tenant: str, operator_tenant: str, class_name: str, by: Principal) -> GrantRecord:
@@ -285,3 +376,7 @@ class TenancyService:
             raise
 
 
+
+
+def _session_digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("ascii", "replace")).digest()

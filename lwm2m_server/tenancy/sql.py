@@ -18,12 +18,21 @@ from sqlmodel import Session, col, select
 from lwm2m_server.core.errors import NotFoundError, StorageError
 from lwm2m_server.storage.database import Database
 from lwm2m_server.storage.stores import StorageConflictError
-from lwm2m_server.storage.tenancy_tables import AuditEntryRow, GrantRow, TenantRow, TokenRow
+from lwm2m_server.storage.tenancy_tables import AuditEntryRow, GrantRow, SessionRow, TenantRow, TokenRow, UserRow
 from lwm2m_server.tenancy.model import Role, TenantKind
 from lwm2m_server.tenancy.service import TenancyService, TenancyStores
-from lwm2m_server.tenancy.stores import AuditEntry, Brand, GrantRecord, TenantRecord, TokenRecord
+from lwm2m_server.tenancy.stores import (
+    AuditEntry,
+    Brand,
+    GrantRecord,
+    SessionRecord,
+    TenantRecord,
+    TokenRecord,
+    UserRecord,
+)
 
-__all__ = ["SqlAuditStore", "SqlGrantStore", "SqlTenantStore", "SqlTokenStore", "open_tenancy"]
+__all__ = ["SqlAuditStore", "SqlGrantStore", "SqlSessionStore", "SqlTenantStore", "SqlTokenStore", "SqlUserStore",
+           "open_tenancy"]
 
 
 @contextmanager
@@ -185,7 +194,86 @@ class SqlAuditStore:
                     for r in s.exec(q.order_by(col(AuditEntryRow.seq)).limit(limit))]
 
 
+def _user(row: UserRow) -> UserRecord:
+    return UserRecord(row.id, row.tenant_id, row.login, frozenset(Role(r) for r in row.roles.split(",") if r),
+                      row.password_hash, row.created_at, row.created_by, row.disabled_at)
+
+
+class SqlUserStore:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def add(self, user: UserRecord) -> None:
+        with _transaction(self.database, f"user {user.login!r}") as s:
+            s.add(UserRow(id=user.id, tenant_id=user.tenant_id, login=user.login, roles=",".join(sorted(user.roles)),
+                          password_hash=user.password_hash, created_at=user.created_at, created_by=user.created_by,
+                          disabled_at=user.disabled_at))
+
+    def get(self, user_id: str) -> UserRecord | None:
+        with _transaction(self.database, "user") as s:
+            row = s.get(UserRow, user_id)
+            return None if row is None else _user(row)
+
+    def by_login(self, login: str) -> UserRecord | None:
+        with _transaction(self.database, "user") as s:
+            row = s.exec(select(UserRow).where(UserRow.login == login)).first()
+            return None if row is None else _user(row)
+
+    def list(self, *, tenant_id: str) -> builtins.list[UserRecord]:
+        with _transaction(self.database, "users") as s:
+            q = select(UserRow).where(UserRow.tenant_id == tenant_id).order_by(col(UserRow.login))
+            return [_user(r) for r in s.exec(q)]
+
+    def disable(self, user_id: str, *, now: float) -> UserRecord:
+        with _transaction(self.database, "user") as s:
+            row = s.get(UserRow, user_id)
+            if row is None:
+                raise NotFoundError(f"no user {user_id}")
+            if row.disabled_at is None:
+                row.disabled_at = now
+                s.add(row)
+            record = _user(row)
+        return record
+
+
+def _session(row: SessionRow) -> SessionRecord:
+    return SessionRecord(bytes(row.digest), row.user_id, row.tenant_id, row.csrf, row.created_at, row.expires_at,
+                         row.revoked_at)
+
+
+class SqlSessionStore:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def add(self, session: SessionRecord) -> None:
+        with _transaction(self.database, "session") as s:
+            s.add(SessionRow(digest=session.digest, user_id=session.user_id, tenant_id=session.tenant_id,
+                             csrf=session.csrf, created_at=session.created_at, expires_at=session.expires_at,
+                             revoked_at=session.revoked_at))
+
+    def get(self, digest: bytes) -> SessionRecord | None:
+        with _transaction(self.database, "session") as s:
+            row = s.get(SessionRow, digest)
+            return None if row is None else _session(row)
+
+    def revoke(self, digest: bytes, *, now: float) -> None:
+        with _transaction(self.database, "session") as s:
+            row = s.get(SessionRow, digest)
+            if row is not None and row.revoked_at is None:
+                row.revoked_at = now
+                s.add(row)
+
+    def revoke_user(self, user_id: str, *, now: float) -> int:
+        with _transaction(self.database, "sessions") as s:
+            rows = list(s.exec(select(SessionRow).where(SessionRow.user_id == user_id,
+                                                        col(SessionRow.revoked_at).is_(None))))
+            for row in rows:
+                row.revoked_at = now
+                s.add(row)
+            return len(rows)
+
+
 def open_tenancy(database: Database) -> TenancyService:
     """The tenancy service over the SQL stores of ``database``."""
     return TenancyService(TenancyStores(SqlTenantStore(database), SqlTokenStore(database), SqlGrantStore(database),
-                                        SqlAuditStore(database)))
+                                        SqlAuditStore(database), SqlUserStore(database), SqlSessionStore(database)))

@@ -17,8 +17,8 @@ from typing import Protocol, runtime_checkable
 
 from lwm2m_server.tenancy.model import Role, TenantKind
 
-__all__ = ["AuditEntry", "AuditStore", "Brand", "GrantRecord", "GrantStore", "TenantRecord", "TenantStore",
-           "TokenRecord", "TokenStore"]
+__all__ = ["AuditEntry", "AuditStore", "Brand", "GrantRecord", "GrantStore", "SessionRecord", "SessionStore",
+           "TenantRecord", "TenantStore", "TokenRecord", "TokenStore", "UserRecord", "UserStore"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +93,38 @@ class AuditEntry:
     seq: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    """A person who signs in to the web interface: one tenant, a set of roles, a scrypt password hash (see
+    :mod:`.passwords`); ``login`` is unique across tenants (the sign-in form asks for nothing else)."""
+
+    id: str
+    tenant_id: str
+    login: str
+    roles: frozenset[Role]
+    password_hash: str = field(repr=False)
+    created_at: float
+    created_by: str
+    disabled_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """A signed-in browser. The cookie holds a random secret; the store keeps only ``digest`` = SHA-256 of it.
+    ``csrf`` is the token every state-changing form of the session must carry."""
+
+    digest: bytes = field(repr=False)
+    user_id: str
+    tenant_id: str
+    csrf: str = field(repr=False)
+    created_at: float
+    expires_at: float
+    revoked_at: float | None = None
+
+    def active(self, now: float) -> bool:
+        return self.revoked_at is None and now < self.expires_at
+
+
 @runtime_checkable
 class TenantStore(Protocol):
     def add(self, tenant: TenantRecord) -> None: ...
@@ -144,4 +176,38 @@ class AuditStore(Protocol):
 
     def list(self, *, tenant_id: str | None, after: int = 0, limit: int = 1000) -> Sequence[AuditEntry]:
         """Entries of one tenant (all when None) with ``seq > after``, in append order, at most ``limit``."""
+        ...
+
+
+@runtime_checkable
+class UserStore(Protocol):
+    def add(self, user: UserRecord) -> None:
+        """Conflict when the id or the login exists (in any tenant)."""
+        ...
+
+    def get(self, user_id: str) -> UserRecord | None: ...
+
+    def by_login(self, login: str) -> UserRecord | None: ...
+
+    def list(self, *, tenant_id: str) -> list[UserRecord]:
+        """The tenant's users, by login."""
+        ...
+
+    def disable(self, user_id: str, *, now: float) -> UserRecord:
+        """Mark it disabled (kept for the audit trail); NotFoundError for an unknown id."""
+        ...
+
+
+@runtime_checkable
+class SessionStore(Protocol):
+    def add(self, session: SessionRecord) -> None: ...
+
+    def get(self, digest: bytes) -> SessionRecord | None: ...
+
+    def revoke(self, digest: bytes, *, now: float) -> None:
+        """Idempotent; an unknown digest is ignored."""
+        ...
+
+    def revoke_user(self, user_id: str, *, now: float) -> int:
+        """Revoke every live session of the user; how many."""
         ...

@@ -10,7 +10,14 @@ import pytest
 from lwm2m_server.core.errors import InvalidRequestError, NotFoundError
 from lwm2m_server.storage.stores import StorageConflictError
 from lwm2m_server.tenancy import tokens
-from lwm2m_server.tenancy.memory import MemoryAuditStore, MemoryGrantStore, MemoryTenantStore, MemoryTokenStore
+from lwm2m_server.tenancy.memory import (
+    MemoryAuditStore,
+    MemoryGrantStore,
+    MemorySessionStore,
+    MemoryTenantStore,
+    MemoryTokenStore,
+    MemoryUserStore,
+)
 from lwm2m_server.tenancy.model import (
     PERMISSIONS,
     Action,
@@ -41,7 +48,8 @@ def clock() -> Clock:
 
 @pytest.fixture
 def svc(clock: Clock) -> TenancyService:
-    stores = TenancyStores(MemoryTenantStore(), MemoryTokenStore(), MemoryGrantStore(), MemoryAuditStore())
+    stores = TenancyStores(MemoryTenantStore(), MemoryTokenStore(), MemoryGrantStore(), MemoryAuditStore(),
+                           MemoryUserStore(), MemorySessionStore())
     s = TenancyService(stores, clock=clock)
     root = system_principal("root")
     s.create_tenant("oem", kind=TenantKind.OEM, name="Sensor Works", by=root)
@@ -158,3 +166,36 @@ def test_every_privileged_call_is_audited_per_tenant_refusals_included(svc: Tena
         svc.audit_trail(tenant_id="op-a", by=operator_a)
     with pytest.raises(ForbiddenError):
         authorize(auditor_a, Action.READ, "op-b")
+
+
+def test_web_users_sign_in_and_out_and_disabled_users_lose_their_sessions(svc: TenancyService, clock: Clock) -> None:
+    admin, _ = principal(svc, "op-a", Role.ADMIN, Role.OPERATOR)
+    user = svc.create_user(tenant_id="op-a", login="ana@op-a.example", roles=frozenset({Role.OPERATOR}),
+                           password="a long enough secret", by=admin)
+    assert "a long enough secret" not in repr(user) and user.password_hash.startswith("scrypt$15$")
+    with pytest.raises(StorageConflictError):
+        svc.create_user(tenant_id="op-a", login="ana@op-a.example", roles=frozenset({Role.OPERATOR}),
+                        password="another long secret", by=admin)
+    with pytest.raises(InvalidRequestError):
+        svc.create_user(tenant_id="op-a", login="bob", roles=frozenset({Role.OPERATOR}), password="short", by=admin)
+    with pytest.raises(ForbiddenError):  # no more roles than its maker
+        svc.create_user(tenant_id="op-a", login="eve", roles=frozenset({Role.AUDITOR}),
+                        password="a long enough secret", by=admin)
+    assert svc.sign_in("ana@op-a.example", "a wrong password!") is None
+    assert svc.sign_in("nobody", "a long enough secret") is None
+    secret, session = svc.sign_in("ana@op-a.example", "a long enough secret")  # type: ignore[misc]
+    found = svc.session(secret)
+    assert found is not None and found[0] == Principal("op-a", TenantKind.OPERATOR, frozenset({Role.OPERATOR}),
+                                                       "user:ana@op-a.example")
+    assert found[1].csrf == session.csrf and secret.encode() not in session.digest
+    svc.sign_out(secret)
+    assert svc.session(secret) is None
+    secret, _ = svc.sign_in("ana@op-a.example", "a long enough secret")  # type: ignore[misc]
+    clock.now += 13 * 3600
+    assert svc.session(secret) is None  # expired
+    secret, _ = svc.sign_in("ana@op-a.example", "a long enough secret")  # type: ignore[misc]
+    svc.disable_user(user.id, by=admin)
+    assert svc.session(secret) is None and svc.sign_in("ana@op-a.example", "a long enough secret") is None
+    outcomes = [(e.action, e.outcome) for e in svc.stores.audit.list(tenant_id="op-a") if "sign" in e.action]
+    assert outcomes == [("sign-in", "refused"), ("sign-in", "ok"), ("sign-out", "ok"), ("sign-in", "ok"),
+                        ("sign-in", "ok"), ("sign-in", "refused")]

@@ -12,21 +12,46 @@ from hypothesis import strategies as st
 from lwm2m_server.core.errors import NotFoundError
 from lwm2m_server.storage.database import Database
 from lwm2m_server.storage.stores import StorageConflictError
-from lwm2m_server.tenancy.memory import MemoryAuditStore, MemoryGrantStore, MemoryTenantStore, MemoryTokenStore
+from lwm2m_server.tenancy.memory import (
+    MemoryAuditStore,
+    MemoryGrantStore,
+    MemorySessionStore,
+    MemoryTenantStore,
+    MemoryTokenStore,
+    MemoryUserStore,
+)
 from lwm2m_server.tenancy.model import Role, TenantKind
 from lwm2m_server.tenancy.service import TenancyStores
-from lwm2m_server.tenancy.sql import SqlAuditStore, SqlGrantStore, SqlTenantStore, SqlTokenStore
-from lwm2m_server.tenancy.stores import AuditEntry, AuditStore, Brand, GrantRecord, TenantRecord, TokenRecord
+from lwm2m_server.tenancy.sql import (
+    SqlAuditStore,
+    SqlGrantStore,
+    SqlSessionStore,
+    SqlTenantStore,
+    SqlTokenStore,
+    SqlUserStore,
+)
+from lwm2m_server.tenancy.stores import (
+    AuditEntry,
+    AuditStore,
+    Brand,
+    GrantRecord,
+    SessionRecord,
+    TenantRecord,
+    TokenRecord,
+    UserRecord,
+)
 
 
 @pytest.fixture(params=["memory", "sql"])
 def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TenancyStores]:
     if request.param == "memory":
-        yield TenancyStores(MemoryTenantStore(), MemoryTokenStore(), MemoryGrantStore(), MemoryAuditStore())
+        yield TenancyStores(MemoryTenantStore(), MemoryTokenStore(), MemoryGrantStore(), MemoryAuditStore(),
+                            MemoryUserStore(), MemorySessionStore())
         return
     db = Database.for_data_dir(tmp_path / "data")
     try:
-        yield TenancyStores(SqlTenantStore(db), SqlTokenStore(db), SqlGrantStore(db), SqlAuditStore(db))
+        yield TenancyStores(SqlTenantStore(db), SqlTokenStore(db), SqlGrantStore(db), SqlAuditStore(db),
+                            SqlUserStore(db), SqlSessionStore(db))
     finally:
         db.close()
 
@@ -115,3 +140,33 @@ def test_audit_listing_agrees_between_memory_and_sql(tmp_path_factory: pytest.Te
             assert lists[0] == lists[1] == [(t, x) for t, x in entries if tenant is None or t == tenant]
     finally:
         db.close()
+
+
+def test_users_have_unique_logins_and_are_disabled_not_deleted(stores: TenancyStores) -> None:
+    ana = UserRecord("usr-1", "acme", "ana", frozenset({Role.OPERATOR}), "scrypt$x", 1.0, "local:test")
+    stores.users.add(ana)
+    stores.users.add(UserRecord("usr-2", "acme", "bea", frozenset({Role.AUDITOR}), "scrypt$y", 2.0, "local:test"))
+    with pytest.raises(StorageConflictError):  # a login is unique across tenants
+        stores.users.add(UserRecord("usr-3", "other", "ana", frozenset({Role.ADMIN}), "h", 3.0, "local:test"))
+    assert stores.users.get("usr-1") == ana and stores.users.by_login("ana") == ana
+    assert stores.users.by_login("nobody") is None and [u.login for u in stores.users.list(tenant_id="acme")] == [
+        "ana", "bea"]
+    assert stores.users.disable("usr-1", now=9.0).disabled_at == 9.0
+    assert stores.users.disable("usr-1", now=10.0).disabled_at == 9.0
+    with pytest.raises(NotFoundError):
+        stores.users.disable("usr-9", now=1.0)
+
+
+def test_sessions_are_kept_by_digest_and_revoked(stores: TenancyStores) -> None:
+    one = SessionRecord(b"\x01" * 32, "usr-1", "acme", "csrf-1", 1.0, 100.0)
+    two = SessionRecord(b"\x02" * 32, "usr-1", "acme", "csrf-2", 2.0, 100.0)
+    other = SessionRecord(b"\x03" * 32, "usr-2", "acme", "csrf-3", 2.0, 100.0)
+    for s in (one, two, other):
+        stores.sessions.add(s)
+    assert stores.sessions.get(b"\x01" * 32) == one and stores.sessions.get(b"\x09" * 32) is None
+    stores.sessions.revoke(b"\x01" * 32, now=5.0)
+    stores.sessions.revoke(b"\x01" * 32, now=6.0)
+    assert stores.sessions.get(b"\x01" * 32).revoked_at == 5.0  # type: ignore[union-attr]
+    assert stores.sessions.revoke_user("usr-1", now=7.0) == 1
+    assert not stores.sessions.get(b"\x02" * 32).active(8.0)  # type: ignore[union-attr]
+    assert stores.sessions.get(b"\x03" * 32).active(8.0)  # type: ignore[union-attr]
