@@ -79,6 +79,7 @@ class ServerSettings:
     max_body: int = 16384
     node_id: str = "node-1"
     bench_api: bool = False  # the Leshan-shaped write route for bench/, unauthenticated, loopback only
+    web: bool = True  # the web interface under /ui on the API port (users sign in; see docs/web.md)
     coaps_host: str = "127.0.0.1"
     coaps_port: int | None = None  # None: no DTLS listener; 0: any free port
     # caps on what peers can grow (see docs/security.md); a rate of None or 0 turns that limit off
@@ -387,7 +388,7 @@ class Lwm2mServer:
         app = self.api_app = create_app(
             self.management, self.model, authenticate, firmware=self.firmware, bench_api=s.bench_api,
             events=self.events, campaigns=self.campaigns, tags=self.tags, tenancy=tenancy,
-            usage=self.usage.store if self.usage is not None else None)
+            usage=self.usage.store if self.usage is not None else None, web=s.web)
         config = uvicorn.Config(app, host=s.api_host, port=s.api_port or 0, log_level="warning",
                                 lifespan="off", access_log=False)
         server = uvicorn.Server(config)

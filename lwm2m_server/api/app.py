@@ -260,6 +260,8 @@ class ApiGuard:
       past a burst they get 429 with Retry-After (GP-TM-25). A valid token is never throttled: on loopback every
       client shares one address, and another local process must not lock the operator out (the 256-bit secret is
       not guessable anyway; the throttle bounds the cost and the noise of failures);
+    * a path under ``public_prefixes`` (and ``/``) is the web interface's: it checks its own session cookie, so
+      the guard lets it through without a token (the body caps still apply);
     * ``audit`` hears of every authenticated request that changes state (any method but GET/HEAD) or is refused
       with 403, once its answer starts: the principal, method, route template, path and status.
     """
@@ -267,8 +269,9 @@ class ApiGuard:
     def __init__(self, app: ASGIApp, *, authenticate: Authenticate, routes: Callable[[], list[BaseRoute]],
                  caps: Mapping[str, int], default_cap: int, public: frozenset[str], failures: RateLimiter,
                  audit: Callable[[Principal, str, str, str, int], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 public_prefixes: tuple[str, ...] = (), clock: Callable[[], float] = time.monotonic) -> None:
         self.app, self._authenticate, self._routes = app, authenticate, routes
+        self.public_prefixes = public_prefixes
         self.caps, self.default_cap, self.public = dict(caps), default_cap, public
         self.failures, self.audit, self.clock = failures, audit, clock
 
@@ -309,7 +312,9 @@ class ApiGuard:
                 await send(message)
 
         principal: Principal | None = None
-        if route not in self.public:
+        path = scope["path"]
+        web = bool(self.public_prefixes) and (path == "/" or path.startswith(self.public_prefixes))
+        if route not in self.public and not web:
             authorization = headers.get(b"authorization")
             if authorization is None and scope["path"] == HEALTH and scope["method"] == "GET":
                 return await refuse(_json(200, {"status": "ok"}, close=has_body))
@@ -389,8 +394,8 @@ class ApiGuard:
 def create_app(management: DeviceManagement, model: ObjectModel, authenticate: Authenticate, *,
                firmware: FirmwareService | None = None, bench_api: bool = False,
                events: EventBus | None = None, campaigns: Any = None, tags: DeviceTags | None = None,
-               tenancy: Any = None, usage: Any = None, max_body: int = MAX_BODY, max_package: int = MAX_PACKAGE,
-               failures: RateLimiter | None = None) -> FastAPI:
+               tenancy: Any = None, usage: Any = None, web: bool = False, max_body: int = MAX_BODY,
+               max_package: int = MAX_PACKAGE, failures: RateLimiter | None = None) -> FastAPI:
     """The API app behind an :class:`ApiGuard`: ``authenticate`` turns a bearer token into a principal (or None);
     a token is never logged or echoed. ``tenancy`` (a :class:`~lwm2m_server.tenancy.service.TenancyService`) adds
     the tenant, token, grant and audit routes and audits every state-changing call.
@@ -417,6 +422,7 @@ def create_app(management: DeviceManagement, model: ObjectModel, authenticate: A
         caps={FIRMWARE_ROUTE: max_package, BENCH_ROUTE: 2 * max_package + (64 << 10), **CAMPAIGN_BODY_CAPS,
               **RELEASE_BODY_CAPS},
         public=frozenset({BENCH_ROUTE}) if bench_api else frozenset(),
+        public_prefixes=("/ui/", "/ui") if web else (),
         failures=failures or RateLimiter(AUTH_FAILURE_RATE, AUTH_FAILURE_BURST))
 
     @app.exception_handler(Lwm2mError)
@@ -560,6 +566,11 @@ def create_app(management: DeviceManagement, model: ObjectModel, authenticate: A
             from lwm2m_server.api.releases import release_routes
 
             release_routes(app, campaigns.keys, campaigns.releases, tenancy)
+    if web and tenancy is not None:
+        from lwm2m_server.web.app import web_routes
+
+        web_routes(app, tenancy=tenancy, registrations=registrations, campaigns=campaigns, tags=tags,
+                   events=events, usage=usage, firmware=firmware)
     if bench_api:
         _bench_routes(app, management)
     return app

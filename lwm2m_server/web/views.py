@@ -1,0 +1,85 @@
+"""What the pages show, computed from the services (no HTML here): the fleet's counts and versions, recent events
+per tenant, device rows, usage days. Pure functions of what they are given, plus one small event ring buffer."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from lwm2m_server.events import Event
+
+__all__ = ["DeviceRow", "RecentEvents", "device_rows", "fleet_counts", "known_versions", "version_counts"]
+
+SHOWN_KINDS = ("registration.", "firmware.", "campaign.", "security.", "bootstrap.")
+
+
+class RecentEvents:
+    """The last ``size`` events of each tenant (registrations, updates, campaigns, security), newest first."""
+
+    def __init__(self, size: int = 50) -> None:
+        self._size = size
+        self._by_tenant: dict[str, deque[Event]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, event: Event) -> None:
+        if not event.kind.startswith(SHOWN_KINDS) or event.kind.startswith("campaign.device.progress"):
+            return
+        with self._lock:
+            self._by_tenant.setdefault(event.tenant_id, deque(maxlen=self._size)).appendleft(event)
+
+    def of(self, tenant_id: str) -> list[Event]:
+        with self._lock:
+            return list(self._by_tenant.get(tenant_id, ()))
+
+
+def known_versions(campaigns: Iterable[Mapping[str, Any]], jobs_of: Any) -> dict[str, str]:
+    """The firmware version last known of each endpoint, from the campaigns (newest first) and their jobs."""
+    versions: dict[str, str] = {}
+    for campaign in campaigns:
+        for job in jobs_of(campaign["id"]):
+            version = job.get("version_after") or job.get("version_before")
+            if version and job["endpoint"] not in versions:
+                versions[job["endpoint"]] = version
+    return versions
+
+
+def version_counts(endpoints: Iterable[str], versions: Mapping[str, str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for ep in endpoints:
+        v = versions.get(ep, "unknown")
+        counts[v] = counts.get(v, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (kv[0] == "unknown", kv[0])))
+
+
+def fleet_counts(registrations: Iterable[Any], updating: set[str], failed: set[str]) -> dict[str, int]:
+    regs = list(registrations)
+    return {"registered": len(regs), "sleeping": sum(1 for r in regs if r.queue_mode and r.remote is None),
+            "updating": sum(1 for r in regs if r.endpoint in updating),
+            "failed": sum(1 for r in regs if r.endpoint in failed)}
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    endpoint: str
+    version: str
+    tags: tuple[str, ...]
+    last_seen: float
+    secure: bool
+    lwm2m_version: str
+    address: str
+
+
+def device_rows(registrations: Iterable[Any], versions: Mapping[str, str], tags: Mapping[str, list[str]],
+                query: str = "") -> list[DeviceRow]:
+    """Rows sorted by endpoint; ``query`` keeps those whose endpoint, version or a tag contains it."""
+    q = query.strip().lower()
+    rows = []
+    for r in registrations:
+        row = DeviceRow(r.endpoint, versions.get(r.endpoint, "unknown"), tuple(tags.get(r.endpoint, ())),
+                        r.updated_at or r.registered_at, r.secure, r.lwm2m_version, r.address)
+        if not q or q in row.endpoint.lower() or q in row.version.lower() or any(q in t.lower() for t in row.tags):
+            rows.append(row)
+    return sorted(rows, key=lambda d: d.endpoint)

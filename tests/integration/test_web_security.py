@@ -1,0 +1,118 @@
+"""The web interface's own security, over real HTTP (the browser suite shows the pages; this shows the locks):
+sign-in with a throttle, HttpOnly SameSite cookies, CSRF on every form, roles hiding controls and refusing their
+routes, another tenant's campaign a 404, sign-out ending the session, security headers on every page."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bootstrap.vault import Vault
+from lwm2m_server.server import Lwm2mServer
+from lwm2m_server.tenancy.model import Role, TenantKind
+from lwm2m_server.tenancy.service import system_principal
+from tests.harness import running_server
+
+ROOT = system_principal("test")
+PASSWORD = "a long enough password"
+
+
+@pytest.fixture
+async def srv(tmp_path: Path) -> AsyncIterator[Lwm2mServer]:
+    data = tmp_path / "data"
+    data.mkdir()
+    async with running_server(data, api_port=0, vault=Vault.open(data / "vault.key")) as srv:
+        assert srv.tenancy is not None
+        for tenant in ("op-a", "op-b"):
+            srv.tenancy.create_tenant(tenant, kind=TenantKind.OPERATOR, by=ROOT)
+        for login, tenant, roles in (("alice", "op-a", {Role.OPERATOR, Role.RELEASE_MANAGER}),
+                                     ("audrey", "op-a", {Role.AUDITOR}), ("bob", "op-b", {Role.OPERATOR})):
+            srv.tenancy.create_user(tenant_id=tenant, login=login, roles=frozenset(roles), password=PASSWORD, by=ROOT)
+        yield srv
+
+
+@contextlib.asynccontextmanager
+async def signed_in(srv: Lwm2mServer, login: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=srv.api_url, timeout=30) as c:
+        form = await c.get("/ui/sign-in")
+        r = await c.post("/ui/sign-in", data={"login": login, "password": PASSWORD, "csrf": csrf_of(form.text)})
+        assert r.status_code == 303 and r.headers["location"] == "/ui", r.text
+        yield c
+
+
+def csrf_of(page: str) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+
+
+async def test_sign_in_sets_a_locked_cookie_and_every_form_needs_its_csrf(srv: Lwm2mServer) -> None:
+    async with httpx.AsyncClient(base_url=srv.api_url) as anon:
+        assert (await anon.get("/ui")).headers["location"] == "/ui/sign-in"
+        form = await anon.get("/ui/sign-in")
+        assert "default-src 'self'" in form.headers["content-security-policy"]
+        r = await anon.post("/ui/sign-in", data={"login": "alice", "password": PASSWORD})  # no CSRF
+        assert r.status_code == 403
+        r = await anon.post("/ui/sign-in", data={"login": "alice", "password": "wrong wrong wrong",
+                                                 "csrf": csrf_of(form.text)})
+        assert r.status_code == 303 and "error=wrong" in r.headers["location"]
+        assert "scratch_session" not in r.cookies
+        form = await anon.get("/ui/sign-in")
+        r = await anon.post("/ui/sign-in", data={"login": "alice", "password": PASSWORD, "csrf": csrf_of(form.text)})
+        session = next(h for h in r.headers.get_list("set-cookie") if h.startswith("scratch_session="))
+        assert "HttpOnly" in session and "SameSite=strict" in session and "Path=/" in session, session
+        assert PASSWORD not in r.text and "Secure" not in session  # plain http on loopback: a Secure one is dropped
+    async with signed_in(srv, "alice") as c:
+        assert c.cookies.get("scratch_session")
+        raw = (await c.get("/ui/sign-in")).headers.get_list("set-cookie")
+        assert raw and all("HttpOnly" in h and "SameSite=strict" in h for h in raw), raw
+        page = await c.get("/ui/campaigns")
+        assert page.status_code == 200 and 'id="new-campaign"' in page.text
+        r = await c.post("/ui/campaigns", data={"release": "rel-x", "targets": "a-1"})  # no CSRF
+        assert r.status_code == 403 and r.json()["kind"] == "CsrfError"
+        r = await c.post("/ui/campaigns", data={"release": "rel-x", "targets": "a-1", "csrf": "forged"})
+        assert r.status_code == 403
+        r = await c.post("/ui/sign-out", data={"csrf": csrf_of(page.text)})
+        assert r.status_code == 303
+        assert (await c.get("/ui/campaigns")).headers["location"] == "/ui/sign-in"  # the session is over
+
+
+async def test_an_auditor_sees_no_controls_and_their_routes_refuse_her(srv: Lwm2mServer) -> None:
+    assert srv.campaigns is not None
+    release = srv.campaigns.releases.create([("a.bin", b"\x01" * 64)], vendor="acme.example", class_name="meter",
+                                            version="1.0.0", tenant_id="op-a", now=1.0)
+    status = await srv.campaigns.create([release.id], targets=["a-1"], tenant_id="op-a")
+    cid = status["id"]
+    async with signed_in(srv, "audrey") as c:
+        for path in ("/ui/campaigns", f"/ui/campaigns/{cid}", "/ui/releases"):
+            page = await c.get(path)
+            assert page.status_code == 200, path
+            for control in ('id="new-campaign"', 'id="start"', 'id="pause"', 'id="cancel"', 'id="upload"'):
+                assert control not in page.text, (path, control)
+        token = csrf_of(page.text)  # her own session's token: the role, not the CSRF, refuses her
+        for verb in ("start", "pause", "cancel"):
+            r = await c.post(f"/ui/campaigns/{cid}/{verb}", data={"csrf": token})
+            assert r.status_code == 403 and r.json()["kind"] == "ForbiddenError", (verb, r.text)
+        r = await c.post("/ui/releases", data={"version": "2", "vendor": "v", "class_name": "c", "csrf": token},
+                         files={"image": ("x.bin", b"\x00" * 8)})
+        assert r.status_code == 403
+        assert srv.campaigns.status(cid, tenant_id="op-a")["state"] == "created"
+        assert (await c.get("/ui/usage")).status_code == 200 and (await c.get("/ui/audit")).status_code == 200
+    async with signed_in(srv, "bob") as c:  # another tenant: not found, and nothing of op-a listed
+        assert (await c.get(f"/ui/campaigns/{cid}")).status_code == 404
+        assert (await c.get(f"/ui/campaigns/{cid}/report.json")).status_code == 404
+        assert cid not in (await c.get("/ui/campaigns")).text and release.id not in (await c.get("/ui/releases")).text
+        assert (await c.get("/ui/usage")).status_code == 403  # an operator does not read usage
+
+
+async def test_failed_sign_ins_are_throttled(srv: Lwm2mServer) -> None:
+    async with httpx.AsyncClient(base_url=srv.api_url) as anon:
+        token = csrf_of((await anon.get("/ui/sign-in")).text)
+        outcomes = []
+        for _ in range(12):
+            r = await anon.post("/ui/sign-in", data={"login": "alice", "password": "wrong password!", "csrf": token})
+            outcomes.append(r.headers["location"])
+        assert "too+many+attempts" in outcomes[-1] and all("wrong" in o for o in outcomes[:10]), outcomes
