@@ -87,14 +87,14 @@ async def _call(http: httpx.AsyncClient, method: str, url: str, **kw: Any) -> An
     return r.json()
 
 
-async def run_demo(count: int, data_dir: Path) -> None:
+async def run_demo(count: int, data_dir: Path, *, serve: bool = False) -> None:
     from bootstrap.server import BootstrapServer, BootstrapSettings
     from bootstrap.sql_credentials import SqlCredentialStore
     from bootstrap.vault import Vault
     from client_sim.credentials import FactoryCredentials
     from client_sim.firmware import FirmwareOptions
     from client_sim.fleet import Fleet
-    from lwm2m_server.audit import AUDIT_FILE, AuditLog, read_audit
+    from lwm2m_server.audit import AuditLog
     from lwm2m_server.server import Lwm2mServer, ServerSettings
     from lwm2m_server.storage.database import Database
     from lwm2m_server.tenancy.brand import brand_from_fields
@@ -178,12 +178,22 @@ async def run_demo(count: int, data_dir: Path) -> None:
                       "revoked and refused", highlight=False)
         if unexpected:
             raise DemoError(f"unexpected results on {', '.join(unexpected)}")
+        if serve:
+            _summaries(data_dir, trail, usage, report)
+            await _serve(server)
     finally:
         await fleet.stop()
         await bootstrap.stop()
         await server.stop()
         audit.close()
         database.close()
+    if not serve:
+        _summaries(data_dir, trail, usage, report)
+
+
+def _summaries(data_dir: Path, trail: list[dict[str, Any]], usage: dict[str, Any], report: dict[str, Any]) -> None:
+    from lwm2m_server.audit import AUDIT_FILE, read_audit
+
     kinds: dict[str, int] = {}
     for event in read_audit(data_dir / AUDIT_FILE):
         kind = "audit.* (privileged actions)" if str(event["event"]).startswith("audit.") else str(event["event"])
@@ -197,6 +207,34 @@ async def run_demo(count: int, data_dir: Path) -> None:
     console.print(f"    {OPERATOR}'s audit trail (who, roles, what, outcome): "
                   + ", ".join(f"{n} {a}" for a, n in sorted(actions.items())), highlight=False)
     _usage_summary(usage, report, data_dir)
+
+
+async def _serve(server: Any) -> None:
+    """Keep the server and the fleet up, and print the web interface's address with a one-time sign-in link for a
+    netco operator, until Ctrl-C (or SIGTERM)."""
+    import secrets
+    import signal
+
+    from lwm2m_server.tenancy.model import Role
+    from lwm2m_server.tenancy.service import system_principal
+
+    root = system_principal("demo")
+    user = server.tenancy.create_user(tenant_id=OPERATOR, login="netco-operator",
+                                      roles=frozenset({Role.OPERATOR, Role.RELEASE_MANAGER, Role.AUDITOR}),
+                                      password=secrets.token_urlsafe(24), by=root)
+    link = server.tenancy.one_time_link(user.id, by=root)
+    console.print(f"[bold]13.[/bold] The web interface of {OPERATOR} runs at [bold]{server.api_url}/ui[/bold]; sign "
+                  f"in once with {server.api_url}/ui/once/{link} (valid 10 minutes, one use). Ctrl-C stops the "
+                  "server and the devices.", highlight=False, soft_wrap=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 async def _manage(http: httpx.AsyncClient, model: ObjectModel, devices: list[dict[str, Any]]) -> None:
@@ -338,14 +376,20 @@ def demo(
     count: Annotated[int, typer.Option("--count", min=2, max=500, help="Number of simulated devices")] = 20,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Keep the server's data here "
                                                   "(default: a temporary folder, removed afterwards)")] = None,
+    serve: Annotated[bool | None, typer.Option("--serve/--no-serve", help="At the end, keep the server up and print "
+                                               "the web interface's address and a one-time sign-in link, until "
+                                               "Ctrl-C (default: when run in a terminal)")] = None,
 ) -> None:
     """Run the demo and exit non-zero if any step fails."""
+    import sys
+
+    keep_up = sys.stdin.isatty() and sys.stdout.isatty() if serve is None else serve
     try:
         if data_dir is not None:
-            asyncio.run(run_demo(count, data_dir))
+            asyncio.run(run_demo(count, data_dir, serve=keep_up))
         else:
             with tempfile.TemporaryDirectory(prefix="scratch-demo-") as tmp:
-                asyncio.run(run_demo(count, Path(tmp)))
+                asyncio.run(run_demo(count, Path(tmp), serve=keep_up))
     except (DemoError, httpx.HTTPError) as e:
         console.print(f"[red]demo failed:[/red] {e}", highlight=False)
         raise typer.Exit(1) from None

@@ -282,6 +282,36 @@ class TenancyService:
         self.record(self._user_principal(user), "sign-in", login, "ok")
         return secret, session
 
+    def one_time_link(self, user_id: str, *, by: Principal, minutes: float = 10.0) -> str:
+        """A secret that signs ``user_id`` in once, within ``minutes`` (:meth:`redeem`); for the system principal
+        (``scratch demo --serve`` prints one). It is a session of its own that :meth:`redeem` ends at once."""
+        if not by.system:
+            raise ForbiddenError("one-time sign-in links are made on the server's machine")
+        user = self.stores.users.get(user_id)
+        if user is None or user.disabled_at is not None:
+            raise NotFoundError(f"no user {user_id[:40]}")
+        now = self.clock()
+        secret = secrets.token_urlsafe(32)
+        self.stores.sessions.add(SessionRecord(_session_digest(secret), user.id, user.tenant_id, "", now,
+                                               now + minutes * 60))
+        self.record(by, "one-time-link", user.login, "ok", tenant_id=user.tenant_id)
+        return secret
+
+    def redeem(self, secret: str) -> tuple[str, SessionRecord] | None:
+        """Exchange a one-time link's secret for a new session (the link is spent either way)."""
+        found = self.session(secret)
+        self.stores.sessions.revoke(_session_digest(secret), now=self.clock())
+        if found is None or found[1].csrf:  # a real session's cookie is not a one-time link
+            return None
+        principal, old = found
+        now = self.clock()
+        fresh = secrets.token_urlsafe(32)
+        session = SessionRecord(_session_digest(fresh), old.user_id, old.tenant_id, secrets.token_urlsafe(24), now,
+                                now + SESSION_HOURS * 3600)
+        self.stores.sessions.add(session)
+        self.record(principal, "sign-in", principal.subject, "ok", detail="one-time link")
+        return fresh, session
+
     def session(self, secret: str) -> tuple[Principal, SessionRecord] | None:
         """The principal of a live session's cookie secret (None: unknown, expired, signed out, user disabled)."""
         if not secret or len(secret) > 128:

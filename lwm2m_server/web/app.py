@@ -116,6 +116,16 @@ def web_routes(app: FastAPI, *, tenancy: TenancyService, registrations: Any, cam
         response.delete_cookie(CSRF_COOKIE, path=WEB_PREFIX)
         return response
 
+    @app.get(f"{WEB_PREFIX}/once/{{secret}}", include_in_schema=False)
+    async def one_time(request: Request, secret: str) -> Response:
+        """A one-time sign-in link (``scratch demo --serve``): spent on first use, 10 minutes at most."""
+        found = tenancy.redeem(secret[:128])
+        if found is None:
+            return RedirectResponse(f"{WEB_PREFIX}/sign-in?error=that+link+is+used+or+expired", status_code=303)
+        response = RedirectResponse(WEB_PREFIX, status_code=303)
+        set_session_cookie(response, request, found[0])
+        return response
+
     @app.post(f"{WEB_PREFIX}/sign-out", include_in_schema=False)
     async def sign_out(request: Request, csrf: str = Form("")) -> Response:
         caller = await signed_in(request)

@@ -87,7 +87,7 @@ def set_csrf_cookie(response: Response, request: Request, token: str) -> None:
 def caller_of(request: Request, tenancy: TenancyService) -> WebCaller:
     """The signed-in caller, or :class:`NotSignedInError`."""
     found = tenancy.session(request.cookies.get(SESSION_COOKIE, ""))
-    if found is None:
+    if found is None or not found[1].csrf:  # no session, or a one-time link's secret used as a cookie
         raise NotSignedInError
     principal, session = found
     return WebCaller(principal, session, principal.subject.removeprefix("user:"))
