@@ -46,6 +46,7 @@ __all__ = ["WEB_PREFIX", "web_routes"]
 WEB_PREFIX = "/ui"
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
+JOBS_SHOWN = 200  # a campaign page lists the devices that need a look first (failed, rolled back, active)
 MAX_UPLOAD = 64 << 20
 HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
                                       "script-src 'self'; frame-ancestors 'none'; form-action 'self'",
@@ -150,8 +151,9 @@ def web_routes(app: FastAPI, *, tenancy: TenancyService, registrations: Any, cam
     def versions_of(tenant: str) -> dict[str, str]:
         if campaigns is None:
             return {}
-        return known_versions(campaigns.list(tenant_id=tenant),
-                              lambda cid: campaigns.status(cid, tenant_id=tenant, jobs=True)["jobs"])
+        store = campaigns.store
+        return known_versions((c.id for c in store.list(tenant_id=tenant)),
+                              lambda cid: store.jobs(cid, tenant_id=tenant))
 
     def dashboard_parts(caller: WebCaller) -> dict[str, str]:
         tenant = caller.principal.tenant_id
@@ -245,7 +247,11 @@ def web_routes(app: FastAPI, *, tenancy: TenancyService, registrations: Any, cam
 
     def campaign_parts(caller: WebCaller, cid: str) -> dict[str, str]:
         status = campaigns.status(cid, tenant_id=caller.principal.tenant_id, jobs=True)
-        html = templates.get_template("_campaign.html").render(s=status, prefix=WEB_PREFIX, verified=(
+        order = {"failed": 0, "rolled-back": 1, "updating": 2, "downloaded": 3, "delivering": 4, "pending": 5,
+                 "skipped": 6, "succeeded": 7}
+        jobs = sorted(status["jobs"], key=lambda j: (order.get(j["state"], 8), j["endpoint"]))
+        html = templates.get_template("_campaign.html").render(
+            s=status, jobs=jobs[:JOBS_SHOWN], hidden=max(0, len(jobs) - JOBS_SHOWN), prefix=WEB_PREFIX, verified=(
             _verified(campaigns, cid, caller.principal.tenant_id) if status["report_ready"] else None))
         return {"campaign-live": html, "state": status["state"]}
 

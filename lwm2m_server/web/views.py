@@ -35,14 +35,15 @@ class RecentEvents:
             return list(self._by_tenant.get(tenant_id, ()))
 
 
-def known_versions(campaigns: Iterable[Mapping[str, Any]], jobs_of: Any) -> dict[str, str]:
-    """The firmware version last known of each endpoint, from the campaigns (newest first) and their jobs."""
+def known_versions(campaign_ids: Iterable[str], jobs_of: Any) -> dict[str, str]:
+    """The firmware version last known of each endpoint, from the campaigns (ids newest first) and their job
+    records (``endpoint``, ``version_after``, ``version_before``)."""
     versions: dict[str, str] = {}
-    for campaign in campaigns:
-        for job in jobs_of(campaign["id"]):
-            version = job.get("version_after") or job.get("version_before")
-            if version and job["endpoint"] not in versions:
-                versions[job["endpoint"]] = version
+    for cid in campaign_ids:
+        for job in jobs_of(cid):
+            version = job.version_after or job.version_before
+            if version and job.endpoint not in versions:
+                versions[job.endpoint] = version
     return versions
 
 
