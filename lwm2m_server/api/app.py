@@ -569,7 +569,8 @@ def create_app(management: DeviceManagement, model: ObjectModel, authenticate: A
     if web and tenancy is not None:
         from lwm2m_server.web.app import web_routes
 
-        web_routes(app, tenancy=tenancy, registrations=registrations, campaigns=campaigns, tags=tags,
+        web_routes(app, tenancy=tenancy, registrations=registrations, management=management, campaigns=campaigns,
+                   tags=tags,
                    events=events, usage=usage, firmware=firmware)
     if bench_api:
         _bench_routes(app, management)

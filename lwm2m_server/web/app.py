@@ -53,8 +53,8 @@ HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:;
            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin", "Cache-Control": "no-store"}
 
 
-def web_routes(app: FastAPI, *, tenancy: TenancyService, registrations: Any, campaigns: Any = None, tags: Any = None,
-               events: Any = None, usage: Any = None, firmware: Any = None,
+def web_routes(app: FastAPI, *, tenancy: TenancyService, registrations: Any, management: Any = None,
+               campaigns: Any = None, tags: Any = None, events: Any = None, usage: Any = None, firmware: Any = None,
                clock: Callable[[], float] = time.time) -> None:
     """Mount the web interface on ``app`` (the API's guard lets ``/ui`` through: these routes check their session)."""
     templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -197,6 +197,39 @@ def web_routes(app: FastAPI, *, tenancy: TenancyService, registrations: Any, cam
         page_no = min(max(page_no, 1), pages)
         return page(request, "devices.html", caller, rows=rows[(page_no - 1) * PAGE_SIZE: page_no * PAGE_SIZE],
                     total=len(rows), q=q[:128], page_no=page_no, pages=pages)
+
+    @app.get(f"{WEB_PREFIX}/devices/{{endpoint}}", response_class=HTMLResponse, include_in_schema=False)
+    async def device_page(request: Request, endpoint: str, path: str = "") -> HTMLResponse:
+        """One device: its registration, a read of any resource (operators), its firmware history, its events."""
+        from lwm2m_server.api.app import registration_to_json, response_to_json
+        from lwm2m_server.core.operations import ReadRequest
+        from lwm2m_server.core.paths import LwM2mPath
+
+        caller = await signed_in(request)
+        tenant = caller.principal.tenant_id
+        reg = registrations.by_endpoint(endpoint, tenant_id=tenant)
+        if reg is None:
+            raise NotFoundError(f"no device {endpoint[:64]!r}")
+        answer, error = None, ""
+        if path and management is not None:
+            caller.require(Action.MANAGE_DEVICES)
+            try:
+                read = await management.send(endpoint, ReadRequest(LwM2mPath.parse(path[:64])), timeout=10,
+                                             tenant_id=tenant)
+                answer = json.dumps(response_to_json(read), indent=2)
+            except Lwm2mError as e:
+                error = f"{type(e).__name__}: {e}"
+        history = []
+        if campaigns is not None:
+            store = campaigns.store
+            for c in store.list(tenant_id=tenant):
+                job = store.job(c.id, endpoint, tenant_id=tenant)
+                if job is not None:
+                    history.append((c, job))
+        current = firmware.job(endpoint, tenant_id=tenant) if firmware is not None else None
+        seen = [e for e in recent.of(tenant) if e.endpoint == endpoint]
+        return page(request, "device.html", caller, reg=registration_to_json(reg), path=path[:64], answer=answer,
+                    error=error, history=history, current=current.as_dict() if current else None, events=seen)
 
     # ------------------------------------------------------------------ releases
 

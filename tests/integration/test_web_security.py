@@ -116,3 +116,25 @@ async def test_failed_sign_ins_are_throttled(srv: Lwm2mServer) -> None:
             r = await anon.post("/ui/sign-in", data={"login": "alice", "password": "wrong password!", "csrf": token})
             outcomes.append(r.headers["location"])
         assert "too+many+attempts" in outcomes[-1] and all("wrong" in o for o in outcomes[:10]), outcomes
+
+
+async def test_a_device_page_is_its_tenants_and_its_read_form_an_operators(srv: Lwm2mServer) -> None:
+    from lwm2m_server.core.registration import parse_register
+
+    assert srv.registrations is not None
+    srv.registrations.register(parse_register(["ep=a-7", "lt=300", "lwm2m=1.1"], b"</3/0>,</5/0>"),
+                               address="127.0.0.1:9", remote=None, tenant_id="op-a")
+    async with signed_in(srv, "alice") as c:
+        page = await c.get("/ui/devices/a-7")
+        assert page.status_code == 200 and 'id="read"' in page.text and "/5/0" in page.text
+        listing = await c.get("/ui/devices", params={"q": "a-7"})
+        assert 'data-endpoint="a-7"' in listing.text
+        r = await c.get("/ui/devices/a-7", params={"path": "/3/0/0"})  # registered without a live session here
+        assert r.status_code == 200 and 'class="error"' in r.text
+    async with signed_in(srv, "audrey") as c:
+        page = await c.get("/ui/devices/a-7")
+        assert page.status_code == 200 and 'id="read"' not in page.text
+        assert (await c.get("/ui/devices/a-7", params={"path": "/3/0/0"})).status_code == 403
+    async with signed_in(srv, "bob") as c:
+        assert (await c.get("/ui/devices/a-7")).status_code == 404
+        assert 'data-endpoint="a-7"' not in (await c.get("/ui/devices")).text
