@@ -264,18 +264,37 @@ def web_routes(app: FastAPI, *, tenancy: TenancyService, registrations: Any, man
         tenant = caller.principal.tenant_id
         rows = campaigns.list(tenant_id=tenant) if campaigns is not None else []
         rels = campaigns.releases.list(tenant_id=tenant) if campaigns is not None else []
-        return page(request, "campaigns.html", caller, campaigns=rows, releases=rels)
+        return page(request, "campaigns.html", caller, campaigns=rows, releases=rels, preview=None, known=set(),
+                    form={})
 
-    @app.post(f"{WEB_PREFIX}/campaigns", include_in_schema=False)
+    @app.post(f"{WEB_PREFIX}/campaigns", response_model=None, include_in_schema=False)
     async def create_campaign(request: Request, release: str = Form(...), targets: str = Form(""),
-                              name: str = Form(""), csrf: str = Form("")) -> Response:
+                              target_file: UploadFile | None = None, target_filter: str = Form(""),
+                              name: str = Form(""), preview: str = Form(""), csrf: str = Form("")
+                              ) -> Response:
+        """Create a campaign from a release and a target list, a target file (one endpoint per line) or a filter;
+        with ``preview``, show the targets it would have instead (nothing is created)."""
         caller = await signed_in(request)
         caller.check_csrf(csrf)
         caller.require(Action.RUN_CAMPAIGNS)
-        endpoints = [line.strip() for line in targets.splitlines() if line.strip()]
+        tenant = caller.principal.tenant_id
+        if target_file is not None and target_file.filename:
+            targets = (await target_file.read(16 << 20)).decode("utf-8", "replace")
+        endpoints = [line.strip() for line in targets.splitlines() if line.strip() and not line.startswith("#")]
+        expression = target_filter.strip()[:1000]
+        if preview:
+            picked = await campaigns.select_targets(expression, tenant_id=tenant) if expression else endpoints
+            known = {r.endpoint for r in registrations.all(tenant_id=tenant)}
+            return page(request, "campaigns.html", caller, campaigns=campaigns.list(tenant_id=tenant),
+                        releases=campaigns.releases.list(tenant_id=tenant), preview=picked, known=known,
+                        form={"release": release, "targets": "\n".join(endpoints), "target_filter": expression,
+                              "name": name[:200]})
         with tenancy.audited(caller.principal, Action.RUN_CAMPAIGNS, release[:40], what="create-campaign"):
-            status = await campaigns.create([release], targets=endpoints, name=name[:200],
-                                            tenant_id=caller.principal.tenant_id)
+            if expression:
+                status = await campaigns.create([release], target_filter=expression, name=name[:200],
+                                                tenant_id=tenant)
+            else:
+                status = await campaigns.create([release], targets=endpoints, name=name[:200], tenant_id=tenant)
         return RedirectResponse(f"{WEB_PREFIX}/campaigns/{status['id']}", status_code=303)
 
     def campaign_parts(caller: WebCaller, cid: str) -> dict[str, str]:

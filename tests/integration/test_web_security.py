@@ -138,3 +138,28 @@ async def test_a_device_page_is_its_tenants_and_its_read_form_an_operators(srv: 
     async with signed_in(srv, "bob") as c:
         assert (await c.get("/ui/devices/a-7")).status_code == 404
         assert 'data-endpoint="a-7"' not in (await c.get("/ui/devices")).text
+
+
+async def test_a_campaign_is_previewed_from_a_list_a_file_or_a_filter_then_created(srv: Lwm2mServer) -> None:
+    from lwm2m_server.core.registration import parse_register
+
+    assert srv.registrations is not None and srv.campaigns is not None
+    for ep in ("a-1", "a-2", "b-9"):
+        srv.registrations.register(parse_register([f"ep={ep}", "lt=300"], b"</3/0>"), address="127.0.0.1:9",
+                                   remote=None, tenant_id="op-a")
+    release = srv.campaigns.releases.create([("a.bin", b"\x01" * 64)], vendor="acme.example", class_name="meter",
+                                            version="1.0.0", tenant_id="op-a", now=1.0)
+    async with signed_in(srv, "alice") as c:
+        token = csrf_of((await c.get("/ui/campaigns")).text)
+        r = await c.post("/ui/campaigns", data={"release": release.id, "targets": "a-1\nzz-unknown", "preview": "1",
+                                                "csrf": token})
+        assert r.status_code == 200 and "2 target(s) would be picked" in r.text and "not registered now" in r.text
+        r = await c.post("/ui/campaigns", data={"release": release.id, "target_filter": "endpoint=a-*",
+                                                "preview": "1", "csrf": token})
+        assert "2 target(s) would be picked" in r.text and ">b-9<" not in r.text.split('id="preview"')[1][:2000]
+        r = await c.post("/ui/campaigns", data={"release": release.id, "csrf": token},
+                         files={"target_file": ("targets.txt", b"# canary\na-2\n")})
+        assert r.status_code == 303
+        cid = r.headers["location"].rsplit("/", 1)[1]
+        assert [j["endpoint"] for j in srv.campaigns.status(cid, tenant_id="op-a", jobs=True)["jobs"]] == ["a-2"]
+        assert srv.campaigns.list(tenant_id="op-a")[0]["id"] == cid and len(srv.campaigns.list(tenant_id="op-a")) == 1
