@@ -256,6 +256,95 @@ def web_routes(app: FastAPI, *, tenancy: TenancyService, registrations: Any, man
                                     version=version, tenant_id=caller.principal.tenant_id, now=clock())
         return RedirectResponse(f"{WEB_PREFIX}/releases", status_code=303)
 
+    @app.post(f"{WEB_PREFIX}/releases/import", include_in_schema=False)
+    async def import_package(request: Request, package: UploadFile, key: str = Form(...), origin: str = Form(""),
+                             csrf: str = Form("")) -> Response:
+        """Import an OEM's pre-signed package (verified against the OEM's registered key, under its grant)."""
+        from lwm2m_server.fota.release_import import import_release
+
+        caller = await signed_in(request)
+        caller.check_csrf(csrf)
+        caller.require(Action.MANAGE_RELEASES)
+        data = await package.read(MAX_UPLOAD + 1)
+        if len(data) > MAX_UPLOAD:
+            raise InvalidRequestError(f"the package is larger than {MAX_UPLOAD} bytes")
+        await asyncio.to_thread(
+            import_release, [(Path(package.filename or "package.suit").name, data)], key_name=key[:64],
+            origin=origin.strip()[:64] or None, tenant_id=caller.principal.tenant_id, by=caller.principal,
+            keys=campaigns.keys, releases=campaigns.releases, tenancy=tenancy, now=clock())
+        return RedirectResponse(f"{WEB_PREFIX}/releases", status_code=303)
+
+    # ------------------------------------------------------------------ administration
+
+    def admin_view(request: Request, caller: WebCaller, new_token: str = "") -> HTMLResponse:
+        if not any(caller.may(a) for a in (Action.MANAGE_USERS, Action.MANAGE_TOKENS, Action.MANAGE_BRAND)):
+            caller.require(Action.MANAGE_USERS)
+        tenant = caller.principal.tenant_id
+        users = tenancy.users(tenant_id=tenant, by=caller.principal) if caller.may(Action.MANAGE_USERS) else []
+        tokens = tenancy.tokens(tenant_id=tenant, by=caller.principal) if caller.may(Action.MANAGE_TOKENS) else []
+        return page(request, "admin.html", caller, users=users, tokens=tokens, new_token=new_token,
+                    tenant=tenancy.tenant(tenant))
+
+    @app.get(f"{WEB_PREFIX}/admin", response_class=HTMLResponse, include_in_schema=False)
+    async def admin_page(request: Request) -> HTMLResponse:
+        return admin_view(request, await signed_in(request))
+
+    @app.post(f"{WEB_PREFIX}/admin/users", include_in_schema=False)
+    async def add_user(request: Request, login: str = Form(...), password: str = Form(...),
+                       roles: list[str] = Form(...), csrf: str = Form("")) -> Response:
+        from lwm2m_server.tenancy.model import parse_roles
+
+        caller = await signed_in(request)
+        caller.check_csrf(csrf)
+        await asyncio.to_thread(tenancy.create_user, tenant_id=caller.principal.tenant_id, login=login,
+                                roles=parse_roles(roles), password=password, by=caller.principal)
+        return RedirectResponse(f"{WEB_PREFIX}/admin", status_code=303)
+
+    @app.post(f"{WEB_PREFIX}/admin/users/{{user_id}}/disable", include_in_schema=False)
+    async def disable_user(request: Request, user_id: str, csrf: str = Form("")) -> Response:
+        caller = await signed_in(request)
+        caller.check_csrf(csrf)
+        tenancy.disable_user(user_id, by=caller.principal)
+        return RedirectResponse(f"{WEB_PREFIX}/admin", status_code=303)
+
+    @app.post(f"{WEB_PREFIX}/admin/tokens", response_class=HTMLResponse, include_in_schema=False)
+    async def add_token(request: Request, name: str = Form(""), roles: list[str] = Form(...),
+                        expires_days: float = Form(90.0), csrf: str = Form("")) -> HTMLResponse:
+        """The new token is shown once, in this answer (no redirect, no cookie: it is nowhere else)."""
+        from lwm2m_server.tenancy.model import parse_roles
+
+        caller = await signed_in(request)
+        caller.check_csrf(csrf)
+        _, text = tenancy.create_token(tenant_id=caller.principal.tenant_id, roles=parse_roles(roles), name=name,
+                                       expires_days=expires_days, by=caller.principal)
+        return admin_view(request, caller, new_token=text)
+
+    @app.post(f"{WEB_PREFIX}/admin/tokens/{{token_id}}/revoke", include_in_schema=False)
+    async def revoke_token(request: Request, token_id: str, csrf: str = Form("")) -> Response:
+        caller = await signed_in(request)
+        caller.check_csrf(csrf)
+        tenancy.revoke_token(token_id, by=caller.principal)
+        return RedirectResponse(f"{WEB_PREFIX}/admin", status_code=303)
+
+    @app.post(f"{WEB_PREFIX}/admin/brand", include_in_schema=False)
+    async def set_brand(request: Request, product_name: str = Form(...), report_issuer: str = Form(""),
+                        primary_color: str = Form(""), accent_color: str = Form(""), support_url: str = Form(""),
+                        logo: UploadFile | None = None, csrf: str = Form("")) -> Response:
+        from lwm2m_server.tenancy.brand import MAX_LOGO, brand_from_fields
+
+        caller = await signed_in(request)
+        caller.check_csrf(csrf)
+        tenant = caller.principal.tenant_id
+        data = await logo.read(MAX_LOGO + 1) if logo is not None and logo.filename else None
+        if data is None:
+            old = tenancy.brand(tenant)
+            data = old.logo if old is not None else None
+        brand = brand_from_fields(product_name, report_issuer=report_issuer or None,
+                                  primary_color=primary_color or None, accent_color=accent_color or None,
+                                  support_url=support_url or None, logo=data)
+        tenancy.set_brand(tenant, brand, by=caller.principal)
+        return RedirectResponse(f"{WEB_PREFIX}/admin", status_code=303)
+
     # ------------------------------------------------------------------ campaigns
 
     @app.get(f"{WEB_PREFIX}/campaigns", response_class=HTMLResponse, include_in_schema=False)

@@ -163,3 +163,73 @@ async def test_a_campaign_is_previewed_from_a_list_a_file_or_a_filter_then_creat
         cid = r.headers["location"].rsplit("/", 1)[1]
         assert [j["endpoint"] for j in srv.campaigns.status(cid, tenant_id="op-a", jobs=True)["jobs"]] == ["a-2"]
         assert srv.campaigns.list(tenant_id="op-a")[0]["id"] == cid and len(srv.campaigns.list(tenant_id="op-a")) == 1
+
+
+async def test_an_admin_manages_users_tokens_and_the_brand_and_nobody_else_can(srv: Lwm2mServer) -> None:
+    assert srv.tenancy is not None
+    srv.tenancy.create_user(tenant_id="op-a", login="adam", roles=frozenset({Role.ADMIN}), password=PASSWORD, by=ROOT)
+    async with signed_in(srv, "adam") as c:
+        page = await c.get("/ui/admin")
+        assert page.status_code == 200 and 'id="new-user"' in page.text and 'data-user="alice"' in page.text
+        assert 'data-user="bob"' not in page.text  # op-b's
+        token = csrf_of(page.text)
+        r = await c.post("/ui/admin/users", data={"login": "ann", "password": PASSWORD, "roles": ["admin"],
+                                                  "csrf": token})
+        assert r.status_code == 303
+        r = await c.post("/ui/admin/users", data={"login": "olga", "password": PASSWORD, "roles": ["operator"],
+                                                  "csrf": token})
+        assert r.status_code == 403  # an admin cannot hand out a role it does not hold
+        r = await c.post("/ui/admin/tokens", data={"name": "ci", "roles": ["admin"], "expires_days": "7",
+                                                   "csrf": token})
+        shown = re.search(r'id="new-token">(scr_tok-[^<]+)<', r.text)
+        assert r.status_code == 200 and shown is not None
+        assert srv.tenancy.authenticate(shown.group(1)) is not None
+        assert shown.group(1) not in (await c.get("/ui/admin")).text  # shown once
+        png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
+        r = await c.post("/ui/admin/brand", data={"product_name": "Blue Fleet", "primary_color": "#112233",
+                                                  "csrf": token}, files={"logo": ("logo.png", png)})
+        assert r.status_code == 303
+        home = await c.get("/ui")
+        assert 'id="product">Blue Fleet<' in home.text and "--brand: #112233" in home.text
+        assert (await c.get("/ui/brand/logo")).content == png
+        ann = next(u for u in srv.tenancy.stores.users.list(tenant_id="op-a") if u.login == "ann")
+        r = await c.post(f"/ui/admin/users/{ann.id}/disable", data={"csrf": token})
+        assert r.status_code == 303 and srv.tenancy.stores.users.get(ann.id).disabled_at is not None  # type: ignore[union-attr]
+    async with signed_in(srv, "alice") as c:  # an operator: no admin page, no admin routes
+        assert (await c.get("/ui/admin")).status_code == 403
+        token = csrf_of((await c.get("/ui/campaigns")).text)
+        assert (await c.post("/ui/admin/tokens", data={"roles": ["operator"], "csrf": token})).status_code == 403
+        assert 'id="nav-admin"' not in (await c.get("/ui")).text
+    async with signed_in(srv, "bob") as c:  # another tenant keeps its own look
+        assert "Blue Fleet" not in (await c.get("/ui")).text
+
+
+async def test_an_oem_package_is_imported_from_the_releases_page_under_the_grant(srv: Lwm2mServer,
+                                                                                 tmp_path: Path) -> None:
+    import hashlib
+    import uuid
+
+    from firmware_object.suit.envelope import build_envelope
+    from firmware_object.suit.keys import generate_private_key, public_key_to_pem
+    from firmware_object.suit.manifest import ReleaseManifest
+
+    assert srv.tenancy is not None and srv.campaigns is not None
+    srv.tenancy.create_tenant("oem", kind=TenantKind.OEM, by=ROOT)
+    key = generate_private_key("es256")
+    srv.campaigns.keys.add_public("oem-release", "release", public_key_to_pem(key.public_key()), tenant_id="oem",
+                                  now=1.0)
+    vendor = uuid.uuid5(uuid.NAMESPACE_DNS, "oem.example")
+    image = b"\x42" * 1000
+    envelope = build_envelope(ReleaseManifest(sequence_number=3, vendor_id=vendor, class_id=uuid.uuid5(vendor, "x"),
+                                              image_digest=hashlib.sha256(image).digest(), image_size=len(image),
+                                              version="3.0"), [key], image=image)
+    async with signed_in(srv, "alice") as c:
+        token = csrf_of((await c.get("/ui/releases")).text)
+        form = {"key": "oem-release", "origin": "oem", "csrf": token}
+        r = await c.post("/ui/releases/import", data=form, files={"package": ("x.suit", bytes(envelope))})
+        assert r.status_code == 404  # no grant yet: the OEM's key is not even found
+        srv.tenancy.grant(oem_tenant="oem", operator_tenant="op-a", class_name="x", by=ROOT)
+        r = await c.post("/ui/releases/import", data=form, files={"package": ("x.suit", bytes(envelope))})
+        assert r.status_code == 303
+        page = await c.get("/ui/releases")
+        assert "(of oem)" in page.text and ">3.0<" in page.text
