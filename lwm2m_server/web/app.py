@@ -39,7 +39,14 @@ from lwm2m_server.web.session import (
     set_csrf_cookie,
     set_session_cookie,
 )
-from lwm2m_server.web.views import RecentEvents, device_rows, fleet_counts, known_versions, version_counts
+from lwm2m_server.web.views import (
+    RecentEvents,
+    device_rows,
+    fleet_counts,
+    known_classes,
+    known_versions,
+    version_counts,
+)
 
 __all__ = ["WEB_PREFIX", "web_routes"]
 
@@ -186,17 +193,35 @@ def web_routes(app: FastAPI, *, tenancy: TenancyService, registrations: Any, man
         return _stream(request, events, lambda: dashboard_parts(caller),
                        lambda e: e.tenant_id == caller.principal.tenant_id)
 
+    def classes_of(tenant: str) -> dict[str, str]:
+        if campaigns is None:
+            return {}
+        store, names = campaigns.store, {}
+        for c in store.list(tenant_id=tenant):
+            rid = c.releases[0] if c.releases else None
+            if rid is not None and rid not in names:
+                try:
+                    names[rid] = campaigns.releases.get(rid, tenant_id=tenant).class_name
+                except NotFoundError:
+                    names[rid] = "-"
+        return known_classes(((c.id, names.get(c.releases[0], "-") if c.releases else "-")
+                              for c in store.list(tenant_id=tenant)), lambda cid: store.jobs(cid, tenant_id=tenant))
+
     @app.get(f"{WEB_PREFIX}/devices", response_class=HTMLResponse, include_in_schema=False)
-    async def devices(request: Request, q: str = "", page_no: int = 1) -> HTMLResponse:
+    async def devices(request: Request, q: str = "", security: str = "", version: str = "", page_no: int = 1
+                      ) -> HTMLResponse:
         caller = await signed_in(request)
         tenant = caller.principal.tenant_id
         regs = registrations.all(tenant_id=tenant)
         tagged = tags.all(tenant_id=tenant) if tags is not None else {}
-        rows = device_rows(regs, versions_of(tenant), tagged, q[:128])
+        versions = versions_of(tenant)
+        rows = device_rows(regs, versions, tagged, q[:128], classes=classes_of(tenant), security=security[:8],
+                           version=version[:64])
         pages = max(1, -(-len(rows) // PAGE_SIZE))
         page_no = min(max(page_no, 1), pages)
         return page(request, "devices.html", caller, rows=rows[(page_no - 1) * PAGE_SIZE: page_no * PAGE_SIZE],
-                    total=len(rows), q=q[:128], page_no=page_no, pages=pages)
+                    total=len(rows), q=q[:128], security=security[:8], version=version[:64],
+                    versions=sorted(set(versions.values())), page_no=page_no, pages=pages)
 
     @app.get(f"{WEB_PREFIX}/devices/{{endpoint}}", response_class=HTMLResponse, include_in_schema=False)
     async def device_page(request: Request, endpoint: str, path: str = "") -> HTMLResponse:

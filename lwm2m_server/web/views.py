@@ -11,7 +11,8 @@ from typing import Any
 
 from lwm2m_server.events import Event
 
-__all__ = ["DeviceRow", "RecentEvents", "device_rows", "fleet_counts", "known_versions", "version_counts"]
+__all__ = ["DeviceRow", "RecentEvents", "device_rows", "fleet_counts", "known_classes", "known_versions",
+           "version_counts"]
 
 SHOWN_KINDS = ("registration.", "firmware.", "campaign.", "security.", "bootstrap.")
 
@@ -47,6 +48,16 @@ def known_versions(campaign_ids: Iterable[str], jobs_of: Any) -> dict[str, str]:
     return versions
 
 
+def known_classes(campaigns: Iterable[tuple[str, str]], jobs_of: Any) -> dict[str, str]:
+    """The device class of each endpoint a campaign targeted: ``(campaign id, its release's class)`` newest first
+    (a device is of the class of the releases sent to it; the server does not read /3/0/1 for a listing)."""
+    classes: dict[str, str] = {}
+    for cid, class_name in campaigns:
+        for job in jobs_of(cid):
+            classes.setdefault(job.endpoint, class_name)
+    return classes
+
+
 def version_counts(endpoints: Iterable[str], versions: Mapping[str, str]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for ep in endpoints:
@@ -65,6 +76,7 @@ def fleet_counts(registrations: Iterable[Any], updating: set[str], failed: set[s
 @dataclass(frozen=True, slots=True)
 class DeviceRow:
     endpoint: str
+    device_class: str
     version: str
     tags: tuple[str, ...]
     last_seen: float
@@ -74,13 +86,22 @@ class DeviceRow:
 
 
 def device_rows(registrations: Iterable[Any], versions: Mapping[str, str], tags: Mapping[str, list[str]],
-                query: str = "") -> list[DeviceRow]:
-    """Rows sorted by endpoint; ``query`` keeps those whose endpoint, version or a tag contains it."""
+                query: str = "", *, classes: Mapping[str, str] | None = None, security: str = "",
+                version: str = "") -> list[DeviceRow]:
+    """Rows sorted by endpoint; ``query`` keeps those whose endpoint, class, version or a tag contains it;
+    ``security`` (``dtls`` or ``none``) and ``version`` (exact) filter further."""
     q = query.strip().lower()
     rows = []
     for r in registrations:
-        row = DeviceRow(r.endpoint, versions.get(r.endpoint, "unknown"), tuple(tags.get(r.endpoint, ())),
-                        r.updated_at or r.registered_at, r.secure, r.lwm2m_version, r.address)
-        if not q or q in row.endpoint.lower() or q in row.version.lower() or any(q in t.lower() for t in row.tags):
-            rows.append(row)
+        row = DeviceRow(r.endpoint, (classes or {}).get(r.endpoint, "-"), versions.get(r.endpoint, "unknown"),
+                        tuple(tags.get(r.endpoint, ())), r.updated_at or r.registered_at, r.secure,
+                        r.lwm2m_version, r.address)
+        if q and not (q in row.endpoint.lower() or q in row.version.lower() or q in row.device_class.lower()
+                      or any(q in t.lower() for t in row.tags)):
+            continue
+        if (security == "dtls" and not row.secure) or (security == "none" and row.secure):
+            continue
+        if version and row.version != version:
+            continue
+        rows.append(row)
     return sorted(rows, key=lambda d: d.endpoint)
