@@ -11,7 +11,9 @@ transport replaces it. Invariants:
 - Per-peer state is bounded: handshakes in progress (``max_handshakes``, ``handshake_timeout``) and established
   sessions (``max_peers``, least recently heard from goes first; ``idle_timeout``) are kept apart, so a flood of
   ClientHellos cannot push out established sessions. A close_notify or fatal alert ends a session; so do
-  :meth:`DtlsServerTransport.evict` and :meth:`DtlsServerTransport.evict_identity`.
+  :meth:`DtlsServerTransport.evict` and :meth:`DtlsServerTransport.evict_identity`. The transport ends it itself
+  and never hands tinydtls such an alert (nor any encrypted one): tinydtls removes an alerting peer from its table
+  twice, which corrupts the table's counts until the server dies of a SIGFPE (``_before_closing_alert``).
 - ClientHellos are stateless (RFC 6347 4.2.1): tinydtls answers one without a valid cookie with a
   HelloVerifyRequest and nothing is kept on either side (``client_hellos``, ``cookie_challenges`` count them); only
   a ClientHello whose cookie verified (tinydtls answers with a ServerHello) creates handshake state and ends the
@@ -293,6 +295,27 @@ class _HandshakeOrder:
                 self.ccs = True
 
 
+def _before_closing_alert(data: bytes) -> bytes | None:
+    """The records of ``data`` before its first alert that ends a session, or None when it holds none.
+
+    Such an alert is any alert of an epoch above 0 (encrypted: it cannot be told from a close_notify) and an
+    unprotected epoch-0 alert that is fatal or a close_notify. tinydtls (0.8.6 and upstream) removes the peer of
+    such an alert from its peer table twice (``handle_alert`` then ``dtls_destroy_peer``): with other peers held,
+    uthash's item count drifts down by one each time, until a table expansion divides by it (SIGFPE: the whole
+    server dies). So the transport never hands tinydtls such an alert: it ends the session itself (one clean
+    removal). A truncated record ends the scan (tinydtls drops it)."""
+    offset = 0
+    while offset + 13 <= len(data):
+        length = int.from_bytes(data[offset + 11:offset + 13], "big")
+        if data[offset] == _CT_ALERT:
+            epoch0 = data[offset + 3:offset + 5] == b"\0\0"
+            body = data[offset + 13:offset + 15]
+            if not epoch0 or (len(body) == 2 and (body[0] == _LEVEL_FATAL or body[1] == _CODE_CLOSE_NOTIFY)):
+                return data[:offset]
+        offset += 13 + length
+    return None
+
+
 def _has_encrypted_handshake(data: bytes) -> bool:
     """Whether ``data`` holds a handshake record of an epoch above 0 (a Finished, encrypted under the new keys)."""
     offset = 0
@@ -461,6 +484,7 @@ class DtlsServerTransport(interfaces.MessageInterface):
         self.handshakes_completed = 0
         self.client_hellos = 0  # every epoch-0 ClientHello (answered statelessly until its cookie verifies)
         self.cookie_challenges = 0  # HelloVerifyRequests sent (cookie-less ClientHellos, or stale cookies)
+        self.alerts_received = 0  # session-ending alerts from peers, ended here, never handed to tinydtls
         self.handshakes_started = 0  # ClientHellos whose cookie verified: the only ones that create state
         self.handshakes_failed = 0  # failed key exchanges (see the module docstring), refused ones included
         self.dropped_locked_out = 0  # handshakes refused by the lockout (answered as any failed one)
@@ -679,6 +703,21 @@ class DtlsServerTransport(interfaces.MessageInterface):
                 return
             self._handshakes.move_to_end(key)
         peer.last_seen = now
+        before = _before_closing_alert(data)
+        if before is not None:  # the peer is going away: never hand tinydtls the alert (see _before_closing_alert)
+            if before:
+                self._datagram_received(before, sockaddr)
+            if peer.state == _CLOSED:  # the records before the alert ended it already
+                return
+            self.alerts_received += 1
+            if peer.state == _HANDSHAKE:  # counted as tinydtls' own report of a fatal alert would have been
+                peer._failure = peer._failure or "DTLS alert from the client during the handshake"
+                failed = self._judge_attempt(peer, data)
+                if failed is not None:
+                    self._handshake_failed(peer, failed, now)
+            self._evict(peer, DtlsSessionClosedError("DTLS alert from the peer (session ended)"), reset=True)
+            self._arm_retransmit()
+            return
         if peer.state != _HANDSHAKE:
             self._feed(peer, data, now)
             return

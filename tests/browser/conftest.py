@@ -6,8 +6,7 @@ tenants, their web users and devices, and Debian's headless chromium driven by S
   :data:`PASSWORD`; HOME's release key ``release`` exists and its simulated devices (``dev-0``..``dev-4``, or as
   many as a test's ``@pytest.mark.devices(n)`` says) trust it. The devices speak plain CoAP (which registers in the
   default tenant): the web interface is what these tests show; tenants over DTLS are shown by
-  tests/integration/test_tenancy_api.py and tests/cli/test_two_company_flow.py. (A DTLS fleet rebooting under a
-  server run outside the main thread once died of a SIGFPE inside tinydtls here: see the issue note.)
+  tests/integration/test_tenancy_api.py and tests/cli/test_two_company_flow.py.
 * ``browser``: a headless chromium at 1280x900; :func:`phone` and :func:`desktop` resize it.
 * :func:`screenshot` writes ``<name>.png`` to ``$SCRATCH_SCREENSHOTS`` (``./dev screens``: docs/web) or tmp_path.
 
