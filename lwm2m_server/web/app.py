@@ -10,6 +10,7 @@ route checks the role and the CSRF token anyway (see :mod:`.session`).
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import secrets
 import time
@@ -53,6 +54,8 @@ __all__ = ["WEB_PREFIX", "web_routes"]
 WEB_PREFIX = "/ui"
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
+SIGN_IN_ERRORS = {"wrong": "wrong login or password", "throttled": "too many attempts: wait a few seconds",
+                  "link": "that sign-in link is used or expired"}
 JOBS_SHOWN = 200  # a campaign page lists the devices that need a look first (failed, rolled back, active)
 MAX_UPLOAD = 64 << 20
 HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
@@ -99,8 +102,9 @@ def web_routes(app: FastAPI, *, tenancy: TenancyService, registrations: Any, man
 
     @app.get(f"{WEB_PREFIX}/sign-in", response_class=HTMLResponse, include_in_schema=False)
     async def sign_in_form(request: Request, error: str = "") -> HTMLResponse:
+        """``error`` is a code (never text from the address bar: a crafted link cannot put words on this page)."""
         token = secrets.token_urlsafe(24)
-        response = page(request, "sign_in.html", None, error=error[:100], form_csrf=token)
+        response = page(request, "sign_in.html", None, error=SIGN_IN_ERRORS.get(error, ""), form_csrf=token)
         set_csrf_cookie(response, request, token)
         return response
 
@@ -108,16 +112,15 @@ def web_routes(app: FastAPI, *, tenancy: TenancyService, registrations: Any, man
     async def sign_in(request: Request, login: str = Form(""), password: str = Form(""),
                       csrf: str = Form("")) -> Response:
         expected = request.cookies.get(CSRF_COOKIE, "")
-        if not csrf or not expected or csrf != expected:
+        if not csrf or not expected or not hmac.compare_digest(csrf.encode(), expected.encode()):
             raise CsrfError("the sign-in form has no valid CSRF token: reload it")
         client = request.client.host if request.client else "?"
         wait = throttle.wait(client, login)
         if wait is not None:
-            return RedirectResponse(f"{WEB_PREFIX}/sign-in?error=too+many+attempts:+wait+{int(wait) + 1}+s",
-                                    status_code=303)
+            return RedirectResponse(f"{WEB_PREFIX}/sign-in?error=throttled", status_code=303)
         found = await asyncio.to_thread(tenancy.sign_in, login, password)
         if found is None:
-            return RedirectResponse(f"{WEB_PREFIX}/sign-in?error=wrong+login+or+password", status_code=303)
+            return RedirectResponse(f"{WEB_PREFIX}/sign-in?error=wrong", status_code=303)
         secret, _ = found
         response = RedirectResponse(WEB_PREFIX, status_code=303)
         set_session_cookie(response, request, secret)
@@ -129,7 +132,7 @@ def web_routes(app: FastAPI, *, tenancy: TenancyService, registrations: Any, man
         """A one-time sign-in link (``scratch demo --serve``): spent on first use, 10 minutes at most."""
         found = tenancy.redeem(secret[:128])
         if found is None:
-            return RedirectResponse(f"{WEB_PREFIX}/sign-in?error=that+link+is+used+or+expired", status_code=303)
+            return RedirectResponse(f"{WEB_PREFIX}/sign-in?error=link", status_code=303)
         response = RedirectResponse(WEB_PREFIX, status_code=303)
         set_session_cookie(response, request, found[0])
         return response

@@ -50,7 +50,7 @@ def test_the_served_demo_prints_a_one_time_sign_in_and_stops_on_ctrl_c(tmp_path:
             assert 'id="count-registered"' in page.text
         with httpx.Client(follow_redirects=True, timeout=30) as other:
             again = other.get(link.group(1))  # spent
-            assert "used or expired" in str(again.url.params.get("error", ""))
+            assert again.url.params.get("error") == "link" and "used or expired" in again.text
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0 and "demo finished" in rest, rest[-2000:]
