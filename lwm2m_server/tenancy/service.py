@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import logging
 import re
 import secrets
 import time
@@ -60,6 +61,7 @@ from lwm2m_server.tenancy.stores import (
 __all__ = ["DEFAULT_TOKEN_DAYS", "MAX_TOKEN_DAYS", "TenancyService", "TenancyStores", "class_matches",
            "local_admin", "system_principal"]
 
+_log = logging.getLogger(__name__)
 DEFAULT_TOKEN_DAYS: Final = 90.0
 SESSION_HOURS: Final = 12.0
 _LOGIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
@@ -118,7 +120,10 @@ class TenancyService:
                            target[:512], outcome, detail[:512])
         seq = self.stores.audit.append(entry)
         if self.on_record is not None:
-            self.on_record(replace(entry, seq=seq))
+            try:  # a copy (the audit file): the stored entry is what counts
+                self.on_record(replace(entry, seq=seq))
+            except Exception:
+                _log.exception("copying an audit entry failed")
 
     @contextmanager
     def audited(self, by: Principal, action: Action, target: str, *, tenant_id: str | None = None,
