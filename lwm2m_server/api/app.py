@@ -68,13 +68,13 @@ from lwm2m_server.core.rate_limit import RateLimiter
 from lwm2m_server.core.registration import Registration
 from lwm2m_server.core.responses import DownlinkResponse
 from lwm2m_server.events import EventBus
-from lwm2m_server.fota.push import DEFAULT_BLOCK_SIZE, push_package
 from lwm2m_server.fota.service import FirmwareService, Method, UpdateInProgressError, UpdateJob
 from lwm2m_server.key_rotation import rotate_device_key
 from lwm2m_server.management import DeviceManagement
 from lwm2m_server.registry.tags import DeviceTags
 from lwm2m_server.tenancy.model import Action, ForbiddenError, Principal
 from lwm2m_server.tenancy.tokens import parse as parse_token
+from lwm2m_server.transport.push import DEFAULT_BLOCK_SIZE
 
 MAX_PACKAGE = 64 << 20  # bytes of one firmware package sent through the API
 MAX_BODY = 1 << 20  # bytes of any other request body, unless a route's cap says otherwise
@@ -670,7 +670,5 @@ def _bench_routes(app: FastAPI, management: DeviceManagement) -> None:
         except (TypeError, ValueError):
             raise InvalidRequestError("value must be hex") from None
         reg = management.reachable(endpoint, tenant_id="default")  # unauthenticated: the default tenant only
-        sender = management.sender
-        await push_package(sender.context, reg, data, path=LwM2mPath.parse("/" + path), total_timeout=timeout,
-                           request_timeout=sender.timeout)
+        await management.sender.push(reg, data, path=LwM2mPath.parse("/" + path), total_timeout=timeout)
         return JSONResponse({"status": "CHANGED", "valid": True, "success": True, "failure": False})

@@ -55,9 +55,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiocoap import Message
-from aiocoap.numbers.codes import Code
-
 from firmware_object.campaign import (
     ACTIVE,
     FINAL_CAMPAIGN_STATES,
@@ -77,12 +74,7 @@ from firmware_object.campaign import (
     wave_stats,
 )
 from firmware_object.errors import State, UpdateResult
-from lwm2m_server.core.errors import (
-    CoapCode,
-    InvalidRequestError,
-    Lwm2mError,
-    NotFoundError,
-)
+from lwm2m_server.core.errors import CoapCode, InvalidRequestError, Lwm2mError, NotFoundError, dotted_code
 from lwm2m_server.core.nodes import Instance, SingleResource
 from lwm2m_server.core.operations import ExecuteRequest, ReadRequest
 from lwm2m_server.core.paths import LwM2mPath
@@ -99,7 +91,6 @@ from lwm2m_server.storage.campaign_store import (
 )
 from lwm2m_server.tenancy.brand import PRODUCT_NAME
 from lwm2m_server.tenancy.model import ForbiddenError
-from lwm2m_server.transport.downlink import send_request
 
 log = logging.getLogger(__name__)
 
@@ -556,13 +547,11 @@ class CampaignService:
                          if p.object_id == SERVER_OBJECT and p.instance_id is not None), 0)
         uri = f"coap://{reg.address}{reg.root_path}{SERVER_OBJECT}/{instance}/{REGISTRATION_UPDATE_TRIGGER}"
         try:
-            _, response = await asyncio.wait_for(
-                send_request(self.management.sender.context, Message(code=Code.POST, uri=uri)),
-                self.management.sender.timeout)
+            code = await self.management.sender.post_to_address(uri, reg.endpoint)
         except Exception as e:  # a device that does not answer stays unreachable: it is nudged again later
             log.info("%s: the Registration Update Trigger got no answer (%s)", reg.endpoint, type(e).__name__)
             return
-        log.info("%s: Registration Update Trigger sent after a restart: %s", reg.endpoint, response.code)
+        log.info("%s: Registration Update Trigger sent after a restart: %s", reg.endpoint, dotted_code(code))
 
     # ------------------------------------------------------------------ one device
 

@@ -43,9 +43,9 @@ from lwm2m_server.core.paths import LwM2mPath
 from lwm2m_server.core.registration import Registration
 from lwm2m_server.events import REGISTRATION_REGISTERED, REGISTRATION_UPDATED, Event, EventBus
 from lwm2m_server.fota.file_server import FileServer
-from lwm2m_server.fota.push import DEFAULT_BLOCK_SIZE, PushProgress, push_package
 from lwm2m_server.management import DeviceManagement
 from lwm2m_server.transport.downlink import Observation
+from lwm2m_server.transport.push import DEFAULT_BLOCK_SIZE, PushProgress
 
 log = logging.getLogger(__name__)
 
@@ -491,8 +491,7 @@ class FirmwareService:
 
         self._progress(job, "delivering", sent=0, total=len(package), message="pushing to /5/0/0")
         try:
-            await push_package(sender.context, reg, package, block_size=block_size,
-                               request_timeout=sender.timeout, on_progress=on_progress)
+            await sender.push(reg, package, block_size=block_size, on_progress=on_progress)
         except ErrorResponseError as e:
             result = None  # the device refused a block: it may say why in /5/0/5
             with contextlib.suppress(Lwm2mError):

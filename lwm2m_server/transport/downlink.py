@@ -1,4 +1,6 @@
-"""DownlinkSender: server -> device requests, sent to the ``remote`` of the device's registration.
+"""DownlinkSender: server -> device requests, sent to the ``remote`` of the device's registration: LwM2M
+operations (:meth:`DownlinkSender.send`, :meth:`DownlinkSender.observe`), block-wise pushes
+(:meth:`DownlinkSender.push`) and raw exchanges. The one way the server's services reach devices.
 
 Invariant: a downlink request goes to the live remote the device last spoke from (so a DTLS session is reused);
 it is never rebuilt from a URI or from the stored address.
@@ -18,6 +20,7 @@ from aiocoap import error as coap_error
 from aiocoap.numbers.codes import Code
 
 from lwm2m_server.core.codec import registry as codecs
+from lwm2m_server.core.codec.formats import ContentFormat
 from lwm2m_server.core.errors import ClientSleepingError, CodecError, RequestFailedError, RequestTimeoutError
 from lwm2m_server.core.model import ObjectModel
 from lwm2m_server.core.nodes import Node
@@ -28,8 +31,10 @@ from lwm2m_server.core.operations import (
     WriteRequest,
     to_coap,
 )
+from lwm2m_server.core.paths import LwM2mPath
 from lwm2m_server.core.registration import Registration
 from lwm2m_server.core.responses import DownlinkResponse, decode_node, decode_response, default_write_format
+from lwm2m_server.transport.push import DEFAULT_BLOCK_SIZE, PACKAGE, ProgressListener, PushProgress, push_package
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +72,31 @@ class DownlinkSender:
             msg.opt.observe = coap.observe
         msg.remote = reg.remote
         return msg
+
+    async def exchange(self, request: Message, endpoint: str, timeout: float) -> Message:
+        """One raw request (its ``remote`` set) and its answer, without block-wise reassembly; RequestTimeoutError
+        or RequestFailedError (naming ``endpoint``) otherwise."""
+        try:
+            return (await asyncio.wait_for(send_request(self.context, request, handle_blockwise=False), timeout))[1]
+        except (TimeoutError, coap_error.TimeoutError):
+            raise RequestTimeoutError(f"{endpoint} did not answer within {timeout:g} s") from None
+        except coap_error.Error as e:
+            raise RequestFailedError(f"request to {endpoint} failed: {e}") from None
+
+    async def push(self, reg: Registration, data: bytes, *, path: LwM2mPath = PACKAGE,
+                   block_size: int = DEFAULT_BLOCK_SIZE, content_format: int = int(ContentFormat.OPAQUE),
+                   total_timeout: float = 600.0, on_progress: ProgressListener | None = None) -> PushProgress:
+        """A block-wise Write of ``data`` to ``path`` (normally /5/0/0) of the device: see
+        :func:`~lwm2m_server.transport.push.push_package` (each block bounded by this sender's timeout)."""
+        return await push_package(self.exchange, reg, data, path=path, block_size=block_size,
+                                  content_format=content_format, request_timeout=self.timeout,
+                                  total_timeout=total_timeout, on_progress=on_progress)
+
+    async def post_to_address(self, uri: str, endpoint: str) -> int:
+        """POST ``uri`` (a device's stored ``coap://`` address: the one exception to rule 4, for a plain-CoAP device
+        the server has not heard from since it restarted, e.g. its Registration Update Trigger); the answer's
+        code."""
+        return int((await self.exchange(Message(code=Code.POST, uri=uri), endpoint, self.timeout)).code)
 
     async def send(self, reg: Registration, request: DownlinkRequest, *, timeout: float | None = None
                    ) -> DownlinkResponse:

@@ -32,7 +32,6 @@ from lwm2m_server.core.model.definitions import ObjectModel
 from lwm2m_server.core.nodes import ResourceType, SingleResource
 from lwm2m_server.core.operations import ExecuteRequest
 from lwm2m_server.core.paths import LwM2mPath
-from lwm2m_server.fota.push import push_package
 from lwm2m_server.server import Lwm2mServer
 from tests.harness import eventually, running_server
 
@@ -68,8 +67,7 @@ async def push(srv: Lwm2mServer, endpoint: str, body: bytes, fmt: ContentFormat,
     assert srv.management is not None and srv.registrations is not None
     reg = srv.registrations.by_endpoint(endpoint, tenant_id="default")
     assert reg is not None
-    await push_package(srv.management.sender.context, reg, body, block_size=block_size, content_format=int(fmt),
-                       request_timeout=10, total_timeout=60)
+    await srv.management.sender.push(reg, body, block_size=block_size, content_format=int(fmt), total_timeout=60)
 
 
 @pytest.mark.parametrize("image_size", [200, 30_000], ids=["whole", "blockwise"])

@@ -1,12 +1,13 @@
 """Push delivery: a block-wise (RFC 7959 Block1) Write of a package to a device resource, normally /5/0/0.
 
-The driver sends one block at a time to the live remote of the device's registration. The first block carries
-Size1 (RFC 7959 section 4), the package's size, so a device without room answers 4.13 at once and the push stops
-there, one block sent. The driver follows the device's lead on block size: a 2.31 Continue whose Block1 names a
-smaller size switches to it from the next block on, and a 4.13 with a smaller Block1 size sends the refused block
-again at that size. Lost messages are retransmitted by
-CoAP itself (CON); a device that lost the transfer (4.08 Request Entity Incomplete) makes it start over, a bounded
-number of times. The whole push is bounded in time.
+The driver sends one block at a time to the live remote of the device's registration, through the exchange of the
+downlink port (:meth:`~lwm2m_server.transport.downlink.DownlinkSender.push`: the one way requests reach devices).
+The first block carries Size1 (RFC 7959 section 4), the package's size, so a device without room answers 4.13 at
+once and the push stops there, one block sent. The driver follows the device's lead on block size: a 2.31 Continue
+whose Block1 names a smaller size switches to it from the next block on, and a 4.13 with a smaller Block1 size sends
+the refused block again at that size. Lost messages are retransmitted by CoAP itself (CON); a device that lost the
+transfer (4.08 Request Entity Incomplete) makes it start over, a bounded number of times. The whole push is bounded
+in time.
 
 Invariant: ``PushProgress.sent`` only counts bytes the device acknowledged, and never goes past the package size.
 """
@@ -14,30 +15,26 @@ Invariant: ``PushProgress.sent`` only counts bytes the device acknowledged, and 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from aiocoap import Context, Message
-from aiocoap import error as coap_error
+from aiocoap import Message
 from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import BlockOption
 
 from lwm2m_server.core.codec.formats import ContentFormat
-from lwm2m_server.core.errors import (
-    ClientSleepingError,
-    ErrorResponseError,
-    InvalidRequestError,
-    RequestFailedError,
-    RequestTimeoutError,
-)
+from lwm2m_server.core.errors import ClientSleepingError, ErrorResponseError, InvalidRequestError, RequestTimeoutError
 from lwm2m_server.core.operations import uri_path as coap_uri_path
 from lwm2m_server.core.paths import LwM2mPath
 from lwm2m_server.core.registration import Registration
-from lwm2m_server.transport.downlink import send_request
 
 DEFAULT_BLOCK_SIZE = 1024
 PACKAGE = LwM2mPath.of(5, 0, 0)
 MIN_SZX, MAX_SZX = 0, 6
+
+Exchange = Callable[[Message, str, float], Awaitable[Message]]
+"""One request to a device and its answer: ``(request, endpoint, timeout) -> response``; raises
+RequestTimeoutError or RequestFailedError (see :meth:`DownlinkSender.exchange`)."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +62,7 @@ def size_exponent(block_size: int) -> int:
     return block_size.bit_length() - 5
 
 
-async def push_package(context: Context, reg: Registration, data: bytes, *,
+async def push_package(exchange: Exchange, reg: Registration, data: bytes, *,
                        path: LwM2mPath = PACKAGE,
                        block_size: int = DEFAULT_BLOCK_SIZE,
                        content_format: int = int(ContentFormat.OPAQUE),
@@ -102,7 +99,7 @@ async def push_package(context: Context, reg: Registration, data: bytes, *,
                 if number == 0:
                     request.opt.size1 = total  # lets the device refuse a package too large for it up front
                 request.remote = reg.remote
-                response = await _exchange(context, request, reg.endpoint, request_timeout)
+                response = await exchange(request, reg.endpoint, request_timeout)
                 code = response.code
                 answer = response.opt.block1
                 if code == Code.CONTINUE or (code.is_successful() and not more):
@@ -131,12 +128,3 @@ async def push_package(context: Context, reg: Registration, data: bytes, *,
     except TimeoutError:
         raise RequestTimeoutError(
             f"push to {reg.endpoint} took longer than {total_timeout:g} s ({offset} of {total} bytes)") from None
-
-
-async def _exchange(context: Context, request: Message, endpoint: str, timeout: float) -> Message:
-    try:
-        return (await asyncio.wait_for(send_request(context, request, handle_blockwise=False), timeout))[1]
-    except (TimeoutError, coap_error.TimeoutError):
-        raise RequestTimeoutError(f"{endpoint} did not answer a block within {timeout:g} s") from None
-    except coap_error.Error as e:
-        raise RequestFailedError(f"block to {endpoint} failed: {e}") from None
