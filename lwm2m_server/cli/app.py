@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lwm2m_server.cli.client import ApiClient, CliError
-from lwm2m_server.cli.common import err_console, new_app
+from lwm2m_server.cli.common import err_console, new_app, wait_for_signal
 from lwm2m_server.cli.render import devices_table, print_response
 from lwm2m_server.core.errors import Lwm2mError
 from lwm2m_server.core.model import ObjectModel
@@ -202,7 +201,7 @@ def server(
         if insecure:
             err_console.print(f"[yellow]warning:[/yellow] {PLAIN_COAP_WARNING.format(uri=srv.coap_uri)}",
                               highlight=False)
-        await _wait_for_signal()
+        await wait_for_signal()
         console.print("stopping...")
         await srv.stop()
 
@@ -225,18 +224,6 @@ def _server_credentials(data_dir: Path) -> Any:
         return credentials
 
     return open_credentials
-
-
-async def _wait_for_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
 
 
 @app.command("whoami")

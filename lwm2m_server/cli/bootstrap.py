@@ -61,7 +61,8 @@ def bootstrap_server(
     account and a fresh PSK for it."""
     from bootstrap.server import BootstrapServer, BootstrapSettings
     from lwm2m_server.audit import AuditLog
-    from lwm2m_server.cli.app import _wait_for_signal, parse_hostport
+    from lwm2m_server.cli.app import parse_hostport
+    from lwm2m_server.cli.common import wait_for_signal
     from lwm2m_server.cli.factory import _store
     from lwm2m_server.data_dir import default_data_dir
 
@@ -100,7 +101,7 @@ def bootstrap_server(
         console.print(f"bootstrap server on [bold]{srv.coaps_uri}[/bold], sending devices to {server_uri} "
                       f"({active} active credentials, data in {folder})", highlight=False)
         try:
-            await _wait_for_signal()
+            await wait_for_signal()
         finally:
             console.print("stopping...")
             await srv.stop()

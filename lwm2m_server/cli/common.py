@@ -7,7 +7,9 @@ width (usage errors from click/typer included, exit code 2); ``--help`` keeps ty
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -67,3 +69,16 @@ def new_app(**kwargs: Any) -> typer.Typer:
     and no pretty tracebacks (typer's would print every local variable of every frame, keys included)."""
     kwargs.setdefault("no_args_is_help", True)
     return typer.Typer(cls=PlainErrorsGroup, pretty_exceptions_enable=False, **kwargs)
+
+
+async def wait_for_signal() -> None:
+    """Return at the first SIGINT or SIGTERM (Ctrl-C, or a service manager stopping us)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

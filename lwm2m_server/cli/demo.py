@@ -213,8 +213,8 @@ async def _serve(server: Any) -> None:
     """Keep the server and the fleet up, and print the web interface's address with a one-time sign-in link for a
     netco operator, until Ctrl-C (or SIGTERM)."""
     import secrets
-    import signal
 
+    from lwm2m_server.cli.common import wait_for_signal
     from lwm2m_server.tenancy.model import Role
     from lwm2m_server.tenancy.service import system_principal
 
@@ -226,15 +226,7 @@ async def _serve(server: Any) -> None:
     console.print(f"[bold]13.[/bold] The web interface of {OPERATOR} runs at [bold]{server.api_url}/ui[/bold]; sign "
                   f"in once with {server.api_url}/ui/once/{link} (valid 10 minutes, one use). Ctrl-C stops the "
                   "server and the devices.", highlight=False, soft_wrap=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+    await wait_for_signal()
 
 
 async def _manage(http: httpx.AsyncClient, model: ObjectModel, devices: list[dict[str, Any]]) -> None:

@@ -203,8 +203,9 @@ def _require_browser() -> None:
                     "`./dev setup` installs them")
 
 
-@pytest.fixture
-def browser() -> Iterator[Any]:
+@contextlib.contextmanager
+def _chromium() -> Iterator[Any]:
+    """A headless Debian chromium at desktop size, driven by Selenium; quit on exit."""
     _require_browser()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -224,23 +225,16 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
+def browser() -> Iterator[Any]:
+    with _chromium() as driver:
+        yield driver
+
+
+@pytest.fixture
 def second_browser() -> Iterator[Any]:
     """Another, independent browser (its own cookies): a second user at the same time."""
-    _require_browser()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                f"--window-size={DESKTOP[0]},{DESKTOP[1]}"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
-    driver.set_page_load_timeout(WAIT)
-    try:
+    with _chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def desktop(driver: Any) -> None:
