@@ -168,7 +168,8 @@ def web_routes(app: FastAPI, *, tenancy: TenancyService, registrations: Any, man
     def dashboard_parts(caller: WebCaller) -> dict[str, str]:
         tenant = caller.principal.tenant_id
         regs = registrations.all(tenant_id=tenant)
-        updating, failed = set(), set()
+        updating: set[str] = set()
+        failed: set[str] = set()
         if firmware is not None:
             for (t, ep), job in list(firmware.jobs.items()):
                 if t == tenant:
@@ -522,7 +523,7 @@ def _verified(campaigns: Any, cid: str, tenant: str) -> bool:
     try:
         report, cose = campaigns.report(cid, tenant_id=tenant)
         public = load_public_key(campaigns.attestation_public_pem(tenant_id=tenant).encode())
-        return attestation.verify_report(cose, public) == report
+        return bool(attestation.verify_report(cose, public) == report)
     except (Lwm2mError, ValueError):
         return False
 
