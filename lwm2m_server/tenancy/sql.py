@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from sqlalchemy import bindparam
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col, select
 
@@ -30,6 +31,9 @@ from lwm2m_server.tenancy.stores import (
     TokenRecord,
     UserRecord,
 )
+
+_TOKEN_BY_ID = select(TokenRow.__table__).where(TokenRow.__table__.c.id == bindparam("id"))  # type: ignore[attr-defined]
+_TENANT_BY_ID = select(TenantRow.__table__).where(TenantRow.__table__.c.id == bindparam("id"))  # type: ignore[attr-defined]
 
 __all__ = ["SqlAuditStore", "SqlGrantStore", "SqlSessionStore", "SqlTenantStore", "SqlTokenStore", "SqlUserStore",
            "open_tenancy"]
@@ -79,9 +83,15 @@ class SqlTenantStore:
                             brand=_brand_to_json(tenant.brand)))
 
     def get(self, tenant_id: str) -> TenantRecord | None:
-        with _transaction(self.database, "tenant") as s:
-            row = s.get(TenantRow, tenant_id)
-            return None if row is None else _tenant(row)
+        """One Core query (an API call with a tenant token makes it, after the token's)."""
+        try:
+            with self.database.engine.connect() as conn:
+                row = conn.execute(_TENANT_BY_ID, {"id": tenant_id}).first()
+        except SQLAlchemyError as e:
+            raise StorageError(f"tenant: {type(e).__name__}") from e
+        if row is None:
+            return None
+        return TenantRecord(row.id, row.name, TenantKind(row.kind), row.created_at, _brand_from_json(row.brand))
 
     def list(self) -> builtins.list[TenantRecord]:
         with _transaction(self.database, "tenants") as s:
@@ -115,9 +125,17 @@ class SqlTokenStore:
                            created_by=token.created_by, expires_at=token.expires_at, revoked_at=token.revoked_at))
 
     def get(self, token_id: str) -> TokenRecord | None:
-        with _transaction(self.database, "token") as s:
-            row = s.get(TokenRow, token_id)
-            return None if row is None else _token(row)
+        """One Core query (every API call with a tenant token makes it: no ORM session, no identity map)."""
+        try:
+            with self.database.engine.connect() as conn:
+                row = conn.execute(_TOKEN_BY_ID, {"id": token_id}).first()
+        except SQLAlchemyError as e:
+            raise StorageError(f"token: {type(e).__name__}") from e
+        if row is None:
+            return None
+        return TokenRecord(row.id, row.tenant_id, frozenset(Role(r) for r in row.roles.split(",") if r), row.name,
+                           bytes(row.salt), bytes(row.digest), row.created_at, row.created_by, row.expires_at,
+                           row.revoked_at)
 
     def list(self, *, tenant_id: str) -> builtins.list[TokenRecord]:
         with _transaction(self.database, "tokens") as s:
