@@ -21,7 +21,7 @@ from __future__ import annotations
 import builtins
 import json
 import threading
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypedDict, Unpack, runtime_checkable
 
@@ -32,6 +32,7 @@ from firmware_object.campaign import CampaignState, InvalidPolicyError, JobState
 from lwm2m_server.core.errors import StorageError
 from lwm2m_server.storage.campaign_tables import CampaignJobRow, CampaignRow
 from lwm2m_server.storage.database import Database
+from lwm2m_server.storage.sql import chunks
 from lwm2m_server.storage.stores import StorageConflictError
 
 __all__ = [
@@ -310,14 +311,6 @@ class MemoryCampaignStore:
 
 _CAMPAIGN = CampaignRow.__table__  # type: ignore[attr-defined]
 _JOB = CampaignJobRow.__table__  # type: ignore[attr-defined]
-_CHUNK = 500  # bound parameters per IN (...) list: far below every backend's limit
-
-
-def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterator[Sequence[str]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
 def _campaign_columns(changes: Mapping[str, Any]) -> dict[str, Any]:
     columns = dict(changes)
     if "state" in columns:
@@ -434,7 +427,7 @@ class SqlCampaignStore:
         campaigns = [_campaign_from_row(r) for r in self._read(query, "campaigns")]
         jobs: dict[str, builtins.list[JobRecord]] = {cp.id: [] for cp in campaigns}
         wanted = [s.value for s in job_states]
-        for chunk in _chunks(builtins.list(jobs)):
+        for chunk in chunks(builtins.list(jobs)):
             rows = self._read(select(_JOB).where(j.campaign_id.in_(chunk), j.state.in_(wanted))
                               .order_by(j.campaign_id, j.position), "campaign jobs")
             for r in rows:

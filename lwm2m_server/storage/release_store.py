@@ -29,7 +29,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -44,6 +44,7 @@ from lwm2m_server.storage.release_tables import (
     ReleaseRow,
     SigningKeyRow,
 )
+from lwm2m_server.storage.sql import chunks
 from lwm2m_server.storage.stores import StorageConflictError
 
 __all__ = [
@@ -59,7 +60,6 @@ __all__ = [
     "SqlReleaseStore",
 ]
 
-_T = TypeVar("_T")
 
 
 # ---------------------------------------------------------------------------------------------------- records
@@ -377,11 +377,6 @@ class SqlKeyStore:
             return [_key(r) for r in rows]
 
 
-def _chunks(items: Sequence[_T], size: int = 500) -> Iterator[Sequence[_T]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
 def _class_policy(row: DeviceClassRow) -> ClassPolicy:
     return ClassPolicy(row.vendor, uuid.UUID(row.vendor_id), row.class_name, uuid.UUID(row.class_id),
                        row.require_approval, True)
@@ -495,7 +490,7 @@ class SqlReleaseStore:
         ids = [r.id for r in rows]
         images: dict[str, builtins.list[ReleaseImage]] = {i: [] for i in ids}
         approvals: dict[str, builtins.list[_Approval]] = {i: [] for i in ids}
-        for chunk in _chunks(ids):
+        for chunk in chunks(ids):
             for i in session.exec(select(ReleaseImageRow).where(col(ReleaseImageRow.release_id).in_(chunk))
                                   .order_by(col(ReleaseImageRow.position))).all():
                 images[i.release_id].append(ReleaseImage(i.name, i.size, i.image_sha256, i.package_sha256,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import builtins
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import case, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -30,14 +30,16 @@ from lwm2m_server.storage.stores import (
 )
 from lwm2m_server.storage.tables import DeviceRow, RegistrationRow
 
-__all__ = ["SqlDeviceStore", "SqlRegistrationStore", "registration_from_row", "registration_to_row"]
+__all__ = ["CHUNK", "SqlDeviceStore", "SqlRegistrationStore", "chunks", "registration_from_row", "registration_to_row"]
 
 _REG = RegistrationRow.__table__  # type: ignore[attr-defined]
 _DEV = DeviceRow.__table__  # type: ignore[attr-defined]
-_CHUNK = 500  # bound parameters per IN (...) list: far below every backend's limit
+CHUNK = 500  # bound parameters per IN (...) list: far below every backend's limit
+_T = TypeVar("_T")
 
 
-def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterator[Sequence[str]]:
+def chunks(items: Sequence[_T], size: int = CHUNK) -> Iterator[Sequence[_T]]:
+    """``items`` in slices of at most ``size``: the IN (...) lists of one statement each."""
     for i in range(0, len(items), size):
         yield items[i : i + size]
 
@@ -128,7 +130,7 @@ class SqlRegistrationStore:
             return
         try:
             with self._engine.begin() as conn:
-                for chunk in _chunks(ids):
+                for chunk in chunks(ids):
                     conn.execute(delete(_REG).where(_REG.c.id.in_(chunk)))
                 if rows:
                     conn.execute(insert(_REG), rows)
@@ -177,7 +179,7 @@ class SqlDeviceStore:
             with self._engine.begin() as conn:
                 existing: set[tuple[str, str]] = set()
                 for tenant, endpoints in by_tenant.items():
-                    for chunk in _chunks(endpoints):
+                    for chunk in chunks(endpoints):
                         found = conn.execute(select(c.endpoint).where(c.tenant_id == tenant, c.endpoint.in_(chunk)))
                         existing.update((tenant, ep) for (ep,) in found)
                 updates = [

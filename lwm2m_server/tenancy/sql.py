@@ -69,7 +69,8 @@ def _brand_from_json(text: str | None) -> Brand | None:
     return Brand(**d, logo=base64.b64decode(logo) if logo is not None else None)
 
 
-def _tenant(row: TenantRow) -> TenantRecord:
+def _tenant(row: Any) -> TenantRecord:
+    """The record of a tenant row (an ORM object or a Core row: the same attributes)."""
     return TenantRecord(row.id, row.name, TenantKind(row.kind), row.created_at, _brand_from_json(row.brand))
 
 
@@ -89,9 +90,7 @@ class SqlTenantStore:
                 row = conn.execute(_TENANT_BY_ID, {"id": tenant_id}).first()
         except SQLAlchemyError as e:
             raise StorageError(f"tenant: {type(e).__name__}") from e
-        if row is None:
-            return None
-        return TenantRecord(row.id, row.name, TenantKind(row.kind), row.created_at, _brand_from_json(row.brand))
+        return None if row is None else _tenant(row)
 
     def list(self) -> builtins.list[TenantRecord]:
         with _transaction(self.database, "tenants") as s:
@@ -108,7 +107,8 @@ class SqlTenantStore:
         return record
 
 
-def _token(row: TokenRow) -> TokenRecord:
+def _token(row: Any) -> TokenRecord:
+    """The record of a token row (an ORM object or a Core row: the same attributes)."""
     return TokenRecord(row.id, row.tenant_id, frozenset(Role(r) for r in row.roles.split(",") if r), row.name,
                        bytes(row.salt), bytes(row.digest), row.created_at, row.created_by, row.expires_at,
                        row.revoked_at)
@@ -131,11 +131,7 @@ class SqlTokenStore:
                 row = conn.execute(_TOKEN_BY_ID, {"id": token_id}).first()
         except SQLAlchemyError as e:
             raise StorageError(f"token: {type(e).__name__}") from e
-        if row is None:
-            return None
-        return TokenRecord(row.id, row.tenant_id, frozenset(Role(r) for r in row.roles.split(",") if r), row.name,
-                           bytes(row.salt), bytes(row.digest), row.created_at, row.created_by, row.expires_at,
-                           row.revoked_at)
+        return None if row is None else _token(row)
 
     def list(self, *, tenant_id: str) -> builtins.list[TokenRecord]:
         with _transaction(self.database, "tokens") as s:

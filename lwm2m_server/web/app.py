@@ -44,8 +44,7 @@ from lwm2m_server.web.views import (
     RecentEvents,
     device_rows,
     fleet_counts,
-    known_classes,
-    known_versions,
+    known_devices,
     version_counts,
 )
 
@@ -158,12 +157,21 @@ def web_routes(app: FastAPI, *, tenancy: TenancyService, registrations: Any, man
 
     # ------------------------------------------------------------------ the fleet
 
-    def versions_of(tenant: str) -> dict[str, str]:
+    def known_of(tenant: str) -> tuple[dict[str, str], dict[str, str]]:
+        """The versions and classes the tenant's campaigns know of its devices (one read of their jobs)."""
         if campaigns is None:
-            return {}
-        store = campaigns.store
-        return known_versions((c.id for c in store.list(tenant_id=tenant)),
-                              lambda cid: store.jobs(cid, tenant_id=tenant))
+            return {}, {}
+        store, names = campaigns.store, {}
+        listed = store.list(tenant_id=tenant)
+        for c in listed:
+            rid = c.releases[0] if c.releases else None
+            if rid is not None and rid not in names:
+                try:
+                    names[rid] = campaigns.releases.get(rid, tenant_id=tenant).class_name
+                except NotFoundError:
+                    names[rid] = "-"
+        return known_devices(((c.id, names.get(c.releases[0], "-") if c.releases else "-") for c in listed),
+                             lambda cid: store.jobs(cid, tenant_id=tenant))
 
     def dashboard_parts(caller: WebCaller) -> dict[str, str]:
         tenant = caller.principal.tenant_id
@@ -175,7 +183,7 @@ def web_routes(app: FastAPI, *, tenancy: TenancyService, registrations: Any, man
                 if t == tenant:
                     (updating if not job.done.is_set() else failed if not job.succeeded else set()).add(ep)
         counts = fleet_counts(regs, updating, failed)
-        versions = version_counts((r.endpoint for r in regs), versions_of(tenant))
+        versions = version_counts((r.endpoint for r in regs), known_of(tenant)[0])
         chart = pygal.HorizontalBar(js=[], disable_xml_declaration=True, show_legend=False, height=60 + 36 *
                                     max(len(versions), 1), width=640, style=_chart_style(tenancy, tenant),
                                     title="firmware versions")
@@ -197,20 +205,6 @@ def web_routes(app: FastAPI, *, tenancy: TenancyService, registrations: Any, man
         return _stream(request, events, lambda: dashboard_parts(caller),
                        lambda e: e.tenant_id == caller.principal.tenant_id)
 
-    def classes_of(tenant: str) -> dict[str, str]:
-        if campaigns is None:
-            return {}
-        store, names = campaigns.store, {}
-        for c in store.list(tenant_id=tenant):
-            rid = c.releases[0] if c.releases else None
-            if rid is not None and rid not in names:
-                try:
-                    names[rid] = campaigns.releases.get(rid, tenant_id=tenant).class_name
-                except NotFoundError:
-                    names[rid] = "-"
-        return known_classes(((c.id, names.get(c.releases[0], "-") if c.releases else "-")
-                              for c in store.list(tenant_id=tenant)), lambda cid: store.jobs(cid, tenant_id=tenant))
-
     @app.get(f"{WEB_PREFIX}/devices", response_class=HTMLResponse, include_in_schema=False)
     async def devices(request: Request, q: str = "", security: str = "", version: str = "", page_no: int = 1
                       ) -> HTMLResponse:
@@ -218,8 +212,8 @@ def web_routes(app: FastAPI, *, tenancy: TenancyService, registrations: Any, man
         tenant = caller.principal.tenant_id
         regs = registrations.all(tenant_id=tenant)
         tagged = tags.all(tenant_id=tenant) if tags is not None else {}
-        versions = versions_of(tenant)
-        rows = device_rows(regs, versions, tagged, q[:128], classes=classes_of(tenant), security=security[:8],
+        versions, classes = known_of(tenant)
+        rows = device_rows(regs, versions, tagged, q[:128], classes=classes, security=security[:8],
                            version=version[:64])
         pages = max(1, -(-len(rows) // PAGE_SIZE))
         page_no = min(max(page_no, 1), pages)

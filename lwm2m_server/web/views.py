@@ -11,8 +11,7 @@ from typing import Any
 
 from lwm2m_server.events import Event
 
-__all__ = ["DeviceRow", "RecentEvents", "device_rows", "fleet_counts", "known_classes", "known_versions",
-           "version_counts"]
+__all__ = ["DeviceRow", "RecentEvents", "device_rows", "fleet_counts", "known_devices", "version_counts"]
 
 SHOWN_KINDS = ("registration.", "firmware.", "campaign.", "security.", "bootstrap.")
 
@@ -36,26 +35,21 @@ class RecentEvents:
             return list(self._by_tenant.get(tenant_id, ()))
 
 
-def known_versions(campaign_ids: Iterable[str], jobs_of: Any) -> dict[str, str]:
-    """The firmware version last known of each endpoint, from the campaigns (ids newest first) and their job
-    records (``endpoint``, ``version_after``, ``version_before``)."""
+def known_devices(campaigns: Iterable[tuple[str, str]], jobs_of: Any) -> tuple[dict[str, str], dict[str, str]]:
+    """What the campaigns tell of each endpoint they targeted, in one read of their jobs: ``(versions, classes)``.
+
+    ``campaigns`` are ``(campaign id, its release's class)``, newest first; a job record has ``endpoint``,
+    ``version_after`` and ``version_before``. The newest campaign that knows a device's version says it; a device is
+    of the class of the newest release sent to it (the server does not read /3/0/1 for a listing)."""
     versions: dict[str, str] = {}
-    for cid in campaign_ids:
-        for job in jobs_of(cid):
-            version = job.version_after or job.version_before
-            if version and job.endpoint not in versions:
-                versions[job.endpoint] = version
-    return versions
-
-
-def known_classes(campaigns: Iterable[tuple[str, str]], jobs_of: Any) -> dict[str, str]:
-    """The device class of each endpoint a campaign targeted: ``(campaign id, its release's class)`` newest first
-    (a device is of the class of the releases sent to it; the server does not read /3/0/1 for a listing)."""
     classes: dict[str, str] = {}
     for cid, class_name in campaigns:
         for job in jobs_of(cid):
             classes.setdefault(job.endpoint, class_name)
-    return classes
+            version = job.version_after or job.version_before
+            if version and job.endpoint not in versions:
+                versions[job.endpoint] = version
+    return versions, classes
 
 
 def version_counts(endpoints: Iterable[str], versions: Mapping[str, str]) -> dict[str, int]:

@@ -10,8 +10,7 @@ from lwm2m_server.web.views import (
     RecentEvents,
     device_rows,
     fleet_counts,
-    known_classes,
-    known_versions,
+    known_devices,
     version_counts,
 )
 
@@ -39,9 +38,9 @@ JOBS = {"new": [Job("a", "1.0", "2.0"), Job("b", "1.0", None)], "old": [Job("a",
 
 
 def test_the_newest_campaign_says_a_devices_version_and_class() -> None:
-    assert known_versions(["new", "old"], JOBS.__getitem__) == {"a": "2.0", "b": "1.0", "c": "1.0"}
-    assert known_classes([("new", "meter"), ("old", "meter-v1")], JOBS.__getitem__) == {
-        "a": "meter", "b": "meter", "c": "meter-v1"}
+    versions, classes = known_devices([("new", "meter"), ("old", "meter-v1")], JOBS.__getitem__)
+    assert versions == {"a": "2.0", "b": "1.0", "c": "1.0"}
+    assert classes == {"a": "meter", "b": "meter", "c": "meter-v1"}
     assert version_counts(["a", "b", "c", "d"], {"a": "2.0", "b": "1.0", "c": "1.0"}) == {
         "1.0": 2, "2.0": 1, "unknown": 1}
 
