@@ -10,7 +10,7 @@ share of the sockets replaced by new ones (new address and port) after every pas
 highest rate they manage, or at --rate in all. The senders count the HelloVerifyRequests that come back (what the
 server answered); /proc/net/udp counts what the server's socket dropped unread (receive buffer full).
 
-Meanwhile a legitimate device (aiocoap + DTLSSocket/tinydtls through lwm2m_server.transport.dtls.dtls_client_context,
+Meanwhile a legitimate device (aiocoap + DTLSSocket/tinydtls through lwm2m_server.coap.dtls.dtls_client_context,
 with its server credential) repeatedly makes a fresh session, a DTLS-PSK handshake and one GET /.well-known/core
 (any answer counts), through a loopback relay that delays every datagram by --delay-ms both ways; the time from the
 start to the answer is its latency (3 round trips of handshake + 1 of request: 0.8 s at 100 ms each way). A few
@@ -245,7 +245,7 @@ async def legitimate(port: int, identity: bytes, psk: bytes, delay: float, timeo
     """Fresh sessions one after the other until ``until`` (monotonic) and at least ``at_least`` of them."""
     import aiocoap
 
-    from lwm2m_server.transport.dtls import dtls_client_context
+    from lwm2m_server.coap.dtls import dtls_client_context
 
     out = Attempts()
     while time.monotonic() < until or len(out.ok_ms) + out.failed < at_least:

@@ -51,6 +51,10 @@ from bootstrap.sequence import (
     bootstrap_pack,
     pack_format,
 )
+from lwm2m_server.coap.dtls import add_dtls_server, dtls_server_context, dtls_transport, psk_identity
+from lwm2m_server.coap.remotes import remote_address, remote_host
+from lwm2m_server.coap.responses import error_response
+from lwm2m_server.coap.udp import exclusive_context, release
 from lwm2m_server.core.errors import (
     CoapCode,
     InvalidRequestError,
@@ -61,10 +65,6 @@ from lwm2m_server.core.errors import (
 )
 from lwm2m_server.core.model import ObjectModel
 from lwm2m_server.core.rate_limit import Lockout, RateLimitedError, RateLimiter, ReportThrottle
-from lwm2m_server.transport.dtls import add_dtls_server, dtls_server_context, dtls_transport, psk_identity
-from lwm2m_server.transport.responses import error_response
-from lwm2m_server.transport.site import remote_address, remote_host
-from lwm2m_server.transport.udp import exclusive_context, release
 
 __all__ = ["BootstrapServer", "BootstrapSettings", "BootstrapStats"]
 

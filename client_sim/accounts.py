@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from client_sim.objects import ObjectTree
+from lwm2m_server.coap.dtls import MAX_IDENTITY_LENGTH, MAX_PSK_LENGTH
 from lwm2m_server.core.paths import LwM2mPath
-from lwm2m_server.transport.dtls import MAX_IDENTITY_LENGTH, MAX_PSK_LENGTH
 
 SECURITY, SERVER = 0, 1
 MODE_PSK, MODE_NOSEC = 0, 3

@@ -52,6 +52,8 @@ from client_sim.errors import (
     PathNotFoundError,
 )
 from client_sim.objects import CORE_OBJECTS_WITHOUT_VERSION, ObjectTree
+from lwm2m_server.coap.dtls import dtls_client_context
+from lwm2m_server.coap.udp import exclusive_context, release
 from lwm2m_server.core.codec import link as link_format
 from lwm2m_server.core.codec import registry
 from lwm2m_server.core.codec.formats import ContentFormat
@@ -59,8 +61,6 @@ from lwm2m_server.core.codec.link import Link
 from lwm2m_server.core.errors import InvalidPathError, Lwm2mError, NotAcceptableError
 from lwm2m_server.core.model.definitions import ObjectModel
 from lwm2m_server.core.paths import ROOT, LwM2mPath
-from lwm2m_server.transport.dtls import dtls_client_context
-from lwm2m_server.transport.udp import exclusive_context, release
 
 log = logging.getLogger(__name__)
 

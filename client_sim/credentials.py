@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from lwm2m_server.transport.dtls import MAX_IDENTITY_LENGTH, MAX_PSK_LENGTH
+from lwm2m_server.coap.dtls import MAX_IDENTITY_LENGTH, MAX_PSK_LENGTH
 
 FIELDS = ("endpoint", "psk_identity", "psk_key", "bootstrap_uri")
 MAX_FILE_SIZE = 64 << 20

@@ -49,6 +49,8 @@ from client_sim.errors import BadValueError, FormatNotAcceptableError, Operation
 from client_sim.firmware import PACKAGE, DeviceFirmware, Faults, FirmwareOptions
 from client_sim.network import Link as NetworkLink
 from client_sim.objects import NUMERIC_TYPES, Change, ChangeKind, ObjectTree
+from lwm2m_server.coap.dtls import MAX_IDENTITY_LENGTH, MAX_PSK_LENGTH, dtls_client_context
+from lwm2m_server.coap.udp import exclusive_context, release
 from lwm2m_server.core.codec import link as link_format
 from lwm2m_server.core.codec import registry
 from lwm2m_server.core.codec.formats import ContentFormat
@@ -64,8 +66,6 @@ from lwm2m_server.core.nodes import (
 )
 from lwm2m_server.core.paths import ROOT, LwM2mPath
 from lwm2m_server.core.registration import SUPPORTED_VERSIONS
-from lwm2m_server.transport.dtls import MAX_IDENTITY_LENGTH, MAX_PSK_LENGTH, dtls_client_context
-from lwm2m_server.transport.udp import exclusive_context, release
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ bound to; when they can also say what was revoked (``revoked_since``), the serve
 revoke``, the bootstrap server), ends the DTLS sessions of its identity, removes the registration made with it
 (``registration.deregistered``, reason ``credential_revoked``) and emits ``security.credential_revoked``.
 Failed handshakes back off per (address, identity) and lock an identity (or, for unknown identities, an address)
-out (``dtls_lockout_*``; ``security.dtls_lockout``; see :mod:`lwm2m_server.transport.dtls`).
+out (``dtls_lockout_*``; ``security.dtls_lockout``; see :mod:`lwm2m_server.coap.dtls`).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import aiocoap
 
 from lwm2m_server.audit import AUDITED_KINDS, AuditLog
+from lwm2m_server.coap.dtls import DtlsServerTransport, add_dtls_server, dtls_server_context, dtls_transport
+from lwm2m_server.coap.udp import exclusive_context, release
 from lwm2m_server.core.errors import UnknownRegistrationError
 from lwm2m_server.core.model import ObjectModel
 from lwm2m_server.core.rate_limit import Lockout, RateLimiter
@@ -52,9 +54,7 @@ from lwm2m_server.tenancy.model import DEFAULT_TENANT, Principal
 from lwm2m_server.tenancy.service import TenancyService, local_admin
 from lwm2m_server.tenancy.sql import open_tenancy
 from lwm2m_server.transport.downlink import DownlinkSender
-from lwm2m_server.transport.dtls import DtlsServerTransport, add_dtls_server, dtls_server_context, dtls_transport
 from lwm2m_server.transport.site import DEFAULT_MAX_BLOCK1_ASSEMBLIES, DEFAULT_MAX_BLOCK1_PER_REMOTE, ServerSite
-from lwm2m_server.transport.udp import exclusive_context, release
 
 if TYPE_CHECKING:
     from lwm2m_server.fota.campaigns import CampaignService

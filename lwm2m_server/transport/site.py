@@ -23,6 +23,9 @@ from aiocoap.numbers.codes import Code
 from aiocoap.pipe import Pipe
 from aiocoap.resource import Resource
 
+from lwm2m_server.coap.dtls import psk_identity
+from lwm2m_server.coap.remotes import remote_address, remote_host
+from lwm2m_server.coap.responses import error_response
 from lwm2m_server.core.codec.formats import ContentFormat
 from lwm2m_server.core.errors import (
     Lwm2mError,
@@ -35,8 +38,6 @@ from lwm2m_server.core.rate_limit import RateLimitedError, RateLimiter, ReportTh
 from lwm2m_server.core.registration import PayloadTooLargeError, parse_register, parse_update
 from lwm2m_server.registry.service import RegistrationService
 from lwm2m_server.storage.stores import DEFAULT_TENANT
-from lwm2m_server.transport.dtls import psk_identity
-from lwm2m_server.transport.responses import error_response
 
 log = logging.getLogger(__name__)
 
@@ -163,21 +164,6 @@ class BoundedBlock1Spool:
 def _authenticated(remote: object) -> bool:
     """Whether ``remote`` proved who it is (a DTLS session: it has authenticated claims)."""
     return bool(getattr(remote, "authenticated_claims", None))
-
-
-def remote_address(remote: object) -> str:
-    """A printable ``host:port`` for a remote (display only; never used to reach the device)."""
-    hostinfo = getattr(remote, "hostinfo", None)
-    return str(hostinfo) if hostinfo else repr(remote)
-
-
-def remote_host(remote: object) -> str:
-    """The host part of :func:`remote_address` (no port, no brackets): the per-address rate-limit key."""
-    address = remote_address(remote)
-    if address.startswith("["):
-        return address[1:].partition("]")[0]
-    host, sep, port = address.rpartition(":")
-    return host if sep and ":" not in host and port.isdigit() else address
 
 
 class ServerSite(Resource):

@@ -3,7 +3,7 @@ bring the server down. tinydtls removes an alerting peer from its peer table twi
 ``dtls_destroy_peer``); with other peers held, the table's item count drifts down by one each time until an
 expansion divides by it: SIGFPE, the whole server gone (seen with 20 devices rebooting after an update, about one
 run in five; `gdb` showed ``num_items = 0`` in a table of live peers). The transport ends such sessions itself and
-never hands tinydtls the alert (``lwm2m_server.transport.dtls._before_closing_alert``)."""
+never hands tinydtls the alert (``lwm2m_server.coap.dtls._before_closing_alert``)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import pytest
 
 from bootstrap.sql_credentials import SqlCredentialStore
 from bootstrap.vault import Vault
+from lwm2m_server.coap.dtls import _before_closing_alert, dtls_client_context
 from lwm2m_server.core.codec.formats import ContentFormat
 from lwm2m_server.storage.database import Database
-from lwm2m_server.transport.dtls import _before_closing_alert, dtls_client_context
 from tests.harness import eventually, running_server
 
 STEADY, CYCLES = 5, 25

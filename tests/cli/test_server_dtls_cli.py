@@ -22,10 +22,10 @@ from aiocoap import resource
 from bootstrap.credentials import CredentialKind
 from bootstrap.sql_credentials import SqlCredentialStore
 from bootstrap.vault import Vault
+from lwm2m_server.coap.dtls import dtls_client_context
 from lwm2m_server.core.codec.formats import ContentFormat
 from lwm2m_server.data_dir import vault_key_location
 from lwm2m_server.storage.database import Database
-from lwm2m_server.transport.dtls import dtls_client_context
 from tests.cli.test_cli import SCRATCH
 from tests.harness import die_with_parent
 

@@ -17,12 +17,12 @@ from aiocoap import resource
 from bootstrap.credentials import CredentialKind, MemoryCredentialStore
 from bootstrap.server import BootstrapServer, BootstrapSettings
 from bootstrap.vault import Vault
+from lwm2m_server.coap.dtls import dtls_client_context
 from lwm2m_server.core.codec import registry
 from lwm2m_server.core.codec.formats import ContentFormat
 from lwm2m_server.core.model import ObjectModel
 from lwm2m_server.core.nodes import Instance, SingleResource
 from lwm2m_server.core.paths import LwM2mPath
-from lwm2m_server.transport.dtls import dtls_client_context
 
 MODEL = ObjectModel.default()
 SERVER_URI = "coaps://127.0.0.1:5684"

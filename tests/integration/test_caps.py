@@ -17,14 +17,14 @@ from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import BlockOption
 
 from bootstrap.server import BootstrapSettings
+from lwm2m_server.coap.dtls import PskClaim
+from lwm2m_server.coap.udp import exclusive_context, release
 from lwm2m_server.core.rate_limit import RateLimiter
 from lwm2m_server.events import EventBus
 from lwm2m_server.registry.service import RegistrationService
 from lwm2m_server.server import ServerSettings
 from lwm2m_server.storage.memory import MemoryDeviceStore, MemoryRegistrationStore
-from lwm2m_server.transport.dtls import PskClaim
 from lwm2m_server.transport.site import Block1BusyError, BoundedBlock1Spool, ServerSite
-from lwm2m_server.transport.udp import exclusive_context, release
 from tests.harness import coap_client, request, running_server
 
 LINKS = b"</1/0>,</3/0>,</5/0>"

@@ -25,6 +25,7 @@ from client_sim.device import DeviceState, SimulatedDevice
 from client_sim.errors import BadValueError, NotAuthorizedError, OperationNotAllowedError, PathNotFoundError
 from client_sim.fleet import Fleet
 from client_sim.objects import ObjectTree, parse_execute_arguments
+from lwm2m_server.coap.udp import bound_port
 from lwm2m_server.core.codec import link as link_format
 from lwm2m_server.core.codec import registry
 from lwm2m_server.core.codec.formats import ContentFormat
@@ -41,7 +42,6 @@ from lwm2m_server.core.nodes import (
 )
 from lwm2m_server.core.paths import LwM2mPath
 from lwm2m_server.core.registration import parse_register
-from lwm2m_server.transport.udp import bound_port
 
 T = 10.0  # bound on every wait
 P = LwM2mPath.parse

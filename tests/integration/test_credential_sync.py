@@ -21,6 +21,7 @@ from aiocoap import resource
 from bootstrap.credentials import CredentialKind, MemoryCredentialStore
 from bootstrap.sql_credentials import SqlCredentialStore
 from bootstrap.vault import Vault
+from lwm2m_server.coap.dtls import dtls_client_context
 from lwm2m_server.core.codec.formats import ContentFormat
 from lwm2m_server.core.errors import UnknownEndpointError
 from lwm2m_server.core.operations import ReadRequest
@@ -28,7 +29,6 @@ from lwm2m_server.core.paths import LwM2mPath
 from lwm2m_server.events import Event
 from lwm2m_server.server import SECURITY_CREDENTIAL_REVOKED, Lwm2mServer, ServerSettings
 from lwm2m_server.storage.database import Database
-from lwm2m_server.transport.dtls import dtls_client_context
 from tests.harness import eventually
 
 SV, BS = CredentialKind.SERVER, CredentialKind.BOOTSTRAP

@@ -33,6 +33,7 @@ from firmware_object.suit.envelope import build_envelope
 from firmware_object.suit.keys import generate_private_key
 from firmware_object.suit.manifest import ReleaseManifest
 from lwm2m_server.audit import AUDIT_FILE, read_audit
+from lwm2m_server.coap.dtls import dtls_client_context
 from lwm2m_server.core.codec.formats import ContentFormat
 from lwm2m_server.core.operations import ReadRequest
 from lwm2m_server.core.paths import LwM2mPath
@@ -40,7 +41,6 @@ from lwm2m_server.fota.service import Method
 from lwm2m_server.key_rotation import rotate_device_key
 from lwm2m_server.server import Lwm2mServer
 from lwm2m_server.storage.database import Database
-from lwm2m_server.transport.dtls import dtls_client_context
 from tests.harness import running_server
 
 VENDOR = uuid.UUID("fa6b4a53-d5ad-5fdf-be9d-e663e4d41ffe")

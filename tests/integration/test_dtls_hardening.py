@@ -21,14 +21,14 @@ from typing import Any
 import aiocoap
 import pytest
 
-from lwm2m_server.core.rate_limit import Lockout
-from lwm2m_server.transport.dtls import (
+from lwm2m_server.coap.dtls import (
     SECURITY_DTLS_LOCKOUT,
     DtlsServerTransport,
     dtls_client_context,
     dtls_server_context,
     dtls_transport,
 )
+from lwm2m_server.core.rate_limit import Lockout
 from tests.harness import eventually
 from tests.integration.test_dtls_lockout import site
 from tests.integration.test_dtls_transport import raw_client_get

@@ -21,9 +21,7 @@ from aiocoap import resource
 
 from bootstrap.credentials import MemoryCredentialStore
 from bootstrap.vault import Vault
-from lwm2m_server.core.rate_limit import Lockout
-from lwm2m_server.events import Event
-from lwm2m_server.transport.dtls import (
+from lwm2m_server.coap.dtls import (
     SECURITY_DTLS_LOCKOUT,
     DtlsServerTransport,
     dtls_client_context,
@@ -31,6 +29,8 @@ from lwm2m_server.transport.dtls import (
     dtls_transport,
     psk_identity,
 )
+from lwm2m_server.core.rate_limit import Lockout
+from lwm2m_server.events import Event
 from tests.harness import eventually, running_server
 
 COAP_CLIENT = shutil.which("coap-client-openssl")

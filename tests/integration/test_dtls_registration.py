@@ -16,12 +16,12 @@ from aiocoap import resource
 
 from bootstrap.credentials import MemoryCredentialStore
 from bootstrap.vault import Vault
+from lwm2m_server.coap.dtls import dtls_client_context
 from lwm2m_server.core.codec.formats import ContentFormat
 from lwm2m_server.core.operations import ReadRequest
 from lwm2m_server.core.paths import LwM2mPath
 from lwm2m_server.events import Event
 from lwm2m_server.server import Lwm2mServer
-from lwm2m_server.transport.dtls import dtls_client_context
 from tests.harness import running_server
 
 

@@ -13,7 +13,7 @@ import aiocoap
 import pytest
 from aiocoap import resource
 
-from lwm2m_server.transport.dtls import (
+from lwm2m_server.coap.dtls import (
     DtlsServerTransport,
     DtlsSessionClosedError,
     PskClaim,
@@ -23,7 +23,7 @@ from lwm2m_server.transport.dtls import (
     dtls_transport,
     psk_identity,
 )
-from lwm2m_server.transport.udp import exclusive_context, release
+from lwm2m_server.coap.udp import exclusive_context, release
 
 COAP_CLIENT = shutil.which("coap-client-openssl")
 needs_libcoap = pytest.mark.skipif(COAP_CLIENT is None, reason="coap-client-openssl (Debian libcoap3-bin) not found")

@@ -24,12 +24,12 @@ from firmware_object.errors import State, UpdateResult
 from firmware_object.suit.envelope import build_envelope
 from firmware_object.suit.keys import PrivateKey, generate_private_key
 from firmware_object.suit.manifest import ReleaseManifest
+from lwm2m_server.coap.udp import bound_port
 from lwm2m_server.core.nodes import ResourceType, SingleResource
 from lwm2m_server.core.operations import ReadRequest, WriteRequest
 from lwm2m_server.core.paths import LwM2mPath
 from lwm2m_server.fota.service import Method, UpdateJob
 from lwm2m_server.server import Lwm2mServer
-from lwm2m_server.transport.udp import bound_port
 from tests.harness import eventually, running_server
 
 VENDOR = uuid.UUID("fa6b4a53-d5ad-5fdf-be9d-e663e4d41ffe")

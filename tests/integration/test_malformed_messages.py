@@ -25,10 +25,10 @@ from aiocoap.numbers.types import Type
 
 from bootstrap.credentials import MemoryCredentialStore
 from bootstrap.vault import Vault
+from lwm2m_server.coap import datagrams
 from lwm2m_server.core.operations import ReadRequest
 from lwm2m_server.core.paths import LwM2mPath
 from lwm2m_server.server import Lwm2mServer
-from lwm2m_server.transport import datagrams
 from tests.harness import running_server
 from tests.unit.test_datagrams import ACK, CASES, CON, CONTENT, NON, datagram
 

@@ -11,13 +11,14 @@ import pytest
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
 
+from lwm2m_server.coap.dtls import PskClaim
+from lwm2m_server.coap.remotes import remote_host
+from lwm2m_server.coap.udp import exclusive_context, release
 from lwm2m_server.core.rate_limit import RateLimiter
 from lwm2m_server.events import EventBus
 from lwm2m_server.registry.service import RegistrationService
 from lwm2m_server.storage.memory import MemoryDeviceStore, MemoryRegistrationStore
-from lwm2m_server.transport.dtls import PskClaim
-from lwm2m_server.transport.site import ServerSite, remote_host
-from lwm2m_server.transport.udp import exclusive_context, release
+from lwm2m_server.transport.site import ServerSite
 from tests.harness import coap_client, request
 
 

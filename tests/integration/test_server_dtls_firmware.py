@@ -17,6 +17,7 @@ from aiocoap import resource
 
 from bootstrap.credentials import MemoryCredentialStore
 from bootstrap.vault import Vault
+from lwm2m_server.coap.dtls import dtls_client_context
 from lwm2m_server.core.codec.formats import ContentFormat
 from lwm2m_server.core.codec.registry import decode, encode
 from lwm2m_server.core.model import ObjectModel
@@ -24,7 +25,6 @@ from lwm2m_server.core.nodes import Instance, ResourceType, SingleResource
 from lwm2m_server.core.paths import LwM2mPath
 from lwm2m_server.fota.service import Method
 from lwm2m_server.server import Lwm2mServer
-from lwm2m_server.transport.dtls import dtls_client_context
 from tests.harness import eventually, running_server
 
 MODEL = ObjectModel.default()

@@ -22,12 +22,12 @@ from client_sim.accounts import bootstrap_account, server_account
 from client_sim.credentials import FactoryCredentials
 from client_sim.device import DeviceState, SimulatedDevice
 from client_sim.fleet import Fleet
+from lwm2m_server.coap.dtls import dtls_client_context, dtls_transport
 from lwm2m_server.core.codec.formats import ContentFormat
 from lwm2m_server.core.nodes import Instance
 from lwm2m_server.core.operations import ExecuteRequest, ReadRequest
 from lwm2m_server.core.paths import LwM2mPath
 from lwm2m_server.server import Lwm2mServer
-from lwm2m_server.transport.dtls import dtls_client_context, dtls_transport
 from tests.harness import running_server
 
 

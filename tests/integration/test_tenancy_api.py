@@ -23,12 +23,12 @@ from fastapi.routing import APIRoute
 
 from bootstrap.sql_credentials import SqlCredentialStore
 from bootstrap.vault import Vault
+from lwm2m_server.coap.dtls import dtls_client_context
 from lwm2m_server.core.codec.formats import ContentFormat
 from lwm2m_server.server import Lwm2mServer
 from lwm2m_server.storage.database import Database
 from lwm2m_server.tenancy.model import Role, TenantKind
 from lwm2m_server.tenancy.service import system_principal
-from lwm2m_server.transport.dtls import dtls_client_context
 from tests.harness import running_server
 
 pytestmark = pytest.mark.timeout(120)

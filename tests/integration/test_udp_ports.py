@@ -25,7 +25,7 @@ async def test_a_retransmitted_register_gets_the_same_answer_from_a_slim_cache(t
     from aiocoap import CON, Message
     from aiocoap.numbers.codes import Code
 
-    from lwm2m_server.transport.udp import _message_manager
+    from lwm2m_server.coap.udp import _message_manager
 
     async with running_server(tmp_path) as srv:
         request = Message(code=Code.POST, uri_path=("rd",), payload=b"</1/0>,</3/0>", content_format=40)

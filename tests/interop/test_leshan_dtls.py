@@ -35,11 +35,11 @@ from bootstrap.vault import Vault
 from client_sim.accounts import bootstrap_account, server_account
 from client_sim.credentials import FactoryCredentials
 from client_sim.device import DeviceState, SimulatedDevice
+from lwm2m_server.coap.dtls import dtls_transport
 from lwm2m_server.core.nodes import Instance, ResourceType, SingleResource
 from lwm2m_server.core.operations import ReadRequest
 from lwm2m_server.core.paths import LwM2mPath
 from lwm2m_server.server import Lwm2mServer
-from lwm2m_server.transport.dtls import dtls_transport
 from tests.harness import eventually, running_server
 from tests.interop.conftest import DemoProcess, LeshanBsServerDemo, LeshanClientFactory, LeshanServerDemo
 from tests.interop.leshan import (

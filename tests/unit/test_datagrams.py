@@ -16,8 +16,8 @@ from aiocoap.numbers.types import Type
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lwm2m_server.transport import datagrams
-from lwm2m_server.transport.datagrams import RateLimitedLog, decode_datagram
+from lwm2m_server.coap import datagrams
+from lwm2m_server.coap.datagrams import RateLimitedLog, decode_datagram
 
 CON, NON, ACK, RST = 0, 1, 2, 3
 GET, POST, CONTENT = 0x01, 0x02, 0x45

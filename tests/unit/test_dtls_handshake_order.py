@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lwm2m_server.transport.dtls import _HandshakeOrder
+from lwm2m_server.coap.dtls import _HandshakeOrder
 
 
 def record(ctype: int, epoch: int, seq: int, body: bytes = b"\x10") -> bytes:

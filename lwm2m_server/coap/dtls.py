@@ -39,7 +39,7 @@ transport replaces it. Invariants:
   handshake is answered as any failed one and counts nowhere; established sessions are kept. Each engagement is
   logged as a warning and reported through ``on_security_event("security.dtls_lockout", data)``. A failing
   credential store (an exception in ``psk_for``) refuses the handshake but is not the peer's failure.
-- Application data is decoded strictly (:func:`~lwm2m_server.transport.datagrams.decode_datagram`); a malformed
+- Application data is decoded strictly (:func:`~lwm2m_server.coap.datagrams.decode_datagram`); a malformed
   message gets RFC 7252's answer on its session, and nothing a peer sends makes a tinydtls callback raise.
 """
 
@@ -64,9 +64,9 @@ from typing import Any, Protocol, runtime_checkable
 from aiocoap import Context, Message, error, interfaces
 from aiocoap.numbers import constants
 
+from lwm2m_server.coap import udp
+from lwm2m_server.coap.datagrams import MALFORMED, decode_datagram
 from lwm2m_server.core.rate_limit import HandshakeGuard, Lockout, TokenBucket, Tripped
-from lwm2m_server.transport import udp
-from lwm2m_server.transport.datagrams import MALFORMED, decode_datagram
 
 _log = logging.getLogger(__name__)
 
@@ -1007,7 +1007,7 @@ async def dtls_server_context(site: interfaces.Resource | None, host: str, port:
                               on_security_event: SecurityEventSink | None = None, backoff_after: int = 3,
                               backoff_base: float = 1.0, unknown_session_alerts: float = 100.0) -> tuple[Context, int]:
     """A server context serving ``site`` over coaps:// on ``host:port`` (port 0: any free port), mirroring
-    :func:`lwm2m_server.transport.udp.exclusive_context`. Raises OSError (EADDRINUSE) when the port is taken.
+    :func:`lwm2m_server.coap.udp.exclusive_context`. Raises OSError (EADDRINUSE) when the port is taken.
     ``await context.shutdown()`` ends every session (close_notify) and frees the port. The transport (for
     :meth:`~DtlsServerTransport.evict` and friends) is ``dtls_transport(context)``."""
     context = Context(loop=asyncio.get_running_loop(), serversite=site,

@@ -22,8 +22,8 @@ from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import Type
 from aiocoap.transports import udp6
 
-from lwm2m_server.transport import datagrams
-from lwm2m_server.transport.datagrams import decode_datagram
+from lwm2m_server.coap import datagrams
+from lwm2m_server.coap.datagrams import decode_datagram
 
 _IN_USE: set[tuple[str, int]] = set()
 
@@ -98,11 +98,11 @@ def tune_aiocoap() -> None:
       together about a fifth of the server's CPU. Address parsing is cached by address text (the results never
       change), and the render task gets a constant name.
     * Malformed datagrams: plain UDP (and aiocoap's DTLS client) decode through
-      :func:`~lwm2m_server.transport.datagrams.decode_datagram`, which answers or drops what RFC 7252 rejects
+      :func:`~lwm2m_server.coap.datagrams.decode_datagram`, which answers or drops what RFC 7252 rejects
       (aiocoap raised a traceback per datagram on an option that is not valid UTF-8).
     * Tokens: every request token is 8 random bytes (RFC 7252 5.3.1; aiocoap counted up from a random start).
     * Responses, ACKs and RSTs that match nothing are logged through the rate-limited
-      :data:`~lwm2m_server.transport.datagrams.UNMATCHED` (aiocoap wrote two or three INFO lines each); an
+      :data:`~lwm2m_server.coap.datagrams.UNMATCHED` (aiocoap wrote two or three INFO lines each); an
       unmatched CON response is still answered with an RST.
     """
     cls: Any = udp6.UDP6EndpointAddress
