@@ -21,7 +21,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
@@ -329,6 +329,9 @@ class DeviceFirmware:
         self.resumes = 0
         self.corrupted = 0
         self.push_blocks = 0
+        self.fetch: Callable[[str], Awaitable[bytes]] = self._get
+        """Where a pull gets the package named by a Package URI: the device's own socket (:meth:`_get`); an end
+        device behind a gateway gets it from the gateway instead (client_sim.gateway)."""
 
     # ------------------------------------------------------------------ the object
 
@@ -565,7 +568,7 @@ class DeviceFirmware:
 
     async def _pull(self, uri: str) -> None:
         try:
-            package = await self._get(uri)
+            package = await self.fetch(uri)
         except FirmwareError as e:
             self._fail_download(e)
             return

@@ -13,7 +13,7 @@ from lwm2m_server.core.operations import DownlinkRequest, ObserveRequest
 from lwm2m_server.core.registration import Registration
 from lwm2m_server.core.responses import DownlinkResponse
 from lwm2m_server.registry.service import RegistrationService
-from lwm2m_server.transport.downlink import DownlinkSender, Observation
+from lwm2m_server.transport.downlink import Downlink, ObservationHandle
 
 # LwM2M 1.1 Transport 6.x: a queue-mode client stays reachable for CoAP MAX_TRANSMIT_WAIT after it last spoke.
 QUEUE_MODE_AWAKE_SECONDS = 93.0
@@ -22,7 +22,7 @@ QUEUE_MODE_AWAKE_SECONDS = 93.0
 class DeviceManagement:
     """Every method takes the caller's ``tenant_id`` (keyword, required): an endpoint is found only in its tenant."""
 
-    def __init__(self, registrations: RegistrationService, sender: DownlinkSender, *, clock: Callable[[], float],
+    def __init__(self, registrations: RegistrationService, sender: Downlink, *, clock: Callable[[], float],
                  awake_seconds: float = QUEUE_MODE_AWAKE_SECONDS) -> None:
         self.registrations = registrations
         self.sender = sender
@@ -46,5 +46,5 @@ class DeviceManagement:
         return await self.sender.send(self.reachable(endpoint, tenant_id=tenant_id), request, timeout=timeout)
 
     async def observe(self, endpoint: str, request: ObserveRequest, *, timeout: float | None = None,
-                      tenant_id: str) -> Observation:
+                      tenant_id: str) -> ObservationHandle:
         return await self.sender.observe(self.reachable(endpoint, tenant_id=tenant_id), request, timeout=timeout)

@@ -287,7 +287,7 @@ class Lwm2mServer:
         if feed is not None:
             self._revocation_watch = asyncio.create_task(self._watch_revocations(feed, started, handled),
                                                          name="credential-revocations")
-        sender = DownlinkSender(self.context, self.model, timeout=s.request_timeout)
+        sender = DownlinkSender(self.context, self.model, timeout=s.request_timeout, parent_of=self.registrations.get)
         self.management = DeviceManagement(self.registrations, sender, clock=time.time)
         plain = self.coap_uri if s.coap_port is not None else None
         secure = self.coaps_uri if s.coaps_port is not None else None

@@ -44,7 +44,7 @@ from lwm2m_server.core.registration import Registration
 from lwm2m_server.events import REGISTRATION_REGISTERED, REGISTRATION_UPDATED, Event, EventBus
 from lwm2m_server.fota.file_server import FileServer
 from lwm2m_server.management import DeviceManagement
-from lwm2m_server.transport.downlink import Observation
+from lwm2m_server.transport.downlink import ObservationHandle
 from lwm2m_server.transport.push import DEFAULT_BLOCK_SIZE, PushProgress
 
 log = logging.getLogger(__name__)
@@ -429,9 +429,9 @@ class FirmwareService:
             node, path = SingleResource(0, ResourceType.OPAQUE, b"\0"), PACKAGE
         await self.management.send(ep, WriteRequest(path, node), tenant_id=tenant_id)
 
-    async def _observe(self, ep: str, watch: _Watch, tenant_id: str) -> list[Observation]:
+    async def _observe(self, ep: str, watch: _Watch, tenant_id: str) -> list[ObservationHandle]:
         """Observe /5/0/3 and /5/0/5; an empty list when the device does not take Observe."""
-        observations: list[Observation] = []
+        observations: list[ObservationHandle] = []
         try:
             for path, rid in ((STATE, 3), (RESULT, 5)):
                 obs = await self.management.observe(ep, ObserveRequest(path), tenant_id=tenant_id)
@@ -449,7 +449,7 @@ class FirmwareService:
             return []
         return observations
 
-    async def _follow(self, obs: Observation, watch: _Watch, rid: int) -> None:
+    async def _follow(self, obs: ObservationHandle, watch: _Watch, rid: int) -> None:
         try:
             async for node in obs.notifications():
                 if isinstance(node, SingleResource):

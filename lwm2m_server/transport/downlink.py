@@ -1,9 +1,11 @@
-"""DownlinkSender: server -> device requests, sent to the ``remote`` of the device's registration: LwM2M
-operations (:meth:`DownlinkSender.send`, :meth:`DownlinkSender.observe`), block-wise pushes
-(:meth:`DownlinkSender.push`) and raw exchanges. The one way the server's services reach devices.
+"""The downlink port: server -> device requests. :class:`Downlink` is the interface the services use (LwM2M
+operations, observations, block-wise pushes); :class:`DownlinkSender` is its aiocoap implementation (client_sim's
+``InMemoryDownlink`` is another, for fast tests). The one way the server's services reach devices.
 
-Invariant: a downlink request goes to the live remote the device last spoke from (so a DTLS session is reused);
-it is never rebuilt from a URI or from the stored address.
+Invariants: a downlink request goes to the :class:`Route` of the device, found by :func:`route_to` alone: the
+live remote the device last spoke from (so a DTLS session is reused), or for an end device behind an LwM2M
+gateway, the gateway's live remote with the device's prefix in front of every path (LwM2M Gateway 1.1). A route
+is never rebuilt from a URI or from the stored address.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from dataclasses import replace
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 from aiocoap import Context, Message
 from aiocoap import error as coap_error
@@ -38,27 +40,96 @@ from lwm2m_server.transport.push import DEFAULT_BLOCK_SIZE, PACKAGE, ProgressLis
 
 log = logging.getLogger(__name__)
 
-_METHODS = {"GET": Code.GET, "PUT": Code.PUT, "POST": Code.POST, "DELETE": Code.DELETE, "FETCH": Code.FETCH}
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where the requests for one device go: ``remote`` (a live transport handle) and ``root_path`` (put in front
+    of every LwM2M path: the device's alternate root, or its gateway's root plus the device's prefix); ``via`` is
+    the gateway's endpoint for an end device behind one."""
+
+    endpoint: str
+    remote: object
+    root_path: str = "/"
+    via: str | None = None
 
 
-class DownlinkSender:
-    """Sends LwM2M requests to registered devices and decodes their answers."""
+ParentLookup = Callable[[str], Registration | None]
+"""The live registration of a gateway, by registration id (``RegistrationService.get``)."""
 
-    def __init__(self, context: Context, model: ObjectModel, *, timeout: float = 30.0) -> None:
-        self.context = context
-        self.model = model
-        self.timeout = timeout
 
-    def _prepare(self, reg: Registration, request: DownlinkRequest) -> Message:
+def _no_parents(_reg_id: str) -> Registration | None:
+    return None
+
+
+def route_to(reg: Registration, parent_of: ParentLookup) -> Route:
+    """The route to ``reg``'s device; ClientSleepingError when there is none now (a device not heard from since
+    the server started, or an end device whose gateway is gone or not connected)."""
+    if reg.parent_id is None:
         if reg.remote is None:
             raise ClientSleepingError(
                 f"{reg.endpoint} has not been heard from since the server started; it is reachable again after "
                 "its next Update")
+        return Route(reg.endpoint, reg.remote, reg.root_path)
+    gateway = parent_of(reg.parent_id)
+    if gateway is None or gateway.remote is None:
+        raise ClientSleepingError(f"{reg.endpoint} sits behind a gateway that is not connected now")
+    prefix = reg.path_prefix.strip("/")
+    return Route(reg.endpoint, gateway.remote, f"{gateway.root_path.rstrip('/')}/{prefix}/", gateway.endpoint)
+
+
+class ObservationHandle(Protocol):
+    """A running observation: ``initial`` is the first answer; ``notifications()`` yields what follows."""
+
+    initial: DownlinkResponse
+    established: bool
+
+    def notifications(self) -> AsyncIterator[Node]: ...
+
+    def cancel(self) -> None: ...
+
+
+class Downlink(Protocol):
+    """Requests from the server to devices (see the module invariants)."""
+
+    def route(self, reg: Registration) -> Route: ...
+
+    async def send(self, reg: Registration, request: DownlinkRequest, *, timeout: float | None = None
+                   ) -> DownlinkResponse: ...
+
+    async def observe(self, reg: Registration, request: ObserveRequest, *, timeout: float | None = None
+                      ) -> ObservationHandle: ...
+
+    async def push(self, reg: Registration, data: bytes, *, path: LwM2mPath = PACKAGE,
+                   block_size: int = DEFAULT_BLOCK_SIZE, content_format: int = int(ContentFormat.OPAQUE),
+                   total_timeout: float = 600.0, on_progress: ProgressListener | None = None) -> PushProgress: ...
+
+    async def post_to_address(self, uri: str, endpoint: str) -> int: ...
+
+
+_METHODS = {"GET": Code.GET, "PUT": Code.PUT, "POST": Code.POST, "DELETE": Code.DELETE, "FETCH": Code.FETCH}
+
+
+class DownlinkSender:
+    """Sends LwM2M requests to registered devices over aiocoap and decodes their answers (the :class:`Downlink`
+    of the server). ``parent_of`` finds a gateway's registration for the devices behind it."""
+
+    def __init__(self, context: Context, model: ObjectModel, *, timeout: float = 30.0,
+                 parent_of: ParentLookup = _no_parents) -> None:
+        self.context = context
+        self.model = model
+        self.timeout = timeout
+        self.parent_of = parent_of
+
+    def route(self, reg: Registration) -> Route:
+        return route_to(reg, self.parent_of)
+
+    def _prepare(self, reg: Registration, request: DownlinkRequest) -> Message:
+        route = self.route(reg)
         if isinstance(request, WriteRequest | CreateRequest) and request.format is None:
             node = request.node if isinstance(request, WriteRequest) else request.instance
             request = replace(request, format=default_write_format(node, reg.supported_formats))
         model = self.model
-        coap = to_coap(request, root_path=reg.root_path,
+        coap = to_coap(request, root_path=route.root_path,
                        encode=lambda n, p, f: codecs.encode(n, p, f, model),
                        encode_paths=codecs.encode_paths)
         msg = Message(code=_METHODS[coap.method], uri_path=coap.uri_path, payload=coap.payload)
@@ -70,7 +141,7 @@ class DownlinkSender:
             msg.opt.accept = coap.accept
         if coap.observe is not None:
             msg.opt.observe = coap.observe
-        msg.remote = reg.remote
+        msg.remote = route.remote
         return msg
 
     async def exchange(self, request: Message, endpoint: str, timeout: float) -> Message:
@@ -88,7 +159,7 @@ class DownlinkSender:
                    total_timeout: float = 600.0, on_progress: ProgressListener | None = None) -> PushProgress:
         """A block-wise Write of ``data`` to ``path`` (normally /5/0/0) of the device: see
         :func:`~lwm2m_server.transport.push.push_package` (each block bounded by this sender's timeout)."""
-        return await push_package(self.exchange, reg, data, path=path, block_size=block_size,
+        return await push_package(self.exchange, self.route(reg), data, path=path, block_size=block_size,
                                   content_format=content_format, request_timeout=self.timeout,
                                   total_timeout=total_timeout, on_progress=on_progress)
 

@@ -17,16 +17,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import BlockOption
 
 from lwm2m_server.core.codec.formats import ContentFormat
-from lwm2m_server.core.errors import ClientSleepingError, ErrorResponseError, InvalidRequestError, RequestTimeoutError
+from lwm2m_server.core.errors import ErrorResponseError, InvalidRequestError, RequestTimeoutError
 from lwm2m_server.core.operations import uri_path as coap_uri_path
 from lwm2m_server.core.paths import LwM2mPath
-from lwm2m_server.core.registration import Registration
+
+if TYPE_CHECKING:
+    from lwm2m_server.transport.downlink import Route
 
 DEFAULT_BLOCK_SIZE = 1024
 PACKAGE = LwM2mPath.of(5, 0, 0)
@@ -62,7 +65,7 @@ def size_exponent(block_size: int) -> int:
     return block_size.bit_length() - 5
 
 
-async def push_package(exchange: Exchange, reg: Registration, data: bytes, *,
+async def push_package(exchange: Exchange, route: Route, data: bytes, *,
                        path: LwM2mPath = PACKAGE,
                        block_size: int = DEFAULT_BLOCK_SIZE,
                        content_format: int = int(ContentFormat.OPAQUE),
@@ -70,16 +73,14 @@ async def push_package(exchange: Exchange, reg: Registration, data: bytes, *,
                        total_timeout: float = 600.0,
                        max_restarts: int = 3,
                        on_progress: ProgressListener | None = None) -> PushProgress:
-    """Write ``data`` to ``path`` of the device block-wise; returns the final progress or raises.
+    """Write ``data`` to ``path`` of the device at ``route`` block-wise; returns the final progress or raises.
 
     Raises ErrorResponseError (the device's code) when the device refuses the package (a 4.13 without a smaller
     Block1 size: at once, nothing more is sent),
     RequestTimeoutError when a block is not answered or the push outlasts ``total_timeout``.
     """
-    if reg.remote is None:
-        raise ClientSleepingError(f"{reg.endpoint} has not been heard from since the server started")
     szx = size_exponent(block_size)
-    segments = coap_uri_path(reg.root_path, path)
+    segments = coap_uri_path(route.root_path, path)
     total = len(data)
     offset = blocks = restarts = 0
 
@@ -98,8 +99,8 @@ async def push_package(exchange: Exchange, reg: Registration, data: bytes, *,
                     request.opt.block1 = BlockOption.BlockwiseTuple(number, more, szx)
                 if number == 0:
                     request.opt.size1 = total  # lets the device refuse a package too large for it up front
-                request.remote = reg.remote
-                response = await exchange(request, reg.endpoint, request_timeout)
+                request.remote = route.remote
+                response = await exchange(request, route.endpoint, request_timeout)
                 code = response.code
                 answer = response.opt.block1
                 if code == Code.CONTINUE or (code.is_successful() and not more):
@@ -127,4 +128,4 @@ async def push_package(exchange: Exchange, reg: Registration, data: bytes, *,
                 raise ErrorResponseError(int(code), detail)
     except TimeoutError:
         raise RequestTimeoutError(
-            f"push to {reg.endpoint} took longer than {total_timeout:g} s ({offset} of {total} bytes)") from None
+            f"push to {route.endpoint} took longer than {total_timeout:g} s ({offset} of {total} bytes)") from None
