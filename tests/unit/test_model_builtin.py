@@ -1,4 +1,4 @@
-"""Our built-in objects 0, 1, 3, 4, 5 against the official OMA definitions.
+"""Our built-in objects 0, 1, 3, 4, 5, 25 against the official OMA definitions.
 
 Each built-in is compared twice: with parse_ddf of the official XML, and, independently of our parser, with
 INDEX.json (derived in ../shared/reference from the same XML), so a parser bug cannot hide a built-in bug.
@@ -18,7 +18,7 @@ from lwm2m_server.core.model.builtin import BUILTIN_OBJECTS
 from lwm2m_server.core.model.ddf import parse_ddf
 from lwm2m_server.core.nodes import ResourceType
 
-BUILTIN_IDS = (0, 1, 3, 4, 5)
+BUILTIN_IDS = (0, 1, 3, 4, 5, 25)
 # Resources whose DDF <RangeEnumeration> is prose rather than a range; the built-in leaves it empty.
 PROSE_RANGES = {(1, 22)}
 

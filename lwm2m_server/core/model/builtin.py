@@ -1,10 +1,10 @@
-"""Our built-in definitions of the core LwM2M objects 0, 1, 3, 4 and 5, at their current registry versions.
+"""Our built-in definitions of the core LwM2M objects 0, 1, 3, 4, 5 and 25 (LwM2M Gateway), at their current registry versions.
 
 The facts (ids, names, operations, multiplicity, mandatory flags, types, ranges, units, versions, URNs) follow
 the published object definitions; descriptions are our own one-liners. tests/unit/test_model_builtin.py checks
 every resource against the official DDF files, so a change here must follow a change there.
 
-Invariant: ``BUILTIN_OBJECTS`` holds exactly objects 0, 1, 3, 4 and 5, in that order, with unique resource ids.
+Invariant: ``BUILTIN_OBJECTS`` holds exactly objects 0, 1, 3, 4, 5 and 25, in that order, with unique resource ids.
 """
 
 from __future__ import annotations
@@ -186,10 +186,21 @@ FIRMWARE_UPDATE = _object(
     ],
 )
 
+LWM2M_GATEWAY = _object(
+    (25, "LwM2M Gateway", "2.0", "1.1", MULTI, OPT, "urn:oma:lwm2m:oma:25:2.0"),
+    "One instance per end device behind an LwM2M gateway: its id, the prefix that reaches it, its objects.",
+    [
+        (0, "Device ID", "R", SINGLE, MAN, STR, "", ""),
+        (1, "Prefix", "R", SINGLE, MAN, STR, "", ""),
+        (3, "IoT Device Objects", "R", SINGLE, MAN, CORELNK, "", ""),
+    ],
+)
+
 BUILTIN_OBJECTS: tuple[ObjectDefinition, ...] = (
     SECURITY,
     SERVER,
     DEVICE,
     CONNECTIVITY_MONITORING,
     FIRMWARE_UPDATE,
+    LWM2M_GATEWAY,
 )
