@@ -1,6 +1,8 @@
-"""The downlink port: server -> device requests. :class:`Downlink` is the interface the services use (LwM2M
-operations, observations, block-wise pushes); :class:`DownlinkSender` is its aiocoap implementation (``InMemoryDownlink`` in
-tests/downlink_simulator.py is another, over simulated devices without sockets, for fast tests). The one way the server's services reach devices.
+"""The downlink port: server -> device requests, the one way the server's services reach devices.
+
+:class:`Downlink` is the interface the services use (LwM2M operations, observations, block-wise pushes);
+:class:`DownlinkSender` is its aiocoap implementation; ``InMemoryDownlink`` (tests/downlink_simulator.py) is
+another, over simulated devices without sockets, for fast tests.
 
 Invariants: a downlink request goes to the :class:`Route` of the device, found by :func:`route_to` alone: the
 live remote the device last spoke from (so a DTLS session is reused), or for an end device behind an LwM2M
