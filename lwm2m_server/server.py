@@ -42,9 +42,10 @@ from lwm2m_server.events import EventBus
 from lwm2m_server.fota.file_server import MOUNT as FILES_MOUNT
 from lwm2m_server.fota.file_server import FileServer
 from lwm2m_server.fota.service import FirmwareService
-from lwm2m_server.management import DeviceManagement
+from lwm2m_server.management import DeviceManagement, end_devices_over
 from lwm2m_server.metering.meter import UsageMeter
 from lwm2m_server.metering.store import SqlUsageStore
+from lwm2m_server.registry.end_devices import EndDevices
 from lwm2m_server.registry.service import DEFAULT_MAX_LIFETIME, DEFAULT_MAX_REGISTRATIONS, RegistrationService
 from lwm2m_server.registry.tags import DeviceTags
 from lwm2m_server.storage.database import Database
@@ -208,6 +209,7 @@ class Lwm2mServer:
         self.site: ServerSite | None = None
         self.files = FileServer()
         self.firmware: FirmwareService | None = None
+        self.end_devices: EndDevices | None = None
         self.vault = vault
         self.campaigns: CampaignService | None = None
         self.webhooks: WebhookNotifier | None = None  # campaign events to the operators' URLs (HMAC-signed)
@@ -288,7 +290,9 @@ class Lwm2mServer:
             self._revocation_watch = asyncio.create_task(self._watch_revocations(feed, started, handled),
                                                          name="credential-revocations")
         sender = DownlinkSender(self.context, self.model, timeout=s.request_timeout, parent_of=self.registrations.get)
-        self.management = DeviceManagement(self.registrations, sender, clock=time.time)
+        self.end_devices = end_devices_over(self.registrations, self.events, sender, clock=time.time)
+        self.end_devices.start()
+        self.management = DeviceManagement(self.registrations, sender, clock=time.time, end_devices=self.end_devices)
         plain = self.coap_uri if s.coap_port is not None else None
         secure = self.coaps_uri if s.coaps_port is not None else None
         self.firmware = FirmwareService(self.management, self.files, self.events, file_base_uri=plain or secure or "",
@@ -425,6 +429,8 @@ class Lwm2mServer:
             await self.webhooks.stop()
         if self.firmware is not None:
             await self.firmware.close()
+        if self.end_devices is not None:
+            await self.end_devices.close()
         if self._revocation_watch is not None:  # before the transport it evicts from goes
             self._revocation_watch.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -14,7 +14,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -103,7 +103,11 @@ def http_status(exc: Exception) -> int:
     return 500
 
 
-def registration_to_json(reg: Registration) -> dict[str, Any]:
+def registration_to_json(reg: Registration, *, gateway: Registration | None = None,
+                         children: Sequence[Registration] = ()) -> dict[str, Any]:
+    """A device as the API shows it; ``gateway``: the live registration of the gateway it sits behind;
+    ``children``: the end devices behind it (a gateway)."""
+    reachable = reg.remote is not None if reg.parent_id is None else gateway is not None and gateway.remote is not None
     return {
         "endpoint": reg.endpoint, "registration_id": reg.id, "address": reg.address, "lifetime": reg.lifetime,
         "lwm2m_version": reg.lwm2m_version, "binding": reg.binding, "queue_mode": reg.queue_mode,
@@ -112,7 +116,10 @@ def registration_to_json(reg: Registration) -> dict[str, Any]:
         "tenant_id": reg.tenant_id, "root_path": reg.root_path,
         "objects": [str(p) for p in reg.summary.instances],
         "formats": sorted(int(f) for f in reg.supported_formats),
-        "reachable": reg.remote is not None,
+        "reachable": reachable,
+        "gateway": None if reg.parent_id is None else (gateway.endpoint if gateway is not None else "(gone)"),
+        "path_prefix": reg.path_prefix or None,
+        "children": [c.endpoint for c in children],
     }
 
 
@@ -439,14 +446,24 @@ def create_app(management: DeviceManagement, model: ObjectModel, authenticate: A
         """With a token: the number of the tenant's registered devices as well (without it the guard answers)."""
         return {"status": "ok", "devices": registrations.count(tenant_id=p.tenant_id)}
 
+    def device_json(reg: Registration) -> dict[str, Any]:
+        end_devices = management.end_devices
+        gateway = registrations.get(reg.parent_id) if reg.parent_id is not None else None
+        children = end_devices.children(reg) if end_devices is not None and reg.parent_id is None else []
+        return registration_to_json(reg, gateway=gateway, children=children)
+
     @app.get("/api/devices")
-    async def list_devices(p: Principal = caller(Action.READ)) -> list[dict[str, Any]]:
+    async def list_devices(gateway: str | None = None, p: Principal = caller(Action.READ)) -> list[dict[str, Any]]:
+        """Every device of the caller's tenant; ``gateway=EP``: only the end devices behind that gateway."""
         mine = registrations.all(tenant_id=p.tenant_id)
-        return [registration_to_json(r) for r in sorted(mine, key=lambda r: r.endpoint)]
+        if gateway is not None:
+            parent = management.registration(gateway, tenant_id=p.tenant_id)
+            mine = [r for r in mine if r.parent_id == parent.id]
+        return [device_json(r) for r in sorted(mine, key=lambda r: r.endpoint)]
 
     @app.get("/api/devices/{endpoint}")
     async def show_device(endpoint: str, p: Principal = caller(Action.READ)) -> dict[str, Any]:
-        return registration_to_json(management.registration(endpoint, tenant_id=p.tenant_id))
+        return device_json(management.registration(endpoint, tenant_id=p.tenant_id))
 
     @app.get("/api/devices/{endpoint}/read")
     async def read(endpoint: str, path: str, format: str | None = None, timeout: float | None = None,

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from lwm2m_server.cli.client import ApiClient, CliError
 from lwm2m_server.cli.common import err_console, new_app, wait_for_signal
-from lwm2m_server.cli.render import devices_table, print_response
+from lwm2m_server.cli.render import device_details, devices_table, print_response
 from lwm2m_server.core.errors import Lwm2mError
 from lwm2m_server.core.model import ObjectModel
 from lwm2m_server.core.paths import LwM2mPath
@@ -244,14 +244,28 @@ def whoami(api: ApiOpt = None, data_dir: DataDirOpt = None, as_json: JsonOpt = F
 
 
 @device_app.command("list")
-def device_list(api: ApiOpt = None, data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
-    """List registered devices."""
+def device_list(api: ApiOpt = None, data_dir: DataDirOpt = None, as_json: JsonOpt = False,
+                gateway: Annotated[str | None, typer.Option(
+                    "--gateway", help="Only the end devices behind this gateway")] = None) -> None:
+    """List registered devices (an end device behind a gateway shows 'via GATEWAY /PREFIX' as its address)."""
     def run() -> None:
-        devices = _client(api, data_dir).get("/api/devices")
+        devices = _client(api, data_dir).get("/api/devices", **({"gateway": gateway} if gateway else {}))
         if as_json:
             print(json.dumps(devices, indent=2))
         else:
             console.print(devices_table(devices))
+    _run_client(run)
+
+
+@device_app.command("show")
+def device_show(endpoint: str, api: ApiOpt = None, data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
+    """One device: its registration, the gateway it sits behind, or the end devices behind it."""
+    def run() -> None:
+        device = _client(api, data_dir).get(f"/api/devices/{endpoint}")
+        if as_json:
+            print(json.dumps(device, indent=2))
+        else:
+            console.print(device_details(device))
     _run_client(run)
 
 

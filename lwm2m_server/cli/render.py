@@ -69,9 +69,32 @@ def devices_table(devices: list[dict[str, Any]]) -> Table:
     for d in devices:
         updated = dt.datetime.fromtimestamp(d["updated_at"], dt.UTC).strftime("%H:%M:%S")
         security = "DTLS-PSK" if d.get("secure") else "none"
-        table.add_row(d["endpoint"], d["address"], security, d["lwm2m_version"],
+        endpoint = d["endpoint"] + (f" ({len(d['children'])} behind)" if d.get("children") else "")
+        address = f"via {d['gateway']} /{d['path_prefix']}" if d.get("gateway") else d["address"]
+        table.add_row(endpoint, address, security, d["lwm2m_version"],
                       d["binding"] + (" Q" if d["queue_mode"] else ""), str(d["lifetime"]), _objects(d["objects"]),
                       updated)
+    return table
+
+
+def device_details(d: dict[str, Any]) -> Table:
+    """One device: its registration, and its gateway or the end devices behind it."""
+    table = Table(title=d["endpoint"], show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    rows = [("registration", d["registration_id"]), ("tenant", d["tenant_id"]),
+            ("security", "DTLS-PSK" if d.get("secure") else "none"),
+            ("lwm2m", f"{d['lwm2m_version']} binding {d['binding']}" + (" Q" if d["queue_mode"] else "")),
+            ("lifetime", f"{d['lifetime']} s"), ("reachable", "yes" if d.get("reachable") else "no"),
+            ("objects", _objects(d["objects"]))]
+    if d.get("gateway"):
+        rows.insert(0, ("gateway", f"{d['gateway']} (prefix /{d['path_prefix']})"))
+    else:
+        rows.insert(0, ("address", d["address"]))
+    if d.get("children"):
+        rows.append((f"end devices ({len(d['children'])})", ", ".join(d["children"])))
+    for name, value in rows:
+        table.add_row(name, value)
     return table
 
 

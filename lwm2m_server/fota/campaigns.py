@@ -523,6 +523,12 @@ class CampaignService:
             reg = self.management.reachable(endpoint, tenant_id=tenant_id)
         except Lwm2mError:
             return False
+        if reg.parent_id is not None:  # an end device: reachable while its gateway is
+            gateway = self.management.registrations.get(reg.parent_id)
+            end_devices = self.management.end_devices
+            if gateway is None or (end_devices is not None and end_devices.offline(reg)):
+                return False
+            reg = gateway
         if reg.remote is None:
             self._nudge(reg)
             return False
@@ -618,9 +624,10 @@ class CampaignService:
                 first["version_before"] = version
             if job.started_at is None:
                 first["started_at"] = self.clock()
+            gateway = self.management.registrations.get(reg.parent_id) if reg.parent_id is not None else None
             self._set_job(cid, ep, tenant_id, JobState.DELIVERING, attempts=attempt, release_id=target.release_id,
                           package_sha256=target.package_sha256, sequence_number=target.sequence_number,
-                          package_name=name, **first)
+                          package_name=name, via=None if gateway is None else gateway.endpoint, **first)
         method = Method(row.method) if row.method else None
         try:
             # the phase deadlines decide when a job is overdue; the whole update's own limit is never shorter
@@ -633,7 +640,8 @@ class CampaignService:
             self._after_failure(cid, ep, tenant_id, None, str(e), "UpdateInProgressError")
             return
         except Lwm2mError as e:
-            self._after_failure(cid, ep, tenant_id, None, f"{type(e).__name__}: {e}", "unreachable")
+            if not await self._paused_by_gateway(cid, ep, tenant_id, reg, attempt):
+                self._after_failure(cid, ep, tenant_id, None, f"{type(e).__name__}: {e}", "unreachable")
             return
         self._emit(CAMPAIGN_DEVICE + "progress", tenant_id, ep, {"campaign": cid, "state": "delivering",
                                                                  "attempt": attempt})
@@ -654,8 +662,26 @@ class CampaignService:
                              update_result=last.result, method=update.method,
                              reason=f"the new image failed; the device rolled back to {last.version}")
             return
+        if update.error in _TRANSIENT_ERRORS and await self._paused_by_gateway(cid, ep, tenant_id, reg, attempt):
+            return
         self._after_failure(cid, ep, tenant_id, last.result, last.message, update.error, method=update.method,
                             version_after=last.version)
+
+    async def _paused_by_gateway(self, cid: str, ep: str, tenant_id: str, reg: Any, attempt: int) -> bool:
+        """A try of an end device failed for want of an answer: when its gateway is gone or does not answer
+        either, the job is paused (pending, the try not counted) until the gateway is back, and True."""
+        end_devices = self.management.end_devices
+        if reg.parent_id is None or end_devices is None:
+            return False
+        gateway = await end_devices.gateway_down(reg)
+        if gateway is None:
+            return False
+        reason = f"paused: its gateway {gateway} is offline; the update goes on when the gateway is back"
+        self._set_job(cid, ep, tenant_id, JobState.PENDING, attempts=max(0, attempt - 1),
+                      not_before=self.clock() + self.tick, reason=reason)
+        self._emit(CAMPAIGN_DEVICE + "progress", tenant_id, ep, {"campaign": cid, "state": "paused",
+                                                                 "reason": reason})
+        return True
 
     async def _follow(self, cid: str, ep: str, tenant_id: str, update: UpdateJob, state: JobState) -> None:
         """Mirror the update's phases into the job row (in ``state`` now) until it ends."""
@@ -847,7 +873,7 @@ class CampaignService:
                             "release": j.release_id, "manifest_digest": j.package_sha256,
                             "sequence_number": j.sequence_number, "update_result": j.update_result,
                             "attempts": j.attempts, "started_at": j.started_at, "finished_at": j.finished_at,
-                            "reason": j.reason})
+                            "reason": j.reason, "path": _path(j)})
         brand = self.tenancy.brand(tenant) if self.tenancy is not None else None
         issuer = brand.issuer if brand is not None else PRODUCT_NAME
         report = attestation.build_report(campaign, targets, generated_at=self.clock(), node=self.node, kid=key.kid,
@@ -996,7 +1022,14 @@ def _job_dict(j: JobRecord) -> dict[str, Any]:
             "package_sha256": j.package_sha256,
             "sequence_number": j.sequence_number, "method": j.method, "version_before": j.version_before,
             "version_after": j.version_after, "update_result": j.update_result, "started_at": j.started_at,
-            "finished_at": j.finished_at, "reason": j.reason}
+            "finished_at": j.finished_at, "reason": j.reason, "path": _path(j)}
+
+
+def _path(j: JobRecord) -> str | None:
+    """How the job's device was reached: ``direct``, ``via <gateway>``, or None before any try."""
+    if j.attempts == 0 and j.via is None:
+        return None
+    return "direct" if j.via is None else f"via {j.via}"
 
 
 def _parse_filter(expression: str) -> list[tuple[str, str, str]]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -334,7 +335,8 @@ class FirmwareService:
             raise FirmwareUpdateError(f"{ep} is installing a firmware already (state Updating)")
         name = job.package_name
         # the device pulls (or has pulled) this very delivery, published again after a restart: let it go on
-        going_on = (chosen is Method.PULL and name is not None and fw.get(1) == f"{base_uri}/fw/{name}"
+        digest = hashlib.sha256(package).hexdigest() if reg.parent_id is not None else None
+        going_on = (chosen is Method.PULL and name is not None and fw.get(1) == package_uri(base_uri, name, digest)
                     and watch.state in (State.DOWNLOADING, State.DOWNLOADED))
         if watch.state != State.IDLE and not going_on:
             self._progress(job, "preparing", state=watch.state, message="resetting an earlier download")
@@ -358,7 +360,7 @@ class FirmwareService:
                         await self._push(job, reg, package, block_size, watch)
                     else:
                         name = self.files.publish(package, name)
-                        await self._pull(job, ep, f"{base_uri}/fw/{name}", name, watch, tenant_id,
+                        await self._pull(job, ep, package_uri(base_uri, name, digest), name, watch, tenant_id,
                                          write=not (going_on and attempt == 1))
                     await self._wait_downloaded(job, ep, watch, tenant_id)
                     break
@@ -604,6 +606,14 @@ class _QuietCheck:
             self.quiet_since = self.service.clock()
             self.task = asyncio.get_running_loop().create_task(
                 self.service._check(self.ep, self.watch, self.tenant_id))
+
+
+def package_uri(base_uri: str, name: str, sha256: str | None = None) -> str:
+    """The Package URI of the delivery published as ``name``. With ``sha256`` (for an end device behind a gateway)
+    it names the package's digest too (``?sha256=<hex>``): the gateway fetches one package once for all the devices
+    behind it, and checks what it got. The device still verifies the package itself."""
+    uri = f"{base_uri}/fw/{name}"
+    return uri if sha256 is None else f"{uri}?sha256={sha256}"
 
 
 async def _next_registration(queue: object, endpoint: str, tenant_id: str) -> Event:

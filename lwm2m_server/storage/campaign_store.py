@@ -93,6 +93,7 @@ class JobRecord:
     finished_at: float | None = None
     updated_at: float = 0.0
     reason: str | None = None
+    via: str | None = None  # the gateway the last try went through (None: directly)
 
 
 class CampaignChanges(TypedDict, total=False):
@@ -126,6 +127,7 @@ class JobChanges(TypedDict, total=False):
     finished_at: float | None
     updated_at: float
     reason: str | None
+    via: str | None
 
 
 _CAMPAIGN_FIELDS = frozenset(CampaignChanges.__annotations__)
@@ -341,7 +343,8 @@ def _job_row(j: JobRecord) -> dict[str, Any]:
             "deadline": j.deadline, "release_id": j.release_id, "package_sha256": j.package_sha256,
             "package_name": j.package_name, "sequence_number": j.sequence_number, "method": j.method,
             "version_before": j.version_before, "version_after": j.version_after, "update_result": j.update_result,
-            "started_at": j.started_at, "finished_at": j.finished_at, "updated_at": j.updated_at, "reason": j.reason}
+            "started_at": j.started_at, "finished_at": j.finished_at, "updated_at": j.updated_at, "reason": j.reason,
+            "via": j.via}
 
 
 def _campaign_from_row(row: Mapping[str, Any]) -> CampaignRecord:
@@ -370,7 +373,7 @@ def _job_from_row(row: Mapping[str, Any]) -> JobRecord:
         package_name=row["package_name"], sequence_number=row["sequence_number"], method=row["method"],
         version_before=row["version_before"], version_after=row["version_after"],
         update_result=row["update_result"], started_at=row["started_at"], finished_at=row["finished_at"],
-        updated_at=row["updated_at"], reason=row["reason"])
+        updated_at=row["updated_at"], reason=row["reason"], via=row["via"])
 
 
 class SqlCampaignStore:

@@ -74,9 +74,11 @@ class CampaignJobRow(SQLModel, table=True):
     finished_at: float | None = None
     updated_at: float = 0.0
     reason: str | None = Field(default=None, sa_type=Text)
+    via: str | None = Field(default=None, max_length=255)  # the gateway the last try went through (None: directly)
 
 
-_ADDED_COLUMNS = {"campaign_job": ("deadline", "package_name")}  # table -> columns added after the table first shipped
+# table -> columns added after the table first shipped
+_ADDED_COLUMNS = {"campaign_job": ("deadline", "package_name", "via")}
 
 
 @event.listens_for(SQLModel.metadata, "after_create")

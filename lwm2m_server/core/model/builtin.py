@@ -1,4 +1,5 @@
-"""Our built-in definitions of the core LwM2M objects 0, 1, 3, 4, 5 and 25 (LwM2M Gateway), at their current registry versions.
+"""Our built-in definitions of the core LwM2M objects 0, 1, 3, 4, 5 and 25 (LwM2M Gateway), at their current
+registry versions.
 
 The facts (ids, names, operations, multiplicity, mandatory flags, types, ranges, units, versions, URNs) follow
 the published object definitions; descriptions are our own one-liners. tests/unit/test_model_builtin.py checks
