@@ -53,6 +53,7 @@ from bootstrap.sequence import (
 )
 from lwm2m_server.coap.dtls import add_dtls_server, dtls_server_context, dtls_transport, psk_identity
 from lwm2m_server.coap.remotes import remote_address, remote_host
+from lwm2m_server.coap.requests import exchange
 from lwm2m_server.coap.responses import error_response
 from lwm2m_server.coap.udp import exclusive_context, release
 from lwm2m_server.core.errors import (
@@ -61,6 +62,7 @@ from lwm2m_server.core.errors import (
     Lwm2mError,
     MethodNotAllowedError,
     NotFoundError,
+    RequestTimeoutError,
     SecurityError,
 )
 from lwm2m_server.core.model import ObjectModel
@@ -422,10 +424,11 @@ class BootstrapServer:
         if step.accept is not None:
             message.opt.accept = step.accept
         message.remote = remote
+        timeout = self.settings.request_timeout
         try:
-            response = await asyncio.wait_for(self.context.request(message).response, self.settings.request_timeout)
-        except TimeoutError:  # not the session's own timeout: say which it was
-            raise _NoAnswerError(f"no answer within {self.settings.request_timeout:g} s") from None
+            response = await exchange(self.context, message, remote_address(remote), timeout)
+        except RequestTimeoutError:  # not the session's own timeout: say which it was
+            raise _NoAnswerError(f"no answer within {timeout:g} s") from None
         cf = response.opt.content_format
         return int(response.code), response.payload, None if cf is None else int(cf)
 

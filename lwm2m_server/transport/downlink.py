@@ -23,6 +23,7 @@ from aiocoap import Context, Message
 from aiocoap import error as coap_error
 from aiocoap.numbers.codes import Code
 
+from lwm2m_server.coap.requests import exchange, send_request
 from lwm2m_server.core.codec import registry as codecs
 from lwm2m_server.core.codec.formats import ContentFormat
 from lwm2m_server.core.errors import ClientSleepingError, CodecError, RequestFailedError, RequestTimeoutError
@@ -149,12 +150,7 @@ class DownlinkSender:
     async def exchange(self, request: Message, endpoint: str, timeout: float) -> Message:
         """One raw request (its ``remote`` set) and its answer, without block-wise reassembly; RequestTimeoutError
         or RequestFailedError (naming ``endpoint``) otherwise."""
-        try:
-            return (await asyncio.wait_for(send_request(self.context, request, handle_blockwise=False), timeout))[1]
-        except (TimeoutError, coap_error.TimeoutError):
-            raise RequestTimeoutError(f"{endpoint} did not answer within {timeout:g} s") from None
-        except coap_error.Error as e:
-            raise RequestFailedError(f"request to {endpoint} failed: {e}") from None
+        return await exchange(self.context, request, endpoint, timeout, handle_blockwise=False)
 
     async def push(self, reg: Registration, data: bytes, *, path: LwM2mPath = PACKAGE,
                    block_size: int = DEFAULT_BLOCK_SIZE, content_format: int = int(ContentFormat.OPAQUE),
@@ -213,33 +209,6 @@ class DownlinkSender:
             pending.observation.cancel()
             return Observation(request, first, None, self.model, established=False)
         return Observation(request, first, pending, self.model, established=True)
-
-
-REFUSED_SEND_RETRIES = 2
-
-
-async def send_request(context: Context, msg: Message, started: list[Any] | None = None, *,
-                       handle_blockwise: bool = True) -> tuple[Any, Message]:
-    """Send ``msg`` and wait for its answer: (the aiocoap request, the response). ``started`` gets each request
-    made (the last one is live).
-
-    A send the socket refuses (ECONNREFUSED raised by the send itself, not read from the error queue) is made again,
-    at most REFUSED_SEND_RETRIES times: on Linux, an ICMP port unreachable from one peer of the server's shared UDP
-    socket fails the next send to any peer, so a device that vanished would fail the requests of healthy devices
-    sent at the same moment. A refusal read from the error queue is that device's own, and is raised."""
-    for attempt in range(REFUSED_SEND_RETRIES + 1):
-        pending = context.request(msg if attempt == 0 else msg.copy(mid=None), handle_blockwise=handle_blockwise)
-        if started is not None:
-            started.append(pending)
-        try:
-            return pending, await pending.response
-        except coap_error.NetworkError as e:
-            cause = e.__cause__
-            if (attempt == REFUSED_SEND_RETRIES or not isinstance(cause, ConnectionRefusedError)
-                    or "errqueue" in str(cause)):
-                raise
-            log.debug("send to %s refused by the socket (another peer's ICMP error); sending again", msg.remote)
-    raise AssertionError("unreachable")
 
 
 class Observation:
