@@ -112,6 +112,28 @@ class Downlink(Protocol):
 _METHODS = {"GET": Code.GET, "PUT": Code.PUT, "POST": Code.POST, "DELETE": Code.DELETE, "FETCH": Code.FETCH}
 
 
+def prepare_message(reg: Registration, route: Route, request: DownlinkRequest, model: ObjectModel) -> Message:
+    """The CoAP request for ``request`` to ``reg``'s device along ``route`` (a Write or Create without a format
+    gets the device's preferred one)."""
+    if isinstance(request, WriteRequest | CreateRequest) and request.format is None:
+        node = request.node if isinstance(request, WriteRequest) else request.instance
+        request = replace(request, format=default_write_format(node, reg.supported_formats))
+    coap = to_coap(request, root_path=route.root_path,
+                   encode=lambda n, p, f: codecs.encode(n, p, f, model),
+                   encode_paths=codecs.encode_paths)
+    msg = Message(code=_METHODS[coap.method], uri_path=coap.uri_path, payload=coap.payload)
+    if coap.uri_query:
+        msg.opt.uri_query = coap.uri_query
+    if coap.content_format is not None:
+        msg.opt.content_format = coap.content_format
+    if coap.accept is not None:
+        msg.opt.accept = coap.accept
+    if coap.observe is not None:
+        msg.opt.observe = coap.observe
+    msg.remote = route.remote
+    return msg
+
+
 class DownlinkSender:
     """Sends LwM2M requests to registered devices over aiocoap and decodes their answers (the :class:`Downlink`
     of the server). ``parent_of`` finds a gateway's registration for the devices behind it."""
@@ -127,25 +149,7 @@ class DownlinkSender:
         return route_to(reg, self.parent_of)
 
     def _prepare(self, reg: Registration, request: DownlinkRequest) -> Message:
-        route = self.route(reg)
-        if isinstance(request, WriteRequest | CreateRequest) and request.format is None:
-            node = request.node if isinstance(request, WriteRequest) else request.instance
-            request = replace(request, format=default_write_format(node, reg.supported_formats))
-        model = self.model
-        coap = to_coap(request, root_path=route.root_path,
-                       encode=lambda n, p, f: codecs.encode(n, p, f, model),
-                       encode_paths=codecs.encode_paths)
-        msg = Message(code=_METHODS[coap.method], uri_path=coap.uri_path, payload=coap.payload)
-        if coap.uri_query:
-            msg.opt.uri_query = coap.uri_query
-        if coap.content_format is not None:
-            msg.opt.content_format = coap.content_format
-        if coap.accept is not None:
-            msg.opt.accept = coap.accept
-        if coap.observe is not None:
-            msg.opt.observe = coap.observe
-        msg.remote = route.remote
-        return msg
+        return prepare_message(reg, self.route(reg), request, self.model)
 
     async def exchange(self, request: Message, endpoint: str, timeout: float) -> Message:
         """One raw request (its ``remote`` set) and its answer, without block-wise reassembly; RequestTimeoutError
