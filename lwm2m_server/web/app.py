@@ -251,7 +251,11 @@ def web_routes(app: FastAPI, *, tenancy: TenancyService, registrations: Any, man
                     history.append((c, job))
         current = firmware.job(endpoint, tenant_id=tenant) if firmware is not None else None
         seen = [e for e in recent.of(tenant) if e.endpoint == endpoint]
-        return page(request, "device.html", caller, reg=registration_to_json(reg), path=path[:64], answer=answer,
+        gateway = registrations.get(reg.parent_id) if reg.parent_id is not None else None
+        end_devices = management.end_devices if management is not None else None
+        children = end_devices.children(reg) if end_devices is not None and reg.parent_id is None else []
+        shown = registration_to_json(reg, gateway=gateway, children=children)
+        return page(request, "device.html", caller, reg=shown, path=path[:64], answer=answer,
                     error=error, history=history, current=current.as_dict() if current else None, events=seen)
 
     # ------------------------------------------------------------------ releases
