@@ -16,12 +16,19 @@ Every device checks packages against the ``--trust`` keys; without one it refuse
 Faults (see :class:`client_sim.firmware.Faults`): ``--loss P --delay S --jitter S`` (the link, both ways),
 ``--fail-boot``, ``--corrupt-download``, ``--power-loss``, ``--offline-at BYTES [--offline-for S]``; they apply to
 every device, or with ``--faulty N`` to the first N devices only (e.g. ``--fail-boot --faulty 3``).
+
+Gateways (see :mod:`client_sim.gateway`): ``--gateway --children K`` runs one LwM2M gateway named PREFIXgw (or
+``--count N`` of them, PREFIXgw0..) with K end devices each (``<gateway>-c0``..) on simulated local links
+(``--local-latency``, ``--local-loss``, ``--local-bandwidth``); ``--tamper-child ENDPOINT`` makes the gateway hand
+that child tampered packages. The link faults then impair the gateways' uplinks, the firmware faults hit the
+children (the first ``--faulty`` of each gateway). Summary lines carry the gateways' counters.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import uuid
 from collections.abc import Sequence
@@ -34,6 +41,7 @@ from client_sim.credentials import CredentialsFileError, FactoryCredentials, loa
 from client_sim.device import DeviceState, SimulatedDevice
 from client_sim.firmware import Faults, FirmwareOptions
 from client_sim.fleet import Fleet, FleetStatus
+from client_sim.gateway import Gateway, GatewayStats, LocalLinkConditions
 from firmware_object.suit.keys import PublicKey, load_public_key
 from lwm2m_server.core.registration import SUPPORTED_VERSIONS
 
@@ -83,6 +91,20 @@ def sim(
         "--offline-for", min=0.0, help="Seconds a device stays offline (with --offline-at)")] = 2.0,
     faulty: Annotated[int | None, typer.Option(
         "--faulty", min=0, help="Only the first N devices get the faults above (default: every device)")] = None,
+    gateway: Annotated[bool, typer.Option(
+        "--gateway", help="Run LwM2M gateways (PREFIXgw; --count N: PREFIXgw0..) with end devices behind them")
+    ] = False,
+    children: Annotated[int | None, typer.Option(
+        "--children", min=0, help="End devices behind each gateway (with --gateway): <gateway>-c0 ..")] = None,
+    local_latency: Annotated[float, typer.Option(
+        "--local-latency", min=0.0, help="Seconds a message takes on a gateway's local link")] = 0.05,
+    local_loss: Annotated[float, typer.Option(
+        "--local-loss", min=0.0, max=1.0, help="Probability that a local-link frame is lost (it is sent again)")
+    ] = 0.0,
+    local_bandwidth: Annotated[float, typer.Option(
+        "--local-bandwidth", min=1.0, help="Bytes per second of each end device's local link")] = 100_000.0,
+    tamper_child: Annotated[list[str] | None, typer.Option(
+        "--tamper-child", help="End device the gateway hands tampered packages to (repeatable)")] = None,
 ) -> None:
     """Simulate LwM2M devices until interrupted; de-register them on exit.
 
@@ -92,10 +114,25 @@ def sim(
     --trust keys (required; --insecure-accept-any, for lab work only, installs anything) and the --vendor/--class
     identifiers before installing. Fault options make them misbehave (each
     firmware fault fires once); --faulty N limits the faults to the first N devices.
+
+    With --gateway --children K: gateways (one, or --count N) with K end devices each on a slow local link; the
+    gateway downloads a package once and hands it to each child, which verifies it itself.
     """
     if lwm2m_version not in SUPPORTED_VERSIONS:
         raise typer.BadParameter(f"must be one of {', '.join(SUPPORTED_VERSIONS)}", param_hint="--lwm2m-version")
     records: list[FactoryCredentials] = []
+    if children is not None and not gateway:
+        raise typer.BadParameter("--children counts the end devices behind a gateway: add --gateway",
+                                 param_hint="--children")
+    if tamper_child and not gateway:
+        raise typer.BadParameter("only a gateway tampers: add --gateway", param_hint="--tamper-child")
+    if gateway:
+        if credentials is not None:
+            raise typer.BadParameter("gateways register with --server; --credentials is for direct devices",
+                                     param_hint="--credentials")
+        if children is None:
+            raise typer.BadParameter("give --children K (the end devices behind each gateway)",
+                                     param_hint="--children")
     if credentials is not None:
         if server is not None:
             raise typer.BadParameter("devices from a manufacturing file learn their server from the bootstrap "
@@ -106,7 +143,7 @@ def sim(
             raise typer.BadParameter(str(e), param_hint="--credentials") from None
         if not records:
             raise typer.BadParameter(f"{credentials} holds no device", param_hint="--credentials")
-    elif server is None or count is None:
+    elif server is None or (count is None and not gateway):
         raise typer.BadParameter("give --server and --count, or --credentials", param_hint="--server")
     elif not server.startswith("coap://"):
         raise typer.BadParameter("only coap:// servers are supported (DTLS devices come from --credentials)",
@@ -125,6 +162,13 @@ def sim(
                    "Lab work only.", err=True)
     faults = Faults(loss=loss, delay=delay, jitter=jitter, offline_at=offline_at, offline_for=offline_for,
                     corrupt_download=corrupt_download, fail_boot=fail_boot, power_loss_during_install=power_loss)
+    if gateway:
+        assert server is not None and children is not None
+        local = LocalLinkConditions(latency=local_latency, loss=local_loss, bandwidth=local_bandwidth)
+        asyncio.run(run_gateways(server, count or 1, children, prefix=prefix, lifetime=lifetime,
+                                 lwm2m_version=lwm2m_version, bind=bind, firmware=firmware, local_link=local,
+                                 tamper=tamper_child or (), faults=faults, faulty=faulty))
+        return
     asyncio.run(run_fleet(server, count, credentials=records, prefix=prefix, lifetime=lifetime,
                           lwm2m_version=lwm2m_version, bind=bind, firmware=firmware,
                           bootstrap_timeout=bootstrap_timeout, faults=faults, faulty=faulty))
@@ -217,3 +261,85 @@ async def run_fleet(server: str | None, count: int | None, *, credentials: Seque
             loop.remove_signal_handler(sig)
         typer.echo(f"stopped: {status}")
     return status
+
+
+async def run_gateways(server: str, count: int, children: int, *, prefix: str = "sim-", lifetime: int = 300,
+                       lwm2m_version: str = "1.1", bind: str = "127.0.0.1", firmware: FirmwareOptions,
+                       local_link: LocalLinkConditions | None = None, tamper: Sequence[str] = (),
+                       faults: Faults | None = None, faulty: int | None = None,
+                       stop: asyncio.Event | None = None) -> GatewayStats:
+    """Run ``count`` gateways (PREFIXgw, or PREFIXgw0..) with ``children`` end devices each until SIGINT/SIGTERM
+    (or until ``stop`` is set), printing summaries; returns the gateways' summed counters after stopping. The link
+    part of ``faults`` impairs the gateways' uplinks, the firmware part goes to the first ``faulty`` children of
+    each gateway (None: to every child)."""
+    loop = asyncio.get_running_loop()
+    stop = stop if stop is not None else asyncio.Event()
+    changed = asyncio.Event()
+    per_device = count * (children + 1) <= PER_DEVICE_LINES
+    uplink = Faults(loss=faults.loss, delay=faults.delay, jitter=faults.jitter) if faults is not None else None
+    child_faults = dataclasses.replace(faults, loss=0.0, delay=0.0, jitter=0.0) if faults is not None else None
+
+    def on_device(device: SimulatedDevice, old: DeviceState, new: DeviceState) -> None:
+        if per_device:
+            where = f" at /{'/'.join(device.location)}" if device.location and new is DeviceState.REGISTERED else ""
+            typer.echo(f"{device.endpoint}: {new.value}{where}")
+        changed.set()
+
+    def faults_for(index: int, endpoint: str) -> Faults | None:
+        return child_faults if child_faults is not None and (faulty is None or index < faulty) else None
+
+    names = [f"{prefix}gw"] if count == 1 else [f"{prefix}gw{i}" for i in range(count)]
+    gateways = [Gateway(name, server, children=children, firmware=firmware, lifetime=lifetime,
+                        lwm2m_version=lwm2m_version, bind_host=bind, on_state=on_device, faults=uplink,
+                        child_faults=faults_for, child_options={"on_state": on_device}, local_link=local_link,
+                        tamper=tamper) for name in names]
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+
+    def summary() -> tuple[tuple[object, ...], str]:
+        stats = GatewayStats.total(gw.stats() for gw in gateways)
+        registered = sum(gw.state is DeviceState.REGISTERED for gw in gateways)
+        key = (registered, stats.children, stats.cache_hits, stats.cache_misses, stats.downloads,
+               stats.digest_mismatches, stats.tampered)
+        return key, f"{registered}/{count} gateway(s) registered; {stats}"
+
+    async def report() -> None:
+        last: tuple[object, ...] = ()
+        while True:
+            await changed.wait()
+            changed.clear()
+            key, line = summary()
+            if key != last:
+                typer.echo(line)
+                last = key
+            await asyncio.sleep(SUMMARY_INTERVAL)
+
+    async def start() -> None:
+        await asyncio.gather(*(gw.start(timeout=30) for gw in gateways))
+        changed.set()
+
+    shown = names[0] if count == 1 else f"{names[0]}..{names[-1]}"
+    typer.echo(f"starting {count} gateway(s) {shown} with {children} end device(s) each against {server}")
+    reporter = loop.create_task(report())
+    starter = loop.create_task(start())
+    try:
+        await stop.wait()
+    finally:
+        typer.echo("stopping: de-registering the gateways")
+        starter.cancel()
+        with contextlib.suppress(asyncio.CancelledError, OSError):
+            await starter
+        for gw in gateways:
+            with contextlib.suppress(Exception):
+                await gw.stop()
+        reporter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reporter
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        total = GatewayStats.total(gw.stats() for gw in gateways)
+        typer.echo(f"stopped: {total}")
+    return total

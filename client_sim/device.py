@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar
 
 from aiocoap import Context, Message
 from aiocoap.numbers.codes import Code
@@ -173,12 +173,10 @@ class _DeviceResource(ObservableResource, PathCapable):
         self._device = device
 
     async def needs_blockwise_assembly(self, request: Message) -> bool:
-        # a pushed package is written block by block into the firmware slot, never assembled in memory first
-        return not (self._device.firmware is not None and request.opt.uri_path == PACKAGE_SEGMENTS
-                    and request.code in (Code.PUT, Code.POST))
+        return self._device._needs_blockwise_assembly(request)
 
     async def render(self, request: Message) -> Message:
-        return self._device._handle(request)
+        return await self._device._render(request)
 
     async def add_observation(self, request: Message, serverobservation: Any) -> None:
         self._device._add_observation(request, serverobservation)
@@ -208,6 +206,9 @@ class SimulatedDevice:
     falls back to bootstrap when Register keeps failing). ``faults`` (when given) replace the fault fields of
     ``firmware``; a device without ``firmware`` only honours the link faults.
     """
+
+    needs_server_account: ClassVar[bool] = True
+    """False for a device that registers through someone else (an end device behind a gateway)."""
 
     def __init__(
         self,
@@ -239,7 +240,7 @@ class SimulatedDevice:
             raise ValueError("lifetime must be at least 1 s")
         if not 0 < update_ratio < 1:
             raise ValueError("update_ratio must lie between 0 and 1")
-        if server_uri is None and factory is None:
+        if server_uri is None and factory is None and self.needs_server_account:
             raise ValueError("a device needs a server URI or factory credentials to bootstrap with")
         if factory is not None and factory.endpoint != endpoint:
             raise ValueError(f"the factory credentials are for {factory.endpoint!r}, not {endpoint!r}")
@@ -928,6 +929,16 @@ class SimulatedDevice:
             self.counters.deregisters += 1
 
     # ------------------------------------------------------------------ server requests
+
+    def _needs_blockwise_assembly(self, request: Message) -> bool:
+        """Whether aiocoap assembles a block-wise request (and slices the answer) before :meth:`_render`."""
+        # a pushed package is written block by block into the firmware slot, never assembled in memory first
+        return not (self.firmware is not None and request.opt.uri_path == PACKAGE_SEGMENTS
+                    and request.code in (Code.PUT, Code.POST))
+
+    async def _render(self, request: Message) -> Message:
+        """Answer one request that arrived on the device's socket (a gateway forwards some to its end devices)."""
+        return self._handle(request)
 
     def _handle(self, request: Message) -> Message:
         """Map one CoAP request to one LwM2M operation and its answer."""

@@ -559,7 +559,7 @@ class DeviceFirmware:
     async def _fetch_image(self, verified: VerifiedEnvelope, push: bool) -> None:
         assert verified.image_uri is not None
         try:
-            image = await self._get(verified.image_uri)
+            image = await self.fetch(verified.image_uri)
             check_image(verified, image)
         except FirmwareError as e:
             self._fail_download(e)

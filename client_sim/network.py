@@ -71,10 +71,12 @@ class LinkCounters:
     """What the link did. ``sent``/``received``: datagrams handed to / delivered by the link; ``dropped_out`` and
     ``dropped_in``: lost by ``loss``; ``blocked``: dropped because the link was down; ``delayed``: held back;
     ``retransmissions``: confirmable CoAP messages the device sent again; ``duplicates``: CoAP messages that reached
-    the device again (the peer retransmitted)."""
+    the device again (the peer retransmitted); ``bytes_sent``/``bytes_received``: the bytes of those datagrams."""
 
     sent: int = 0
     received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
     dropped_out: int = 0
     dropped_in: int = 0
     blocked: int = 0
@@ -134,10 +136,10 @@ class Link:
         closed = [False]  # aiocoap's recvmsg transport has no is_closing()
 
         def sendmsg(data: bytes, ancdata: Any, flags: int, address: Any) -> None:
-            self._outgoing(lambda: send(data, ancdata, flags, address), lambda: closed[0])
+            self._outgoing(lambda: send(data, ancdata, flags, address), lambda: closed[0], len(data))
 
         def datagram_msg_received(data: bytes, ancdata: Any, flags: int, address: Any) -> None:
-            self._incoming(lambda: deliver(data, ancdata, flags, address), lambda: closed[0])
+            self._incoming(lambda: deliver(data, ancdata, flags, address), lambda: closed[0], len(data))
 
         def closing() -> None:
             closed[0] = True
@@ -187,8 +189,9 @@ class Link:
             return max(0.0, c.delay + self._rng.uniform(-c.jitter, c.jitter))
         return c.delay
 
-    def _outgoing(self, send: Callable[[], None], closed: Callable[[], bool]) -> None:
+    def _outgoing(self, send: Callable[[], None], closed: Callable[[], bool], size: int = 0) -> None:
         self.counters.sent += 1
+        self.counters.bytes_sent += size
         if not self.up:
             self.counters.blocked += 1
             return
@@ -202,7 +205,7 @@ class Link:
         self.counters.delayed += 1
         self._hold(delay, send, closed, outgoing=True)
 
-    def _incoming(self, deliver: Callable[[], None], closed: Callable[[], bool]) -> None:
+    def _incoming(self, deliver: Callable[[], None], closed: Callable[[], bool], size: int = 0) -> None:
         if not self.up:
             self.counters.blocked += 1
             return
@@ -212,12 +215,14 @@ class Link:
         delay = self._delay(outgoing=False)
         if delay <= 0:
             self.counters.received += 1
+            self.counters.bytes_received += size
             deliver()
             return
         self.counters.delayed += 1
-        self._hold(delay, deliver, closed, outgoing=False)
+        self._hold(delay, deliver, closed, outgoing=False, size=size)
 
-    def _hold(self, delay: float, action: Callable[[], None], closed: Callable[[], bool], *, outgoing: bool) -> None:
+    def _hold(self, delay: float, action: Callable[[], None], closed: Callable[[], bool], *, outgoing: bool,
+              size: int = 0) -> None:
         def release() -> None:
             self._pending.discard(handle)
             if closed():
@@ -227,6 +232,7 @@ class Link:
                     self.counters.blocked += 1
                     return
                 self.counters.received += 1
+                self.counters.bytes_received += size
             try:
                 action()
             except Exception as e:  # a socket error on a delayed send is a lost datagram
@@ -259,7 +265,7 @@ class _LinkLoop:
             deliver = protocol.datagram_received
 
             def datagram_received(data: bytes, addr: Any) -> None:
-                link._incoming(lambda: deliver(data, addr), closed)
+                link._incoming(lambda: deliver(data, addr), closed, len(data))
 
             protocol.datagram_received = datagram_received
             return protocol
@@ -270,7 +276,7 @@ class _LinkLoop:
         sendto = transport.sendto
 
         def impaired_sendto(data: bytes, addr: Any = None) -> None:
-            link._outgoing(lambda: sendto(data) if addr is None else sendto(data, addr), closed)
+            link._outgoing(lambda: sendto(data) if addr is None else sendto(data, addr), closed, len(data))
 
         transport.sendto = impaired_sendto
         return transport, protocol
