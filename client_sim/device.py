@@ -621,8 +621,7 @@ class SimulatedDevice:
 
     def _on_change(self, change: Change) -> None:
         if change.kind is ChangeKind.STRUCTURE:
-            self._links_dirty = True
-            self.request_update()
+            self._structure_changed()
         elif change.kind is ChangeKind.VALUE and self._location is not None and self._registration_changed():
             self.request_update()
         for obs in list(self._observations):
@@ -631,6 +630,11 @@ class SimulatedDevice:
                     self._schedule_pmax(obs)
                 else:
                     self._value_changed(obs)
+
+    def _structure_changed(self) -> None:
+        """An object instance came or went: the server hears of it in an Update with the new links, at once."""
+        self._links_dirty = True
+        self.request_update()
 
     def _registration_changed(self) -> bool:
         return self.lifetime != self._sent_lifetime or self._binding() != self._sent_binding
@@ -717,6 +721,11 @@ class SimulatedDevice:
                 continue
             if code is not None and code.is_successful():
                 backoff = 1.0
+            elif code == Code.SERVICE_UNAVAILABLE and loop.time() < self._expires_at:
+                # busy, or too many Updates from us (rate limited): the registration stands; Update again after
+                # the Max-Age it gave (re-registering would only add to the load)
+                self._update_due = loop.time() + (self._retry_after or backoff)
+                self._retry_after = None
             elif code is not None or loop.time() > self._expires_at:
                 # the server forgot us (4.04) or refuses the Update, or the lifetime ran out: register again
                 self._location = None
@@ -873,7 +882,7 @@ class SimulatedDevice:
         if self._offline:
             return False
         if response is None or response.code != Code.CREATED or not response.opt.location_path:
-            if response is None or response.code.is_client_error():
+            if response is None or response.code.class_ == 4:
                 self._register_failures += 1
             elif response.code == Code.SERVICE_UNAVAILABLE:
                 max_age = response.opt.max_age
@@ -910,6 +919,9 @@ class SimulatedDevice:
         started = asyncio.get_running_loop().time()
         self._links_dirty = False
         response = await self._send(request)
+        if response is not None and response.code == Code.SERVICE_UNAVAILABLE:
+            max_age = response.opt.max_age
+            self._retry_after = float(max_age if max_age is not None else 60)
         if response is None or not response.code.is_successful():
             self._links_dirty = self._links_dirty or links_dirty
             if response is None and self.secure:

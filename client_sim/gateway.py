@@ -378,7 +378,8 @@ class Gateway(SimulatedDevice):
     of (index, endpoint). ``child_options``: more :class:`EndDevice` options for every child (``reboot_delay``,
     ``drift_interval``, ``extra_objects``, ``model``...). ``local_link``: the conditions of each child's link.
     ``tamper``: endpoints of the children to hand tampered copies to. ``cache_bytes``: the package cache's bound.
-    ``download_timeout``: the bound on one uplink download. Every other option goes to
+    ``download_timeout``: the bound on one uplink download. ``links_batch``: how long /25 changes are gathered
+    into one Update. Every other option goes to
     :class:`~client_sim.device.SimulatedDevice` (``firmware`` gives the gateway its own /5; ``faults`` impair its
     uplink).
     """
@@ -396,8 +397,11 @@ class Gateway(SimulatedDevice):
         tamper: Iterable[str] = (),
         cache_bytes: int = 64 << 20,
         download_timeout: float = 300.0,
+        links_batch: float = 0.5,
         **options: Any,
     ) -> None:
+        self.links_batch = links_batch
+        self._links_pending = False
         super().__init__(endpoint, server_uri, **options)
         if GATEWAY_OBJECT not in self.model:
             raise ValueError("the model has no object 25 (LwM2M Gateway)")
@@ -483,6 +487,20 @@ class Gateway(SimulatedDevice):
             DEVICE_ID: child.endpoint, PREFIX: child.prefix, IOT_DEVICE_OBJECTS: child.object_links()})
         child.instance_id = iid
         self._on_change(Change(LwM2mPath.of(GATEWAY_OBJECT, iid), ChangeKind.STRUCTURE))
+
+    def _structure_changed(self) -> None:
+        """An instance came or went (a /25 one: an end device): the Update that tells the server follows within
+        ``links_batch`` seconds, one Update for every change in that time (fifty end devices rebooting together are
+        a few Updates, not a hundred: a gateway batches, and the server limits Updates per endpoint)."""
+        self._links_dirty = True
+        if not self._links_pending:
+            self._links_pending = True
+
+            def send() -> None:
+                self._links_pending = False
+                self.request_update()
+
+            self._later(self.links_batch, send)
 
     def _detach(self, child: EndDevice) -> None:
         iid, child.instance_id = child.instance_id, None

@@ -177,6 +177,7 @@ class CampaignService:
         self._targets: dict[str, dict[str, Target]] = {}  # campaign -> release id -> what is delivered
         self._nudged: dict[tuple[str, str], float] = {}  # (tenant, endpoint) -> when its Update was last triggered
         self._nudges: set[asyncio.Task[None]] = set()
+        self._probing: set[tuple[str, str]] = set()  # overdue jobs behind a gateway whose gateway is being probed
         self._unsubscribe: Callable[[], None] | None = None
         self._closing = False
 
@@ -640,7 +641,7 @@ class CampaignService:
             self._after_failure(cid, ep, tenant_id, None, str(e), "UpdateInProgressError")
             return
         except Lwm2mError as e:
-            if not await self._paused_by_gateway(cid, ep, tenant_id, reg, attempt):
+            if not await self._paused_by_gateway(cid, ep, tenant_id, attempt):
                 self._after_failure(cid, ep, tenant_id, None, f"{type(e).__name__}: {e}", "unreachable")
             return
         self._emit(CAMPAIGN_DEVICE + "progress", tenant_id, ep, {"campaign": cid, "state": "delivering",
@@ -662,21 +663,32 @@ class CampaignService:
                              update_result=last.result, method=update.method,
                              reason=f"the new image failed; the device rolled back to {last.version}")
             return
-        if update.error in _TRANSIENT_ERRORS and await self._paused_by_gateway(cid, ep, tenant_id, reg, attempt):
+        if update.error in _TRANSIENT_ERRORS and await self._paused_by_gateway(cid, ep, tenant_id, attempt):
             return
         self._after_failure(cid, ep, tenant_id, last.result, last.message, update.error, method=update.method,
                             version_after=last.version)
 
-    async def _paused_by_gateway(self, cid: str, ep: str, tenant_id: str, reg: Any, attempt: int) -> bool:
-        """A try of an end device failed for want of an answer: when its gateway is gone or does not answer
-        either, the job is paused (pending, the try not counted) until the gateway is back, and True."""
+    async def _paused_by_gateway(self, cid: str, ep: str, tenant_id: str, attempt: int) -> bool:
+        """A try of a device behind a gateway failed for want of an answer (or outlived its deadline): when that
+        gateway is gone or does not answer either, the job is paused (pending, the try not counted, reason
+        ``paused: ...``) until the gateway is back, and True; False for a direct device or a live gateway."""
         end_devices = self.management.end_devices
-        if reg.parent_id is None or end_devices is None:
+        job = self._job(cid, ep, tenant_id)
+        if end_devices is None or job is None or job.via is None:
             return False
-        gateway = await end_devices.gateway_down(reg)
+        registrations = self.management.registrations
+        gateway = registrations.by_endpoint(job.via, tenant_id=tenant_id)
+        device = registrations.by_endpoint(ep, tenant_id=tenant_id)
         if gateway is None:
+            down: str | None = job.via  # gone (expired, de-registered): its end devices went with it
+        elif device is not None and device.parent_id == gateway.id:
+            down = await end_devices.gateway_down(device)
+        else:
+            down = None  # the device left that gateway: its own failure
+        if down is None:
             return False
-        reason = f"paused: its gateway {gateway} is offline; the update goes on when the gateway is back"
+        reason = f"paused: its gateway {down} is offline; the update goes on when the gateway is back"
+        log.info("campaign %s: %s: %s", cid, ep, reason)
         self._set_job(cid, ep, tenant_id, JobState.PENDING, attempts=max(0, attempt - 1),
                       not_before=self.clock() + self.tick, reason=reason)
         self._emit(CAMPAIGN_DEVICE + "progress", tenant_id, ep, {"campaign": cid, "state": "paused",
@@ -726,8 +738,23 @@ class CampaignService:
         log.info("campaign %s: %s: %s", cid, ep, message)
         if final:
             self._finish_job(cid, ep, tenant_id, JobState.FAILED, reason=message)
+        elif job.via is not None and self.management.end_devices is not None:  # behind a gateway: is it there?
+            if (cid, ep) in self._probing:
+                return
+            self._probing.add((cid, ep))
+            task = asyncio.get_running_loop().create_task(self._timed_out_behind_gateway(cid, ep, tenant_id,
+                                                                                         job.attempts, message))
+            self._nudges.add(task)
+            task.add_done_callback(self._nudges.discard)
         else:
             self._after_failure(cid, ep, tenant_id, None, message, "timeout")
+
+    async def _timed_out_behind_gateway(self, cid: str, ep: str, tenant_id: str, attempt: int, message: str) -> None:
+        try:
+            if not await self._paused_by_gateway(cid, ep, tenant_id, attempt):
+                self._after_failure(cid, ep, tenant_id, None, message, "timeout")
+        finally:
+            self._probing.discard((cid, ep))
 
     def _after_failure(self, cid: str, ep: str, tenant_id: str, result: int | None, message: str,
                        error: str | None, **fields: Any) -> None:

@@ -246,11 +246,14 @@ class EndDevices:
                 log.warning("gateway %s: %s not registered: %s", gateway.endpoint, entry.endpoint, e)
                 continue
             self._index(gateway.id, entry.endpoint, child.id)
+            log.debug("gateway %s: %s registered behind it (/25/%d, prefix %s)", gateway.endpoint, entry.endpoint,
+                      entry.instance, entry.prefix)
         names = {e.endpoint for e in listed}
         for ep, cid in list(mine.items()):
             if ep not in names:
                 del mine[ep]
                 self._parent.pop(cid, None)
+                log.debug("gateway %s: %s left it", gateway.endpoint, ep)
                 with contextlib.suppress(UnknownRegistrationError):
                     self.registrations.deregister(cid, reason="left-gateway")
 
