@@ -164,3 +164,39 @@ def test_wrong_token_is_refused(fleet, tmp_path):
     url = (data_dir / "api-url").read_text().strip()
     r = run("device", "list", data_dir=tmp_path, env={"SCRATCH_API": url, "SCRATCH_API_TOKEN": "wrong"})
     assert r.returncode == 1 and "missing, wrong, expired or revoked API token" in r.stderr
+
+
+def test_a_gateway_and_its_end_devices(fleet):
+    """`scratch sim --gateway`: the end devices behind it are devices of their own, shown with their gateway, and
+    `scratch device read` reaches them through it."""
+    data_dir, uri = fleet
+    env = {**os.environ, "SCRATCH_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
+    gateway = subprocess.Popen([*SCRATCH, "sim", "--server", uri, "--gateway", "--children", "3", "--prefix", "yard-",
+                                "--insecure-accept-any"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_line(gateway, r"yard-gw: registered")
+        deadline = time.monotonic() + 30
+        while True:
+            listed = json.loads(run("device", "list", "--gateway", "yard-gw", "--json", data_dir=data_dir).stdout)
+            if len(listed) == 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert sorted(d["endpoint"] for d in listed) == ["yard-gw-c0", "yard-gw-c1", "yard-gw-c2"]
+        assert {d["gateway"] for d in listed} == {"yard-gw"} and all(d["reachable"] for d in listed)
+
+        shown = json.loads(run("device", "show", "yard-gw", "--json", data_dir=data_dir).stdout)
+        assert shown["children"] == ["yard-gw-c0", "yard-gw-c1", "yard-gw-c2"] and shown["gateway"] is None
+        table = run("device", "show", "yard-gw-c1", data_dir=data_dir)
+        assert table.returncode == 0 and "yard-gw (prefix /d1)" in table.stdout, table.stdout
+
+        r = run("device", "read", "yard-gw-c1", "/3/0", "--json", data_dir=data_dir)
+        assert r.returncode == 0, r.stderr
+        serial = json.loads(r.stdout)["content"]
+        assert "SN-yard-gw-c1" in json.dumps(serial)  # the end device's own Device object, through the gateway
+        r = run("device", "read", "yard-gw-c1", "/3/0", data_dir=data_dir)
+        assert r.returncode == 0 and "SN-yard-gw-c1" in r.stdout
+        listing = run("device", "list", data_dir=data_dir)
+        assert "via yard-gw /d1" in listing.stdout and "yard-gw (3 behind)" in listing.stdout, listing.stdout
+    finally:
+        stop(gateway)
