@@ -11,6 +11,8 @@ import pytest
 
 from tests.secret_scan import SuiteSecretScan, describe
 
+pytest_plugins = ["tests.postgres_server"]  # the `postgres` fixture: a throwaway PostgreSQL server
+
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = Path(os.environ.get("SCRATCH_REFERENCE", REPO.parent / "shared" / "reference"))
 _SECRET_SCAN_SUMMARY = pytest.StashKey[str]()

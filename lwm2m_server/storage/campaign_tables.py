@@ -6,16 +6,13 @@ They are read and written through :class:`~lwm2m_server.storage.campaign_store.S
 A job row is written *before* the action it announces (a delivery starts only once its row says ``delivering``),
 so after a crash the rows say what may have happened and the engine reconciles them with what the device reports.
 
-The schema is made by ``create_all``, which creates missing tables but never alters existing ones: a column added
-to a table here after a release is also listed in ``_ADDED_COLUMNS``, and added (nullable) to a database made
-before it when the database is opened (:func:`_add_missing_columns`).
+The schema is made and upgraded by the migrations (:mod:`lwm2m_server.storage.migrations`): a change to a table
+here comes with a new revision there.
 """
 
 # No ``from __future__ import annotations`` here: sqlmodel reads the field annotations at class creation.
 
-from typing import Any
-
-from sqlalchemy import Index, LargeBinary, Text, event, inspect, text
+from sqlalchemy import Index, LargeBinary, Text
 from sqlmodel import Field, SQLModel
 
 __all__ = ["CampaignJobRow", "CampaignRow"]
@@ -75,24 +72,3 @@ class CampaignJobRow(SQLModel, table=True):
     updated_at: float = 0.0
     reason: str | None = Field(default=None, sa_type=Text)
     via: str | None = Field(default=None, max_length=255)  # the gateway the last try went through (None: directly)
-
-
-# table -> columns added after the table first shipped
-_ADDED_COLUMNS = {"campaign_job": ("deadline", "package_name", "via")}
-
-
-@event.listens_for(SQLModel.metadata, "after_create")
-def _add_missing_columns(_metadata: Any, connection: Any, **_kw: Any) -> None:
-    """Add to an older database the nullable columns listed in ``_ADDED_COLUMNS`` that it lacks (runs after every
-    ``create_all``, in its transaction; a database that has them is left alone)."""
-    inspector = inspect(connection)
-    for table_name, columns in _ADDED_COLUMNS.items():
-        if not inspector.has_table(table_name):
-            continue
-        present = {c["name"] for c in inspector.get_columns(table_name)}
-        table = SQLModel.metadata.tables[table_name]
-        quote = connection.dialect.identifier_preparer.quote
-        for name in columns:
-            if name not in present:
-                kind = table.c[name].type.compile(dialect=connection.dialect)
-                connection.execute(text(f"ALTER TABLE {quote(table_name)} ADD COLUMN {quote(name)} {kind}"))

@@ -1,8 +1,14 @@
-"""The database handle: one SQLAlchemy engine, the schema created on open.
+"""The database handle: one SQLAlchemy engine, the schema made or upgraded on open.
 
 SQLite (the default) runs with WAL, ``synchronous=NORMAL`` and foreign keys on; its file lives in a data folder
 only the server's user can enter (mode 0700) and is itself created mode 0600. PostgreSQL works by URL
-(``postgresql+psycopg://...``): the stores use portable SQL only.
+(``postgresql+psycopg://...``): the stores use portable SQL only, and every store contract suite runs on both.
+
+The schema is Alembic's (:mod:`lwm2m_server.storage.migrations`): opening a database runs ``upgrade head`` in one
+transaction that holds a lock (SQLite: ``BEGIN IMMEDIATE``, the database's write lock; PostgreSQL: a transaction
+advisory lock), so processes opening the same database at once upgrade it once, one after the other. A database
+made by a release before migrations (no ``alembic_version``) is upgraded from the start: each revision adds only
+what it lacks. A database already at the head revision costs one query.
 """
 
 from __future__ import annotations
@@ -10,13 +16,18 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import threading
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, make_url
+from alembic import command
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
-from sqlmodel import Session, SQLModel
+from sqlmodel import Session
 
 from lwm2m_server.core.errors import StorageError
 from lwm2m_server.storage import (  # noqa: F401  (registers the tables on SQLModel.metadata)
@@ -28,6 +39,7 @@ from lwm2m_server.storage import (  # noqa: F401  (registers the tables on SQLMo
     usage_tables,
     webhook_tables,
 )
+from lwm2m_server.storage.migrations import alembic_config
 
 __all__ = ["DB_FILENAME", "Database"]
 
@@ -35,6 +47,8 @@ log = logging.getLogger(__name__)
 
 DB_FILENAME = "scratch.db"
 SQLITE_BUSY_TIMEOUT_S = 30.0
+MIGRATION_LOCK = 0x5C2A7C4D  # PostgreSQL advisory lock key held while the schema is upgraded
+_ALEMBIC = threading.Lock()  # Alembic's ``context`` and ``op`` are module globals: one upgrade at a time per process
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
@@ -47,8 +61,37 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
         cursor.close()
 
 
+@cache
+def _head() -> str | None:
+    """The head revision of the migrations (read once per process)."""
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def _revision(connection: Connection) -> str | None:
+    """The database's revision, or None (no ``alembic_version`` table, or it is empty)."""
+    if not connection.dialect.has_table(connection, "alembic_version"):
+        return None
+    return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the schema to the head revision, under the migration lock (see the module's docstring)."""
+    with engine.connect() as connection:
+        if _revision(connection) == _head():
+            return
+        connection.rollback()
+        with _ALEMBIC, connection.begin():
+            if connection.dialect.name == "sqlite":
+                connection.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock, now (pysqlite begins lazily)
+            elif connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+
 class Database:
-    """An open database: ``engine`` for the stores, the schema created (``create_all``) on construction.
+    """An open database: ``engine`` for the stores, the schema upgraded to the head revision on construction.
 
     Raises :class:`StorageError` when the database cannot be opened. ``close()`` is idempotent.
     """
@@ -67,8 +110,8 @@ class Database:
             self.engine: Engine = create_engine(url, **kwargs)
             if self.is_sqlite:
                 event.listen(self.engine, "connect", _sqlite_pragmas)
-            SQLModel.metadata.create_all(self.engine)
-        except SQLAlchemyError as e:
+            upgrade(self.engine)
+        except (SQLAlchemyError, CommandError) as e:  # CommandError: e.g. a revision newer than this release's
             raise StorageError(f"cannot open database {self._safe_url()}: {e}") from e
         self._closed = False
 

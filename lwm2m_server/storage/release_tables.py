@@ -10,13 +10,14 @@ portable SQL, times as float seconds.
 * ``release_approval``: one row per deployment key that countersigned a release (``packages``: JSON list of the
   countersigned envelopes' SHA-256 hex, in image order);
 * ``device_class``: per-class policy (whether campaigns need a deployment approval).
+
+The schema is made and upgraded by the migrations (:mod:`lwm2m_server.storage.migrations`): a change to a table
+here comes with a new revision there.
 """
 
 # No ``from __future__ import annotations`` here: sqlmodel reads the field annotations at class creation.
 
-from typing import Any
-
-from sqlalchemy import BigInteger, Index, LargeBinary, Text, UniqueConstraint, event, inspect, text
+from sqlalchemy import BigInteger, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 __all__ = ["DeviceClassRow", "ReleaseApprovalRow", "ReleaseImageRow", "ReleaseRow", "SigningKeyRow"]
@@ -101,39 +102,3 @@ class DeviceClassRow(SQLModel, table=True):
     class_name: str = Field(sa_type=Text)
     require_approval: bool = False
     updated_at: float | None = None
-
-
-_ADDED_COLUMNS = {"release": ("origin_tenant",)}  # table -> nullable columns added after the table first shipped
-
-
-@event.listens_for(SQLModel.metadata, "after_create")
-def _upgrade(_metadata: Any, connection: Any, **_kw: Any) -> None:
-    """Bring an older database up to these tables (runs after every ``create_all``, in its transaction; a current
-    database is left alone): add the nullable columns of ``_ADDED_COLUMNS`` it lacks, and let
-    ``signing_key.sealed_private`` be NULL (PostgreSQL: ``DROP NOT NULL``; SQLite cannot alter a column, so the
-    table is rebuilt and its rows copied, as SQLite's documentation describes)."""
-    inspector = inspect(connection)
-    quote = connection.dialect.identifier_preparer.quote
-    for table_name, columns in _ADDED_COLUMNS.items():
-        if not inspector.has_table(table_name):
-            continue
-        present = {c["name"] for c in inspector.get_columns(table_name)}
-        table = SQLModel.metadata.tables[table_name]
-        for name in columns:
-            if name not in present:
-                kind = table.c[name].type.compile(dialect=connection.dialect)
-                connection.execute(text(f"ALTER TABLE {quote(table_name)} ADD COLUMN {quote(name)} {kind}"))
-    sealed = next((c for c in inspector.get_columns("signing_key") if c["name"] == "sealed_private"), None)
-    if sealed is None or sealed["nullable"]:
-        return
-    if connection.dialect.name != "sqlite":
-        connection.execute(text("ALTER TABLE signing_key ALTER COLUMN sealed_private DROP NOT NULL"))
-        return
-    keys = SQLModel.metadata.tables["signing_key"]
-    for index in inspector.get_indexes("signing_key"):
-        connection.execute(text(f"DROP INDEX {quote(index['name'])}"))
-    connection.execute(text("ALTER TABLE signing_key RENAME TO signing_key_old"))
-    keys.create(connection)
-    names = ", ".join(quote(c.name) for c in keys.columns)
-    connection.execute(text(f"INSERT INTO signing_key ({names}) SELECT {names} FROM signing_key_old"))
-    connection.execute(text("DROP TABLE signing_key_old"))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,38 +25,40 @@ from lwm2m_server.storage.campaign_store import (
 )
 from lwm2m_server.storage.database import Database
 from lwm2m_server.storage.stores import StorageConflictError
+from tests.store_backends import BACKENDS, SQL_BACKENDS, database_opener, shared_database
 
 T0 = 1_700_000_000.125
 
 
 class Backend:
     """A store, and ``second()``: the same data seen through another connection (SQL: another engine on the same
-    file, so only what was committed shows; memory: the store itself)."""
+    database, so only what was committed shows; memory: the store itself)."""
 
-    def __init__(self, kind: str, data_dir: Path) -> None:
+    def __init__(self, kind: str, open_database: Callable[[], Database] | None) -> None:
         self.kind = kind
+        self._open_database = open_database
         self.dbs: list[Database] = []
-        self.store: CampaignStore = self._open(data_dir)
-        self.data_dir = data_dir
+        self.store: CampaignStore = self._open()
 
-    def _open(self, data_dir: Path) -> CampaignStore:
-        if self.kind == "memory":
+    def _open(self) -> CampaignStore:
+        if self._open_database is None:
             return MemoryCampaignStore()
-        db = Database.for_data_dir(data_dir)
+        db = self._open_database()
         self.dbs.append(db)
         return SqlCampaignStore(db)
 
     def second(self) -> CampaignStore:
-        return self.store if self.kind == "memory" else self._open(self.data_dir)
+        return self.store if self.kind == "memory" else self._open()
 
     def close(self) -> None:
         for db in self.dbs:
             db.close()
 
 
-@pytest.fixture(params=["memory", "sql"])
+@pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    b = Backend(request.param, tmp_path / "data")
+    kind = request.param
+    b = Backend(kind, None if kind == "memory" else database_opener(request, kind, tmp_path / "data"))
     yield b
     b.close()
 
@@ -283,19 +285,21 @@ def test_every_write_is_committed_when_it_returns(backend: Backend) -> None:
 
 _ids = itertools.count()
 _EPS = [f"d{i}" for i in range(5)]
+_NO_NUL = st.characters(exclude_categories=["Cs"], exclude_characters="\x00")  # PostgreSQL text holds no NUL
 _operation = st.one_of(
     st.tuples(st.just("job"), st.sampled_from(_EPS), st.sampled_from(list(JobState)),
               st.none() | st.frozensets(st.sampled_from(list(JobState)), min_size=1),
               st.none() | st.floats(0, 1e10), st.integers(0, 5)),
     st.tuples(st.just("bulk"), st.sampled_from(list(JobState)), st.sampled_from(list(JobState)),
-              st.text(max_size=8)),
+              st.text(_NO_NUL, max_size=8)),
     st.tuples(st.just("postpone"), st.lists(st.tuples(st.sampled_from(_EPS), st.floats(0, 1e10)), max_size=4)),
 )
 
 
-@pytest.fixture(scope="module")
-def shared_sql(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqlCampaignStore]:
-    db = Database.for_data_dir(tmp_path_factory.mktemp("history") / "data")
+@pytest.fixture(scope="module", params=SQL_BACKENDS)
+def shared_sql(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[SqlCampaignStore]:
+    db = shared_database(request, request.param, tmp_path_factory)
     yield SqlCampaignStore(db)
     db.close()
 

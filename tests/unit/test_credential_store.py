@@ -1,5 +1,5 @@
-"""One contract for every credential store: the memory store and the SQL store (a real SQLite file, opened the
-way the server opens its database). A new backend joins by adding a case to the ``backend`` fixture.
+"""One contract for every credential store: the memory store and the SQL store (SQLite and PostgreSQL, opened
+the way the server opens its database). A new backend joins by adding a case to the ``backend`` fixture.
 
 Then the SQL specifics: nothing in the database file is a PSK, a sealed key moved or altered does not open, a wrong
 key-encryption key is caught at load, other processes' credentials are found."""
@@ -33,6 +33,7 @@ from bootstrap.sql_credentials import SqlCredentialStore
 from bootstrap.vault import SealedDataError, SecretBytes, Vault
 from lwm2m_server.core.errors import SecurityError, StorageError
 from lwm2m_server.storage.database import DB_FILENAME, Database
+from tests.store_backends import BACKENDS, database_opener
 
 BS, SV = CredentialKind.BOOTSTRAP, CredentialKind.SERVER
 T0 = 1_700_000_000.25
@@ -41,19 +42,19 @@ T0 = 1_700_000_000.25
 class Backend:
     """A credential store plus ``reopen()``: what a restart does to it (SQL: a new engine on the same file)."""
 
-    def __init__(self, kind: str, data_dir: Path, vault: Vault) -> None:
+    def __init__(self, kind: str, open_database: Callable[[], Database] | None, vault: Vault) -> None:
         self.kind = kind
-        self.data_dir = data_dir
+        self._open_database = open_database
         self.vault = vault
         self.db: Database | None = None
         self.store: CredentialStore
         self._open()
 
     def _open(self) -> None:
-        if self.kind == "memory":
+        if self._open_database is None:
             self.store = MemoryCredentialStore(self.vault)
         else:
-            self.db = Database.for_data_dir(self.data_dir)
+            self.db = self._open_database()
             self.store = SqlCredentialStore(self.db, self.vault)
         self.store.load()
 
@@ -69,9 +70,11 @@ class Backend:
             self.db.close()
 
 
-@pytest.fixture(params=["memory", "sql"])
+@pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    b = Backend(request.param, tmp_path / "data", Vault.generate())
+    kind = request.param
+    b = Backend(kind, None if kind == "memory" else database_opener(request, kind, tmp_path / "data"),
+                Vault.generate())
     yield b
     b.close()
 
@@ -401,7 +404,7 @@ def test_no_psk_in_logs_reprs_or_errors(backend: Backend, caplog: pytest.LogCapt
     store.psk_for(issued[1].credential.identity)
     store.psk_for("unknown")
     assert any("issued" in r.getMessage() for r in caplog.records)
-    if backend.kind == "sql":
+    if backend.kind != "memory":
         assert any(r.name.startswith("sqlalchemy") for r in caplog.records)  # the database's own log was on
     assert_hidden(caplog.text, psks)
     assert_hidden("\n".join(texts), psks)

@@ -9,7 +9,7 @@ import dataclasses
 import itertools
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +31,7 @@ from lwm2m_server.storage.release_store import (
     SqlReleaseStore,
 )
 from lwm2m_server.storage.stores import StorageConflictError
+from tests.store_backends import BACKENDS, SQL_BACKENDS, database_opener, shared_database
 
 T0 = 1_700_000_000.125
 VENDOR = uuid.uuid5(uuid.NAMESPACE_DNS, "acme.example")
@@ -43,16 +44,16 @@ class Backend:
     """A key store and a release store, and ``second()``: the same data seen through another connection (SQL:
     another engine on the same file, so only what was committed shows; memory: the stores themselves)."""
 
-    def __init__(self, kind: str, data_dir: Path) -> None:
+    def __init__(self, kind: str, open_database: Callable[[], Database] | None) -> None:
         self.kind = kind
-        self.data_dir = data_dir
+        self._open_database = open_database
         self.dbs: list[Database] = []
         self.keys, self.releases = self._open()
 
     def _open(self) -> tuple[KeyStore, ReleaseStore]:
-        if self.kind == "memory":
+        if self._open_database is None:
             return MemoryKeyStore(), MemoryReleaseStore()
-        db = Database.for_data_dir(self.data_dir)
+        db = self._open_database()
         self.dbs.append(db)
         return SqlKeyStore(db), SqlReleaseStore(db)
 
@@ -64,9 +65,10 @@ class Backend:
             db.close()
 
 
-@pytest.fixture(params=["memory", "sql"])
+@pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    b = Backend(request.param, tmp_path / "data")
+    kind = request.param
+    b = Backend(kind, None if kind == "memory" else database_opener(request, kind, tmp_path / "data"))
     yield b
     b.close()
 
@@ -283,9 +285,10 @@ _image = st.builds(ReleaseImage, _text, st.integers(1, 1 << 26), _sha, _sha, st.
 _ids = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def shared_sql(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqlReleaseStore]:
-    db = Database.for_data_dir(tmp_path_factory.mktemp("release-property") / "data")
+@pytest.fixture(scope="module", params=SQL_BACKENDS)
+def shared_sql(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[SqlReleaseStore]:
+    db = shared_database(request, request.param, tmp_path_factory)
     yield SqlReleaseStore(db)
     db.close()
 

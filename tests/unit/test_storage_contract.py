@@ -9,7 +9,7 @@ import asyncio
 import dataclasses
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,24 +28,25 @@ from lwm2m_server.storage.stores import (
     RegistrationStore,
     StorageConflictError,
 )
+from tests.store_backends import BACKENDS, database_opener
 
 
 class Backend:
     """A pair of stores plus ``reopen()``: what a server restart does to them."""
 
-    def __init__(self, kind: str, data_dir: Path) -> None:
+    def __init__(self, kind: str, open_database: Callable[[], Database] | None) -> None:
         self.kind = kind
-        self.data_dir = data_dir
+        self._open_database = open_database
         self.db: Database | None = None
         self.registrations: RegistrationStore
         self.devices: DeviceStore
         self._open()
 
     def _open(self) -> None:
-        if self.kind == "memory":
+        if self._open_database is None:
             self.registrations, self.devices = MemoryRegistrationStore(), MemoryDeviceStore()
         else:
-            self.db = Database.for_data_dir(self.data_dir)
+            self.db = self._open_database()
             self.registrations, self.devices = SqlRegistrationStore(self.db), SqlDeviceStore(self.db)
 
     def reopen(self) -> None:
@@ -59,9 +60,10 @@ class Backend:
             self.db.close()
 
 
-@pytest.fixture(params=["memory", "sql"])
+@pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    b = Backend(request.param, tmp_path / "data")
+    kind = request.param
+    b = Backend(kind, None if kind == "memory" else database_opener(request, kind, tmp_path / "data"))
     yield b
     b.close()
 

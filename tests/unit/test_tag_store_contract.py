@@ -1,4 +1,4 @@
-"""One contract for every tag store: :class:`MemoryTagStore` and :class:`SqlTagStore` (a real SQLite file).
+"""One contract for every tag store: :class:`MemoryTagStore` and :class:`SqlTagStore` (SQLite and PostgreSQL).
 
 A new backend joins by adding a case to the ``backend`` fixture; it must pass every test here unchanged. A
 hypothesis test runs the same random add/remove sequences against both and checks they agree with each other and
@@ -20,7 +20,7 @@ from sqlalchemy import text
 from lwm2m_server.core.errors import StorageError
 from lwm2m_server.storage.database import Database
 from lwm2m_server.storage.tag_store import DeviceTag, MemoryTagStore, SqlTagStore, TagStore
-from tests.store_backends import StoreBackend
+from tests.store_backends import BACKENDS, SQL_BACKENDS, StoreBackend, shared_database
 
 ENDPOINT = "urn:dev:ops:ünïcödé-€-1"
 
@@ -28,9 +28,9 @@ ENDPOINT = "urn:dev:ops:ünïcödé-€-1"
 Backend = StoreBackend[TagStore]
 
 
-@pytest.fixture(params=["memory", "sql"])
+@pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    b = Backend(request.param, tmp_path / "data", MemoryTagStore, SqlTagStore)
+    b = Backend(request, request.param, tmp_path / "data", MemoryTagStore, SqlTagStore)
     yield b
     b.close()
 
@@ -113,9 +113,9 @@ _run = itertools.count()
 Op = tuple[str, str, frozenset[str], frozenset[str]]
 
 
-@pytest.fixture(scope="module")
-def shared_sql(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqlTagStore]:
-    with Database.for_data_dir(tmp_path_factory.mktemp("tags") / "data") as db:
+@pytest.fixture(scope="module", params=SQL_BACKENDS)
+def shared_sql(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqlTagStore]:
+    with shared_database(request, request.param, tmp_path_factory) as db:
         yield SqlTagStore(db)
 
 

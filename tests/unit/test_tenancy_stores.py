@@ -1,12 +1,12 @@
-"""One contract suite for the tenancy stores, run against the memory and the SQL (SQLite file) implementations."""
+"""One contract suite for the tenancy stores, run against the memory and the SQL (SQLite, PostgreSQL) stores."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lwm2m_server.core.errors import NotFoundError
@@ -40,15 +40,16 @@ from lwm2m_server.tenancy.stores import (
     TokenRecord,
     UserRecord,
 )
+from tests.store_backends import BACKENDS, SQL_BACKENDS, database_opener
 
 
-@pytest.fixture(params=["memory", "sql"])
+@pytest.fixture(params=BACKENDS)
 def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TenancyStores]:
     if request.param == "memory":
         yield TenancyStores(MemoryTenantStore(), MemoryTokenStore(), MemoryGrantStore(), MemoryAuditStore(),
                             MemoryUserStore(), MemorySessionStore())
         return
-    db = Database.for_data_dir(tmp_path / "data")
+    db = database_opener(request, request.param, tmp_path / "data")()
     try:
         yield TenancyStores(SqlTenantStore(db), SqlTokenStore(db), SqlGrantStore(db), SqlAuditStore(db),
                             SqlUserStore(db), SqlSessionStore(db))
@@ -125,11 +126,25 @@ def test_audit_trail_is_append_only_and_ordered(stores: TenancyStores) -> None:
     assert not any(hasattr(stores.audit, name) for name in ("delete", "update", "remove", "clear"))
 
 
-@settings(max_examples=25, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.text(max_size=20)), max_size=20))
-def test_audit_listing_agrees_between_memory_and_sql(tmp_path_factory: pytest.TempPathFactory,
+_NO_NUL = st.characters(exclude_categories=["Cs"], exclude_characters="\x00")  # PostgreSQL text holds no NUL
+
+
+@pytest.fixture(params=SQL_BACKENDS)
+def new_database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                 ) -> Callable[[], Database]:
+    """An empty database at every call (SQLite: a new file; PostgreSQL: one database, emptied)."""
+    if request.param == "sqlite":
+        return lambda: Database.for_data_dir(tmp_path_factory.mktemp("audit"))
+    server = request.getfixturevalue("postgres")
+    url = server.new_database()
+    return lambda: (server.empty(url), Database(url))[1]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.text(_NO_NUL, max_size=20)), max_size=20))
+def test_audit_listing_agrees_between_memory_and_sql(new_database: Callable[[], Database],
                                                      entries: list[tuple[str, str]]) -> None:
-    db = Database.for_data_dir(tmp_path_factory.mktemp("audit"))
+    db = new_database()
     try:
         backends: list[AuditStore] = [MemoryAuditStore(), SqlAuditStore(db)]
         for tenant, target in entries:

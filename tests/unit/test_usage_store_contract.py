@@ -1,4 +1,4 @@
-"""One contract for both usage stores: the memory store and the SQL store (a real SQLite file).
+"""One contract for both usage stores: the memory store and the SQL store (SQLite and PostgreSQL).
 
 A new backend joins by adding a case to the ``backend`` fixture; it must pass every test here unchanged.
 """
@@ -6,7 +6,7 @@ A new backend joins by adding a case to the ``backend`` fixture; it must pass ev
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,25 +15,26 @@ from lwm2m_server.core.errors import CoapCode
 from lwm2m_server.metering.store import MemoryUsageStore, SealedDayError, SqlUsageStore, UsageStore
 from lwm2m_server.metering.usage import GENESIS_HASH, DayCounts, day_start, verify
 from lwm2m_server.storage.database import Database
+from tests.store_backends import BACKENDS, database_opener
 
 
 class Backend:
     """A usage store plus ``reopen()`` (a server restart) and ``other()`` (a second server node, same data)."""
 
-    def __init__(self, kind: str, data_dir: Path) -> None:
-        self.kind, self.data_dir = kind, data_dir
+    def __init__(self, kind: str, open_database: Callable[[], Database] | None) -> None:
+        self.kind, self._open_database = kind, open_database
         self.dbs: list[Database] = []
         self.store: UsageStore = self._new()
 
     def _new(self) -> UsageStore:
-        if self.kind == "memory":
+        if self._open_database is None:
             return MemoryUsageStore()
-        db = Database.for_data_dir(self.data_dir)
+        db = self._open_database()
         self.dbs.append(db)
         return SqlUsageStore(db)
 
     def reopen(self) -> None:
-        if self.kind == "sql":
+        if self.kind != "memory":
             for db in self.dbs:
                 db.close()
             self.dbs.clear()
@@ -47,9 +48,10 @@ class Backend:
             db.close()
 
 
-@pytest.fixture(params=["memory", "sql"])
+@pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    b = Backend(request.param, tmp_path / "data")
+    kind = request.param
+    b = Backend(kind, None if kind == "memory" else database_opener(request, kind, tmp_path / "data"))
     try:
         yield b
     finally:

@@ -1,5 +1,5 @@
-"""One contract for every webhook store: :class:`MemoryWebhookStore` and :class:`SqlWebhookStore` (a real SQLite
-file). Subscriptions with their sealed secrets, removal, the first filter of kinds and the delivery log.
+"""One contract for every webhook store: :class:`MemoryWebhookStore` and :class:`SqlWebhookStore` (SQLite and
+PostgreSQL). Subscriptions with their sealed secrets, removal, the first filter of kinds and the delivery log.
 
 A new backend joins by adding a case to the ``backend`` fixture; it must pass every test here unchanged. A
 hypothesis test runs the same random sequences against both and checks they agree.
@@ -27,7 +27,7 @@ from lwm2m_server.storage.webhook_store import (
     Webhook,
     WebhookStore,
 )
-from tests.store_backends import StoreBackend
+from tests.store_backends import BACKENDS, SQL_BACKENDS, StoreBackend, shared_database
 
 SEALED = b"\x00sealed-\xff" * 4
 
@@ -35,9 +35,9 @@ SEALED = b"\x00sealed-\xff" * 4
 Backend = StoreBackend[WebhookStore]
 
 
-@pytest.fixture(params=["memory", "sql"])
+@pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    b = Backend(request.param, tmp_path / "data", MemoryWebhookStore, SqlWebhookStore)
+    b = Backend(request, request.param, tmp_path / "data", MemoryWebhookStore, SqlWebhookStore)
     yield b
     b.close()
 
@@ -172,9 +172,10 @@ OPS = st.lists(st.one_of(
 ), max_size=20)
 
 
-@pytest.fixture(scope="module")
-def shared_sql(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqlWebhookStore]:
-    with Database.for_data_dir(tmp_path_factory.mktemp("webhooks") / "data") as db:
+@pytest.fixture(scope="module", params=SQL_BACKENDS)
+def shared_sql(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[SqlWebhookStore]:
+    with shared_database(request, request.param, tmp_path_factory) as db:
         yield SqlWebhookStore(db)
 
 
