@@ -98,7 +98,9 @@ class Database:
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
-        kwargs: dict[str, Any] = {"echo": echo}
+        # hide_parameters: a failed statement's exception text (and so a StorageError, a log line) never carries
+        # the values it bound: a PSK hash, a token digest or a package name is a secret or a capability
+        kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S}
