@@ -213,3 +213,13 @@ def assemble(path: LwM2mPath, parts: Mapping[LwM2mPath, Node]) -> Node | None:
     if depth == 1:
         return Obj.of(path.ids[0], [n for n in built if isinstance(n, Instance)])
     return None
+
+
+MAX_DEVICE_TEXT = 255
+
+
+def device_text(value: Value) -> str:
+    """A value a device reported, as text fit to store and show: NUL (which PostgreSQL refuses in text) and other
+    C0 controls except tab become U+FFFD, and at most ``MAX_DEVICE_TEXT`` characters are kept."""
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return "".join("\ufffd" if ord(c) < 32 and c != "\t" else c for c in text[:MAX_DEVICE_TEXT])

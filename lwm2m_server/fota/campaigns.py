@@ -75,7 +75,7 @@ from firmware_object.campaign import (
 )
 from firmware_object.errors import State, UpdateResult
 from lwm2m_server.core.errors import CoapCode, InvalidRequestError, Lwm2mError, NotFoundError, dotted_code
-from lwm2m_server.core.nodes import Instance, SingleResource
+from lwm2m_server.core.nodes import Instance, SingleResource, device_text
 from lwm2m_server.core.operations import ExecuteRequest, ReadRequest
 from lwm2m_server.core.paths import LwM2mPath
 from lwm2m_server.events import REGISTRATION_REGISTERED, REGISTRATION_UPDATED, Event, EventBus
@@ -1025,7 +1025,7 @@ class CampaignService:
         with contextlib.suppress(Lwm2mError):
             node = (await self.management.send(ep, ReadRequest(FIRMWARE_VERSION), tenant_id=tenant_id)).content
             if isinstance(node, SingleResource):
-                return str(node.value)
+                return device_text(node.value)
         return None
 
     def _emit(self, kind: str, tenant_id: str, endpoint: str | None, data: dict[str, Any]) -> None:

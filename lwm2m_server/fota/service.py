@@ -38,7 +38,7 @@ from lwm2m_server.core.errors import (
     RequestTimeoutError,
     UnknownEndpointError,
 )
-from lwm2m_server.core.nodes import Instance, MultipleResource, Node, ResourceType, SingleResource
+from lwm2m_server.core.nodes import Instance, MultipleResource, Node, ResourceType, SingleResource, device_text
 from lwm2m_server.core.operations import ExecuteRequest, ObserveRequest, ReadRequest, WriteRequest
 from lwm2m_server.core.paths import LwM2mPath
 from lwm2m_server.core.registration import Registration
@@ -399,7 +399,7 @@ class FirmwareService:
         with contextlib.suppress(Lwm2mError):
             node = (await self.management.send(ep, ReadRequest(FIRMWARE_VERSION), tenant_id=tenant_id)).content
             if isinstance(node, SingleResource):
-                return str(node.value)
+                return device_text(node.value)
         return None
 
     def _choose(self, ep: str, fw: dict[int, object], method: Method | None, base_uri: str) -> Method:
@@ -570,7 +570,8 @@ class FirmwareService:
                 break
             await asyncio.sleep(min(self.poll_interval, 0.25))
         version = await self._firmware_version(ep, tenant_id)
-        pkg_version = fw.get(7)
+        reported = fw.get(7)
+        pkg_version = device_text(reported) if isinstance(reported, str) and reported else None
         if result == UpdateResult.SUCCESS:
             self._finish(job, "succeeded", state=state, result=result, version=version,
                          message=f"{ep} runs {version or pkg_version or 'the new firmware'}")

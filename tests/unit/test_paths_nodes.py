@@ -285,3 +285,14 @@ def test_nodes_check_ids_and_values() -> None:
     assert res.instance(3) == ResourceInstance(3, ResourceType.INTEGER, 5)
     inst = Instance.of(0, [SingleResource(0, ResourceType.STRING, "ACME"), res])
     assert Obj.of(3, [inst]).instances[0].resources[6] is res
+
+
+@given(st.one_of(st.text(max_size=400), st.binary(max_size=400), st.integers()))
+def test_device_text_is_storable_and_bounded(value: object) -> None:
+    from lwm2m_server.core.nodes import MAX_DEVICE_TEXT, device_text
+
+    shown = device_text(value)  # type: ignore[arg-type]
+    assert len(shown) <= MAX_DEVICE_TEXT and "\x00" not in shown
+    assert all(ord(c) >= 32 or c == "\t" for c in shown)
+    if isinstance(value, str) and value.isprintable():
+        assert shown == value[:MAX_DEVICE_TEXT]
