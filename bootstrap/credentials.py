@@ -177,6 +177,11 @@ class CredentialStore(Protocol):
         """The endpoint's active credential of this kind."""
         ...
 
+    def has_active(self, endpoint: str, kind: CredentialKind | str, *, tenant_id: str) -> bool:
+        """Whether the endpoint has an active credential of this kind (``by_endpoint(...) is not None``, cheaper:
+        asked at every plain-CoAP Register)."""
+        ...
+
     def list(self, *, tenant_id: str | None, include_revoked: bool = False) -> builtins.list[Credential]:
         """The credentials of one tenant (all tenants when None: the operator's housekeeping), ordered by tenant,
         endpoint, kind, creation."""
@@ -358,6 +363,14 @@ class CredentialStoreBase:
             found = self._select(tenant_id, endpoint, _kind(kind), False)
         return found[0] if found else None
 
+    def has_active(self, endpoint: str, kind: CredentialKind | str, *, tenant_id: str) -> bool:
+        with self._lock:
+            return self._has_active(tenant_id, endpoint, _kind(kind))
+
+    def _has_active(self, tenant_id: str, endpoint: str, kind: CredentialKind) -> bool:
+        """Backend hook (default: through ``_select``); a backend may answer it more cheaply."""
+        return bool(self._select(tenant_id, endpoint, kind, False))
+
     def list(self, *, tenant_id: str | None, include_revoked: bool = False) -> builtins.list[Credential]:
         with self._lock:
             return sorted(self._select(tenant_id, None, None, include_revoked), key=_sort_key)
@@ -424,7 +437,7 @@ class CredentialKindView:
 
     def is_bound(self, endpoint: str, *, tenant_id: str) -> bool:
         """Whether ``endpoint`` holds an active credential of this kind (it must then prove it: no plain CoAP)."""
-        return self._store.by_endpoint(endpoint, self.kind, tenant_id=tenant_id) is not None
+        return self._store.has_active(endpoint, self.kind, tenant_id=tenant_id)
 
     def revoked_since(self, since: float) -> builtins.list[Credential]:
         """The store's :meth:`~CredentialStore.revoked_since` (applied to its index), of this kind only."""

@@ -36,6 +36,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    bindparam,
     false,
     insert,
     select,
@@ -75,6 +76,9 @@ CREDENTIAL_TABLE = Table(
     Column("revoked_at", Float, nullable=True),
 )
 _C = CREDENTIAL_TABLE.c
+# built once: asked at every plain-CoAP Register, so no expression is rebuilt per call (SQLAlchemy's cache hits)
+_HAS_ACTIVE = select(_C.identity).where(_C.tenant_id == bindparam("tenant_id"), _C.endpoint == bindparam("endpoint"),
+                                        _C.kind == bindparam("kind"), _C.revoked == false()).limit(1)
 Index("ix_credential_tenant_endpoint", _C.tenant_id, _C.endpoint)
 _REVOKED_AT_INDEX = Index("ix_credential_revoked_at", _C.revoked_at)  # revoked_since(), polled by servers
 Index("uq_credential_active", _C.tenant_id, _C.endpoint, _C.kind, unique=True,
@@ -209,6 +213,15 @@ class SqlCredentialStore(CredentialStoreBase):
         if not include_revoked:
             where.append(_C.revoked == false())
         return [s.credential for s in self._query(*where)]
+
+    def _has_active(self, tenant_id: str, endpoint: str, kind: CredentialKind) -> bool:
+        try:
+            with self._engine.connect() as conn:
+                found = conn.execute(_HAS_ACTIVE, {"tenant_id": tenant_id, "endpoint": endpoint,
+                                                   "kind": kind.value}).first()
+        except SQLAlchemyError as e:
+            raise StorageError(f"cannot read credentials: {_why(e)}") from e
+        return found is not None
 
     def _row(self, identity: str) -> StoredCredential | None:
         found = self._query(_C.identity == identity)

@@ -117,6 +117,12 @@ def test_issue_round_trip(backend: Backend) -> None:
     assert store.by_endpoint("urn:dev:ops:ünï-1", "bootstrap", tenant_id="default") == cred
     assert store.by_endpoint("urn:dev:ops:ünï-1", SV, tenant_id="default") is None
     assert store.by_endpoint("urn:dev:ops:ünï-1", BS, tenant_id="acme") is None
+    assert store.has_active("urn:dev:ops:ünï-1", BS, tenant_id="default")
+    assert store.has_active("urn:dev:ops:ünï-1", "bootstrap", tenant_id="default")
+    assert not store.has_active("urn:dev:ops:ünï-1", SV, tenant_id="default")
+    assert not store.has_active("urn:dev:ops:ünï-1", BS, tenant_id="acme")
+    store.revoke("urn:dev:ops:ünï-1", now=T0 + 1, tenant_id="default")
+    assert not store.has_active("urn:dev:ops:ünï-1", BS, tenant_id="default")
 
 
 def test_unknown_identities(backend: Backend) -> None:
