@@ -18,6 +18,7 @@ import socket
 from typing import Any
 
 from aiocoap import Context, Message, interfaces, messagemanager, protocol, tokenmanager
+from aiocoap.numbers import TransportTuning
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import Type
 from aiocoap.transports import udp6
@@ -121,7 +122,70 @@ def tune_aiocoap() -> None:
     _tune_dtls_client()
     tokenmanager.TokenManager.next_token = _random_token  # type: ignore[method-assign]
     _quiet_unmatched()
+    _allow_nstart()
     cls._scratch_tuned = True
+
+
+class GatewayTuning(TransportTuning):  # type: ignore[misc]
+    """CoAP tuning of requests relayed through an LwM2M gateway: up to ``NSTART`` of them outstanding at once to the
+    gateway (RFC 7252 4.7 lets NSTART be raised by configuration; the default 1 would make every end device behind
+    a gateway wait for every other's round trip over its slow local link)."""
+
+    NSTART = 8
+
+
+def _nstart(message: Any) -> int:
+    return max(1, int(getattr(message.transport_tuning, "NSTART", 1)))
+
+
+def _allow_nstart() -> None:
+    """aiocoap keeps NSTART = 1 per remote (a backlog per remote while one CON is outstanding); let a message's
+    ``transport_tuning.NSTART`` raise it for its remote. Invariant kept: a remote has a backlog entry while it has
+    an outstanding CON exchange, and a backlogged message is sent once fewer than its NSTART are outstanding."""
+    manager: Any = messagemanager.MessageManager
+    original_send_message = manager.send_message
+
+    def outstanding(self: Any, remote: Any) -> int:
+        return sum(1 for r, _ in self._active_exchanges if r == remote)
+
+    def send_message(self: Any, message: Message, messageerror_monitor: Any) -> None:
+        backlogs = self._backlogs
+        remote = message.remote
+        if _nstart(message) > 1 and remote in backlogs and not backlogs[remote] \
+                and self._active_exchanges is not None and outstanding(self, remote) < _nstart(message):
+            held = backlogs.pop(remote)  # room for one more: do not let the original put it in the backlog
+            try:
+                original_send_message(self, message, messageerror_monitor)
+            finally:
+                backlogs.setdefault(remote, held)
+            return
+        original_send_message(self, message, messageerror_monitor)
+
+    def continue_backlog(self: Any, remote: Any) -> None:
+        backlog = self._backlogs.get(remote)
+        if backlog is None:  # a timed-out exchange dropped it while others were outstanding
+            if any(r == remote for r, _ in self._active_exchanges):
+                self._backlogs[remote] = []
+            return
+        count = outstanding(self, remote)
+        while backlog and count < _nstart(backlog[0][0]):
+            next_message, messageerror_monitor = backlog.pop(0)
+            self._send_initially(next_message, messageerror_monitor)
+            if next_message.mtype is Type.CON:
+                count += 1
+        if not backlog and count == 0:
+            del self._backlogs[remote]
+
+    original_retransmit = manager._retransmit
+
+    def retransmit(self: Any, message: Message, timeout: float, retransmission_counter: int) -> None:
+        # a final timeout deletes the remote's backlog entry, which an earlier one of several may have done already
+        self._backlogs.setdefault(message.remote, [])
+        original_retransmit(self, message, timeout, retransmission_counter)
+
+    manager.send_message = send_message
+    manager._continue_backlog = continue_backlog
+    manager._retransmit = retransmit
 
 
 def _random_token(self: Any) -> bytes:

@@ -24,6 +24,7 @@ from aiocoap import error as coap_error
 from aiocoap.numbers.codes import Code
 
 from lwm2m_server.coap.requests import exchange, send_request
+from lwm2m_server.coap.udp import GatewayTuning
 from lwm2m_server.core.codec import registry as codecs
 from lwm2m_server.core.codec.formats import ContentFormat
 from lwm2m_server.core.errors import ClientSleepingError, CodecError, RequestFailedError, RequestTimeoutError
@@ -131,6 +132,8 @@ def prepare_message(reg: Registration, route: Route, request: DownlinkRequest, m
     if coap.observe is not None:
         msg.opt.observe = coap.observe
     msg.remote = route.remote
+    if route.via is not None:  # several end devices' requests may be outstanding at their gateway at once
+        msg.transport_tuning = GatewayTuning()
     return msg
 
 

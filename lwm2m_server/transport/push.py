@@ -23,6 +23,7 @@ from aiocoap import Message
 from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import BlockOption
 
+from lwm2m_server.coap.udp import GatewayTuning
 from lwm2m_server.core.codec.formats import ContentFormat
 from lwm2m_server.core.errors import ErrorResponseError, InvalidRequestError, RequestTimeoutError
 from lwm2m_server.core.operations import uri_path as coap_uri_path
@@ -100,6 +101,8 @@ async def push_package(exchange: Exchange, route: Route, data: bytes, *,
                 if number == 0:
                     request.opt.size1 = total  # lets the device refuse a package too large for it up front
                 request.remote = route.remote
+                if route.via is not None:
+                    request.transport_tuning = GatewayTuning()
                 response = await exchange(request, route.endpoint, request_timeout)
                 code = response.code
                 answer = response.opt.block1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,50 @@ async def test_a_retransmitted_register_gets_the_same_answer_from_a_slim_cache(t
         assert srv.context is not None
         cached = [m for m in _message_manager(srv.context)._recent_messages.values() if m is not None]
         assert cached and all(m.request is None for m in cached)
+
+
+@pytest.mark.parametrize("tuned", [False, True])
+async def test_nstart_per_message_lets_requests_to_a_gateway_overlap(tuned: bool) -> None:
+    """RFC 7252 4.7: at most NSTART outstanding CON requests per remote; aiocoap keeps 1. Requests relayed through an
+    LwM2M gateway carry GatewayTuning (NSTART 8): several are outstanding at the gateway at once, the rest wait."""
+    from aiocoap import Context, Message
+    from aiocoap.numbers.codes import Code
+    from aiocoap.resource import Resource, Site
+
+    from lwm2m_server.coap.udp import GatewayTuning, exclusive_context, release, slim_duplicate_cache
+
+    count = 10
+    arrived = asyncio.Event()
+    active = seen = most = 0
+
+    class Slow(Resource):  # answers once every request has arrived (or 1 s passed): outstanding ones overlap here
+        async def render_get(self, request: Message) -> Message:
+            nonlocal active, seen, most
+            active, seen = active + 1, seen + 1
+            most = max(most, active)
+            if seen >= min(count, GatewayTuning.NSTART if tuned else 1):
+                arrived.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(arrived.wait(), 1.0)
+            active -= 1
+            return Message(code=Code.CONTENT, payload=b"ok")
+
+    site = Site()
+    site.add_resource(("slow",), Slow())
+    server, port = await exclusive_context(site, "127.0.0.1", 0)
+    client = await Context.create_client_context()
+    slim_duplicate_cache(client)
+    try:
+        requests = []
+        for _ in range(count):
+            msg = Message(code=Code.GET, uri=f"coap://127.0.0.1:{port}/slow")
+            if tuned:
+                msg.transport_tuning = GatewayTuning()
+            requests.append(client.request(msg).response)
+        answers = await asyncio.wait_for(asyncio.gather(*requests), 30)
+        assert [a.payload for a in answers] == [b"ok"] * count
+        assert most == (GatewayTuning.NSTART if tuned else 1)
+    finally:
+        await client.shutdown()
+        await server.shutdown()
+        release("127.0.0.1", port)
