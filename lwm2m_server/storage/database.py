@@ -75,19 +75,29 @@ def _revision(connection: Connection) -> str | None:
 
 
 def upgrade(engine: Engine) -> None:
-    """Bring the schema to the head revision, under the migration lock (see the module's docstring)."""
+    """Bring the schema to the head revision, under the migration lock (see the module's docstring). Alembic's own
+    INFO lines stay quiet (every open of a new database would print three); one line says what changed."""
     with engine.connect() as connection:
-        if _revision(connection) == _head():
+        before = _revision(connection)
+        if before == _head():
             return
         connection.rollback()
-        with _ALEMBIC, connection.begin():
-            if connection.dialect.name == "sqlite":
-                connection.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock, now (pysqlite begins lazily)
-            elif connection.dialect.name == "postgresql":
-                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
-            config = alembic_config()
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+        alembic_log = logging.getLogger("alembic")
+        level = alembic_log.level
+        alembic_log.setLevel(max(level, logging.WARNING))
+        try:
+            with _ALEMBIC, connection.begin():
+                if connection.dialect.name == "sqlite":
+                    connection.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock, now (pysqlite begins lazily)
+                elif connection.dialect.name == "postgresql":
+                    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+                config = alembic_config()
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+        finally:
+            alembic_log.setLevel(level)
+        if before is not None:
+            log.info("database schema upgraded from revision %s to %s", before, _head())
 
 
 class Database:
