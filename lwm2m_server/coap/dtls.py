@@ -902,7 +902,7 @@ class DtlsServerTransport(interfaces.MessageInterface):
                 self._dtls.write(peer._session, reply.encode())
             if message is not None:
                 try:
-                    self._mman.dispatch_message(message)
+                    udp.dispatch(self._mman, message)
                 except Exception:  # decode_datagram never raises: this is our own bug, with its traceback
                     self.log.exception("dispatching a DTLS message from %s failed", peer.hostinfo)
         except Exception as e:

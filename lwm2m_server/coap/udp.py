@@ -15,7 +15,7 @@ import functools
 import ipaddress
 import secrets
 import socket
-from typing import Any
+from typing import Any, Protocol
 
 from aiocoap import Context, Message, interfaces, messagemanager, protocol, tokenmanager
 from aiocoap.numbers import TransportTuning
@@ -203,9 +203,55 @@ def _udp_datagram_received(self: Any, data: bytes, ancdata: Any, flags: int, add
         self.send(reply)
     if message is not None:
         try:
-            self._ctx.dispatch_message(message)
+            dispatch(self._ctx, message)
         except Exception:
             self.log.exception("dispatching a message from %s failed", message.remote.hostinfo)
+
+
+class ImmediateAnswers(Protocol):
+    """A server site that answers some requests at once, synchronously (the Registration interface): those skip
+    aiocoap's request machinery (a task, a pipe and the token and block-wise layers per request)."""
+
+    def answers_at_once(self, request: Message) -> bool:
+        """Whether :meth:`answer` takes this request (a cheap check of its path)."""
+        ...
+
+    def answer(self, request: Message) -> Message:
+        """The response (errors mapped to their response too); never raises."""
+        ...
+
+
+def _immediate(manager: Any) -> ImmediateAnswers | None:
+    found = getattr(manager, "_scratch_immediate", False)
+    if found is False:
+        site = getattr(getattr(getattr(manager, "token_manager", None), "context", None), "serversite", None)
+        found = site if callable(getattr(site, "answers_at_once", None)) else None
+        manager._scratch_immediate = found
+    return found  # type: ignore[no-any-return,return-value]
+
+
+def dispatch(manager: Any, message: Message) -> None:
+    """Hand a decoded message to aiocoap's message layer, except a request the site answers at once: that one is
+    answered here, as aiocoap would (RFC 7252): a duplicate (same remote and Message ID within EXCHANGE_LIFETIME) is
+    detected by aiocoap's own cache and gets the stored answer again; a CON gets its answer piggybacked on the ACK,
+    a NON a NON; the answer is stored for duplicates. A request with Block1, Block2 or Observe goes the long way."""
+    site = _immediate(manager)
+    opt = message.opt
+    if (site is None or not message.code.is_request() or message.mtype not in (Type.CON, Type.NON)
+            or opt.block1 is not None or opt.block2 is not None or opt.observe is not None
+            or not site.answers_at_once(message)):
+        manager.dispatch_message(message)
+        return
+    if manager._deduplicate_message(message):
+        return
+    response = site.answer(message)
+    response.token = message.token
+    response.remote = message.remote.as_response_address()
+    if message.mtype is Type.CON:
+        response.mtype, response.mid = Type.ACK, message.mid
+    else:
+        response.mtype, response.mid = Type.NON, manager._next_message_id()
+    manager._send_initially(response)
 
 
 def _tune_dtls_client() -> None:

@@ -233,6 +233,18 @@ class ServerSite(Resource):
         except Lwm2mError as e:  # raised by the Block1 spool, before render()
             pipe.add_response(_with_size1(error_response(e), self._block1.max_body, e), is_last=True)
 
+    def answers_at_once(self, request: Message) -> bool:
+        """The Registration interface is answered at once, without aiocoap's request machinery
+        (:func:`lwm2m_server.coap.udp.dispatch`): its work is synchronous and its bodies are small."""
+        path = request.opt.uri_path
+        return bool(path) and path[0] == "rd"
+
+    def answer(self, request: Message) -> Message:
+        try:
+            return self._registration(request, request.opt.uri_path[1:])
+        except Exception as e:
+            return error_response(e)
+
     async def render(self, request: Message) -> Message:
         path = request.opt.uri_path
         try:
