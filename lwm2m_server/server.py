@@ -236,6 +236,7 @@ class Lwm2mServer:
                                         "target": e.target, "outcome": e.outcome, "seq": e.seq},
             source=f"lwm2m-server/{s.node_id}")
         self.usage = UsageMeter(SqlUsageStore(self.database), self.events)
+        self._tasks.append(asyncio.create_task(self.usage.run(), name="usage"))
         self.registrations = RegistrationService(
             SqlRegistrationStore(self.database), SqlDeviceStore(self.database), self.events,
             clock=time.time, grace=s.lifetime_grace, node_id=s.node_id, max_registrations=s.max_registrations,
@@ -392,7 +393,7 @@ class Lwm2mServer:
         app = self.api_app = create_app(
             self.management, self.model, authenticate, firmware=self.firmware, bench_api=s.bench_api,
             events=self.events, campaigns=self.campaigns, tags=self.tags, tenancy=tenancy,
-            usage=self.usage.store if self.usage is not None else None, web=s.web)
+            usage=self.usage.view if self.usage is not None else None, web=s.web)
         config = uvicorn.Config(app, host=s.api_host, port=s.api_port or 0, log_level="warning",
                                 lifespan="off", access_log=False)
         server = uvicorn.Server(config)
@@ -455,7 +456,10 @@ class Lwm2mServer:
                 await t
         self._tasks.clear()
         if self.usage is not None:  # after firmware, campaigns and registrations: their last events are counted
-            self.usage.close()
+            try:
+                self.usage.close()  # writes what is pending
+            except Exception:
+                log.exception("could not write the last usage counts")
             self.usage = None
         if self.database is not None:
             self.database.close()

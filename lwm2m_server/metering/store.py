@@ -9,12 +9,15 @@ Invariants shared by both:
   computes its hash (chained to the tenant's previous sealed day; quiet days in between are sealed as zero days)
   and from then on the day never changes: adding to it, or to any day before the tenant's last sealed day, raises
   :class:`SealedDayError`;
+* :meth:`UsageStore.add_batch` applies many tallies in one transaction, all or nothing; with ``today``, what is
+  counted for a sealed day goes to the first open day from ``today`` on (never dropped, never raised);
 * every call is atomic and safe from several threads; a database failure raises ``StorageError``.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any, Protocol, runtime_checkable
 
@@ -22,7 +25,7 @@ from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from lwm2m_server.core.errors import CoapCode, StorageError
-from lwm2m_server.metering.usage import COUNTERS, DayCounts, Increment, Tally, UsageDay, day_of, seal
+from lwm2m_server.metering.usage import COUNTERS, DayCounts, Tally, UsageDay, day_of, next_day, seal
 from lwm2m_server.storage.database import Database
 from lwm2m_server.storage.usage_tables import UsageDayRow, UsageEndpointRow
 
@@ -31,6 +34,10 @@ __all__ = ["MemoryUsageStore", "SealedDayError", "SqlUsageStore", "UsageStore", 
 _DAY = UsageDayRow.__table__  # type: ignore[attr-defined]
 _EP = UsageEndpointRow.__table__  # type: ignore[attr-defined]
 _ATTEMPTS = 3  # a write that lost a race with another node (same new row) is tried again this often
+_CHUNK = 2000  # endpoints looked up per SELECT (bound parameters stay far below SQLite's and PostgreSQL's limits)
+_ADDED = tuple(n for n in COUNTERS if n != "devices_registered")  # the counters an add sums (not the endpoints)
+
+Moved = tuple[str, str, str]  # (tenant_id, the sealed day counted for, the open day it was counted on)
 
 
 class SealedDayError(StorageError):
@@ -47,6 +54,13 @@ class UsageStore(Protocol):
         """Add ``counts`` to the tenant's open ``day`` (created when new); ``endpoint``: a registration, counted in
         ``devices_registered`` once per day (``counts.devices_registered`` itself is ignored). The day exists
         afterwards even when everything added is zero. :class:`SealedDayError` when the day is sealed."""
+        ...
+
+    def add_batch(self, tallies: Sequence[Tally], *, today: str | None = None) -> list[Moved]:
+        """Add every tally (each names its tenant and day; several may name the same one) in one transaction:
+        its counts but ``devices_registered``, and its ``endpoints``, each counted once per tenant and day.
+        ``today=None``: a tally of a sealed day raises :class:`SealedDayError` and nothing is added; else it is
+        counted on the tenant's first open day from ``today`` on, and listed in the result."""
         ...
 
     def counts(self, *, tenant_id: str, day: str) -> DayCounts:
@@ -73,13 +87,18 @@ class MemoryUsageStore:
         self._lock = threading.Lock()
 
     def add(self, counts: DayCounts, *, tenant_id: str, day: str, endpoint: str | None = None) -> None:
-        counts = DayCounts(*(0 if n == "devices_registered" else getattr(counts, n) for n in COUNTERS))
+        self.add_batch([_tally(counts, tenant_id, day, endpoint)])
+
+    def add_batch(self, tallies: Sequence[Tally], *, today: str | None = None) -> list[Moved]:
         with self._lock:
-            chain = self._sealed.get(tenant_id)
-            if chain and day <= chain[-1].day:
-                raise SealedDayError(f"usage of {day} is sealed (tenant {tenant_id})")
-            tally = self._open.get((tenant_id, day)) or Tally(tenant_id, day)
-            self._open[(tenant_id, day)] = tally.add(Increment(tenant_id, day, counts, endpoint))
+            last = {t: chain[-1].day for t, chain in self._sealed.items() if chain}
+            merged, moved = _merge(tallies, last, today)
+            for (tenant, day), tally in merged.items():
+                old = self._open.get((tenant, day)) or Tally(tenant, day)
+                endpoints = old.endpoints | tally.endpoints
+                counts = replace(old.counts + tally.counts, devices_registered=len(endpoints))
+                self._open[(tenant, day)] = Tally(tenant, day, counts, endpoints)
+            return moved
 
     def counts(self, *, tenant_id: str, day: str) -> DayCounts:
         with self._lock:
@@ -123,30 +142,51 @@ class SqlUsageStore:
         self._engine = database.engine  # its tables are created with the database (storage/database.py)
 
     def add(self, counts: DayCounts, *, tenant_id: str, day: str, endpoint: str | None = None) -> None:
-        key = (_DAY.c.tenant_id == tenant_id) & (_DAY.c.day == day)
-        deltas = {n: _DAY.c[n] + getattr(counts, n) for n in COUNTERS if n != "devices_registered"}
+        self.add_batch([_tally(counts, tenant_id, day, endpoint)])
+
+    def add_batch(self, tallies: Sequence[Tally], *, today: str | None = None) -> list[Moved]:
+        """Per (tenant, day): one relative UPDATE (the INSERT of the missing day rows: one statement), then the
+        endpoints not counted yet found by chunked SELECTs and inserted in one executemany."""
+        if not tallies:
+            return []
+        tenants = sorted({t.tenant_id for t in tallies})
+        what = f"usage of {len(tallies)} tallies (tenants {', '.join(tenants)[:200]})"
         for attempt in range(_ATTEMPTS):
             try:
                 with self._engine.begin() as c:
-                    if c.execute(update(_DAY).where(key, _DAY.c.hash.is_(None)).values(deltas)).rowcount == 0:
-                        last = c.execute(select(func.max(_DAY.c.day)).where(
-                            _DAY.c.tenant_id == tenant_id, _DAY.c.hash.is_not(None))).scalar()
-                        if last is not None and day <= last:
-                            raise SealedDayError(f"usage of {day} is sealed (tenant {tenant_id})")
-                        c.execute(insert(_DAY).values(
-                            tenant_id=tenant_id, day=day, devices_registered=0,
-                            **{n: getattr(counts, n) for n in COUNTERS if n != "devices_registered"}))
-                    if endpoint is not None:
-                        seen = select(_EP.c.endpoint).where(_EP.c.tenant_id == tenant_id, _EP.c.day == day,
-                                                            _EP.c.endpoint == endpoint)
-                        if c.execute(seen).first() is None:
-                            c.execute(insert(_EP).values(tenant_id=tenant_id, day=day, endpoint=endpoint))
-                return
+                    last = {t: d for t, d in c.execute(select(_DAY.c.tenant_id, func.max(_DAY.c.day)).where(
+                        _DAY.c.tenant_id.in_(tenants), _DAY.c.hash.is_not(None)).group_by(_DAY.c.tenant_id))}
+                    merged, moved = _merge(tallies, last, today)
+                    missing = []
+                    for (tenant, day), tally in merged.items():
+                        deltas = {n: _DAY.c[n] + getattr(tally.counts, n) for n in _ADDED}
+                        if c.execute(update(_DAY).where(_DAY.c.tenant_id == tenant, _DAY.c.day == day,
+                                                        _DAY.c.hash.is_(None)).values(deltas)).rowcount == 0:
+                            missing.append({"tenant_id": tenant, "day": day, "devices_registered": 0,
+                                            **{n: getattr(tally.counts, n) for n in _ADDED}})
+                    if missing:
+                        c.execute(insert(_DAY), missing)
+                    new = [{"tenant_id": t, "day": d, "endpoint": e}
+                           for (t, d), tally in merged.items() for e in self._uncounted(c, t, d, tally.endpoints)]
+                    if new:
+                        c.execute(insert(_EP), new)
+                return moved
             except IntegrityError as e:  # another node inserted the same day or endpoint first: all rolled back
                 if attempt == _ATTEMPTS - 1:
-                    raise StorageError(f"cannot count usage of {day} (tenant {tenant_id}): {e}") from e
+                    raise StorageError(f"cannot count {what}: {e}") from e
             except SQLAlchemyError as e:
-                raise StorageError(f"cannot count usage of {day} (tenant {tenant_id}): {e}") from e
+                raise StorageError(f"cannot count {what}: {e}") from e
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _uncounted(c: Any, tenant_id: str, day: str, endpoints: Iterable[str]) -> list[str]:
+        """``endpoints`` without those counted on the tenant's day already."""
+        wanted = sorted(endpoints)
+        present: set[str] = set()
+        for i in range(0, len(wanted), _CHUNK):
+            present.update(c.execute(select(_EP.c.endpoint).where(
+                _EP.c.tenant_id == tenant_id, _EP.c.day == day, _EP.c.endpoint.in_(wanted[i:i + _CHUNK]))).scalars())
+        return [e for e in wanted if e not in present]
 
     def counts(self, *, tenant_id: str, day: str) -> DayCounts:
         try:
@@ -217,6 +257,33 @@ class SqlUsageStore:
                 return [_day(row) for row in c.execute(query.order_by(_DAY.c.day))]
         except SQLAlchemyError as e:
             raise StorageError(f"cannot read usage (tenant {tenant_id}): {e}") from e
+
+
+def _tally(counts: DayCounts, tenant_id: str, day: str, endpoint: str | None) -> Tally:
+    """What one :meth:`UsageStore.add` adds, as a tally."""
+    endpoints = frozenset(() if endpoint is None else (endpoint,))
+    return Tally(tenant_id, day, replace(counts, devices_registered=len(endpoints)), endpoints)
+
+
+def _merge(tallies: Iterable[Tally], last: dict[str, str], today: str | None
+           ) -> tuple[dict[tuple[str, str], Tally], list[Moved]]:
+    """The tallies summed per (tenant, day), the days sealed already (``last``: each tenant's last sealed day)
+    moved to the first open day from ``today`` on (``today=None``: :class:`SealedDayError`); and what moved."""
+    counts: dict[tuple[str, str], DayCounts] = {}
+    endpoints: dict[tuple[str, str], set[str]] = {}
+    moved: list[Moved] = []
+    for t in tallies:
+        day, sealed = t.day, last.get(t.tenant_id)
+        if sealed is not None and day <= sealed:
+            if today is None:
+                raise SealedDayError(f"usage of {day} is sealed (tenant {t.tenant_id})")
+            day = today if today > sealed else next_day(sealed)
+            moved.append((t.tenant_id, t.day, day))
+        key = (t.tenant_id, day)
+        counts[key] = counts[key] + t.counts if key in counts else t.counts
+        endpoints.setdefault(key, set()).update(t.endpoints)
+    return {k: Tally(k[0], k[1], replace(c, devices_registered=len(endpoints[k])), frozenset(endpoints[k]))
+            for k, c in counts.items()}, moved
 
 
 def _day(row: Row[Any]) -> UsageDay:

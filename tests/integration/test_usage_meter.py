@@ -1,5 +1,8 @@
 """The usage meter on a real event bus and a real SQLite store.
 
+- write-behind: a burst of 10,000 registrations costs no statement until the flush, which is one transaction of
+  a few statements; a flush the database refuses keeps its counts and the next one writes them once; the
+  :meth:`run` loop retries until the database takes them; sealing writes what is pending first;
 - the events a campaign produces, fed by hand with a controlled clock: the figures of each tenant's day, repeat
   registrations counted once, the day sealed once midnight (plus the grace) has passed, a late event counted on
   the current day;
@@ -14,11 +17,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+from sqlalchemy import event, text
+
 from bootstrap.vault import Vault
 from client_sim.firmware import Faults, FirmwareOptions
 from client_sim.fleet import Fleet
 from firmware_object.campaign import Policy
 from firmware_object.suit.keys import load_public_key
+from lwm2m_server.core.errors import StorageError
 from lwm2m_server.events import EventBus
 from lwm2m_server.fota import attestation, campaigns, service
 from lwm2m_server.metering import usage
@@ -65,6 +72,8 @@ def test_a_campaigns_events_are_counted_per_tenant_and_day_then_sealed(tmp_path:
         emit("firmware.finished", "b", success=False, bytes=PACKAGE)  # rolled back
         emit("campaign.finished", campaign="k1", summary={"succeeded": 1, "rolled-back": 1, "failed": 1})
 
+        assert store.counts(tenant_id="op", day=DAY) == DayCounts()  # write-behind: nothing written yet
+        meter.flush()
         assert store.counts(tenant_id="op", day=DAY) == DayCounts(
             devices_registered=3, deliveries_started=3, deliveries_succeeded=1, deliveries_failed=2,
             bytes_delivered=2 * PACKAGE, campaigns_started=1, campaigns_finished=1)
@@ -73,9 +82,11 @@ def test_a_campaigns_events_are_counted_per_tenant_and_day_then_sealed(tmp_path:
         day2 = next_day(DAY)
         now[0] = day_start(day2) + 30  # past midnight, within the grace: the day stays open
         emit("registration.registered", "a")
+        meter.flush()
         assert store.days(tenant_id="op") == []
         now[0] = day_start(day2) + 61
-        emit("registration.registered", "b")  # the first event past the grace seals yesterday
+        emit("registration.registered", "b")  # the first flush past the grace seals yesterday
+        meter.flush()
         sealed = store.days(tenant_id="op")
         assert [d.day for d in sealed] == [DAY] and verify(sealed) == []
         assert sealed[0].counts == store.counts(tenant_id="op", day=DAY)
@@ -83,6 +94,7 @@ def test_a_campaigns_events_are_counted_per_tenant_and_day_then_sealed(tmp_path:
 
         bus.emit("firmware.finished", day_start(DAY) + 7200, tenant_id="op", endpoint="c",
                  data={"success": True})  # stamped yesterday, arriving now: counted today
+        meter.flush()
         assert store.counts(tenant_id="op", day=day2) == DayCounts(devices_registered=2, deliveries_succeeded=1)
         assert store.days(tenant_id="op") == sealed
 
@@ -97,7 +109,7 @@ async def test_the_usage_of_a_real_campaign_agrees_with_its_report(tmp_path: Pat
     async with running_server(data, coap_port=0, vault=Vault.open(data / "vault.key"), campaign_tick=0.2,
                               request_timeout=20.0, campaign_job_timeout=60.0) as srv:
         assert srv.campaigns is not None and srv.usage is not None
-        store = srv.usage.store  # the server's own meter, on the server's event bus
+        store = srv.usage.view  # the server's own meter, on the server's event bus (reads flush it first)
         first_day = day_of(time.time())
         v2 = srv.campaigns.releases.create([("app.bin", bytes(range(256)) * 16)], vendor="acme.example",
                                            class_name="sensor", version="2.0.0", now=time.time(), tenant_id="default")
@@ -144,3 +156,115 @@ async def test_the_usage_of_a_real_campaign_agrees_with_its_report(tmp_path: Pat
         sealed = store.seal(tenant_id="default", now=day_start(last_day) + 86400)
         assert [d.day for d in sealed] == days and verify(sealed) == []
         assert sum((d.counts for d in sealed), DayCounts()) == total
+
+
+class Statements:
+    """Counts the statements (cursor executions) and transactions a SQLAlchemy engine runs."""
+
+    def __init__(self, db: Database) -> None:
+        self.statements = self.transactions = 0
+        event.listen(db.engine, "before_cursor_execute", self._statement)
+        event.listen(db.engine, "begin", self._begin)
+
+    def _statement(self, *args: Any) -> None:
+        self.statements += 1
+
+    def _begin(self, *args: Any) -> None:
+        self.transactions += 1
+
+
+REFUSE = "CREATE TRIGGER refuse BEFORE INSERT ON usage_endpoint BEGIN SELECT RAISE(ABORT, 'refused'); END"
+
+
+def refuse_endpoints(db: Database, refuse: bool) -> None:
+    """A real database failure: while on, inserting into usage_endpoint fails (the whole transaction with it)."""
+    with db.engine.begin() as c:
+        c.execute(text(REFUSE if refuse else "DROP TRIGGER refuse"))
+
+
+def test_a_burst_of_registrations_is_written_in_one_transaction(tmp_path: Path) -> None:
+    now = [day_start(DAY) + 3600.0]
+    bus = EventBus()
+    with Database.for_data_dir(tmp_path / "data") as db:
+        store = SqlUsageStore(db)
+        meter = UsageMeter(store, bus, clock=lambda: now[0])
+        seen = Statements(db)
+        for i in range(10_000):
+            bus.emit("registration.registered", now[0], tenant_id="op", endpoint=f"ep-{i}")
+            bus.emit("registration.registered", now[0], tenant_id="op", endpoint=f"ep-{i}")  # a repeat
+        bus.emit("firmware.started", now[0], tenant_id="op", endpoint="ep-1")
+        assert seen.statements == 0 and meter.pending == 1
+        meter.flush()
+        assert seen.transactions == 1 and seen.statements <= 12, vars(seen)
+        meter.flush()  # nothing pending: no statement
+        assert seen.transactions == 1 and meter.pending == 0
+        assert store.counts(tenant_id="op", day=DAY) == DayCounts(devices_registered=10_000, deliveries_started=1)
+        meter.close()
+
+
+def test_a_refused_flush_keeps_its_counts_and_the_next_writes_them_once(tmp_path: Path) -> None:
+    now = [day_start(DAY) + 3600.0]
+    bus = EventBus()
+    with Database.for_data_dir(tmp_path / "data") as db:
+        store = SqlUsageStore(db)
+        meter = UsageMeter(store, bus, clock=lambda: now[0])
+        bus.emit("registration.registered", now[0], tenant_id="op", endpoint="a")
+        bus.emit("firmware.started", now[0], tenant_id="op", endpoint="a")
+        refuse_endpoints(db, True)
+        with pytest.raises(StorageError):
+            meter.flush()
+        assert store.counts(tenant_id="op", day=DAY) == DayCounts()  # all or nothing
+        bus.emit("registration.registered", now[0], tenant_id="op", endpoint="a")  # counted already (pending)
+        bus.emit("registration.registered", now[0], tenant_id="op", endpoint="b")
+        bus.emit("firmware.started", now[0], tenant_id="op", endpoint="b")
+        with pytest.raises(StorageError):
+            meter.close()  # the last flush fails too: close raises
+        refuse_endpoints(db, False)
+        meter.flush()
+        meter.flush()
+        assert store.counts(tenant_id="op", day=DAY) == DayCounts(devices_registered=2, deliveries_started=2)
+
+
+def test_sealing_writes_what_is_pending_first(tmp_path: Path) -> None:
+    now = [day_start(DAY) + 3600.0]
+    bus = EventBus()
+    with Database.for_data_dir(tmp_path / "data") as db:
+        store = SqlUsageStore(db)
+        meter = UsageMeter(store, bus, clock=lambda: now[0], seal_grace=60.0)
+        bus.emit("registration.registered", now[0], tenant_id="op", endpoint="a")
+        now[0] = day_start(next_day(DAY)) + 61  # past midnight and the grace, no event since
+        sealed = meter.seal()
+        assert [(d.day, d.devices_registered) for d in sealed] == [(DAY, 1)] and verify(sealed) == []
+
+        bus.emit("firmware.started", now[0], tenant_id="op", endpoint="a")
+        now[0] = day_start(next_day(next_day(DAY))) + 61
+        meter.flush()  # a flush past the next midnight writes, then seals
+        days = store.days(tenant_id="op")
+        assert [(d.day, d.deliveries_started) for d in days] == [(DAY, 0), (next_day(DAY), 1)]
+        assert verify(days) == []
+        meter.close()
+
+
+async def test_the_run_loop_retries_until_the_database_takes_the_counts(tmp_path: Path) -> None:
+    bus = EventBus()
+    with Database.for_data_dir(tmp_path / "data") as db:
+        store = SqlUsageStore(db)
+        meter = UsageMeter(store, bus, flush_interval=0.01, max_retry_delay=0.05)
+        task = asyncio.create_task(meter.run())
+        try:
+            today = day_of(time.time())
+            refuse_endpoints(db, True)
+            for ep in ("a", "b", "a"):
+                bus.emit("registration.registered", time.time(), tenant_id="op", endpoint=ep)
+            bus.emit("campaign.started", time.time(), tenant_id="op")
+            seen = Statements(db)
+            await eventually(lambda: seen.transactions >= 3)  # tried, refused, tried again
+            assert meter.pending > 0
+            refuse_endpoints(db, False)
+            await eventually(lambda: meter.pending == 0)
+            days = {today, day_of(time.time())}  # a run across midnight
+            total = sum((store.counts(tenant_id="op", day=d) for d in days), DayCounts())
+            assert total == DayCounts(devices_registered=2, campaigns_started=1)
+        finally:
+            meter.close()
+            await asyncio.wait_for(task, 5)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from lwm2m_server.core.errors import CoapCode
 from lwm2m_server.metering.store import MemoryUsageStore, SealedDayError, SqlUsageStore, UsageStore
-from lwm2m_server.metering.usage import GENESIS_HASH, DayCounts, day_start, verify
+from lwm2m_server.metering.usage import GENESIS_HASH, DayCounts, Tally, day_start, verify
 from lwm2m_server.storage.database import Database
 from tests.store_backends import BACKENDS, database_opener
 
@@ -175,3 +176,73 @@ def test_two_nodes_adding_at_once_lose_no_count(backend: Backend) -> None:
     sealed = stores[1].seal(tenant_id="a", now=after(D1))
     assert sealed == backend.store.days(tenant_id="a") and sealed[0].deliveries_started == total
 
+
+
+NONE = DayCounts()
+
+
+def tally(tenant: str, day: str, counts: DayCounts = NONE, *endpoints: str) -> Tally:
+    return Tally(tenant, day, replace(counts, devices_registered=len(set(endpoints))), frozenset(endpoints))
+
+
+def test_a_batch_adds_as_its_tallies_added_one_by_one(backend: Backend) -> None:
+    s = backend.store
+    s.add(DayCounts(), tenant_id="a", day=D1, endpoint="x")  # counted already: the batch does not count it again
+    moved = s.add_batch([
+        tally("a", D1, ONE, "x", "y"),
+        tally("a", D1, ONE, "y", "z"),  # the same day twice: summed
+        tally("b", D1, DayCounts(campaigns_started=1)),
+        tally("a", D2, DayCounts(), *(f"e{i}" for i in range(2500))),  # more than one lookup's worth
+        tally("c", D1),  # nothing counted: the day exists all the same
+    ], today=D2)
+    assert moved == []
+    assert s.counts(tenant_id="a", day=D1) == DayCounts(devices_registered=3, deliveries_started=2,
+                                                        bytes_delivered=200)
+    assert s.counts(tenant_id="b", day=D1) == DayCounts(campaigns_started=1)
+    assert s.counts(tenant_id="a", day=D2) == DayCounts(devices_registered=2500)
+    assert s.add_batch([], today=D2) == []
+    s.add_batch([tally("a", D2, ONE, "e1", "new")])
+    assert s.counts(tenant_id="a", day=D2) == DayCounts(devices_registered=2501, deliveries_started=1,
+                                                        bytes_delivered=100)
+    sealed = s.seal(tenant_id="c", now=after(D1))
+    assert [d.day for d in sealed] == [D1] and sealed[0].counts == DayCounts()
+
+
+def test_a_batch_counts_a_sealed_days_tallies_on_the_first_open_day(backend: Backend) -> None:
+    s = backend.store
+    s.add(ONE, tenant_id="a", day=D2, endpoint="x")
+    s.seal(tenant_id="a", now=after(D2))
+    before = s.days(tenant_id="a")
+    with pytest.raises(SealedDayError, match=f"usage of {D1} is sealed"):  # no today: refused, nothing added
+        s.add_batch([tally("b", D1, ONE), tally("a", D1, ONE, "y")])
+    assert s.counts(tenant_id="b", day=D1) == DayCounts()
+    moved = s.add_batch([tally("a", D1, ONE, "y"), tally("a", D2, ONE, "x"), tally("b", D1, ONE)], today=D4)
+    assert sorted(moved) == [("a", D1, D4), ("a", D2, D4)]
+    assert s.counts(tenant_id="a", day=D4) == DayCounts(devices_registered=2, deliveries_started=2,
+                                                        bytes_delivered=200)
+    assert s.counts(tenant_id="b", day=D1) == ONE  # another tenant's chain is its own
+    assert s.add_batch([tally("a", D2, ONE)], today=D2) == [("a", D2, D3)]  # today sealed too: the day after
+    assert s.counts(tenant_id="a", day=D3) == ONE
+    assert s.days(tenant_id="a") == before
+
+
+def test_two_nodes_adding_batches_at_once_lose_no_count(backend: Backend) -> None:
+    stores = [backend.store, backend.other()]
+    rounds, threads = 10, 4
+
+    def work(n: int) -> None:
+        store = stores[n % 2]
+        for i in range(rounds):
+            store.add_batch([tally("a", D1, ONE, *(f"ep-{(i + k) % 30}" for k in range(10))),
+                             tally("b", D1, ONE)], today=D1)
+
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=60)
+    assert not any(w.is_alive() for w in workers)
+    total = rounds * threads
+    assert stores[1].counts(tenant_id="a", day=D1) == DayCounts(devices_registered=19, deliveries_started=total,
+                                                                bytes_delivered=100 * total)
+    assert stores[0].counts(tenant_id="b", day=D1) == DayCounts(deliveries_started=total, bytes_delivered=100 * total)
