@@ -2,11 +2,13 @@
 """Registration and read benchmarks for the SCRATCh LwM2M server. Prints figures; asserts nothing.
 
 Registration: `scratch server` runs as its own process; ../shared/tools/lwm2m_load.py (the neutral load generator
-that drives Eclipse Leshan the same way) registers N clients against it and samples the server's CPU and RSS.
+that drives Eclipse Leshan the same way) registers N clients against it, then has each send one Update, and samples
+the server's CPU and RSS per phase. With --leshan PATH (default: $LESHAN_SERVER_DEMO) the Eclipse Leshan server demo
+runs the same load in the same run, after a warm-up of its JIT (1,000 registrations, not counted).
 Reads: an in-process server reads /3/0/0 from clients of the load generator as fast as it can (concurrency 32),
 so the figure is the server's own round trip cost, not HTTP's.
 
-    .venv/bin/python bench/registrations.py [--counts 1000 10000] [--reads 5000]
+    .venv/bin/python bench/registrations.py [--counts 1000 10000] [--reads 5000] [--leshan PATH]
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import asyncio
 import json
 import os
 import resource
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,23 +63,60 @@ def run_load(args: list[str], timeout: float) -> dict:
     raise SystemExit(f"lwm2m_load printed no result: {out.stdout[-500:]} {out.stderr[-500:]}")
 
 
+def load_figures(n: int, port: int, pid: int, prefix: str) -> dict:
+    res = run_load(["register", "--port", str(port), "-n", str(n), "--server-pid", str(pid), "--update",
+                    "--prefix", prefix, "--concurrency", "50", "--lifetime", "3600", "--max-seconds", "300"],
+                   timeout=330)
+    reg, upd = res.get("register", {}), res.get("update", {})
+    srv, usrv = reg.get("server", {}), upd.get("server", {})
+    return {"devices": n, "ok": reg.get("ok"), "failed": reg.get("failed"),
+            "reg_per_s": reg.get("rate_steady_p10_p90_per_s") or reg.get("rate_overall_per_s"),
+            "cpu_ms_per_reg": srv.get("cpu_ms_per_op"), "bytes_per_reg": srv.get("rss_delta_bytes_per_op"),
+            "p50_ms": reg.get("lat_ms", {}).get("p50"), "p99_ms": reg.get("lat_ms", {}).get("p99"),
+            "upd_per_s": upd.get("rate_steady_p10_p90_per_s") or upd.get("rate_overall_per_s"),
+            "cpu_ms_per_upd": usrv.get("cpu_ms_per_op")}
+
+
 def bench_registrations(n: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="scratch-bench-") as tmp:
         port = free_udp_port()
         proc = start_server(Path(tmp), port)
         try:
-            res = run_load(["register", "--port", str(port), "-n", str(n), "--server-pid", str(proc.pid),
-                            "--prefix", f"bench{n}-", "--concurrency", "100", "--lifetime", "3600",
-                            "--max-seconds", "300"], timeout=330)
+            return {"server": "scratch", **load_figures(n, port, proc.pid, f"bench{n}-")}
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-    reg = res.get("register", {})
-    srv = reg.get("server", {})
-    return {"devices": n, "ok": reg.get("ok"), "failed": reg.get("failed"),
-            "reg_per_s": reg.get("rate_steady_p10_p90_per_s") or reg.get("rate_overall_per_s"),
-            "cpu_ms_per_reg": srv.get("cpu_ms_per_op"), "bytes_per_reg": srv.get("rss_delta_bytes_per_op"),
-            "p50_ms": reg.get("lat_ms", {}).get("p50"), "p99_ms": reg.get("lat_ms", {}).get("p99")}
+
+
+def bench_leshan(launcher: str, n: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="leshan-bench-") as tmp:
+        coap, coaps = free_udp_port(), free_udp_port()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            web = s.getsockname()[1]
+        proc = subprocess.Popen([launcher, "-lh", "127.0.0.1", "-lp", str(coap), "-slh", "127.0.0.1", "-slp",
+                                 str(coaps), "-wh", "127.0.0.1", "-wp", str(web)], cwd=tmp,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                env={**os.environ, "LESHAN_DEMO_CWD": tmp})
+        try:
+            deadline = time.monotonic() + 90
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{web}/api/clients", timeout=2).read()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise SystemExit("the Leshan server demo did not start") from None
+                    time.sleep(0.3)
+            load_figures(1000, coap, proc.pid, "warmup-")  # the JIT's warm-up, not counted
+            return {"server": "leshan", **load_figures(n, coap, proc.pid, f"bench{n}-")}
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 async def bench_reads(total: int, clients: int = 50, concurrency: int = 32) -> dict:
@@ -124,16 +165,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--counts", type=int, nargs="+", default=[1000, 10000])
     ap.add_argument("--reads", type=int, default=5000)
+    ap.add_argument("--leshan", default=os.environ.get("LESHAN_SERVER_DEMO"),
+                    help="the Leshan server demo launcher (default: $LESHAN_SERVER_DEMO; none: ours only)")
     args = ap.parse_args()
     if not LOAD.exists():
         raise SystemExit(f"load generator not found at {LOAD} (set LWM2M_LOAD)")
-    print("registrations (scratch server as its own process, driven by lwm2m_load.py)")
-    heads = ("devices", "ok", "failed", "reg/s", "CPU ms/reg", "B/reg", "p50 ms", "p99 ms")
+    print("registrations then one Update each (each server its own process, driven by lwm2m_load.py, concurrency 50)"
+          + ("" if args.leshan else "; no Leshan figure: --leshan or $LESHAN_SERVER_DEMO not given"))
+    heads = ("server", "devices", "ok", "failed", "reg/s", "CPU ms/reg", "B/reg", "p50 ms", "p99 ms", "upd/s",
+             "CPU ms/upd")
     print(" ".join(f"{h:>10}" for h in heads))
     for n in args.counts:
-        r = bench_registrations(n)
-        cols = ("devices", "ok", "failed", "reg_per_s", "cpu_ms_per_reg", "bytes_per_reg", "p50_ms", "p99_ms")
-        print(" ".join(f"{r[c]!s:>10}" for c in cols), flush=True)
+        runs = [bench_registrations(n)] + ([bench_leshan(args.leshan, n)] if args.leshan else [])
+        for r in runs:
+            cols = ("server", "devices", "ok", "failed", "reg_per_s", "cpu_ms_per_reg", "bytes_per_reg", "p50_ms",
+                    "p99_ms", "upd_per_s", "cpu_ms_per_upd")
+            print(" ".join(f"{r[c]!s:>10}" for c in cols), flush=True)
+        if len(runs) == 2 and runs[0]["cpu_ms_per_reg"] and runs[1]["cpu_ms_per_reg"]:
+            print(f"{'ratio':>10} Leshan / ours, CPU per registration "
+                  f"{runs[1]['cpu_ms_per_reg'] / runs[0]['cpu_ms_per_reg']:.2f}, per update "
+                  f"{(runs[1]['cpu_ms_per_upd'] or 0) / (runs[0]['cpu_ms_per_upd'] or 1):.2f} (>= 1: ours cheaper)")
     if args.reads:
         r = asyncio.run(bench_reads(args.reads))
         print(f"\nreads of /3/0/0 (in-process server, {r['clients']} clients, concurrency 32): {r['ok']} ok, "

@@ -21,9 +21,9 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from lwm2m_server.core.errors import Lwm2mError, UnknownRegistrationError
+from lwm2m_server.core.errors import CoapCode, ErrorResponseError, Lwm2mError, UnknownRegistrationError
 from lwm2m_server.core.gateway import GATEWAY_OBJECT, EndDevice, end_devices
-from lwm2m_server.core.nodes import Node
+from lwm2m_server.core.nodes import Node, Obj
 from lwm2m_server.core.rate_limit import RateLimitedError
 from lwm2m_server.core.registration import RegisterParams, Registration, UpdateParams
 from lwm2m_server.events import (
@@ -149,7 +149,7 @@ class EndDevices:
             return
         self._offline.discard(reg.id)
         self._probes.pop(reg.id, None)
-        is_gateway = reg.supports_object(GATEWAY_OBJECT)
+        is_gateway = _may_be_gateway(reg) and reg.supports_object(GATEWAY_OBJECT)
         if event.kind == REGISTRATION_REGISTERED:
             if is_gateway:
                 self._schedule(reg.id)
@@ -202,16 +202,18 @@ class EndDevices:
                 if gateway is None:
                     return
                 try:
-                    node = await self.read_gateway(gateway)
+                    node: Node = await self.read_gateway(gateway)
                 except Lwm2mError as e:
-                    log.warning("gateway %s: cannot read /25 (%s); trying again in %g s", gateway.endpoint, e,
-                                self.retry)
-                    await asyncio.sleep(self.retry)
-                    self._dirty.add(gateway_id)
-                else:
-                    gateway = self.registrations.get(gateway_id)
-                    if gateway is not None:
-                        self._apply(gateway, node)
+                    if not (isinstance(e, ErrorResponseError) and e.code == CoapCode.NOT_FOUND):
+                        log.warning("gateway %s: cannot read /25 (%s); trying again in %g s", gateway.endpoint, e,
+                                    self.retry)
+                        await asyncio.sleep(self.retry)
+                        self._dirty.add(gateway_id)
+                        continue
+                    node = Obj(GATEWAY_OBJECT)  # 4.04: no /25 instance at all, so no end devices
+                gateway = self.registrations.get(gateway_id)
+                if gateway is not None:
+                    self._apply(gateway, node)
                 if gateway_id not in self._dirty:
                     return
         finally:
@@ -260,6 +262,11 @@ class EndDevices:
     def _index(self, gateway_id: str, endpoint: str, child_id: str) -> None:
         self._children.setdefault(gateway_id, {})[endpoint] = child_id
         self._parent[child_id] = gateway_id
+
+
+def _may_be_gateway(reg: Registration) -> bool:
+    """A cheap first look (no parse of the links: most devices are not gateways): some link mentions /25."""
+    return any("/25" in link.target for link in reg.links)
 
 
 def _same(reg: Registration, entry: EndDevice) -> bool:

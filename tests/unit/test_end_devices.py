@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lwm2m_server.core.codec.link import Link, parse_links
-from lwm2m_server.core.errors import RequestTimeoutError
+from lwm2m_server.core.errors import ErrorResponseError, RequestTimeoutError
 from lwm2m_server.core.gateway import end_devices, valid_prefix
 from lwm2m_server.core.nodes import Instance, Node, Obj, ResourceType, SingleResource
 from lwm2m_server.core.registration import RegisterParams, Registration, UpdateParams
@@ -101,6 +101,7 @@ class Gateways:
     def __init__(self) -> None:
         self.objects: dict[str, Node] = {}
         self.silent: set[str] = set()
+        self.missing: set[str] = set()  # answer 4.04 to the Read of /25
         self.reads = 0
         self.probes = 0
 
@@ -109,6 +110,8 @@ class Gateways:
         await asyncio.sleep(0)
         if gateway.endpoint in self.silent:
             raise RequestTimeoutError(f"{gateway.endpoint} did not answer")
+        if gateway.endpoint in self.missing:
+            raise ErrorResponseError(0x84, "no /25")
         return self.objects[gateway.endpoint]
 
     async def probe(self, gateway: Registration) -> None:
@@ -254,3 +257,18 @@ async def test_gateway_down_probes_once_and_marks_it_offline_until_it_speaks(wor
                                      tenant_id="t1")
     assert await world.follower.gateway_down(direct) is None
 
+
+
+async def test_a_not_found_answer_means_no_end_devices_and_no_retry(world: World) -> None:
+    gw = world.register_gateway("gw-1", (0, "c-0", "d0"))
+    await world.settle()
+    world.gateways.missing.add("gw-1")
+    world.update_links(gw)  # its last /25 instance went, and the Read of /25 is 4.04
+    await world.settle()
+    reads = world.gateways.reads
+    await asyncio.sleep(0.05)  # longer than the retry interval: no read again
+    assert world.child("c-0") is None and world.gateways.reads == reads and not world.follower._syncs
+    plain = world.registry.register(RegisterParams("sensor-1", 300, "1.1", "U", links=(Link("/3/0"), Link("/5/0"))),
+                                    address="a", remote=object(), tenant_id="t1")
+    await world.settle()
+    assert world.gateways.reads == reads and plain.parent_id is None  # no /25 link: never asked
