@@ -89,6 +89,7 @@ class UsageMeter:
         self._registered: set[tuple[str, str, str]] = set()  # (tenant, day, endpoint) counted by this meter
         self._counts: dict[_Key, DayCounts] = {}  # pending
         self._endpoints: dict[_Key, set[str]] = {}  # pending
+        self._writing = 0  # tallies taken by the flush under way (not written yet)
         self._stop = asyncio.Event()
         self._unsubscribe: Callable[[], None] | None = events.subscribe(self._on_event, METERED_KINDS)
 
@@ -121,9 +122,9 @@ class UsageMeter:
 
     @property
     def pending(self) -> int:
-        """How many (tenant, day) tallies wait for the next flush."""
+        """How many (tenant, day) tallies are not written yet (waiting for the next flush, or being written)."""
         with self._lock:
-            return len(self._counts.keys() | self._endpoints.keys())
+            return len(self._counts.keys() | self._endpoints.keys()) + self._writing
 
     def flush(self) -> None:
         """Write everything counted so far (one transaction), then seal if a midnight (plus the grace) has
@@ -157,10 +158,11 @@ class UsageMeter:
         with self._lock:
             counts, self._counts = self._counts, {}
             endpoints, self._endpoints = self._endpoints, {}
-        if not counts and not endpoints:
+            keys = counts.keys() | endpoints.keys()
+            self._writing = len(keys)
+        if not keys:
             return
-        batch = [_tally(key, counts.get(key, DayCounts()), endpoints.get(key, ()))
-                 for key in counts.keys() | endpoints.keys()]
+        batch = [_tally(key, counts.get(key, DayCounts()), endpoints.get(key, ())) for key in keys]
         try:
             moved = self.store.add_batch(batch, today=day_of(now))
         except BaseException:
@@ -170,6 +172,9 @@ class UsageMeter:
                 for key, eps in endpoints.items():
                     self._endpoints.setdefault(key, set()).update(eps)
             raise
+        finally:
+            with self._lock:
+                self._writing = 0
         _log_moved(moved)
 
     def _seal(self, now: float) -> list[UsageDay]:
