@@ -28,7 +28,8 @@ GATEWAY_PROBE = LwM2mPath.of(3, 0)  # a gateway is asked for its Device object t
 
 
 def end_devices_over(registrations: RegistrationService, events: EventBus, sender: Downlink, *,
-                     clock: Callable[[], float]) -> EndDevices:
+                     clock: Callable[[], float],
+                     endpoint_is_bound: Callable[[str, str], bool] | None = None) -> EndDevices:
     """The end-device tracker of a server: it reads gateways' /25 and probes gateways through ``sender``."""
 
     async def read_gateway(gateway: Registration) -> Node:
@@ -40,7 +41,8 @@ def end_devices_over(registrations: RegistrationService, events: EventBus, sende
     async def probe_gateway(gateway: Registration) -> None:
         await sender.send(gateway, ReadRequest(GATEWAY_PROBE), timeout=GATEWAY_PROBE_TIMEOUT)
 
-    return EndDevices(registrations, events, read_gateway, probe_gateway, clock=clock)
+    return EndDevices(registrations, events, read_gateway, probe_gateway, clock=clock,
+                      endpoint_is_bound=endpoint_is_bound)
 
 
 class DeviceManagement:

@@ -291,7 +291,10 @@ class Lwm2mServer:
             self._revocation_watch = asyncio.create_task(self._watch_revocations(feed, started, handled),
                                                          name="credential-revocations")
         sender = DownlinkSender(self.context, self.model, timeout=s.request_timeout, parent_of=self.registrations.get)
-        self.end_devices = end_devices_over(self.registrations, self.events, sender, clock=time.time)
+        is_bound = getattr(credentials, "is_bound", None)
+        self.end_devices = end_devices_over(
+            self.registrations, self.events, sender, clock=time.time,
+            endpoint_is_bound=None if is_bound is None else lambda ep, tenant: bool(is_bound(ep, tenant_id=tenant)))
         self.end_devices.start()
         self.management = DeviceManagement(self.registrations, sender, clock=time.time, end_devices=self.end_devices)
         plain = self.coap_uri if s.coap_port is not None else None

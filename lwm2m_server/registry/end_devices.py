@@ -9,7 +9,8 @@ refreshes its end devices' lifetimes; when the gateway de-registers, expires or 
 ``gateway-left``). Requests to an end device go through its gateway (:func:`~lwm2m_server.transport.downlink.route_to`).
 
 Invariants: an end device is only ever registered in its gateway's tenant; a gateway cannot take over an endpoint
-that is registered directly or behind another gateway (refused and logged, the live one kept); at most one read of a
+that is registered directly or behind another gateway, nor one that holds a DTLS credential of its own (it must
+prove itself; refused and logged, the live one kept); at most one read of a
 gateway's ``/25`` runs at a time (a change arriving meanwhile triggers one more read after it); a gateway found
 offline by :meth:`EndDevices.gateway_down` stays marked offline until it next registers or updates.
 """
@@ -54,8 +55,12 @@ class EndDevices:
     when it does not answer."""
 
     def __init__(self, registrations: RegistrationService, events: EventBus, read_gateway: ReadGateway,
-                 probe_gateway: ProbeGateway, *, clock: Callable[[], float], retry: float = 5.0) -> None:
+                 probe_gateway: ProbeGateway, *, clock: Callable[[], float], retry: float = 5.0,
+                 endpoint_is_bound: Callable[[str, str], bool] | None = None) -> None:
+        """``endpoint_is_bound(endpoint, tenant_id)``: whether the endpoint holds a DTLS credential of its own
+        (then it must speak for itself: no gateway may list it)."""
         self.registrations = registrations
+        self.endpoint_is_bound = endpoint_is_bound
         self.events = events
         self.read_gateway = read_gateway
         self.probe_gateway = probe_gateway
@@ -230,6 +235,11 @@ class EndDevices:
             current = self.registrations.get(mine.get(entry.endpoint, ""))
             if current is not None and _same(current, entry):
                 continue
+            if self._bound(entry.endpoint, gateway.tenant_id):
+                self.refused += 1
+                log.warning("gateway %s lists %s, which holds a DTLS credential of its own: refused",
+                            gateway.endpoint, entry.endpoint)
+                continue
             other = self.registrations.by_endpoint(entry.endpoint, tenant_id=gateway.tenant_id)
             if other is not None and other.parent_id != gateway.id:
                 self.refused += 1
@@ -258,6 +268,16 @@ class EndDevices:
                 log.debug("gateway %s: %s left it", gateway.endpoint, ep)
                 with contextlib.suppress(UnknownRegistrationError):
                     self.registrations.deregister(cid, reason="left-gateway")
+
+    def _bound(self, endpoint: str, tenant_id: str) -> bool:
+        if self.endpoint_is_bound is None:
+            return False
+        try:
+            return self.endpoint_is_bound(endpoint, tenant_id)
+        except Lwm2mError as e:  # the credential store failed: refuse rather than guess
+            log.warning("cannot tell whether %s holds a credential (%s): not registered behind a gateway", endpoint,
+                        e)
+            return True
 
     def _index(self, gateway_id: str, endpoint: str, child_id: str) -> None:
         self._children.setdefault(gateway_id, {})[endpoint] = child_id

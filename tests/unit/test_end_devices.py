@@ -272,3 +272,11 @@ async def test_a_not_found_answer_means_no_end_devices_and_no_retry(world: World
                                     address="a", remote=object(), tenant_id="t1")
     await world.settle()
     assert world.gateways.reads == reads and plain.parent_id is None  # no /25 link: never asked
+
+
+async def test_an_endpoint_with_a_credential_of_its_own_cannot_sit_behind_a_gateway(world: World) -> None:
+    bound = {("t1", "meter-7")}
+    world.follower.endpoint_is_bound = lambda endpoint, tenant: (tenant, endpoint) in bound
+    world.register_gateway("gw-1", (0, "meter-7", "d0"), (1, "c-1", "d1"))
+    await world.settle()
+    assert world.child("meter-7") is None and world.child("c-1") is not None and world.follower.refused == 1
