@@ -2,8 +2,9 @@
 """One firmware campaign to N simulated devices over plain CoAP on 127.0.0.1: throughput, server cost, bytes.
 Prints figures; asserts nothing. Loopback only; every step is bounded in time; every process it starts is stopped.
 
-Two processes: `scratch server --insecure` (plain CoAP; its CPU and RSS come from /proc/<pid>, so what the devices
-spend is not counted -- it is reported apart) and a driver running `client_sim.fleet.Fleet` (N devices at version
+Two or more processes: `scratch server --insecure` (plain CoAP; its CPU and RSS come from /proc/<pid>, so what the
+devices spend is not counted -- it is reported apart) and --drivers K (default 1) driver processes, each running a
+`client_sim.fleet.Fleet` (together N devices at version
 1.0.0 that trust the release key exported with `scratch release key export`). The release is made with
 `scratch release create` from a random (incompressible) image; the campaign is created, started and polled through
 the REST API (canary 1 %, 3 waves, --max-parallel devices at once; the delivery method is each device's choice).
@@ -17,7 +18,7 @@ payload, both directions, with datagram counts); "on the wire" adds the IPv4 + U
 impaired link, so it is not used. The status poll (GET every --poll s) runs on the server and is counted in its CPU.
 
     .venv/bin/python bench/campaign.py [--quick] [-n 1000] [--image-kib 256] [--max-parallel 100]
-                                       [--timeout S] [--poll 0.5]
+                                       [--drivers K] [--timeout S] [--poll 0.5]
 """
 
 from __future__ import annotations
@@ -187,8 +188,24 @@ class Api:
 # --------------------------------------------------------------------------- one run
 
 
+def _snapshot(drivers: list[JsonLinesChild]) -> dict[str, Any]:
+    """Every driver's snapshot, summed."""
+    for d in drivers:
+        d.send("snapshot")
+    snaps = [d.expect("snapshot", 60) for d in drivers]
+    total: dict[str, Any] = {"wire": {}, "versions": {}}
+    for s in snaps:
+        for k, v in s["wire"].items():
+            total["wire"][k] = total["wire"].get(k, 0) + v
+        for k, v in s["versions"].items():
+            total["versions"][k] = total["versions"].get(k, 0) + v
+        for k in ("registered", "registers", "updates", "reboots", "failed_requests"):
+            total[k] = total.get(k, 0) + s[k]
+    return total
+
+
 def run_once(n: int, image_kib: int, max_parallel: int, timeout: float, poll: float, settle: float,
-             concurrency: int) -> dict[str, Any]:
+             concurrency: int, drivers_wanted: int = 1) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="scratch-campaign-bench-") as tmp_name:
         tmp = Path(tmp_name)
         data = tmp / "data"
@@ -211,22 +228,26 @@ def run_once(n: int, image_kib: int, max_parallel: int, timeout: float, poll: fl
                                   "--coaps", f"127.0.0.1:{free_port()}", "--api", "127.0.0.1:0",
                                   "--data-dir", str(data), "--rd-rate", "0", "--rd-endpoint-rate", "0"],
                                  stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        driver: JsonLinesChild | None = None
+        drivers: list[JsonLinesChild] = []
+        sizes = [n // drivers_wanted + (1 if k < n % drivers_wanted else 0) for k in range(drivers_wanted)]
+        prefixes = [PREFIX if drivers_wanted == 1 else f"{PREFIX}{k}-" for k in range(drivers_wanted)]
         try:
             wait_for_line(srv_log, srv, "LwM2M server on", 60)
             api = Api(data)
-            cfg = {"server_uri": f"coap://127.0.0.1:{port}", "devices": n, "prefix": PREFIX,
-                   "concurrency": concurrency, "anchor": str(anchor), "vendor_id": rel["vendor_id"],
-                   "class_id": rel["class_id"], "register_timeout": 60 + 0.2 * n}
-            driver = start_driver(cfg, tmp / "devices.log")
-            reg = driver.expect("registered", cfg["register_timeout"] + 30)
+            register_timeout = 60 + 0.2 * max(sizes)
+            for k, (size, prefix) in enumerate(zip(sizes, prefixes, strict=True)):
+                cfg = {"server_uri": f"coap://127.0.0.1:{port}", "devices": size, "prefix": prefix,
+                       "concurrency": concurrency, "anchor": str(anchor), "vendor_id": rel["vendor_id"],
+                       "class_id": rel["class_id"], "register_timeout": register_timeout}
+                drivers.append(start_driver(cfg, tmp / f"devices-{k}.log"))
+            regs = [d.expect("registered", register_timeout + 30) for d in drivers]
+            reg = {"registered": sum(x["registered"] for x in regs), "seconds": max(x["seconds"] for x in regs)}
             time.sleep(settle)
-            pids = {"server": srv.pid, "devices": driver.proc.pid}
-            driver.send("snapshot")
-            snap0 = driver.expect("snapshot", 30)
+            pids = {"server": srv.pid, **{f"devices{k}": d.proc.pid for k, d in enumerate(drivers)}}
+            snap0 = _snapshot(drivers)
             before = {k: proc_sample(p) for k, p in pids.items()}
             m0 = machine_cpu_s()
-            targets = [f"{PREFIX}{i}" for i in range(n)]
+            targets = [f"{prefix}{i}" for size, prefix in zip(sizes, prefixes, strict=True) for i in range(size)]
             created = api.call("POST", "/api/campaigns", {
                 "releases": [rid], "targets": targets, "name": "bench",
                 "policy": {"canary_percent": 1, "waves": 3, "max_parallel": max_parallel}})
@@ -252,17 +273,18 @@ def run_once(n: int, image_kib: int, max_parallel: int, timeout: float, poll: fl
             at_end = {k: proc_sample(p) for k, p in pids.items()}
             m1 = machine_cpu_s()
             ready = bool(status.get("report_ready"))
-            driver.send("snapshot")
-            snap1 = driver.expect("snapshot", 30)
+            snap1 = _snapshot(drivers)
             final = api.call("GET", f"/api/campaigns/{cid}?jobs=true", timeout=60)
             time.sleep(settle)
             after = proc_sample(srv.pid)
-            driver.send("stop")
-            with contextlib.suppress(RuntimeError):
-                driver.expect("stopped", 150)
+            for d in drivers:
+                d.send("stop")
+            for d in drivers:
+                with contextlib.suppress(RuntimeError):
+                    d.expect("stopped", 150)
         finally:
-            if driver is not None:
-                driver.close()
+            for d in drivers:
+                d.close()
             CHILDREN.stop(srv, timeout=30)
 
     wall = w1 - w0
@@ -275,8 +297,8 @@ def run_once(n: int, image_kib: int, max_parallel: int, timeout: float, poll: fl
         attempts += int(job.get("attempts") or 0)
     user = at_end["server"]["user_s"] - before["server"]["user_s"]
     system = at_end["server"]["sys_s"] - before["server"]["sys_s"]
-    dev_cpu = (at_end["devices"]["user_s"] + at_end["devices"]["sys_s"]
-               - before["devices"]["user_s"] - before["devices"]["sys_s"])
+    dev_cpu = sum(at_end[k]["user_s"] + at_end[k]["sys_s"] - before[k]["user_s"] - before[k]["sys_s"]
+                  for k in pids if k != "server")
     other = max(0.0, (m1 - m0) - (user + system) - dev_cpu)
     wire = {k: snap1["wire"][k] - snap0["wire"][k] for k in snap1["wire"]}
     datagrams = wire["datagrams_out"] + wire["datagrams_in"]
@@ -285,7 +307,8 @@ def run_once(n: int, image_kib: int, max_parallel: int, timeout: float, poll: fl
     payload = package_size * succeeded
     mib = payload / 2**20
     return {
-        "devices": n, "image_kib": image_kib, "package_size": package_size, "max_parallel": max_parallel,
+        "devices": n, "drivers": drivers_wanted, "image_kib": image_kib, "package_size": package_size,
+        "max_parallel": max_parallel,
         "release_create_s": r(release_s, 2), "registered": reg["registered"], "register_s": reg["seconds"],
         "campaign": cid, "state": final["state"], "reason": final.get("reason"), "report_ready": ready,
         "waves": [w["size"] for w in final["waves"]], "counts": counts, "methods": methods, "attempts": attempts,
@@ -371,6 +394,8 @@ def main() -> None:
     ap.add_argument("--image-kib", type=int, default=256, help="image size in KiB (random bytes)")
     ap.add_argument("--max-parallel", type=int, default=100, help="the campaign policy's max_parallel")
     ap.add_argument("--concurrency", type=int, default=50, help="devices registering at once (Fleet)")
+    ap.add_argument("--drivers", type=int, default=1,
+                    help="device processes (the devices split between them; several for 10,000 devices)")
     ap.add_argument("--timeout", type=float, default=0.0,
                     help="seconds for the campaign to report (default: 120 + 1 s per device)")
     ap.add_argument("--poll", type=float, default=0.5, help="seconds between two GET of the campaign status")
@@ -382,10 +407,11 @@ def main() -> None:
     stop_children_on_signals()
     busy, machine = machine_note()
     print(f"campaign over plain CoAP: {n} devices, {args.image_kib} KiB image, max_parallel {args.max_parallel}, "
-          f"`scratch server` and the devices in 2 processes ({machine})", flush=True)
+          f"`scratch server` and the devices in {1 + args.drivers} processes ({machine})", flush=True)
     m: dict[str, Any] | None = None
     try:
-        m = run_once(n, args.image_kib, args.max_parallel, timeout, args.poll, args.settle, args.concurrency)
+        m = run_once(n, args.image_kib, args.max_parallel, timeout, args.poll, args.settle, args.concurrency,
+                     max(1, args.drivers))
     finally:
         CHILDREN.stop_all()
     print_table(m)
