@@ -68,7 +68,7 @@ def slim_duplicate_cache(context: Context) -> bool:
     manager = _message_manager(context)
     if manager is None or not hasattr(manager, "_store_response_for_duplicates"):
         return False
-    recent = manager._recent_messages
+    recent = manager._recent_messages = _RecentMessages(manager._recent_messages)
 
     def store_response_for_duplicates(message: Message) -> None:
         key = (message.remote, message.mid)
@@ -84,6 +84,15 @@ def slim_duplicate_cache(context: Context) -> bool:
 
     manager._store_response_for_duplicates = store_response_for_duplicates
     return True
+
+
+class _RecentMessages(dict):  # type: ignore[type-arg]
+    """aiocoap's duplicate cache, whose entries it drops ``EXCHANGE_LIFETIME`` after they came with ``pop(key)``:
+    an entry we dropped first (a block of a download) must not make that pop raise (it did: one logged KeyError
+    traceback per block served, 247 s later, millions of lines in a long campaign)."""
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        return super().pop(key, None)
 
 
 @functools.lru_cache(maxsize=4096)

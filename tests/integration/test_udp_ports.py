@@ -95,3 +95,29 @@ async def test_nstart_per_message_lets_requests_to_a_gateway_overlap(tuned: bool
         await client.shutdown()
         await server.shutdown()
         release("127.0.0.1", port)
+
+
+async def test_a_block_dropped_from_the_duplicate_cache_is_not_popped_again_with_an_error(tmp_path: Path) -> None:
+    """The slim duplicate cache drops a download block's entry at once; aiocoap pops every entry again 247 s later,
+    which raised (and logged) a KeyError per block served until the cache tolerated it."""
+    import functools
+
+    from aiocoap import Message
+    from aiocoap.numbers.codes import Code
+    from aiocoap.optiontypes import BlockOption
+
+    from lwm2m_server.coap.udp import _message_manager
+
+    async with running_server(tmp_path) as srv:
+        manager = _message_manager(srv.context)
+        recent = manager._recent_messages
+        key = ("peer", 7)
+        later = functools.partial(recent.pop, key)  # what _deduplicate_message schedules, bound now
+        recent[key] = None
+        response = Message(code=Code.CONTENT, payload=b"x" * 16)
+        response.mid, response.remote = 7, "peer"
+        response.opt.block2 = BlockOption.BlockwiseTuple(0, True, 0)
+        response.request = Message(code=Code.GET)
+        manager._store_response_for_duplicates(response)  # a block of a download: dropped at once
+        assert key not in recent
+        later()  # 247 s later in real life: must not raise
