@@ -19,6 +19,7 @@ Every implementation passes tests/unit/test_campaign_store_contract.py. Invarian
 from __future__ import annotations
 
 import builtins
+import functools
 import json
 import threading
 from collections.abc import Collection, Mapping, Sequence
@@ -322,6 +323,19 @@ def _campaign_columns(changes: Mapping[str, Any]) -> dict[str, Any]:
     return columns
 
 
+@functools.lru_cache(maxsize=256)
+def _job_update(columns: frozenset[str], expecting: bool) -> Any:
+    """The UPDATE of one job setting ``columns``, with bound parameters (``v_<column>``, ``w_campaign``,
+    ``w_endpoint``, ``w_tenant``, ``w_expect``): built once per set of columns, so SQLAlchemy computes its cache
+    key once (building a fresh statement per job change was a quarter of the server's CPU in a large campaign)."""
+    j = _JOB.c
+    where = [j.campaign_id == bindparam("w_campaign"), j.endpoint == bindparam("w_endpoint"),
+             j.tenant_id == bindparam("w_tenant")]
+    if expecting:
+        where.append(j.state.in_(bindparam("w_expect", expanding=True)))
+    return update(_JOB).where(*where).values({c: bindparam(f"v_{c}") for c in sorted(columns)})
+
+
 def _job_columns(changes: Mapping[str, Any]) -> dict[str, Any]:
     columns = dict(changes)
     if "state" in columns:
@@ -485,7 +499,12 @@ class SqlCampaignStore:
             where.append(j.state.in_([s.value for s in expect]))
         if not changes:
             return bool(self._read(select(j.endpoint).where(*where), "campaign jobs"))
-        return self._write(update(_JOB).where(*where).values(_job_columns(changes)), "campaign job") > 0
+        columns = _job_columns(changes)
+        params = {f"v_{k}": v for k, v in columns.items()}
+        params.update(w_campaign=campaign_id, w_endpoint=endpoint, w_tenant=tenant_id)
+        if expect is not None:
+            params["w_expect"] = [s.value for s in expect]
+        return self._write(_job_update(frozenset(columns), expect is not None), "campaign job", params) > 0
 
     def update_jobs(self, campaign_id: str, *, tenant_id: str, in_state: JobState,
                     **changes: Unpack[JobChanges]) -> int:
