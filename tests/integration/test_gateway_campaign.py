@@ -63,6 +63,7 @@ async def run_campaign(srv: Lwm2mServer, release: Any, targets: list[str], timeo
     return await run_to_end(srv, created["id"], timeout=timeout)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 async def test_fifty_end_devices_and_fifty_direct_devices_one_package_over_the_gateway_link(tmp_path: Path) -> None:
     async with campaign_server(tmp_path) as (srv, _store):
