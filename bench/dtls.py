@@ -33,11 +33,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from processes import leshan_server  # bench/processes.py: the script's folder is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 LOAD = Path(os.environ.get("LWM2M_LOAD", REPO.parent / "shared" / "tools" / "lwm2m_load.py"))
@@ -296,30 +297,15 @@ def bench_ours(n: int, parallel: int, tree: Path) -> list[Figure]:
 
 
 def bench_leshan(launcher: str, n: int, parallel: int) -> list[Figure]:
-    with tempfile.TemporaryDirectory(prefix="leshan-dtls-bench-") as tmp:
-        coap, coaps, web = free_port(), free_port(), free_port(socket.SOCK_STREAM)
-        proc = subprocess.Popen([launcher, "-lh", "127.0.0.1", "-lp", str(coap), "-slh", "127.0.0.1", "-slp",
-                                 str(coaps), "-wh", "127.0.0.1", "-wp", str(web), "-njc"], cwd=tmp,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                                env={**os.environ, "LESHAN_DEMO_CWD": tmp})
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{web}/api/clients", timeout=2).read()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise SystemExit("the Leshan server demo did not start") from None
-                    time.sleep(0.3)
-            print(f"leshan server demo: coap {coap}, coaps {coaps}")
-            common = ["-n", str(n), "--parallel", str(parallel), "--server-pid", str(proc.pid), "--prefix", PREFIX,
-                      "--key", KEY, "--path", "rd", "--leshan-rest", f"http://127.0.0.1:{web}"]
-            load(["--port", str(coaps), "--scheme", "coaps", "-n", "20", *common[2:]])  # JIT warm-up
-            figures = [libcoap("leshan server demo", ["--port", str(coaps), "--scheme", "coaps", *common], n)]
-            figures += embedded_clients("leshan server demo", coaps, n, parallel, proc.pid, Path(tmp))
-        finally:
-            stop(proc)
+    with leshan_server(launcher, start_timeout=60) as leshan:
+        coaps, pid = leshan.coaps, leshan.proc.pid
+        print(f"leshan server demo: coap {leshan.coap}, coaps {coaps}")
+        common = ["-n", str(n), "--parallel", str(parallel), "--server-pid", str(pid), "--prefix", PREFIX,
+                  "--key", KEY, "--path", "rd", "--leshan-rest", f"http://127.0.0.1:{leshan.web}"]
+        load(["--port", str(coaps), "--scheme", "coaps", "-n", "20", *common[2:]])  # JIT warm-up
+        figures = [libcoap("leshan server demo", ["--port", str(coaps), "--scheme", "coaps", *common], n)]
+        with tempfile.TemporaryDirectory(prefix="leshan-dtls-bench-") as tmp:
+            figures += embedded_clients("leshan server demo", coaps, n, parallel, pid, Path(tmp))
     return figures
 
 

@@ -1,5 +1,6 @@
 """What the bench scripts share: the processes they start (each in its own process group, always stopped), CPU and
-memory read from /proc, free loopback ports, and rounding for printed figures. Linux only (/proc)."""
+memory read from /proc, free loopback ports, the Leshan server demo, and rounding for printed figures. Linux only
+(/proc)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Sequence
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +127,47 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class LeshanServer:
+    """A running Leshan server demo: its process and its ports on 127.0.0.1."""
+
+    proc: subprocess.Popen[Any]
+    coap: int
+    coaps: int
+    web: int
+
+
+@contextlib.contextmanager
+def leshan_server(launcher: str, start_timeout: float = 90.0) -> Iterator[LeshanServer]:
+    """The Eclipse Leshan server demo on free loopback ports, in a folder of its own, up once its REST API answers;
+    its whole process group is stopped on exit (SIGTERM, then SIGKILL after 30 s)."""
+    with tempfile.TemporaryDirectory(prefix="leshan-bench-") as tmp:
+        coap, coaps, web = free_port(), free_port(), free_port(socket.SOCK_STREAM)
+        proc = subprocess.Popen([launcher, "-lh", "127.0.0.1", "-lp", str(coap), "-slh", "127.0.0.1", "-slp",
+                                 str(coaps), "-wh", "127.0.0.1", "-wp", str(web)], cwd=tmp,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                env={**os.environ, "LESHAN_DEMO_CWD": tmp})
+        try:
+            deadline = time.monotonic() + start_timeout
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{web}/api/clients", timeout=2).read()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise SystemExit("the Leshan server demo did not start") from None
+                    time.sleep(0.3)
+            yield LeshanServer(proc, coap, coaps, web)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
 
 
 def wait_for_line(log: Path, proc: subprocess.Popen[Any], needle: str, timeout: float) -> None:

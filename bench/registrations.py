@@ -18,14 +18,14 @@ import asyncio
 import json
 import os
 import resource
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+from processes import leshan_server  # bench/processes.py: the script's folder is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 LOAD = Path(os.environ.get("LWM2M_LOAD", REPO.parent / "shared" / "tools" / "lwm2m_load.py"))
@@ -89,34 +89,9 @@ def bench_registrations(n: int) -> dict:
 
 
 def bench_leshan(launcher: str, n: int) -> dict:
-    with tempfile.TemporaryDirectory(prefix="leshan-bench-") as tmp:
-        coap, coaps = free_udp_port(), free_udp_port()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            web = s.getsockname()[1]
-        proc = subprocess.Popen([launcher, "-lh", "127.0.0.1", "-lp", str(coap), "-slh", "127.0.0.1", "-slp",
-                                 str(coaps), "-wh", "127.0.0.1", "-wp", str(web)], cwd=tmp,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                                env={**os.environ, "LESHAN_DEMO_CWD": tmp})
-        try:
-            deadline = time.monotonic() + 90
-            while True:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{web}/api/clients", timeout=2).read()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise SystemExit("the Leshan server demo did not start") from None
-                    time.sleep(0.3)
-            load_figures(1000, coap, proc.pid, "warmup-")  # the JIT's warm-up, not counted
-            return {"server": "leshan", **load_figures(n, coap, proc.pid, f"bench{n}-")}
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    with leshan_server(launcher) as leshan:
+        load_figures(1000, leshan.coap, leshan.proc.pid, "warmup-")  # the JIT's warm-up, not counted
+        return {"server": "leshan", **load_figures(n, leshan.coap, leshan.proc.pid, f"bench{n}-")}
 
 
 async def bench_reads(total: int, clients: int = 50, concurrency: int = 32) -> dict:

@@ -38,7 +38,7 @@ from typing import Annotated
 import typer
 
 from client_sim.credentials import CredentialsFileError, FactoryCredentials, load_factory_file
-from client_sim.device import DeviceState, SimulatedDevice
+from client_sim.device import DeviceState, SimulatedDevice, StateListener
 from client_sim.firmware import Faults, FirmwareOptions
 from client_sim.fleet import Fleet, FleetStatus
 from client_sim.gateway import Gateway, GatewayStats, LocalLinkConditions
@@ -192,6 +192,19 @@ def _uuid(text: str | None, option: str) -> uuid.UUID | None:
         raise typer.BadParameter(f"{text!r} is not a UUID", param_hint=option) from None
 
 
+
+def _state_printer(per_device: bool, changed: asyncio.Event) -> StateListener:
+    """The state listener of the devices of one run: a line per change when they are few; it always sets
+    ``changed`` (the summary line is printed from it)."""
+
+    def on_device(device: SimulatedDevice, old: DeviceState, new: DeviceState) -> None:
+        if per_device:
+            where = f" at /{'/'.join(device.location)}" if device.location and new is DeviceState.REGISTERED else ""
+            typer.echo(f"{device.endpoint}: {new.value}{where}")
+        changed.set()
+
+    return on_device
+
 async def run_fleet(server: str | None, count: int | None, *, credentials: Sequence[FactoryCredentials] = (),
                     prefix: str = "sim-", lifetime: int = 300, lwm2m_version: str = "1.1", bind: str = "127.0.0.1",
                     firmware: FirmwareOptions, bootstrap_timeout: float = 30.0,
@@ -206,13 +219,7 @@ async def run_fleet(server: str | None, count: int | None, *, credentials: Seque
     changed = asyncio.Event()
     records = list(credentials)[:count] if credentials else []
     total = len(records) if records else (count or 0)
-    per_device = total <= PER_DEVICE_LINES
-
-    def on_device(device: SimulatedDevice, old: DeviceState, new: DeviceState) -> None:
-        if per_device:
-            where = f" at /{'/'.join(device.location)}" if device.location and new is DeviceState.REGISTERED else ""
-            typer.echo(f"{device.endpoint}: {new.value}{where}")
-        changed.set()
+    on_device = _state_printer(total <= PER_DEVICE_LINES, changed)
 
     def faults_for(index: int, endpoint: str) -> Faults | None:
         return faults if faults is not None and (faulty is None or index < faulty) else None
@@ -275,15 +282,9 @@ async def run_gateways(server: str, count: int, children: int, *, prefix: str = 
     loop = asyncio.get_running_loop()
     stop = stop if stop is not None else asyncio.Event()
     changed = asyncio.Event()
-    per_device = count * (children + 1) <= PER_DEVICE_LINES
+    on_device = _state_printer(count * (children + 1) <= PER_DEVICE_LINES, changed)
     uplink = Faults(loss=faults.loss, delay=faults.delay, jitter=faults.jitter) if faults is not None else None
     child_faults = dataclasses.replace(faults, loss=0.0, delay=0.0, jitter=0.0) if faults is not None else None
-
-    def on_device(device: SimulatedDevice, old: DeviceState, new: DeviceState) -> None:
-        if per_device:
-            where = f" at /{'/'.join(device.location)}" if device.location and new is DeviceState.REGISTERED else ""
-            typer.echo(f"{device.endpoint}: {new.value}{where}")
-        changed.set()
 
     def faults_for(index: int, endpoint: str) -> Faults | None:
         return child_faults if child_faults is not None and (faulty is None or index < faulty) else None

@@ -545,6 +545,11 @@ class SimulatedDevice:
                 0: 7, 1: {0: 7, 1: 6}, 2: -85, 3: 80, 4: {0: self.bind_host}, 5: {0: self.bind_host}, 6: 5,
                 8: 1234, 9: 1, 10: 262,
             })
+        return self._finish_objects(tree, extra_objects)
+
+    def _finish_objects(self, tree: ObjectTree, extra_objects: Iterable[Obj]) -> ObjectTree:
+        """What every device's object tree ends with: Object 5 (with firmware), the extra objects, the Device
+        object's executes (reboot, factory reset, reset error code), then the initial state is marked."""
         if self.firmware is not None:
             self.firmware.install_object(tree)
         for obj in extra_objects:

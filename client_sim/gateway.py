@@ -61,7 +61,7 @@ from aiocoap.credentials import CredentialsMissingError
 from aiocoap.numbers.codes import Code
 
 from client_sim.accounts import Account
-from client_sim.device import CURRENT_TIME, DeviceState, SimulatedDevice, _instance_values
+from client_sim.device import CURRENT_TIME, DeviceState, SimulatedDevice
 from client_sim.firmware import (
     Faults,
     FirmwareOptions,
@@ -308,17 +308,7 @@ class EndDevice(SimulatedDevice):
             14: "+00:00", 15: "Etc/UTC", 16: "U", 17: "end device", 18: "1.0", 19: "1.0.0", 20: 0, 21: 64,
         })
         tree.bind(CURRENT_TIME, self._now, self._set_clock)
-        if self.firmware is not None:
-            self.firmware.install_object(tree)
-        for obj in extra_objects:
-            tree.add_object(obj.id)
-            for inst in obj.instances.values():
-                tree.add_instance(obj.id, inst.id, _instance_values(inst))
-        tree.on_execute(LwM2mPath.of(3, 0, 4), lambda _args: self._later(self.reboot_delay, self.reboot))
-        tree.on_execute(LwM2mPath.of(3, 0, 5), lambda _args: self._later(self.reboot_delay, self._factory_reset))
-        tree.on_execute(LwM2mPath.of(3, 0, 12), lambda _args: tree.set_value(LwM2mPath.of(3, 0, 11), {0: 0}))
-        tree.mark_initial()
-        return tree
+        return self._finish_objects(tree, extra_objects)
 
     async def start(self, *, wait: bool = True, timeout: float | None = None) -> bool:
         """Power the child on (its gateway does this): its clock and resources start to drift."""
