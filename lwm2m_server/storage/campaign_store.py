@@ -9,7 +9,13 @@ Every implementation passes tests/unit/test_campaign_store_contract.py. Invarian
 * a campaign id is unique across tenants; a job is keyed by ``(campaign id, endpoint)``;
 * every call is atomic, and durable once it returns (the SQL store commits at once): what a crash leaves is what
   the calls that returned wrote. :meth:`CampaignStore.create` writes a campaign with all its jobs, or nothing;
-* a guarded update (``expect``) checks the current state and writes in one transaction;
+* a guarded update (``expect``, ``holder``, ``unreported``) checks the current row and writes in one transaction;
+* several server nodes may share one database: a job's ``owner`` is the node running its current try.
+  :meth:`CampaignStore.claim_jobs` starts jobs under the campaign's lock (PostgreSQL: its row ``FOR UPDATE``;
+  SQLite: ``BEGIN IMMEDIATE``, the database's write lock), so the jobs active at once never exceed the limit the
+  nodes pass together, and no job is claimed twice; a node writes a job with ``holder=`` its own id, so a node that
+  lost a job to another writes nothing; :meth:`CampaignStore.adopt_jobs` takes over the active jobs of dead nodes;
+  ``update(..., unreported=True)`` lets one node only write a campaign's final report;
 * jobs come back in ``position`` order, campaigns listed newest first (``created_at`` descending, then id);
 * records are frozen; a read returns what was written (floats, bytes and text unchanged);
 * a database failure raises :class:`~lwm2m_server.core.errors.StorageError`, a duplicate campaign id or job
@@ -26,10 +32,10 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypedDict, Unpack, runtime_checkable
 
-from sqlalchemy import Float, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, Float, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from firmware_object.campaign import CampaignState, InvalidPolicyError, JobState, JobView, Policy
+from firmware_object.campaign import ACTIVE, CampaignState, InvalidPolicyError, JobState, JobView, Policy
 from lwm2m_server.core.errors import StorageError
 from lwm2m_server.storage.campaign_tables import CampaignJobRow, CampaignRow
 from lwm2m_server.storage.database import Database
@@ -95,6 +101,7 @@ class JobRecord:
     updated_at: float = 0.0
     reason: str | None = None
     via: str | None = None  # the gateway the last try went through (None: directly)
+    owner: str | None = None  # the server node running the current try (None: none yet, or from before owners)
 
 
 class CampaignChanges(TypedDict, total=False):
@@ -129,6 +136,7 @@ class JobChanges(TypedDict, total=False):
     updated_at: float
     reason: str | None
     via: str | None
+    owner: str | None
 
 
 _CAMPAIGN_FIELDS = frozenset(CampaignChanges.__annotations__)
@@ -170,9 +178,9 @@ class CampaignStore(Protocol):
         ...
 
     def update(self, campaign_id: str, *, tenant_id: str, expect: Collection[CampaignState] | None = None,
-               **changes: Unpack[CampaignChanges]) -> bool:
+               unreported: bool = False, **changes: Unpack[CampaignChanges]) -> bool:
         """Set ``changes`` on the campaign when it exists in the tenant (and, with ``expect``, is in one of those
-        states); whether it did."""
+        states; with ``unreported``, has no report yet); whether it did."""
         ...
 
     def job(self, campaign_id: str, endpoint: str, *, tenant_id: str) -> JobRecord | None: ...
@@ -187,9 +195,24 @@ class CampaignStore(Protocol):
         ...
 
     def update_job(self, campaign_id: str, endpoint: str, *, tenant_id: str,
-                   expect: Collection[JobState] | None = None, **changes: Unpack[JobChanges]) -> bool:
+                   expect: Collection[JobState] | None = None, holder: str | None = None,
+                   **changes: Unpack[JobChanges]) -> bool:
         """Set ``changes`` on the job when it exists in the tenant (and, with ``expect``, is in one of those
-        states); whether it did."""
+        states; with ``holder``, is owned by that node); whether it did."""
+        ...
+
+    def claim_jobs(self, campaign_id: str, endpoints: Sequence[str], *, tenant_id: str, owner: str, limit: int,
+                   now: float, deadline: float | None) -> builtins.list[str]:
+        """In one transaction holding the campaign's lock: of ``endpoints``, the jobs still ``pending``, in position
+        order, as many as ``limit`` leaves beside the campaign's jobs already active (of any node), become
+        ``delivering``, owned by ``owner``, ``updated_at=now``, with ``deadline``; their endpoints, in position
+        order. An unknown endpoint, a job not pending, another tenant's campaign: nothing claimed."""
+        ...
+
+    def adopt_jobs(self, campaign_id: str, endpoints: Sequence[str], *, tenant_id: str, owner: str,
+                   alive: Collection[str]) -> builtins.list[str]:
+        """In one transaction: of ``endpoints``, the active jobs owned by no node or by one not in ``alive`` (and
+        not ``owner``) become owned by ``owner``; their endpoints, in position order."""
         ...
 
     def update_jobs(self, campaign_id: str, *, tenant_id: str, in_state: JobState,
@@ -249,11 +272,12 @@ class MemoryCampaignStore:
         return sorted(found, key=lambda pair: (pair[0].created_at, pair[0].id))
 
     def update(self, campaign_id: str, *, tenant_id: str, expect: Collection[CampaignState] | None = None,
-               **changes: Unpack[CampaignChanges]) -> bool:
+               unreported: bool = False, **changes: Unpack[CampaignChanges]) -> bool:
         _checked(changes, _CAMPAIGN_FIELDS, "campaign")
         with self._lock:
             found = self._mine(campaign_id, tenant_id)
-            if found is None or (expect is not None and found.state not in expect):
+            if (found is None or (expect is not None and found.state not in expect)
+                    or (unreported and found.report is not None)):
                 return False
             self._campaigns[campaign_id] = replace(found, **changes)
             return True
@@ -275,17 +299,46 @@ class MemoryCampaignStore:
                      for j in self.jobs(campaign_id, tenant_id=tenant_id))
 
     def update_job(self, campaign_id: str, endpoint: str, *, tenant_id: str,
-                   expect: Collection[JobState] | None = None, **changes: Unpack[JobChanges]) -> bool:
+                   expect: Collection[JobState] | None = None, holder: str | None = None,
+                   **changes: Unpack[JobChanges]) -> bool:
         _checked(changes, _JOB_FIELDS, "job")
         with self._lock:
             if self._mine(campaign_id, tenant_id) is None:
                 return False
             jobs = self._jobs[campaign_id]
             found = jobs.get(endpoint)
-            if found is None or (expect is not None and found.state not in expect):
+            if (found is None or (expect is not None and found.state not in expect)
+                    or (holder is not None and found.owner != holder)):
                 return False
             jobs[endpoint] = replace(found, **changes)
             return True
+
+    def claim_jobs(self, campaign_id: str, endpoints: Sequence[str], *, tenant_id: str, owner: str, limit: int,
+                   now: float, deadline: float | None) -> builtins.list[str]:
+        with self._lock:
+            if self._mine(campaign_id, tenant_id) is None:
+                return []
+            jobs = self._jobs[campaign_id]
+            room = limit - sum(1 for j in jobs.values() if j.state in ACTIVE)
+            wanted = set(endpoints)
+            chosen = [ep for ep, j in jobs.items() if ep in wanted and j.state is JobState.PENDING][:max(room, 0)]
+            for ep in chosen:
+                jobs[ep] = replace(jobs[ep], state=JobState.DELIVERING, owner=owner, updated_at=now,
+                                   deadline=deadline)
+            return chosen
+
+    def adopt_jobs(self, campaign_id: str, endpoints: Sequence[str], *, tenant_id: str, owner: str,
+                   alive: Collection[str]) -> builtins.list[str]:
+        with self._lock:
+            if self._mine(campaign_id, tenant_id) is None:
+                return []
+            jobs = self._jobs[campaign_id]
+            wanted = set(endpoints)
+            chosen = [ep for ep, j in jobs.items() if ep in wanted and j.state in ACTIVE
+                      and (j.owner is None or (j.owner != owner and j.owner not in alive))]
+            for ep in chosen:
+                jobs[ep] = replace(jobs[ep], owner=owner)
+            return chosen
 
     def update_jobs(self, campaign_id: str, *, tenant_id: str, in_state: JobState,
                     **changes: Unpack[JobChanges]) -> int:
@@ -324,15 +377,18 @@ def _campaign_columns(changes: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=256)
-def _job_update(columns: frozenset[str], expecting: bool) -> Any:
+def _job_update(columns: frozenset[str], expecting: bool, holding: bool = False) -> Any:
     """The UPDATE of one job setting ``columns``, with bound parameters (``v_<column>``, ``w_campaign``,
-    ``w_endpoint``, ``w_tenant``, ``w_expect``): built once per set of columns, so SQLAlchemy computes its cache
-    key once (building a fresh statement per job change was a quarter of the server's CPU in a large campaign)."""
+    ``w_endpoint``, ``w_tenant``, ``w_expect``, ``w_holder``): built once per set of columns and guards, so
+    SQLAlchemy computes its cache key once (building a fresh statement per job change was a quarter of the
+    server's CPU in a large campaign)."""
     j = _JOB.c
     where = [j.campaign_id == bindparam("w_campaign"), j.endpoint == bindparam("w_endpoint"),
              j.tenant_id == bindparam("w_tenant")]
     if expecting:
         where.append(j.state.in_(bindparam("w_expect", expanding=True)))
+    if holding:
+        where.append(j.owner == bindparam("w_holder"))
     return update(_JOB).where(*where).values({c: bindparam(f"v_{c}") for c in sorted(columns)})
 
 
@@ -358,7 +414,7 @@ def _job_row(j: JobRecord) -> dict[str, Any]:
             "package_name": j.package_name, "sequence_number": j.sequence_number, "method": j.method,
             "version_before": j.version_before, "version_after": j.version_after, "update_result": j.update_result,
             "started_at": j.started_at, "finished_at": j.finished_at, "updated_at": j.updated_at, "reason": j.reason,
-            "via": j.via}
+            "via": j.via, "owner": j.owner}
 
 
 def _campaign_from_row(row: Mapping[str, Any]) -> CampaignRecord:
@@ -387,7 +443,7 @@ def _job_from_row(row: Mapping[str, Any]) -> JobRecord:
         package_name=row["package_name"], sequence_number=row["sequence_number"], method=row["method"],
         version_before=row["version_before"], version_after=row["version_after"],
         update_result=row["update_result"], started_at=row["started_at"], finished_at=row["finished_at"],
-        updated_at=row["updated_at"], reason=row["reason"], via=row["via"])
+        updated_at=row["updated_at"], reason=row["reason"], via=row["via"], owner=row["owner"])
 
 
 class SqlCampaignStore:
@@ -452,12 +508,14 @@ class SqlCampaignStore:
         return [(cp, jobs[cp.id]) for cp in campaigns]
 
     def update(self, campaign_id: str, *, tenant_id: str, expect: Collection[CampaignState] | None = None,
-               **changes: Unpack[CampaignChanges]) -> bool:
+               unreported: bool = False, **changes: Unpack[CampaignChanges]) -> bool:
         _checked(changes, _CAMPAIGN_FIELDS, "campaign")
         c = _CAMPAIGN.c
         where = [c.id == campaign_id, c.tenant_id == tenant_id]
         if expect is not None:
             where.append(c.state.in_([s.value for s in expect]))
+        if unreported:
+            where.append(c.report.is_(None))
         if not changes:  # nothing to set: whether it would have applied
             return bool(self._read(select(c.id).where(*where), "campaigns"))
         return self._write(update(_CAMPAIGN).where(*where).values(_campaign_columns(changes)),
@@ -491,20 +549,82 @@ class SqlCampaignStore:
             raise StorageError(f"campaign {campaign_id!r}: a job is in no known state: {e}") from e
 
     def update_job(self, campaign_id: str, endpoint: str, *, tenant_id: str,
-                   expect: Collection[JobState] | None = None, **changes: Unpack[JobChanges]) -> bool:
+                   expect: Collection[JobState] | None = None, holder: str | None = None,
+                   **changes: Unpack[JobChanges]) -> bool:
         _checked(changes, _JOB_FIELDS, "job")
         j = _JOB.c
-        where = [j.campaign_id == campaign_id, j.endpoint == endpoint, j.tenant_id == tenant_id]
-        if expect is not None:
-            where.append(j.state.in_([s.value for s in expect]))
         if not changes:
+            where = [j.campaign_id == campaign_id, j.endpoint == endpoint, j.tenant_id == tenant_id]
+            if expect is not None:
+                where.append(j.state.in_([s.value for s in expect]))
+            if holder is not None:
+                where.append(j.owner == holder)
             return bool(self._read(select(j.endpoint).where(*where), "campaign jobs"))
         columns = _job_columns(changes)
         params = {f"v_{k}": v for k, v in columns.items()}
         params.update(w_campaign=campaign_id, w_endpoint=endpoint, w_tenant=tenant_id)
         if expect is not None:
             params["w_expect"] = [s.value for s in expect]
-        return self._write(_job_update(frozenset(columns), expect is not None), "campaign job", params) > 0
+        if holder is not None:
+            params["w_holder"] = holder
+        statement = _job_update(frozenset(columns), expect is not None, holder is not None)
+        return self._write(statement, "campaign job", params) > 0
+
+    def _locked(self, conn: Connection) -> None:
+        """Begin ``conn``'s transaction holding SQLite's write lock at once (pysqlite begins lazily, at the first
+        write: two transactions that both read first would then fail to write); PostgreSQL locks rows instead
+        (``FOR UPDATE``, which SQLite's SQL has not: SQLAlchemy leaves it out there)."""
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    def claim_jobs(self, campaign_id: str, endpoints: Sequence[str], *, tenant_id: str, owner: str, limit: int,
+                   now: float, deadline: float | None) -> builtins.list[str]:
+        c, j = _CAMPAIGN.c, _JOB.c
+        mine = (j.campaign_id == campaign_id, j.tenant_id == tenant_id)
+        pending = JobState.PENDING.value
+        try:
+            with self._engine.begin() as conn:
+                self._locked(conn)
+                lock = select(c.id).where(c.id == campaign_id, c.tenant_id == tenant_id).with_for_update()
+                if conn.execute(lock).first() is None:
+                    return []
+                active = conn.execute(select(func.count()).select_from(_JOB).where(
+                    *mine, j.state.in_([s.value for s in ACTIVE]))).scalar_one()
+                room = limit - int(active)
+                if room <= 0 or not endpoints:
+                    return []
+                found: builtins.list[tuple[int, str]] = []
+                for chunk in chunks(builtins.list(dict.fromkeys(endpoints))):
+                    query = (select(j.position, j.endpoint).where(*mine, j.state == pending, j.endpoint.in_(chunk))
+                             .order_by(j.position, j.endpoint).limit(room).with_for_update(skip_locked=True))
+                    found.extend((position, endpoint) for position, endpoint in conn.execute(query))
+                chosen = [endpoint for _, endpoint in sorted(found)[:room]]
+                for chunk in chunks(chosen):
+                    conn.execute(update(_JOB).where(*mine, j.state == pending, j.endpoint.in_(chunk)).values(
+                        state=JobState.DELIVERING.value, owner=owner, updated_at=now, deadline=deadline))
+                return chosen
+        except SQLAlchemyError as e:
+            raise StorageError(f"cannot claim jobs of campaign {campaign_id!r}: {e}") from e
+
+    def adopt_jobs(self, campaign_id: str, endpoints: Sequence[str], *, tenant_id: str, owner: str,
+                   alive: Collection[str]) -> builtins.list[str]:
+        j = _JOB.c
+        strays = (j.campaign_id == campaign_id, j.tenant_id == tenant_id, j.state.in_([s.value for s in ACTIVE]),
+                  or_(j.owner.is_(None), and_(j.owner != owner, j.owner.not_in(sorted(alive)))))
+        try:
+            with self._engine.begin() as conn:
+                self._locked(conn)
+                found: builtins.list[tuple[int, str]] = []
+                for chunk in chunks(builtins.list(dict.fromkeys(endpoints))):
+                    query = (select(j.position, j.endpoint).where(*strays, j.endpoint.in_(chunk))
+                             .with_for_update(skip_locked=True))
+                    found.extend((position, endpoint) for position, endpoint in conn.execute(query))
+                chosen = [endpoint for _, endpoint in sorted(found)]
+                for chunk in chunks(chosen):
+                    conn.execute(update(_JOB).where(*strays, j.endpoint.in_(chunk)).values(owner=owner))
+                return chosen
+        except SQLAlchemyError as e:
+            raise StorageError(f"cannot adopt jobs of campaign {campaign_id!r}: {e}") from e
 
     def update_jobs(self, campaign_id: str, *, tenant_id: str, in_state: JobState,
                     **changes: Unpack[JobChanges]) -> int:

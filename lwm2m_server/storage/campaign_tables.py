@@ -5,6 +5,7 @@ A campaign row holds its plan (policy, waves opened) and state; one job row per 
 They are read and written through :class:`~lwm2m_server.storage.campaign_store.SqlCampaignStore` only.
 A job row is written *before* the action it announces (a delivery starts only once its row says ``delivering``),
 so after a crash the rows say what may have happened and the engine reconciles them with what the device reports.
+Several server nodes may share these tables: a job's ``owner`` names the node that runs its current try.
 
 The schema is made and upgraded by the migrations (:mod:`lwm2m_server.storage.migrations`): a change to a table
 here comes with a new revision there.
@@ -72,3 +73,6 @@ class CampaignJobRow(SQLModel, table=True):
     updated_at: float = 0.0
     reason: str | None = Field(default=None, sa_type=Text)
     via: str | None = Field(default=None, max_length=255)  # the gateway the last try went through (None: directly)
+    # the server node running the job's current try (node.node_id; None: no try yet, or one from before owners):
+    # a node writes a job only while it owns it, and adopts an active job whose owner is no longer alive
+    owner: str | None = Field(default=None, max_length=64)

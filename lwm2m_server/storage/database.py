@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import stat
 import threading
+import time
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from sqlmodel import Session
 from lwm2m_server.core.errors import StorageError
 from lwm2m_server.storage import (  # noqa: F401  (registers the tables on SQLModel.metadata)
     campaign_tables,
+    node_tables,
     release_tables,
     tables,
     tag_tables,
@@ -46,6 +49,7 @@ __all__ = ["DB_FILENAME", "Database"]
 log = logging.getLogger(__name__)
 
 DB_FILENAME = "scratch.db"
+DATABASE_URL_ENV = "SCRATCH_DATABASE_URL"  # a database URL every command uses instead of DATA_DIR/scratch.db
 SQLITE_BUSY_TIMEOUT_S = 30.0
 MIGRATION_LOCK = 0x5C2A7C4D  # PostgreSQL advisory lock key held while the schema is upgraded
 _ALEMBIC = threading.Lock()  # Alembic's ``context`` and ``op`` are module globals: one upgrade at a time per process
@@ -54,7 +58,17 @@ _ALEMBIC = threading.Lock()  # Alembic's ``context`` and ``op`` are module globa
 def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("PRAGMA journal_mode=WAL")
+        # switching a new database to WAL needs its exclusive lock, and SQLite does not wait for it (no busy
+        # handler there): another process opening the same new file at once makes it fail "database is locked"
+        deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+        while True:
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:
@@ -129,7 +143,10 @@ class Database:
 
     @classmethod
     def for_data_dir(cls, path: str | os.PathLike[str], *, echo: bool = False) -> Database:
-        """The SQLite database ``scratch.db`` in ``path``; the folder is created mode 0700 when missing."""
+        """The database of the data directory ``path``: the one ``$SCRATCH_DATABASE_URL`` names when it is set
+        (several nodes sharing one PostgreSQL: every ``scratch`` command then uses it), else the SQLite database
+        ``scratch.db`` in ``path``. The folder is created mode 0700 when missing."""
+        url = os.environ.get(DATABASE_URL_ENV, "").strip()
         folder = Path(path)
         try:
             if not folder.exists():
@@ -138,11 +155,11 @@ class Database:
             elif folder.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
                 log.warning("data folder %s is accessible to other users; chmod 700 it", folder)
             db_file = folder / DB_FILENAME
-            if not db_file.exists():
+            if not url and not db_file.exists():
                 os.close(os.open(db_file, os.O_CREAT | os.O_WRONLY, 0o600))
         except OSError as e:
             raise StorageError(f"cannot prepare data folder {folder}: {e}") from e
-        return cls(f"sqlite:///{db_file}", echo=echo)
+        return cls(url or f"sqlite:///{db_file}", echo=echo)
 
     def session(self) -> Session:
         """A new ORM session on this database (the caller closes it, e.g. ``with db.session() as s:``)."""

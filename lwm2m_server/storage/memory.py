@@ -52,6 +52,11 @@ class MemoryRegistrationStore:
             reg_id = self._index.get((tenant_id, endpoint))
             return None if reg_id is None else self._rows[reg_id]
 
+    def holders(self, endpoints: Sequence[str], *, tenant_id: str) -> dict[str, str]:
+        with self._lock:
+            found = ((ep, self._index.get((tenant_id, ep))) for ep in endpoints)
+            return {ep: self._rows[reg_id].node_id for ep, reg_id in found if reg_id is not None}
+
     def apply(self, upserts: Sequence[Registration], deletes: Sequence[str]) -> None:
         with self._lock:
             rows, index = self._rows, self._index

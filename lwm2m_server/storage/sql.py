@@ -122,6 +122,19 @@ class SqlRegistrationStore:
         found = self._select(_REG.c.tenant_id == tenant_id, _REG.c.endpoint == endpoint)
         return found[0] if found else None
 
+    def holders(self, endpoints: Sequence[str], *, tenant_id: str) -> dict[str, str]:
+        c = _REG.c
+        found: dict[str, str] = {}
+        try:
+            with self._engine.connect() as conn:
+                for chunk in chunks(builtins.list(dict.fromkeys(endpoints))):
+                    rows = conn.execute(select(c.endpoint, c.node_id).where(c.tenant_id == tenant_id,
+                                                                            c.endpoint.in_(chunk)))
+                    found.update({ep: node for ep, node in rows})
+        except SQLAlchemyError as e:
+            raise StorageError(f"cannot read registrations: {e}") from e
+        return found
+
     def apply(self, upserts: Sequence[Registration], deletes: Sequence[str]) -> None:
         final = {reg.id: reg for reg in upserts}  # the last upsert of an id wins
         rows = [registration_to_row(reg) for reg in final.values()]  # converted before the transaction opens

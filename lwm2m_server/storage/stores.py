@@ -53,6 +53,12 @@ class RegistrationStore(Protocol):
 
     def by_endpoint(self, endpoint: str, *, tenant_id: str) -> Registration | None: ...
 
+    def holders(self, endpoints: Sequence[str], *, tenant_id: str) -> dict[str, str]:
+        """The node (``node_id``) whose registration of each endpoint is stored, for those of ``endpoints`` that
+        have one: with several nodes on one database, the one holding the device's session (the newest Register
+        wins the row)."""
+        ...
+
     def apply(self, upserts: Sequence[Registration], deletes: Sequence[str]) -> None:
         """In one transaction: delete the ids in ``deletes`` (unknown ids are ignored), then insert or replace
         each of ``upserts`` by id (when an id is given twice, the last one wins). Uniqueness is checked on the

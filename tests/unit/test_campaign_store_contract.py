@@ -1,4 +1,4 @@
-"""One contract for every campaign store: the memory store and the SQL store (a real SQLite file).
+"""One contract for every campaign store: the memory store and the SQL store (a real SQLite file, PostgreSQL).
 
 A new backend joins by adding a case to the ``backend`` fixture; it must pass every test here unchanged.
 """
@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -89,7 +91,8 @@ def test_a_campaign_and_its_jobs_come_back_as_stored_jobs_in_position_order(back
     jobs[1] = dataclasses.replace(jobs[1], state=JobState.UPDATING, attempts=2, not_before=T0 + 3, deadline=T0 + 4.25,
                                   release_id="rel-1", package_sha256="ab" * 32, package_name="n" * 32,
                                   sequence_number=7, method="push", version_before="1.0", version_after=None,
-                                  update_result=0, started_at=T0 + 5, reason="try 1 failed: « timeout »")
+                                  update_result=0, started_at=T0 + 5, reason="try 1 failed: « timeout »",
+                                  owner="node-ä")
     store.create(campaign, [jobs[2], jobs[0], jobs[3], jobs[1]])  # given in any order
 
     assert store.get("cmp-1", tenant_id="acme") == campaign
@@ -187,7 +190,7 @@ def test_a_job_update_sets_what_it_names_and_its_guard_holds(backend: Backend) -
     everything = dict(state=JobState.DELIVERING, attempts=3, not_before=T0 + 1, deadline=T0 + 2.5, release_id="rel-2",
                       package_sha256="cd" * 32, package_name="p" * 32, sequence_number=9, method="pull",
                       version_before="1.0", version_after="2.0", update_result=1, started_at=T0 + 3,
-                      finished_at=T0 + 4, updated_at=T0 + 5, reason="ok")
+                      finished_at=T0 + 4, updated_at=T0 + 5, reason="ok", owner="node-b")
     assert store.update_job("cmp-1", ep, tenant_id="acme", expect={JobState.PENDING}, **everything)  # type: ignore[arg-type]
     assert store.job("cmp-1", ep, tenant_id="acme") == dataclasses.replace(make_jobs()[1], **everything)  # type: ignore[arg-type]
 
@@ -217,6 +220,138 @@ def test_a_bulk_job_update_changes_the_jobs_in_one_state_only(backend: Backend) 
                for j in store.jobs("cmp-1", tenant_id="acme", state=JobState.SKIPPED))
     assert store.jobs("cmp-2", tenant_id="acme") == make_jobs("cmp-2")  # another campaign's are untouched
     assert store.update_jobs("cmp-1", tenant_id="acme", in_state=JobState.PENDING, state=JobState.FAILED) == 0
+
+
+# ------------------------------------------------------------------------------------- several nodes, one database
+
+
+def states(store: CampaignStore, cid: str = "cmp-1") -> list[tuple[JobState, str | None]]:
+    return [(j.state, j.owner) for j in store.jobs(cid, tenant_id="acme")]
+
+
+def test_a_claim_takes_pending_jobs_in_position_order_within_the_limit_counting_active_ones(
+        backend: Backend) -> None:
+    store = backend.store
+    store.create(make_campaign(), make_jobs(n=6))
+    eps = [j.endpoint for j in make_jobs(n=6)]
+    assert store.update_job("cmp-1", eps[1], tenant_id="acme", state=JobState.UPDATING, owner="node-x")
+    assert store.update_job("cmp-1", eps[4], tenant_id="acme", state=JobState.SUCCEEDED)
+
+    claimed = store.claim_jobs("cmp-1", [*reversed(eps), "nobody", eps[0]], tenant_id="acme", owner="node-a",
+                               limit=3, now=T0 + 1, deadline=T0 + 13.5)
+    assert claimed == [eps[0], eps[2]]  # one active already: room for two; position order
+    for ep in claimed:
+        assert store.job("cmp-1", ep, tenant_id="acme") == dataclasses.replace(
+            make_jobs(n=6)[eps.index(ep)], state=JobState.DELIVERING, owner="node-a", updated_at=T0 + 1,
+            deadline=T0 + 13.5)
+    assert store.claim_jobs("cmp-1", eps, tenant_id="acme", owner="node-b", limit=3, now=T0, deadline=None) == []
+    assert store.claim_jobs("cmp-1", eps, tenant_id="globex", owner="node-b", limit=9, now=T0, deadline=None) == []
+    assert store.claim_jobs("cmp-9", eps, tenant_id="acme", owner="node-b", limit=9, now=T0, deadline=None) == []
+    assert store.claim_jobs("cmp-1", [eps[1], eps[4], eps[5]], tenant_id="acme", owner="node-b", limit=9, now=T0,
+                            deadline=None) == [eps[5]]  # only pending jobs are claimed
+    assert store.claim_jobs("cmp-1", [], tenant_id="acme", owner="node-b", limit=9, now=T0, deadline=None) == []
+    assert states(store) == [(JobState.DELIVERING, "node-a"), (JobState.UPDATING, "node-x"),
+                             (JobState.DELIVERING, "node-a"), (JobState.PENDING, None),
+                             (JobState.SUCCEEDED, None), (JobState.DELIVERING, "node-b")]
+    second = backend.second()  # committed: another node sees the claims
+    assert states(second) == states(store)
+
+
+def test_two_nodes_claiming_at_once_never_take_a_job_twice_nor_exceed_the_limit_together(
+        backend: Backend) -> None:
+    limit, n = 5, 40
+    store = backend.store
+    store.create(make_campaign(), make_jobs(n=n))
+    nodes = {"node-a": store, "node-b": backend.second()}
+    eps = [j.endpoint for j in make_jobs(n=n)]
+    start = threading.Barrier(len(nodes), timeout=60)
+
+    def claim(owner: str, ordered: list[str]) -> list[str]:
+        start.wait()
+        return nodes[owner].claim_jobs("cmp-1", ordered, tenant_id="acme", owner=owner, limit=limit, now=T0,
+                                       deadline=None)
+
+    with ThreadPoolExecutor(len(nodes)) as pool:
+        for round_ in range(12):
+            active = [j for j in store.jobs("cmp-1", tenant_id="acme") if j.state in ACTIVE]
+            pending = [j.endpoint for j in store.jobs("cmp-1", tenant_id="acme", state=JobState.PENDING)]
+            orders = {"node-a": eps, "node-b": eps[::-1] if round_ % 2 else eps}
+            claims = {owner: f.result(timeout=120) for owner, f in
+                      {o: pool.submit(claim, o, orders[o]) for o in nodes}.items()}
+            taken = claims["node-a"] + claims["node-b"]
+            assert len(taken) == len(set(taken)) == min(limit - len(active), len(pending))  # exact, and no twice
+            assert set(taken) <= set(pending)
+            for owner, endpoints in claims.items():
+                assert all(store.job("cmp-1", ep, tenant_id="acme").owner == owner  # type: ignore[union-attr]
+                           for ep in endpoints)
+            now_active = [j for j in store.jobs("cmp-1", tenant_id="acme") if j.state in ACTIVE]
+            assert len(now_active) <= limit
+            for job in now_active[: 1 + round_ % 3]:  # some finish, which makes room for the next round
+                assert store.update_job("cmp-1", job.endpoint, tenant_id="acme", holder=job.owner,
+                                        state=JobState.SUCCEEDED)
+
+
+def test_a_job_is_written_with_holder_only_by_its_owner(backend: Backend) -> None:
+    store = backend.store
+    store.create(make_campaign(), make_jobs())
+    eps = [j.endpoint for j in make_jobs()]
+    assert not store.update_job("cmp-1", eps[0], tenant_id="acme", holder="node-a", state=JobState.FAILED)  # no owner
+    assert store.claim_jobs("cmp-1", eps[:1], tenant_id="acme", owner="node-a", limit=7, now=T0 + 1,
+                            deadline=None) == eps[:1]
+    assert store.update_job("cmp-1", eps[0], tenant_id="acme", holder="node-a")  # nothing to set: it would apply
+    assert not store.update_job("cmp-1", eps[0], tenant_id="acme", holder="node-b")
+    assert not store.update_job("cmp-1", eps[0], tenant_id="acme", holder="node-b", state=JobState.FAILED)
+    assert not store.update_job("cmp-1", eps[0], tenant_id="acme", holder="node-a", expect={JobState.UPDATING},
+                                state=JobState.FAILED)
+    assert store.update_job("cmp-1", eps[0], tenant_id="acme", holder="node-a", expect=ACTIVE,
+                            state=JobState.DOWNLOADED, attempts=1)
+    assert store.update_job("cmp-1", eps[0], tenant_id="acme", owner="node-b")  # taken over by another node
+    assert not store.update_job("cmp-1", eps[0], tenant_id="acme", holder="node-a", state=JobState.FAILED)
+    assert not store.update_job("cmp-1", eps[0], tenant_id="globex", holder="node-b", state=JobState.FAILED)
+    assert store.update_job("cmp-1", eps[0], tenant_id="acme", holder="node-b", state=JobState.UPDATING)
+    job = store.job("cmp-1", eps[0], tenant_id="acme")
+    assert job is not None and (job.state, job.attempts, job.owner) == (JobState.UPDATING, 1, "node-b")
+    assert store.jobs("cmp-1", tenant_id="acme")[1:] == make_jobs()[1:]
+
+
+def test_adopting_takes_the_active_jobs_of_dead_nodes_and_of_no_node_only(backend: Backend) -> None:
+    store = backend.store
+    jobs = make_jobs(n=7)
+    plan = [(JobState.DELIVERING, "node-dead"), (JobState.UPDATING, "node-live"), (JobState.DOWNLOADED, None),
+            (JobState.DELIVERING, "node-me"), (JobState.PENDING, None), (JobState.SUCCEEDED, "node-dead"),
+            (JobState.UPDATING, "node-dead")]
+    store.create(make_campaign(), [dataclasses.replace(j, state=state, owner=owner)
+                                   for j, (state, owner) in zip(jobs, plan, strict=True)])
+    eps = [j.endpoint for j in jobs]
+    assert store.adopt_jobs("cmp-1", eps, tenant_id="globex", owner="node-me", alive=set()) == []
+    assert store.adopt_jobs("cmp-9", eps, tenant_id="acme", owner="node-me", alive=set()) == []
+    adopted = store.adopt_jobs("cmp-1", [*reversed(eps[:6]), "nobody"], tenant_id="acme", owner="node-me",
+                               alive={"node-live"})  # node-me itself not listed alive: its own jobs stay its own
+    assert adopted == [eps[0], eps[2]]
+    assert states(store) == [(JobState.DELIVERING, "node-me"), (JobState.UPDATING, "node-live"),
+                             (JobState.DOWNLOADED, "node-me"), (JobState.DELIVERING, "node-me"),
+                             (JobState.PENDING, None), (JobState.SUCCEEDED, "node-dead"),
+                             (JobState.UPDATING, "node-dead")]  # the last one was not asked for
+    assert store.adopt_jobs("cmp-1", eps[:6], tenant_id="acme", owner="node-other",
+                            alive={"node-me", "node-live", "node-other"}) == []
+    assert store.adopt_jobs("cmp-1", eps, tenant_id="acme", owner="node-live", alive=()) == [eps[0], eps[2], eps[3],
+                                                                                           eps[6]]
+    assert states(backend.second()) == states(store)
+
+
+def test_an_unreported_update_writes_only_a_campaign_without_report(backend: Backend) -> None:
+    store = backend.store
+    store.create(make_campaign(state=CampaignState.RUNNING), make_jobs(n=1))
+    assert store.update("cmp-1", tenant_id="acme", unreported=True)  # nothing to set: it would apply
+    assert store.update("cmp-1", tenant_id="acme", unreported=True, expect={CampaignState.RUNNING},
+                        state=CampaignState.COMPLETED, finished_at=T0 + 1, report=b"first")
+    assert not store.update("cmp-1", tenant_id="acme", unreported=True)
+    assert not store.update("cmp-1", tenant_id="acme", unreported=True, state=CampaignState.COMPLETED,
+                            finished_at=T0 + 2, report=b"second")
+    assert not store.update("cmp-1", tenant_id="globex", unreported=True, report=b"third")
+    assert store.get("cmp-1", tenant_id="acme") == make_campaign(state=CampaignState.COMPLETED, finished_at=T0 + 1,
+                                                                 report=b"first")
+    assert store.update("cmp-1", tenant_id="acme", reason="noted")  # without the guard a report is no obstacle
 
 
 # ------------------------------------------------------------------------------------------------------- restart
@@ -286,10 +421,15 @@ def test_every_write_is_committed_when_it_returns(backend: Backend) -> None:
 _ids = itertools.count()
 _EPS = [f"d{i}" for i in range(5)]
 _NO_NUL = st.characters(exclude_categories=["Cs"], exclude_characters="\x00")  # PostgreSQL text holds no NUL
+_NODES = ["n-a", "n-b", "n-c"]
 _operation = st.one_of(
     st.tuples(st.just("job"), st.sampled_from(_EPS), st.sampled_from(list(JobState)),
               st.none() | st.frozensets(st.sampled_from(list(JobState)), min_size=1),
-              st.none() | st.floats(0, 1e10), st.integers(0, 5)),
+              st.none() | st.floats(0, 1e10), st.integers(0, 5), st.none() | st.sampled_from(_NODES)),
+    st.tuples(st.just("claim"), st.lists(st.sampled_from([*_EPS, "nobody"]), max_size=7),
+              st.sampled_from(_NODES), st.integers(0, 6)),
+    st.tuples(st.just("adopt"), st.lists(st.sampled_from([*_EPS, "nobody"]), max_size=7),
+              st.sampled_from(_NODES), st.frozensets(st.sampled_from(_NODES))),
     st.tuples(st.just("bulk"), st.sampled_from(list(JobState)), st.sampled_from(list(JobState)),
               st.text(_NO_NUL, max_size=8)),
     st.tuples(st.just("postpone"), st.lists(st.tuples(st.sampled_from(_EPS), st.floats(0, 1e10)), max_size=4)),
@@ -317,9 +457,18 @@ def test_memory_and_sql_agree_on_any_history_of_job_changes(shared_sql: SqlCampa
         results = []
         for store in (memory, shared_sql):
             if op[0] == "job":
-                _, ep, state, expect, deadline, attempts = op
+                _, ep, state, expect, deadline, attempts, holder = op
                 results.append(store.update_job(cid, ep, tenant_id="acme", expect=expect,  # type: ignore[arg-type]
-                                                state=state, deadline=deadline, attempts=attempts))  # type: ignore[arg-type]
+                                                holder=holder, state=state,  # type: ignore[arg-type]
+                                                deadline=deadline, attempts=attempts))  # type: ignore[arg-type]
+            elif op[0] == "claim":
+                _, eps, owner, limit = op
+                results.append(store.claim_jobs(cid, eps, tenant_id="acme", owner=owner,  # type: ignore[arg-type]
+                                                limit=limit, now=T0, deadline=T0 + 1))  # type: ignore[arg-type]
+            elif op[0] == "adopt":
+                _, eps, owner, alive = op
+                results.append(store.adopt_jobs(cid, eps, tenant_id="acme", owner=owner,  # type: ignore[arg-type]
+                                                alive=alive))  # type: ignore[arg-type]
             elif op[0] == "bulk":
                 _, in_state, state, reason = op
                 results.append(store.update_jobs(cid, tenant_id="acme", in_state=in_state,  # type: ignore[arg-type]

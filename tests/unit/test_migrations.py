@@ -20,13 +20,14 @@ from sqlalchemy import Engine, LargeBinary, create_engine, inspect, text
 from sqlmodel import SQLModel
 
 from bootstrap.sql_credentials import credential_metadata
+from lwm2m_server.storage import node_tables  # noqa: F401  (on SQLModel.metadata: what create_all makes)
 from lwm2m_server.storage.database import Database
 from lwm2m_server.storage.migrations import alembic_config
 from tests.store_backends import SQL_BACKENDS
 
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 LATER_TABLES = ("tenant", "api_token", "release_grant", "audit_entry", "user_account", "web_session", "usage_day",
-                "usage_endpoint", "webhook", "webhook_delivery", "campaign", "campaign_job", "device_tag")
+                "usage_endpoint", "webhook", "webhook_delivery", "campaign", "campaign_job", "device_tag", "node")
 
 
 @pytest.fixture(params=SQL_BACKENDS)
@@ -132,7 +133,7 @@ def make_older_release(engine: Engine) -> None:
             if name not in ("campaign", "campaign_job"):
                 op.drop_table(name)
         with op.batch_alter_table("campaign_job") as batch:
-            for name in ("deadline", "package_name", "via"):
+            for name in ("deadline", "package_name", "via", "owner"):
                 batch.drop_column(name)
         with op.batch_alter_table("release") as batch:
             batch.drop_column("origin_tenant")
@@ -155,13 +156,14 @@ def test_a_database_of_an_older_release_is_upgraded_and_keeps_its_rows(url: str,
                                                                        expected: dict[str, Any]) -> None:
     make_older_release(engine)
     before = schema(engine)
-    assert "via" not in str(before["campaign_job"]["columns"]) and "tenant" not in before
+    assert "via" not in str(before["campaign_job"]["columns"]) and "tenant" not in before and "node" not in before
+    assert "owner" not in str(before["campaign_job"]["columns"])
     Database(url).close()
     assert revision(engine) == HEAD
     assert schema(engine) == expected
     with engine.begin() as conn:
-        assert conn.execute(text("SELECT campaign_id, endpoint, attempts, updated_at, deadline, package_name, via "
-                                 "FROM campaign_job")).all() == [("c1", "dev-1", 2, 5.5, None, None, None)]
+        assert conn.execute(text("SELECT campaign_id, endpoint, attempts, updated_at, deadline, package_name, via, "
+                                 "owner FROM campaign_job")).all() == [("c1", "dev-1", 2, 5.5, None, None, None, None)]
         assert conn.execute(text("SELECT name, sealed_private FROM signing_key")).all() == [("k", b"\x00sealed\xff")]
         assert conn.execute(text("SELECT id, sequence_number, origin_tenant FROM release")).all() == [("r1", 7, None)]
         assert conn.execute(text("SELECT identity FROM credential")).all() == [("id-1",)]

@@ -184,6 +184,18 @@ def test_by_endpoint(backend: Backend) -> None:
     assert store.by_endpoint("urn:dev:ops:unicode-1", tenant_id="default") is None
 
 
+def test_holders_name_the_node_of_each_stored_registration(backend: Backend) -> None:
+    store = backend.registrations
+    store.apply([dataclasses.replace(simple_reg("r1", "ep-1"), node_id="node-a"),
+                 dataclasses.replace(simple_reg("r2", "ep-2"), node_id="node-b"),
+                 dataclasses.replace(simple_reg("r3", "ep-3", tenant_id="acme"), node_id="node-c")], [])
+    assert store.holders(["ep-1", "ep-2", "ep-3", "ep-9", "ep-1"], tenant_id="default") == {
+        "ep-1": "node-a", "ep-2": "node-b"}  # another tenant's and unknown endpoints: absent
+    store.apply([dataclasses.replace(simple_reg("r4", "ep-1"), node_id="node-b")], ["r1"])  # the device moved to node-b
+    assert store.holders(["ep-1"], tenant_id="default") == {"ep-1": "node-b"}
+    assert store.holders([], tenant_id="default") == {}
+
+
 def test_tenant_scoping_same_endpoint_two_tenants(backend: Backend) -> None:
     store = backend.registrations
     a = simple_reg("a", "shared-ep", tenant_id="default")
