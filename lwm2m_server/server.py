@@ -60,6 +60,7 @@ from lwm2m_server.transport.site import DEFAULT_MAX_BLOCK1_ASSEMBLIES, DEFAULT_M
 if TYPE_CHECKING:
     from lwm2m_server.fota.campaigns import CampaignService
     from lwm2m_server.fota.webhooks import WebhookNotifier
+    from lwm2m_server.storage.node_store import NodeStore
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +100,25 @@ class ServerSettings:
     credential_poll_margin: float = 60.0  # how far back each look reaches (writes racing a look, clock skew)
     campaign_tick: float = 1.0  # a running campaign looks again at least this often (events wake it sooner)
     campaign_job_timeout: float = 600.0  # one device's update at least (its phase deadlines may give it more)
+    # several nodes on one database (see docs/cluster.md): each holds its own devices' sessions and registrations,
+    # writes a heartbeat, and takes over the campaign jobs of a node not heard of for node_timeout seconds
+    cluster: bool = False
+    # where devices reach this node when that is not its own listener (a balancer in front): "host:port" of the
+    # DTLS / plain CoAP address devices use; Package URIs name it, so a pull goes the way the device's session goes
+    public_coaps: str | None = None
+    public_coap: str | None = None
+    node_heartbeat: float = 2.0
+    node_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if self.coap_port is None and self.coaps_port is None:
             raise ValueError("no listener: give a plain CoAP port, a DTLS port, or both")
         if self.dtls_lockout_failures < 0 or self.dtls_lockout_window <= 0 or self.dtls_lockout_seconds <= 0:
             raise ValueError("DTLS lockout: failures must be 0 (off) or more, window and seconds positive")
+        if not 0 < self.node_heartbeat < self.node_timeout:
+            raise ValueError("the node heartbeat must be positive and shorter than the node timeout")
+        if not self.node_id or len(self.node_id) > 64:
+            raise ValueError("a node id is 1 to 64 characters")
         if not 0 < self.credential_poll_interval <= self.credential_poll_margin:
             raise ValueError("the credential poll interval must be positive and at most the poll margin")
         for name in ("rd_rate", "rd_endpoint_rate"):
@@ -213,6 +227,8 @@ class Lwm2mServer:
         self.vault = vault
         self.campaigns: CampaignService | None = None
         self.webhooks: WebhookNotifier | None = None  # campaign events to the operators' URLs (HMAC-signed)
+        self.nodes: NodeStore | None = None  # with settings.cluster: the nodes sharing the database
+        self._started_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._revocation_watch: asyncio.Task[None] | None = None
         self.credential_polls = 0  # looks for revoked credentials done (that reached the store)
@@ -240,7 +256,7 @@ class Lwm2mServer:
         self.registrations = RegistrationService(
             SqlRegistrationStore(self.database), SqlDeviceStore(self.database), self.events,
             clock=time.time, grace=s.lifetime_grace, node_id=s.node_id, max_registrations=s.max_registrations,
-            max_lifetime=s.max_lifetime)
+            max_lifetime=s.max_lifetime, own_only=s.cluster)
         self._tasks.append(asyncio.create_task(self.registrations.run(), name="registrations"))
         events = self.events
 
@@ -297,10 +313,17 @@ class Lwm2mServer:
             endpoint_is_bound=None if is_bound is None else lambda ep, tenant: bool(is_bound(ep, tenant_id=tenant)))
         self.end_devices.start()
         self.management = DeviceManagement(self.registrations, sender, clock=time.time, end_devices=self.end_devices)
-        plain = self.coap_uri if s.coap_port is not None else None
-        secure = self.coaps_uri if s.coaps_port is not None else None
+        plain = (f"coap://{s.public_coap}" if s.public_coap else self.coap_uri) if s.coap_port is not None else None
+        secure = ((f"coaps://{s.public_coaps}" if s.public_coaps else self.coaps_uri) if s.coaps_port is not None
+                  else None)
         self.firmware = FirmwareService(self.management, self.files, self.events, file_base_uri=plain or secure or "",
                                         secure_file_base_uri=secure)
+        if s.cluster:
+            from lwm2m_server.storage.node_store import SqlNodeStore
+
+            self.nodes = SqlNodeStore(self.database)
+            self._started_at = time.time()
+            await self._beat()  # alive before this node adopts anything
         if self.vault is not None:
             from lwm2m_server.fota.campaigns import open_campaigns
             from lwm2m_server.fota.webhooks import WebhookNotifier, Webhooks
@@ -312,10 +335,35 @@ class Lwm2mServer:
             await self.campaigns.start()
         if s.api_port is not None:
             await self._start_api()
+        if self.nodes is not None:
+            await self._beat()  # with the addresses it serves on
+            self._tasks.append(asyncio.create_task(self._heartbeat(), name="node-heartbeat"))
         if secure is not None:
             log.info("LwM2M server on %s (DTLS-PSK)", secure)
         if plain is not None:
             log.warning("LwM2M server on %s: plain CoAP, no authentication and no confidentiality", plain)
+
+    # -- several nodes
+
+    async def _beat(self) -> None:
+        """Say this node is alive (and where it serves) in the node table; a failure is logged, not raised."""
+        from lwm2m_server.storage.node_store import NodeRecord
+
+        assert self.nodes is not None
+        s = self.settings
+        record = NodeRecord(s.node_id, self._started_at, time.time(),
+                            coap_uri=self.coap_uri if self.coap_port else None,
+                            coaps_uri=self.coaps_uri if self.coaps_port else None,
+                            api_url=self.api_url if self.api_port else None)
+        try:
+            await asyncio.to_thread(self.nodes.beat, record)
+        except Exception as e:  # a database hiccup: other nodes see this one as dead only after node_timeout
+            log.warning("node %s: cannot write its heartbeat: %s", s.node_id, e)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.node_heartbeat)
+            await self._beat()
 
     # -- credentials revoked by other processes
 
@@ -464,6 +512,10 @@ class Lwm2mServer:
             except Exception:
                 log.exception("could not write the last usage counts")
             self.usage = None
+        if self.nodes is not None:  # a node that stops says so: its jobs may be adopted at once
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.nodes.remove, self.settings.node_id)
+            self.nodes = None
         if self.database is not None:
             self.database.close()
             self.database = None

@@ -139,6 +139,17 @@ def server(
                                                   "seconds")] = 60.0,
     lockout_seconds: Annotated[float, typer.Option("--dtls-lockout-seconds", help="How long a locked-out address "
                                                    "is refused unknown identities")] = 300.0,
+    node_id: Annotated[str, typer.Option("--node-id", help="This server node's name (1-64 characters): recorded "
+                                         "with each registration and campaign job it holds")] = "node-1",
+    cluster: Annotated[bool, typer.Option(
+        "--cluster", help="One of several nodes on one database ($SCRATCH_DATABASE_URL, PostgreSQL): hold only this "
+        "node's registrations, write a heartbeat, take over the campaign jobs of dead nodes (docs/cluster.md)")]
+    = False,
+    public_coaps: Annotated[str | None, typer.Option(
+        "--public-coaps", help="HOST:PORT devices reach this node's DTLS listener at, when a balancer is in front "
+        "(Package URIs name it)", show_default=False)] = None,
+    public_coap: Annotated[str | None, typer.Option(
+        "--public-coap", help="... and its plain CoAP listener", show_default=False)] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at debug level")] = False,
     bench_api: Annotated[bool, typer.Option(
         "--bench-api", help="Also serve Leshan's write route PUT /api/clients/EP/PATH WITHOUT authentication, for "
@@ -172,14 +183,19 @@ def server(
         err_console.print(f"[red]error:[/red] {e}", highlight=False)
         raise typer.Exit(2) from None
     folder = data_dir or default_data_dir()
-    settings = ServerSettings(data_dir=folder, coap_host=chost, coap_port=cport if insecure else None,
-                              coaps_host=shost, coaps_port=sport, api_host=ahost, api_port=aport, models_dir=models,
-                              bench_api=bench_api, rd_rate=rd_rate, rd_burst=rd_burst,
-                              rd_endpoint_rate=rd_endpoint_rate, rd_endpoint_burst=rd_endpoint_burst,
-                              max_registrations=max_registrations, max_lifetime=max_lifetime,
-                              max_block1_assemblies=max_block1, max_block1_per_remote=max_block1_per_remote,
-                              dtls_lockout_failures=lockout_failures, dtls_lockout_window=lockout_window,
-                              dtls_lockout_seconds=lockout_seconds)
+    try:
+        settings = ServerSettings(data_dir=folder, coap_host=chost, coap_port=cport if insecure else None,
+                                  coaps_host=shost, coaps_port=sport, api_host=ahost, api_port=aport, models_dir=models,
+                                  bench_api=bench_api, rd_rate=rd_rate, rd_burst=rd_burst,
+                                  rd_endpoint_rate=rd_endpoint_rate, rd_endpoint_burst=rd_endpoint_burst,
+                                  max_registrations=max_registrations, max_lifetime=max_lifetime,
+                                  max_block1_assemblies=max_block1, max_block1_per_remote=max_block1_per_remote,
+                                  dtls_lockout_failures=lockout_failures, dtls_lockout_window=lockout_window,
+                                  dtls_lockout_seconds=lockout_seconds, node_id=node_id, cluster=cluster,
+                                  public_coaps=_public(public_coaps, "--public-coaps"),
+                                  public_coap=_public(public_coap, "--public-coap"))
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
 
     async def main() -> None:
         from bootstrap.vault import VaultError, open_vault
@@ -206,6 +222,16 @@ def server(
         await srv.stop()
 
     _run_client(lambda: asyncio.run(main()))
+
+
+def _public(value: str | None, option: str) -> str | None:
+    """A ``--public-*`` address as ``host:port`` for a URI (an IPv6 host in brackets)."""
+    if value is None:
+        return None
+    host, port = parse_hostport(value, 0)
+    if not port:
+        raise typer.BadParameter("give HOST:PORT", param_hint=f"'{option}'")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _server_credentials(data_dir: Path) -> Any:

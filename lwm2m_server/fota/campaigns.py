@@ -39,6 +39,20 @@ Deadlines: a job entering delivering, downloaded or updating gets ``deadline = n
 halted or cancelled campaign it fails), which frees its ``max_parallel`` slot. After a restart an orphan keeps its
 deadline, pushed to at least one whole phase after the restart (the server was not there to hear the device).
 
+Several nodes on one database (``nodes``, a :class:`~lwm2m_server.storage.node_store.NodeStore`, given): every node
+runs a driver for every running campaign (each finds campaigns started elsewhere within a ``tick``) and decides on
+what the database says (no job views cached). A job is started by the node that holds its device's session: pending
+jobs are *claimed* (:meth:`CampaignStore.claim_jobs`: one transaction under the campaign's lock, so ``max_parallel``
+holds across nodes, the jobs taken with ``SKIP LOCKED``), which records the node as the job's ``owner``; every
+later write of an active job is fenced by that owner. When a node dies (its heartbeat older than ``node_timeout``),
+its active jobs are *adopted* by the node their device reaches next (it registers there) and reconciled like the
+orphans of a restart; an overdue job of a dead node is timed out by whichever node sees it first. Which node holds a
+device is what the registration table says (the newest Register wins the row): a node claims or adopts only the jobs
+of devices registered there, so a device that moved while its node lives (a new source port, hashed by the balancer
+to another node) is taken over too, and its old node, whose writes are now refused, abandons the update. The final
+report is written once (``unreported``), by whichever node ends the campaign. One node alone is the same code with
+itself as the only live node.
+
 Events (``campaign.*``) feed the webhooks, the CLI's ``watch`` stream and the audit log.
 """
 
@@ -150,14 +164,17 @@ class CampaignService:
     def __init__(self, store: CampaignStore, firmware: FirmwareService, management: DeviceManagement,
                  events: EventBus, releases: Any, keys: Any, *, clock: Callable[[], float] = time.time,
                  node: str = "node-1", tick: float = 1.0, job_timeout: float = 600.0,
-                 attestation_key: str = "attestation", tags: Any = None, tenancy: Any = None) -> None:
+                 attestation_key: str = "attestation", tags: Any = None, tenancy: Any = None,
+                 nodes: Any = None, node_timeout: float = 10.0) -> None:
         """``store`` keeps the campaigns and their jobs (each change committed when the call returns: a restart
         resumes from it); ``releases`` is a :class:`~lwm2m_server.fota.releases.Releases`, ``keys`` its
         :class:`~lwm2m_server.fota.releases.SigningKeys` (the attestation key is made on first use), ``tags`` the
         :class:`~lwm2m_server.registry.tags.DeviceTags` that ``tag=`` filter terms look in (None: such terms are
         refused), ``tenancy`` the :class:`~lwm2m_server.tenancy.service.TenancyService` whose grants a release
         imported from another tenant (an OEM) needs at creation and at start, and whose brands name the issuer of
-        reports (None: only a tenant's own releases are deployed)."""
+        reports (None: only a tenant's own releases are deployed). ``nodes`` is the
+        :class:`~lwm2m_server.storage.node_store.NodeStore` of several nodes sharing the database (None: this node
+        alone); a node not heard of for ``node_timeout`` seconds is dead and its active jobs may be adopted."""
         self.store = store
         self.firmware = firmware
         self.management = management
@@ -182,6 +199,10 @@ class CampaignService:
         self._views: dict[tuple[str, str], dict[str, JobView]] = {}  # (tenant, campaign) -> endpoint -> view
         self._unsubscribe: Callable[[], None] | None = None
         self._closing = False
+        self.nodes = nodes
+        self.node_timeout = node_timeout
+        self._alive_at, self._alive_nodes = -math.inf, frozenset((node,))
+        self._discovery: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -193,6 +214,12 @@ class CampaignService:
         now = self.clock()
         later: list[tuple[str, str, float]] = []
         for row, active in resumed:
+            # this node's jobs, and those of no node (written before jobs had owners); a dead node's are adopted
+            # when their devices reach this node (see _adopt), a live node's are left to it
+            unowned = [j.endpoint for j in active if j.owner is None]
+            taken = set(self.store.adopt_jobs(row.id, unowned, tenant_id=row.tenant_id, owner=self.node,
+                                              alive=())) if unowned else set()
+            active = [j for j in active if j.owner == self.node or j.endpoint in taken]
             if not active:  # an ended campaign's packages are not loaded for nothing
                 continue
             size = self._package_size(row)
@@ -209,6 +236,34 @@ class CampaignService:
             if row.state not in FINAL_CAMPAIGN_STATES or row.report is None:
                 log.info("campaign %s: picked up in state %s", row.id, row.state.value)
                 self._spawn_driver(row.id, row.tenant_id)
+        if self.nodes is not None:
+            self._discovery = asyncio.get_running_loop().create_task(self._discover(), name="campaign-discovery")
+
+    async def _discover(self) -> None:
+        """Several nodes: every ``tick``, run a driver here for each campaign started (or resumed) elsewhere."""
+        while not self._closing:
+            await asyncio.sleep(self.tick)
+            try:
+                rows = self.store.in_states(_RESUMED, job_states=(), tenant_id=None)
+            except Exception as e:  # a database hiccup: the next look tries again
+                log.warning("cannot look for campaigns run by other nodes: %s", e)
+                continue
+            for row, _ in rows:
+                running = self._drivers.get(row.id)
+                if (running is None or running.done()) and (row.state not in FINAL_CAMPAIGN_STATES
+                                                             or row.report is None):
+                    self._spawn_driver(row.id, row.tenant_id)
+
+    def _alive(self) -> frozenset[str]:
+        """The nodes alive now, this one always (read at most once per ``tick``): an active job owned by one of
+        them is left to it."""
+        if self.nodes is None:
+            return self._alive_nodes
+        now = self.clock()
+        if now - self._alive_at >= self.tick:
+            alive = self.nodes.alive(now=now, timeout=self.node_timeout)
+            self._alive_at, self._alive_nodes = now, frozenset(alive) | {self.node}
+        return self._alive_nodes
 
     def _publish_again(self, row: CampaignRecord, job: JobRecord) -> None:
         """Serve an open delivery's package under the name its device holds (see the module docstring)."""
@@ -235,7 +290,8 @@ class CampaignService:
         self._closing = True
         if self._unsubscribe is not None:
             self._unsubscribe()
-        tasks = [*self._drivers.values(), *self._jobs.values(), *self._nudges]
+        tasks = [*self._drivers.values(), *self._jobs.values(), *self._nudges,
+                 *([self._discovery] if self._discovery is not None else [])]
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -464,7 +520,7 @@ class CampaignService:
                 self._reconcile_orphans(cid, tenant_id)
                 decision = self._decide(cid, row)  # in every state: active jobs time out at their deadline
                 if state in FINAL_CAMPAIGN_STATES:
-                    if not self._busy(cid):
+                    if not self._busy(cid, tenant_id):
                         if row.report is None:
                             self._finalise(cid, tenant_id)
                         return
@@ -489,12 +545,16 @@ class CampaignService:
 
     def _decide(self, cid: str, row: CampaignRecord) -> Any:
         tenant = row.tenant_id
+        if self.nodes is not None:  # other nodes write jobs too: decide on what the database says
+            self._views.pop((tenant, cid), None)
         view = self._view(row, self._job_views(cid, tenant))
+        alive = self._alive()
+        self._adopt(row, view, alive)
         now = self.clock()
         orphans = {ep for c, ep in self._orphans if c == cid}
         decision = decide(view, lambda ep: ep not in orphans and self._reachable(ep, tenant), now)
         for ep in decision.overdue:
-            self._time_out(cid, ep, tenant, view.policy, final=decision.state in FINAL_CAMPAIGN_STATES)
+            self._time_out(cid, ep, tenant, view.policy, final=decision.state in FINAL_CAMPAIGN_STATES, alive=alive)
         for ep in decision.expire:
             self._set_job(cid, ep, tenant, JobState.FAILED, finished=True,
                           reason="the device did not come online within the device timeout")
@@ -512,14 +572,55 @@ class CampaignService:
             if decision.state is CampaignState.HALTED:
                 log.warning("campaign %s halted: %s", cid, decision.reason)
                 self._emit(CAMPAIGN_HALTED, tenant, None, {"campaign": cid, "reason": decision.reason})
-        for ep in decision.start:
-            self._launch(cid, ep, tenant)
+        if decision.start:
+            self._launch(row, decision.start)
         return decision
 
-    def _busy(self, cid: str) -> bool:
-        """Whether an update of this campaign is still under way here or waits to be reconciled."""
-        return any(c == cid and not t.done() for (c, _), t in self._jobs.items()) or any(
-            c == cid for c, _ in self._orphans)
+    def _held_here(self, endpoints: Sequence[str], tenant_id: str) -> Sequence[str]:
+        """Those of ``endpoints`` whose stored registration is this node's (several nodes: a registration held in
+        memory here may be stale, its device registered elsewhere since)."""
+        if not endpoints:
+            return endpoints
+        held = self.management.registrations.stored_holders(endpoints, tenant_id=tenant_id)
+        return [ep for ep in endpoints if held.get(ep) == self.node]
+
+    def _busy(self, cid: str, tenant_id: str) -> bool:
+        """Whether an update of this campaign is still under way (here, or on another node) or waits to be
+        reconciled."""
+        return (any(c == cid and not t.done() for (c, _), t in self._jobs.items())
+                or any(c == cid for c, _ in self._orphans)
+                or any(v.state in ACTIVE for v in self._job_views(cid, tenant_id)))
+
+    def _adopt(self, row: CampaignRecord, view: CampaignView, alive: frozenset[str]) -> None:
+        """Take over the active jobs of dead nodes (or of no node) whose devices reach this node now: each becomes
+        an orphan here, reconciled with what its device reports, with a whole phase from now to be heard of."""
+        cid, tenant = row.id, row.tenant_id
+        candidates: Sequence[str] = [
+            v.endpoint for v in view.jobs if v.state in ACTIVE and (cid, v.endpoint) not in self._jobs
+            and (cid, v.endpoint) not in self._orphans and self._reachable(v.endpoint, tenant)]
+        if not candidates:
+            return
+        if self.nodes is not None:  # the device registered here last: whoever ran its job lost it (dead or not)
+            candidates = self._held_here(candidates, tenant)
+            alive = frozenset()
+        adopted = self.store.adopt_jobs(cid, candidates, tenant_id=tenant, owner=self.node, alive=alive)
+        if not adopted:
+            return
+        now, size = self.clock(), self._package_size(row)
+        later: list[tuple[str, str, float]] = []
+        for ep in adopted:
+            job = self._job(cid, ep, tenant)
+            if job is None:
+                continue
+            log.info("campaign %s: %s: its %s job is taken over by node %s (its node is gone)", cid, ep,
+                     job.state.value, self.node)
+            self._orphans.add((cid, ep))
+            self._publish_again(row, job)
+            earliest = now + phase_timeout(row.policy, job.state, size)
+            if job.deadline is None or job.deadline < earliest:
+                later.append((cid, ep, earliest))
+        self.store.postpone_deadlines(later, tenant_id=tenant)
+        self._views.pop((tenant, cid), None)
 
     def _reachable(self, endpoint: str, tenant_id: str) -> bool:
         """Whether requests can be sent to the device now; a plain-CoAP device not heard from since the server
@@ -566,15 +667,29 @@ class CampaignService:
 
     # ------------------------------------------------------------------ one device
 
-    def _launch(self, cid: str, endpoint: str, tenant_id: str) -> None:
-        key = (cid, endpoint)
-        running = self._jobs.get(key)
-        if running is not None and not running.done():
+    def _launch(self, row: CampaignRecord, endpoints: Sequence[str]) -> None:
+        """Claim the jobs of ``endpoints`` (pending, within ``max_parallel`` across every node) and start them.
+        The claim (state delivering, this node the owner, the phase's deadline) is committed before anything is
+        sent: see the module docstring."""
+        cid, tenant = row.id, row.tenant_id
+        fresh: Sequence[str] = [ep for ep in endpoints if (cid, ep) not in self._jobs or self._jobs[(cid, ep)].done()]
+        if self.nodes is not None:
+            fresh = self._held_here(fresh, tenant)
+        if not fresh:
             return
-        # committed before anything is sent: see the module docstring
-        self._set_job(cid, endpoint, tenant_id, JobState.DELIVERING)
-        self._jobs[key] = asyncio.get_running_loop().create_task(self._run_job(cid, endpoint, tenant_id),
-                                                                 name=f"campaign-{cid}-{endpoint}")
+        now = self.clock()
+        deadline = now + phase_timeout(row.policy, JobState.DELIVERING, self._package_size(row))
+        claimed = self.store.claim_jobs(cid, fresh, tenant_id=tenant, owner=self.node,
+                                        limit=row.policy.max_parallel, now=now, deadline=deadline)
+        views = self._views.get((tenant, cid))
+        if views is not None and len(claimed) < len(fresh):
+            self._views.pop((tenant, cid), None)  # not what we thought (another node): read the jobs again
+        elif views is not None:
+            for ep in claimed:
+                views[ep] = replace(views[ep], state=JobState.DELIVERING, deadline=deadline)
+        loop = asyncio.get_running_loop()
+        for ep in claimed:
+            self._jobs[(cid, ep)] = loop.create_task(self._run_job(cid, ep, tenant), name=f"campaign-{cid}-{ep}")
 
     async def _run_job(self, cid: str, ep: str, tenant_id: str, *, going_on: bool = False) -> None:
         try:
@@ -725,11 +840,16 @@ class CampaignService:
         if wake is not None:
             wake.set()
 
-    def _time_out(self, cid: str, ep: str, tenant_id: str, policy: Policy, *, final: bool) -> None:
+    def _time_out(self, cid: str, ep: str, tenant_id: str, policy: Policy, *, final: bool,
+                  alive: frozenset[str]) -> None:
         """An active job's deadline passed: abandon the update (or the wait for an orphan) and end the try as a
-        timeout: retried while tries remain, failed when none is left or the campaign has ended."""
+        timeout: retried while tries remain, failed when none is left or the campaign has ended. Another live
+        node's job is left to it; a dead node's is adopted first."""
         job = self._job(cid, ep, tenant_id)
         if job is None or job.state not in ACTIVE:
+            return
+        if job.owner != self.node and (job.owner in alive or not self.store.adopt_jobs(
+                cid, [ep], tenant_id=tenant_id, owner=self.node, alive=alive)):
             return
         task = self._jobs.pop((cid, ep), None)
         if task is not None:  # only an update this campaign runs (an orphan has none: another's is left alone)
@@ -859,10 +979,11 @@ class CampaignService:
                                    + (f" ({row.reason})" if row.reason else ""), finished_at=now, updated_at=now)
             self._views.pop((tenant_id, cid), None)
         report, cose = self._make_report(row)
+        changes: CampaignChanges = {"report": cose}
         if row.finished_at is None:
-            self.store.update(cid, tenant_id=tenant_id, report=cose, finished_at=self.clock())
-        else:
-            self.store.update(cid, tenant_id=tenant_id, report=cose)
+            changes["finished_at"] = self.clock()
+        if not self.store.update(cid, tenant_id=tenant_id, unreported=True, **changes):
+            return  # another node wrote the report first
         summary = report["summary"]
         log.info("campaign %s %s: %s", cid, row.state.value, summary)
         self._emit(CAMPAIGN_FINISHED, tenant_id, None, {"campaign": cid, "state": row.state.value,
@@ -953,12 +1074,22 @@ class CampaignService:
             changes["finished_at"] = now
             changes["not_before"] = None
         changes.update(fields)
-        if self.store.update_job(cid, ep, tenant_id=tenant_id, expect=_NOT_TERMINAL, **changes):
+        # an active job is written by its owner only (a node that lost it to another must not)
+        holder = self.node if job.state in ACTIVE else None
+        if self.store.update_job(cid, ep, tenant_id=tenant_id, expect=_NOT_TERMINAL, holder=holder, **changes):
             views = self._views.get((tenant_id, cid))
             if views is not None and ep in views:
                 views[ep] = replace(views[ep], **{k: v for k, v in changes.items() if k in _VIEW_FIELDS})
-        else:
-            self._views.pop((tenant_id, cid), None)  # not what we thought: read the jobs again
+            return
+        self._views.pop((tenant_id, cid), None)  # not what we thought: read the jobs again
+        now_owner = None if holder is None else getattr(self._job(cid, ep, tenant_id), "owner", None)
+        if holder is not None and now_owner != self.node:  # another node took the job over: let go of it here
+            log.info("campaign %s: %s: its job is now node %s's; the update here is abandoned", cid, ep, now_owner)
+            self.firmware.abort(ep, tenant_id=tenant_id)
+            task = self._jobs.get((cid, ep))
+            if task is not None and not task.done():
+                task.cancel()
+            self._orphans.discard((cid, ep))
 
     def _job_views(self, cid: str, tenant_id: str) -> tuple[JobView, ...]:
         """What the pure core needs of every job (the driver reads them at every decision, a status at every
@@ -1113,4 +1244,5 @@ def open_campaigns(server: Any, vault: Any) -> CampaignService:
     return CampaignService(SqlCampaignStore(server.database), server.firmware, server.management, server.events,
                            releases, keys, node=server.settings.node_id, tick=server.settings.campaign_tick,
                            job_timeout=server.settings.campaign_job_timeout, tags=getattr(server, "tags", None),
-                           tenancy=getattr(server, "tenancy", None))
+                           tenancy=getattr(server, "tenancy", None), nodes=getattr(server, "nodes", None),
+                           node_timeout=server.settings.node_timeout)

@@ -36,7 +36,7 @@ import asyncio
 import heapq
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from lwm2m_server.core.codec.link import Link
@@ -114,7 +114,7 @@ class RegistrationService:
         "_by_endpoint", "_clock", "_devices", "_events", "_flush_interval", "_flush_lock", "_full", "_grace",
         "_grace_ratio", "_heap", "_id_factory", "_inflight", "_insecure_seen", "_links", "_max_retry_delay", "_pending",
         "_registered", "_regs", "_stop", "_store", "_unsent_devices", "evicted", "max_lifetime",
-        "max_registrations", "node_id", "refused_full",
+        "max_registrations", "node_id", "own_only", "refused_full",
     )
 
     def __init__(
@@ -133,9 +133,12 @@ class RegistrationService:
         max_registrations: int = DEFAULT_MAX_REGISTRATIONS,
         max_lifetime: int = DEFAULT_MAX_LIFETIME,
         load: bool = True,
+        own_only: bool = False,
     ) -> None:
         """``load=True`` reads the live registrations from ``store`` now (blocking: do it at start-up); they all
-        count, even beyond ``max_registrations`` (newcomers then wait for room)."""
+        count, even beyond ``max_registrations`` (newcomers then wait for room). ``own_only``: only those made at
+        this node (``node_id``): several nodes share the store, each holds the sessions of its own devices (a
+        device that moves re-registers, and the newest Register wins in the store too)."""
         if grace < 0 or grace_ratio < 0:
             raise ValueError("grace and grace_ratio must not be negative")
         if max_registrations < 1 or max_lifetime < 1:
@@ -150,6 +153,7 @@ class RegistrationService:
         self._grace_ratio = float(grace_ratio)
         self._id_factory = id_factory
         self.node_id = node_id
+        self.own_only = own_only
         self._flush_interval = flush_interval
         self._max_retry_delay = max(max_retry_delay, flush_interval)
         self.max_registrations = max_registrations
@@ -193,6 +197,12 @@ class RegistrationService:
         if tenant_id is None:
             return len(self._regs)
         return len(self._by_endpoint.get(tenant_id, ()))
+
+    def stored_holders(self, endpoints: Sequence[str], *, tenant_id: str) -> dict[str, str]:
+        """Which node's registration the store holds for each of ``endpoints`` (those it has one for): with several
+        nodes on one database, the node holding the device now (a registration held here in memory may be stale:
+        its device registered with another node since). Blocking I/O; raises the store's error."""
+        return self._store.holders(endpoints, tenant_id=tenant_id)
 
     def grace_for(self, lifetime: float) -> float:
         return max(self._grace, self._grace_ratio * lifetime)
@@ -427,6 +437,8 @@ class RegistrationService:
         loaded = self._store.load_all(tenant_id=None)
         self._regs, self._by_endpoint, self._links = {}, {}, {}
         for reg in loaded:
+            if self.own_only and reg.node_id != self.node_id:
+                continue
             known = previous.get(reg.id)
             links = self._intern(reg.links)
             if links is not reg.links or (known is not None and known.remote is not None):
@@ -436,7 +448,7 @@ class RegistrationService:
             self._by_endpoint.setdefault(reg.tenant_id, {})[reg.endpoint] = reg.id
         self._heap = [(self.expires_at(r), r.id) for r in self._regs.values()]
         heapq.heapify(self._heap)
-        return len(loaded)
+        return len(self._regs)
 
     # ---------------------------------------------------------------- write-behind
 

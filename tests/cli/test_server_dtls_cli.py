@@ -48,9 +48,9 @@ class ScratchProcess:
     """``scratch <command> ARGS`` on ``data_dir``, in its own process group, with its output in a file (read,
     never blocked on)."""
 
-    def __init__(self, data_dir: Path, command: str, *args: str) -> None:
+    def __init__(self, data_dir: Path, command: str, *args: str, log_name: str | None = None) -> None:
         self.data_dir = data_dir
-        self.log = data_dir.parent / f"{data_dir.name}-{command}.out"
+        self.log = data_dir.parent / f"{log_name or data_dir.name + '-' + command}.out"
         self._start = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("a") as out:  # a restarted process adds to the log of the one before
             self.proc = subprocess.Popen([*SCRATCH, command, *args], env=env_for(data_dir), stdout=out,
@@ -87,8 +87,8 @@ class ScratchProcess:
 class ServerProcess(ScratchProcess):
     """``scratch server ARGS``."""
 
-    def __init__(self, data_dir: Path, *args: str) -> None:
-        super().__init__(data_dir, "server", *args)
+    def __init__(self, data_dir: Path, *args: str, log_name: str | None = None) -> None:
+        super().__init__(data_dir, "server", *args, log_name=log_name)
 
 
 # -- usage

@@ -1,0 +1,1 @@
+"""Several server nodes on one database: membership, the UDP balancer in front."""
