@@ -107,6 +107,8 @@ class ServerSettings:
     # DTLS / plain CoAP address devices use; Package URIs name it, so a pull goes the way the device's session goes
     public_coaps: str | None = None
     public_coap: str | None = None
+    shared_ports: bool = False  # one of several workers on the same UDP ports (SO_REUSEPORT; see --workers)
+    api_url_file: bool = True  # write the API's URL into the data directory (for the CLI): one node per folder
     node_heartbeat: float = 2.0
     node_timeout: float = 10.0
 
@@ -119,6 +121,9 @@ class ServerSettings:
             raise ValueError("the node heartbeat must be positive and shorter than the node timeout")
         if not self.node_id or len(self.node_id) > 64:
             raise ValueError("a node id is 1 to 64 characters")
+        if self.shared_ports and not (self.cluster and all(p for p in (self.coap_port, self.coaps_port)
+                                                            if p is not None)):
+            raise ValueError("workers sharing their ports are cluster nodes on given (non-zero) ports")
         if not 0 < self.credential_poll_interval <= self.credential_poll_margin:
             raise ValueError("the credential poll interval must be positive and at most the poll margin")
         for name in ("rd_rate", "rd_endpoint_rate"):
@@ -229,6 +234,7 @@ class Lwm2mServer:
         self.webhooks: WebhookNotifier | None = None  # campaign events to the operators' URLs (HMAC-signed)
         self.nodes: NodeStore | None = None  # with settings.cluster: the nodes sharing the database
         self._started_at = 0.0
+        self._beating: asyncio.Future[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._revocation_watch: asyncio.Task[None] | None = None
         self.credential_polls = 0  # looks for revoked credentials done (that reached the store)
@@ -288,7 +294,8 @@ class Lwm2mServer:
             handled = {c.identity: c.revoked_at or 0.0
                        for c in await self._read_revoked(feed, started - s.credential_poll_margin) or ()}
         if s.coap_port is not None:
-            self.context, self.coap_port = await exclusive_context(self.site, s.coap_host, s.coap_port)
+            self.context, self.coap_port = await exclusive_context(self.site, s.coap_host, s.coap_port,
+                                                                   shared=s.shared_ports)
         if s.coaps_port is not None:
             assert credentials is not None
             lockout = (Lockout(s.dtls_lockout_failures, s.dtls_lockout_window, s.dtls_lockout_seconds)
@@ -296,12 +303,12 @@ class Lwm2mServer:
             if self.context is None:
                 self.context, self.coaps_port = await dtls_server_context(
                     self.site, s.coaps_host, s.coaps_port, psk_for=credentials.psk_for, lockout=lockout,
-                    on_security_event=security_event)
+                    on_security_event=security_event, shared=s.shared_ports)
                 self.dtls = dtls_transport(self.context)
             else:
                 self.dtls, self.coaps_port = await add_dtls_server(
                     self.context, s.coaps_host, s.coaps_port, psk_for=credentials.psk_for, lockout=lockout,
-                    on_security_event=security_event)
+                    on_security_event=security_event, shared=s.shared_ports)
         assert self.context is not None
         if feed is not None:
             self._revocation_watch = asyncio.create_task(self._watch_revocations(feed, started, handled),
@@ -355,10 +362,24 @@ class Lwm2mServer:
                             coap_uri=self.coap_uri if self.coap_port else None,
                             coaps_uri=self.coaps_uri if self.coaps_port else None,
                             api_url=self.api_url if self.api_port else None)
+        self._beating = beating = asyncio.ensure_future(asyncio.to_thread(self.nodes.beat, record))
         try:
-            await asyncio.to_thread(self.nodes.beat, record)
+            await asyncio.shield(beating)  # cancelled or not, stop() waits for the write before the node's removal
         except Exception as e:  # a database hiccup: other nodes see this one as dead only after node_timeout
             log.warning("node %s: cannot write its heartbeat: %s", s.node_id, e)
+
+    def _locate(self, endpoint: str, tenant_id: str) -> str | None:
+        """The API of the live node whose registration of ``endpoint`` the database holds, when it is not this
+        one (None: answer here). Blocking I/O (the API calls it in a worker thread)."""
+        if self.registrations is None or self.nodes is None:
+            return None
+        holder = self.registrations.stored_holders([endpoint], tenant_id=tenant_id).get(endpoint)
+        if holder is None or holder == self.settings.node_id:
+            return None
+        node = self.nodes.get(holder)
+        if node is None or node.api_url is None or node.seen_at < time.time() - self.settings.node_timeout:
+            return None
+        return node.api_url
 
     async def _heartbeat(self) -> None:
         while True:
@@ -441,10 +462,16 @@ class Lwm2mServer:
                 return local_admin()
             return tenancy.authenticate(text) if tenancy is not None else None
 
+        cluster: dict[str, Any] = {}
+        if self.nodes is not None:  # any node's API answers for every device
+            registrations = self.registrations
+            assert registrations is not None
+            cluster = {"locate": self._locate, "node_id": s.node_id,
+                       "stored_devices": lambda tenant: registrations.stored(tenant_id=tenant)}
         app = self.api_app = create_app(
             self.management, self.model, authenticate, firmware=self.firmware, bench_api=s.bench_api,
             events=self.events, campaigns=self.campaigns, tags=self.tags, tenancy=tenancy,
-            usage=self.usage.view if self.usage is not None else None, web=s.web)
+            usage=self.usage.view if self.usage is not None else None, web=s.web, **cluster)
         config = uvicorn.Config(app, host=s.api_host, port=s.api_port or 0, log_level="warning",
                                 lifespan="off", access_log=False)
         server = uvicorn.Server(config)
@@ -458,7 +485,8 @@ class Lwm2mServer:
             await asyncio.sleep(0.01)
         self._api_server = server
         self.api_port = server.servers[0].sockets[0].getsockname()[1]
-        (s.data_dir / API_URL_FILE).write_text(f"{self.api_url}\n")
+        if s.api_url_file:
+            (s.data_dir / API_URL_FILE).write_text(f"{self.api_url}\n")
 
     @property
     def api_url(self) -> str:
@@ -513,14 +541,19 @@ class Lwm2mServer:
                 log.exception("could not write the last usage counts")
             self.usage = None
         if self.nodes is not None:  # a node that stops says so: its jobs may be adopted at once
+            if self._beating is not None:  # a heartbeat still being written would bring the row back
+                with contextlib.suppress(Exception):
+                    await self._beating
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.nodes.remove, self.settings.node_id)
             self.nodes = None
         if self.database is not None:
             self.database.close()
             self.database = None
-        with contextlib.suppress(FileNotFoundError):
-            (self.settings.data_dir / API_URL_FILE).unlink()
+        url_file = self.settings.data_dir / API_URL_FILE
+        with contextlib.suppress(OSError):  # only our own (another node of the folder may have written it since)
+            if self.api_port and url_file.read_text().strip() == self.api_url:
+                url_file.unlink()
         if self._unsubscribe_audit is not None:
             self._unsubscribe_audit()
             self._unsubscribe_audit = None

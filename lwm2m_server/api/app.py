@@ -402,7 +402,9 @@ def create_app(management: DeviceManagement, model: ObjectModel, authenticate: A
                firmware: FirmwareService | None = None, bench_api: bool = False,
                events: EventBus | None = None, campaigns: Any = None, tags: DeviceTags | None = None,
                tenancy: Any = None, usage: Any = None, web: bool = False, max_body: int = MAX_BODY,
-               max_package: int = MAX_PACKAGE, failures: RateLimiter | None = None) -> FastAPI:
+               max_package: int = MAX_PACKAGE, failures: RateLimiter | None = None,
+               locate: Callable[[str, str], str | None] | None = None, node_id: str = "",
+               stored_devices: Callable[[str], list[Registration]] | None = None) -> FastAPI:
     """The API app behind an :class:`ApiGuard`: ``authenticate`` turns a bearer token into a principal (or None);
     a token is never logged or echoed. ``tenancy`` (a :class:`~lwm2m_server.tenancy.service.TenancyService`) adds
     the tenant, token, grant and audit routes and audits every state-changing call.
@@ -413,11 +415,19 @@ def create_app(management: DeviceManagement, model: ObjectModel, authenticate: A
 
     ``bench_api`` adds, without authentication, the one Leshan-shaped route the neutral load tool drives
     (``PUT /api/clients/{endpoint}/{path}``); the server allows it on a loopback API address only.
+
+    Several nodes (:mod:`lwm2m_server.api.forwarding`): ``locate(endpoint, tenant)`` names the API of the node
+    holding a device another node holds (its device requests are forwarded there); ``stored_devices(tenant)``
+    lists the devices of every node (the registration table) for ``GET /api/devices``.
     """
     from lwm2m_server.api.campaigns import CAMPAIGN_BODY_CAPS
     from lwm2m_server.api.releases import RELEASE_BODY_CAPS
 
     app = FastAPI(title="SCRATCh management API", version="0.1.0")
+    if locate is not None:  # added first: inside the guard, it sees the authenticated caller
+        from lwm2m_server.api.forwarding import ClusterForwarder
+
+        app.add_middleware(ClusterForwarder, locate=locate, node_id=node_id)
     audit = None
     if tenancy is not None:
         def audit(p: Principal, method: str, route: str, path: str, status: int) -> None:
@@ -455,7 +465,8 @@ def create_app(management: DeviceManagement, model: ObjectModel, authenticate: A
     @app.get("/api/devices")
     async def list_devices(gateway: str | None = None, p: Principal = caller(Action.READ)) -> list[dict[str, Any]]:
         """Every device of the caller's tenant; ``gateway=EP``: only the end devices behind that gateway."""
-        mine = registrations.all(tenant_id=p.tenant_id)
+        mine = (registrations.all(tenant_id=p.tenant_id) if stored_devices is None
+                else await asyncio.to_thread(stored_devices, p.tenant_id))
         if gateway is not None:
             parent = management.registration(gateway, tenant_id=p.tenant_id)
             mine = [r for r in mine if r.parent_id == parent.id]

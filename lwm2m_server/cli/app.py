@@ -150,6 +150,12 @@ def server(
         "(Package URIs name it)", show_default=False)] = None,
     public_coap: Annotated[str | None, typer.Option(
         "--public-coap", help="... and its plain CoAP listener", show_default=False)] = None,
+    workers: Annotated[int, typer.Option(
+        "--workers", min=1, help="Server processes sharing the UDP ports (SO_REUSEPORT) and the database, one per "
+        "core: each a cluster node (NODE-ID-wK); worker 1 serves --api, the others a free port (docs/cluster.md)")]
+    = 1,
+    worker: Annotated[int | None, typer.Option("--worker", min=1, hidden=True,
+                                               help="(internal) run as worker K of --workers")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at debug level")] = False,
     bench_api: Annotated[bool, typer.Option(
         "--bench-api", help="Also serve Leshan's write route PUT /api/clients/EP/PATH WITHOUT authentication, for "
@@ -172,6 +178,19 @@ def server(
                                  "it (beside DTLS on --coaps)", param_hint="'--coap'")
     if not (lockout_window > 0 and lockout_seconds > 0):
         raise typer.BadParameter("must be positive", param_hint="'--dtls-lockout-window' / '--dtls-lockout-seconds'")
+    if workers > 1:
+        from lwm2m_server.cluster.workers import run_workers
+
+        if worker is not None:
+            raise typer.BadParameter("a worker starts no workers", param_hint="'--workers'")
+        given = [parse_hostport(coaps, 5684)[1], parse_hostport(api, 8080)[1]]
+        if insecure:
+            given.append(parse_hostport(coap or PLAIN_COAP_DEFAULT, 5683)[1])
+        if not all(given):
+            raise typer.BadParameter("workers share given ports: port 0 (any free port) would give each its own",
+                                     param_hint="'--workers'")
+        argv = sys.argv[sys.argv.index("server") + 1:] if "server" in sys.argv else []
+        raise typer.Exit(run_workers(argv, workers, say=lambda text: console.print(text, highlight=False)))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     shost, sport = parse_hostport(coaps, 5684)
@@ -183,6 +202,10 @@ def server(
         err_console.print(f"[red]error:[/red] {e}", highlight=False)
         raise typer.Exit(2) from None
     folder = data_dir or default_data_dir()
+    if worker is not None:  # one of --workers: a cluster node on the shared ports
+        node_id, cluster = f"{node_id}-w{worker}", True
+        if worker > 1:
+            aport = 0
     try:
         settings = ServerSettings(data_dir=folder, coap_host=chost, coap_port=cport if insecure else None,
                                   coaps_host=shost, coaps_port=sport, api_host=ahost, api_port=aport, models_dir=models,
@@ -193,7 +216,8 @@ def server(
                                   dtls_lockout_failures=lockout_failures, dtls_lockout_window=lockout_window,
                                   dtls_lockout_seconds=lockout_seconds, node_id=node_id, cluster=cluster,
                                   public_coaps=_public(public_coaps, "--public-coaps"),
-                                  public_coap=_public(public_coap, "--public-coap"))
+                                  public_coap=_public(public_coap, "--public-coap"),
+                                  shared_ports=worker is not None, api_url_file=worker in (None, 1))
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
 

@@ -499,14 +499,16 @@ class DtlsServerTransport(interfaces.MessageInterface):
 
     # -- setup and shutdown
 
-    async def _bind(self, host: str, port: int) -> int:
+    async def _bind(self, host: str, port: int, *, shared: bool = False) -> int:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
         sock = socket.socket(family, kind, proto)
         try:
             if family == socket.AF_INET6:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.bind(address)  # no SO_REUSEPORT: nobody shares this port
+            if shared:  # sibling workers share the port: the kernel keeps each peer's datagrams on one of them
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(address)  # else no SO_REUSEPORT: nobody shares this port
             sock.setblocking(False)
             self._transport, _ = await self._loop.create_datagram_endpoint(lambda: _Datagrams(self), sock=sock)
         except BaseException:
@@ -972,12 +974,13 @@ async def add_dtls_server(context: Context, host: str, port: int = 0, *, psk_for
                           idle_timeout: float = 600.0, max_peers: int = 10000, handshake_timeout: float = 30.0,
                           max_handshakes: int = 1024, lockout: Lockout | None = None,
                           on_security_event: SecurityEventSink | None = None, backoff_after: int = 3,
-                          backoff_base: float = 1.0,
-                          unknown_session_alerts: float = 100.0) -> tuple[DtlsServerTransport, int]:
+                          backoff_base: float = 1.0, unknown_session_alerts: float = 100.0,
+                          shared: bool = False) -> tuple[DtlsServerTransport, int]:
     """Add a coaps:// listener on ``host:port`` (0: any free port) to an existing context (e.g. beside its plain
     UDP transport). Returns the transport and the port it is bound to; ``context.shutdown()`` closes it.
     ``lockout`` (with ``backoff_after``, ``backoff_base``) refuses handshakes after failures, and
-    ``on_security_event`` hears of each lockout (see the module docstring)."""
+    ``on_security_event`` hears of each lockout (see the module docstring). ``shared``: the port is shared with
+    sibling workers (see :func:`lwm2m_server.coap.udp.exclusive_context`)."""
     udp.tune_aiocoap()
     holder: list[DtlsServerTransport] = []
 
@@ -993,7 +996,7 @@ async def add_dtls_server(context: Context, host: str, port: int = 0, *, psk_for
     await context._append_tokenmanaged_messagemanaged_transport(construct)
     transport = holder[0]
     try:
-        bound = await transport._bind(host, port)
+        bound = await transport._bind(host, port, shared=shared)
     except OSError:
         context.request_interfaces.pop()
         raise
@@ -1005,7 +1008,8 @@ async def dtls_server_context(site: interfaces.Resource | None, host: str, port:
                               handshake_timeout: float = 30.0, max_handshakes: int = 1024,
                               log: logging.Logger | None = None, lockout: Lockout | None = None,
                               on_security_event: SecurityEventSink | None = None, backoff_after: int = 3,
-                              backoff_base: float = 1.0, unknown_session_alerts: float = 100.0) -> tuple[Context, int]:
+                              backoff_base: float = 1.0, unknown_session_alerts: float = 100.0,
+                              shared: bool = False) -> tuple[Context, int]:
     """A server context serving ``site`` over coaps:// on ``host:port`` (port 0: any free port), mirroring
     :func:`lwm2m_server.coap.udp.exclusive_context`. Raises OSError (EADDRINUSE) when the port is taken.
     ``await context.shutdown()`` ends every session (close_notify) and frees the port. The transport (for
@@ -1017,7 +1021,8 @@ async def dtls_server_context(site: interfaces.Resource | None, host: str, port:
                                          max_peers=max_peers, handshake_timeout=handshake_timeout,
                                          max_handshakes=max_handshakes, lockout=lockout,
                                          on_security_event=on_security_event, backoff_after=backoff_after,
-                                         backoff_base=backoff_base, unknown_session_alerts=unknown_session_alerts)
+                                         backoff_base=backoff_base, unknown_session_alerts=unknown_session_alerts,
+                                         shared=shared)
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             raise OSError(errno.EADDRINUSE, f"UDP port {port} on {host} is in use") from None

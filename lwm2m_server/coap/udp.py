@@ -328,11 +328,21 @@ def bound_port(context: Context) -> int:
     return int(bound_socket(context).getsockname()[1])
 
 
-async def exclusive_context(site: interfaces.Resource, host: str, port: int = 0, *, attempts: int = 8
-                            ) -> tuple[Context, int]:
+async def exclusive_context(site: interfaces.Resource, host: str, port: int = 0, *, attempts: int = 8,
+                            shared: bool = False) -> tuple[Context, int]:
     """A server context on ``host:port`` (``port`` 0: any free port) that no other socket shares.
-    Raises OSError (EADDRINUSE) when a given port is taken. Call :func:`release` after shutting it down."""
+    Raises OSError (EADDRINUSE) when a given port is taken. Call :func:`release` after shutting it down.
+
+    ``shared``: the port is shared with sibling worker processes (SO_REUSEPORT kept: the kernel hashes each
+    sender's address and port to one of the sockets, so a device's datagrams always reach the same worker while
+    the set of workers stays the same). Any process of the same user may then join the port: only for workers."""
     tune_aiocoap()
+    if shared:
+        if not port:
+            raise ValueError("a shared port is a given port (every worker binds the same one)")
+        context = await Context.create_server_context(site, bind=(host, port), transports=["udp6"])
+        slim_duplicate_cache(context)
+        return context, int(bound_socket(context).getsockname()[1])
     last: OSError | None = None
     for _ in range(attempts if port == 0 else 1):
         try:

@@ -204,6 +204,12 @@ class RegistrationService:
         its device registered with another node since). Blocking I/O; raises the store's error."""
         return self._store.holders(endpoints, tenant_id=tenant_id)
 
+    def stored(self, *, tenant_id: str) -> list[Registration]:
+        """The tenant's registrations the store holds, of every node, still within their lifetime (several nodes:
+        what the API lists). Blocking I/O; raises the store's error."""
+        now = self._clock()
+        return [r for r in self._store.load_all(tenant_id=tenant_id) if self.expires_at(r) > now]
+
     def grace_for(self, lifetime: float) -> float:
         return max(self._grace, self._grace_ratio * lifetime)
 
