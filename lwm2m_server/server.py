@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SECURITY_CREDENTIAL_REVOKED = "security.credential_revoked"
+LOCATE_RETRIES, LOCATE_RETRY_DELAY = 4, 0.05  # a device unknown here and in the database: looked for again
 
 
 @dataclass
@@ -374,6 +375,11 @@ class Lwm2mServer:
         if self.registrations is None or self.nodes is None:
             return None
         holder = self.registrations.stored_holders([endpoint], tenant_id=tenant_id).get(endpoint)
+        for _ in range(LOCATE_RETRIES):  # registered a moment ago elsewhere: its row is written behind (50 ms)
+            if holder is not None or self.registrations.by_endpoint(endpoint, tenant_id=tenant_id) is not None:
+                break
+            time.sleep(LOCATE_RETRY_DELAY)
+            holder = self.registrations.stored_holders([endpoint], tenant_id=tenant_id).get(endpoint)
         if holder is None or holder == self.settings.node_id:
             return None
         node = self.nodes.get(holder)

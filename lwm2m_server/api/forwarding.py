@@ -6,10 +6,11 @@ the caller's Authorization), to the API of the node holding the device, and its 
 stream too). :class:`ClusterForwarder` is a pure ASGI middleware that runs after the token check (the caller is
 authenticated here first, and again by the other node).
 
-Invariants: a request is forwarded at most once (the forwarded request carries ``X-Scratch-Forwarded-By``; a node
-never forwards such a request again, it answers itself); only device paths are forwarded; ``locate`` decides
-(None: answer here, e.g. the device is held here, is unknown, or its node is dead); a node that cannot be reached
-gives 502 with a reason and no secret (never the token).
+The bench route (``PUT /api/clients/...``, unauthenticated, loopback only, ``--bench-api``) is forwarded the same
+way, in the default tenant. Invariants: a request is forwarded at most once (the forwarded request carries
+``X-Scratch-Forwarded-By``; a node never forwards such a request again, it answers itself); only device paths are
+forwarded; ``locate`` decides (None: answer here, e.g. the device is held here, is unknown, or its node is dead); a
+node that cannot be reached gives 502 with a reason and no secret (never the token).
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ import httpx
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lwm2m_server.api.auth import PRINCIPAL
+from lwm2m_server.tenancy.model import DEFAULT_TENANT
 
 __all__ = ["FORWARDED_BY", "ClusterForwarder"]
 
 FORWARDED_BY = "x-scratch-forwarded-by"
 _DEVICE_PATH = re.compile(r"^/api/devices/([^/]+)(?:/.*)?$")
+_BENCH_PATH = re.compile(r"^/api/clients/([^/]+)/.*$")  # the unauthenticated bench route (--bench-api), default tenant
 _PASSED_HEADERS = (b"authorization", b"content-type", b"accept", b"last-event-id")
 _TIMEOUT = httpx.Timeout(60.0, read=None)  # an Observe stream stays open as long as the caller keeps it
 
@@ -46,14 +49,15 @@ class ClusterForwarder:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        match = _DEVICE_PATH.match(scope["path"])
         principal = scope.get("state", {}).get(PRINCIPAL)
+        match = _DEVICE_PATH.match(scope["path"]) if principal is not None else _BENCH_PATH.match(scope["path"])
         headers = dict((k.lower(), v) for k, v in scope["headers"])
-        if match is None or principal is None or FORWARDED_BY.encode() in headers:
+        if match is None or FORWARDED_BY.encode() in headers:
             await self.app(scope, receive, send)
             return
         endpoint = unquote(match.group(1))
-        target = await asyncio.to_thread(self.locate, endpoint, principal.tenant_id)
+        tenant = principal.tenant_id if principal is not None else DEFAULT_TENANT
+        target = await asyncio.to_thread(self.locate, endpoint, tenant)
         if target is None:
             await self.app(scope, receive, send)
             return
