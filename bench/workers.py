@@ -155,8 +155,8 @@ def main() -> None:
           f"{'push CPU s':>11} {'RSS KiB':>9}")
     for name, reg, p in rows:
         print(f"{name:24} {reg['reg_per_s'] or 0:8.0f} {reg['upd_per_s'] or 0:8.0f} "
-              f"{reg['cpu_ms_per_reg_and_update']:17.3f} {p['mb_s'] or 0:10.2f} {p['ok'] or 0:>5}/20 {p['cpu_s']:11.2f} "
-              f"{reg['rss_kib']:9.0f}" + (f"  ({p['error']})" if p.get("error") else ""))
+              f"{reg['cpu_ms_per_reg_and_update']:17.3f} {p['mb_s'] or 0:10.2f} {p['ok'] or 0:>5}/20 "
+              f"{p['cpu_s']:11.2f} {reg['rss_kib']:9.0f}" + (f"  ({p['error']})" if p.get("error") else ""))
     print(json.dumps({"rows": [{"server": n, "registrations": r, "push": p} for n, r, p in rows]}))
 
 
