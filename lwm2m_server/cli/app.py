@@ -566,6 +566,10 @@ def _mount_subcommands() -> None:
 
     app.add_typer(usage_app, name="usage")
 
+    from lwm2m_server.cli.cluster import cluster_app
+
+    app.add_typer(cluster_app, name="cluster")
+
     from lwm2m_server.cli.demo import demo
 
     app.command("demo", help="The main job: a server and simulated devices on loopback, managed end to end.")(demo)

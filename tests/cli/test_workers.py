@@ -9,6 +9,7 @@ it); a campaign runs on both; a worker killed with SIGKILL is started again by t
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -69,6 +70,12 @@ async def test_two_workers_share_the_ports_the_database_and_the_api(tmp_path: Pa
         on = {node: sorted(ep for ep, n in held.items() if n == node) for node in nodes(data)}
         assert all(on.values()), on  # the kernel spread the devices over both workers
 
+        r = await asyncio.to_thread(run, "cluster", "nodes", "--json", data_dir=data)
+        assert r.returncode == 0, show(r)
+        listed = {n["node"]: n for n in json.loads(r.stdout)["nodes"]}
+        assert sorted(listed) == ["node-1-w1", "node-1-w2"] and all(n["alive"] for n in listed.values()), listed
+        assert {n["coap"] for n in listed.values()} == {f"coap://127.0.0.1:{coap}"}  # one shared port
+
         token = (data / "api-token").read_text().strip()
         async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
             for node, url in nodes(data).items():
@@ -113,3 +120,15 @@ async def test_two_workers_share_the_ports_the_database_and_the_api(tmp_path: Pa
         server.stop()
     assert server.proc.returncode == 0, server.output()[-3000:]
     assert rows(data, "SELECT node_id FROM node") == []  # each worker said it stopped
+
+
+def test_cluster_nginx_config_prints_the_balancer_configuration(tmp_path: Path) -> None:
+    r = run("cluster", "nginx-config", "--listen", "0.0.0.0:5684", "--node", "10.0.0.11:5684", "--node",
+            "10.0.0.12:5684", data_dir=tmp_path / "data")
+    assert r.returncode == 0, show(r)
+    assert "hash $remote_addr:$remote_port consistent;" in r.stdout
+    assert "server 10.0.0.11:5684 max_fails=1 fail_timeout=10s;" in r.stdout
+    assert "server 10.0.0.12:5684 max_fails=1 fail_timeout=10s;" in r.stdout
+    assert "listen 0.0.0.0:5684 udp reuseport;" in r.stdout
+    r = run("cluster", "nginx-config", "--listen", "0.0.0.0:5684", "--node", "no-port", data_dir=tmp_path / "data")
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr, show(r)
