@@ -45,10 +45,12 @@ from lwm2m_server.fota.service import FirmwareService
 from lwm2m_server.management import DeviceManagement, end_devices_over
 from lwm2m_server.metering.meter import UsageMeter
 from lwm2m_server.metering.store import SqlUsageStore
+from lwm2m_server.outbox import OutboxWriter
 from lwm2m_server.registry.end_devices import EndDevices
 from lwm2m_server.registry.service import DEFAULT_MAX_LIFETIME, DEFAULT_MAX_REGISTRATIONS, RegistrationService
 from lwm2m_server.registry.tags import DeviceTags
 from lwm2m_server.storage.database import Database
+from lwm2m_server.storage.outbox_store import SqlOutboxStore
 from lwm2m_server.storage.sql import SqlDeviceStore, SqlRegistrationStore
 from lwm2m_server.tenancy.brand import product_name
 from lwm2m_server.tenancy.model import DEFAULT_TENANT, Principal
@@ -220,6 +222,7 @@ class Lwm2mServer:
         self._unsubscribe_audit: Callable[[], None] | None = None
         self.database: Database | None = None
         self.tenancy: TenancyService | None = None
+        self.outbox: OutboxWriter | None = None  # this node's events into the database's outbox (metering, webhooks)
         self.usage: UsageMeter | None = None
         self.api_app: Any = None  # the FastAPI app, once the API is served
         self.tags: DeviceTags | None = None  # device tags of the server's database (campaign filters, API)
@@ -258,7 +261,9 @@ class Lwm2mServer:
             f"audit.{e.action}", e.at, {"tenant": e.tenant_id, "subject": e.subject, "roles": list(e.roles),
                                         "target": e.target, "outcome": e.outcome, "seq": e.seq},
             source=f"lwm2m-server/{s.node_id}")
-        self.usage = UsageMeter(SqlUsageStore(self.database), self.events)
+        outbox = self.outbox = OutboxWriter(SqlOutboxStore(self.database), self.events, node_id=s.node_id)
+        self._tasks.append(asyncio.create_task(outbox.run(), name="outbox"))
+        self.usage = UsageMeter(SqlUsageStore(self.database), outbox)
         self._tasks.append(asyncio.create_task(self.usage.run(), name="usage"))
         self.registrations = RegistrationService(
             SqlRegistrationStore(self.database), SqlDeviceStore(self.database), self.events,
@@ -336,7 +341,7 @@ class Lwm2mServer:
             from lwm2m_server.fota.campaigns import open_campaigns
             from lwm2m_server.fota.webhooks import WebhookNotifier, Webhooks
 
-            self.webhooks = WebhookNotifier(Webhooks.over(self.database, self.vault), self.events,
+            self.webhooks = WebhookNotifier(Webhooks.over(self.database, self.vault), outbox,
                                             product_name=self._product_name)
             self.webhooks.start()
             self.campaigns = open_campaigns(self, self.vault)
@@ -540,7 +545,13 @@ class Lwm2mServer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._tasks.clear()
-        if self.usage is not None:  # after firmware, campaigns and registrations: their last events are counted
+        if self.outbox is not None:  # after firmware, campaigns and registrations: their last events are written
+            try:
+                self.outbox.close()
+            except Exception:
+                log.exception("could not write the last events to the outbox")
+            self.outbox = None
+        if self.usage is not None:  # then counted
             try:
                 self.usage.close()  # writes what is pending
             except Exception:

@@ -6,13 +6,21 @@ Invariants:
 * A subscription's secret (32 random bytes) is handed back once, by :meth:`Webhooks.add`; otherwise it exists
   only sealed by the vault (bound to the subscription's id and tenant) and is erased when the subscription is
   removed. It never reaches a log line, a delivery row, an exception or a ``repr``.
-* The :class:`~lwm2m_server.events.EventBus` publisher is never blocked: the notifier's subscriber only puts the
-  event into a bounded queue; when that is full the event is dropped, logged as such (a warning, and one delivery
-  row per matching subscription).
-* One *delivery* is one event to one subscription. Its id (the payload's ``id`` and ``X-Scratch-Delivery``) stays
-  the same across its attempts, so a receiver can deduplicate. Each attempt is one delivery row; a delivery ends
-  delivered (2xx), refused (4xx other than 408/429: not retried), given up after ``max_attempts``, or not
-  delivered because the notifier stopped (a row with the attempts made so far).
+* Events come from the event outbox (:mod:`lwm2m_server.storage.outbox_store`), never straight from the bus: the
+  node's :class:`~lwm2m_server.outbox.OutboxWriter` writes the events some subscription wants (the notifier keeps
+  its ``notify_kinds`` up to date), and the notifier of any node sharing the database *leases* them (``lease``
+  seconds, renewed while it delivers). Nothing is dropped: what waits is rows of the outbox; the publisher is
+  never blocked (the writer buffers in memory and writes every 50 ms).
+* One *delivery* is one event to one subscription. Its id (the payload's ``id`` and ``X-Scratch-Delivery``) is
+  derived from the event's outbox id and the subscription's id (:func:`delivery_id`): it stays the same across
+  its attempts, on every node, and after a crash. A delivery ends delivered (2xx), refused (4xx other than
+  408/429: not retried), given up after ``max_attempts``, or not delivered when the secret does not open; when
+  every delivery of an event has ended the event is marked notified and never sent again. Each attempt is one
+  delivery row.
+* Exactly once per delivery id, not per HTTP request: a node that dies (or stops) while delivering leaves the
+  event leased; once the lease expires (at once after a clean stop, which releases it) another notifier delivers
+  it again, its deliveries under the same ids, attempts counted from 1 again. A receiver that must act once
+  deduplicates on ``X-Scratch-Delivery``.
 * Signature (Stripe's scheme): ``X-Scratch-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret,
   b"<t>." + body)>``; :func:`verify_signature` checks it in constant time, within a tolerance on ``t``.
 """
@@ -21,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import collections
 import contextlib
 import hashlib
 import hmac
@@ -30,7 +37,6 @@ import logging
 import random
 import re
 import secrets
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -40,10 +46,12 @@ from typing import TYPE_CHECKING, Protocol
 import httpx
 
 from lwm2m_server.core.errors import CoapCode, Lwm2mError
-from lwm2m_server.events import Event, EventBus, Unsubscribe, kind_matches
+from lwm2m_server.events import Event
+from lwm2m_server.storage.outbox_store import OutboxEvent
 from lwm2m_server.storage.webhook_store import Delivery, SqlWebhookStore, Webhook
 
 if TYPE_CHECKING:
+    from lwm2m_server.outbox import OutboxWriter
     from lwm2m_server.storage.database import Database
     from lwm2m_server.storage.webhook_store import WebhookStore
 
@@ -58,6 +66,7 @@ __all__ = [
     "WebhookError",
     "WebhookNotifier",
     "Webhooks",
+    "delivery_id",
     "sign",
     "validate_kinds",
     "validate_url",
@@ -71,7 +80,6 @@ SECRET_BYTES = 32
 MAX_URL_LENGTH = 2048
 MAX_KINDS = 32
 MAX_ERROR_TEXT = 300
-MAX_DROPS_KEPT = 1024  # dropped events waiting to be logged per webhook (beyond: a warning only)
 SIGNATURE_HEADER = "X-Scratch-Signature"
 _KIND = re.compile(r"[A-Za-z0-9_.*-]{1,255}")
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
@@ -283,6 +291,12 @@ class Webhooks:
 # ---------------------------------------------------------------- the notifier
 
 
+def delivery_id(event_id: str, webhook_id: str) -> str:
+    """The id of the delivery of one outbox event to one subscription: 32 hex digits, the same on every node and
+    after every restart (receivers deduplicate on it)."""
+    return hashlib.sha256(f"scratch/delivery/v1\x00{event_id}\x00{webhook_id}".encode()).hexdigest()[:32]
+
+
 @dataclass(slots=True, eq=False)
 class _Job:
     """One delivery in flight (no secret here: it is opened by the task that sends)."""
@@ -292,6 +306,14 @@ class _Job:
     delivery_id: str
     body: bytes
     attempts: int = 0  # attempts made and logged
+
+
+@dataclass(slots=True, eq=False)
+class _Leased:
+    """An outbox event this notifier holds: how many of its deliveries have not ended yet."""
+
+    row: OutboxEvent
+    remaining: int
 
 
 def _body(delivery_id: str, event: Event) -> bytes:
@@ -312,20 +334,22 @@ def _retry_after(value: str | None) -> float | None:
 
 
 class WebhookNotifier:
-    """Delivers bus events to the webhooks subscribed to them (see the module invariants).
+    """Delivers the outbox's events to the webhooks subscribed to them (see the module invariants).
 
-    ``start()`` (in a running loop) subscribes to ``events``; ``await stop()`` drains for up to ``drain_timeout``
-    seconds, then cancels what is left and logs it as not delivered. Events pass a cheap first filter (the prefixes
-    of all active subscriptions, reloaded every ``refresh_interval`` seconds, so a subscription added by another
-    process takes effect within that); the subscriptions of an event's tenant are then read from the store.
-    At most ``queue_size`` events wait and at most ``queue_size`` deliveries are in flight (a delivery waiting for
-    its next attempt counts); at most ``concurrency`` requests run at once, each bounded by ``timeout`` seconds.
+    ``outbox`` is this node's :class:`~lwm2m_server.outbox.OutboxWriter`: the notifier sets its ``notify_kinds``
+    (the prefixes of all active subscriptions, reloaded every ``refresh_interval`` seconds, so a subscription added
+    by another process takes effect within that) and leases from its store. ``start()`` (in a running loop) starts
+    leasing: whenever the writer has written, and every ``poll_interval`` seconds (events written by other nodes);
+    ``await stop()`` drains for up to ``drain_timeout`` seconds, then cancels what is left, logs it as not
+    delivered yet and releases its leases (the events stay in the outbox). At most ``queue_size`` events are leased
+    at once; at most ``concurrency`` requests run at once, each bounded by ``timeout`` seconds.
     """
 
-    def __init__(self, webhooks: Webhooks, events: EventBus, *, max_attempts: int = 6, backoff_base: float = 1.0,
+    def __init__(self, webhooks: Webhooks, outbox: OutboxWriter, *, max_attempts: int = 6, backoff_base: float = 1.0,
                  backoff_max: float = 60.0, timeout: float = 10.0, concurrency: int = 8, queue_size: int = 1000,
-                 drain_timeout: float = 5.0, refresh_interval: float = 5.0,
-                 clock: Callable[[], float] = time.time, transport: httpx.AsyncBaseTransport | None = None,
+                 drain_timeout: float = 5.0, refresh_interval: float = 5.0, lease: float = 60.0,
+                 poll_interval: float = 0.5, clock: Callable[[], float] = time.time,
+                 transport: httpx.AsyncBaseTransport | None = None,
                  product_name: Callable[[str], str] | None = None) -> None:
         """``product_name`` gives a tenant's brand name (white label): its deliveries carry ``User-Agent:
         <name>-webhooks/1`` (default ``scratch-webhooks/1``)."""
@@ -333,9 +357,11 @@ class WebhookNotifier:
             raise ValueError("max_attempts, concurrency and queue_size must be at least 1")
         if min(backoff_base, backoff_max, drain_timeout) < 0 or timeout <= 0 or refresh_interval <= 0:
             raise ValueError("backoff and drain times must be >= 0, timeout and refresh_interval > 0")
+        if lease <= 0 or poll_interval <= 0:
+            raise ValueError("lease and poll_interval must be > 0")
         self._webhooks = webhooks
         self._product_name = product_name
-        self._events = events
+        self._outbox = outbox
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
@@ -344,137 +370,108 @@ class WebhookNotifier:
         self.queue_size = queue_size
         self.drain_timeout = drain_timeout
         self.refresh_interval = refresh_interval
+        self.lease = lease
+        self.poll_interval = poll_interval
         self._clock = clock
         self._transport = transport
-        self.dropped = 0
-        """Events dropped because the queue was full (since start)."""
-        self._prefixes: tuple[str, ...] = ()
+        self.owner = f"{outbox.node_id[:55]}/{uuid.uuid4().hex[:8]}"
+        """This notifier's name on its leases (its node, and a nonce: a restarted node is another owner)."""
         self._state = "new"
-        self._unsubscribe: Unsubscribe | None = None
+        self._leased: dict[str, _Leased] = {}  # by event id: deliveries under way
+        self._finished: set[str] = set()  # every delivery ended, not marked notified yet
         self._jobs: dict[str, _Job] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._dropped_events: collections.deque[Event] = collections.deque()
-        self._current: tuple[Event, builtins.list[Webhook] | None] | None = None  # being dispatched; hooks left
-        self._outstanding = 0
+        self._asked = 0  # flush() requests; a poll that found nothing to do answers those made before it began
+        self._answered = 0
 
     def __repr__(self) -> str:
-        return (f"WebhookNotifier({self._state}, queued={self._queue.qsize() if self._state != 'new' else 0}, "
-                f"in_flight={len(self._jobs)}, dropped={self.dropped})")
+        return f"WebhookNotifier({self._state}, leased={len(self._leased)}, in_flight={len(self._jobs)})"
 
     # -------------------------------------------------------------- life cycle
 
     def start(self) -> None:
-        """Subscribe to the bus and start the workers; must be called in the running loop, once."""
+        """Start leasing and delivering; must be called in the running loop, once."""
         if self._state != "new":
             raise WebhookError(f"the webhook notifier is {self._state}; it starts once")
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.get_ident()
-        self._queue: asyncio.Queue[Event] = asyncio.Queue(self.queue_size)
-        self._capacity = asyncio.Semaphore(self.queue_size)
         self._slots = asyncio.Semaphore(self.concurrency)
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._prefixes = self._webhooks.active_kinds()
+        self._wake = asyncio.Event()
+        self._quiet = asyncio.Event()
+        self._outbox.notify_kinds = self._webhooks.active_kinds()
+        self._outbox.on_written.append(self._written)
         self._client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False, transport=self._transport,
                                          limits=httpx.Limits(max_connections=self.concurrency),
                                          headers={"User-Agent": "scratch-webhooks/1"})
-        self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="webhook-dispatcher")
-        self._refresher = asyncio.create_task(self._refresh_loop(), name="webhook-refresh")
+        self._loops = [asyncio.create_task(self._poll_loop(), name="webhook-poll"),
+                       asyncio.create_task(self._refresh_loop(), name="webhook-refresh"),
+                       asyncio.create_task(self._renew_loop(), name="webhook-lease")]
         self._state = "running"
-        self._unsubscribe = self._events.subscribe(self._on_event)
+
+    def _written(self) -> None:
+        """(The writer's thread.) Events were written: look at once."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            self._loop.call_soon_threadsafe(self._wake.set)
 
     async def refresh(self) -> None:
-        """Reload the first filter (the prefixes of all active subscriptions) now."""
-        self._prefixes = await asyncio.to_thread(self._webhooks.active_kinds)
+        """Reload the kinds the writer keeps for webhooks (the prefixes of all active subscriptions) now."""
+        self._outbox.notify_kinds = await asyncio.to_thread(self._webhooks.active_kinds)
 
     async def flush(self, timeout: float) -> bool:
-        """Wait until no event is queued and no delivery is in flight (retries included); False on timeout."""
-        if self._state == "new":
+        """Write the writer's buffer, then wait until this notifier finds nothing to lease and has no delivery in
+        flight (retries included); False on timeout or when the outbox cannot be read or written."""
+        if self._state != "running":
             return True
         try:
             async with asyncio.timeout(timeout):
-                await self._idle.wait()
+                await asyncio.to_thread(self._outbox.flush)
+                self._asked += 1
+                asked = self._asked
+                self._wake.set()
+                while self._answered < asked:
+                    self._quiet.clear()
+                    await self._quiet.wait()
         except TimeoutError:
+            return False
+        except Lwm2mError as e:
+            log.warning("webhook flush: %s", e)
             return False
         return True
 
     async def stop(self) -> None:
-        """Unsubscribe, drain for up to ``drain_timeout`` seconds, then cancel what is left and log every delivery
-        and queued event not delivered as such. Idempotent."""
+        """Drain for up to ``drain_timeout`` seconds, then cancel what is left (each delivery cut short logged as
+        not delivered yet) and release this notifier's leases: those events stay in the outbox for the next
+        notifier. Idempotent."""
         if self._state != "running":
             return
-        self._state = "stopping"
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
         drained = await self.flush(self.drain_timeout)
-        # what is left, taken before cancelling: a cancelled task makes no more progress, but its cleanup forgets
-        left_jobs = builtins.list(self._jobs.values())
-        left_events: builtins.list[tuple[Event, builtins.list[Webhook] | None, str]] = []
-        if self._current is not None:
-            left_events.append((*self._current, "not delivered: the notifier stopped"))
-        tasks = [self._dispatcher, self._refresher, *self._tasks]
+        self._state = "stopping"
+        with contextlib.suppress(ValueError):
+            self._outbox.on_written.remove(self._written)
+        left_jobs = builtins.list(self._jobs.values())  # taken before cancelling: a cancelled task forgets
+        tasks = [*self._loops, *self._tasks]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._jobs.clear()
-        while not self._queue.empty():
-            left_events.append((self._queue.get_nowait(), None, "not delivered: the notifier stopped"))
-        left_events.extend((e, None, "dropped: the webhook queue was full") for e in self._dropped_events)
-        self._dropped_events.clear()
+        self._leased.clear()
         try:
             for job in left_jobs:
                 await self._record(job.webhook, job.event, job.delivery_id, attempt=job.attempts,
-                                   error=f"not delivered: the notifier stopped after {job.attempts} attempt(s)")
-            for event, hooks, why in left_events:
-                await self._record_unsent(event, why, hooks)
+                                   error=f"not delivered yet: the notifier stopped after {job.attempts} attempt(s); "
+                                         "the event stays in the outbox")
+            await self._mark_finished()
+            try:
+                await asyncio.to_thread(self._outbox.store.release, owner=self.owner)
+            except Lwm2mError as e:
+                log.warning("webhook notifier: cannot release its leases (they expire in %g s): %s", self.lease, e)
         finally:
             await self._client.aclose()
             self._state = "stopped"
-            self._outstanding = 0
-            self._idle.set()  # nothing runs any more: flush() returns at once
         if not drained:
-            log.warning("webhook notifier stopped before draining: %d delivery(ies) and %d event(s) not delivered",
-                        len(left_jobs), len(left_events))
+            log.warning("webhook notifier stopped before draining: %d delivery(ies) cut short; their events stay "
+                        "in the outbox", len(left_jobs))
 
-    # -------------------------------------------------------------- intake (never blocks the publisher)
-
-    def _on_event(self, event: Event) -> None:
-        if self._state != "running" or not kind_matches(event.kind, self._prefixes):
-            return
-        if threading.get_ident() == self._thread:
-            self._enqueue(event)
-        else:
-            with contextlib.suppress(RuntimeError):  # the loop is closed
-                self._loop.call_soon_threadsafe(self._enqueue, event)
-
-    def _enqueue(self, event: Event) -> None:
-        if self._state != "running":
-            return
-        try:
-            self._queue.put_nowait(event)
-        except asyncio.QueueFull:
-            self.dropped += 1
-            if len(self._dropped_events) >= max(self.queue_size, MAX_DROPS_KEPT):  # a warning is all we keep
-                log.warning("webhook queue full: dropped a %s event of tenant %s (not logged per webhook)",
-                            event.kind, event.tenant_id)
-                return
-            log.warning("webhook queue full (%d events): dropped a %s event of tenant %s", self.queue_size,
-                        event.kind, event.tenant_id)
-            self._dropped_events.append(event)
-        self._busy()
-
-    def _busy(self) -> None:
-        self._outstanding += 1
-        self._idle.clear()
-
-    def _done(self) -> None:
-        self._outstanding -= 1
-        if self._outstanding <= 0:
-            self._outstanding = 0
-            self._idle.set()
-
-    # -------------------------------------------------------------- dispatch
+    # -------------------------------------------------------------- leasing
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -484,45 +481,87 @@ class WebhookNotifier:
             except Lwm2mError as e:
                 log.warning("cannot reload the webhook subscriptions: %s", e)
 
-    async def _dispatch_loop(self) -> None:
+    async def _renew_loop(self) -> None:
+        """Keep the leases of the events under way (or ended, not marked yet) from expiring."""
         while True:
-            event = await self._queue.get()
-            self._current = (event, None)
+            await asyncio.sleep(self.lease / 3)
+            held = [*self._leased, *self._finished]
+            if not held:
+                continue
             try:
-                await self._dispatch(event)
+                kept = await asyncio.to_thread(self._outbox.store.renew, held, owner=self.owner,
+                                               until=self._clock() + self.lease)
             except Lwm2mError as e:
-                log.warning("cannot dispatch a %s event to webhooks: %s", event.kind, e)
-            finally:
-                self._current = None
-                self._done()
-            while self._dropped_events:
-                dropped = self._dropped_events[0]  # taken off once logged: stop() logs it when cancelled meanwhile
-                try:
-                    await self._record_unsent(dropped, "dropped: the webhook queue was full")
-                except Lwm2mError as e:
-                    log.warning("cannot log a dropped %s event: %s", dropped.kind, e)
-                self._dropped_events.popleft()
-                self._done()
+                log.warning("webhook notifier: cannot renew its leases: %s", e)
+                continue
+            if len(kept) < len(held):
+                log.warning("webhook notifier %s: %d lease(s) were taken over (this node stalled); another node "
+                            "delivers those events again under the same delivery ids", self.owner,
+                            len(held) - len(kept))
 
-    async def _dispatch(self, event: Event) -> None:
-        hooks = await asyncio.to_thread(self._webhooks.matching, event.kind, tenant_id=event.tenant_id)
-        self._current = (event, hooks)
-        while hooks:
-            await self._capacity.acquire()
-            hook = hooks.pop(0)
-            job = _Job(hook, event, uuid.uuid4().hex, b"")
+    async def _poll_loop(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self.poll_interval):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            asked = self._asked
+            try:
+                quiet = await self._poll()
+            except Lwm2mError as e:
+                log.warning("webhook notifier: cannot read the outbox: %s", e)
+                continue
+            if quiet:
+                self._answered = max(self._answered, asked)
+                self._quiet.set()
+
+    async def _mark_finished(self) -> None:
+        if not self._finished:
+            return
+        done = builtins.list(self._finished)
+        try:
+            await asyncio.to_thread(self._outbox.store.notified, done, owner=self.owner, now=self._clock())
+        except Lwm2mError as e:
+            log.warning("webhook notifier: cannot mark %d event(s) notified (tried again): %s", len(done), e)
+            return
+        self._finished.difference_update(done)
+
+    async def _poll(self) -> bool:
+        """Mark what ended, lease what fits, start its deliveries; whether there was nothing to do."""
+        await self._mark_finished()
+        room = self.queue_size - len(self._leased)
+        rows = []
+        if room > 0:
+            rows = await asyncio.to_thread(self._outbox.store.lease_for_webhooks, owner=self.owner,
+                                           now=self._clock(), lease=self.lease, limit=room)
+        hooks_of: dict[tuple[str, str], builtins.list[Webhook]] = {}
+        for row in rows:
+            key = (row.tenant_id, row.kind)
+            if key not in hooks_of:
+                try:
+                    hooks_of[key] = await asyncio.to_thread(self._webhooks.matching, row.kind,
+                                                            tenant_id=row.tenant_id)
+                except Lwm2mError as e:  # left leased: delivered once the lease expires
+                    log.warning("cannot dispatch a %s event to webhooks: %s", row.kind, e)
+                    continue
+            self._dispatch(row, hooks_of[key])
+        await self._mark_finished()  # the events no subscription wants (any more)
+        return not rows and not self._leased and not self._finished
+
+    def _dispatch(self, row: OutboxEvent, hooks: builtins.list[Webhook]) -> None:
+        if not hooks:
+            self._finished.add(row.event_id)
+            return
+        entry = self._leased[row.event_id] = _Leased(row, len(hooks))
+        event = row.event
+        for hook in hooks:
+            job = _Job(hook, event, delivery_id(row.event_id, hook.id), b"")
             job.body = _body(job.delivery_id, event)
-            self._jobs[job.delivery_id] = job
-            self._busy()
-            task = asyncio.create_task(self._deliver(job), name=f"webhook-{hook.id}-{job.delivery_id}")
+            task = asyncio.create_task(self._deliver(job, entry), name=f"webhook-{hook.id}-{job.delivery_id}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-
-    async def _record_unsent(self, event: Event, why: str, hooks: builtins.list[Webhook] | None = None) -> None:
-        if hooks is None:
-            hooks = await asyncio.to_thread(self._webhooks.matching, event.kind, tenant_id=event.tenant_id)
-        for hook in hooks:
-            await self._record(hook, event, uuid.uuid4().hex, attempt=0, error=why)
 
     async def _record(self, hook: Webhook, event: Event, delivery_id: str, *, attempt: int,
                       status_code: int | None = None, error: str | None = None, delivered: bool = False,
@@ -536,36 +575,47 @@ class WebhookNotifier:
 
     # -------------------------------------------------------------- delivery
 
-    async def _deliver(self, job: _Job) -> None:
-        hook = job.webhook
+    async def _deliver(self, job: _Job, entry: _Leased) -> None:
+        """One delivery to its end; then, when it was the event's last, the event is to be marked notified.
+        (Cancelled by :meth:`stop`: the event is not marked.)"""
+        self._jobs[job.delivery_id] = job
         try:
-            try:
-                secret = await asyncio.to_thread(self._webhooks.secret_for, hook.id, tenant_id=hook.tenant_id)
-            except Lwm2mError as e:
-                await self._record(hook, job.event, job.delivery_id, attempt=0, error=f"not delivered: {e}")
-                return
-            while True:
-                attempt = job.attempts + 1
-                status, error, retry_after, duration = await self._attempt(job, secret)
-                delivered = status is not None and 200 <= status < 300
-                retryable = not delivered and (status is None or not 400 <= status < 500 or status in (408, 429))
-                final = delivered or not retryable or attempt >= self.max_attempts
-                if not delivered and not retryable:
-                    error = f"{error}; not retried"
-                elif final and not delivered:
-                    error = f"{error}; gave up after {attempt} attempt(s)"
-                job.attempts = attempt
-                await self._record(hook, job.event, job.delivery_id, attempt=attempt, status_code=status,
-                                   error=None if delivered else error, delivered=delivered, duration=duration)
-                log.info("webhook %s: delivery %s of %s, attempt %d: %s", hook.id, job.delivery_id, job.event.kind,
-                         attempt, "delivered" if delivered else error)
-                if final:
-                    return
-                await asyncio.sleep(self._backoff(attempt, retry_after))
+            await self._attempts(job)
+        except Exception:  # a bug, not a failed delivery: logged, and the delivery counts as ended
+            log.exception("webhook %s: delivery %s failed unexpectedly", job.webhook.id, job.delivery_id)
         finally:
             self._jobs.pop(job.delivery_id, None)
-            self._capacity.release()
-            self._done()
+        entry.remaining -= 1
+        if entry.remaining == 0:
+            self._leased.pop(entry.row.event_id, None)
+            self._finished.add(entry.row.event_id)
+            self._wake.set()
+
+    async def _attempts(self, job: _Job) -> None:
+        hook = job.webhook
+        try:
+            secret = await asyncio.to_thread(self._webhooks.secret_for, hook.id, tenant_id=hook.tenant_id)
+        except Lwm2mError as e:
+            await self._record(hook, job.event, job.delivery_id, attempt=0, error=f"not delivered: {e}")
+            return
+        while True:
+            attempt = job.attempts + 1
+            status, error, retry_after, duration = await self._attempt(job, secret)
+            delivered = status is not None and 200 <= status < 300
+            retryable = not delivered and (status is None or not 400 <= status < 500 or status in (408, 429))
+            final = delivered or not retryable or attempt >= self.max_attempts
+            if not delivered and not retryable:
+                error = f"{error}; not retried"
+            elif final and not delivered:
+                error = f"{error}; gave up after {attempt} attempt(s)"
+            job.attempts = attempt
+            await self._record(hook, job.event, job.delivery_id, attempt=attempt, status_code=status,
+                               error=None if delivered else error, delivered=delivered, duration=duration)
+            log.info("webhook %s: delivery %s of %s, attempt %d: %s", hook.id, job.delivery_id, job.event.kind,
+                     attempt, "delivered" if delivered else error)
+            if final:
+                return
+            await asyncio.sleep(self._backoff(attempt, retry_after))
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         """Exponential backoff with jitter (half to all of ``base * 2**(attempt-1)``, capped); a server's

@@ -1,30 +1,20 @@
-"""The usage meter: the event bus's metered events (:data:`~lwm2m_server.metering.usage.METERED_KINDS`) counted
-into a :class:`~lwm2m_server.metering.store.UsageStore`, per tenant and day.
+"""The usage meter: the metered events (:data:`~lwm2m_server.metering.usage.METERED_KINDS`) of every node sharing
+the database, counted into a :class:`~lwm2m_server.metering.store.UsageStore`, per tenant and day, exactly once.
 
-Counting is write-behind, like the registrations (:mod:`lwm2m_server.registry.service`): the subscriber only adds
-the event to the pending tally of its tenant and day, in memory, O(1), no I/O (a registration of an endpoint this
-meter counted already today adds nothing); :meth:`UsageMeter.flush` writes everything pending in one transaction
-(:meth:`~lwm2m_server.metering.store.UsageStore.add_batch`), and :meth:`UsageMeter.run` calls it every
-``flush_interval`` (default 0.5 s) in a worker thread. A failed flush leaves its counts pending, added to what
-came since, and the next flush writes them once: a batch is one transaction, all or nothing.
+The source of truth is the event outbox (:mod:`lwm2m_server.storage.outbox_store`), not the bus: this node's
+:class:`~lwm2m_server.outbox.OutboxWriter` writes its events there (write-behind, every 50 ms), and
+:meth:`UsageMeter.flush` first flushes that writer, then counts the outbox rows not metered yet, batch after
+batch, each in ONE transaction that adds their tallies and marks them metered
+(:meth:`~lwm2m_server.metering.store.UsageStore.count_outbox`): a row is counted once whichever node's meter takes
+it, a failed batch counts and marks nothing (the next flush takes it again), and a meter that dies between two
+flushes loses nothing written. :meth:`UsageMeter.run` flushes every ``flush_interval`` (default 0.5 s) in a worker
+thread, with backoff while the database fails.
 
-The trade-off, for billing: what is pending lives only in this process. A SIGKILL, an OOM kill or a power cut
-loses up to ``flush_interval`` seconds of counts (more while the database is failing: everything since the last
-flush that succeeded); a clean stop (:meth:`UsageMeter.close`) loses nothing. What that means per counter:
-
-* registrations: a device whose registration itself was lost too (the registry writes behind every 50 ms) gets
-  4.04 on its next Update, registers again after the restart and is counted then (on that day). But the registry
-  usually has written it, so after the restart the device only sends Updates, which are not counted: it is
-  missing from ``devices_registered`` of that day unless it registers again the same day;
-* deliveries started, succeeded or failed, bytes delivered, campaigns started or finished: lost for good, nothing
-  replays those events.
-
-The error is always an undercount (nobody is billed for what did not happen), bounded by ``flush_interval`` of
-traffic, and only on a crash. We accept that for usage billed per day and per device as an estimate of load;
-it is not acceptable for a tariff per delivery that must be exact: that needs the event written in the same
-transaction as the state change that causes it (an outbox, issue 16 item 4), which this meter is not. One case
-counts twice: a commit whose acknowledgement is lost with the connection is retried as failed (as any relative
-update would be).
+What is left of the old trade-off is the writer's: an event buffered by the writer but not yet in the outbox (at
+most its 50 ms flush interval, more while the database fails) is lost on a SIGKILL, an OOM kill or a power cut;
+a clean stop writes it. That error is an undercount, bounded and only on a crash; everything written is counted
+exactly once, including across several nodes and restarts (a registration of an endpoint counted already that
+day adds nothing, on any node: ``usage_endpoint`` holds it once).
 
 Days are sealed when the meter sees the clock pass a midnight (plus :data:`SEAL_GRACE`, so an event stamped just
 before midnight on a node whose clock lags is still counted on its day), for every tenant it counted for, at the
@@ -40,45 +30,37 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
 from lwm2m_server.core.errors import StorageError
-from lwm2m_server.events import Event, EventBus
-from lwm2m_server.metering.store import Moved, UsageStore
-from lwm2m_server.metering.usage import (
-    METERED_KINDS,
-    DayCounts,
-    Tally,
-    UsageDay,
-    day_of,
-    day_start,
-    measure,
-    next_day,
-)
+from lwm2m_server.metering.store import Counted, Moved, UsageStore
+from lwm2m_server.metering.usage import DayCounts, Tally, UsageDay, day_of, day_start, next_day
+from lwm2m_server.outbox import OutboxWriter
 
-__all__ = ["DEFAULT_FLUSH_INTERVAL", "SEAL_GRACE", "UsageMeter"]
+__all__ = ["BATCH", "DEFAULT_FLUSH_INTERVAL", "SEAL_GRACE", "UsageMeter"]
 
 log = logging.getLogger(__name__)
 
 SEAL_GRACE = 300.0  # seconds after midnight before the day just ended is sealed
 DEFAULT_FLUSH_INTERVAL = 0.5
 MAX_RETRY_DELAY = 5.0
-
-_Key = tuple[str, str]  # (tenant_id, day)
+BATCH = 10_000  # outbox rows counted per transaction
 
 
 class UsageMeter:
-    """Counts metered events into ``store`` from the moment it is built until :meth:`close`. Thread-safe: events
-    may come from any thread, and one flush runs at a time."""
+    """Counts the outbox's metered events into ``store`` until :meth:`close`; ``outbox`` is this node's writer
+    (flushed first by every flush, so a flush counts every event published before it). Thread-safe: one flush
+    runs at a time."""
 
-    def __init__(self, store: UsageStore, events: EventBus, clock: Callable[[], float] = time.time, *,
+    def __init__(self, store: UsageStore, outbox: OutboxWriter, clock: Callable[[], float] = time.time, *,
                  seal_grace: float = SEAL_GRACE, flush_interval: float = DEFAULT_FLUSH_INTERVAL,
-                 max_retry_delay: float = MAX_RETRY_DELAY) -> None:
+                 max_retry_delay: float = MAX_RETRY_DELAY, batch: int = BATCH) -> None:
         self.store = store
+        self.outbox = outbox
         self.clock = clock
         self.seal_grace = seal_grace
         self.flush_interval = flush_interval
         self.max_retry_delay = max_retry_delay
+        self.batch = batch
         self.view: UsageStore = _Flushed(self)
         self._lock = threading.Lock()  # the state below
         self._flush_lock = threading.Lock()  # one flush (or sealing) at a time
@@ -86,31 +68,8 @@ class UsageMeter:
         self._seal_at = day_start(next_day(self._day)) + seal_grace
         self._seal_due = False
         self._tenants: set[str] = set()  # tenants counted for
-        self._registered: set[tuple[str, str, str]] = set()  # (tenant, day, endpoint) counted by this meter
-        self._counts: dict[_Key, DayCounts] = {}  # pending
-        self._endpoints: dict[_Key, set[str]] = {}  # pending
-        self._writing = 0  # tallies taken by the flush under way (not written yet)
+        self._failed = False  # the last count of the outbox failed: rows are waiting there
         self._stop = asyncio.Event()
-        self._unsubscribe: Callable[[], None] | None = events.subscribe(self._on_event, METERED_KINDS)
-
-    def _on_event(self, event: Event) -> None:
-        inc = measure(event.kind, event.data, tenant_id=event.tenant_id, at=event.at, endpoint=event.endpoint)
-        if inc is None:
-            return
-        now = self.clock()
-        key = (inc.tenant_id, inc.day)
-        with self._lock:
-            if now >= self._seal_at:
-                self._roll(now)
-            self._tenants.add(inc.tenant_id)
-            if inc.endpoint is None:
-                counts = self._counts
-                counts[key] = counts[key] + inc.counts if key in counts else inc.counts
-                return
-            seen = (inc.tenant_id, inc.day, inc.endpoint)
-            if seen not in self._registered:
-                self._registered.add(seen)
-                self._endpoints.setdefault(key, set()).add(inc.endpoint)
 
     def _roll(self, now: float) -> None:
         """(Under the lock.) The clock passed a midnight plus the grace: the day that ended is to be sealed."""
@@ -118,18 +77,20 @@ class UsageMeter:
         if day == self._day:
             return
         self._day, self._seal_at, self._seal_due = day, day_start(next_day(day)) + self.seal_grace, True
-        self._registered = {r for r in self._registered if r[1] >= day}
 
     @property
     def pending(self) -> int:
-        """How many (tenant, day) tallies are not written yet (waiting for the next flush, or being written)."""
+        """Events not counted yet as far as this node knows: those its outbox writer has not written, plus one
+        while the last count of the outbox failed (how many rows wait there is the outbox's to say:
+        :meth:`~lwm2m_server.storage.outbox_store.OutboxStore.unmetered`)."""
         with self._lock:
-            return len(self._counts.keys() | self._endpoints.keys()) + self._writing
+            return self.outbox.pending + int(self._failed)
 
     def flush(self) -> None:
-        """Write everything counted so far (one transaction), then seal if a midnight (plus the grace) has
-        passed. On a storage failure the counts stay pending (the next flush writes them) and the
-        :class:`StorageError` is raised. Blocking: call it in a worker thread from an event loop."""
+        """Flush the outbox writer, count every outbox row not metered yet (a transaction per ``batch`` rows),
+        then seal if a midnight (plus the grace) has passed. On a storage failure what is not counted stays in
+        the outbox (or the writer's buffer) for the next flush, and the :class:`StorageError` is raised.
+        Blocking: call it in a worker thread from an event loop."""
         with self._flush_lock:
             now = self.clock()
             self._write(now)
@@ -149,33 +110,26 @@ class UsageMeter:
             try:
                 self._write(now)
             except StorageError as e:
-                log.error("usage: cannot write the pending counts before sealing: %s", e)
+                log.error("usage: cannot count the pending events before sealing: %s", e)
                 return []
             return self._seal(now)
 
     def _write(self, now: float) -> None:
-        """(Under the flush lock.) One batch of everything pending; put back if it fails."""
-        with self._lock:
-            counts, self._counts = self._counts, {}
-            endpoints, self._endpoints = self._endpoints, {}
-            keys = counts.keys() | endpoints.keys()
-            self._writing = len(keys)
-        if not keys:
-            return
-        batch = [_tally(key, counts.get(key, DayCounts()), endpoints.get(key, ())) for key in keys]
+        """(Under the flush lock.) The writer flushed, then the outbox counted batch after batch."""
+        self.outbox.flush()
         try:
-            moved = self.store.add_batch(batch, today=day_of(now))
+            while True:
+                counted = self.store.count_outbox(limit=self.batch, now=self.clock(), today=day_of(now))
+                with self._lock:
+                    self._tenants |= counted.tenants
+                    self._failed = False
+                _log_moved(counted.moved)
+                if counted.events < self.batch:
+                    return
         except BaseException:
             with self._lock:
-                for key, c in counts.items():
-                    self._counts[key] = self._counts[key] + c if key in self._counts else c
-                for key, eps in endpoints.items():
-                    self._endpoints.setdefault(key, set()).update(eps)
+                self._failed = True
             raise
-        finally:
-            with self._lock:
-                self._writing = 0
-        _log_moved(moved)
 
     def _seal(self, now: float) -> list[UsageDay]:
         """(Under the flush lock, after a write.) Seal every counted tenant's days that are over."""
@@ -195,7 +149,7 @@ class UsageMeter:
 
     async def run(self) -> None:
         """Until :meth:`close`: flush every ``flush_interval``, in a worker thread. A failed flush is logged and
-        retried with exponential backoff (up to ``max_retry_delay``), its counts kept."""
+        retried with exponential backoff (up to ``max_retry_delay``); what it did not count stays in the outbox."""
         delay = self.flush_interval
         while not self._stop.is_set():
             try:
@@ -210,25 +164,18 @@ class UsageMeter:
                 delay = self.flush_interval
             except Exception as e:
                 delay = min(delay * 2, self.max_retry_delay)
-                log.warning("usage write-behind failed (%d tallies pending, retry in %.2f s): %s",
+                log.warning("usage counting failed (%d event(s) known pending, retry in %.2f s): %s",
                             self.pending, delay, e)
 
     def close(self) -> None:
-        """Stop counting and :meth:`run`, and write what is pending (idempotent; raises the store's error if that
-        fails: those counts are lost). Call it on the thread of the loop that runs :meth:`run`."""
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
+        """Stop :meth:`run` and count what is pending, the writer's buffer included (idempotent; raises the
+        store's error if that fails: the events stay in the outbox, or in the writer's buffer, for a later
+        count). Call it on the thread of the loop that runs :meth:`run`."""
         self._stop.set()
         self.flush()
 
 
-def _tally(key: _Key, counts: DayCounts, endpoints: Sequence[str] | set[str]) -> Tally:
-    eps = frozenset(endpoints)
-    return Tally(key[0], key[1], replace(counts, devices_registered=len(eps)), eps)
-
-
-def _log_moved(moved: list[Moved]) -> None:
+def _log_moved(moved: Sequence[Moved]) -> None:
     for tenant, day, counted_on in moved:
         log.warning("usage: counts of %s (tenant %s) arrived after that day was sealed; counted on %s",
                     day, tenant, counted_on)
@@ -248,6 +195,10 @@ class _Flushed:
     def add_batch(self, tallies: Sequence[Tally], *, today: str | None = None) -> list[Moved]:
         self._meter.flush()
         return self._meter.store.add_batch(tallies, today=today)
+
+    def count_outbox(self, *, limit: int, now: float, today: str) -> Counted:
+        self._meter.flush()
+        return self._meter.store.count_outbox(limit=limit, now=now, today=today)
 
     def counts(self, *, tenant_id: str, day: str) -> DayCounts:
         self._meter.flush()

@@ -11,6 +11,11 @@ Invariants shared by both:
   :class:`SealedDayError`;
 * :meth:`UsageStore.add_batch` applies many tallies in one transaction, all or nothing; with ``today``, what is
   counted for a sealed day goes to the first open day from ``today`` on (never dropped, never raised);
+* :meth:`UsageStore.count_outbox` counts events of the outbox (:mod:`lwm2m_server.storage.outbox_store`) exactly
+  once: in ONE transaction it takes rows not metered yet under their lock (PostgreSQL ``FOR UPDATE SKIP LOCKED``,
+  SQLite ``BEGIN IMMEDIATE``, the memory outbox's lock), adds their tallies (as :meth:`UsageStore.add_batch` with
+  ``today``) and sets their ``metered_at``; it commits only if that UPDATE marked every row it counted, so meters
+  of several nodes racing on the same rows never count one twice, and a failure counts and marks nothing;
 * every call is atomic and safe from several threads; a database failure raises ``StorageError``.
 """
 
@@ -18,26 +23,41 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
-from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy import Connection, Row, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from lwm2m_server.core.errors import CoapCode, StorageError
-from lwm2m_server.metering.usage import COUNTERS, DayCounts, Tally, UsageDay, day_of, next_day, seal
+from lwm2m_server.metering.usage import COUNTERS, DayCounts, Tally, UsageDay, day_of, measure, next_day, seal
 from lwm2m_server.storage.database import Database
+from lwm2m_server.storage.outbox_store import MemoryOutboxStore, OutboxEvent, lock_for_update, row_event
+from lwm2m_server.storage.outbox_tables import OutboxRow
+from lwm2m_server.storage.sql import chunks
 from lwm2m_server.storage.usage_tables import UsageDayRow, UsageEndpointRow
 
-__all__ = ["MemoryUsageStore", "SealedDayError", "SqlUsageStore", "UsageStore", "exported_days"]
+__all__ = ["Counted", "MemoryUsageStore", "SealedDayError", "SqlUsageStore", "UsageStore", "exported_days",
+           "tallies_of"]
 
 _DAY = UsageDayRow.__table__  # type: ignore[attr-defined]
 _EP = UsageEndpointRow.__table__  # type: ignore[attr-defined]
+_OUT = OutboxRow.__table__  # type: ignore[attr-defined]
 _ATTEMPTS = 3  # a write that lost a race with another node (same new row) is tried again this often
 _CHUNK = 2000  # endpoints looked up per SELECT (bound parameters stay far below SQLite's and PostgreSQL's limits)
 _ADDED = tuple(n for n in COUNTERS if n != "devices_registered")  # the counters an add sums (not the endpoints)
 
 Moved = tuple[str, str, str]  # (tenant_id, the sealed day counted for, the open day it was counted on)
+
+
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """What one :meth:`UsageStore.count_outbox` did: ``events`` rows counted and marked metered, the tenants they
+    were of, and the counts of sealed days moved to an open one."""
+
+    events: int = 0
+    tenants: frozenset[str] = frozenset()
+    moved: tuple[Moved, ...] = ()
 
 
 class SealedDayError(StorageError):
@@ -63,6 +83,12 @@ class UsageStore(Protocol):
         counted on the tenant's first open day from ``today`` on, and listed in the result."""
         ...
 
+    def count_outbox(self, *, limit: int, now: float, today: str) -> Counted:
+        """Count at most ``limit`` outbox rows not metered yet (in ``seq`` order) and mark them metered at ``now``,
+        in one transaction (see the module's invariants); what a sealed day would get goes to the first open day
+        from ``today`` on. ``Counted()`` when no row was waiting."""
+        ...
+
     def counts(self, *, tenant_id: str, day: str) -> DayCounts:
         """The counters of a day so far, open or sealed (zero for a day nobody counted)."""
         ...
@@ -79,9 +105,10 @@ class UsageStore(Protocol):
 
 class MemoryUsageStore:
     """Open days as :class:`Tally` per (tenant, day); each tenant's sealed chain as a list. A lock makes each call
-    atomic."""
+    atomic. It counts from ``outbox`` (a new one when not given: :attr:`outbox`), under the outbox's lock."""
 
-    def __init__(self) -> None:
+    def __init__(self, outbox: MemoryOutboxStore | None = None) -> None:
+        self.outbox = MemoryOutboxStore() if outbox is None else outbox
         self._open: dict[tuple[str, str], Tally] = {}
         self._sealed: dict[str, list[UsageDay]] = {}
         self._lock = threading.Lock()
@@ -99,6 +126,11 @@ class MemoryUsageStore:
                 counts = replace(old.counts + tally.counts, devices_registered=len(endpoints))
                 self._open[(tenant, day)] = Tally(tenant, day, counts, endpoints)
             return moved
+
+    def count_outbox(self, *, limit: int, now: float, today: str) -> Counted:
+        rows, moved = self.outbox.consume_unmetered(limit=limit, now=now,
+                                                    count=lambda rows: self.add_batch(tallies_of(rows), today=today))
+        return Counted(len(rows), frozenset(r.tenant_id for r in rows), tuple(moved))
 
     def counts(self, *, tenant_id: str, day: str) -> DayCounts:
         with self._lock:
@@ -154,28 +186,63 @@ class SqlUsageStore:
         for attempt in range(_ATTEMPTS):
             try:
                 with self._engine.begin() as c:
-                    last = {t: d for t, d in c.execute(select(_DAY.c.tenant_id, func.max(_DAY.c.day)).where(
-                        _DAY.c.tenant_id.in_(tenants), _DAY.c.hash.is_not(None)).group_by(_DAY.c.tenant_id))}
-                    merged, moved = _merge(tallies, last, today)
-                    missing = []
-                    for (tenant, day), tally in merged.items():
-                        deltas = {n: _DAY.c[n] + getattr(tally.counts, n) for n in _ADDED}
-                        if c.execute(update(_DAY).where(_DAY.c.tenant_id == tenant, _DAY.c.day == day,
-                                                        _DAY.c.hash.is_(None)).values(deltas)).rowcount == 0:
-                            missing.append({"tenant_id": tenant, "day": day, "devices_registered": 0,
-                                            **{n: getattr(tally.counts, n) for n in _ADDED}})
-                    if missing:
-                        c.execute(insert(_DAY), missing)
-                    new = [{"tenant_id": t, "day": d, "endpoint": e}
-                           for (t, d), tally in merged.items() for e in self._uncounted(c, t, d, tally.endpoints)]
-                    if new:
-                        c.execute(insert(_EP), new)
-                return moved
+                    return self._add(c, tallies, today)
             except IntegrityError as e:  # another node inserted the same day or endpoint first: all rolled back
                 if attempt == _ATTEMPTS - 1:
                     raise StorageError(f"cannot count {what}: {e}") from e
             except SQLAlchemyError as e:
                 raise StorageError(f"cannot count {what}: {e}") from e
+        raise AssertionError("unreachable")
+
+    def _add(self, c: Connection, tallies: Sequence[Tally], today: str | None) -> list[Moved]:
+        """(In ``c``'s transaction.) What :meth:`add_batch` writes."""
+        tenants = sorted({t.tenant_id for t in tallies})
+        last = {t: d for t, d in c.execute(select(_DAY.c.tenant_id, func.max(_DAY.c.day)).where(
+            _DAY.c.tenant_id.in_(tenants), _DAY.c.hash.is_not(None)).group_by(_DAY.c.tenant_id))}
+        merged, moved = _merge(tallies, last, today)
+        missing = []
+        for (tenant, day), tally in merged.items():
+            deltas = {n: _DAY.c[n] + getattr(tally.counts, n) for n in _ADDED}
+            if c.execute(update(_DAY).where(_DAY.c.tenant_id == tenant, _DAY.c.day == day,
+                                            _DAY.c.hash.is_(None)).values(deltas)).rowcount == 0:
+                missing.append({"tenant_id": tenant, "day": day, "devices_registered": 0,
+                                **{n: getattr(tally.counts, n) for n in _ADDED}})
+        if missing:
+            c.execute(insert(_DAY), missing)
+        new = [{"tenant_id": t, "day": d, "endpoint": e}
+               for (t, d), tally in merged.items() for e in self._uncounted(c, t, d, tally.endpoints)]
+        if new:
+            c.execute(insert(_EP), new)
+        return moved
+
+    def count_outbox(self, *, limit: int, now: float, today: str) -> Counted:
+        """One transaction: the rows locked (``FOR UPDATE SKIP LOCKED``: those another meter holds are left to
+        it), their tallies added, the rows marked; rolled back (and tried again) unless the UPDATE marked every
+        row counted."""
+        o = _OUT.c
+        for attempt in range(_ATTEMPTS):
+            try:
+                with self._engine.begin() as c:
+                    lock_for_update(c)
+                    rows = [row_event(r) for r in c.execute(select(_OUT).where(o.metered_at.is_(None))
+                                                            .order_by(o.seq).limit(limit)
+                                                            .with_for_update(skip_locked=True))]
+                    if not rows:
+                        return Counted()
+                    tallies = tallies_of(rows)
+                    moved = self._add(c, tallies, today) if tallies else []
+                    marked = 0
+                    for chunk in chunks([r.seq for r in rows]):
+                        marked += c.execute(update(_OUT).where(o.seq.in_(chunk), o.metered_at.is_(None))
+                                            .values(metered_at=now)).rowcount
+                    if marked != len(rows):
+                        raise _Raced
+                    return Counted(len(rows), frozenset(r.tenant_id for r in rows), tuple(moved))
+            except (_Raced, IntegrityError) as e:
+                if attempt == _ATTEMPTS - 1:
+                    raise StorageError(f"cannot count the outbox: other meters kept racing ({e!r})") from None
+            except SQLAlchemyError as e:
+                raise StorageError(f"cannot count the outbox: {e}") from e
         raise AssertionError("unreachable")
 
     @staticmethod
@@ -257,6 +324,24 @@ class SqlUsageStore:
                 return [_day(row) for row in c.execute(query.order_by(_DAY.c.day))]
         except SQLAlchemyError as e:
             raise StorageError(f"cannot read usage (tenant {tenant_id}): {e}") from e
+
+
+def tallies_of(events: Iterable[OutboxEvent]) -> list[Tally]:
+    """What ``events`` add, summed per (tenant, day) (:func:`~lwm2m_server.metering.usage.measure`; events
+    metering does not count add nothing)."""
+    counts: dict[tuple[str, str], DayCounts] = {}
+    endpoints: dict[tuple[str, str], set[str]] = {}
+    for e in events:
+        inc = measure(e.kind, e.data, tenant_id=e.tenant_id, at=e.at, endpoint=e.endpoint)
+        if inc is None:
+            continue
+        key = (inc.tenant_id, inc.day)
+        counts[key] = counts[key] + inc.counts if key in counts else inc.counts
+        eps = endpoints.setdefault(key, set())
+        if inc.endpoint is not None:
+            eps.add(inc.endpoint)
+    return [Tally(k[0], k[1], replace(c, devices_registered=len(endpoints[k])), frozenset(endpoints[k]))
+            for k, c in counts.items()]
 
 
 def _tally(counts: DayCounts, tenant_id: str, day: str, endpoint: str | None) -> Tally:

@@ -35,6 +35,7 @@ from lwm2m_server.core.errors import StorageError
 from lwm2m_server.storage import (  # noqa: F401  (registers the tables on SQLModel.metadata)
     campaign_tables,
     node_tables,
+    outbox_tables,
     release_tables,
     tables,
     tag_tables,

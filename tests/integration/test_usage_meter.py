@@ -1,8 +1,9 @@
 """The usage meter on a real event bus and a real SQLite store.
 
-- write-behind: a burst of 10,000 registrations costs no statement until the flush, which is one transaction of
-  a few statements; a flush the database refuses keeps its counts and the next one writes them once; the
-  :meth:`run` loop retries until the database takes them; sealing writes what is pending first;
+- write-behind through the outbox: a burst of 10,000 registrations costs no statement until the flush, which is
+  a few transactions (the outbox writer's batches, then one count of the outbox); a count the database
+  refuses leaves the events in the outbox and the next one counts them once; the :meth:`run` loop retries until
+  the database takes them; sealing counts what is pending first;
 - the events a campaign produces, fed by hand with a controlled clock: the figures of each tenant's day, repeat
   registrations counted once, the day sealed once midnight (plus the grace) has passed, a late event counted on
   the current day;
@@ -25,6 +26,7 @@ from client_sim.firmware import Faults, FirmwareOptions
 from client_sim.fleet import Fleet
 from firmware_object.campaign import Policy
 from firmware_object.suit.keys import load_public_key
+from lwm2m_server import outbox
 from lwm2m_server.core.errors import StorageError
 from lwm2m_server.events import EventBus
 from lwm2m_server.fota import attestation, campaigns, service
@@ -32,11 +34,18 @@ from lwm2m_server.metering import usage
 from lwm2m_server.metering.meter import UsageMeter
 from lwm2m_server.metering.store import SqlUsageStore
 from lwm2m_server.metering.usage import DayCounts, day_of, day_start, next_day, verify
+from lwm2m_server.outbox import OutboxWriter
 from lwm2m_server.storage.database import Database
+from lwm2m_server.storage.outbox_store import SqlOutboxStore
 from tests.harness import eventually, running_server
 
 DAY = "2024-04-01"
 PACKAGE = 4096
+
+
+def writer(db: Database, bus: EventBus, clock: Any = time.time) -> OutboxWriter:
+    """The node's outbox writer (its run loop not started: every meter flush flushes it)."""
+    return OutboxWriter(SqlOutboxStore(db), bus, node_id="node-1", clock=clock)
 
 
 def test_the_meter_reads_the_kinds_the_services_emit() -> None:
@@ -51,7 +60,8 @@ def test_a_campaigns_events_are_counted_per_tenant_and_day_then_sealed(tmp_path:
     bus = EventBus()
     with Database.for_data_dir(tmp_path / "data") as db:
         store = SqlUsageStore(db)
-        meter = UsageMeter(store, bus, clock=lambda: now[0], seal_grace=60.0)
+        producer = writer(db, bus, lambda: now[0])
+        meter = UsageMeter(store, producer, clock=lambda: now[0], seal_grace=60.0)
 
         def emit(kind: str, ep: str | None = None, tenant: str = "op", **data: Any) -> None:
             bus.emit(kind, now[0], tenant_id=tenant, endpoint=ep, data=data)
@@ -98,9 +108,12 @@ def test_a_campaigns_events_are_counted_per_tenant_and_day_then_sealed(tmp_path:
         assert store.counts(tenant_id="op", day=day2) == DayCounts(devices_registered=2, deliveries_succeeded=1)
         assert store.days(tenant_id="op") == sealed
 
+        producer.close()
         meter.close()
-        emit("campaign.started", campaign="k2")
+        emit("campaign.started", campaign="k2")  # nobody takes it any more
+        meter.flush()
         assert store.counts(tenant_id="op", day=day2).campaigns_started == 0
+        assert SqlOutboxStore(db).unmetered(limit=10) == []  # everything written was counted
 
 
 async def test_the_usage_of_a_real_campaign_agrees_with_its_report(tmp_path: Path) -> None:
@@ -187,17 +200,21 @@ def test_a_burst_of_registrations_is_written_in_one_transaction(tmp_path: Path) 
     bus = EventBus()
     with Database.for_data_dir(tmp_path / "data") as db:
         store = SqlUsageStore(db)
-        meter = UsageMeter(store, bus, clock=lambda: now[0])
+        meter = UsageMeter(store, writer(db, bus, lambda: now[0]), clock=lambda: now[0], batch=25_000)
         seen = Statements(db)
         for i in range(10_000):
             bus.emit("registration.registered", now[0], tenant_id="op", endpoint=f"ep-{i}")
             bus.emit("registration.registered", now[0], tenant_id="op", endpoint=f"ep-{i}")  # a repeat
         bus.emit("firmware.started", now[0], tenant_id="op", endpoint="ep-1")
-        assert seen.statements == 0 and meter.pending == 1
+        assert seen.statements == 0 and meter.pending == 20_001
         meter.flush()
-        assert seen.transactions == 1 and seen.statements <= 12, vars(seen)
-        meter.flush()  # nothing pending: no statement
-        assert seen.transactions == 1 and meter.pending == 0
+        # the outbox written (one executemany per batch), then counted and marked in one transaction (its
+        # endpoint look-ups and its UPDATE of the outbox rows in IN lists of 500)
+        written = -(-20_001 // outbox.BATCH)
+        assert seen.transactions == written + 1 and seen.statements <= written + 100, vars(seen)
+        assert meter.pending == 0
+        meter.flush()  # nothing pending: only the look for unmetered rows
+        assert seen.transactions == written + 2 and meter.pending == 0
         assert store.counts(tenant_id="op", day=DAY) == DayCounts(devices_registered=10_000, deliveries_started=1)
         meter.close()
 
@@ -207,7 +224,7 @@ def test_a_refused_flush_keeps_its_counts_and_the_next_writes_them_once(tmp_path
     bus = EventBus()
     with Database.for_data_dir(tmp_path / "data") as db:
         store = SqlUsageStore(db)
-        meter = UsageMeter(store, bus, clock=lambda: now[0])
+        meter = UsageMeter(store, writer(db, bus, lambda: now[0]), clock=lambda: now[0])
         bus.emit("registration.registered", now[0], tenant_id="op", endpoint="a")
         bus.emit("firmware.started", now[0], tenant_id="op", endpoint="a")
         refuse_endpoints(db, True)
@@ -219,6 +236,7 @@ def test_a_refused_flush_keeps_its_counts_and_the_next_writes_them_once(tmp_path
         bus.emit("firmware.started", now[0], tenant_id="op", endpoint="b")
         with pytest.raises(StorageError):
             meter.close()  # the last flush fails too: close raises
+        assert len(SqlOutboxStore(db).unmetered(limit=10)) == 5  # all there, none counted
         refuse_endpoints(db, False)
         meter.flush()
         meter.flush()
@@ -230,7 +248,7 @@ def test_sealing_writes_what_is_pending_first(tmp_path: Path) -> None:
     bus = EventBus()
     with Database.for_data_dir(tmp_path / "data") as db:
         store = SqlUsageStore(db)
-        meter = UsageMeter(store, bus, clock=lambda: now[0], seal_grace=60.0)
+        meter = UsageMeter(store, writer(db, bus, lambda: now[0]), clock=lambda: now[0], seal_grace=60.0)
         bus.emit("registration.registered", now[0], tenant_id="op", endpoint="a")
         now[0] = day_start(next_day(DAY)) + 61  # past midnight and the grace, no event since
         sealed = meter.seal()
@@ -249,7 +267,7 @@ async def test_the_run_loop_retries_until_the_database_takes_the_counts(tmp_path
     bus = EventBus()
     with Database.for_data_dir(tmp_path / "data") as db:
         store = SqlUsageStore(db)
-        meter = UsageMeter(store, bus, flush_interval=0.01, max_retry_delay=0.05)
+        meter = UsageMeter(store, writer(db, bus), flush_interval=0.01, max_retry_delay=0.05)
         task = asyncio.create_task(meter.run())
         try:
             today = day_of(time.time())

@@ -1,6 +1,7 @@
 """Webhook notifications end to end: a real HTTP/1.1 receiver on 127.0.0.1 (asyncio streams), a real SQLite
-database, a real vault; the receiver checks every signature. Retries, refusals, dead ports, tenant scoping, a full
-queue, a bounded stop, the secret at rest and in logs, and the ``scratch webhook`` commands (CliRunner)."""
+database (the events go through its outbox), a real vault; the receiver checks every signature. Retries, refusals,
+dead ports, tenant scoping, a burst beyond the lease limit (nothing dropped), a bounded stop that leaves the rest
+in the outbox, the secret at rest and in logs, and the ``scratch webhook`` commands (CliRunner)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -29,12 +31,15 @@ from lwm2m_server.fota.webhooks import (
     UnknownWebhookError,
     WebhookNotifier,
     Webhooks,
+    delivery_id,
     sign,
     validate_kinds,
     validate_url,
     verify_signature,
 )
+from lwm2m_server.outbox import OutboxWriter
 from lwm2m_server.storage.database import Database
+from lwm2m_server.storage.outbox_store import MemoryOutboxStore, OutboxStore, SqlOutboxStore
 from lwm2m_server.storage.webhook_store import MemoryWebhookStore, SqlWebhookStore
 from tests.secret_scan import SecretSet
 
@@ -133,16 +138,36 @@ def store(database: Database) -> Webhooks:
     return Webhooks(SqlWebhookStore(database), Vault.generate())
 
 
+@pytest.fixture
+def outbox(database: Database) -> OutboxStore:
+    return SqlOutboxStore(database)
+
+
 @contextlib.asynccontextmanager
-async def notifying(store: Webhooks, bus: EventBus, **options: float) -> AsyncIterator[WebhookNotifier]:
-    settings: dict[str, float] = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0, **options}
-    notifier = WebhookNotifier(store, bus, **settings)  # type: ignore[arg-type]
-    notifier.start()
+async def writing(outbox: OutboxStore, bus: EventBus, node_id: str = "node-1") -> AsyncIterator[OutboxWriter]:
+    """A node's outbox writer, running (every 50 ms), closed at the end."""
+    writer = OutboxWriter(outbox, bus, node_id=node_id)
+    task = asyncio.create_task(writer.run())
     try:
-        yield notifier
+        yield writer
     finally:
-        async with asyncio.timeout(15):
-            await notifier.stop()
+        writer.close()
+        await asyncio.wait_for(task, 5)
+
+
+@contextlib.asynccontextmanager
+async def notifying(store: Webhooks, bus: EventBus, outbox: OutboxStore | None = None,
+                    **options: Any) -> AsyncIterator[WebhookNotifier]:
+    """A node: its outbox writer on ``bus`` (into ``outbox``; a new memory outbox when None) and its notifier."""
+    settings: dict[str, Any] = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 5.0, **options}
+    async with writing(MemoryOutboxStore() if outbox is None else outbox, bus) as writer:
+        notifier = WebhookNotifier(store, writer, **settings)
+        notifier.start()
+        try:
+            yield notifier
+        finally:
+            async with asyncio.timeout(15):
+                await notifier.stop()
 
 
 def emit(bus: EventBus, kind: str, tenant: str = "default", endpoint: str | None = "dev-1",
@@ -160,13 +185,13 @@ async def until(condition: object, timeout: float = 10.0) -> None:
 # ---------------------------------------------------------------- delivery
 
 
-async def test_retries_server_errors_then_delivers_once(store: Webhooks) -> None:
+async def test_retries_server_errors_then_delivers_once(store: Webhooks, outbox: OutboxStore) -> None:
     bus = EventBus()
     async with receiving() as rx:
         hook, secret = store.add(rx.url("/flaky"), tenant_id="default", now=time.time())
         rx.scripts["/flaky"] = [500, 500, 200]
         rx.secrets["/flaky"] = secret
-        async with notifying(store, bus) as notifier:
+        async with notifying(store, bus, outbox) as notifier:
             emit(bus, "campaign.device.succeeded")
             assert await notifier.flush(FLUSH_S)
 
@@ -191,14 +216,14 @@ async def test_retries_server_errors_then_delivers_once(store: Webhooks) -> None
     assert all(d.event_kind == "campaign.device.succeeded" and d.duration >= 0 for d in log)
 
 
-async def test_gone_is_not_retried_and_429_is(store: Webhooks) -> None:
+async def test_gone_is_not_retried_and_429_is(store: Webhooks, outbox: OutboxStore) -> None:
     bus = EventBus()
     async with receiving() as rx:
         gone, secret = store.add(rx.url("/gone"), tenant_id="default", now=time.time())
         busy, _ = store.add(rx.url("/busy"), kinds=["campaign.finished"], tenant_id="default", now=time.time())
         rx.scripts.update({"/gone": [410], "/busy": [429, 200]})
         rx.secrets["/gone"] = secret
-        async with notifying(store, bus) as notifier:
+        async with notifying(store, bus, outbox) as notifier:
             emit(bus, "campaign.finished", endpoint=None, data={"campaign": "c1", "state": "done"})
             assert await notifier.flush(FLUSH_S)
 
@@ -210,10 +235,10 @@ async def test_gone_is_not_retried_and_429_is(store: Webhooks) -> None:
     assert [(d.status_code, d.delivered) for d in reversed(busy_log)] == [(429, False), (200, True)]
 
 
-async def test_dead_port_retries_then_gives_up(store: Webhooks, dead_url: str) -> None:
+async def test_dead_port_retries_then_gives_up(store: Webhooks, outbox: OutboxStore, dead_url: str) -> None:
     bus = EventBus()
     hook, _ = store.add(dead_url, tenant_id="default", now=time.time())
-    async with notifying(store, bus, max_attempts=4) as notifier:
+    async with notifying(store, bus, outbox, max_attempts=4) as notifier:
         emit(bus, "campaign.device.failed")
         assert await notifier.flush(FLUSH_S)
     log = list(reversed(store.deliveries(tenant_id="default", webhook_id=hook.id)))
@@ -224,12 +249,12 @@ async def test_dead_port_retries_then_gives_up(store: Webhooks, dead_url: str) -
     assert len({d.event_id for d in log}) == 1
 
 
-async def test_a_receiver_that_never_answers_times_out_and_is_retried(store: Webhooks) -> None:
+async def test_a_receiver_that_never_answers_times_out_and_is_retried(store: Webhooks, outbox: OutboxStore) -> None:
     bus = EventBus()
     async with receiving() as rx:
         hook, _ = store.add(rx.url("/slow"), tenant_id="default", now=time.time())
         rx.scripts["/slow"] = [None]
-        async with notifying(store, bus, timeout=0.3) as notifier:
+        async with notifying(store, bus, outbox, timeout=0.3) as notifier:
             emit(bus, "campaign.device.succeeded")
             assert await notifier.flush(FLUSH_S)
     log = list(reversed(store.deliveries(tenant_id="default", webhook_id=hook.id)))
@@ -237,7 +262,7 @@ async def test_a_receiver_that_never_answers_times_out_and_is_retried(store: Web
     assert log[0].error is not None and log[0].error.startswith("timed out")
 
 
-async def test_events_go_only_to_their_tenant_and_kinds(store: Webhooks) -> None:
+async def test_events_go_only_to_their_tenant_and_kinds(store: Webhooks, outbox: OutboxStore) -> None:
     bus = EventBus()
     async with receiving() as rx:
         acme, acme_secret = store.add(rx.url("/acme"), tenant_id="acme", now=time.time())
@@ -246,7 +271,7 @@ async def test_events_go_only_to_their_tenant_and_kinds(store: Webhooks) -> None
         removed, _ = store.add(rx.url("/removed"), tenant_id="acme", now=time.time())
         store.remove(removed.id, tenant_id="acme")
         rx.secrets.update({"/acme": acme_secret, "/globex": globex_secret})
-        async with notifying(store, bus) as notifier:
+        async with notifying(store, bus, outbox) as notifier:
             emit(bus, "campaign.finished", tenant="acme")
             emit(bus, "campaign.device.succeeded", tenant="globex")
             emit(bus, "campaign.device.failed", tenant="globex")
@@ -262,50 +287,54 @@ async def test_events_go_only_to_their_tenant_and_kinds(store: Webhooks) -> None
     assert [d.webhook_id for d in store.deliveries(tenant_id="globex")] == [globex.id]
 
 
-async def test_full_queue_drops_without_blocking_the_publisher(store: Webhooks) -> None:
+async def test_a_burst_beyond_the_lease_limit_is_all_delivered_without_blocking_the_publisher(
+        store: Webhooks, outbox: OutboxStore) -> None:
     bus = EventBus()
     async with receiving() as rx:
         hook, _ = store.add(rx.url("/hook"), tenant_id="default", now=time.time())
-        async with notifying(store, bus, queue_size=1) as notifier:
-            for _ in range(3):  # no await in between: the first waits in the queue, the others find it full
+        async with notifying(store, bus, outbox, queue_size=1) as notifier:
+            for _ in range(3):  # no await in between: the publisher only appends to the writer's buffer
                 emit(bus, "campaign.device.succeeded")
-            assert notifier.dropped == 2
             assert await notifier.flush(FLUSH_S)
-    assert len(rx.requests) == 1
+    assert len(rx.requests) == 3 and len({r.headers["x-scratch-delivery"] for r in rx.requests}) == 3
     log = store.deliveries(tenant_id="default", webhook_id=hook.id)
-    assert sorted((d.attempt, d.delivered, d.error) for d in log) == [
-        (0, False, "dropped: the webhook queue was full"), (0, False, "dropped: the webhook queue was full"),
-        (1, True, None)]
+    assert sorted((d.attempt, d.delivered, d.error) for d in log) == [(1, True, None)] * 3
+    assert outbox.lease_for_webhooks(owner="anyone", now=time.time() + 3600, lease=1, limit=10) == []  # all notified
 
 
-async def test_stop_is_bounded_and_logs_what_was_not_delivered(store: Webhooks, dead_url: str) -> None:
+async def test_stop_is_bounded_and_leaves_what_was_not_delivered_in_the_outbox(
+        store: Webhooks, outbox: OutboxStore, dead_url: str) -> None:
     bus = EventBus()
     hook, _ = store.add(dead_url, tenant_id="default", now=time.time())
-    notifier = WebhookNotifier(store, bus, backoff_base=60.0, backoff_max=60.0, queue_size=1, drain_timeout=0.2)
-    notifier.start()
-    try:
-        emit(bus, "campaign.device.failed")  # first attempt refused, next one a minute away
-        await until(lambda: len(store.deliveries(tenant_id="default", webhook_id=hook.id)) == 1)
-        emit(bus, "campaign.device.failed")  # queued, or waiting for room among the deliveries in flight
-        emit(bus, "campaign.device.failed")  # the queue is full: dropped
-    finally:
-        async with asyncio.timeout(10):
-            await notifier.stop()
-    assert await notifier.flush(0)  # stopped: nothing is left running
-    log = list(reversed(store.deliveries(tenant_id="default", webhook_id=hook.id)))
-    assert [(d.attempt, d.delivered) for d in log] == [(1, False)] * 2 + [(0, False)] * 2
-    assert log[0].error is not None and log[0].error.startswith("connection error:")
-    assert log[1].error == "not delivered: the notifier stopped after 1 attempt(s)"
-    assert log[1].event_id == log[0].event_id
-    assert sorted(d.error or "" for d in log[2:]) == ["dropped: the webhook queue was full",
-                                                       "not delivered: the notifier stopped"]
-    emit(bus, "campaign.device.failed")  # after stop: not subscribed any more
-    assert len(store.deliveries(tenant_id="default", webhook_id=hook.id)) == 4
+    async with writing(outbox, bus) as writer:
+        notifier = WebhookNotifier(store, writer, backoff_base=60.0, backoff_max=60.0, queue_size=1,
+                                   drain_timeout=0.2)
+        notifier.start()
+        try:
+            emit(bus, "campaign.device.failed")  # first attempt refused, next one a minute away
+            await until(lambda: len(store.deliveries(tenant_id="default", webhook_id=hook.id)) == 1)
+            emit(bus, "campaign.device.failed")  # written, not leased: this notifier leases one event at a time
+            emit(bus, "campaign.device.failed")
+        finally:
+            async with asyncio.timeout(10):
+                await notifier.stop()
+        assert await notifier.flush(0)  # stopped: nothing is left running
+        log = list(reversed(store.deliveries(tenant_id="default", webhook_id=hook.id)))
+        assert [(d.attempt, d.delivered) for d in log] == [(1, False)] * 2
+        assert log[0].error is not None and log[0].error.startswith("connection error:")
+        assert log[1].error == ("not delivered yet: the notifier stopped after 1 attempt(s); the event stays in "
+                                "the outbox")
+        assert log[1].event_id == log[0].event_id
+        emit(bus, "campaign.device.failed")  # the notifier stopped: the writer still takes it (another node may)
+    waiting = outbox.lease_for_webhooks(owner="next", now=time.time(), lease=60, limit=10)  # released: at once
+    assert len(waiting) == 4
+    assert delivery_id(waiting[0].event_id, hook.id) == log[0].event_id  # the next notifier sends the same id
+    assert len(store.deliveries(tenant_id="default", webhook_id=hook.id)) == 2
 
 
-async def test_subscriptions_added_later_are_picked_up(store: Webhooks) -> None:
+async def test_subscriptions_added_later_are_picked_up(store: Webhooks, outbox: OutboxStore) -> None:
     bus = EventBus()
-    async with receiving() as rx, notifying(store, bus, refresh_interval=0.05) as notifier:
+    async with receiving() as rx, notifying(store, bus, outbox, refresh_interval=0.05) as notifier:
         emit(bus, "campaign.device.succeeded")  # nobody subscribed yet
         assert await notifier.flush(FLUSH_S)
         store.add(rx.url("/late"), tenant_id="default", now=time.time())
@@ -318,7 +347,8 @@ async def test_subscriptions_added_later_are_picked_up(store: Webhooks) -> None:
 # ---------------------------------------------------------------- the secret
 
 
-async def test_secret_is_sealed_at_rest_and_never_logged(store: Webhooks, database: Database,
+async def test_secret_is_sealed_at_rest_and_never_logged(store: Webhooks, outbox: OutboxStore,
+                                                         database: Database,
                                                          caplog: pytest.LogCaptureFixture, dead_url: str) -> None:
     caplog.set_level(logging.DEBUG, logger="lwm2m_server")
     bus = EventBus()
@@ -331,7 +361,7 @@ async def test_secret_is_sealed_at_rest_and_never_logged(store: Webhooks, databa
         found.add(bytes(dead_secret), "dead webhook secret")
         assert len(secret) == 32 and secret.hex() not in repr(secret)
         assert store.secret_for(hook.id, tenant_id="default") == secret
-        async with notifying(store, bus, max_attempts=2) as notifier:
+        async with notifying(store, bus, outbox, max_attempts=2) as notifier:
             emit(bus, "campaign.device.succeeded")
             assert await notifier.flush(FLUSH_S)
             assert secret.hex() not in repr(notifier) + repr(store) + repr(hook)
@@ -515,7 +545,7 @@ async def test_cli_add_list_deliveries_remove(tmp_path: Path) -> None:
         try:
             store = Webhooks.over(database, Vault.open(vault_key_location(data_dir).path, environ={}))
             bus = EventBus()
-            async with notifying(store, bus) as notifier:
+            async with notifying(store, bus, SqlOutboxStore(database)) as notifier:
                 emit(bus, "campaign.device.succeeded")
                 assert await notifier.flush(FLUSH_S)
         finally:
@@ -552,21 +582,17 @@ async def test_cli_add_list_deliveries_remove(tmp_path: Path) -> None:
             assert found.scan_file(path) == [], path.name
 
 
-async def test_a_branded_tenants_deliveries_carry_its_name_not_ours(store: Webhooks) -> None:
+async def test_a_branded_tenants_deliveries_carry_its_name_not_ours(store: Webhooks, outbox: OutboxStore) -> None:
     bus = EventBus()
     brands = {"netco": "NetCo Fleet"}
     async with receiving() as rx:
         store.add(rx.url("/netco"), tenant_id="netco", now=time.time())
         store.add(rx.url("/plain"), tenant_id="default", now=time.time())
-        notifier = WebhookNotifier(store, bus, backoff_base=0.01, timeout=5.0,
-                                   product_name=lambda tenant: brands.get(tenant, "SCRATCh"))
-        notifier.start()
-        try:
+        async with notifying(store, bus, outbox, product_name=lambda tenant: brands.get(tenant, "SCRATCh")) \
+                as notifier:
             emit(bus, "campaign.device.succeeded", tenant="netco")
             emit(bus, "campaign.device.succeeded", tenant="default")
             assert await notifier.flush(FLUSH_S)
-        finally:
-            await notifier.stop()
     assert [r.headers["user-agent"] for r in rx.on("/netco")] == ["netco-fleet-webhooks/1"]
     assert [r.headers["user-agent"] for r in rx.on("/plain")] == ["scratch-webhooks/1"]
     assert all("scratch" not in json.dumps(r.headers).lower().replace("x-scratch", "") for r in rx.on("/netco"))
