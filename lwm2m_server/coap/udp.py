@@ -8,6 +8,7 @@ join the port afterwards) and keeps, per process, the set of ports it handed out
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import errno
@@ -239,11 +240,60 @@ def _immediate(manager: Any) -> ImmediateAnswers | None:
     return found  # type: ignore[no-any-return,return-value]
 
 
+class _Answers:
+    """The answers given at once, for duplicate detection (RFC 7252 4.5): ``(peer address, Message ID)`` -> the
+    encoded answer, kept ``EXCHANGE_LIFETIME`` (247 s) and swept in arrival order. Per entry a key, the answer's
+    bytes and its expiry: a few hundred bytes, where aiocoap's cache keeps a Message object, a timer handle and a
+    callback per request (about 2.5 KiB: most of the server's memory per registration while it is fresh)."""
+
+    __slots__ = ("_answers", "_order")
+
+    def __init__(self) -> None:
+        self._answers: dict[tuple[Any, int], tuple[bytes, float]] = {}
+        self._order: collections.deque[tuple[float, tuple[Any, int]]] = collections.deque()
+
+    def get(self, key: tuple[Any, int], now: float) -> bytes | None:
+        found = self._answers.get(key)
+        return found[0] if found is not None and found[1] > now else None
+
+    def put(self, key: tuple[Any, int], answer: bytes, now: float, lifetime: float) -> None:
+        order, answers = self._order, self._answers
+        while order and order[0][0] <= now:  # sweep what expired (an entry stored again since is newer: kept)
+            _, old = order.popleft()
+            entry = answers.get(old)
+            if entry is not None and entry[1] <= now:
+                del answers[old]
+        answers[key] = (answer, now + lifetime)
+        order.append((now + lifetime, key))
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+
+def _answers(manager: Any) -> _Answers:
+    found: _Answers | None = getattr(manager, "_scratch_answers", None)
+    if found is None:
+        found = manager._scratch_answers = _Answers()
+    return found
+
+
+def _send_answer(manager: Any, response: Message, data: bytes) -> None:
+    """Put an encoded answer on the wire: straight to the UDP socket (aiocoap would encode it again), or through
+    the message interface (DTLS encrypts it)."""
+    interface = manager.message_interface
+    remote = response.remote
+    if isinstance(interface, udp6.MessageInterfaceUDP6):
+        ancdata = [] if remote.pktinfo is None else [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, remote.pktinfo)]
+        interface.transport.sendmsg(data, ancdata, 0, remote.sockaddr)
+    else:
+        interface.send(response)
+
+
 def dispatch(manager: Any, message: Message) -> None:
     """Hand a decoded message to aiocoap's message layer, except a request the site answers at once: that one is
-    answered here, as aiocoap would (RFC 7252): a duplicate (same remote and Message ID within EXCHANGE_LIFETIME) is
-    detected by aiocoap's own cache and gets the stored answer again; a CON gets its answer piggybacked on the ACK,
-    a NON a NON; the answer is stored for duplicates. A request with Block1, Block2 or Observe goes the long way."""
+    answered here, as aiocoap would (RFC 7252): a CON gets its answer piggybacked on the ACK, a NON a NON; the
+    encoded answer is kept EXCHANGE_LIFETIME (:class:`_Answers`) and a duplicate (same peer address and Message ID)
+    gets it again, unprocessed. A request with Block1, Block2 or Observe goes the long way."""
     site = _immediate(manager)
     opt = message.opt
     if (site is None or not message.code.is_request() or message.mtype not in (Type.CON, Type.NON)
@@ -251,7 +301,12 @@ def dispatch(manager: Any, message: Message) -> None:
             or not site.answers_at_once(message)):
         manager.dispatch_message(message)
         return
-    if manager._deduplicate_message(message):
+    answers, now = _answers(manager), manager.loop.time()
+    key = (message.remote.sockaddr, message.mid)
+    again = answers.get(key, now)
+    if again is not None:
+        if message.mtype is Type.CON:  # a NON's duplicate is not answered again
+            _send_answer(manager, Message.decode(again, message.remote.as_response_address()), again)
         return
     response = site.answer(message)
     response.token = message.token
@@ -260,7 +315,9 @@ def dispatch(manager: Any, message: Message) -> None:
         response.mtype, response.mid = Type.ACK, message.mid
     else:
         response.mtype, response.mid = Type.NON, manager._next_message_id()
-    manager._send_initially(response)
+    data = response.encode()
+    answers.put(key, data, now, message.transport_tuning.EXCHANGE_LIFETIME)
+    _send_answer(manager, response, data)
 
 
 def _tune_dtls_client() -> None:

@@ -18,9 +18,10 @@ async def test_second_server_on_the_same_port_is_refused(tmp_path):
                 pass
 
 
-async def test_a_retransmitted_register_gets_the_same_answer_from_a_slim_cache(tmp_path: Path) -> None:
-    """RFC 7252 4.5: a duplicate CON is answered from the cache, not processed twice; the cache holds the response
-    without its request (which a re-send never reads)."""
+async def test_a_retransmitted_register_gets_the_same_answer_from_the_compact_cache(tmp_path: Path) -> None:
+    """RFC 7252 4.5: a duplicate CON is answered again, not processed twice; what is kept for it is the encoded
+    answer (bytes), not a Message with its request; a NON with the same Message ID from another port is another
+    message."""
     import socket as socket_module
 
     from aiocoap import CON, Message
@@ -43,11 +44,22 @@ async def test_a_retransmitted_register_gets_the_same_answer_from_a_slim_cache(t
                 answers.append(Message.decode(await asyncio.wait_for(loop.sock_recv(sock, 2048), 5)))
         assert answers[0].code == Code.CREATED
         assert [a.opt.location_path for a in answers] == [answers[0].opt.location_path] * 2
-        assert [a.mid for a in answers] == [4242, 4242]
+        assert [a.mid for a in answers] == [4242, 4242] and answers[0].token == answers[1].token == b"\x01\x02"
         assert srv.registrations is not None and srv.registrations.count() == 1
         assert srv.context is not None
-        cached = [m for m in _message_manager(srv.context)._recent_messages.values() if m is not None]
-        assert cached and all(m.request is None for m in cached)
+        kept = _message_manager(srv.context)._scratch_answers
+        assert len(kept) == 1 and isinstance(kept.get(next(iter(kept._answers)), 0.0), bytes)
+
+        other = Message(code=Code.POST, uri_path=("rd",), payload=b"</3/0>", content_format=40)
+        other.mtype, other.mid, other.token = CON, 4242, b"\x03"  # same Message ID, another port: a new message
+        other.opt.uri_query = ("ep=dup-2", "lt=300", "lwm2m=1.1")
+        with socket_module.socket(socket_module.AF_INET, socket_module.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            sock.connect(("127.0.0.1", srv.coap_port))
+            await loop.sock_sendall(sock, other.encode())
+            answer = Message.decode(await asyncio.wait_for(loop.sock_recv(sock, 2048), 5))
+        assert answer.code == Code.CREATED and answer.token == b"\x03"
+        assert srv.registrations.count() == 2
 
 
 @pytest.mark.parametrize("tuned", [False, True])
