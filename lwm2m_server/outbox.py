@@ -34,8 +34,8 @@ import uuid
 from collections.abc import Callable, Iterable
 
 from lwm2m_server.core.errors import StorageError
-from lwm2m_server.events import Event, EventBus, kind_matches
-from lwm2m_server.metering.usage import METERED_KINDS
+from lwm2m_server.events import REGISTRATION_REGISTERED, Event, EventBus, kind_matches
+from lwm2m_server.metering.usage import METERED_KINDS, day_of
 from lwm2m_server.storage.outbox_store import OutboxEvent, OutboxStore
 
 __all__ = ["DEFAULT_FLUSH_INTERVAL", "OutboxWriter"]
@@ -47,6 +47,7 @@ MAX_RETRY_DELAY = 5.0
 BATCH = 5000  # events per transaction
 RETENTION = 3600.0  # seconds a consumed row is kept (for inspection) before it is pruned
 PRUNE_INTERVAL = 60.0
+MAX_SEEN_TODAY = 1_000_000  # endpoints remembered as registered today (beyond: forgotten, their rows written)
 
 
 class OutboxWriter:
@@ -75,6 +76,8 @@ class OutboxWriter:
         self._stop = asyncio.Event()
         self.on_written: list[Callable[[], None]] = []
         """Called (on the writing thread) after each flush that wrote events: wakes this node's consumers."""
+        self._seen_day = ""
+        self._seen_today: set[tuple[str, str | None]] = set()
         self._unsubscribe: Callable[[], None] | None = events.subscribe(self._on_event)
 
     @property
@@ -96,11 +99,26 @@ class OutboxWriter:
         metered, notified = wanted
         if not (metered or notified):
             return
+        if event.kind == REGISTRATION_REGISTERED and not notified and self._seen_before(event):
+            return  # metering counts a device once per day: a registration again the same day adds nothing
         now = None if metered and notified else self.clock()
         row = OutboxEvent.of(event, event_id=uuid.uuid4().hex, node_id=self.node_id,
                              metered_at=None if metered else now, notified_at=None if notified else now)
         with self._lock:
             self._buffer.append(row)
+
+    def _seen_before(self, event: Event) -> bool:
+        """Whether this endpoint's registration was already written today (UTC); remembers it if not. The memory is
+        one entry per device registered today, dropped at midnight (and past :data:`MAX_SEEN_TODAY`: the store
+        counts an endpoint once per day anyway, this only saves writing the row)."""
+        day = day_of(event.at)
+        if day != self._seen_day or len(self._seen_today) >= MAX_SEEN_TODAY:
+            self._seen_day, self._seen_today = day, set()
+        key = (event.tenant_id, event.endpoint)
+        if key in self._seen_today:
+            return True
+        self._seen_today.add(key)
+        return False
 
     @property
     def pending(self) -> int:
