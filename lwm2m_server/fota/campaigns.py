@@ -592,8 +592,9 @@ class CampaignService:
                 or any(v.state in ACTIVE for v in self._job_views(cid, tenant_id)))
 
     def _adopt(self, row: CampaignRecord, view: CampaignView, alive: frozenset[str]) -> None:
-        """Take over the active jobs of dead nodes (or of no node) whose devices reach this node now: each becomes
-        an orphan here, reconciled with what its device reports, with a whole phase from now to be heard of."""
+        """Take over the active jobs whose devices reach this node now (several nodes: registered here last; one node:
+        jobs of no node, from before owners): each becomes an orphan here, reconciled with what its device reports,
+        with a whole phase from now to be heard of."""
         cid, tenant = row.id, row.tenant_id
         candidates: Sequence[str] = [
             v.endpoint for v in view.jobs if v.state in ACTIVE and (cid, v.endpoint) not in self._jobs
@@ -612,8 +613,8 @@ class CampaignService:
             job = self._job(cid, ep, tenant)
             if job is None:
                 continue
-            log.info("campaign %s: %s: its %s job is taken over by node %s (its node is gone)", cid, ep,
-                     job.state.value, self.node)
+            log.info("campaign %s: %s: its %s job is taken over by node %s (the device is registered here now)",
+                     cid, ep, job.state.value, self.node)
             self._orphans.add((cid, ep))
             self._publish_again(row, job)
             earliest = now + phase_timeout(row.policy, job.state, size)
