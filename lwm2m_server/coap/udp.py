@@ -30,12 +30,25 @@ from lwm2m_server.coap.datagrams import decode_datagram
 _IN_USE: set[tuple[str, int]] = set()
 
 
-def _probe(host: str, port: int) -> int:
-    """Bind (without SO_REUSEPORT) and release; raises OSError when ``port`` is taken, returns the port."""
+def _hold(host: str, port: int) -> socket.socket:
+    """A socket holding ``host:port`` (0: a free port the kernel picks) until aiocoap's own socket is bound there.
+
+    It binds without SO_REUSEPORT, so the port is one nobody holds (raises OSError when ``port`` is taken), then
+    marks itself SO_REUSEPORT so that aiocoap's socket (which always binds with it) can join. Closing a probe
+    before aiocoap binds (as this once did) left a window in which another *process* could probe the same free
+    port, and both aiocoap sockets then shared it: the kernel delivered one device's answers to the other's
+    socket, and that device never registered (a stall of 2 x 5,000 simulated devices, once in a while).
+    Close it once aiocoap's socket is bound and has SO_REUSEPORT cleared."""
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.bind(address)
-        return int(probe.getsockname()[1])
+    holder = socket.socket(family, kind, proto)
+    try:
+        holder.bind(address)
+        if hasattr(socket, "SO_REUSEPORT"):
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    except BaseException:
+        holder.close()
+        raise
+    return holder
 
 
 def bound_socket(context: Context) -> socket.socket:
@@ -403,17 +416,26 @@ async def exclusive_context(site: interfaces.Resource, host: str, port: int = 0,
     last: OSError | None = None
     for _ in range(attempts if port == 0 else 1):
         try:
-            chosen = _probe(host, port)
-            context = await Context.create_server_context(site, bind=(host, chosen), transports=["udp6"])
+            holder = _hold(host, port)
         except OSError as e:
             if port:
                 raise
             last = e
             continue
-        sock = bound_socket(context)
-        if hasattr(socket, "SO_REUSEPORT"):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 0)
+        try:
+            chosen = int(holder.getsockname()[1])
+            context = await Context.create_server_context(site, bind=(host, chosen), transports=["udp6"])
+            sock = bound_socket(context)
+            if hasattr(socket, "SO_REUSEPORT"):  # nobody joins the port from now on
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 0)
+        except OSError as e:
+            if port:
+                raise
+            last = e
+            continue
+        finally:
+            holder.close()
         key = (host, int(sock.getsockname()[1]))
         if key not in _IN_USE:
             _IN_USE.add(key)

@@ -133,3 +133,43 @@ async def test_a_block_dropped_from_the_duplicate_cache_is_not_popped_again_with
         manager._store_response_for_duplicates(response)  # a block of a download: dropped at once
         assert key not in recent
         later()  # 247 s later in real life: must not raise
+
+
+async def test_a_port_being_bound_is_held_against_other_processes(tmp_path: Path) -> None:
+    """exclusive_context holds the port it picked until aiocoap's socket (bound with SO_REUSEPORT) is there: another
+    process picking ports the same way cannot take it meanwhile (it did: two simulated devices of two processes
+    shared a port, and one never got its answers); afterwards nobody joins it, with or without SO_REUSEPORT."""
+    import socket as socket_module
+
+    from aiocoap.resource import Site
+
+    from lwm2m_server.coap.udp import _hold, exclusive_context, release
+
+    holder = _hold("127.0.0.1", 0)
+    try:
+        port = holder.getsockname()[1]
+        with pytest.raises(OSError):  # what another process's pick of that port does while it is held
+            _hold("127.0.0.1", port)
+        joiner = socket_module.socket(socket_module.AF_INET6, socket_module.SOCK_DGRAM)
+        try:  # what aiocoap's socket does: it joins
+            joiner.setsockopt(socket_module.IPPROTO_IPV6, socket_module.IPV6_V6ONLY, 0)
+            joiner.setsockopt(socket_module.SOL_SOCKET, socket_module.SO_REUSEPORT, 1)
+            joiner.bind(("::ffff:127.0.0.1", port))
+        finally:
+            joiner.close()
+    finally:
+        holder.close()
+
+    context, port = await exclusive_context(Site(), "127.0.0.1", 0)
+    try:
+        for reuse in (0, 1):
+            other = socket_module.socket(socket_module.AF_INET, socket_module.SOCK_DGRAM)
+            try:
+                other.setsockopt(socket_module.SOL_SOCKET, socket_module.SO_REUSEPORT, reuse)
+                with pytest.raises(OSError):
+                    other.bind(("127.0.0.1", port))
+            finally:
+                other.close()
+    finally:
+        await context.shutdown()
+        release("127.0.0.1", port)
