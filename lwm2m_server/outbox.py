@@ -37,6 +37,7 @@ from lwm2m_server.core.errors import StorageError
 from lwm2m_server.events import REGISTRATION_REGISTERED, Event, EventBus, kind_matches
 from lwm2m_server.metering.usage import METERED_KINDS, day_of
 from lwm2m_server.storage.outbox_store import OutboxEvent, OutboxStore
+from lwm2m_server.write_behind import run_write_behind
 
 __all__ = ["DEFAULT_FLUSH_INTERVAL", "OutboxWriter"]
 
@@ -162,29 +163,23 @@ class OutboxWriter:
     async def run(self) -> None:
         """Until :meth:`close`: flush every ``flush_interval`` (a failed flush is logged and retried with
         exponential backoff, its events kept), and prune every ``prune_interval``."""
-        delay = self.flush_interval
         pruned_at = time.monotonic()
-        while not self._stop.is_set():
-            try:
-                async with asyncio.timeout(delay):
-                    await self._stop.wait()
-            except TimeoutError:
-                pass
-            if self._stop.is_set():
-                break
-            try:
-                await asyncio.to_thread(self.flush)
-                delay = self.flush_interval
-            except Exception as e:
-                delay = min(delay * 2, self.max_retry_delay)
-                log.warning("outbox write failed (%d events buffered, retry in %.2f s): %s", self.pending, delay, e)
-                continue
-            if time.monotonic() - pruned_at >= self.prune_interval:
+
+        async def step() -> None:
+            nonlocal pruned_at
+            await asyncio.to_thread(self.flush)
+            if time.monotonic() - pruned_at >= self.prune_interval:  # after a flush that succeeded
                 pruned_at = time.monotonic()
                 try:
                     await asyncio.to_thread(self.prune)
                 except StorageError as e:
                     log.warning("cannot prune the outbox: %s", e)
+
+        def failed(e: Exception, delay: float) -> None:
+            log.warning("outbox write failed (%d events buffered, retry in %.2f s): %s", self.pending, delay, e)
+
+        await run_write_behind(step, self._stop, interval=self.flush_interval, max_delay=self.max_retry_delay,
+                               failed=failed)
 
     def close(self) -> None:
         """Stop taking events and :meth:`run`, and write what is buffered (idempotent; raises the store's error

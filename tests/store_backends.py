@@ -56,6 +56,7 @@ class StoreBackend(Generic[S]):
         self._memory, self._sql = memory, sql
         self._open_database = None if kind == "memory" else database_opener(request, kind, data_dir)
         self.db: Database | None = None
+        self._others: list[Database] = []
         self.store: S
         self._open()
 
@@ -66,6 +67,15 @@ class StoreBackend(Generic[S]):
             self.db = self._open_database()
             self.store = self._sql(self.db)
 
+    def second(self) -> S:
+        """The same data through another store: SQL, another engine on the same database (only what was committed
+        shows: a second server node); memory, the store itself."""
+        if self._open_database is None:
+            return self.store
+        db = self._open_database()
+        self._others.append(db)
+        return self._sql(db)
+
     def reopen(self) -> None:
         """SQL: close the database and open the same one again. Memory: a store lives as long as its object."""
         if self.db is not None:
@@ -73,5 +83,5 @@ class StoreBackend(Generic[S]):
             self._open()
 
     def close(self) -> None:
-        if self.db is not None:
-            self.db.close()
+        for db in (*self._others, *([self.db] if self.db is not None else [])):
+            db.close()

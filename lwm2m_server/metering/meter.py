@@ -35,6 +35,7 @@ from lwm2m_server.core.errors import StorageError
 from lwm2m_server.metering.store import Counted, Moved, UsageStore
 from lwm2m_server.metering.usage import DayCounts, Tally, UsageDay, day_of, day_start, next_day
 from lwm2m_server.outbox import OutboxWriter
+from lwm2m_server.write_behind import run_write_behind
 
 __all__ = ["BATCH", "DEFAULT_FLUSH_INTERVAL", "SEAL_GRACE", "UsageMeter"]
 
@@ -150,22 +151,12 @@ class UsageMeter:
     async def run(self) -> None:
         """Until :meth:`close`: flush every ``flush_interval``, in a worker thread. A failed flush is logged and
         retried with exponential backoff (up to ``max_retry_delay``); what it did not count stays in the outbox."""
-        delay = self.flush_interval
-        while not self._stop.is_set():
-            try:
-                async with asyncio.timeout(delay):
-                    await self._stop.wait()
-            except TimeoutError:
-                pass
-            if self._stop.is_set():
-                break
-            try:
-                await asyncio.to_thread(self.flush)
-                delay = self.flush_interval
-            except Exception as e:
-                delay = min(delay * 2, self.max_retry_delay)
-                log.warning("usage counting failed (%d event(s) known pending, retry in %.2f s): %s",
-                            self.pending, delay, e)
+        def failed(e: Exception, delay: float) -> None:
+            log.warning("usage counting failed (%d event(s) known pending, retry in %.2f s): %s", self.pending,
+                        delay, e)
+
+        await run_write_behind(lambda: asyncio.to_thread(self.flush), self._stop, interval=self.flush_interval,
+                               max_delay=self.max_retry_delay, failed=failed)
 
     def close(self) -> None:
         """Stop :meth:`run` and count what is pending, the writer's buffer included (idempotent; raises the

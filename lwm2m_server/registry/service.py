@@ -59,6 +59,7 @@ from lwm2m_server.storage.stores import (
     StorageConflictError,
     merge_sighting,
 )
+from lwm2m_server.write_behind import run_write_behind
 
 __all__ = ["DEFAULT_GRACE", "DEFAULT_GRACE_RATIO", "DEFAULT_MAX_LIFETIME", "DEFAULT_MAX_REGISTRATIONS",
            "RegistrationService", "RegistryFullError", "new_registration_id"]
@@ -547,24 +548,16 @@ class RegistrationService:
     async def run(self) -> None:
         """Until :meth:`close`: every ``flush_interval``, expire what is due and flush. A failed flush is logged
         and retried with exponential backoff (up to ``max_retry_delay``); nothing pending is ever dropped."""
-        delay = self._flush_interval
-        stop = self._stop
-        while not stop.is_set():
-            try:
-                async with asyncio.timeout(delay):
-                    await stop.wait()
-            except TimeoutError:
-                pass
-            if stop.is_set():
-                break
-            try:
-                self.expire_due(self._clock())
-                await self.flush()
-                delay = self._flush_interval
-            except Exception as e:
-                delay = min(delay * 2, self._max_retry_delay)
-                log.warning("registration write-behind failed (%d changes pending, retry in %.2f s): %s",
-                            len(self._pending), delay, e)
+        async def step() -> None:
+            self.expire_due(self._clock())
+            await self.flush()
+
+        def failed(e: Exception, delay: float) -> None:
+            log.warning("registration write-behind failed (%d changes pending, retry in %.2f s): %s",
+                        len(self._pending), delay, e)
+
+        await run_write_behind(step, self._stop, interval=self._flush_interval, max_delay=self._max_retry_delay,
+                               failed=failed)
 
     async def close(self) -> None:
         """Stop :meth:`run` and write what is pending (raising the store's error if that fails)."""

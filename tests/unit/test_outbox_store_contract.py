@@ -19,9 +19,8 @@ import pytest
 
 from lwm2m_server.metering.store import MemoryUsageStore, SqlUsageStore, UsageStore
 from lwm2m_server.metering.usage import DayCounts, day_of, day_start
-from lwm2m_server.storage.database import Database
 from lwm2m_server.storage.outbox_store import MemoryOutboxStore, OutboxEvent, OutboxStore, SqlOutboxStore
-from tests.store_backends import BACKENDS, database_opener
+from tests.store_backends import BACKENDS, StoreBackend
 
 DAY = "2024-04-01"
 T0 = day_start(DAY) + 3600.0
@@ -34,34 +33,18 @@ class Node:
         self.outbox, self.usage = outbox, usage
 
 
-class Backend:
-    def __init__(self, kind: str, open_database: Callable[[], Database] | None) -> None:
-        self.kind = kind
-        self._open_database = open_database
-        self.dbs: list[Database] = []
-        self._memory: Node | None = None
-        self.node = self.second()
+Backend = StoreBackend[Node]
 
-    def second(self) -> Node:
-        """Another node on the same data (memory: the same stores)."""
-        if self._open_database is None:
-            if self._memory is None:
-                outbox = MemoryOutboxStore()
-                self._memory = Node(outbox, MemoryUsageStore(outbox))
-            return self._memory
-        db = self._open_database()
-        self.dbs.append(db)
-        return Node(SqlOutboxStore(db), SqlUsageStore(db))
 
-    def close(self) -> None:
-        for db in self.dbs:
-            db.close()
+def _memory_node() -> Node:
+    outbox = MemoryOutboxStore()
+    return Node(outbox, MemoryUsageStore(outbox))
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    kind = request.param
-    b = Backend(kind, None if kind == "memory" else database_opener(request, kind, tmp_path / "data"))
+    b = StoreBackend(request, request.param, tmp_path / "data", _memory_node,
+                     lambda db: Node(SqlOutboxStore(db), SqlUsageStore(db)))
     yield b
     b.close()
 
@@ -78,7 +61,7 @@ def ids(events: list[OutboxEvent]) -> list[str]:
 
 
 def test_appended_events_come_back_in_order_with_their_fields(backend: Backend) -> None:
-    store = backend.node.outbox
+    store = backend.store.outbox
     a = event(data={"campaign": "c1", "nested": {"x": [1, 2.5, None, True]}, "text": "Frühling €"})
     b = event("firmware.finished", endpoint=None, data={"success": True, "bytes": 4096}, notified=True)
     store.append([a, b])
@@ -94,7 +77,7 @@ def test_appended_events_come_back_in_order_with_their_fields(backend: Backend) 
 
 
 def test_append_is_idempotent_per_event_id(backend: Backend) -> None:
-    store = backend.node.outbox
+    store = backend.store.outbox
     a, b = event(), event()
     store.append([a])
     store.append([a, b])  # a retried batch whose first commit went through
@@ -102,7 +85,7 @@ def test_append_is_idempotent_per_event_id(backend: Backend) -> None:
 
 
 def test_a_lease_takes_free_rows_in_order_and_expires(backend: Backend) -> None:
-    store = backend.node.outbox
+    store = backend.store.outbox
     events = [event() for _ in range(4)] + [event(notified=True)]
     store.append(events)
     first = store.lease_for_webhooks(owner="a", now=T0, lease=60, limit=3)
@@ -120,7 +103,7 @@ def test_a_lease_takes_free_rows_in_order_and_expires(backend: Backend) -> None:
 
 
 def test_only_the_holder_renews_and_releases(backend: Backend) -> None:
-    store = backend.node.outbox
+    store = backend.store.outbox
     a, b = event(), event()
     store.append([a, b])
     store.lease_for_webhooks(owner="x", now=T0, lease=10, limit=1)
@@ -133,7 +116,7 @@ def test_only_the_holder_renews_and_releases(backend: Backend) -> None:
 
 
 def test_prune_removes_only_rows_both_consumers_are_done_with(backend: Backend) -> None:
-    store = backend.node.outbox
+    store = backend.store.outbox
     done = event(at=T0, metered=True, notified=True)
     recent = event(at=T0 + 100, metered=True, notified=True)
     unmetered = event(at=T0, notified=True)
@@ -156,7 +139,7 @@ def metered_events(n: int, tenant: str = "acme") -> list[OutboxEvent]:
 
 
 def test_counting_the_outbox_counts_each_row_once_and_marks_it(backend: Backend) -> None:
-    node = backend.node
+    node = backend.store
     late = event("firmware.finished", tenant="other", data={"success": True}, notified=True)
     node.outbox.append([*metered_events(5), late])
     counted = node.usage.count_outbox(limit=3, now=T0, today=DAY)
@@ -170,7 +153,7 @@ def test_counting_the_outbox_counts_each_row_once_and_marks_it(backend: Backend)
 
 
 def test_a_count_for_a_sealed_day_goes_to_the_open_day(backend: Backend) -> None:
-    node = backend.node
+    node = backend.store
     node.outbox.append([event("campaign.started", at=T0, endpoint=None, notified=True)])
     node.usage.count_outbox(limit=10, now=T0, today=DAY)
     node.usage.seal(tenant_id="acme", now=T0 + 86400)
@@ -193,8 +176,8 @@ def race(nodes: list[Node], work: Callable[[Node], Any]) -> list[Any]:
 
 def test_two_nodes_leasing_at_once_never_hold_the_same_event(backend: Backend) -> None:
     events = [event() for _ in range(300)]
-    backend.node.outbox.append(events)
-    nodes = [backend.node, backend.second()]
+    backend.store.outbox.append(events)
+    nodes = [backend.store, backend.second()]
 
     def lease_all(node: Node) -> list[str]:
         owner = f"owner-{id(node)}-{threading.get_ident()}"
@@ -210,8 +193,8 @@ def test_two_nodes_leasing_at_once_never_hold_the_same_event(backend: Backend) -
 
 def test_two_meters_counting_at_once_never_count_an_event_twice(backend: Backend) -> None:
     events = metered_events(200)
-    backend.node.outbox.append(events)
-    nodes = [backend.node, backend.second()]
+    backend.store.outbox.append(events)
+    nodes = [backend.store, backend.second()]
 
     def count_all(node: Node) -> int:
         total = 0
@@ -220,5 +203,5 @@ def test_two_meters_counting_at_once_never_count_an_event_twice(backend: Backend
         return total
 
     assert sum(race(nodes, count_all)) == len([e for e in events if e.metered_at is None]) == 400
-    assert backend.node.usage.counts(tenant_id="acme", day=DAY) == DayCounts(devices_registered=7,
+    assert backend.store.usage.counts(tenant_id="acme", day=DAY) == DayCounts(devices_registered=7,
                                                                              bytes_delivered=2000)
