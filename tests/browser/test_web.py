@@ -18,7 +18,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
@@ -55,11 +54,15 @@ def present(driver: Any, selector: str) -> bool:
 
 
 def text_of(driver: WebDriver, selector: str) -> str:
-    """The element's text now, or "" while it is absent or being replaced (a live update)."""
-    try:
-        return str(css(driver, selector).text).strip()
-    except (NoSuchElementException, StaleElementReferenceException):
-        return ""
+    """The element's text now, or "" while it is absent.
+
+    Found and read in one script, inside one document: finding an element and then asking for its text is two
+    commands, and a live update or a form post's navigation in between leaves the first one's node detached (Chrome
+    then answers "Node with given id does not belong to the document", not a stale-element error).
+    """
+    found = driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e === null ? '' : e.innerText;", selector)
+    return str(found or "").strip()
 
 
 def state_of(driver: WebDriver) -> str:
@@ -67,10 +70,11 @@ def state_of(driver: WebDriver) -> str:
 
 
 def rows(driver: WebDriver, attribute: str) -> set[str]:
-    try:
-        return {str(r.get_attribute(attribute)) for r in all_css(driver, f"tr[{attribute}]")}
-    except StaleElementReferenceException:
-        return {"<stale>"}
+    """The ``attribute`` of every ``tr[attribute]`` of the page, read in one script (see ``text_of``)."""
+    found = driver.execute_script(
+        "return Array.from(document.querySelectorAll(`tr[${arguments[0]}]`), r => r.getAttribute(arguments[0]));",
+        attribute)
+    return {str(v) for v in found}
 
 
 def open_page(driver: WebDriver, web: Web, path: str, ready: str) -> None:
