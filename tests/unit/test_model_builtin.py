@@ -16,6 +16,7 @@ import pytest
 from lwm2m_server.core.model import ObjectDefinition, ObjectModel, ResourceDefinition, builtin
 from lwm2m_server.core.model.builtin import BUILTIN_OBJECTS
 from lwm2m_server.core.model.ddf import parse_ddf
+from lwm2m_server.core.model.firmware_component import FIRMWARE_COMPONENT, FIRMWARE_COMPONENT_ID
 from lwm2m_server.core.nodes import ResourceType
 
 BUILTIN_IDS = (0, 1, 3, 4, 5, 25)
@@ -43,7 +44,7 @@ def _index_entry(reference: Path, oid: int) -> dict[str, Any]:
 def test_builtin_objects_are_0_1_3_4_5() -> None:
     assert tuple(d.id for d in BUILTIN_OBJECTS) == BUILTIN_IDS
     model = ObjectModel.default()
-    assert [d.id for d in model] == list(BUILTIN_IDS)
+    assert [d.id for d in model] == [*BUILTIN_IDS, FIRMWARE_COMPONENT_ID]  # and our own object, 32700
     for d in BUILTIN_OBJECTS:
         assert model.get(d.id) is d
         assert all(k == r.id for k, r in d.resources.items())
@@ -116,3 +117,11 @@ def test_builtin_carries_our_text_not_omas(reference: Path) -> None:
 
 def _facts(r: ResourceDefinition) -> tuple[object, ...]:
     return (r.id, r.name, r.operations, r.type, r.multiple, r.mandatory)
+
+
+def test_our_firmware_component_object_is_in_the_private_range_with_unique_read_only_resources() -> None:
+    assert 26241 <= FIRMWARE_COMPONENT.id <= 32768  # the registry's range for objects re-used without registration
+    assert FIRMWARE_COMPONENT.multiple and not FIRMWARE_COMPONENT.mandatory
+    assert sorted(FIRMWARE_COMPONENT.resources) == list(range(8))
+    assert all(r.operations == "R" and k == r.id for k, r in FIRMWARE_COMPONENT.resources.items())
+    assert ObjectModel.default().get(FIRMWARE_COMPONENT.id) is FIRMWARE_COMPONENT

@@ -389,7 +389,7 @@ def test_model_with_dir_overrides_a_builtin(reference: Path, tmp_path: Path) -> 
     fw = model.get(5)
     assert fw is not None and fw.version == "1.0" and 10 not in fw.resources
     assert model.get(10241) is not None
-    assert [d.id for d in model] == [0, 1, 3, 4, 5, 25, 10241]
+    assert [d.id for d in model] == [0, 1, 3, 4, 5, 25, 10241, 32700]
     for oid in (0, 1, 3, 4):
         assert model.get(oid) == default.get(oid)
     default_fw = default.get(5)

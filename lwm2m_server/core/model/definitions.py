@@ -71,10 +71,12 @@ class ObjectModel:
 
     @classmethod
     def default(cls) -> ObjectModel:
-        """Our built-in definitions of objects 0, 1, 3, 4 and 5 (current OMA versions)."""
+        """Our built-in definitions of the core OMA objects (current versions) and of our own object 32700
+        (:mod:`~lwm2m_server.core.model.firmware_component`)."""
         from lwm2m_server.core.model.builtin import BUILTIN_OBJECTS
+        from lwm2m_server.core.model.firmware_component import FIRMWARE_COMPONENT
 
-        return cls(BUILTIN_OBJECTS)
+        return cls([*BUILTIN_OBJECTS, FIRMWARE_COMPONENT])
 
     def with_definitions(self, definitions: Iterable[ObjectDefinition]) -> ObjectModel:
         """A new model: these definitions added to ours, replacing any with the same id."""
