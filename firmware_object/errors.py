@@ -124,3 +124,15 @@ class ImageMismatchError(SuitError):
     """The image's SHA-256 digest or size differs from what the manifest declares."""
 
     update_result = UpdateResult.INTEGRITY_CHECK_FAILURE
+
+
+class DeltaError(FirmwareError):
+    """A delta that cannot be applied: corrupt, in another format, or producing more than the image's size."""
+
+    update_result = UpdateResult.INTEGRITY_CHECK_FAILURE
+
+
+class DeltaBaseMismatchError(FirmwareError):
+    """The installed image is not the delta's base (the server then sends the full image)."""
+
+    update_result = UpdateResult.UNSUPPORTED_PACKAGE_TYPE

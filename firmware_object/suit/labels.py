@@ -79,6 +79,9 @@ class Parameter(IntEnum):
     INVOKE_ARGS = 23
     DEVICE_IDENTIFIER = 24
     FETCH_ARGUMENTS = 25
+    DELTA_FORMAT = -256
+    """Private use: the source component of ``directive-copy`` is a delta in this format (a text string, e.g.
+    ``firmware_object.delta.DELTA_FORMAT``) from the destination's current image; copy applies it."""
 
 
 class TextKey(IntEnum):
@@ -88,6 +91,8 @@ class TextKey(IntEnum):
     UPDATE_DESCRIPTION = 2
     MANIFEST_JSON_SOURCE = 3
     MANIFEST_YAML_SOURCE = 4
+    SYSTEM_VERSION = -256
+    """Private use: the version of a system release (several components); its presence marks a system manifest."""
 
 
 class TextComponentKey(IntEnum):
@@ -99,6 +104,12 @@ class TextComponentKey(IntEnum):
     MODEL_INFO = 4
     COMPONENT_DESCRIPTION = 5
     COMPONENT_VERSION = 6
+    COMPONENT_KIND = -256
+    """Private use: ``"image"`` (invoked after install) or ``"data"`` (stored, never invoked)."""
+    COMPONENT_AFTER = -257
+    """Private use: the names of the components that install before this one, comma-separated."""
+    DELTA_BASE_VERSION = -258
+    """Private use: the version of the image a delta applies to, when known."""
 
 
 class CoseAlg(IntEnum):
@@ -123,6 +134,10 @@ REPORT_ALL: Final = 15
 
 INTEGRATED_PAYLOAD_KEY: Final = "#firmware"
 """Envelope key (and fetch URI) of the integrated image in envelopes built here."""
+
+PRIVATE_USE_BELOW: Final = -255
+"""draft-ietf-suit-manifest-37, IANA Considerations: in every SUIT registry, labels less than -255 are Private Use,
+-255 to 255 need Standards Action, above 255 Specification Required. Our private labels are -256 and below."""
 
 
 def member_name(label: IntEnum) -> str:

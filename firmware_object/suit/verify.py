@@ -39,7 +39,7 @@ from firmware_object.errors import (
 from firmware_object.suit import cbor
 from firmware_object.suit.cose import CoseSign1, verify_sign1
 from firmware_object.suit.keys import PublicKey, key_id
-from firmware_object.suit.labels import CoseAlg
+from firmware_object.suit.labels import CoseAlg, TextKey
 from firmware_object.suit.manifest import ImageSpec, ManifestView, parse_manifest, severed_digests
 from firmware_object.suit.structure import Envelope, decode_envelope
 
@@ -85,6 +85,8 @@ def verify_envelope(
     _check_signatures(envelope, trust_anchors)
     _check_digests(envelope)
     manifest = parse_manifest(envelope.manifest_encoded, envelope.severed)
+    if any(TextKey.SYSTEM_VERSION in text.manifest for text in manifest.text):
+        raise SuitDecodeError("a system manifest (several components): verify it with verify_system_envelope")
     if installed_sequence is not None and manifest.sequence_number <= installed_sequence:
         raise RollbackError(
             f"sequence number {manifest.sequence_number} is not above the installed {installed_sequence}"
