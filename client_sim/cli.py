@@ -14,8 +14,13 @@ Every device checks packages against the ``--trust`` keys; without one it refuse
 ``--insecure-accept-any`` (lab work only, warned on stderr) lets it install anything, unsigned included.
 
 Faults (see :class:`client_sim.firmware.Faults`): ``--loss P --delay S --jitter S`` (the link, both ways),
-``--fail-boot``, ``--corrupt-download``, ``--power-loss``, ``--offline-at BYTES [--offline-for S]``; they apply to
-every device, or with ``--faulty N`` to the first N devices only (e.g. ``--fail-boot --faulty 3``).
+``--fail-boot``, ``--corrupt-download``, ``--power-loss``, ``--offline-at BYTES [--offline-for S]``,
+``--fail-boot-component NAME``; they apply to every device, or with ``--faulty N`` to the first N devices only
+(e.g. ``--fail-boot --faulty 3``).
+
+Components (see :mod:`client_sim.components`): ``--components app=1.0.0:65536,config=1.0.0:512:data`` gives every
+device a system of those components (NAME=VERSION:SIZE[:image|data], content generated from name and version, the
+same on every device), updated all or none by system envelopes and reported in Object 32700.
 
 Gateways (see :mod:`client_sim.gateway`): ``--gateway --children K`` runs one LwM2M gateway named PREFIXgw (or
 ``--count N`` of them, PREFIXgw0..) with K end devices each (``<gateway>-c0``..) on simulated local links
@@ -37,6 +42,7 @@ from typing import Annotated
 
 import typer
 
+from client_sim.components import parse_components
 from client_sim.credentials import CredentialsFileError, FactoryCredentials, load_factory_file
 from client_sim.device import DeviceState, SimulatedDevice, StateListener
 from client_sim.firmware import Faults, FirmwareOptions
@@ -89,6 +95,12 @@ def sim(
         "--offline-at", min=1, help="A device goes offline once this many bytes of a package arrived")] = None,
     offline_for: Annotated[float, typer.Option(
         "--offline-for", min=0.0, help="Seconds a device stays offline (with --offline-at)")] = 2.0,
+    components: Annotated[str | None, typer.Option(
+        "--components", help="The devices run a system of these components: NAME=VERSION:SIZE[:image|data], "
+        "comma-separated (e.g. app=1.0.0:65536,config=1.0.0:512:data)")] = None,
+    fail_boot_component: Annotated[str | None, typer.Option(
+        "--fail-boot-component", help="The next install of this component fails its health check: the whole "
+        "system rolls back (with --components)")] = None,
     faulty: Annotated[int | None, typer.Option(
         "--faulty", min=0, help="Only the first N devices get the faults above (default: every device)")] = None,
     gateway: Annotated[bool, typer.Option(
@@ -153,15 +165,22 @@ def sim(
                                  "signed with), or --insecure-accept-any for lab work", param_hint="--trust")
     if trust and insecure_accept_any:
         raise typer.BadParameter("--insecure-accept-any and --trust exclude each other", param_hint="--trust")
+    try:
+        system = parse_components(components) if components is not None else None
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--components") from None
+    if fail_boot_component is not None and (system is None or fail_boot_component not in {c.name for c in system}):
+        raise typer.BadParameter("name one of the --components", param_hint="--fail-boot-component")
     firmware = FirmwareOptions(
         trust_anchors=tuple(_public_key(path) for path in trust or ()), insecure_accept_any=insecure_accept_any,
         vendor_id=_uuid(vendor, "--vendor"), class_id=_uuid(device_class, "--class"),
-        version=firmware_version)
+        version=firmware_version, components=system)
     if insecure_accept_any:
         typer.echo("WARNING: --insecure-accept-any: these devices install ANY package, unsigned included. "
                    "Lab work only.", err=True)
     faults = Faults(loss=loss, delay=delay, jitter=jitter, offline_at=offline_at, offline_for=offline_for,
-                    corrupt_download=corrupt_download, fail_boot=fail_boot, power_loss_during_install=power_loss)
+                    corrupt_download=corrupt_download, fail_boot=fail_boot, power_loss_during_install=power_loss,
+                    fail_boot_component=fail_boot_component)
     if gateway:
         assert server is not None and children is not None
         local = LocalLinkConditions(latency=local_latency, loss=local_loss, bandwidth=local_bandwidth)

@@ -6,6 +6,8 @@ anchors before it reports Downloaded, installs on Update by booting the inactive
 either confirms the new image or rolls back to the previous slot by itself (Update Result 8, old version running).
 A pull that breaks keeps the blocks it has and the package's ETag, and resumes from there on the next Package URI
 whose first answered block carries the same ETag. Faults (:class:`Faults`) make it misbehave on purpose.
+A device with ``components`` (:mod:`client_sim.components`) also takes system envelopes: it stages the complete new
+set of components with the inactive slot, and the boot commits or rolls back the whole set with it (Object 32700).
 
 Invariants: the active slot always holds an image that passed its health check; State and Update Result change only
 through :class:`~firmware_object.update_state.FirmwareUpdate`; every change of /5/0/3, /5/0/5 and /5/0/7 is
@@ -31,10 +33,12 @@ from aiocoap.credentials import CredentialsMissingError
 from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import BlockOption
 
+from client_sim.components import ComponentSystem, InstalledComponent, check_components
 from client_sim.errors import BadValueError
 from client_sim.network import LinkConditions
 from client_sim.package_stream import PackageStream, package_stream
 from firmware_object.errors import FirmwareError, PackageTooLargeError, State, UpdateResult
+from firmware_object.suit.components import VerifiedSystem, is_system_envelope, verify_system_envelope
 from firmware_object.suit.keys import PublicKey
 from firmware_object.suit.verify import VerifiedEnvelope, check_image, verify_envelope
 from firmware_object.update_state import (
@@ -61,6 +65,7 @@ from firmware_object.update_state import (
     UriWritten,
 )
 from lwm2m_server.core.errors import CoapCode, CodecError, Lwm2mError
+from lwm2m_server.core.model.firmware_component import FIRMWARE_COMPONENT_ID
 from lwm2m_server.core.nodes import Value
 from lwm2m_server.core.paths import LwM2mPath
 
@@ -152,6 +157,10 @@ class Faults:
       loses power (0.02 s later): it drops its session silently (as ``offline_at``), comes back after the
       device's ``reboot_delay``, boots the old slot (the new one is incomplete and is discarded), registers afresh
       and reports /5/0/3 Idle, /5/0/5 8, /3/0/3 the old version.
+    - ``fail_boot_component`` (a device with components): the next install that installs (a new version of) the
+      component of that name fails that component's health check: the whole old set stays active, the component
+      reports State 3 (failed), every other one the install named State 2 (rolled back), each Update Result 8;
+      Object 5 as for ``fail_boot``. An install that does not name it leaves the fault armed.
     """
 
     loss: float = 0.0
@@ -164,6 +173,7 @@ class Faults:
     corrupt_download: bool = False
     fail_boot: bool = False
     power_loss_during_install: bool = False
+    fail_boot_component: str | None = None
 
     def __post_init__(self) -> None:
         self.link  # validates loss, delay and jitter  # noqa: B018
@@ -210,9 +220,12 @@ class FirmwareOptions:
     MAX_TRANSMIT_WAIT (93 s, RFC 7252) CoAP has given up anyway. Shorter bounds are worse than useless: a request
     given up while CoAP still retransmits it keeps NSTART's one exchange per server, so the next one waits behind it.
     Faults: the fields of :class:`Faults` (``link_seed`` is its ``seed``): ``loss``, ``delay``, ``jitter``,
-    ``offline_at``/``offline_for``, ``lose_connection_at``, ``corrupt_download``, ``fail_boot`` and
-    ``power_loss_during_install``; :attr:`faults` gives them as one :class:`Faults`, :meth:`with_faults` replaces
-    them.
+    ``offline_at``/``offline_for``, ``lose_connection_at``, ``corrupt_download``, ``fail_boot``,
+    ``power_loss_during_install`` and ``fail_boot_component``; :attr:`faults` gives them as one :class:`Faults`,
+    :meth:`with_faults` replaces them.
+    ``components``: the device's firmware is a system of these components (install order; see
+    :mod:`client_sim.components`), updated all or none by system envelopes and reported in Object 32700; its
+    version (/3/0/3) is ``version``. None (the default): one image, no Object 32700.
     """
 
     trust_anchors: tuple[PublicKey, ...] = ()
@@ -236,8 +249,12 @@ class FirmwareOptions:
     offline_for: float = 2.0
     corrupt_download: bool = False
     power_loss_during_install: bool = False
+    components: tuple[InstalledComponent, ...] | None = None
+    fail_boot_component: str | None = None
 
     def __post_init__(self) -> None:
+        if self.components is not None:
+            check_components(self.components)
         if not self.trust_anchors and not self.insecure_accept_any:
             raise ValueError(NO_TRUST_ANCHOR)
         if self.trust_anchors and self.insecure_accept_any:
@@ -317,6 +334,8 @@ class DeviceFirmware:
         self._offline_at = options.offline_at
         self._corrupt_download = options.corrupt_download
         self._power_loss = options.power_loss_during_install
+        self._fail_boot_component = options.fail_boot_component
+        self.components = ComponentSystem(options.components) if options.components is not None else None
         self._install_interrupted = False
         self.partial: PartialDownload | None = None
         self._pkg_name = ""
@@ -363,6 +382,12 @@ class DeviceFirmware:
         tree.on_execute(UPDATE, lambda _args: self._execute_update())
         tree.on_execute(CANCEL, lambda _args: self._handle(CancelExecuted()))
         self._tree = tree
+        self._publish_components()
+
+    def _publish_components(self) -> None:
+        """Object 32700 shows the components as they are now (one instance per component)."""
+        if self.components is not None and self._tree is not None:
+            self._tree.sync_instances(FIRMWARE_COMPONENT_ID, self.components.rows())
 
     def _protocols(self) -> dict[int, int]:
         numbers = sorted({PROTOCOL_NUMBERS[s] for s in self.machine.snapshot().supported_schemes
@@ -409,6 +434,9 @@ class DeviceFirmware:
             self._push = None
         elif isinstance(effect, DiscardPackage):
             self.slots[1 - self.active] = Slot("", -1)
+            if self.components is not None:
+                self.components.discard()
+                self._publish_components()
         elif isinstance(effect, StartUpdate):
             self._start_update()
         elif isinstance(effect, ScheduleDeferredUpdate):
@@ -532,6 +560,9 @@ class DeviceFirmware:
             package = package[:-1] + bytes([package[-1] ^ 0xFF])  # inside the last item: no CBOR shape changes
             log.info("%s: one byte of the package flipped (fault injected)", self.device.endpoint)
         self.last_package = package
+        if self.components is not None and is_system_envelope(package):
+            self._received_system(package, push)
+            return
         try:
             verified = self._verify(package)
         except FirmwareError as e:
@@ -548,7 +579,31 @@ class DeviceFirmware:
         return verify_envelope(package, trust_anchors=o.trust_anchors, max_size=o.flash_size,
                                installed_sequence=self.sequence_number, vendor_id=o.vendor_id, class_id=o.class_id)
 
+    def _received_system(self, package: bytes, push: bool) -> None:
+        """A system envelope arrived: verify it, build and stage every component; Downloaded when both passed."""
+        assert self.components is not None
+        o = self.options
+        try:
+            verified: VerifiedSystem = verify_system_envelope(
+                package, trust_anchors=o.trust_anchors, max_size=o.flash_size,
+                installed_sequence=self.sequence_number, vendor_id=o.vendor_id, class_id=o.class_id)
+            self.components.stage(verified)
+        except FirmwareError as e:
+            log.info("%s: system package refused: %s", self.device.endpoint, e)
+            self._publish_components()
+            self._fail_download(e)
+            return
+        self.slots[1 - self.active] = Slot(verified.version, verified.sequence_number, b"", package)
+        self._pkg_name = f"{self.device.endpoint}-system"
+        self._pkg_version = verified.version
+        self._publish_components()
+        self._changed(PKG_NAME, PKG_VERSION)
+        self._handle(PackageWritten() if push else DownloadCompleted())
+
     def _downloaded(self, verified: VerifiedEnvelope, image: bytes, push: bool) -> None:
+        if self.components is not None:  # a single image replaces whatever system was staged
+            self.components.discard()
+            self._publish_components()
         self.slots[1 - self.active] = Slot(verified.version or f"seq-{verified.sequence_number}",
                                            verified.sequence_number, image, self.last_package)
         self._pkg_name = f"{self.device.endpoint}-firmware"
@@ -695,27 +750,49 @@ class DeviceFirmware:
         """Called at every (simulated) boot, before the device registers again."""
         self.boots += 1
         if not self.installing:
+            self._publish_components()  # a factory reset may have brought back the tree's first values
             return
         self.installing = False
         if self._install_interrupted:  # the power failed half-way: the new slot is incomplete, boot the old one
             self._install_interrupted = False
             self.interrupted_installs += 1
             log.info("%s: the install was interrupted; still running %s", self.device.endpoint, self.version)
+            if self.components is not None:
+                self.components.roll_back()
+                self._publish_components()
             self._handle(UpdateFailed(UpdateResult.UPDATE_FAILED))  # Idle, result 8, the slot is discarded
             self._changed(FIRMWARE_VERSION, PKG_VERSION)
             return
         previous = self.active
         self.active = 1 - previous  # trial boot of the new image
-        if self._fail_boot:
-            self._fail_boot = False
+        failing = self._failing_component()
+        if self._fail_boot or failing is not None:
+            if failing is not None:
+                self._fail_boot_component = None
+            else:
+                self._fail_boot = False
             self.active = previous  # the health check failed: the bootloader falls back
             self.rollbacks += 1
-            log.info("%s: image failed its health check; rolled back to %s", self.device.endpoint, self.version)
+            log.info("%s: %s failed its health check; rolled back to %s", self.device.endpoint,
+                     f"component {failing}" if failing else "image", self.version)
+            if self.components is not None:
+                self.components.roll_back(failing)
+                self._publish_components()
             self._handle(UpdateFailed(UpdateResult.UPDATE_FAILED))
         else:
             self.slots[previous].package = b""
+            if self.components is not None:
+                self.components.commit()
+                self._publish_components()
             self._handle(UpdateSucceeded())
         self._changed(FIRMWARE_VERSION, PKG_VERSION)
+
+    def _failing_component(self) -> str | None:
+        """The component whose health check fails at this boot (the ``fail_boot_component`` fault), if any."""
+        name = self._fail_boot_component
+        if name is not None and self.components is not None and self.components.will_install(name):
+            return name
+        return None
 
     def stop(self) -> None:
         if self._download is not None:

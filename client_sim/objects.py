@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import TypeAlias
@@ -293,6 +293,30 @@ class ObjectTree:
             new = value  # type: ignore[assignment]
         if old != new:
             self._emit([Change(path, ChangeKind.VALUE)])
+
+    def sync_instances(self, object_id: int, rows: Sequence[Mapping[int, Value]]) -> None:
+        """Make instances 0..len(rows)-1 of ``object_id`` hold ``rows`` (the object is added when missing, other
+        instances are removed), as the device itself: listeners hear of each new or removed instance (STRUCTURE)
+        and of each resource whose value changed."""
+        self.add_object(object_id)
+        objects = self._data[object_id]
+        changes: list[Change] = []
+        checked = [{rid: self._stored(self._resource_definition(object_id, rid), v) for rid, v in row.items()}
+                   for row in rows]
+        for iid in [i for i in objects if i >= len(rows)]:
+            self.remove_instance(object_id, iid)
+        for iid, (row, stored) in enumerate(zip(rows, checked, strict=True)):
+            current = objects.get(iid)
+            if current is None:
+                self.add_instance(object_id, iid, row)
+                changes.append(Change(LwM2mPath.of(object_id, iid), ChangeKind.STRUCTURE))
+                continue
+            for rid, value in stored.items():
+                if current.get(rid, _MISSING) != value:
+                    current[rid] = value
+                    changes.append(Change(LwM2mPath.of(object_id, iid, rid), ChangeKind.VALUE))
+        if changes:
+            self._emit(changes)
 
     def get_value(self, path: LwM2mPath) -> Stored:
         """The current value of a resource (a dict for a multiple one), as the device sees it."""
