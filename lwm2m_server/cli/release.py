@@ -5,13 +5,15 @@ the vault (:func:`bootstrap.vault.open_vault`: ``$SCRATCH_VAULT_KEY``, else the 
 by the commands that sign). A running server on the same data directory sees the releases at once. Private keys
 are never printed; ``key export`` gives the public key (the trust anchor devices are provisioned with). An OEM's
 public key is registered with ``key add --public`` (no private part: it only verifies), and envelopes the OEM signed
-on its own premises (``scratch firmware sign``) are verified against it and stored by ``import``. Bad input exits 2
-with a one-line error.
+on its own premises (``scratch firmware sign``) are verified against it and stored by ``import``. ``create --system``
+makes one release of several components (images and data files) in one envelope; ``delta`` makes its differential
+package for devices that run an earlier system release. Bad input exits 2 with a one-line error.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -196,8 +198,10 @@ def key_export(
 # -------------------------------------------------------------------------------------------------- releases
 
 
-def _read_images(paths: list[Path], *, limit: int = MAX_IMAGE, what: str = "image") -> list[tuple[str, bytes]]:
-    """Each file whole, refusing missing, empty and oversized ones (exit 2); a progress bar for big inputs."""
+def _read_images(paths: list[Path], *, limit: int = MAX_IMAGE, what: str = "image",
+                 names: list[str] | None = None) -> list[tuple[str, bytes]]:
+    """Each file whole (named by ``names``, else by file name), refusing missing, empty and oversized ones (exit 2);
+    a progress bar for big inputs."""
     sizes: list[int] = []
     for path in paths:
         try:
@@ -211,14 +215,14 @@ def _read_images(paths: list[Path], *, limit: int = MAX_IMAGE, what: str = "imag
         if size > limit:
             raise fail(f"{path} has {size} bytes; a {what} may have at most {limit}", 2)
         sizes.append(size)
-    names = [p.name for p in paths]
+    names = names if names is not None else [p.name for p in paths]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate is not None:
         raise fail(f"two {what}s are named {duplicate!r}; they need distinct file names", 2)
     images: list[tuple[str, bytes]] = []
     with Progress(TextColumn("reading {task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
                   console=err_console, transient=True, disable=sum(sizes) < PROGRESS_FROM) as progress:
-        for path, size in zip(paths, sizes, strict=True):
+        for path, size, name in zip(paths, sizes, names, strict=True):
             task = progress.add_task(path.name, total=size)
             chunks: list[bytes] = []
             try:
@@ -233,13 +237,43 @@ def _read_images(paths: list[Path], *, limit: int = MAX_IMAGE, what: str = "imag
             data = b"".join(chunks)
             if not data:
                 raise fail(f"{path} is empty", 2)
-            images.append((path.name, data))
+            images.append((name, data))
     return images
+
+
+_COMPONENT_SPEC = re.compile(r"(?P<name>[^=@]+)(?:@(?P<version>[^=]+))?=(?P<file>.+?)(?::(?P<kind>image|data))?")
+
+
+def _components(specs: list[str], after: list[str]) -> list[tuple[str, str | None, str, Path]]:
+    """``NAME[@VERSION]=FILE[:image|:data]`` specs as (name, version, kind, path), checked against ``--after``
+    (``NAME=DEP[,DEP...]``) names; exit 2 on a malformed one."""
+    parsed: list[tuple[str, str | None, str, Path]] = []
+    for spec in specs:
+        m = _COMPONENT_SPEC.fullmatch(spec)
+        if m is None:
+            raise fail(f"component {spec!r}: expected NAME[@VERSION]=FILE[:data]", 2)
+        parsed.append((m["name"], m["version"], m["kind"] or "image", Path(m["file"])))
+    names = {name for name, _, _, _ in parsed}
+    for item in after:
+        name, _, deps = item.partition("=")
+        if name not in names or not deps:
+            raise fail(f"--after {item!r}: expected COMPONENT=DEP[,DEP...] naming a component given", 2)
+    return parsed
+
+
+def _after(after: list[str]) -> dict[str, tuple[str, ...]]:
+    deps: dict[str, tuple[str, ...]] = {}
+    for item in after:
+        name, _, listed = item.partition("=")
+        deps[name] = deps.get(name, ()) + tuple(d.strip() for d in listed.split(",") if d.strip())
+    return deps
 
 
 @release_app.command("create")
 def create(
-    images: Annotated[list[Path], typer.Argument(help="Image files (one package each)")],
+    images: Annotated[list[str], typer.Argument(help="Image files (one package each); with --system, components "
+                                                "NAME[@VERSION]=FILE[:data], installed in the order given",
+                                                metavar="IMAGE...")],
     vendor: Annotated[str, typer.Option("--vendor", help="Vendor: a UUID, or a domain name (UUIDv5 of it)")],
     device_class: Annotated[str, typer.Option("--class", help="Device class: a UUID, or a name (UUIDv5 under the "
                                               "vendor)")],
@@ -248,15 +282,34 @@ def create(
                                             "created on first use)")] = None,
     fmt: Annotated[str, typer.Option("--format", help="suit (signed SUIT envelopes) or opaque (the image is the "
                                      "package, for third-party clients)")] = "suit",
+    system: Annotated[bool, typer.Option("--system", help="One system release of several components in ONE signed "
+                                         "envelope, installed all or none: each argument is NAME[@VERSION]=FILE"
+                                         "[:data] (NAME: lowercase letters, digits, _-; VERSION: default --version; "
+                                         ":data for a file that is stored, not booted, e.g. a configuration)")]
+    = False,
+    after: Annotated[list[str] | None, typer.Option("--after", help="With --system: COMPONENT=DEP[,DEP...], "
+                                                    "COMPONENT installs after the earlier components DEP "
+                                                    "(repeatable)")] = None,
     data_dir: DataDirOpt = None,
     tenant: TenantOpt = "default",
 ) -> None:
-    """Make a release of IMAGE(s) with the next sequence number of the class. The last stdout line is its id."""
+    """Make a release of IMAGE(s) with the next sequence number of the class. The last stdout line is its id.
+
+    Example: scratch release create --system app=app.bin radio@7.1=radio.bin config=config.json:data
+    --after config=app,radio --vendor acme.example --class sensor --version 2.0"""
     if fmt not in ("suit", "opaque"):
         raise fail(f"--format: {fmt!r} is not suit or opaque", 2)
     if fmt == "opaque" and key is not None:
         raise fail("--key: an opaque release is not signed", 2)
-    data = _read_images(images)
+    if system:
+        if fmt != "suit":
+            raise fail("--system: a system release is one signed SUIT envelope (no --format opaque)", 2)
+        _create_system(images, after or [], vendor=vendor, device_class=device_class, version=version, key=key,
+                       data_dir=data_dir, tenant=tenant)
+        return
+    if after:
+        raise fail("--after: only with --system", 2)
+    data = _read_images([Path(i) for i in images])
     total = sum(len(d) for _, d in data)
     with _open(data_dir, need_keys=fmt == "suit") as stores:
         busy = "signing and storing" if fmt == "suit" else "storing"
@@ -269,6 +322,60 @@ def create(
                   f"{release.sequence_number}, {len(release.images)} image(s), {release.package_format}{signed}",
                   highlight=False)
     print(release.id)
+
+
+def _create_system(specs: list[str], after: list[str], *, vendor: str, device_class: str, version: str,
+                   key: str | None, data_dir: Path | None, tenant: str) -> None:
+    from lwm2m_server.fota.releases import SystemComponent
+
+    parsed = _components(specs, after)
+    deps = _after(after)
+    data = _read_images([path for _, _, _, path in parsed], limit=MAX_IMAGE, what="component",
+                        names=[name for name, _, _, _ in parsed])
+    components = [SystemComponent(name, content, kind=kind, version=v, after=deps.get(name, ()))
+                  for (name, v, kind, _), (_, content) in zip(parsed, data, strict=True)]
+    total = sum(len(d) for _, d in data)
+    data.clear()
+    busy = err_console.status("signing and storing", spinner="dots") if total >= PROGRESS_FROM else _nothing()
+    with _open(data_dir, need_keys=True) as stores, busy:
+        release = stores.releases.create_system(components, vendor=vendor, class_name=device_class,
+                                                version=version, key=key, tenant_id=tenant, now=time.time())
+    components.clear()
+    console.print(f"release {release.id}: {release.class_name} {release.version}, sequence "
+                  f"{release.sequence_number}, system of {len(release.images)} component(s) "
+                  f"({', '.join(i.name for i in release.images)}) in one package of "
+                  f"{release.images[0].package_size} bytes, signed by {release.key_name} ({release.signed_by})",
+                  highlight=False)
+    print(release.id)
+
+
+@release_app.command("delta")
+def delta(
+    release_id: Annotated[str, typer.Argument(help="System release id (rel-...) the devices update to")],
+    base: Annotated[str, typer.Option("--from", help="System release id the devices run now (an earlier release "
+                                      "of the same class)")],
+    data_dir: DataDirOpt = None,
+    tenant: TenantOpt = "default",
+    as_json: JsonOpt = False,
+) -> None:
+    """Make (once; again: the same) the differential package of a system release for devices that run an earlier
+    one: each component they have travels as a delta, signed with the release's key and countersigned by every key
+    that approved it. Prints its size against the full package's."""
+    from lwm2m_server.storage.release_store import saving_percent
+
+    with _open(data_dir, need_keys=True) as stores:
+        with err_console.status("making the delta", spinner="dots"):
+            made = stores.releases.add_delta(release_id, base_release_id=base, tenant_id=tenant, now=time.time())
+        release = stores.releases.get(release_id, tenant_id=tenant)
+    full = release.images[0].package_size
+    saving = saving_percent(made.package_size, full)
+    if as_json:
+        print(json.dumps({**made.as_dict(), "full_package_size": full, "saving_percent": saving}, indent=2))
+        return
+    console.print(f"delta of {release.id} ({release.version}) from {made.base_release_id} ({made.base_version}): "
+                  f"{made.package_size} bytes, full package {full} bytes, saving {saving:.1f} %; components as "
+                  f"deltas: {', '.join(sorted(made.base_digests)) or 'none'}", highlight=False)
+    print(made.package_sha256)
 
 
 @release_app.command("import")
@@ -343,13 +450,40 @@ def show(
     tenant: TenantOpt = "default",
     as_json: JsonOpt = False,
 ) -> None:
-    """Show one release: identifiers, sequence number, signers, images and their packages."""
+    """Show one release: identifiers, sequence number, signers, images (a system release: its components) and their
+    packages, and the deltas of a system release."""
     with _open(data_dir, need_keys=False) as stores:
         release = stores.releases.get(release_id, tenant_id=tenant)
     if as_json:
         print(json.dumps(release.as_dict(), indent=2))
         return
-    console.print_json(json.dumps(release.as_dict()))
+    from rich.table import Table
+
+    from lwm2m_server.storage.release_store import saving_percent
+
+    approvals = ", ".join(a[0] for a in release.approvals) or "none"
+    signed = f"{release.key_name} ({release.signed_by})" if release.signed_by else "not signed"
+    console.print(f"release {release.id}: {release.vendor} / {release.class_name} {release.version}, sequence "
+                  f"{release.sequence_number}, {release.package_format}, signed by {signed}, approved by "
+                  f"{approvals}, created {_when(release.created_at)}", highlight=False)
+    system = release.package_format == "system"
+    table = Table(title="components" if system else "images")
+    for column in ("name", "kind", "version", "after", "size", "sha256", "package"):
+        table.add_column(column, overflow="fold")
+    for i in release.images:
+        table.add_row(i.name, i.kind, i.version or release.version, ", ".join(i.after), str(i.size),
+                      i.image_sha256[:16], f"{i.package_size} B {i.package_sha256[:16]}")
+    console.print(table)
+    if release.deltas:
+        full = release.images[0].package_size
+        deltas = Table(title=f"deltas (full package: {full} bytes)")
+        for column in ("from release", "from version", "size", "saving", "approved by", "sha256"):
+            deltas.add_column(column, overflow="fold")
+        for d in release.deltas:
+            deltas.add_row(d.base_release_id, d.base_version, str(d.package_size),
+                           f"{saving_percent(d.package_size, full):.1f} %",
+                           ", ".join(sorted(d.approved_package_sha256 or {})), d.package_sha256[:16])
+        console.print(deltas)
 
 
 @release_app.command("approve")
@@ -359,7 +493,7 @@ def approve(
     data_dir: DataDirOpt = None,
     tenant: TenantOpt = "default",
 ) -> None:
-    """Countersign every package of a release with a deployment key (idempotent)."""
+    """Countersign every package of a release, and its deltas, with a deployment key (idempotent)."""
     with _open(data_dir, need_keys=True) as stores:
         release = stores.releases.approve(release_id, key, tenant_id=tenant, now=time.time())
     shas = ", ".join(f"{i.name} {(i.approved_package_sha256 or {}).get(key, '?')[:16]}..." for i in release.images)

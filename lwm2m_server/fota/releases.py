@@ -9,8 +9,14 @@
   read checks the digest.
 * :class:`Releases`: releases of images for a (vendor, class), each with the next sequence number of that class
   (the store refuses a taken one; we retry), packaged as one SUIT envelope per image signed with a release key, or
-  opaque (the image is the package, for third-party clients); approvals add a deployment key's COSE_Sign1 to each
-  envelope; device-class policies say whether campaigns need such an approval.
+  opaque (the image is the package, for third-party clients), or ``system``: several components (images and data
+  files, :class:`SystemComponent`) in ONE envelope (:mod:`firmware_object.suit.components`) that every image record
+  of the release points at; approvals add a deployment key's COSE_Sign1 to each envelope; device-class policies say
+  whether campaigns need such an approval.
+* Differential packages of a system release (:meth:`Releases.add_delta`): one envelope per earlier release of the
+  class (the base), with the release's sequence number and version, signed with its release key, in which each
+  component the base also has travels as a delta (:func:`firmware_object.delta.make_delta`) from the base's image;
+  approvals countersign deltas too (those made later are countersigned at once by every key that approved).
 * Import of releases signed elsewhere (the OEM-to-operator path): :func:`verify_signed` checks each envelope against
   a release key's public key and returns what it declares (:class:`VerifiedImport`: vendor and class before anything
   is stored, for a caller's grant check); :meth:`Releases.store_import` stores it exactly as signed
@@ -41,7 +47,7 @@ import re
 import secrets
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -49,6 +55,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from firmware_object.delta import make_delta
 from firmware_object.errors import (
     DigestMismatchError,
     FirmwareError,
@@ -56,6 +63,14 @@ from firmware_object.errors import (
     PackageTooLargeError,
     SignatureError,
     SuitDecodeError,
+)
+from firmware_object.suit.components import (
+    COMPONENT_NAME,
+    ComponentKind,
+    ComponentRelease,
+    SystemRelease,
+    build_system_envelope,
+    verify_system_envelope,
 )
 from firmware_object.suit.envelope import add_signature, build_envelope
 from firmware_object.suit.keys import (
@@ -77,6 +92,7 @@ from lwm2m_server.storage.release_store import (
     KeyRecord,
     KeyStore,
     Release,
+    ReleaseDelta,
     ReleaseImage,
     ReleaseStore,
     SqlKeyStore,
@@ -90,6 +106,7 @@ __all__ = [
     "MAX_IMAGE_SIZE",
     "PACKAGE_FORMATS",
     "ROLES",
+    "SYSTEM_FORMAT",
     "BlobCorruptedError",
     "BlobStore",
     "ClassPolicy",
@@ -99,11 +116,13 @@ __all__ = [
     "KeyRoleError",
     "PublicOnlyKeyError",
     "Release",
+    "ReleaseDelta",
     "ReleaseImage",
     "ReleaseRollbackError",
     "Releases",
     "SigningKey",
     "SigningKeys",
+    "SystemComponent",
     "UnknownBlobError",
     "UnknownReleaseError",
     "UnknownSigningKeyError",
@@ -119,7 +138,9 @@ __all__ = [
 BLOBS_DIR: Final = "blobs"  # the BlobStore folder inside a data directory
 ROLES: Final = ("release", "deployment", "attestation")
 ALGORITHMS: Final = {"ES256": "es256", "EdDSA": "ed25519"}  # our name -> firmware_object.suit.keys name
-PACKAGE_FORMATS: Final = ("suit", "opaque")
+PACKAGE_FORMATS: Final = ("suit", "opaque")  # what create() makes; create_system() makes SYSTEM_FORMAT
+SYSTEM_FORMAT: Final = "system"
+COMPONENT_KINDS: Final = ("image", "data")
 MAX_IMAGE_SIZE: Final = 64 << 20
 MAX_IMAGES: Final = 16
 MAX_ENVELOPE_OVERHEAD: Final = 1 << 16  # envelope bytes beyond the integrated image (manifest + signatures)
@@ -575,6 +596,20 @@ def verify_signed(packages: Sequence[tuple[str, bytes]], key: SigningKey) -> Ver
                           tuple(p for p, _ in verified))
 
 
+@dataclass(frozen=True)
+class SystemComponent:
+    """One component of a system release (:meth:`Releases.create_system`): ``name`` (also its SUIT component
+    identifier: ``[a-z][a-z0-9_-]{0,31}``), its bytes, ``kind`` (``image``: firmware the device boots; ``data``: a
+    file it stores, e.g. a configuration or a certificate bundle), its ``version`` (None: the release's version) and
+    ``after``: the names of components, EARLIER in the release, that must be installed before it."""
+
+    name: str
+    data: bytes = field(repr=False)
+    kind: str = "image"
+    version: str | None = None
+    after: tuple[str, ...] = ()
+
+
 def _new_release_id() -> str:
     return "rel-" + base64.b32encode(secrets.token_bytes(7)).decode().lower()[:10]
 
@@ -604,7 +639,8 @@ class Releases:
         _check_tenant(tenant_id)
         _text(version, "version", 64)
         if package_format not in PACKAGE_FORMATS:
-            raise InvalidReleaseError(f"package format {package_format!r} is not one of {', '.join(PACKAGE_FORMATS)}")
+            raise InvalidReleaseError(f"package format {package_format!r} is not one of {', '.join(PACKAGE_FORMATS)}"
+                                      f" (a {SYSTEM_FORMAT} release is made of components by create_system)")
         _check_images(images)
         images = [(name, bytes(data)) for name, data in images]
         vendor_id = vendor_uuid(vendor)
@@ -612,11 +648,7 @@ class Releases:
         signer: PrivateKey | None = None
         signing_key: SigningKey | None = None
         if package_format == "suit":
-            if key is None:
-                signing_key = self.keys.get_or_create(DEFAULT_RELEASE_KEY, "release", tenant_id=tenant_id, now=now)
-            else:
-                signing_key = self.keys.get(_check_name(key), tenant_id=tenant_id)
-            signer = self.keys.private_key(signing_key.name, tenant_id=tenant_id, role="release")
+            signing_key, signer = self._release_signer(key, tenant_id, now)
         elif key is not None:
             raise InvalidReleaseError("an opaque release is not signed: give no key")
         image_shas = [self.blobs.put(data) for _, data in images]
@@ -642,6 +674,52 @@ class Releases:
                 return self.get(release.id, tenant_id=tenant_id)
             # another release took this sequence number (or id) meanwhile: next one
         raise StorageError("cannot assign a sequence number: too many concurrent releases for this class")
+
+    def create_system(self, components: Sequence[SystemComponent], *, vendor: str, class_name: str, version: str,
+                      key: str | None = None, tenant_id: str, now: float) -> Release:
+        """A new ``system`` release of ``components`` (installed in the order given, all or none) with the next
+        sequence number of its class: ONE SUIT envelope holding every component whole, signed with release key
+        ``key`` as :meth:`create` signs, stored once. The release has one :class:`ReleaseImage` per component
+        (name, kind, version, ``after``, size, image digest), and every one of them carries that one envelope's
+        ``package_sha256`` and ``package_size``. :class:`InvalidReleaseError` for no component, a bad or repeated
+        name, an unknown kind, an empty or oversized component, or an ``after`` that names no earlier component."""
+        _check_tenant(tenant_id)
+        _text(version, "version", 64)
+        parts = _check_components(components)
+        vendor_id = vendor_uuid(vendor)
+        class_id = class_uuid(vendor_id, class_name)
+        signing_key, signer = self._release_signer(key, tenant_id, now)
+        image_shas = [self.blobs.put(c.data) for c in parts]
+        full = [ComponentRelease.full(c.name, c.data, version=c.version or version, kind=_kind(c.kind),
+                                      after=c.after) for c in parts]
+        payloads = {c.name: c.data for c in parts}
+        for _attempt in range(_ID_ATTEMPTS):
+            sequence = self._next_sequence(tenant_id, vendor_id, class_id)
+            try:
+                envelope = build_system_envelope(SystemRelease(sequence, vendor_id, class_id, version, tuple(full)),
+                                                 payloads, [signer])
+            except ValueError as e:
+                raise InvalidReleaseError(f"cannot build the system envelope: {e}") from None
+            package_sha, package_size = self.blobs.put(envelope), len(envelope)
+            del envelope
+            images = tuple(ReleaseImage(c.name, len(c.data), image_sha, package_sha, package_size, kind=c.kind,
+                                        version=c.version or version, after=c.after)
+                           for c, image_sha in zip(parts, image_shas, strict=True))
+            release = Release(id=_new_release_id(), tenant_id=tenant_id, vendor=vendor, vendor_id=vendor_id,
+                              class_name=class_name, class_id=class_id, version=version, sequence_number=sequence,
+                              package_format=SYSTEM_FORMAT, created_at=now, signed_by=signing_key.kid,
+                              approvals=(), images=images, key_name=signing_key.name)
+            if self._add(release):
+                return self.get(release.id, tenant_id=tenant_id)
+        raise StorageError("cannot assign a sequence number: too many concurrent releases for this class")
+
+    def _release_signer(self, key: str | None, tenant_id: str, now: float) -> tuple[SigningKey, PrivateKey]:
+        """Release key ``key`` (default: the tenant's key ``"release"``, made on first use) and its private part."""
+        if key is None:
+            signing_key = self.keys.get_or_create(DEFAULT_RELEASE_KEY, "release", tenant_id=tenant_id, now=now)
+        else:
+            signing_key = self.keys.get(_check_name(key), tenant_id=tenant_id)
+        return signing_key, self.keys.private_key(signing_key.name, tenant_id=tenant_id, role="release")
 
     def _next_sequence(self, tenant_id: str, vendor_id: uuid.UUID, class_id: uuid.UUID) -> int:
         latest = self.store.latest(tenant_id=tenant_id, vendor_id=vendor_id, class_id=class_id)
@@ -726,10 +804,12 @@ class Releases:
 
     def package(self, release_id: str, image_name: str | None = None, *, tenant_id: str,
                 approved_by: str | None = None) -> bytes:
-        """The package of one image (``image_name``; may be omitted for a one-image release): the envelope as
-        released, or as countersigned by deployment key ``approved_by``."""
+        """The package of one image (``image_name``; may be omitted for a one-image release, and for a system
+        release, whose images all share its one envelope): the envelope as released, or as countersigned by
+        deployment key ``approved_by``."""
         release = self.get(release_id, tenant_id=tenant_id)
-        image = _pick_image(release, image_name)
+        image = (_pick_image(release, image_name) if image_name is not None or release.package_format != SYSTEM_FORMAT
+                 else release.images[0])
         if approved_by is None:
             return self.blobs.get(image.package_sha256)
         sha = (image.approved_package_sha256 or {}).get(approved_by)
@@ -745,37 +825,172 @@ class Releases:
     # ------------------------------------------------------------------------------------------ approve
 
     def approve(self, release_id: str, deployment_key: str, *, tenant_id: str, now: float) -> Release:
-        """Countersign every envelope of the release with ``deployment_key`` (role ``deployment``) and record it.
+        """Countersign every envelope of the release with ``deployment_key`` (role ``deployment``) and record it,
+        then every delta package of it (:meth:`add_delta` countersigns a later delta with the keys that approved).
 
-        Idempotent for a key that already approved. Each envelope is verified against the release key first (a key
-        of ``origin_tenant`` for an imported release), so an approval never vouches for a package the release key
-        did not sign."""
+        Idempotent for a key that already approved (and it countersigns any delta still missing that key's
+        signature). Each envelope is verified against the release key first (a key of ``origin_tenant`` for an
+        imported release), so an approval never vouches for a package the release key did not sign."""
         release = self.get(release_id, tenant_id=tenant_id)
-        if release.package_format != "suit":
+        if release.package_format not in ("suit", SYSTEM_FORMAT):
             raise InvalidReleaseError(f"release {release.id} is opaque: there is no signature to add to")
         key = self.keys.get(_check_name(deployment_key), tenant_id=tenant_id)
         self.keys._with_role(key, "deployment")
-        if any(name == key.name for name, _, _ in release.approvals):
+        approved = any(name == key.name for name, _, _ in release.approvals)
+        if approved and all(key.name in (d.approved_package_sha256 or {}) for d in release.deltas):
             return release
+        anchor = self._release_anchor(release)
+        signer = self.keys.private_key(key.name, tenant_id=tenant_id, role="deployment")
+        if not approved:
+            countersigned: dict[str, str] = {}  # package -> its countersigned copy (a system release: one package)
+            for image in release.images:
+                if image.package_sha256 not in countersigned:
+                    countersigned[image.package_sha256] = self._countersign(
+                        release, image.package_sha256, image.package_size, anchor, signer,
+                        f"release {release.id} image {image.name!r}")
+            # approved meanwhile by the same key: the same packages (signatures are deterministic), already recorded
+            self.store.add_approval(release.id, tenant_id=tenant_id, key_name=key.name, kid=key.kid,
+                                    packages=[countersigned[i.package_sha256] for i in release.images],
+                                    approved_at=now)
+        # after the approval is on record: a delta added meanwhile is seen here, or sees the approval (add_delta)
+        for delta in self.store.deltas(release.id, tenant_id=tenant_id):
+            self._approve_delta(release, delta, key.name, anchor, signer)
+        return self.get(release.id, tenant_id=tenant_id)
+
+    def _release_anchor(self, release: Release) -> PublicKey:
+        """The public key of the release's release key (a key of ``origin_tenant`` for an imported release)."""
         if release.key_name is None:
             raise InvalidReleaseError(f"release {release.id} has no release key on record")
-        anchor = self.keys.get(release.key_name, tenant_id=release.origin_tenant or tenant_id).public_key()
-        signer = self.keys.private_key(key.name, tenant_id=tenant_id, role="deployment")
-        packages: builtins.list[str] = []
+        return self.keys.get(release.key_name, tenant_id=release.origin_tenant or release.tenant_id).public_key()
+
+    def _countersign(self, release: Release, package_sha256: str, package_size: int, anchor: PublicKey,
+                     signer: PrivateKey, what: str) -> str:
+        """Verify stored package ``package_sha256`` against the release key, add ``signer``'s signature, store the
+        copy; its SHA-256 hex."""
+        envelope = self.blobs.get(package_sha256)
+        try:
+            if release.package_format == SYSTEM_FORMAT:
+                verify_system_envelope(envelope, trust_anchors=[anchor], max_size=package_size + MAX_ENVELOPE_OVERHEAD)
+            else:
+                verify_envelope(envelope, trust_anchors=[anchor], max_size=package_size + MAX_ENVELOPE_OVERHEAD)
+            countersigned = add_signature(envelope, signer)
+        except FirmwareError as e:
+            raise InvalidReleaseError(f"{what}: stored package does not verify against its release key: {e}") from None
+        return self.blobs.put(countersigned)
+
+    def _approve_delta(self, release: Release, delta: ReleaseDelta, key_name: str, anchor: PublicKey,
+                       signer: PrivateKey) -> None:
+        if key_name in (delta.approved_package_sha256 or {}):
+            return
+        sha = self._countersign(release, delta.package_sha256, delta.package_size, anchor, signer,
+                                f"release {release.id} delta from {delta.base_release_id}")
+        self.store.add_delta_approval(release.id, delta.base_release_id, tenant_id=release.tenant_id,
+                                      key_name=key_name, package_sha256=sha)
+
+    # ------------------------------------------------------------------------------------------- deltas
+
+    def add_delta(self, release_id: str, *, base_release_id: str, tenant_id: str, now: float) -> ReleaseDelta:
+        """The differential package of system release ``release_id`` for devices that run ``base_release_id``, made
+        and stored on first call (idempotent per release and base: later calls return the stored one).
+
+        Both must be system releases of the tenant, of the same vendor and class, the base's sequence number lower.
+        One envelope with the release's sequence number and version, signed with the release's key: each component
+        the base also has (same name) travels as a delta from the base's image (even when unchanged: a tiny delta)
+        unless the delta is not smaller than the image (then whole, as does a component the base lacks). Every
+        deployment key that approved the release countersigns it at once. :class:`InvalidReleaseError` for releases
+        that do not fit, or a release whose key has no private part here (e.g. an imported release)."""
+        release = self.get(release_id, tenant_id=tenant_id)
+        base = self.get(base_release_id, tenant_id=tenant_id)
+        for r in (release, base):
+            if r.package_format != SYSTEM_FORMAT:
+                raise InvalidReleaseError(f"release {r.id} is {r.package_format}, not {SYSTEM_FORMAT}: deltas are "
+                                          "made between system releases")
+        if (base.vendor_id, base.class_id) != (release.vendor_id, release.class_id):
+            raise InvalidReleaseError(f"release {base.id} is of another vendor or class than {release.id}")
+        if base.sequence_number >= release.sequence_number:
+            raise InvalidReleaseError(f"release {base.id} (sequence {base.sequence_number}) is not older than "
+                                      f"{release.id} (sequence {release.sequence_number})")
+        stored = self.store.get_delta(release.id, base.id, tenant_id=tenant_id)
+        if stored is None:
+            self._make_delta(release, base, now)
+        fresh = self.get(release.id, tenant_id=tenant_id)  # the delta is on record: read the approvals after it
+        delta = next(d for d in fresh.deltas if d.base_release_id == base.id)
+        if fresh.approvals and any(k not in (delta.approved_package_sha256 or {}) for k, _, _ in fresh.approvals):
+            anchor = self._release_anchor(fresh)
+            for key_name, _, _ in fresh.approvals:
+                signer = self.keys.private_key(key_name, tenant_id=tenant_id, role="deployment")
+                self._approve_delta(fresh, delta, key_name, anchor, signer)
+        found = self.store.get_delta(release.id, base.id, tenant_id=tenant_id)
+        assert found is not None  # deltas are never removed
+        return found
+
+    def _make_delta(self, release: Release, base: Release, now: float) -> None:
+        if release.origin_tenant is not None or release.key_name is None:
+            raise InvalidReleaseError(f"release {release.id} was imported signed elsewhere: its release key has no "
+                                      "private part here to sign a delta with")
+        try:
+            key = self.keys.get(release.key_name, tenant_id=release.tenant_id)
+            signer = self.keys.private_key(key.name, tenant_id=release.tenant_id, role="release")
+        except PublicOnlyKeyError:
+            raise InvalidReleaseError(f"release {release.id}'s key {release.key_name!r} is public-only: this server "
+                                      "holds no private part to sign a delta with") from None
+        if key.kid != release.signed_by:
+            raise InvalidReleaseError(f"release {release.id}'s key {key.name!r} is not the key that signed it")
+        base_images = {i.name: i for i in base.images}
+        components: builtins.list[ComponentRelease] = []
+        payloads: dict[str, bytes] = {}
+        base_digests: dict[str, str] = {}
         for image in release.images:
-            envelope = self.blobs.get(image.package_sha256)
-            try:
-                verify_envelope(envelope, trust_anchors=[anchor],
-                                max_size=image.package_size + MAX_ENVELOPE_OVERHEAD)
-                countersigned = add_signature(envelope, signer)
-            except FirmwareError as e:
-                raise InvalidReleaseError(f"release {release.id} image {image.name!r}: stored package does not "
-                                          f"verify against its release key: {e}") from None
-            packages.append(self.blobs.put(countersigned))
-        # approved meanwhile by the same key: the same packages (signatures are deterministic), already recorded
-        self.store.add_approval(release.id, tenant_id=tenant_id, key_name=key.name, kid=key.kid, packages=packages,
-                                approved_at=now)
-        return self.get(release.id, tenant_id=tenant_id)
+            data = self.blobs.get(image.image_sha256)
+            version, kind = image.version or release.version, _kind(image.kind)
+            component = ComponentRelease.full(image.name, data, version=version, kind=kind, after=image.after)
+            payload = data
+            if image.name in base_images:
+                base_data = self.blobs.get(base_images[image.name].image_sha256)
+                delta = make_delta(base_data, data)
+                if len(delta) < len(data):
+                    try:
+                        component = ComponentRelease.from_delta(image.name, data, delta, base_data, version=version,
+                                                                base_version=base.version, kind=kind,
+                                                                after=image.after)
+                    except ValueError as e:
+                        raise InvalidReleaseError(f"release {release.id} component {image.name!r}: {e}") from None
+                    payload = delta
+                    base_digests[image.name] = base_images[image.name].image_sha256
+                del base_data
+            components.append(component)
+            payloads[image.name] = payload
+        try:
+            envelope = build_system_envelope(SystemRelease(release.sequence_number, release.vendor_id,
+                                                           release.class_id, release.version, tuple(components)),
+                                             payloads, [signer])
+        except ValueError as e:
+            raise InvalidReleaseError(f"cannot build the delta envelope of release {release.id}: {e}") from None
+        payloads.clear()
+        # stored meanwhile from the same base: that one stays (either verifies), this blob is left unreferenced
+        self.store.add_delta(ReleaseDelta(release.id, release.tenant_id, base.id, base.version,
+                                          self.blobs.put(envelope), len(envelope), now, base_digests))
+
+    def deltas(self, release_id: str, *, tenant_id: str) -> builtins.list[ReleaseDelta]:
+        """The release's deltas (by creation time); :class:`UnknownReleaseError` when the tenant has no such
+        release."""
+        return self.store.deltas(self.get(release_id, tenant_id=tenant_id).id, tenant_id=tenant_id)
+
+    def delta_package(self, release_id: str, base_release_id: str, *, tenant_id: str,
+                      approved_by: str | None = None) -> bytes:
+        """The delta package of the release from ``base_release_id``, as signed, or as countersigned by deployment
+        key ``approved_by``; :class:`UnknownReleaseError` when there is no such release, delta or approval."""
+        release = self.get(release_id, tenant_id=tenant_id)
+        delta = self.store.get_delta(release.id, base_release_id, tenant_id=tenant_id)
+        if delta is None:
+            raise UnknownReleaseError(f"release {release.id} has no delta from {base_release_id!r}")
+        if approved_by is None:
+            return self.blobs.get(delta.package_sha256)
+        sha = (delta.approved_package_sha256 or {}).get(approved_by)
+        if sha is None:
+            raise UnknownReleaseError(f"the delta of release {release.id} from {base_release_id} has no approval by "
+                                      f"key {approved_by!r}")
+        return self.blobs.get(sha)
 
     # ------------------------------------------------------------------------------------ class policy
 
@@ -823,6 +1038,51 @@ def _check_images(images: Sequence[tuple[str, bytes]]) -> None:
             raise InvalidReleaseError(f"image {name!r} is empty")
         if len(data) > MAX_IMAGE_SIZE:
             raise InvalidReleaseError(f"image {name!r} has {len(data)} bytes; at most {MAX_IMAGE_SIZE}")
+
+
+def _kind(kind: str) -> ComponentKind:
+    if kind == "image":
+        return "image"
+    if kind == "data":
+        return "data"
+    raise InvalidReleaseError(f"component kind {kind!r} is not one of {', '.join(COMPONENT_KINDS)}")
+
+
+def _check_components(components: Sequence[SystemComponent]) -> builtins.list[SystemComponent]:
+    """``components`` checked (see :meth:`Releases.create_system`), as bytes with ``after`` as tuples."""
+    if not components:
+        raise InvalidReleaseError("a system release needs at least one component")
+    if len(components) > MAX_IMAGES:
+        raise InvalidReleaseError(f"a system release has at most {MAX_IMAGES} components")
+    checked: builtins.list[SystemComponent] = []
+    seen: builtins.list[str] = []
+    total = 0
+    for c in components:
+        if not isinstance(c, SystemComponent):
+            raise InvalidReleaseError("components are SystemComponent records")
+        if not isinstance(c.name, str) or not COMPONENT_NAME.fullmatch(c.name):
+            raise InvalidReleaseError(f"component name {c.name!r} must be a lowercase letter then at most 31 "
+                                      "lowercase letters, digits, _ or -")
+        if c.name in seen:
+            raise InvalidReleaseError(f"component {c.name!r} appears twice")
+        _kind(c.kind)
+        if c.version is not None:
+            _text(c.version, f"component {c.name!r}: version", 64)
+        if not isinstance(c.data, bytes | bytearray | memoryview) or len(c.data) == 0:
+            raise InvalidReleaseError(f"component {c.name!r} is empty or not bytes")
+        total += len(c.data)
+        if total > MAX_IMAGE_SIZE:
+            raise InvalidReleaseError(f"the components total more than {MAX_IMAGE_SIZE} bytes")
+        after = tuple(c.after) if not isinstance(c.after, str) else (c.after,)
+        for name in after:
+            if name == c.name or name not in seen:
+                raise InvalidReleaseError(f"component {c.name!r} must install after {name!r}, which is not an "
+                                          f"earlier component (components install in the order given)")
+        if len(set(after)) != len(after):
+            raise InvalidReleaseError(f"component {c.name!r}: 'after' names a component twice")
+        seen.append(c.name)
+        checked.append(SystemComponent(c.name, bytes(c.data), c.kind, c.version, after))
+    return checked
 
 
 def _pick_image(release: Release, image_name: str | None) -> ReleaseImage:

@@ -7,8 +7,15 @@ portable SQL, times as float seconds.
 * ``release`` + ``release_image``: a release and its images (content-addressed blobs, by SHA-256 hex); the sequence
   number is unique per ``(tenant_id, vendor_id, class_id)``, which is what makes its assignment atomic;
 * ``release.origin_tenant``: for a release imported pre-signed, the tenant whose public key signed it (the OEM);
+* ``release_image.kind``, ``.version``, ``.install_after`` (nullable, since 0005): a component of a ``system``
+  release (``image`` or ``data``, its own version, JSON list of the components installed before it); NULL for the
+  images of older releases (read as ``image``, no version, no dependency). In a system release every image row holds
+  the one envelope's ``package_sha256`` and ``package_size``;
 * ``release_approval``: one row per deployment key that countersigned a release (``packages``: JSON list of the
   countersigned envelopes' SHA-256 hex, in image order);
+* ``release_delta``: a differential package of a system release from an earlier one of its class (one per
+  ``(release_id, base_release_id)``; ``base_digests``: JSON object, component name -> SHA-256 hex of the base image
+  its delta applies to); ``release_delta_approval``: a deployment key's countersigned copy of it;
 * ``device_class``: per-class policy (whether campaigns need a deployment approval).
 
 The schema is made and upgraded by the migrations (:mod:`lwm2m_server.storage.migrations`): a change to a table
@@ -20,7 +27,8 @@ here comes with a new revision there.
 from sqlalchemy import BigInteger, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-__all__ = ["DeviceClassRow", "ReleaseApprovalRow", "ReleaseImageRow", "ReleaseRow", "SigningKeyRow"]
+__all__ = ["DeviceClassRow", "ReleaseApprovalRow", "ReleaseDeltaApprovalRow", "ReleaseDeltaRow", "ReleaseImageRow",
+           "ReleaseRow", "SigningKeyRow"]
 
 
 class SigningKeyRow(SQLModel, table=True):
@@ -75,6 +83,9 @@ class ReleaseImageRow(SQLModel, table=True):
     image_sha256: str = Field(max_length=64)
     package_sha256: str = Field(max_length=64)
     package_size: int = Field(sa_type=BigInteger)
+    kind: str | None = Field(default=None, max_length=16)  # system component: image or data (None: image)
+    version: str | None = Field(default=None, sa_type=Text)  # system component's version
+    install_after: str | None = Field(default=None, sa_type=Text)  # JSON list of component names (None: [])
 
 
 class ReleaseApprovalRow(SQLModel, table=True):
@@ -88,6 +99,33 @@ class ReleaseApprovalRow(SQLModel, table=True):
     kid: str = Field(max_length=64)
     packages: str = Field(sa_type=Text)  # JSON list of SHA-256 hex, one per image position
     approved_at: float
+
+
+class ReleaseDeltaRow(SQLModel, table=True):
+    """A differential package of a system release from an earlier release of its class."""
+
+    __tablename__ = "release_delta"
+
+    release_id: str = Field(primary_key=True, max_length=32)
+    base_release_id: str = Field(primary_key=True, max_length=32)
+    tenant_id: str = Field(default="default", max_length=64)
+    base_version: str = Field(sa_type=Text)
+    package_sha256: str = Field(max_length=64)
+    package_size: int = Field(sa_type=BigInteger)
+    base_digests: str = Field(sa_type=Text)  # JSON object: component name -> base image SHA-256 hex
+    created_at: float
+
+
+class ReleaseDeltaApprovalRow(SQLModel, table=True):
+    """A deployment key's countersignature of a delta package."""
+
+    __tablename__ = "release_delta_approval"
+
+    release_id: str = Field(primary_key=True, max_length=32)
+    base_release_id: str = Field(primary_key=True, max_length=32)
+    key_name: str = Field(primary_key=True, max_length=64)
+    tenant_id: str = Field(default="default", max_length=64)
+    package_sha256: str = Field(max_length=64)
 
 
 class DeviceClassRow(SQLModel, table=True):

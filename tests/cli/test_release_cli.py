@@ -5,6 +5,7 @@ bad input exits 2 with one line on stderr and no traceback."""
 from __future__ import annotations
 
 import json
+import random
 import re
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from typer.testing import CliRunner, Result
 from bootstrap.vault import Vault
 from firmware_object.errors import SignatureError
 from firmware_object.suit import key_id, load_public_key, verify_envelope
+from firmware_object.suit.components import verify_system_envelope
 from lwm2m_server.cli.release import release_app
 from lwm2m_server.fota.releases import Releases, SigningKeys, class_uuid, vendor_uuid
 from lwm2m_server.storage.database import Database
@@ -180,3 +182,52 @@ def test_class_policy(data: Path, vault_key_in_tmp_path: Path) -> None:
     assert not (data / "vault.key").exists() and not vault_key_in_tmp_path.exists()  # nothing sealed: no key made
     r = scratch(data, "class", "set", "sensor", "--vendor", "acme.example")
     assert r.exit_code == 2  # the flag is required (typer's usage error)
+
+
+def test_system_release_delta_and_show(tmp_path: Path, data: Path) -> None:
+    app_v1 = random.Random(5).randbytes(256 << 10)
+    app_v2 = bytearray(app_v1)
+    app_v2[1000:3000] = bytes(2000)  # a small change
+    radio = image_file(tmp_path, "radio.bin", random.Random(6).randbytes(32 << 10))
+    config = image_file(tmp_path, "config.json", b'{"interval": 60}\n')
+    old_dir, new_dir = tmp_path / "old", tmp_path / "new"
+    old_dir.mkdir()
+    new_dir.mkdir()
+    old_app, new_app = image_file(old_dir, "app.bin", app_v1), image_file(new_dir, "app.bin", bytes(app_v2))
+    common = ["--system", "--vendor", "acme.example", "--class", "sensor"]
+    base = ok(scratch(data, "create", *common, "--version", "1.0", f"app={old_app}", f"radio@7.0={radio}",
+                      f"config={config}:data", "--after", "config=app,radio")).stdout.strip().splitlines()[-1]
+    made = ok(scratch(data, "create", *common, "--version", "1.1", f"app={new_app}", f"radio@7.0={radio}",
+                      f"config={config}:data", "--after", "config=app", "--after", "config=radio"))
+    assert "system of 3 component(s) (app, radio, config)" in made.stdout
+    release = made.stdout.strip().splitlines()[-1]
+
+    delta = ok(scratch(data, "delta", release, "--from", base))
+    saving = re.search(r"(\d+) bytes, full package (\d+) bytes, saving (\d+\.\d) %", delta.stdout)
+    assert saving is not None and float(saving.group(3)) >= 80, delta.stdout
+    assert ok(scratch(data, "delta", release, "--from", base)).stdout == delta.stdout  # made once
+    again = json.loads(ok(scratch(data, "delta", release, "--from", base, "--json")).stdout)
+    assert (again["package_size"], again["full_package_size"]) == (int(saving.group(1)), int(saving.group(2)))
+
+    shown = ok(scratch(data, "show", release)).stdout
+    for needle in ("components", "radio", "7.0", "data", "app, radio", "deltas", base, "1.0", saving.group(3)):
+        assert needle in shown, (needle, shown)
+    as_json = json.loads(ok(scratch(data, "show", release, "--json")).stdout)
+    assert [(c["name"], c["kind"], c["version"], c["after"]) for c in as_json["images"]] == [
+        ("app", "image", "1.1", []), ("radio", "image", "7.0", []), ("config", "data", "1.1", ["app", "radio"])]
+    assert [d["base_release"] for d in as_json["deltas"]] == [base]
+
+    anchor = load_public_key(ok(scratch(data, "key", "export", "release")).stdout.encode())
+    verified = verify_system_envelope(stored_package(data, release), trust_anchors=[anchor], max_size=MAX)
+    assert [c.name for c in verified.components] == ["app", "radio", "config"]
+
+    bad(scratch(data, "delta", base, "--from", release), "not older")
+    bad(scratch(data, "delta", release, "--from", "rel-aaaaaaaaaa"), "no release")
+    bad(scratch(data, "create", *common, "--version", "2", "App=x.bin"), "no such file")
+    bad(scratch(data, "create", *common, "--version", "2", f"App={radio}"), "component name 'App'")
+    bad(scratch(data, "create", *common, "--version", "2", str(radio)), "NAME[@VERSION]=FILE")
+    bad(scratch(data, "create", *common, "--version", "2", f"radio={radio}", f"app={radio}", "--after",
+                "radio=app"), "not an earlier component")
+    bad(scratch(data, "create", *common, "--version", "2", f"app={radio}", "--after", "nope=app"), "--after")
+    bad(scratch(data, "create", str(radio), "--vendor", "v", "--class", "c", "--version", "1", "--after", "a=b"),
+        "only with --system")

@@ -6,7 +6,9 @@ would; the database files are searched for the private keys in every plain form.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import random
 import re
 import sqlite3
 import stat
@@ -17,15 +19,19 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+from alembic import command
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy import create_engine, text
 
 from bootstrap.vault import SealedDataError, Vault
-from firmware_object.errors import SignatureError
+from firmware_object.errors import DeltaBaseMismatchError, SignatureError
 from firmware_object.suit import (
     ReleaseManifest,
     build_envelope,
@@ -35,6 +41,7 @@ from firmware_object.suit import (
     public_key_to_pem,
     verify_envelope,
 )
+from firmware_object.suit.components import apply_component, verify_system_envelope
 from firmware_object.suit.keys import PrivateKey
 from lwm2m_server.core.errors import CoapCode, InvalidRequestError, NotFoundError, StorageError
 from lwm2m_server.fota.releases import (
@@ -50,6 +57,7 @@ from lwm2m_server.fota.releases import (
     Releases,
     SigningKey,
     SigningKeys,
+    SystemComponent,
     UnknownBlobError,
     UnknownReleaseError,
     UnknownSigningKeyError,
@@ -60,7 +68,11 @@ from lwm2m_server.fota.releases import (
     verify_signed,
 )
 from lwm2m_server.storage.database import DB_FILENAME, Database
+from lwm2m_server.storage.migrations import alembic_config
 from lwm2m_server.storage.release_store import SqlReleaseStore
+from lwm2m_server.tenancy.model import Role, TenantKind
+from lwm2m_server.tenancy.service import system_principal
+from tests.harness import running_server
 
 MAX = 1 << 20
 IMAGE = bytes(range(256)) * 8
@@ -714,3 +726,253 @@ def test_an_older_database_gains_public_only_keys_and_origin_tenants(tmp_path: P
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     db.close()
     assert "ix_signing_key_kid" in indexes and "signing_key_old" not in tables
+
+
+# ------------------------------------------------------------------------------------------ system releases and deltas
+
+MIB = 1 << 20
+SYSTEM_MAX = 4 * MIB
+
+
+def system_parts(seed: int, *, changed: int = 0, extra: bool = False) -> list[SystemComponent]:
+    """app: 1 MiB (``changed`` bytes differ from seed's base in the middle); radio: 64 KiB after app; config: data."""
+    app = bytearray(random.Random(seed).randbytes(MIB))
+    if changed:
+        app[MIB // 2:MIB // 2 + changed] = random.Random(seed + 1).randbytes(changed)
+    parts = [SystemComponent("app", bytes(app)),
+             SystemComponent("radio", random.Random(seed + 2).randbytes(64 << 10), version="7.0", after=("app",)),
+             SystemComponent("config", b'{"interval": 60}\n', kind="data", after=("app", "radio"))]
+    if extra:
+        parts.append(SystemComponent("model", b"\x42" * 2048, kind="data"))
+    return parts
+
+
+def make_system(env: Env, version: str, parts: list[SystemComponent], *, class_name: str = "sensor",
+                tenant_id: str = TENANT) -> Release:
+    return env.releases.create_system(parts, vendor="acme.example", class_name=class_name, version=version,
+                                      tenant_id=tenant_id, now=NOW)
+
+
+def test_a_system_release_is_one_envelope_of_every_component(env: Env) -> None:
+    parts = system_parts(1)
+    release = make_system(env, "2.0.0", parts)
+    assert release.package_format == "system" and release.key_name == "release"
+    assert [(i.name, i.kind, i.version, i.after, i.size) for i in release.images] == [
+        ("app", "image", "2.0.0", (), MIB), ("radio", "image", "7.0", ("app",), 64 << 10),
+        ("config", "data", "2.0.0", ("app", "radio"), len(parts[2].data))]
+    package = env.releases.package(release.id, tenant_id=TENANT)
+    assert {(i.package_sha256, i.package_size) for i in release.images} == {(env.blobs.put(package), len(package))}
+    assert env.releases.package(release.id, "radio", tenant_id=TENANT) == package
+    assert env.releases.image(release.id, "config", tenant_id=TENANT) == parts[2].data
+    anchor = env.keys.get("release", tenant_id=TENANT).public_key()
+    verified = verify_system_envelope(package, trust_anchors=[anchor], max_size=SYSTEM_MAX,
+                                      vendor_id=release.vendor_id, class_id=release.class_id)
+    assert (verified.sequence_number, verified.version) == (1, "2.0.0")
+    assert [(c.name, c.kind, c.version, c.after, c.delta) for c in verified.components] == [
+        ("app", "image", "2.0.0", (), None), ("radio", "image", "7.0", ("app",), None),
+        ("config", "data", "2.0.0", ("app", "radio"), None)]
+    assert [apply_component(c, None) for c in verified.components] == [p.data for p in parts]
+    assert env.releases.get(release.id, tenant_id=TENANT) == release
+    shown = json.loads(json.dumps(release.as_dict()))
+    assert [i["kind"] for i in shown["images"]] == ["image", "image", "data"] and shown["deltas"] == []
+    # the next release of the class, whatever its format, takes the next sequence number
+    assert env.releases.create([("fw", IMAGE)], vendor="acme.example", class_name="sensor", version="x", now=NOW,
+                               tenant_id=TENANT).sequence_number == 2
+
+
+def test_bad_system_releases_are_refused(env: Env) -> None:
+    one = SystemComponent("app", IMAGE)
+    cases: list[tuple[list[SystemComponent], str]] = [
+        ([], "at least one component"),
+        ([SystemComponent("App.bin", IMAGE)], "component name 'App.bin'"),
+        ([one, SystemComponent("app", IMAGE[::-1])], "'app' appears twice"),
+        ([SystemComponent("radio", IMAGE, after=("app",)), one], "after 'app', which is not an earlier component"),
+        ([SystemComponent("app", IMAGE, after=("app",))], "after 'app'"),
+        ([SystemComponent("app", IMAGE, kind="firmware")], "kind 'firmware'"),
+        ([SystemComponent("app", b"")], "'app' is empty"),
+        ([SystemComponent("app", IMAGE, version="")], "version"),
+    ]
+    for parts, message in cases:
+        with pytest.raises(InvalidReleaseError, match=re.escape(message)):
+            make_system(env, "1", parts)
+    with pytest.raises(InvalidReleaseError, match="create_system"):
+        env.releases.create([("fw", IMAGE)], vendor="v", class_name="c", version="1", package_format="system",
+                            now=NOW, tenant_id=TENANT)
+    assert env.releases.list(tenant_id=TENANT) == []
+
+
+def test_a_delta_carries_a_small_change_in_a_fifth_of_the_bytes(env: Env) -> None:
+    base_parts = system_parts(7)
+    new_parts = system_parts(7, changed=4096, extra=True)
+    base = make_system(env, "1.0.0", base_parts)
+    release = make_system(env, "1.1.0", new_parts)
+    delta = env.releases.add_delta(release.id, base_release_id=base.id, tenant_id=TENANT, now=NOW + 5)
+    full = release.images[0].package_size
+    assert delta.package_size <= full // 5, (delta.package_size, full)
+    assert (delta.release_id, delta.base_release_id, delta.base_version, delta.created_at) == (
+        release.id, base.id, "1.0.0", NOW + 5)
+    assert delta.base_digests == {i.name: i.image_sha256 for i in base.images}  # model: not in the base
+    package = env.releases.delta_package(release.id, base.id, tenant_id=TENANT)
+    assert (env.blobs.put(package), len(package)) == (delta.package_sha256, delta.package_size)
+    anchor = env.keys.get("release", tenant_id=TENANT).public_key()
+    verified = verify_system_envelope(package, trust_anchors=[anchor], max_size=SYSTEM_MAX,
+                                      installed_sequence=base.sequence_number, vendor_id=release.vendor_id,
+                                      class_id=release.class_id)
+    assert (verified.sequence_number, verified.version) == (release.sequence_number, "1.1.0")
+    installed = {p.name: p.data for p in base_parts}
+    assert [c.delta is not None for c in verified.components] == [True, True, True, False]
+    assert [apply_component(c, installed.get(c.name)) for c in verified.components] == [p.data for p in new_parts]
+    assert verified.component("app").delta.base_version == "1.0.0"  # type: ignore[union-attr]
+    with pytest.raises(DeltaBaseMismatchError):  # a device whose app is not the base's
+        apply_component(verified.component("app"), new_parts[0].data)
+
+    again = env.releases.add_delta(release.id, base_release_id=base.id, tenant_id=TENANT, now=NOW + 9)
+    assert again == delta  # idempotent: the first stays
+    assert env.releases.deltas(release.id, tenant_id=TENANT) == [delta]
+    stored = env.releases.get(release.id, tenant_id=TENANT)
+    assert stored.deltas == (delta,)
+    assert stored.as_dict()["deltas"][0]["saving_percent"] >= 80
+
+
+def test_deltas_that_cannot_be_made_are_refused(env: Env) -> None:
+    parts = [SystemComponent("app", IMAGE)]
+    first = make_system(env, "1", parts)
+    second = make_system(env, "2", parts)
+    other_class = make_system(env, "1", parts, class_name="gateway")
+    other_tenant = make_system(env, "1", parts, tenant_id="acme")
+    plain = env.releases.create([("fw", IMAGE)], vendor="acme.example", class_name="sensor", version="3", now=NOW,
+                                tenant_id=TENANT)
+
+    def refused(target: str, base: str, error: type[Exception], message: str) -> None:
+        with pytest.raises(error, match=re.escape(message)):
+            env.releases.add_delta(target, base_release_id=base, tenant_id=TENANT, now=NOW)
+
+    refused(first.id, second.id, InvalidReleaseError, "is not older than")
+    refused(first.id, first.id, InvalidReleaseError, "is not older than")
+    refused(second.id, other_class.id, InvalidReleaseError, "another vendor or class")
+    refused(second.id, other_tenant.id, UnknownReleaseError, "no release")
+    refused(plain.id, first.id, InvalidReleaseError, "is suit, not system")
+    refused(second.id, "rel-zzzzzzzzzz", UnknownReleaseError, "no release")
+    with pytest.raises(UnknownReleaseError):
+        env.releases.deltas(other_tenant.id, tenant_id=TENANT)
+    with pytest.raises(UnknownReleaseError, match="no delta"):
+        env.releases.delta_package(second.id, first.id, tenant_id=TENANT)
+    # a release whose key has no private part here: imported, or signed by a public-only key
+    env.keys.add_public("oem", "release", env.keys.get("release", tenant_id=TENANT).public_pem, tenant_id=TENANT,
+                        now=NOW)
+    for record in (dataclasses.replace(second, id="rel-importedsa", sequence_number=10, origin_tenant="oem-tenant"),
+                   dataclasses.replace(second, id="rel-importedsb", sequence_number=11, key_name="oem")):
+        env.releases.store.add(record)
+        refused(record.id, first.id, InvalidReleaseError, "private part")
+    assert env.releases.deltas(second.id, tenant_id=TENANT) == []
+
+
+def test_approvals_countersign_deltas_made_before_and_after(env: Env) -> None:
+    base = make_system(env, "1", system_parts(3))
+    middle = make_system(env, "2", system_parts(3, changed=100))
+    release = make_system(env, "3", system_parts(3, changed=300, extra=True))
+    env.keys.create("ops", "deployment", now=NOW, tenant_id=TENANT)
+    env.keys.create("ops2", "deployment", alg="EdDSA", now=NOW, tenant_id=TENANT)
+    early = env.releases.add_delta(release.id, base_release_id=base.id, tenant_id=TENANT, now=NOW)
+    approved = env.releases.approve(release.id, "ops", now=NOW + 1, tenant_id=TENANT)
+    (image_approved,) = {tuple(sorted((i.approved_package_sha256 or {}).items())) for i in approved.images}
+    assert [k for k, _ in image_approved] == ["ops"]  # every component: the one countersigned envelope
+    late = env.releases.add_delta(release.id, base_release_id=middle.id, tenant_id=TENANT, now=NOW + 2)
+    assert set(late.approved_package_sha256 or {}) == {"ops"}  # countersigned at once by the key that approved
+    env.releases.approve(release.id, "ops2", now=NOW + 3, tenant_id=TENANT)
+    anchors = {name: env.keys.get(name, tenant_id=TENANT).public_key() for name in ("release", "ops", "ops2")}
+    for delta in env.releases.deltas(release.id, tenant_id=TENANT):
+        assert set(delta.approved_package_sha256 or {}) == {"ops", "ops2"}
+        assert delta.base_release_id in (early.base_release_id, late.base_release_id)
+        original = env.releases.delta_package(release.id, delta.base_release_id, tenant_id=TENANT)
+        for key in ("ops", "ops2"):
+            package = env.releases.delta_package(release.id, delta.base_release_id, approved_by=key,
+                                                 tenant_id=TENANT)
+            assert env.blobs.put(package) == (delta.approved_package_sha256 or {})[key]
+            verify_system_envelope(package, trust_anchors=[anchors["release"], anchors[key]], max_size=SYSTEM_MAX)
+        with pytest.raises(SignatureError):
+            verify_system_envelope(original, trust_anchors=[anchors["release"], anchors["ops"]], max_size=SYSTEM_MAX)
+        with pytest.raises(UnknownReleaseError, match="no approval"):
+            env.releases.delta_package(release.id, delta.base_release_id, approved_by="nope", tenant_id=TENANT)
+    full = env.releases.package(release.id, approved_by="ops2", tenant_id=TENANT)
+    verify_system_envelope(full, trust_anchors=[anchors["release"], anchors["ops2"]], max_size=SYSTEM_MAX)
+
+
+def test_an_image_row_of_revision_0004_reads_as_a_plain_image(tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    Database.for_data_dir(folder).close()
+    engine = create_engine(f"sqlite:///{folder / DB_FILENAME}")
+    try:
+        with engine.begin() as conn:  # back to 0004 (0005's downgrade), then a release as 0004 stored it
+            config = alembic_config()
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0004")
+            conn.execute(text("INSERT INTO release (id, tenant_id, vendor, vendor_id, class_name, class_id, version, "
+                              "sequence_number, package_format, created_at) VALUES ('rel-aaaaaaaaaa', 'default', "
+                              "'v', :v, 'c', :c, '1', 1, 'opaque', 1.0)"),
+                         {"v": str(uuid.uuid4()), "c": str(uuid.uuid4())})
+            conn.execute(text("INSERT INTO release_image (release_id, position, tenant_id, name, size, image_sha256, "
+                              "package_sha256, package_size) VALUES ('rel-aaaaaaaaaa', 0, 'default', 'fw', 3, "
+                              ":sha, :sha, 3)"), {"sha": "a" * 64})
+    finally:
+        engine.dispose()
+    with Database.for_data_dir(folder) as database:  # upgraded to head again
+        release = SqlReleaseStore(database).get("rel-aaaaaaaaaa", tenant_id=TENANT)
+        assert release is not None and release.deltas == ()
+        assert [(i.kind, i.version, i.after) for i in release.images] == [("image", None, ())]
+
+
+async def test_the_api_makes_a_system_release_and_its_delta(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    async with running_server(data, api_port=0, vault=Vault.generate()) as srv:  # a vault: releases and keys
+        assert srv.tenancy is not None and srv.api_url
+        root = system_principal("test")
+        srv.tenancy.create_tenant("acme", kind=TenantKind.OPERATOR, by=root)
+        tokens = {role: srv.tenancy.create_token(tenant_id="acme", roles=frozenset({role}), by=root,
+                                                 expires_days=1, name=str(role))[1]
+                  for role in (Role.RELEASE_MANAGER, Role.OPERATOR)}
+
+        def client(role: Role) -> httpx.AsyncClient:
+            return httpx.AsyncClient(base_url=srv.api_url, timeout=60,
+                                     headers={"Authorization": f"Bearer {tokens[role]}"})
+
+        def form(version: str, parts: list[SystemComponent]) -> dict[str, Any]:
+            return {"data": {"vendor": "acme.example", "class_name": "sensor", "version": version,
+                             "package_format": "system",
+                             "components": json.dumps([{"name": p.name, "kind": p.kind, "version": p.version,
+                                                        "after": list(p.after)} for p in parts])},
+                    "files": [("file", (f"{p.name}.bin", p.data)) for p in parts]}
+
+        base_parts, new_parts = system_parts(11), system_parts(11, changed=4096)
+        async with client(Role.OPERATOR) as operator:
+            r = await operator.post("/api/releases", **form("1.0", base_parts))
+            assert r.status_code == 403, r.text
+        async with client(Role.RELEASE_MANAGER) as rm:
+            r = await rm.post("/api/releases", **form("1.0", base_parts))
+            assert r.status_code == 201, r.text
+            base = r.json()
+            r = await rm.post("/api/releases", **form("1.1", new_parts))
+            assert r.status_code == 201, r.text
+            release = r.json()
+            assert release["package_format"] == "system" and [
+                (c["name"], c["kind"], c["version"], c["after"]) for c in release["images"]] == [
+                ("app", "image", "1.1", []), ("radio", "image", "7.0", ["app"]),
+                ("config", "data", "1.1", ["app", "radio"])]
+            r = await rm.post("/api/releases", **form("2", new_parts[:1]) | {"data": {
+                "vendor": "v", "class_name": "c", "version": "2", "package_format": "system",
+                "components": json.dumps([{"name": "app"}, {"name": "radio"}])}})
+            assert r.status_code == 400 and "2 component(s) for 1 file(s)" in r.json()["error"], r.text
+            async with client(Role.OPERATOR) as operator:
+                r = await operator.post(f"/api/releases/{release['id']}/deltas", json={"base_release": base["id"]})
+                assert r.status_code == 403, r.text
+            r = await rm.post(f"/api/releases/{release['id']}/deltas", json={"base_release": base["id"]})
+            assert r.status_code == 200, r.text
+            delta = r.json()
+            assert delta["base_release"] == base["id"] and delta["saving_percent"] >= 80
+            assert delta["package_size"] <= delta["full_package_size"] // 5
+            r = await rm.post(f"/api/releases/{base['id']}/deltas", json={"base_release": release["id"]})
+            assert r.status_code == 400 and "not older" in r.json()["error"], r.text
+            shown = (await rm.get(f"/api/releases/{release['id']}")).json()
+            assert [d["base_release"] for d in shown["deltas"]] == [base["id"]]
+            assert (await rm.get(f"/api/releases/{release['id']}/deltas")).json() == shown["deltas"]

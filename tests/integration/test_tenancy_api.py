@@ -126,6 +126,7 @@ BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/api/campaigns/{cid}/start"): {},
     ("POST", "/api/devices/{endpoint}/tags"): {"add": [], "remove": ["b-secret-tag"]},
     ("POST", "/api/releases/{release_id}/approve"): {"key": "deploy"},
+    ("POST", "/api/releases/{release_id}/deltas"): {"base_release": "rel-aaaaaaaaaa"},
 }
 QUERIES: dict[tuple[str, str], dict[str, str]] = {
     ("GET", "/api/devices/{endpoint}/read"): {"path": "/3/0/0"},

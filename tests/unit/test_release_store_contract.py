@@ -25,6 +25,7 @@ from lwm2m_server.storage.release_store import (
     MemoryKeyStore,
     MemoryReleaseStore,
     Release,
+    ReleaseDelta,
     ReleaseImage,
     ReleaseStore,
     SqlKeyStore,
@@ -249,6 +250,96 @@ def test_an_approval_of_another_tenants_or_no_release_is_not_recorded(backend: B
     assert backend.releases.get(release.id, tenant_id="acme") == release
 
 
+# ------------------------------------------------------------------------------------------------ system releases
+
+
+def make_system(rid: str = "rel-ssssssssss", tenant: str = "acme", seq: int = 2) -> Release:
+    """A system release: three components, every image row pointing at the one envelope."""
+    package, size = "e" * 64, 9000
+    images = (ReleaseImage("app", 4096, "1" * 64, package, size, kind="image", version="2.1"),
+              ReleaseImage("radio", 2048, "3" * 64, package, size, kind="image", version="7.0", after=("app",)),
+              ReleaseImage("config", 100, "5" * 64, package, size, kind="data", version="2.0.0-ß",
+                           after=("app", "radio")))
+    return make_release(rid, tenant, seq, package_format="system", images=images)
+
+
+def make_delta(release_id: str = "rel-ssssssssss", base: str = "rel-aaaaaaaaaa", tenant: str = "acme",
+               at: float = T0, **changes: object) -> ReleaseDelta:
+    delta = ReleaseDelta(release_id=release_id, tenant_id=tenant, base_release_id=base, base_version="1.0",
+                         package_sha256="d" * 64, package_size=700, created_at=at,
+                         base_digests={"app": "a" * 64, "radio": "b" * 64})
+    return dataclasses.replace(delta, **changes)  # type: ignore[arg-type]
+
+
+def test_a_system_release_keeps_its_components(backend: Backend) -> None:
+    release = make_system()
+    backend.releases.add(release)
+    _, releases = backend.second()
+    got = releases.get(release.id, tenant_id="acme")
+    assert got == release
+    assert got is not None and [(i.kind, i.version, i.after) for i in got.images] == [
+        ("image", "2.1", ()), ("image", "7.0", ("app",)), ("data", "2.0.0-ß", ("app", "radio"))]
+    assert {i.package_sha256 for i in got.images} == {"e" * 64}
+    plain = make_release()  # the images of other releases: kind image, no version, no dependency
+    backend.releases.add(plain)
+    got = releases.get(plain.id, tenant_id="acme")
+    assert got is not None and [(i.kind, i.version, i.after) for i in got.images] == [("image", None, ())] * 2
+
+
+def test_deltas_are_stored_once_per_base_and_scoped(backend: Backend) -> None:
+    backend.releases.add(make_release("rel-aaaaaaaaaa", seq=1))
+    backend.releases.add(make_release("rel-bbbbbbbbbb", seq=3))
+    backend.releases.add(make_system(seq=4))
+    later, first = make_delta(base="rel-bbbbbbbbbb", at=T0 + 5), make_delta(base="rel-aaaaaaaaaa", at=T0 + 5)
+    assert backend.releases.add_delta(later)
+    assert backend.releases.add_delta(first)
+    assert not backend.releases.add_delta(make_delta(package_sha256="f" * 64))  # from that base: the first stays
+    assert not backend.releases.add_delta(make_delta(tenant="other", base="rel-cccccccccc"))  # not its release
+    assert not backend.releases.add_delta(make_delta("rel-zzzzzzzzzz"))  # no such release
+    with pytest.raises(StorageError):  # a new delta carries no approvals
+        backend.releases.add_delta(make_delta(base="rel-cccccccccc", approved_package_sha256={"ops": "0" * 64}))
+    _, releases = backend.second()
+    assert releases.deltas("rel-ssssssssss", tenant_id="acme") == [first, later]  # by time, then base
+    assert releases.get_delta("rel-ssssssssss", "rel-aaaaaaaaaa", tenant_id="acme") == first
+    assert releases.get_delta("rel-ssssssssss", "rel-cccccccccc", tenant_id="acme") is None
+    assert releases.get_delta("rel-ssssssssss", "rel-aaaaaaaaaa", tenant_id="other") is None
+    assert releases.deltas("rel-ssssssssss", tenant_id="other") == []
+    assert releases.deltas("rel-aaaaaaaaaa", tenant_id="acme") == []
+    got = releases.get("rel-ssssssssss", tenant_id="acme")
+    assert got is not None and got.deltas == (first, later)
+    assert dataclasses.replace(got, deltas=()) == make_system(seq=4)
+    assert [r.deltas for r in releases.list(tenant_id="acme") if r.id == got.id] == [(first, later)]
+    latest = releases.latest(tenant_id="acme", vendor_id=VENDOR, class_id=CLASS)
+    assert latest is not None and latest.deltas == (first, later)
+    with pytest.raises(StorageError):  # a new release carries no deltas
+        backend.releases.add(make_release("rel-eeeeeeeeee", seq=9, deltas=(first,)))
+
+
+def test_delta_approvals_are_recorded_once_per_key(backend: Backend) -> None:
+    backend.releases.add(make_system())
+    delta = make_delta()
+    assert backend.releases.add_delta(delta)
+    kw = {"tenant_id": "acme"}
+    assert backend.releases.add_delta_approval(delta.release_id, delta.base_release_id, key_name="ops",
+                                               package_sha256="6" * 64, **kw)
+    assert backend.releases.add_delta_approval(delta.release_id, delta.base_release_id, key_name="ops2",
+                                               package_sha256="7" * 64, **kw)
+    assert not backend.releases.add_delta_approval(delta.release_id, delta.base_release_id, key_name="ops",
+                                                   package_sha256="8" * 64, **kw)  # the first stays
+    assert not backend.releases.add_delta_approval(delta.release_id, delta.base_release_id, key_name="x",
+                                                   package_sha256="8" * 64, tenant_id="other")
+    assert not backend.releases.add_delta_approval(delta.release_id, "rel-zzzzzzzzzz", key_name="x",
+                                                   package_sha256="8" * 64, **kw)
+    _, releases = backend.second()
+    approved = dataclasses.replace(delta, approved_package_sha256={"ops": "6" * 64, "ops2": "7" * 64})
+    assert releases.get_delta(delta.release_id, delta.base_release_id, tenant_id="acme") == approved
+    assert releases.deltas(delta.release_id, tenant_id="acme") == [approved]
+    got = releases.get(delta.release_id, tenant_id="acme")
+    assert got is not None and got.deltas == (approved,)
+    assert got.as_dict()["deltas"][0]["approved_package_sha256"] == {"ops": "6" * 64, "ops2": "7" * 64}
+    assert got.as_dict()["deltas"][0]["saving_percent"] == round(100 * (1 - 700 / 9000), 1)
+
+
 # ------------------------------------------------------------------------------------------------ class policy
 
 
@@ -281,7 +372,9 @@ def test_class_policies_are_listed_by_vendor_then_class(backend: Backend) -> Non
 
 _text = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), min_size=1, max_size=40)
 _sha = st.text("0123456789abcdef", min_size=64, max_size=64)
-_image = st.builds(ReleaseImage, _text, st.integers(1, 1 << 26), _sha, _sha, st.integers(1, 1 << 26))
+_image = st.builds(ReleaseImage, _text, st.integers(1, 1 << 26), _sha, _sha, st.integers(1, 1 << 26),
+                   kind=st.sampled_from(["image", "data"]), version=st.none() | _text,
+                   after=st.lists(_text, max_size=3).map(tuple))
 _ids = itertools.count()
 
 
