@@ -54,6 +54,7 @@ __all__ = [
     "JobView",
     "Policy",
     "WaveStats",
+    "choose_delivery",
     "classify_failure",
     "decide",
     "phase_timeout",
@@ -546,3 +547,23 @@ def retry_at(attempts: int, policy: Policy, now: float, endpoint: str) -> float 
     exponent = attempts - 1
     delay = policy.backoff_max if exponent > 1000 else min(policy.backoff_max, policy.backoff_base * 2.0**exponent)
     return now + delay * (1 + _jitter(endpoint, attempts))
+
+
+def choose_delivery(version: str | None, delta_bases: Mapping[str, Mapping[str, str]],
+                    installed: Mapping[str, str] | None, *, delta_failed: bool) -> str | None:
+    """The base version of the delta to send a device, or None for the full package.
+
+    ``delta_bases`` maps each base version a delta exists from to the digests (SHA-256 hex, by component name)
+    the delta expects installed; ``version`` is what the device runs (/3/0/3); ``installed`` the digests it
+    reports per component (object 32700; None when it reports none). A delta is chosen only when one exists from
+    ``version``, no delta try of this job failed (``delta_failed``: after a failed delta, always the full package),
+    and every digest the device reports for a component the delta patches is the delta's base (a device that does
+    not report digests gets the delta: its own check of the base refuses a mismatch, and the fallback follows).
+    """
+    if version is None or delta_failed or version not in delta_bases:
+        return None
+    if installed is not None:
+        for name, base in delta_bases[version].items():
+            if name in installed and installed[name].lower() != base.lower():
+                return None
+    return version

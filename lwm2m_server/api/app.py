@@ -68,6 +68,7 @@ from lwm2m_server.core.rate_limit import RateLimiter
 from lwm2m_server.core.registration import Registration
 from lwm2m_server.core.responses import DownlinkResponse
 from lwm2m_server.events import EventBus
+from lwm2m_server.fota.components import read_components
 from lwm2m_server.fota.service import FirmwareService, Method, UpdateInProgressError, UpdateJob
 from lwm2m_server.key_rotation import rotate_device_key
 from lwm2m_server.management import DeviceManagement
@@ -475,6 +476,15 @@ def create_app(management: DeviceManagement, model: ObjectModel, authenticate: A
     @app.get("/api/devices/{endpoint}")
     async def show_device(endpoint: str, p: Principal = caller(Action.READ)) -> dict[str, Any]:
         return device_json(management.registration(endpoint, tenant_id=p.tenant_id))
+
+    @app.get("/api/devices/{endpoint}/components")
+    async def device_components(endpoint: str, timeout: float | None = None,
+                                p: Principal = caller(Action.READ)) -> dict[str, Any]:
+        """The components the device reports now (object 32700, install order); 404 when it reports none."""
+        found = await read_components(management, endpoint, tenant_id=p.tenant_id, timeout=timeout)
+        if found is None:
+            raise NotFoundError(f"{endpoint} reports no components (its registration lists no object 32700)")
+        return {"endpoint": endpoint, "components": found}
 
     @app.get("/api/devices/{endpoint}/read")
     async def read(endpoint: str, path: str, format: str | None = None, timeout: float | None = None,

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from lwm2m_server.cli.client import ApiClient, CliError
 from lwm2m_server.cli.common import err_console, new_app, wait_for_signal
-from lwm2m_server.cli.render import device_details, devices_table, print_response
+from lwm2m_server.cli.render import components_table, device_details, devices_table, print_response
 from lwm2m_server.core.errors import Lwm2mError
 from lwm2m_server.core.model import ObjectModel
 from lwm2m_server.core.paths import LwM2mPath
@@ -316,6 +316,19 @@ def device_show(endpoint: str, api: ApiOpt = None, data_dir: DataDirOpt = None, 
             print(json.dumps(device, indent=2))
         else:
             console.print(device_details(device))
+    _run_client(run)
+
+
+@device_app.command("components")
+def device_components(endpoint: str, api: ApiOpt = None, data_dir: DataDirOpt = None, as_json: JsonOpt = False,
+                      timeout: TimeoutOpt = None) -> None:
+    """The components of a device's system (object 32700), read now: name, kind, version, state, digest."""
+    def run() -> None:
+        answer = _client(api, data_dir, timeout).get(f"/api/devices/{endpoint}/components", timeout=timeout)
+        if as_json:
+            print(json.dumps(answer, indent=2))
+        else:
+            console.print(components_table(endpoint, answer["components"]))
     _run_client(run)
 
 

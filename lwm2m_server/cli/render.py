@@ -110,3 +110,16 @@ def print_response(console: Console, answer: dict[str, Any], path: str, model: O
             console.print(link["text"], markup=False, highlight=False)
     else:
         console.print(f"{answer['code']}" + (f" location {answer['location']}" if "location" in answer else ""))
+
+
+def components_table(endpoint: str, components: list[dict[str, Any]]) -> Table:
+    """A device's components (object 32700), in install order."""
+    table = Table(title=f"{endpoint}: {len(components)} component(s)")
+    for col in ("component", "kind", "version", "state", "result", "size", "sha-256", "pending"):
+        table.add_column(col, overflow="fold")
+    for c in components:
+        table.add_row(c["name"] or "?", c["kind"] or "", c["version"] or "", c["state"] or "",
+                      "" if c["update_result"] is None else str(c["update_result"]),
+                      "" if c["size"] is None else str(c["size"]), (c["digest"] or "")[:16],
+                      c.get("pending_version") or "")
+    return table

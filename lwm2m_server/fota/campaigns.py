@@ -59,14 +59,17 @@ Events (``campaign.*``) feed the webhooks, the CLI's ``watch`` stream and the au
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import fnmatch
+import hashlib
+import json
 import logging
 import math
 import secrets
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from firmware_object.campaign import (
@@ -80,6 +83,7 @@ from firmware_object.campaign import (
     JobState,
     JobView,
     Policy,
+    choose_delivery,
     classify_failure,
     decide,
     phase_timeout,
@@ -89,10 +93,12 @@ from firmware_object.campaign import (
 )
 from firmware_object.errors import State, UpdateResult
 from lwm2m_server.core.errors import CoapCode, InvalidRequestError, Lwm2mError, NotFoundError, dotted_code
+from lwm2m_server.core.model.firmware_component import FIRMWARE_COMPONENT_ID
 from lwm2m_server.core.nodes import Instance, SingleResource, device_text
 from lwm2m_server.core.operations import ExecuteRequest, ReadRequest
 from lwm2m_server.core.paths import LwM2mPath
 from lwm2m_server.events import REGISTRATION_REGISTERED, REGISTRATION_UPDATED, Event, EventBus
+from lwm2m_server.fota.components import read_components
 from lwm2m_server.fota.release_import import check_deploy_grant
 from lwm2m_server.fota.service import FirmwareService, Method, UpdateInProgressError, UpdateJob, result_label
 from lwm2m_server.management import DeviceManagement
@@ -148,14 +154,33 @@ class UnknownCampaignError(NotFoundError):
 
 
 @dataclass(frozen=True)
+class DeltaTarget:
+    """A delta package of a target release, for devices that run ``base_version``; ``bases`` maps each component
+    name to the SHA-256 hex of the image the delta expects installed."""
+
+    base_version: str
+    package_sha256: str
+    package: bytes
+    bases: Mapping[str, str]
+
+
+@dataclass(frozen=True)
 class Target:
-    """A release chosen for one device: what it gets and how it will be recognised once installed."""
+    """A release chosen for one device: what it gets and how it will be recognised once installed; ``deltas``
+    (by base version) are the release's delta packages (a system release's only)."""
 
     release_id: str
     version: str
     sequence_number: int | None
     package_sha256: str
     package: bytes
+    deltas: Mapping[str, DeltaTarget] = field(default_factory=dict)
+
+    def package_of(self, sha256: str | None) -> bytes | None:
+        """The full or delta package whose SHA-256 hex is ``sha256`` (None: neither)."""
+        if sha256 == self.package_sha256:
+            return self.package
+        return next((d.package for d in self.deltas.values() if d.package_sha256 == sha256), None)
 
 
 class CampaignService:
@@ -270,10 +295,11 @@ class CampaignService:
         if job.package_name is None or job.state not in (JobState.DELIVERING, JobState.DOWNLOADED):
             return
         target = next((t for t in self._targets_of(row).values() if t.release_id == job.release_id), None)
-        if target is None or target.package_sha256 != job.package_sha256:
+        package = None if target is None else target.package_of(job.package_sha256)
+        if package is None:
             log.warning("campaign %s: the package of %s is gone; its download cannot go on", row.id, job.endpoint)
             return
-        self.firmware.files.publish(target.package, job.package_name)
+        self.firmware.files.publish(package, job.package_name)
 
     def _withdraw(self, cid: str, ep: str, tenant_id: str) -> None:
         """The try of (cid, ep) ended: its package name resolves no more."""
@@ -316,9 +342,10 @@ class CampaignService:
         releases = [self._release(rid, tenant_id) for rid in release_ids]
         self._check_grants(releases, tenant_id, "campaign refused")
         for rel in releases:
-            if len(rel.images) != 1:
-                raise InvalidRequestError(f"release {rel.id} has {len(rel.images)} images; a campaign delivers "
-                                          "releases of one image each")
+            if len(rel.images) != 1 and rel.package_format != "system":
+                raise InvalidRequestError(f"release {rel.id} has {len(rel.images)} images, each its own package; a "
+                                          "campaign delivers one package per release (make it a system release: "
+                                          "one envelope of several components)")
         if targets is None:
             assert target_filter is not None
             targets = await self.select_targets(target_filter, tenant_id=tenant_id)
@@ -738,7 +765,9 @@ class CampaignService:
             return
         if going_on and job.package_name is not None:
             attempt, name = job.attempts, job.package_name
+            package = target.package_of(job.package_sha256) or target.package
         else:
+            package, package_sha256, delivery = await self._choose_package(ep, tenant_id, target, version, job, reg)
             attempt, name = job.attempts + 1, self.firmware.files.new_name()
             first: dict[str, Any] = {}  # what only the first try records
             if job.version_before is None:
@@ -747,15 +776,16 @@ class CampaignService:
                 first["started_at"] = self.clock()
             gateway = self.management.registrations.get(reg.parent_id) if reg.parent_id is not None else None
             self._set_job(cid, ep, tenant_id, JobState.DELIVERING, attempts=attempt, release_id=target.release_id,
-                          package_sha256=target.package_sha256, sequence_number=target.sequence_number,
-                          package_name=name, via=None if gateway is None else gateway.endpoint, **first)
+                          package_sha256=package_sha256, sequence_number=target.sequence_number,
+                          package_name=name, via=None if gateway is None else gateway.endpoint,
+                          delivery=delivery, **first)
         method = Method(row.method) if row.method else None
         try:
             # the phase deadlines decide when a job is overdue; the whole update's own limit is never shorter
             policy = row.policy
-            whole = sum(phase_timeout(policy, state, len(target.package))
+            whole = sum(phase_timeout(policy, state, len(package))
                         for state in (JobState.DELIVERING, JobState.DOWNLOADED, JobState.UPDATING))
-            update = self.firmware.start(ep, target.package, method=method, timeout=max(self.job_timeout, whole),
+            update = self.firmware.start(ep, package, method=method, timeout=max(self.job_timeout, whole),
                                          tenant_id=tenant_id, previous_version=version, package_name=name)
         except UpdateInProgressError as e:
             self._after_failure(cid, ep, tenant_id, None, str(e), "UpdateInProgressError")
@@ -768,6 +798,8 @@ class CampaignService:
                                                                  "attempt": attempt})
         await self._follow(cid, ep, tenant_id, update, job.state if going_on else JobState.DELIVERING)
         last = update.last
+        components = await self._components_json(ep, tenant_id)
+        seen = {} if components is None else {"components": components}
         if update.succeeded:
             after = last.version
             for _ in range(3):  # the read after the install may have been lost: the report needs the version
@@ -775,18 +807,52 @@ class CampaignService:
                     break
                 after = await self._version(ep, tenant_id)
             self._finish_job(cid, ep, tenant_id, JobState.SUCCEEDED, version_after=after,
-                             update_result=last.result, method=update.method, reason=None)
+                             update_result=last.result, method=update.method, reason=None, **seen)
             return
         if (last.result == UpdateResult.UPDATE_FAILED and last.version is not None
                 and last.version == (job.version_before or version)):
+            failed = _failed_components(components)
+            what = f"component {', '.join(failed)} failed" if failed else "the new image failed"
             self._finish_job(cid, ep, tenant_id, JobState.ROLLED_BACK, version_after=last.version,
                              update_result=last.result, method=update.method,
-                             reason=f"the new image failed; the device rolled back to {last.version}")
+                             reason=f"{what}; the device rolled back to {last.version}", **seen)
             return
         if update.error in _TRANSIENT_ERRORS and await self._paused_by_gateway(cid, ep, tenant_id, attempt):
             return
         self._after_failure(cid, ep, tenant_id, last.result, last.message, update.error, method=update.method,
-                            version_after=last.version)
+                            version_after=last.version, **seen)
+
+    async def _choose_package(self, ep: str, tenant_id: str, target: Target, version: str | None, job: JobRecord,
+                              reg: Any) -> tuple[bytes, str, str]:
+        """(package, its SHA-256 hex, ``full`` or ``delta``) for this try (:func:`choose_delivery`): a device that
+        reports its components' digests is asked for them first, so a device whose installed image is not a
+        delta's base gets the full package at once."""
+        full = (target.package, target.package_sha256, "full")
+        if version is None or version not in target.deltas:
+            return full
+        delta_failed = job.delivery == "delta" and job.attempts > 0
+        installed: dict[str, str] | None = None
+        if not delta_failed and reg.supports_object(FIRMWARE_COMPONENT_ID):
+            reported: builtins.list[dict[str, Any]] = await self._components(ep, tenant_id) or []
+            installed = {c["name"]: c["digest"] for c in reported if isinstance(c.get("digest"), str)}
+        bases = {base: dict(d.bases) for base, d in target.deltas.items()}
+        chosen = choose_delivery(version, bases, installed, delta_failed=delta_failed)
+        if chosen is None:
+            return full
+        delta = target.deltas[chosen]
+        return delta.package, delta.package_sha256, "delta"
+
+    async def _components(self, ep: str, tenant_id: str) -> builtins.list[dict[str, Any]] | None:
+        """The device's components (object 32700), or None when it has none or the read fails."""
+        try:
+            return await read_components(self.management, ep, tenant_id=tenant_id)
+        except Lwm2mError:
+            return None
+
+    async def _components_json(self, ep: str, tenant_id: str) -> str | None:
+        """:meth:`_components` as the JSON a job keeps."""
+        found = await self._components(ep, tenant_id)
+        return None if found is None else json.dumps(found, separators=(",", ":"))
 
     async def _paused_by_gateway(self, cid: str, ep: str, tenant_id: str, attempt: int) -> bool:
         """A try of a device behind a gateway failed for want of an answer (or outlived its deadline): when that
@@ -890,8 +956,17 @@ class CampaignService:
         assert job is not None
         policy = self._row(cid, tenant_id).policy
         attempts = job.attempts
-        when = retry_at(max(1, attempts), policy, self.clock(), ep) if kind is FailureKind.TRANSIENT else None
         label = f" ({result_label(result)})" if result not in (None, 0) else ""
+        if job.delivery == "delta" and kind is FailureKind.PERMANENT:
+            # the device refused or could not use the delta (its base differs, the patch failed): the full
+            # package next, at once; choose_delivery never picks a delta again for this job
+            self._set_job(cid, ep, tenant_id, JobState.PENDING, not_before=self.clock(), update_result=result,
+                          attempts=attempts, reason=f"the delta failed: {message}{label}; sending the full package",
+                          **fields)
+            self._emit(CAMPAIGN_DEVICE + "progress", tenant_id, ep, {"campaign": cid, "state": "pending",
+                                                                     "reason": "delta failed: full package next"})
+            return
+        when = retry_at(max(1, attempts), policy, self.clock(), ep) if kind is FailureKind.TRANSIENT else None
         if when is not None:
             self._set_job(cid, ep, tenant_id, JobState.PENDING, not_before=when, update_result=result,
                           attempts=attempts, reason=f"try {attempts} failed: {message}{label}; retrying", **fields)
@@ -1027,7 +1102,8 @@ class CampaignService:
                             "release": j.release_id, "manifest_digest": j.package_sha256,
                             "sequence_number": j.sequence_number, "update_result": j.update_result,
                             "attempts": j.attempts, "started_at": j.started_at, "finished_at": j.finished_at,
-                            "reason": j.reason, "path": _path(j)})
+                            "reason": j.reason, "path": _path(j), "delivery": j.delivery,
+                            "components": None if j.components is None else json.loads(j.components)})
         brand = self.tenancy.brand(tenant) if self.tenancy is not None else None
         issuer = brand.issuer if brand is not None else PRODUCT_NAME
         report = attestation.build_report(campaign, targets, generated_at=self.clock(), node=self.node, kid=key.kid,
@@ -1165,9 +1241,22 @@ class CampaignService:
                 package = (self.releases.package(rid, tenant_id=row.tenant_id, approved_by=row.approved_by)
                            if sha else self.releases.package(rid, tenant_id=row.tenant_id))
                 targets[rel.class_name] = Target(rid, rel.version, rel.sequence_number,
-                                                 sha or image.package_sha256, package)
+                                                 sha or image.package_sha256, package,
+                                                 self._deltas_of(rel, row.approved_by))
             self._targets[row.id] = targets
         return targets
+
+    def _deltas_of(self, rel: Any, approved_by: str | None) -> dict[str, DeltaTarget]:
+        """The delta packages of a system release by base version (countersigned by ``approved_by`` if given)."""
+        if getattr(rel, "package_format", None) != "system":
+            return {}
+        deltas: dict[str, DeltaTarget] = {}
+        for d in self.releases.deltas(rel.id, tenant_id=rel.tenant_id):
+            package = self.releases.delta_package(rel.id, d.base_release_id, tenant_id=rel.tenant_id,
+                                                  approved_by=approved_by)
+            deltas[d.base_version] = DeltaTarget(d.base_version, hashlib.sha256(package).hexdigest(), package,
+                                                 dict(d.base_digests))
+        return deltas
 
     async def _version(self, ep: str, tenant_id: str) -> str | None:
         with contextlib.suppress(Lwm2mError):
@@ -1197,7 +1286,15 @@ def _job_dict(j: JobRecord) -> dict[str, Any]:
             "package_sha256": j.package_sha256,
             "sequence_number": j.sequence_number, "method": j.method, "version_before": j.version_before,
             "version_after": j.version_after, "update_result": j.update_result, "started_at": j.started_at,
-            "finished_at": j.finished_at, "reason": j.reason, "path": _path(j)}
+            "finished_at": j.finished_at, "reason": j.reason, "path": _path(j), "delivery": j.delivery,
+            "components": None if j.components is None else json.loads(j.components)}
+
+
+def _failed_components(components: str | None) -> list[str]:
+    """The names of the components a device reports in state ``failed``."""
+    if components is None:
+        return []
+    return [c["name"] for c in json.loads(components) if c.get("state") == "failed"]
 
 
 def _path(j: JobRecord) -> str | None:

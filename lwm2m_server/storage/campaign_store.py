@@ -102,6 +102,8 @@ class JobRecord:
     reason: str | None = None
     via: str | None = None  # the gateway the last try went through (None: directly)
     owner: str | None = None  # the server node running the current try (None: none yet, or from before owners)
+    delivery: str | None = None  # what the last try sent: "full" (the release's package) or "delta" (from a base)
+    components: str | None = None  # JSON list of the device's components (object 32700) as last read, or None
 
 
 class CampaignChanges(TypedDict, total=False):
@@ -137,6 +139,8 @@ class JobChanges(TypedDict, total=False):
     reason: str | None
     via: str | None
     owner: str | None
+    delivery: str | None
+    components: str | None
 
 
 _CAMPAIGN_FIELDS = frozenset(CampaignChanges.__annotations__)
@@ -414,7 +418,7 @@ def _job_row(j: JobRecord) -> dict[str, Any]:
             "package_name": j.package_name, "sequence_number": j.sequence_number, "method": j.method,
             "version_before": j.version_before, "version_after": j.version_after, "update_result": j.update_result,
             "started_at": j.started_at, "finished_at": j.finished_at, "updated_at": j.updated_at, "reason": j.reason,
-            "via": j.via, "owner": j.owner}
+            "via": j.via, "owner": j.owner, "delivery": j.delivery, "components": j.components}
 
 
 def _campaign_from_row(row: Mapping[str, Any]) -> CampaignRecord:
@@ -443,7 +447,8 @@ def _job_from_row(row: Mapping[str, Any]) -> JobRecord:
         package_name=row["package_name"], sequence_number=row["sequence_number"], method=row["method"],
         version_before=row["version_before"], version_after=row["version_after"],
         update_result=row["update_result"], started_at=row["started_at"], finished_at=row["finished_at"],
-        updated_at=row["updated_at"], reason=row["reason"], via=row["via"], owner=row["owner"])
+        updated_at=row["updated_at"], reason=row["reason"], via=row["via"], owner=row["owner"],
+        delivery=row["delivery"], components=row["components"])
 
 
 class SqlCampaignStore:

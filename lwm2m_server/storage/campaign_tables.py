@@ -76,3 +76,5 @@ class CampaignJobRow(SQLModel, table=True):
     # the server node running the job's current try (node.node_id; None: no try yet, or one from before owners):
     # a node writes a job only while it owns it, and adopts an active job whose owner is no longer alive
     owner: str | None = Field(default=None, max_length=64)
+    delivery: str | None = Field(default=None, max_length=8)  # the last try sent "full" or "delta"
+    components: str | None = Field(default=None, sa_type=Text)  # JSON: the device's components (object 32700)

@@ -26,6 +26,8 @@ from fastapi.templating import Jinja2Templates
 from pygal.style import Style
 
 from lwm2m_server.core.errors import InvalidRequestError, Lwm2mError, NotFoundError
+from lwm2m_server.core.model.firmware_component import FIRMWARE_COMPONENT_ID
+from lwm2m_server.fota.components import read_components
 from lwm2m_server.tenancy.brand import product_name
 from lwm2m_server.tenancy.model import Action, ForbiddenError
 from lwm2m_server.tenancy.service import TenancyService
@@ -242,6 +244,12 @@ def web_routes(app: FastAPI, *, tenancy: TenancyService, registrations: Any, man
                 answer = json.dumps(response_to_json(read), indent=2)
             except Lwm2mError as e:
                 error = f"{type(e).__name__}: {e}"
+        components, components_error = None, ""
+        if management is not None and reg.supports_object(FIRMWARE_COMPONENT_ID):
+            try:  # read now, briefly: a sleeping (queue mode) or gone device must not hold the page
+                components = await read_components(management, endpoint, tenant_id=tenant, timeout=3)
+            except Lwm2mError as e:
+                components_error = f"not read now: {type(e).__name__}: {e}"
         history = []
         if campaigns is not None:
             store = campaigns.store
@@ -256,7 +264,8 @@ def web_routes(app: FastAPI, *, tenancy: TenancyService, registrations: Any, man
         children = end_devices.children(reg) if end_devices is not None and reg.parent_id is None else []
         shown = registration_to_json(reg, gateway=gateway, children=children)
         return page(request, "device.html", caller, reg=shown, path=path[:64], answer=answer,
-                    error=error, history=history, current=current.as_dict() if current else None, events=seen)
+                    error=error, history=history, current=current.as_dict() if current else None, events=seen,
+                    components=components, components_error=components_error)
 
     # ------------------------------------------------------------------ releases
 
