@@ -140,13 +140,14 @@ class Web:
         pem = key.public_pem
         self.anchor = load_public_key(pem.encode() if isinstance(pem, str) else pem)
 
-    async def add_devices(self, prefix: str, count: int) -> list[str]:
+    async def add_devices(self, prefix: str, count: int, components: Any = None) -> list[str]:
         """Start (on the server's loop) ``count`` plain-CoAP devices of HOME named ``<prefix><i>``, at version
-        1.0.0, trusting HOME's release key; return their endpoints once every one is registered."""
+        1.0.0, trusting HOME's release key (with ``components``: a system of them, see client_sim.components);
+        return their endpoints once every one is registered."""
         endpoints = [f"{prefix}{i}" for i in range(count)]
         vendor = vendor_uuid(VENDOR)
         firmware = FirmwareOptions(trust_anchors=(self.anchor,), vendor_id=vendor,
-                                   class_id=class_uuid(vendor, CLASS_NAME), version="1.0.0")
+                                   class_id=class_uuid(vendor, CLASS_NAME), version="1.0.0", components=components)
         fleet = Fleet(self.srv.coap_uri, count, prefix=prefix, lifetime=600, concurrency=10, drift_interval=0,
                       firmware=firmware)
         self._fleets.append(fleet)

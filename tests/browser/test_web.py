@@ -448,3 +448,33 @@ def test_a_form_post_without_its_csrf_token_is_refused(web: Web, browser: WebDri
         assert answer.status_code in (302, 303), (answer.status_code, answer.text[:300])
         assert re.fullmatch(r"/ui/campaigns/[^/]+", urlparse(answer.headers["location"]).path)
         assert len(web.call(lambda: campaigns.list(tenant_id=HOME))) == 1
+
+
+def test_a_system_device_shows_its_components_and_the_release_page_its_components_and_delta(
+        web: Web, browser: WebDriver, shots: Path) -> None:
+    from client_sim.components import InstalledComponent
+    from lwm2m_server.fota.releases import SystemComponent
+
+    system = (InstalledComponent.generated("app", "1.0.0", 4096),
+              InstalledComponent.generated("radio", "1.0.0", 2048),
+              InstalledComponent.generated("config", "1.0.0", 100, "data"))
+    [ep] = web.run(lambda: web.add_devices("sys-", 1, components=system))
+    campaigns = web.srv.campaigns
+    assert campaigns is not None
+    made = [web.call(lambda v=v: campaigns.releases.create_system(  # type: ignore[misc]
+        [SystemComponent(c.name, InstalledComponent.generated(c.name, v, len(c.content), c.kind).content, kind=c.kind)
+         for c in system], vendor=VENDOR, class_name=CLASS_NAME, version=v, tenant_id=HOME, now=time.time()))
+        for v in ("1.0.0", "2.0.0")]
+    web.call(lambda: campaigns.releases.add_delta(made[1].id, base_release_id=made[0].id, tenant_id=HOME,
+                                                  now=time.time()))
+    sign_in(browser, web, "alice")
+    open_page(browser, web, f"/ui/devices/{ep}", "table#components")
+    shown = browser.execute_script(
+        "return Array.from(document.querySelectorAll('table#components tr[data-component]'),"
+        " r => Array.from(r.cells, c => c.innerText.trim()));")
+    assert [row[:4] for row in shown] == [[c.name, c.kind, "1.0.0", "installed"] for c in system], shown
+    assert [row[6] for row in shown] == [c.digest.hex()[:16] for c in system]
+    screenshot(browser, shots, "device-components")
+    open_page(browser, web, "/ui/releases", "table#releases")
+    assert "delta from 1.0.0" in text_of(browser, f"tr[data-release='{made[1].id}']")
+    assert text_of(browser, f"tr[data-release='{made[1].id}'] li[data-component='config']").startswith("config (data)")
