@@ -200,3 +200,30 @@ def test_a_gateway_and_its_end_devices(fleet):
         assert "via yard-gw /d1" in listing.stdout and "yard-gw (3 behind)" in listing.stdout, listing.stdout
     finally:
         stop(gateway)
+
+
+def test_a_device_with_components_shown_by_the_cli_and_the_api(fleet):
+    """`scratch sim --components`: `scratch device components` and GET /api/devices/{ep}/components show what the
+    device reports in object 32700; a device without components answers a clear 404."""
+    data_dir, uri = fleet
+    env = {**os.environ, "SCRATCH_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
+    sim = subprocess.Popen([*SCRATCH, "sim", "--server", uri, "--count", "1", "--prefix", "sys-",
+                            "--components", "app=1.0.0:4096,radio=1.2.0:2048,config=1.0.0:100:data",
+                            "--insecure-accept-any"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True)
+    try:
+        wait_for_line(sim, r"sys-0: registered")
+        r = run("device", "components", "sys-0", "--json", data_dir=data_dir)
+        assert r.returncode == 0, r.stderr
+        answer = json.loads(r.stdout)
+        assert answer["endpoint"] == "sys-0"
+        assert [(c["name"], c["kind"], c["version"], c["size"], c["state"]) for c in answer["components"]] == [
+            ("app", "image", "1.0.0", 4096, "installed"), ("radio", "image", "1.2.0", 2048, "installed"),
+            ("config", "data", "1.0.0", 100, "installed")]
+        assert all(len(c["digest"]) == 64 for c in answer["components"])
+        table = run("device", "components", "sys-0", data_dir=data_dir)
+        assert table.returncode == 0 and "3 component(s)" in table.stdout and "radio" in table.stdout, table.stdout
+        none = run("device", "components", "cli-0", data_dir=data_dir)
+        assert none.returncode != 0 and "reports no components" in none.stderr, (none.stdout, none.stderr)
+    finally:
+        stop(sim)
