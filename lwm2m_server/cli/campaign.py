@@ -222,12 +222,14 @@ def status(campaign_id: Annotated[str, typer.Argument(help="Campaign id")],
                   + (f" ({st['reason']})" if st["reason"] else ""), highlight=False)
     console.print(_wave_table(st))
     if jobs:
-        table = Table("endpoint", "wave", "state", "attempts", "before", "after", "result", "path", "reason")
+        table = Table("endpoint", "wave", "state", "attempts", "before", "after", "result", "path", "sent",
+                      "components", "reason")
         for j in st["jobs"]:
+            components = ", ".join(f"{c['name']} {c['version']} {c['state']}" for c in j.get("components") or ())
             table.add_row(j["endpoint"], str(j["wave"]), f"[{STATE_STYLE[j['state']]}]{j['state']}",
                           str(j["attempts"]), j["version_before"] or "-", j["version_after"] or "-",
                           str(j["update_result"]) if j["update_result"] is not None else "-",
-                          j.get("path") or "-", j["reason"] or "")
+                          j.get("path") or "-", j.get("delivery") or "-", components or "-", j["reason"] or "")
         console.print(table)
 
 
