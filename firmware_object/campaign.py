@@ -60,6 +60,7 @@ __all__ = [
     "phase_timeout",
     "plan_waves",
     "retry_at",
+    "unverified_components",
     "wave_stats",
 ]
 
@@ -567,3 +568,19 @@ def choose_delivery(version: str | None, delta_bases: Mapping[str, Mapping[str, 
             if name in installed and installed[name].lower() != base.lower():
                 return None
     return version
+
+
+def unverified_components(expected: Mapping[str, str], reported: Sequence[Mapping[str, object]] | None) -> str:
+    """What is wrong with the components a device reports (object 32700: dicts with ``name`` and ``digest``, hex)
+    against a system release's ``expected`` digests (name -> SHA-256 hex): "" when each expected component is
+    there with its digest, or when nothing is expected (not a system release); otherwise one short phrase per
+    wrong component. Images and data files alike: this is how a campaign verifies a data file it delivered."""
+    if not expected:
+        return ""
+    if reported is None:
+        return "no components (object 32700 could not be read)"
+    held = {str(c.get("name")): c.get("digest") for c in reported}
+    wrong = [f"{name} {'missing' if name not in held else 'with another digest'}"
+             for name, digest in expected.items() if not isinstance(held.get(name), str)
+             or str(held[name]).lower() != digest.lower()]
+    return "; ".join(wrong)

@@ -89,6 +89,7 @@ from firmware_object.campaign import (
     phase_timeout,
     plan_waves,
     retry_at,
+    unverified_components,
     wave_stats,
 )
 from firmware_object.errors import State, UpdateResult
@@ -175,6 +176,8 @@ class Target:
     package_sha256: str
     package: bytes
     deltas: Mapping[str, DeltaTarget] = field(default_factory=dict)
+    components: Mapping[str, str] = field(default_factory=dict)
+    """A system release's components: name -> SHA-256 hex of the content a device must report once updated."""
 
     def package_of(self, sha256: str | None) -> bytes | None:
         """The full or delta package whose SHA-256 hex is ``sha256`` (None: neither)."""
@@ -806,6 +809,16 @@ class CampaignService:
                 if after is not None:
                     break
                 after = await self._version(ep, tenant_id)
+            for _ in range(2):  # a system release is credited on what the device holds: read it again if lost
+                if components is not None or not target.components:
+                    break
+                components = await self._components_json(ep, tenant_id)
+            wrong = unverified_components(target.components,
+                                          None if components is None else json.loads(components))
+            if wrong:  # the device says it succeeded but does not hold what the release holds
+                self._finish_job(cid, ep, tenant_id, JobState.FAILED, version_after=after, update_result=last.result,
+                                 method=update.method, reason=f"the device reports {wrong}", **seen)
+                return
             self._finish_job(cid, ep, tenant_id, JobState.SUCCEEDED, version_after=after,
                              update_result=last.result, method=update.method, reason=None, **seen)
             return
@@ -1240,9 +1253,11 @@ class CampaignService:
                 sha = _approved_sha(image, row.approved_by) if row.approved_by else None
                 package = (self.releases.package(rid, tenant_id=row.tenant_id, approved_by=row.approved_by)
                            if sha else self.releases.package(rid, tenant_id=row.tenant_id))
+                system = rel.package_format == "system"
                 targets[rel.class_name] = Target(rid, rel.version, rel.sequence_number,
                                                  sha or image.package_sha256, package,
-                                                 self._deltas_of(rel, row.approved_by))
+                                                 self._deltas_of(rel, row.approved_by),
+                                                 {i.name: i.image_sha256 for i in rel.images} if system else {})
             self._targets[row.id] = targets
         return targets
 

@@ -40,3 +40,19 @@ def test_a_delta_is_chosen_only_from_the_running_version_and_only_on_matching_ba
     if chosen is not None:
         assert not failed and version in bases
         assert installed is None or all(installed.get(n, b) == b for n, b in bases[version].items())
+
+
+def test_a_system_device_is_credited_only_when_it_holds_every_component_of_the_release() -> None:
+    from firmware_object.campaign import unverified_components
+
+    expected = {"app": "aa" * 32, "config": "bb" * 32}
+    held = [{"name": "app", "digest": "AA" * 32}, {"name": "config", "digest": "bb" * 32},
+            {"name": "x", "digest": None}]
+    assert unverified_components(expected, held) == ""
+    assert unverified_components({}, None) == ""  # not a system release
+    assert unverified_components(expected, None) == "no components (object 32700 could not be read)"
+    assert unverified_components(expected, held[:1]) == "config missing"
+    wrong = [{"name": "app", "digest": "aa" * 32}, {"name": "config", "digest": "cc" * 32}]
+    assert unverified_components(expected, wrong) == "config with another digest"
+    assert unverified_components(expected, [{"name": "app", "digest": None}]) == (
+        "app with another digest; config missing")
