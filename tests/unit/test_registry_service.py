@@ -663,3 +663,23 @@ def test_an_authenticated_newcomer_evicts_the_unauthenticated_registration_that_
     with pytest.raises(RegistryFullError):  # all three authenticated and live: nobody is evicted
         svc.register(params("dtls-3"), address="", remote=None, secure=True, identity="i3", tenant_id="default")
     assert sorted(r.endpoint for r in svc.all()) == ["dtls-0", "dtls-1", "dtls-2"]
+
+
+def test_a_links_payload_seen_before_is_parsed_once_and_its_tuple_shared_within_bounds() -> None:
+    from lwm2m_server.core import registration as core
+
+    query = ["ep=memo-1", "lt=300", "lwm2m=1.1", "b=U"]
+    first = core.parse_register(query, b"</1/0>,</3/0>,</5/0>")
+    again = core.parse_register(["ep=memo-2"], bytearray(b"</1/0>,</3/0>,</5/0>"))
+    assert again.links is first.links and [link.target for link in first.links] == ["/1/0", "/3/0", "/5/0"]
+    with pytest.raises(core.RegistrationError):
+        core.parse_register(query, b"</1/0>,<bad")
+    with pytest.raises(core.RegistrationError):  # a refused payload is refused again: never remembered
+        core.parse_register(query, b"</1/0>,<bad")
+    for i in range(core.SEEN_LINKS_MAX + 10):
+        core.parse_register(query, f"</1/0>,</3/0>,</{1000 + i}/0>".encode())
+    assert len(core._SEEN_LINKS) == core.SEEN_LINKS_MAX
+    assert b"</1/0>,</3/0>,</5/0>" not in core._SEEN_LINKS  # the oldest went first
+    long = (",".join(f"</{i}/0>" for i in range(400))).encode()
+    assert len(long) > core.SEEN_LINK_BYTES_MAX
+    assert len(core.parse_register(query, long).links) == 400 and long not in core._SEEN_LINKS
