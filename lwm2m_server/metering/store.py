@@ -30,7 +30,17 @@ from sqlalchemy import Connection, Row, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from lwm2m_server.core.errors import CoapCode, StorageError
-from lwm2m_server.metering.usage import COUNTERS, DayCounts, Tally, UsageDay, day_of, measure, next_day, seal
+from lwm2m_server.metering.usage import (
+    COUNTERS,
+    REGISTRATIONS_SEEN,
+    DayCounts,
+    Tally,
+    UsageDay,
+    day_of,
+    measure,
+    next_day,
+    seal,
+)
 from lwm2m_server.storage.database import Database
 from lwm2m_server.storage.outbox_store import MemoryOutboxStore, OutboxEvent, lock_for_update, row_event
 from lwm2m_server.storage.outbox_tables import OutboxRow
@@ -332,6 +342,13 @@ def tallies_of(events: Iterable[OutboxEvent]) -> list[Tally]:
     counts: dict[tuple[str, str], DayCounts] = {}
     endpoints: dict[tuple[str, str], set[str]] = {}
     for e in events:
+        if e.kind == REGISTRATIONS_SEEN:  # first registrations of the day, gathered in one row
+            key = (e.tenant_id, day_of(e.at))
+            seen = e.data.get("endpoints")
+            if isinstance(seen, list) and seen:
+                counts.setdefault(key, DayCounts())
+                endpoints.setdefault(key, set()).update(str(x) for x in seen if isinstance(x, str) and x)
+            continue
         inc = measure(e.kind, e.data, tenant_id=e.tenant_id, at=e.at, endpoint=e.endpoint)
         if inc is None:
             continue

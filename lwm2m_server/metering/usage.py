@@ -42,6 +42,7 @@ __all__ = [
     "FORMAT",
     "GENESIS_HASH",
     "METERED_KINDS",
+    "REGISTRATIONS_SEEN",
     "REGISTRATION_REGISTERED",
     "DayCounts",
     "Increment",
@@ -72,6 +73,10 @@ FIRMWARE_DELIVERED = "firmware.delivered"
 FIRMWARE_FINISHED = "firmware.finished"
 CAMPAIGN_STARTED = "campaign.started"
 CAMPAIGN_FINISHED = "campaign.finished"
+REGISTRATIONS_SEEN = "metering.registrations"
+"""An outbox row that stands for first registrations of the day (``data["endpoints"]``: their endpoints), written
+by the outbox writer in place of one row per registration (:mod:`lwm2m_server.outbox`); never on the bus."""
+
 METERED_KINDS = (REGISTRATION_REGISTERED, FIRMWARE_STARTED, FIRMWARE_DELIVERED, FIRMWARE_FINISHED,
                  CAMPAIGN_STARTED, CAMPAIGN_FINISHED)
 

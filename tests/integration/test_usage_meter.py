@@ -208,13 +208,17 @@ def test_a_burst_of_registrations_is_written_in_one_transaction(tmp_path: Path) 
         bus.emit("firmware.started", now[0], tenant_id="op", endpoint="ep-1")
         assert seen.statements == 0 and meter.pending == 10_001
         meter.flush()
-        # the outbox written (one executemany per batch), then counted and marked in one transaction (its
+        # the outbox written: the 10,000 first registrations as rows of REGISTRATIONS_PER_ROW endpoints, and the
+        # one firmware event (one executemany per batch), then counted and marked in one transaction (its
         # endpoint look-ups and its UPDATE of the outbox rows in IN lists of 500)
-        written = -(-10_001 // outbox.BATCH)
+        rows = -(-10_000 // outbox.REGISTRATIONS_PER_ROW) + 1
+        written = -(-rows // outbox.BATCH)
         assert seen.transactions == written + 1 and seen.statements <= written + 100, vars(seen)
         assert meter.pending == 0
         meter.flush()  # nothing pending: only the look for unmetered rows
         assert seen.transactions == written + 2 and meter.pending == 0
+        with db.engine.connect() as c:
+            assert c.exec_driver_sql("SELECT count(*) FROM event_outbox").scalar() == rows
         assert store.counts(tenant_id="op", day=DAY) == DayCounts(devices_registered=10_000, deliveries_started=1)
         now[0] += 86_400  # the next day: the same endpoints are written (and counted) again
         bus.emit("registration.registered", now[0], tenant_id="op", endpoint="ep-1")
@@ -284,7 +288,11 @@ async def test_the_run_loop_retries_until_the_database_takes_the_counts(tmp_path
             await eventually(lambda: meter.pending == 1 and seen.transactions >= 2)
             tried = seen.transactions
             await eventually(lambda: seen.transactions > tried)  # tried again, refused again
-            assert meter.pending == 1 and len(SqlOutboxStore(db).unmetered(limit=10)) == 3  # a, b, campaign
+            unmetered = SqlOutboxStore(db).unmetered(limit=10)  # one row for a and b's registrations, the campaign
+            kinds = {r.kind: r for r in unmetered}
+            assert meter.pending == 1 and len(unmetered) == 2 and set(kinds) == {usage.REGISTRATIONS_SEEN,
+                                                                                 "campaign.started"}
+            assert kinds[usage.REGISTRATIONS_SEEN].data == {"endpoints": ["a", "b"]}
             refuse_endpoints(db, False)
             await eventually(lambda: meter.pending == 0)
             days = {today, day_of(time.time())}  # a run across midnight

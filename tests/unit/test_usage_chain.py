@@ -247,3 +247,29 @@ def test_days_are_utc_dates() -> None:
 def test_counts_are_never_negative() -> None:
     with pytest.raises(UsageFormatError, match="bytes_delivered"):
         DayCounts(bytes_delivered=-1)
+
+
+def test_a_row_of_gathered_registrations_counts_each_endpoint_once_with_the_single_ones() -> None:
+    from lwm2m_server.metering.store import tallies_of
+    from lwm2m_server.metering.usage import REGISTRATIONS_SEEN
+    from lwm2m_server.storage.outbox_store import OutboxEvent
+
+    at = day_start("2024-06-01") + 3600
+
+    def row(kind: str, data: dict[str, object], endpoint: str | None = None, tenant: str = "t",
+            when: float = at) -> OutboxEvent:
+        return OutboxEvent(f"id-{kind}-{endpoint}-{len(str(data))}", kind, when, tenant, endpoint, data, "n")
+
+    tallies = tallies_of([
+        row(REGISTRATIONS_SEEN, {"endpoints": ["a", "b", "c"]}),
+        row(REGISTRATIONS_SEEN, {"endpoints": ["c", "d", "", 7]}),  # odd entries ignored, never an error
+        row("registration.registered", {}, "a"),
+        row(REGISTRATIONS_SEEN, {"endpoints": ["a"]}, when=at + 86_400),  # the next day: counted again
+        row(REGISTRATIONS_SEEN, {"endpoints": "not a list"}, tenant="u"),
+        row("firmware.started", {}, "a"),
+    ])
+    by_day = {(t.tenant_id, t.day): t for t in tallies}
+    assert by_day[("t", "2024-06-01")].counts == DayCounts(devices_registered=4, deliveries_started=1)
+    assert by_day[("t", "2024-06-01")].endpoints == {"a", "b", "c", "d"}
+    assert by_day[("t", "2024-06-02")].counts == DayCounts(devices_registered=1)
+    assert ("u", "2024-06-01") not in by_day
