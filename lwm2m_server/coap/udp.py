@@ -26,6 +26,8 @@ from aiocoap.transports import udp6
 
 from lwm2m_server.coap import datagrams
 from lwm2m_server.coap.datagrams import decode_datagram
+from lwm2m_server.coap.registration_requests import CON, encode_answer, parse_registration
+from lwm2m_server.coap.responses import error_response
 
 _IN_USE: set[tuple[str, int]] = set()
 
@@ -221,7 +223,10 @@ def _udp_datagram_received(self: Any, data: bytes, ancdata: Any, flags: int, add
     for level, kind, value in ancdata:
         if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
             pktinfo = value
-    message, reply = decode_datagram(data, udp6.UDP6EndpointAddress(address, self, pktinfo=pktinfo))
+    remote = udp6.UDP6EndpointAddress(address, self, pktinfo=pktinfo)
+    if _answered_registration(self, data, remote):
+        return
+    message, reply = decode_datagram(data, remote)
     if reply is not None:
         self.send(reply)
     if message is not None:
@@ -331,6 +336,42 @@ def dispatch(manager: Any, message: Message) -> None:
     data = response.encode()
     answers.put(key, data, now, message.transport_tuning.EXCHANGE_LIFETIME)
     _send_answer(manager, response, data)
+
+
+_TUNING = TransportTuning()  # aiocoap's defaults (what a Message carries unless told otherwise)
+
+
+def _answered_registration(interface: Any, data: bytes, remote: Any) -> bool:
+    """Answer a plain Register, Update or De-register straight from its datagram (:mod:`registration_requests`:
+    no aiocoap Message is made for it, nor for its answer), as :func:`dispatch` would answer it: a CON piggybacked on
+    the ACK, a NON with a NON, the encoded answer kept EXCHANGE_LIFETIME for a duplicate. False (nothing done) for
+    any other datagram, or a site without the Registration interface."""
+    manager = interface._ctx
+    site = _immediate(manager)
+    if site is None or not hasattr(site, "answer_registration"):
+        return False
+    request = parse_registration(data, remote)
+    if request is None:
+        return False
+    answers, now = _answers(manager), manager.loop.time()
+    key = (remote.sockaddr, request.mid)
+    again = answers.get(key, now)
+    if again is None:
+        con = request.mtype == CON
+        mtype, mid = (Type.ACK, request.mid) if con else (Type.NON, manager._next_message_id())
+        try:
+            code, location = site.answer_registration(request)
+            again = encode_answer(int(mtype), mid, request.token, code, location)
+        except Exception as e:  # mapped in the one place errors become responses (Max-Age and all)
+            response = error_response(e)
+            response.mtype, response.mid, response.token = mtype, mid, request.token
+            again = response.encode()
+        answers.put(key, again, now, _TUNING.EXCHANGE_LIFETIME)
+    elif request.mtype != CON:
+        return True  # a NON's duplicate is not answered again
+    ancdata = [] if remote.pktinfo is None else [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, remote.pktinfo)]
+    interface.transport.sendmsg(again, ancdata, 0, remote.sockaddr)
+    return True
 
 
 def _tune_dtls_client() -> None:

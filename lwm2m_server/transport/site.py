@@ -24,6 +24,7 @@ from aiocoap.pipe import Pipe
 from aiocoap.resource import Resource
 
 from lwm2m_server.coap.dtls import psk_identity
+from lwm2m_server.coap.registration_requests import CON, RegistrationRequest
 from lwm2m_server.coap.remotes import remote_address, remote_host
 from lwm2m_server.coap.responses import error_response
 from lwm2m_server.core.codec.formats import ContentFormat
@@ -241,15 +242,21 @@ class ServerSite(Resource):
 
     def answer(self, request: Message) -> Message:
         try:
-            return self._registration(request, request.opt.uri_path[1:])
+            return _message(self._registration(_registration_request(request)))
         except Exception as e:
             return error_response(e)
+
+    def answer_registration(self, request: RegistrationRequest) -> tuple[int, tuple[str, ...]]:
+        """The Registration interface's answer to ``request`` read straight from a datagram
+        (:mod:`lwm2m_server.coap.registration_requests`): ``(code, location path)``. Raises what
+        :meth:`answer` maps to an error response (the caller maps it through :func:`error_response`)."""
+        return self._registration(request)
 
     async def render(self, request: Message) -> Message:
         path = request.opt.uri_path
         try:
             if path and path[0] == "rd":
-                return self._registration(request, path[1:])
+                return _message(self._registration(_registration_request(request)))
             self._resume_session(request.remote)
             if path == (".well-known", "core"):
                 return self._resource_directory(request)
@@ -281,7 +288,7 @@ class ServerSite(Resource):
         if reg is not None and reg.identity == identity:
             self.registrations.resume(reg.id, address=remote_address(remote), remote=remote)
 
-    def _refuse(self, kind: str, request: Message, **data: object) -> None:
+    def _refuse(self, kind: str, request: RegistrationRequest, **data: object) -> None:
         """Log a security event (no secrets: identities and endpoint names only) and answer 4.03."""
         data["address"] = remote_address(request.remote)
         log.warning("%s: %s", kind, data)
@@ -289,7 +296,7 @@ class ServerSite(Resource):
             self._on_security_event(kind, data)
         raise IdentityMismatchError("this identity may not act for that endpoint")
 
-    def _check_rate(self, request: Message, identity: str | None) -> None:
+    def _check_rate(self, request: RegistrationRequest, identity: str | None) -> None:
         """Raise :class:`RateLimitedError` (after a ``security.rate_limited`` event) when the source host or the
         PSK identity is over its rate. The host is checked first; a refused request takes no identity token."""
         limiter = self._rate_limiter
@@ -300,12 +307,14 @@ class ServerSite(Resource):
             keys.append(("identity", "id:" + identity))
         self._take(limiter, keys, request, identity)
 
-    def _check_endpoint_rate(self, request: Message, identity: str | None, tenant_id: str, endpoint: str) -> None:
+    def _check_endpoint_rate(self, request: RegistrationRequest, identity: str | None, tenant_id: str,
+                             endpoint: str) -> None:
         if self._endpoint_limiter is not None:
             self._take(self._endpoint_limiter, [("endpoint", f"ep:{tenant_id}/{endpoint}")], request, identity,
                        endpoint=endpoint)
 
-    def _take(self, limiter: RateLimiter, keys: list[tuple[str, str]], request: Message, identity: str | None,
+    def _take(self, limiter: RateLimiter, keys: list[tuple[str, str]], request: RegistrationRequest,
+              identity: str | None,
               endpoint: str | None = None) -> None:
         now = self._clock()
         for kind, key in keys:
@@ -333,15 +342,16 @@ class ServerSite(Resource):
         payload = ",".join(self._links.values()).encode()
         return Message(code=Code.CONTENT, payload=payload, content_format=int(ContentFormat.LINK))
 
-    def _registration(self, request: Message, rest: tuple[str, ...]) -> Message:
-        """Register (POST /rd), Update (POST /rd/{id}) and De-register (DELETE /rd/{id})."""
+    def _registration(self, request: RegistrationRequest) -> tuple[int, tuple[str, ...]]:
+        """Register (POST /rd), Update (POST /rd/{id}) and De-register (DELETE /rd/{id}): ``(code, location)``."""
+        rest = request.path[1:]
         raw_identity = psk_identity(request.remote)
         identity = raw_identity.decode("utf-8", "replace") if raw_identity is not None else None
         self._check_rate(request, identity)
-        cf = request.opt.content_format
-        if cf is not None and int(cf) != ContentFormat.LINK and request.payload:
-            raise UnsupportedContentFormatError(f"registration payload must be link format (40), not {int(cf)}")
-        query = request.opt.uri_query
+        cf = request.content_format
+        if cf is not None and cf != ContentFormat.LINK and request.payload:
+            raise UnsupportedContentFormatError(f"registration payload must be link format (40), not {cf}")
+        query = request.query
         if not rest:
             if request.code != Code.POST:
                 raise MethodNotAllowedError("the registration resource takes POST")
@@ -361,7 +371,7 @@ class ServerSite(Resource):
             reg = self.registrations.register(
                 params, address=remote_address(request.remote), remote=request.remote,
                 secure=identity is not None, identity=identity, tenant_id=tenant)
-            return Message(code=Code.CREATED, location_path=("rd", reg.id))
+            return int(Code.CREATED), ("rd", reg.id)
         if len(rest) != 1:
             raise NotFoundError("no such registration")
         reg_id = rest[0]
@@ -373,11 +383,25 @@ class ServerSite(Resource):
         if request.code == Code.POST:
             self.registrations.update(reg_id, parse_update(query, request.payload),
                                       address=remote_address(request.remote), remote=request.remote)
-            return Message(code=Code.CHANGED)
+            return int(Code.CHANGED), ()
         if request.code == Code.DELETE:
             self.registrations.deregister(reg_id)
-            return Message(code=Code.DELETED)
+            return int(Code.DELETED), ()
         raise MethodNotAllowedError("a registration takes POST (Update) or DELETE (De-register)")
+
+
+def _registration_request(message: Message) -> RegistrationRequest:
+    """A request of the general path (aiocoap's Message, a Block1 body assembled) as the Registration interface
+    reads it."""
+    opt, cf = message.opt, message.opt.content_format
+    return RegistrationRequest(int(message.mtype) if message.mtype is not None else CON, message.mid or 0,
+                               message.token, int(message.code), tuple(opt.uri_path), tuple(opt.uri_query),
+                               None if cf is None else int(cf), message.payload, message.remote)
+
+
+def _message(answer: tuple[int, tuple[str, ...]]) -> Message:
+    code, location = answer
+    return Message(code=Code(code), location_path=location) if location else Message(code=Code(code))
 
 
 class IdentityMismatchError(SecurityError):
