@@ -224,6 +224,9 @@ def _udp_datagram_received(self: Any, data: bytes, ancdata: Any, flags: int, add
         if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
             pktinfo = value
     remote = udp6.UDP6EndpointAddress(address, self, pktinfo=pktinfo)
+    raw = getattr(self, "_scratch_raw", None)
+    if raw is not None and raw.received(data, remote):
+        return  # an answer to a request sent raw (lwm2m_server.coap.raw_exchange)
     if _answered_registration(self, data, remote):
         return
     message, reply = decode_datagram(data, remote)

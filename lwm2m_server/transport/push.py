@@ -9,6 +9,10 @@ the refused block again at that size. Lost messages are retransmitted by CoAP it
 transfer (4.08 Request Entity Incomplete) makes it start over, a bounded number of times. The whole push is bounded
 in time.
 
+A device reached directly over plain UDP gets its blocks through :mod:`lwm2m_server.coap.raw_exchange` (each
+block a datagram written and answered without aiocoap's request machinery: a push of 1 MiB is 1,024 of them); a
+DTLS device or one behind a gateway through the downlink port's aiocoap exchange. Both follow the same rules above.
+
 Invariant: ``PushProgress.sent`` only counts bytes the device acknowledged, and never goes past the package size.
 """
 
@@ -23,6 +27,7 @@ from aiocoap import Message
 from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import BlockOption
 
+from lwm2m_server.coap.raw_exchange import raw_exchanges
 from lwm2m_server.coap.udp import GatewayTuning
 from lwm2m_server.core.codec.formats import ContentFormat
 from lwm2m_server.core.errors import ErrorResponseError, InvalidRequestError, RequestTimeoutError
@@ -59,6 +64,25 @@ class PushProgress:
 ProgressListener = Callable[[PushProgress], None]
 
 
+@dataclass(frozen=True, slots=True)
+class _BlockAnswer:
+    """The device's answer to one block: its code, the size exponent of its Block1 (None: none), its Size1."""
+
+    code: int
+    block1_szx: int | None
+    size1: int | None
+    payload: bytes
+
+
+_CONTINUE, _TOO_LARGE, _INCOMPLETE = int(Code.CONTINUE), int(Code.REQUEST_ENTITY_TOO_LARGE), \
+    int(Code.REQUEST_ENTITY_INCOMPLETE)
+_URI_PATH, _CONTENT_FORMAT, _BLOCK1, _SIZE1 = 11, 12, 27, 60
+
+
+def _uint(value: int) -> bytes:
+    return value.to_bytes((value.bit_length() + 7) // 8, "big")
+
+
 def size_exponent(block_size: int) -> int:
     """SZX for a block size of 16..1024 bytes (a power of two)."""
     if block_size < 16 or block_size > 1024 or block_size & (block_size - 1):
@@ -84,6 +108,34 @@ async def push_package(exchange: Exchange, route: Route, data: bytes, *,
     segments = coap_uri_path(route.root_path, path)
     total = len(data)
     offset = blocks = restarts = 0
+    raw = raw_exchanges(route.remote) if route.via is None else None
+    encoded_path = [(_URI_PATH, s.encode()) for s in segments]
+
+    async def send_block(number: int, more: bool, szx: int, chunk: bytes) -> _BlockAnswer:
+        sized = total > len(chunk) or number > 0
+        if raw is not None:
+            options = [*encoded_path, (_CONTENT_FORMAT, _uint(content_format))]
+            if sized:
+                options.append((_BLOCK1, _uint((number << 4) | (int(more) << 3) | szx)))
+            if number == 0:
+                options.append((_SIZE1, _uint(total)))
+            answer = await raw.request(route.remote, int(Code.PUT), options, chunk, peer=route.endpoint,
+                                       timeout=request_timeout)
+            block1 = answer.uint(_BLOCK1)
+            return _BlockAnswer(answer.code, None if block1 is None else block1 & 7, answer.uint(_SIZE1),
+                                answer.payload)
+        request = Message(code=Code.PUT, uri_path=segments, payload=chunk, content_format=content_format)
+        if sized:
+            request.opt.block1 = BlockOption.BlockwiseTuple(number, more, szx)
+        if number == 0:
+            request.opt.size1 = total  # lets the device refuse a package too large for it up front
+        request.remote = route.remote
+        if route.via is not None:
+            request.transport_tuning = GatewayTuning()
+        response = await exchange(request, route.endpoint, request_timeout)
+        found = response.opt.block1
+        return _BlockAnswer(int(response.code), None if found is None else found.size_exponent, response.opt.size1,
+                            response.payload)
 
     def progress() -> PushProgress:
         return PushProgress(offset, total, blocks, 1 << (szx + 4), restarts)
@@ -95,40 +147,31 @@ async def push_package(exchange: Exchange, route: Route, data: bytes, *,
                 number = offset >> (szx + 4)
                 chunk = data[offset:offset + size]
                 more = offset + size < total
-                request = Message(code=Code.PUT, uri_path=segments, payload=chunk, content_format=content_format)
-                if total > size or offset:
-                    request.opt.block1 = BlockOption.BlockwiseTuple(number, more, szx)
-                if number == 0:
-                    request.opt.size1 = total  # lets the device refuse a package too large for it up front
-                request.remote = route.remote
-                if route.via is not None:
-                    request.transport_tuning = GatewayTuning()
-                response = await exchange(request, route.endpoint, request_timeout)
-                code = response.code
-                answer = response.opt.block1
-                if code == Code.CONTINUE or (code.is_successful() and not more):
+                response = await send_block(number, more, szx, chunk)
+                code, answer = response.code, response.block1_szx
+                if code == _CONTINUE or (64 <= code < 96 and not more):  # 2.31, or a 2.xx success at the end
                     offset += len(chunk)
                     blocks += 1
-                    if answer is not None and answer.size_exponent < szx:
-                        szx = max(MIN_SZX, answer.size_exponent)  # the device prefers smaller blocks from now on
+                    if answer is not None and answer < szx:
+                        szx = max(MIN_SZX, answer)  # the device prefers smaller blocks from now on
                     if on_progress is not None:
                         on_progress(progress())
                     if not more:
                         return progress()
-                    if code != Code.CONTINUE:
-                        raise ErrorResponseError(int(code), "the device ended the transfer before the last block")
+                    if code != _CONTINUE:
+                        raise ErrorResponseError(code, "the device ended the transfer before the last block")
                     continue
-                if code == Code.REQUEST_ENTITY_TOO_LARGE and answer is not None and answer.size_exponent < szx:
-                    szx = answer.size_exponent  # send this block again, smaller
+                if code == _TOO_LARGE and answer is not None and answer < szx:
+                    szx = answer  # send this block again, smaller
                     continue
-                if code == Code.REQUEST_ENTITY_INCOMPLETE and restarts < max_restarts:
+                if code == _INCOMPLETE and restarts < max_restarts:
                     restarts += 1
                     offset = blocks = 0
                     continue
                 detail = response.payload.decode("utf-8", "replace")[:120]
-                if code == Code.REQUEST_ENTITY_TOO_LARGE and response.opt.size1 is not None:
-                    detail = f"the device takes at most {response.opt.size1} bytes"
-                raise ErrorResponseError(int(code), detail)
+                if code == _TOO_LARGE and response.size1 is not None:
+                    detail = f"the device takes at most {response.size1} bytes"
+                raise ErrorResponseError(code, detail)
     except TimeoutError:
         raise RequestTimeoutError(
             f"push to {route.endpoint} took longer than {total_timeout:g} s ({offset} of {total} bytes)") from None

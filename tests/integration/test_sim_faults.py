@@ -36,7 +36,7 @@ from lwm2m_server.core.operations import ReadRequest
 from lwm2m_server.core.paths import LwM2mPath
 from lwm2m_server.fota.service import Method, UpdateJob
 from lwm2m_server.server import Lwm2mServer
-from tests.harness import running_server
+from tests.harness import eventually, running_server
 
 VENDOR = uuid.UUID("fa6b4a53-d5ad-5fdf-be9d-e663e4d41ffe")
 CLASS = uuid.UUID("1492af14-2569-5e48-bf42-9b2d51f2ab45")
@@ -354,3 +354,26 @@ def test_random_is_not_shared_between_links() -> None:
     random.random()
     b = Link(LinkConditions(loss=0.5), seed="dev-a")
     assert [a._rng.random() for _ in range(5)] == [b._rng.random() for _ in range(5)]
+
+
+async def test_a_push_whose_block_is_lost_sends_it_again(tmp_path: Path) -> None:
+    """Every block of a push is a raw CON of the server (lwm2m_server.coap.raw_exchange) over plain CoAP: the link
+    loses everything once the push has begun, until the device has missed a block; the server sends that block
+    again (after ACK_TIMEOUT) and the device gets the whole package (it verifies it and reports Downloaded)."""
+    data = package(os.urandom(3000))
+    async with running_server(tmp_path, request_timeout=60.0) as srv:
+        dev = device(srv, "lossy-push", Faults(loss=0.01, seed=1))  # a link the test can cut
+        assert dev.link is not None and dev.firmware is not None
+        dev.link.conditions = LinkConditions()
+        async with devices(dev):
+            assert srv.management is not None
+            reg = srv.management.registration("lossy-push", tenant_id="default")
+            dropped = dev.link.counters.dropped_in
+            dev.link.conditions = LinkConditions(loss=1.0)
+            push = asyncio.create_task(srv.management.sender.push(reg, data, total_timeout=60))
+            await eventually(lambda: dev.link.counters.dropped_in > dropped, timeout=10)  # type: ignore[union-attr]
+            dev.link.conditions = LinkConditions()
+            done = await push
+            assert done.done and done.sent == len(data) and done.blocks == -(-len(data) // 1024)
+            assert dev.firmware.last_package == data
+            assert await read(srv, "lossy-push", 5, 0, 3) == State.DOWNLOADED
