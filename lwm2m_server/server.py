@@ -293,6 +293,7 @@ class Lwm2mServer:
                                max_block1_assemblies=s.max_block1_assemblies,
                                max_block1_per_remote=s.max_block1_per_remote)
         self.site.mount(FILES_MOUNT, self.files.handle, assemble_blocks=False)
+        self.site.downloads = self.files  # plain-UDP GETs of a package answered from the datagram too
         feed = credentials if isinstance(credentials, RevocationFeed) and s.coaps_port is not None else None
         started = time.time()
         handled: dict[str, float] = {}

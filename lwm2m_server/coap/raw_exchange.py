@@ -35,7 +35,7 @@ from aiocoap.transports import udp6
 from lwm2m_server.coap.datagrams import _Rejected, _scan_options
 from lwm2m_server.core.errors import RequestFailedError, RequestTimeoutError
 
-__all__ = ["RawAnswer", "RawExchanges", "encode_request", "raw_exchanges"]
+__all__ = ["RawAnswer", "RawExchanges", "encode_message", "raw_exchanges"]
 
 CON, NON, ACK, RST = 0, 1, 2, 3
 _TUNING = TransportTuning()
@@ -59,9 +59,9 @@ class RawAnswer:
         return None
 
 
-def encode_request(mtype: int, code: int, mid: int, token: bytes, options: list[tuple[int, bytes]],
+def encode_message(mtype: int, code: int, mid: int, token: bytes, options: list[tuple[int, bytes]],
                    payload: bytes) -> bytes:
-    """A CoAP request; ``options`` in ascending number order (RFC 7252 3.1)."""
+    """A CoAP message (a request, or an answer); ``options`` in ascending number order (RFC 7252 3.1)."""
     out = bytearray((0x40 | (mtype << 4) | len(token), code, mid >> 8, mid & 0xFF))
     out += token
     previous = 0
@@ -115,7 +115,7 @@ class RawExchanges:
         sockaddr = remote.sockaddr
         mid = self.interface._ctx._next_message_id()
         token = secrets.token_bytes(8)
-        data = encode_request(CON, code, mid, token, options, payload)
+        data = encode_message(CON, code, mid, token, options, payload)
         pending = _Pending((sockaddr, mid), token, data, self.loop.create_future())
         self._by_mid[pending.key] = pending
         self._by_token[(sockaddr, token)] = pending

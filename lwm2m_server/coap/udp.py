@@ -26,6 +26,8 @@ from aiocoap.transports import udp6
 
 from lwm2m_server.coap import datagrams
 from lwm2m_server.coap.datagrams import decode_datagram
+from lwm2m_server.coap.download_requests import parse_download
+from lwm2m_server.coap.raw_exchange import encode_message
 from lwm2m_server.coap.registration_requests import CON, encode_answer, parse_registration
 from lwm2m_server.coap.responses import error_response
 
@@ -227,7 +229,7 @@ def _udp_datagram_received(self: Any, data: bytes, ancdata: Any, flags: int, add
     raw = getattr(self, "_scratch_raw", None)
     if raw is not None and raw.received(data, remote):
         return  # an answer to a request sent raw (lwm2m_server.coap.raw_exchange)
-    if _answered_registration(self, data, remote):
+    if _answered_registration(self, data, remote) or _answered_download(self, data, remote):
         return
     message, reply = decode_datagram(data, remote)
     if reply is not None:
@@ -375,6 +377,47 @@ def _answered_registration(interface: Any, data: bytes, remote: Any) -> bool:
     ancdata = [] if remote.pktinfo is None else [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, remote.pktinfo)]
     interface.transport.sendmsg(again, ancdata, 0, remote.sockaddr)
     return True
+
+
+_OPAQUE = bytes((42,))  # Content-Format application/octet-stream
+
+
+def _answered_download(interface: Any, data: bytes, remote: Any) -> bool:
+    """Answer a plain block-wise GET of a published package (:mod:`download_requests`) straight from its datagram,
+    as the file server's resource would: piggybacked on the ACK of a CON, a NON for a NON. A duplicate is answered
+    afresh (a GET of a block is safe and idempotent, RFC 7252 4.5: nothing is kept per block, where keeping a
+    kilobyte per block for EXCHANGE_LIFETIME would hold a package per device). False for any other datagram."""
+    manager = interface._ctx
+    site = _immediate(manager)
+    files = getattr(site, "downloads", None) if site is not None else None
+    if files is None:
+        return False
+    request = parse_download(data, files.mount)
+    if request is None:
+        return False
+    mtype, mid = (Type.ACK, request.mid) if request.mtype == CON else (Type.NON, manager._next_message_id())
+    try:
+        answer = files.answer(request.name, etags=request.etags, block2=request.block2)
+        options = [(4, answer.etag)]
+        if answer.code == int(Code.CONTENT):
+            options.append((12, _OPAQUE))
+            if answer.block2 is not None:
+                number, more, szx = answer.block2
+                options.append((23, _uint((number << 4) | (int(more) << 3) | szx)))
+            if answer.size2 is not None:
+                options.append((28, _uint(answer.size2)))
+        out = encode_message(int(mtype), answer.code, mid, request.token, options, bytes(answer.payload))
+    except Exception as e:  # mapped in the one place errors become responses
+        response = error_response(e)
+        response.mtype, response.mid, response.token = mtype, mid, request.token
+        out = response.encode()
+    ancdata = [] if remote.pktinfo is None else [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, remote.pktinfo)]
+    interface.transport.sendmsg(out, ancdata, 0, remote.sockaddr)
+    return True
+
+
+def _uint(value: int) -> bytes:
+    return value.to_bytes((value.bit_length() + 7) // 8, "big")
 
 
 def _tune_dtls_client() -> None:

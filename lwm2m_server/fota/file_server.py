@@ -50,6 +50,18 @@ class Package:
         return self.digest[:8]
 
 
+@dataclass(frozen=True, slots=True)
+class FileAnswer:
+    """The answer to one GET of a package: 2.05 with the block (``block2``: number, more, szx; None: the whole
+    package in one answer), its ETag and the package's size (Size2); or 2.03 Valid with the ETag alone."""
+
+    code: int
+    etag: bytes
+    payload: bytes | memoryview = b""
+    block2: tuple[int, bool, int] | None = None
+    size2: int | None = None
+
+
 @dataclass
 class _Publication:
     package: Package
@@ -59,6 +71,9 @@ class _Publication:
 
 class FileServer:
     """Packages published under random names; :meth:`handle` serves ``GET /fw/<name>`` block-wise."""
+
+    mount = MOUNT
+    """The first path segment packages are served under."""
 
     def __init__(self) -> None:
         self._by_name: dict[str, _Publication] = {}
@@ -106,26 +121,43 @@ class FileServer:
         return len(self._by_name)
 
     async def handle(self, request: Message, rest: tuple[str, ...]) -> Message:
-        """Answer one GET: the whole package if it fits one block, else the requested (or first) block."""
+        """Answer one GET (see :meth:`answer`) as aiocoap's resource machinery wants it."""
         if request.code != Code.GET:
             raise MethodNotAllowedError("packages are read-only: use GET")
-        publication = self._by_name.get(rest[0]) if len(rest) == 1 else None
+        block2 = request.opt.block2
+        answer = self.answer(rest[0] if len(rest) == 1 else None, etags=tuple(request.opt.etags),
+                             block2=None if block2 is None else (block2.block_number, block2.size_exponent),
+                             max_szx=getattr(request.remote, "maximum_block_size_exp", MAX_SZX))
+        if answer.code == int(Code.VALID):
+            return Message(code=Code.VALID, etag=answer.etag)
+        response = Message(code=Code.CONTENT, payload=answer.payload, content_format=int(ContentFormat.OPAQUE),
+                           etag=answer.etag)
+        response.opt.size2 = answer.size2
+        if answer.block2 is not None:
+            response.opt.block2 = BlockOption.BlockwiseTuple(*answer.block2)
+        return response
+
+    def answer(self, name: str | None, *, etags: tuple[bytes, ...] = (), block2: tuple[int, int] | None = None,
+               max_szx: int = MAX_SZX) -> FileAnswer:
+        """The answer to a GET of ``name`` (``block2``: the block number and size exponent asked for; None: the
+        whole package if it fits one block of ``max_szx``, else its first block): NotFoundError for a name not
+        published, BlockOutOfRangeError for a block past the end, 2.03 when ``etags`` holds the package's."""
+        publication = self._by_name.get(name) if name is not None else None
         if publication is None:
             raise NotFoundError("no such package")
         package = publication.package
-        if package.etag in request.opt.etags:
-            return Message(code=Code.VALID, etag=package.etag)
+        if package.etag in etags:
+            return FileAnswer(int(Code.VALID), package.etag)
         data = package.data
-        block2 = request.opt.block2
         if block2 is None:
-            szx = min(MAX_SZX, getattr(request.remote, "maximum_block_size_exp", MAX_SZX))
+            szx = min(MAX_SZX, max_szx)
             number = 0
             if len(data) <= 1 << (szx + 4):
                 publication.blocks_served += 1
                 publication.bytes_served += len(data)
-                return self._content(package, data)
+                return FileAnswer(int(Code.CONTENT), package.etag, data, None, len(data))
         else:
-            szx, number = min(MAX_SZX, block2.size_exponent), block2.block_number
+            number, szx = block2[0], min(MAX_SZX, block2[1])
         size = 1 << (szx + 4)
         start = number * size
         if start >= len(data) and not (start == 0 and not data):
@@ -136,13 +168,4 @@ class FileServer:
         more = start + size < len(data)
         publication.blocks_served += 1
         publication.bytes_served += len(chunk)
-        response = self._content(package, chunk)
-        response.opt.block2 = BlockOption.BlockwiseTuple(number, more, szx)
-        return response
-
-    @staticmethod
-    def _content(package: Package, payload: bytes | memoryview) -> Message:
-        response = Message(code=Code.CONTENT, payload=payload, content_format=int(ContentFormat.OPAQUE),
-                           etag=package.etag)
-        response.opt.size2 = len(package.data)
-        return response
+        return FileAnswer(int(Code.CONTENT), package.etag, chunk, (number, more, szx), len(data))

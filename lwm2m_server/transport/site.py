@@ -14,6 +14,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Mapping
+from typing import Any
 
 from aiocoap import Message, interfaces
 from aiocoap import error as coap_error
@@ -206,6 +207,9 @@ class ServerSite(Resource):
                                           max_per_remote=max_block1_per_remote, clock=clock)
         self.registrations = registrations
         self.extra: dict[str, Handler] = dict(extra or {})
+        self.downloads: Any = None
+        """The file server (:class:`~lwm2m_server.fota.file_server.FileServer`) whose block-wise GETs the plain-UDP
+        receive path answers from the datagram (``lwm2m_server.coap.udp._answered_download``); None: none."""
         self._links: dict[str, str] = {"rd": '</rd>;rt="core.rd";ct=40'}
         self._unassembled: set[str] = set()
         self._resumed: weakref.WeakSet[object] = weakref.WeakSet()  # sessions already matched to a registration

@@ -18,7 +18,7 @@ from aiocoap.transports import udp6
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lwm2m_server.coap.raw_exchange import CON, encode_request, raw_exchanges
+from lwm2m_server.coap.raw_exchange import CON, encode_message, raw_exchanges
 from lwm2m_server.coap.udp import exclusive_context, release
 from lwm2m_server.core.errors import RequestFailedError, RequestTimeoutError
 
@@ -153,7 +153,7 @@ async def test_an_answer_with_another_token_is_not_taken() -> None:
 def test_an_encoded_request_decodes_as_given(code: Code, mid: int, token: bytes, options: list[tuple[int, bytes]],
                                              payload: bytes) -> None:
     options = sorted(options, key=lambda o: o[0])
-    data = encode_request(CON, int(code), mid, token, options, payload)
+    data = encode_message(CON, int(code), mid, token, options, payload)
     from lwm2m_server.coap.datagrams import _scan_options
 
     assert data[1] == int(code) and int.from_bytes(data[2:4], "big") == mid and data[4:4 + len(token)] == token
