@@ -126,6 +126,10 @@ class RawExchanges:
             return await asyncio.wait_for(pending.future, timeout)
         except TimeoutError:
             raise RequestTimeoutError(f"{peer} did not answer within {timeout:g} s") from None
+        except RequestTimeoutError:
+            raise RequestTimeoutError(f"{peer} did not answer: every retransmission went unanswered") from None
+        except RequestFailedError as e:
+            raise RequestFailedError(f"request to {peer} failed: {e}") from None
         except OSError as e:
             raise RequestFailedError(f"request to {peer} failed: {type(e).__name__}: {e}") from None
         finally:
