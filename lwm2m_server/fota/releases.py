@@ -5,8 +5,8 @@
   sealed by the vault (AAD binds tenant, name and role) and never stored, logged or shown in the clear. A
   public-only key (:meth:`SigningKeys.add_public`: an OEM's key whose private part never leaves the OEM) only
   verifies; signing with it raises :class:`PublicOnlyKeyError`.
-* :class:`BlobStore`: content-addressed files ``folder/sha256/<hex>`` (temp file + fsync + rename, mode 0600); a
-  read checks the digest.
+* blobs (:mod:`lwm2m_server.storage.blob_store`): content-addressed, files in the data directory with SQLite, the
+  database with PostgreSQL (several nodes read the same bytes); a read checks the digest.
 * :class:`Releases`: releases of images for a (vendor, class), each with the next sequence number of that class
   (the store refuses a taken one; we retry), packaged as one SUIT envelope per image signed with a release key, or
   opaque (the image is the package, for third-party clients), or ``system``: several components (images and data
@@ -40,7 +40,6 @@ from __future__ import annotations
 import base64
 import builtins
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -86,6 +85,13 @@ from firmware_object.suit.keys import (
 from firmware_object.suit.manifest import ReleaseManifest
 from firmware_object.suit.verify import verify_envelope
 from lwm2m_server.core.errors import CoapCode, InvalidRequestError, NotFoundError, StorageError
+from lwm2m_server.storage.blob_store import (
+    BlobCorruptedError,
+    BlobStore,
+    FileBlobStore,
+    UnknownBlobError,
+    blob_store_for,
+)
 from lwm2m_server.storage.database import Database
 from lwm2m_server.storage.release_store import (
     ClassPolicy,
@@ -111,6 +117,7 @@ __all__ = [
     "BlobStore",
     "ClassPolicy",
     "DuplicateSigningKeyError",
+    "FileBlobStore",
     "InvalidReleaseError",
     "InvalidSigningKeyError",
     "KeyRoleError",
@@ -197,14 +204,6 @@ class ReleaseRollbackError(InvalidReleaseError):
     """An imported release whose sequence number is not above every release of its class in the tenant."""
 
     coap_code = CoapCode.CONFLICT
-
-
-class UnknownBlobError(NotFoundError):
-    """No blob with that digest."""
-
-
-class BlobCorruptedError(StorageError):
-    """A stored blob whose content no longer matches its digest."""
 
 
 # ---------------------------------------------------------------------------------------------- signing keys
@@ -389,93 +388,6 @@ def _signing_key(record: KeyRecord) -> SigningKey:
 # ------------------------------------------------------------------------------------------------------ blobs
 
 
-class BlobStore:
-    """Content-addressed files ``folder/sha256/<hex>``: written whole or not at all (temp file, fsync, rename),
-    mode 0600 in a 0700 folder; :meth:`get` returns only bytes whose SHA-256 is the name they were asked by."""
-
-    def __init__(self, folder: str | os.PathLike[str]) -> None:
-        self.folder = Path(folder)
-        self._dir = self.folder / "sha256"
-
-    def put(self, data: bytes) -> str:
-        """Store ``data``; returns its SHA-256 hex. Storing the same bytes again is a no-op, and repairs a stored copy
-        that no longer matches its digest."""
-        digest = hashlib.sha256(data).hexdigest()
-        path = self._dir / digest
-        with contextlib.suppress(OSError):
-            if path.stat().st_size == len(data) and _file_sha256(path) == digest:
-                return digest
-        try:
-            self._ensure_dir()
-            tmp = self._dir / f".{digest}.{secrets.token_hex(6)}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-            try:
-                try:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view):]
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, path)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-            _fsync_dir(self._dir)
-        except OSError as e:
-            raise StorageError(f"cannot store blob {digest} in {self._dir}: {e.strerror}") from None
-        return digest
-
-    def get(self, digest: str) -> bytes:
-        """The blob ``digest``; :class:`UnknownBlobError` when absent, :class:`BlobCorruptedError` when its content
-        no longer matches."""
-        path = self._path(digest)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise UnknownBlobError(f"no blob {digest}") from None
-        except OSError as e:
-            raise StorageError(f"cannot read blob {digest}: {e.strerror}") from None
-        if hashlib.sha256(data).hexdigest() != digest:
-            raise BlobCorruptedError(f"blob {digest} is corrupted (its content does not match its digest)")
-        return data
-
-    def has(self, digest: str) -> bool:
-        return self._path(digest).is_file()
-
-    def _path(self, digest: str) -> Path:
-        if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
-            raise InvalidRequestError("a blob is named by 64 lowercase hex digits (SHA-256)")
-        return self._dir / digest
-
-    def _ensure_dir(self) -> None:
-        for folder in (self.folder, self._dir):
-            if not folder.is_dir():
-                with contextlib.suppress(FileExistsError):
-                    folder.mkdir(parents=True, mode=0o700)
-                    folder.chmod(0o700)  # mkdir's mode is filtered by the umask
-
-    def __repr__(self) -> str:
-        return f"BlobStore({str(self.folder)!r})"
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 # --------------------------------------------------------------------------------------------------- releases
 
 
@@ -626,7 +538,7 @@ class Releases:
     @classmethod
     def over(cls, database: Database, data_dir: str | os.PathLike[str], keys: SigningKeys) -> Releases:
         """The releases of ``database``, their blobs in ``data_dir``/:data:`BLOBS_DIR`."""
-        return cls(SqlReleaseStore(database), BlobStore(Path(data_dir) / BLOBS_DIR), keys)
+        return cls(SqlReleaseStore(database), blob_store_for(database, Path(data_dir) / BLOBS_DIR), keys)
 
     # ------------------------------------------------------------------------------------------- create
 

@@ -33,6 +33,7 @@ from sqlmodel import Session
 
 from lwm2m_server.core.errors import StorageError
 from lwm2m_server.storage import (  # noqa: F401  (registers the tables on SQLModel.metadata)
+    blob_tables,
     campaign_tables,
     node_tables,
     outbox_tables,

@@ -46,8 +46,8 @@ from firmware_object.suit.keys import PrivateKey
 from lwm2m_server.core.errors import CoapCode, InvalidRequestError, NotFoundError, StorageError
 from lwm2m_server.fota.releases import (
     BlobCorruptedError,
-    BlobStore,
     DuplicateSigningKeyError,
+    FileBlobStore,
     InvalidReleaseError,
     InvalidSigningKeyError,
     KeyRoleError,
@@ -86,7 +86,7 @@ class Env:
     database: Database
     vault: Vault
     keys: SigningKeys
-    blobs: BlobStore
+    blobs: FileBlobStore
     releases: Releases
 
 
@@ -96,7 +96,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
     database = Database.for_data_dir(folder)
     vault = Vault.generate()
     keys = SigningKeys.over(database, vault)
-    blobs = BlobStore(folder / "blobs")
+    blobs = FileBlobStore(folder / "blobs")
     try:
         yield Env(folder, database, vault, keys, blobs, Releases(SqlReleaseStore(database), blobs, keys))
     finally:
@@ -248,7 +248,7 @@ def blob_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @settings(max_examples=60, deadline=None)
 @given(data=st.binary(max_size=4096))
 def test_blob_round_trip_property(blob_dir: Path, data: bytes) -> None:
-    blobs = BlobStore(blob_dir)
+    blobs = FileBlobStore(blob_dir)
     sha = blobs.put(data)
     assert blobs.get(sha) == data and blobs.has(sha)
 

@@ -20,7 +20,7 @@ from firmware_object.errors import UpdateResult
 from firmware_object.suit.keys import PublicKey, load_public_key
 from lwm2m_server.fota import attestation
 from lwm2m_server.fota.campaigns import CAMPAIGN_FINISHED, CampaignService
-from lwm2m_server.fota.releases import BlobStore, Release, Releases, SigningKeys
+from lwm2m_server.fota.releases import FileBlobStore, Release, Releases, SigningKeys
 from lwm2m_server.fota.service import FirmwareService
 from lwm2m_server.management import DeviceManagement
 from lwm2m_server.storage.campaign_store import MemoryCampaignStore
@@ -37,7 +37,7 @@ class Campaigns:
 
     def __init__(self, tmp_path: Path, count: int, fail_boot: Collection[str]) -> None:
         self.keys = SigningKeys(MemoryKeyStore(), Vault.open(tmp_path / "vault.key"))
-        self.releases = Releases(MemoryReleaseStore(), BlobStore(tmp_path / "blobs"), self.keys)
+        self.releases = Releases(MemoryReleaseStore(), FileBlobStore(tmp_path / "blobs"), self.keys)
         self.v2 = self.release("2.0.0")
         anchor = self.keys.get_or_create("release", "release", tenant_id=TENANT, now=time.time()).public_key()
 

@@ -11,7 +11,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
-from lwm2m_server.storage import database, node_tables, outbox_tables  # noqa: F401  (the tables on SQLModel.metadata)
+from lwm2m_server.storage import blob_tables, database, node_tables, outbox_tables  # noqa: F401  (the tables on SQLModel.metadata)
 
 CREDENTIAL_TABLES = frozenset({"credential", "credential_psk_fingerprint"})
 
