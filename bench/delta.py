@@ -75,47 +75,13 @@ DRIVER = r"""
 import asyncio, json, logging, sys, time, uuid
 from collections import Counter
 
-import client_sim.device as device_module
 from client_sim.components import InstalledComponent
 from client_sim.firmware import FirmwareOptions
 from client_sim.fleet import Fleet
 from firmware_object.suit.keys import load_public_key
 
 logging.basicConfig(level=logging.WARNING)
-WIRE = {"datagrams_out": 0, "datagrams_in": 0, "bytes_out": 0, "bytes_in": 0, "sockets": 0}
-_exclusive_context = device_module.exclusive_context
-
-
-def count_udp(context):
-    # Wrap the aiocoap udp6 transport (as bench/campaign.py does): count every datagram each way.
-    for interface in context.request_interfaces:
-        messages = getattr(getattr(interface, "token_interface", None), "message_interface", None)
-        transport = getattr(messages, "transport", None)
-        if transport is None or not hasattr(transport, "sendmsg"):
-            continue
-        send, deliver = transport.sendmsg, messages.datagram_msg_received
-
-        def sendmsg(data, ancdata, flags, address, _send=send):
-            WIRE["datagrams_out"] += 1
-            WIRE["bytes_out"] += len(data)
-            _send(data, ancdata, flags, address)
-
-        def received(data, ancdata, flags, address, _deliver=deliver):
-            WIRE["datagrams_in"] += 1
-            WIRE["bytes_in"] += len(data)
-            _deliver(data, ancdata, flags, address)
-
-        transport.sendmsg = sendmsg
-        messages.datagram_msg_received = received
-        WIRE["sockets"] += 1
-
-
-async def counting_exclusive_context(*args, **kwargs):
-    context, port = await _exclusive_context(*args, **kwargs)
-    count_udp(context)
-    return context, port
-
-device_module.exclusive_context = counting_exclusive_context
+from udp_counting import WIRE  # bench/udp_counting.py: counts every datagram of the devices
 
 
 def emit(**kw):

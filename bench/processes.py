@@ -200,8 +200,10 @@ class JsonLinesChild:
         script.write_text(script_text)
         self.err = log.open("w")
         self.log = log
+        bench = str(Path(__file__).resolve().parent)  # the script imports helpers of bench/ (udp_counting)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (bench, os.environ.get("PYTHONPATH"))))}
         self.proc = CHILDREN.start([sys.executable, *python_args, str(script), *args], stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, stderr=self.err, text=True)
+                                   stdout=subprocess.PIPE, stderr=self.err, text=True, env=env)
         self.lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
