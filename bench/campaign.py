@@ -154,6 +154,48 @@ class Api:
 # --------------------------------------------------------------------------- one run
 
 
+def follow_campaign(api: Api, body: dict[str, Any], *, driver: JsonLinesChild, srv_pid: int, label: str,
+                    timeout: float, poll: float, settle: float) -> dict[str, Any]:
+    """Create the campaign ``body`` through the API, start it and poll it until its report is ready (or
+    ``timeout``), with progress every 20 s; measured around it: the driver's snapshots (``snap0``, ``snap1``), the
+    server's and the devices' /proc samples (``before``, ``at_end``, then ``after`` once ``settle`` has passed),
+    the machine's CPU (``m0``, ``m1``), the wall clock (``w0``, ``w1``), the sampled peak RSS; ``final`` is the
+    status with every job. (bench/gateway.py and bench/delta.py run one campaign per run this way.)"""
+    pids = {"server": srv_pid, "devices": driver.proc.pid}
+    driver.send("snapshot")
+    snap0 = driver.expect("snapshot", 30)
+    before = {k: proc_sample(p) for k, p in pids.items()}
+    m0 = machine_cpu_s()
+    cid = api.call("POST", "/api/campaigns", body)["id"]
+    w0 = time.perf_counter()
+    api.call("POST", f"/api/campaigns/{cid}/start", {})
+    peak_rss, shown = before["server"]["rss_kib"], w0
+    deadline = w0 + timeout
+    status: dict[str, Any] = {}
+    while time.perf_counter() < deadline:
+        status = api.call("GET", f"/api/campaigns/{cid}")
+        peak_rss = max(peak_rss, proc_sample(srv_pid)["rss_kib"])
+        if status["report_ready"]:
+            break
+        if time.perf_counter() - shown > 20:
+            shown = time.perf_counter()
+            c = status["counts"]
+            print(f"   {label}, {shown - w0:5.0f} s: {status['state']}, succeeded {c.get('succeeded', 0)}, "
+                  f"active {sum(c.get(k, 0) for k in ('delivering', 'downloaded', 'updating'))}, pending "
+                  f"{c.get('pending', 0)}", flush=True)
+        time.sleep(poll)
+    w1 = time.perf_counter()
+    at_end = {k: proc_sample(p) for k, p in pids.items()}
+    m1 = machine_cpu_s()
+    driver.send("snapshot")
+    snap1 = driver.expect("snapshot", 30)
+    final = api.call("GET", f"/api/campaigns/{cid}?jobs=true", timeout=60)
+    time.sleep(settle)
+    return {"cid": cid, "snap0": snap0, "snap1": snap1, "before": before, "at_end": at_end,
+            "after": proc_sample(srv_pid), "m0": m0, "m1": m1, "w0": w0, "w1": w1, "peak_rss": peak_rss,
+            "ready": bool(status.get("report_ready")), "final": final}
+
+
 def _snapshot(drivers: list[JsonLinesChild]) -> dict[str, Any]:
     """Every driver's snapshot, summed."""
     for d in drivers:

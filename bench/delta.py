@@ -46,15 +46,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from campaign import IP_UDP_HEADERS, SCRATCH, Api, fmt, mib, scratch  # bench/campaign.py: same helpers
+from campaign import IP_UDP_HEADERS, SCRATCH, Api, fmt, follow_campaign, mib, scratch  # bench/campaign.py: same helpers
 from firmware import LOAD, MIB, Leshan, Others, Scratch, note_others, print_push_table, push_series
 from processes import (  # bench/processes.py: the script's folder is on sys.path
     CHILDREN,
     JsonLinesChild,
     free_port,
-    machine_cpu_s,
     machine_note,
-    proc_sample,
     r,
     stop_children_on_signals,
     wait_for_line,
@@ -206,41 +204,14 @@ def run_once(mode: str, n: int, changed_kib: int, max_parallel: int, method: str
             driver = JsonLinesChild(DRIVER, [json.dumps(cfg)], tmp / "devices.log")
             reg = driver.expect("registered", cfg["register_timeout"] + 30)
             time.sleep(settle)
-            pids = {"server": srv.pid, "devices": driver.proc.pid}
-            driver.send("snapshot")
-            snap0 = driver.expect("snapshot", 30)
-            before = {k: proc_sample(p) for k, p in pids.items()}
-            m0 = machine_cpu_s()
-            created = api.call("POST", "/api/campaigns", {
+            run = follow_campaign(api, {
                 "releases": [new_id], "targets": [f"{PREFIX}{i}" for i in range(n)], "name": f"bench-{mode}",
-                "method": method, "policy": {"canary_percent": 1, "waves": 3, "max_parallel": max_parallel}})
-            cid = created["id"]
-            w0 = time.perf_counter()
-            api.call("POST", f"/api/campaigns/{cid}/start", {})
-            peak_rss, shown = before["server"]["rss_kib"], w0
-            deadline = w0 + timeout
-            status: dict[str, Any] = {}
-            while time.perf_counter() < deadline:
-                status = api.call("GET", f"/api/campaigns/{cid}")
-                peak_rss = max(peak_rss, proc_sample(srv.pid)["rss_kib"])
-                if status["report_ready"]:
-                    break
-                if time.perf_counter() - shown > 20:
-                    shown = time.perf_counter()
-                    c = status["counts"]
-                    print(f"   {mode}, {shown - w0:5.0f} s: {status['state']}, succeeded {c.get('succeeded', 0)}, "
-                          f"active {sum(c.get(k, 0) for k in ('delivering', 'downloaded', 'updating'))}, pending "
-                          f"{c.get('pending', 0)}", flush=True)
-                time.sleep(poll)
-            w1 = time.perf_counter()
-            at_end = {k: proc_sample(p) for k, p in pids.items()}
-            m1 = machine_cpu_s()
-            ready = bool(status.get("report_ready"))
-            driver.send("snapshot")
-            snap1 = driver.expect("snapshot", 30)
-            final = api.call("GET", f"/api/campaigns/{cid}?jobs=true", timeout=60)
-            time.sleep(settle)
-            after = proc_sample(srv.pid)
+                "method": method, "policy": {"canary_percent": 1, "waves": 3, "max_parallel": max_parallel}},
+                                  driver=driver, srv_pid=srv.pid, label=mode, timeout=timeout, poll=poll, settle=settle)
+            cid, snap0, snap1, before, at_end, after = (run[k] for k in ("cid", "snap0", "snap1", "before",
+                                                                          "at_end", "after"))
+            m0, m1, w0, w1, peak_rss, ready, final = (run[k] for k in ("m0", "m1", "w0", "w1", "peak_rss", "ready",
+                                                                      "final"))
             driver.send("stop")
             with contextlib.suppress(RuntimeError):
                 driver.expect("stopped", 150)
