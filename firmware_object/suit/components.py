@@ -68,7 +68,7 @@ from firmware_object.errors import (
     SuitError,
 )
 from firmware_object.suit import cbor
-from firmware_object.suit.envelope import TEXT_LANGUAGE, _with_signature
+from firmware_object.suit.envelope import TEXT_LANGUAGE, signed_envelope
 from firmware_object.suit.keys import PrivateKey, PublicKey, key_id
 from firmware_object.suit.labels import (
     REPORT_ALL,
@@ -82,7 +82,7 @@ from firmware_object.suit.labels import (
     TextKey,
 )
 from firmware_object.suit.manifest import SHA256_LENGTH, UINT64_MAX, ManifestView, parse_manifest
-from firmware_object.suit.structure import Envelope, SuitDigest, decode_envelope
+from firmware_object.suit.structure import SuitDigest, decode_envelope
 from firmware_object.suit.verify import _check_conditions, _check_digests, _check_signatures
 
 ComponentKind = Literal["image", "data"]
@@ -280,12 +280,7 @@ def build_system_envelope(
     unknown = set(payloads) - {component.name for component in release.components}
     if unknown:
         raise ValueError(f"payloads for unknown components: {', '.join(sorted(unknown))}")
-    manifest_encoded = encode_system_manifest(release)
-    digest = SuitDigest.sha256(cbor.encode(manifest_encoded))
-    envelope = Envelope(digest, digest.encode(), (), manifest_encoded, {}, integrated)
-    for signer in signers:
-        envelope = _with_signature(envelope, signer, False)
-    return envelope.encode()
+    return signed_envelope(encode_system_manifest(release), integrated, signers)
 
 
 def encode_system_manifest(release: SystemRelease) -> bytes:

@@ -81,7 +81,13 @@ def build_envelope(
         if image is None:
             raise ValueError("a manifest without image URI integrates the image: pass it")
         integrated[INTEGRATED_PAYLOAD_KEY] = image
-    manifest_encoded = encode_manifest(manifest)
+    return signed_envelope(encode_manifest(manifest), integrated, signers, fully_specified=fully_specified)
+
+
+def signed_envelope(manifest_encoded: bytes, integrated: dict[str, bytes], signers: Sequence[PrivateKey], *,
+                    fully_specified: bool = False) -> bytes:
+    """The tagged envelope of an encoded manifest and its integrated payloads, signed by each of ``signers`` in
+    order over the manifest's SUIT_Digest."""
     digest = SuitDigest.sha256(cbor.encode(manifest_encoded))
     envelope = Envelope(digest, digest.encode(), (), manifest_encoded, {}, integrated)
     for signer in signers:
