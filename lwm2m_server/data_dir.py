@@ -99,6 +99,11 @@ def create_private_file(path: Path, data: bytes) -> None:
     Written to a private (0600) temporary file in the same folder, synced, then linked into place (exclusive and
     atomic): the file appears whole or not at all, never wider than 0600, and an existing file is never replaced.
     """
+    write_private_file(path, data, replace=False)
+
+
+def write_private_file(path: Path, data: bytes, *, replace: bool) -> None:
+    """:func:`create_private_file`, or with ``replace`` the same write that renames over an existing file."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
@@ -110,7 +115,10 @@ def create_private_file(path: Path, data: bytes) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.link(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

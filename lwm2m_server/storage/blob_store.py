@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import os
 import re
-import secrets
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -23,6 +22,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from lwm2m_server.core.errors import InvalidRequestError, NotFoundError, StorageError
+from lwm2m_server.data_dir import write_private_file
 from lwm2m_server.storage.blob_tables import BlobRow
 
 __all__ = ["BlobCorruptedError", "BlobStore", "FileBlobStore", "SqlBlobStore", "UnknownBlobError", "blob_store_for",
@@ -127,21 +127,7 @@ class FileBlobStore:
                 return digest
         try:
             self._ensure_dir()
-            tmp = self._dir / f".{digest}.{secrets.token_hex(6)}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-            try:
-                try:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view):]
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, path)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-            _fsync_dir(self._dir)
+            write_private_file(path, data, replace=True)
         except OSError as e:
             raise StorageError(f"cannot store blob {digest} in {self._dir}: {e.strerror}") from None
         return digest
@@ -183,15 +169,6 @@ def _file_sha256(path: Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def blob_store_for(database: Any, folder: str | os.PathLike[str]) -> BlobStore:
