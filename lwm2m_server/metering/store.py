@@ -197,11 +197,11 @@ class SqlUsageStore:
             try:
                 with self._engine.begin() as c:
                     return self._add(c, tallies, today)
-            except IntegrityError as e:  # another node inserted the same day or endpoint first: all rolled back
-                if attempt == _ATTEMPTS - 1:
-                    raise StorageError(f"cannot count {what}: {e}") from e
             except SQLAlchemyError as e:
-                raise StorageError(f"cannot count {what}: {e}") from e
+                # another node inserted the same day or endpoint first, or PostgreSQL chose this transaction as a
+                # deadlock's victim: all rolled back, tried again
+                if not _retryable(e) or attempt == _ATTEMPTS - 1:
+                    raise StorageError(f"cannot count {what}: {e}") from e
         raise AssertionError("unreachable")
 
     def _add(self, c: Connection, tallies: Sequence[Tally], today: str | None) -> list[Moved]:
@@ -248,11 +248,11 @@ class SqlUsageStore:
                     if marked != len(rows):
                         raise _Raced
                     return Counted(len(rows), frozenset(r.tenant_id for r in rows), tuple(moved))
-            except (_Raced, IntegrityError) as e:
+            except (_Raced, SQLAlchemyError) as e:
+                if isinstance(e, SQLAlchemyError) and not _retryable(e):
+                    raise StorageError(f"cannot count the outbox: {e}") from e
                 if attempt == _ATTEMPTS - 1:
                     raise StorageError(f"cannot count the outbox: other meters kept racing ({e!r})") from None
-            except SQLAlchemyError as e:
-                raise StorageError(f"cannot count the outbox: {e}") from e
         raise AssertionError("unreachable")
 
     @staticmethod
@@ -334,6 +334,15 @@ class SqlUsageStore:
                 return [_day(row) for row in c.execute(query.order_by(_DAY.c.day))]
         except SQLAlchemyError as e:
             raise StorageError(f"cannot read usage (tenant {tenant_id}): {e}") from e
+
+
+_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure (PostgreSQL)
+
+
+def _retryable(e: SQLAlchemyError) -> bool:
+    """Whether a failed transaction may simply be tried again: a uniqueness race, or a deadlock or serialization
+    failure that PostgreSQL resolved by rolling this transaction back."""
+    return isinstance(e, IntegrityError) or getattr(getattr(e, "orig", None), "sqlstate", None) in _RETRYABLE_SQLSTATES
 
 
 def tallies_of(events: Iterable[OutboxEvent]) -> list[Tally]:
