@@ -145,11 +145,13 @@ async def test_a_fleet_gives_chosen_devices_chosen_faults() -> None:
 # ---------------------------------------------------------------------------------------------- loss and delay
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(200)
 async def test_ten_percent_loss_over_dtls_handshakes_registers_and_updates(tmp_path: Path) -> None:
     """Each lost datagram costs a retransmission (CoAP's RFC 7252 timers: 2 to 3 s, doubling, one exchange at a time
-    per peer; tinydtls's for handshake flights), so this takes some 20 to 60 s however small the package. Plain CoAP
-    under loss is exercised at scale by tests/integration/test_campaigns.py."""
+    per peer; tinydtls's for handshake flights), so this takes some 20 to 60 s however small the package: run by
+    `./dev test --slow` (and .ci/run), with the other long lossy runs. Plain CoAP under loss is exercised at scale by
+    tests/integration/test_campaigns.py."""
     store = MemoryCredentialStore(Vault.generate())
     async with running_server(tmp_path, coaps_port=0, credentials=store) as srv:
         made = [dtls_device(srv, store, f"dtls-lossy-{i}", Faults(loss=0.1, delay=0.002, seed=100 + i))
