@@ -3,7 +3,7 @@ package is one such request per block, and this is its hot path, without aiocoap
 request machinery. :func:`parse_download` takes only a CON or NON GET of exactly ``/<mount>/<name>`` whose options
 are among Uri-Host, Uri-Port, Uri-Path, ETag, Block2 and Size2, each well-formed (RFC 7252 5.10, RFC 7959), in a
 datagram :func:`lwm2m_server.coap.datagrams.decode_datagram` accepts; anything else gives None and takes the general
-path. Answers are written with :func:`lwm2m_server.coap.raw_exchange.encode_message`.
+path. Answers are written with :func:`lwm2m_server.coap.datagrams.encode_message`.
 
 Invariant (tests/unit/test_download_requests.py, hypothesis): a datagram that parses here decodes through
 decode_datagram into a GET of the same type, MID, token, path, ETags and Block2.

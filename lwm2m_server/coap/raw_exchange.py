@@ -32,10 +32,10 @@ from typing import Any
 from aiocoap.numbers import TransportTuning
 from aiocoap.transports import udp6
 
-from lwm2m_server.coap.datagrams import _Rejected, _scan_options
+from lwm2m_server.coap.datagrams import _Rejected, _scan_options, encode_message
 from lwm2m_server.core.errors import RequestFailedError, RequestTimeoutError
 
-__all__ = ["RawAnswer", "RawExchanges", "encode_message", "raw_exchanges"]
+__all__ = ["RawAnswer", "RawExchanges", "raw_exchanges", "send_datagram"]
 
 CON, NON, ACK, RST = 0, 1, 2, 3
 _TUNING = TransportTuning()
@@ -59,33 +59,11 @@ class RawAnswer:
         return None
 
 
-def encode_message(mtype: int, code: int, mid: int, token: bytes, options: list[tuple[int, bytes]],
-                   payload: bytes) -> bytes:
-    """A CoAP message (a request, or an answer); ``options`` in ascending number order (RFC 7252 3.1)."""
-    out = bytearray((0x40 | (mtype << 4) | len(token), code, mid >> 8, mid & 0xFF))
-    out += token
-    previous = 0
-    for number, value in options:
-        delta, length = number - previous, len(value)
-        previous = number
-        d, dext = _nibble(delta)
-        n, next_ = _nibble(length)
-        out.append((d << 4) | n)
-        out += dext
-        out += next_
-        out += value
-    if payload:
-        out.append(0xFF)
-        out += payload
-    return bytes(out)
-
-
-def _nibble(value: int) -> tuple[int, bytes]:
-    if value < 13:
-        return value, b""
-    if value < 269:
-        return 13, bytes((value - 13,))
-    return 14, (value - 269).to_bytes(2, "big")
+def send_datagram(interface: Any, data: bytes, remote: Any) -> None:
+    """Write ``data`` to ``remote`` on the plain-UDP message interface ``interface`` (its socket), from the local
+    address the peer wrote to (IPV6_PKTINFO) when the transport knows it."""
+    ancdata = [] if remote.pktinfo is None else [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, remote.pktinfo)]
+    interface.transport.sendmsg(data, ancdata, 0, remote.sockaddr)
 
 
 @dataclass
@@ -139,10 +117,9 @@ class RawExchanges:
             self._by_token.pop((sockaddr, token), None)
 
     def _send(self, data: bytes, remote: Any) -> None:
-        ancdata = [] if remote.pktinfo is None else [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, remote.pktinfo)]
         for attempt in range(REFUSED_SEND_RETRIES + 1):
             try:
-                self.interface.transport.sendmsg(data, ancdata, 0, remote.sockaddr)
+                send_datagram(self.interface, data, remote)
                 return
             except ConnectionRefusedError:  # another peer's ICMP error, reported on this send (see requests.py)
                 if attempt == REFUSED_SEND_RETRIES:

@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from lwm2m_server.coap.datagrams import encode_message
+
 __all__ = ["CON", "NON", "RegistrationRequest", "encode_answer", "parse_registration"]
 
 CON, NON, ACK = 0, 1, 2
@@ -116,21 +118,4 @@ def encode_answer(mtype: int, mid: int, token: bytes, code: int, location: tuple
                   payload: bytes = b"") -> bytes:
     """A CoAP message of type ``mtype`` (ACK for a piggybacked answer, NON), MID, token and code, with one
     Location-Path option per segment of ``location`` and ``payload``."""
-    out = bytearray((0x40 | (mtype << 4) | len(token), code, mid >> 8, mid & 0xFF))
-    out += token
-    previous = 0
-    for segment in location:
-        value = segment.encode("utf-8")
-        delta, length = _LOCATION_PATH - previous, len(value)
-        previous = _LOCATION_PATH
-        if length < 13:
-            out.append((delta << 4) | length)
-        elif length < 269:
-            out += bytes(((delta << 4) | 13, length - 13))
-        else:
-            out += bytes(((delta << 4) | 14,)) + (length - 269).to_bytes(2, "big")
-        out += value
-    if payload:
-        out.append(0xFF)
-        out += payload
-    return bytes(out)
+    return encode_message(mtype, code, mid, token, [(_LOCATION_PATH, s.encode("utf-8")) for s in location], payload)

@@ -25,9 +25,9 @@ from aiocoap.numbers.types import Type
 from aiocoap.transports import udp6
 
 from lwm2m_server.coap import datagrams
-from lwm2m_server.coap.datagrams import decode_datagram
+from lwm2m_server.coap.datagrams import decode_datagram, encode_message, uint_bytes
 from lwm2m_server.coap.download_requests import parse_download
-from lwm2m_server.coap.raw_exchange import encode_message
+from lwm2m_server.coap.raw_exchange import send_datagram
 from lwm2m_server.coap.registration_requests import CON, encode_answer, parse_registration
 from lwm2m_server.coap.responses import error_response
 
@@ -306,8 +306,7 @@ def _send_answer(manager: Any, response: Message, data: bytes) -> None:
     interface = manager.message_interface
     remote = response.remote
     if isinstance(interface, udp6.MessageInterfaceUDP6):
-        ancdata = [] if remote.pktinfo is None else [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, remote.pktinfo)]
-        interface.transport.sendmsg(data, ancdata, 0, remote.sockaddr)
+        send_datagram(interface, data, remote)
     else:
         interface.send(response)
 
@@ -367,16 +366,21 @@ def _answered_registration(interface: Any, data: bytes, remote: Any) -> bool:
         try:
             code, location = site.answer_registration(request)
             again = encode_answer(int(mtype), mid, request.token, code, location)
-        except Exception as e:  # mapped in the one place errors become responses (Max-Age and all)
-            response = error_response(e)
-            response.mtype, response.mid, response.token = mtype, mid, request.token
-            again = response.encode()
+        except Exception as e:
+            again = _error_answer(e, mtype, mid, request.token)
         answers.put(key, again, now, _TUNING.EXCHANGE_LIFETIME)
     elif request.mtype != CON:
         return True  # a NON's duplicate is not answered again
-    ancdata = [] if remote.pktinfo is None else [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, remote.pktinfo)]
-    interface.transport.sendmsg(again, ancdata, 0, remote.sockaddr)
+    send_datagram(interface, again, remote)
     return True
+
+
+def _error_answer(e: Exception, mtype: Type, mid: int, token: bytes) -> bytes:
+    """The encoded answer to a request read from the datagram that raised ``e``: mapped in the one place errors
+    become responses (Max-Age and all)."""
+    response = error_response(e)
+    response.mtype, response.mid, response.token = mtype, mid, token
+    return bytes(response.encode())
 
 
 _OPAQUE = bytes((42,))  # Content-Format application/octet-stream
@@ -403,21 +407,14 @@ def _answered_download(interface: Any, data: bytes, remote: Any) -> bool:
             options.append((12, _OPAQUE))
             if answer.block2 is not None:
                 number, more, szx = answer.block2
-                options.append((23, _uint((number << 4) | (int(more) << 3) | szx)))
+                options.append((23, uint_bytes((number << 4) | (int(more) << 3) | szx)))
             if answer.size2 is not None:
-                options.append((28, _uint(answer.size2)))
+                options.append((28, uint_bytes(answer.size2)))
         out = encode_message(int(mtype), answer.code, mid, request.token, options, bytes(answer.payload))
-    except Exception as e:  # mapped in the one place errors become responses
-        response = error_response(e)
-        response.mtype, response.mid, response.token = mtype, mid, request.token
-        out = response.encode()
-    ancdata = [] if remote.pktinfo is None else [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, remote.pktinfo)]
-    interface.transport.sendmsg(out, ancdata, 0, remote.sockaddr)
+    except Exception as e:
+        out = _error_answer(e, mtype, mid, request.token)
+    send_datagram(interface, out, remote)
     return True
-
-
-def _uint(value: int) -> bytes:
-    return value.to_bytes((value.bit_length() + 7) // 8, "big")
 
 
 def _tune_dtls_client() -> None:

@@ -27,6 +27,7 @@ from aiocoap import Message
 from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import BlockOption
 
+from lwm2m_server.coap.datagrams import uint_bytes
 from lwm2m_server.coap.raw_exchange import raw_exchanges
 from lwm2m_server.coap.udp import GatewayTuning
 from lwm2m_server.core.codec.formats import ContentFormat
@@ -79,10 +80,6 @@ _CONTINUE, _TOO_LARGE, _INCOMPLETE = int(Code.CONTINUE), int(Code.REQUEST_ENTITY
 _URI_PATH, _CONTENT_FORMAT, _BLOCK1, _SIZE1 = 11, 12, 27, 60
 
 
-def _uint(value: int) -> bytes:
-    return value.to_bytes((value.bit_length() + 7) // 8, "big")
-
-
 def size_exponent(block_size: int) -> int:
     """SZX for a block size of 16..1024 bytes (a power of two)."""
     if block_size < 16 or block_size > 1024 or block_size & (block_size - 1):
@@ -114,11 +111,11 @@ async def push_package(exchange: Exchange, route: Route, data: bytes, *,
     async def send_block(number: int, more: bool, szx: int, chunk: bytes) -> _BlockAnswer:
         sized = total > len(chunk) or number > 0
         if raw is not None:
-            options = [*encoded_path, (_CONTENT_FORMAT, _uint(content_format))]
+            options = [*encoded_path, (_CONTENT_FORMAT, uint_bytes(content_format))]
             if sized:
-                options.append((_BLOCK1, _uint((number << 4) | (int(more) << 3) | szx)))
+                options.append((_BLOCK1, uint_bytes((number << 4) | (int(more) << 3) | szx)))
             if number == 0:
-                options.append((_SIZE1, _uint(total)))
+                options.append((_SIZE1, uint_bytes(total)))
             answer = await raw.request(route.remote, int(Code.PUT), options, chunk, peer=route.endpoint,
                                        timeout=request_timeout)
             block1 = answer.uint(_BLOCK1)

@@ -18,7 +18,8 @@ from aiocoap.transports import udp6
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lwm2m_server.coap.raw_exchange import CON, encode_message, raw_exchanges
+from lwm2m_server.coap.datagrams import encode_message
+from lwm2m_server.coap.raw_exchange import CON, raw_exchanges
 from lwm2m_server.coap.udp import exclusive_context, release
 from lwm2m_server.core.errors import RequestFailedError, RequestTimeoutError
 
